@@ -1,0 +1,1 @@
+"""The generation engine: framework-free (no Django import, DESIGN.md decision 2)."""

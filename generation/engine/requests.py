@@ -1,0 +1,161 @@
+"""Plain request and result types for the engine (no Django, DESIGN.md decision 2).
+
+A request carries PIL images, numbers and model keys; never file paths that a
+worker would have to open. A result carries the images, the control images that
+were really used, a reproducibility snapshot (decision 8), the method chosen and
+why, timings and whether the pipeline registry was hit.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+
+class Method(str, enum.Enum):
+    AUTO = "auto"
+    TEXT = "text"
+    IMG2IMG = "img2img"
+    CONTROLNET = "controlnet"
+    HYBRID = "hybrid"
+    IP_ADAPTER = "ip_adapter"
+
+
+class ControlType(str, enum.Enum):
+    OPENPOSE = "openpose"
+    CANNY = "canny"
+    DEPTH = "depth"
+    SCRIBBLE = "scribble"
+    SOFTEDGE = "softedge"
+    LINEART = "lineart"
+    SEG = "seg"
+    SHUFFLE = "shuffle"
+
+
+class ResizeMode(str, enum.Enum):
+    """How a reference is fitted to the target size (as AUTOMATIC1111 offers).
+
+    just_resize: stretch to the target size, ignoring the aspect ratio.
+    crop_and_resize: scale to cover the target, then centre-crop the overflow.
+    resize_and_fill: scale to fit inside the target, then fill the borders by
+    stretching the edge pixels.
+    """
+
+    JUST_RESIZE = "just_resize"
+    CROP_AND_RESIZE = "crop_and_resize"
+    RESIZE_AND_FILL = "resize_and_fill"
+
+
+class ReferenceRole(str, enum.Enum):
+    FACE = "face"
+    HALF_BODY = "half_body"
+    FULL_BODY = "full_body"
+    POSE = "pose"
+    STYLE = "style"
+    OTHER = "other"
+
+
+@dataclass
+class ReferenceInput:
+    """One reference image of the persona, already decoded to RGB."""
+
+    image: Image.Image
+    role: ReferenceRole = ReferenceRole.OTHER
+    sha256: str = ""
+    primary: bool = False
+
+
+@dataclass
+class ControlUnitInput:
+    """One ControlNet unit; several units make a multi-ControlNet request.
+
+    ``control_image`` is a ready-made control map (a pose map, say): when given,
+    no preprocessor runs. Otherwise the reference at ``reference_index`` (default:
+    the primary reference) is preprocessed with ``preprocessor_options``.
+    """
+
+    control_type: ControlType
+    conditioning_scale: float = 1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    preprocessor_options: dict[str, Any] = field(default_factory=dict)
+    control_image: Image.Image | None = None
+    reference_index: int | None = None
+
+
+@dataclass
+class IPAdapterInput:
+    """IP-Adapter for identity.
+
+    ``face_crop`` selects the plus-face adapter and crops each reference to the
+    detected face (the whole image when no face is found, noted in the snapshot).
+    ``reference_indexes`` chooses the references; None means every face
+    reference, or the primary one when there is none.
+    """
+
+    scale: float = 0.6
+    face_crop: bool = True
+    reference_indexes: list[int] | None = None
+
+
+@dataclass
+class LoraInput:
+    """Persona LoRA weights as the bytes of a ``.safetensors`` file."""
+
+    weights: bytes
+    scale: float = 0.8
+    name: str = "persona"
+    sha256: str = ""
+
+
+@dataclass
+class GenerationRequest:
+    model: str
+    prompt: str
+    method: Method = Method.AUTO
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 30
+    guidance_scale: float = 7.5
+    width: int = 512
+    height: int = 512
+    num_images: int = 1
+    strength: float = 0.7
+    resize_mode: ResizeMode = ResizeMode.CROP_AND_RESIZE
+    references: list[ReferenceInput] = field(default_factory=list)
+    appearance_locked: bool = False
+    control_units: list[ControlUnitInput] = field(default_factory=list)
+    ip_adapter: IPAdapterInput | None = None
+    lora: LoraInput | None = None
+    scheduler: str | None = None
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each phase of one generation."""
+
+    load: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class ControlImageOutput:
+    control_type: ControlType
+    image: Image.Image
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    control_images: list[ControlImageOutput]
+    method: Method
+    method_reason: str
+    snapshot: dict[str, Any]
+    timings: Timings
+    registry_hit: bool
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,53 @@
+"""Fit a reference or control image to the generation size.
+
+The three modes are AUTOMATIC1111's (see :class:`ResizeMode`). Every mode returns
+an RGB image of exactly ``width`` x ``height``, so that an img2img init image and
+a control map made from the same reference line up pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from PIL import Image, ImageOps
+
+from generation.engine.requests import ResizeMode
+
+_RESAMPLE = Image.Resampling.LANCZOS
+
+
+def fit_to_size(
+    image: Image.Image, width: int, height: int, mode: ResizeMode
+) -> Image.Image:
+    """Return ``image`` as RGB at exactly ``width`` x ``height`` using ``mode``."""
+    if width < 1 or height < 1:
+        raise ValueError(f"target size must be positive, got {width}x{height}")
+    rgb = image.convert("RGB")
+    mode = ResizeMode(mode)
+    if mode is ResizeMode.JUST_RESIZE:
+        return rgb.resize((width, height), _RESAMPLE)
+    if mode is ResizeMode.CROP_AND_RESIZE:
+        return ImageOps.fit(rgb, (width, height), method=_RESAMPLE)
+    return _resize_and_fill(rgb, width, height)
+
+
+def _resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to fit inside the target, centre it, and fill the two empty bands by
+    stretching the image's outermost rows (AUTOMATIC1111's fill)."""
+    if width * image.height > height * image.width:
+        # Relatively taller than the target: the bands are left and right. Work
+        # on the transposed image so that one piece of code fills both cases.
+        transposed = image.transpose(Image.Transpose.TRANSPOSE)
+        filled = _resize_and_fill(transposed, height, width)
+        return filled.transpose(Image.Transpose.TRANSPOSE)
+    fitted_height = max(1, min(height, round(image.height * width / image.width)))
+    fitted = image.resize((width, fitted_height), _RESAMPLE)
+    canvas = Image.new("RGB", (width, height))
+    top = (height - fitted_height) // 2
+    bottom = top + fitted_height
+    canvas.paste(fitted, (0, top))
+    if top:
+        first_row = fitted.crop((0, 0, width, 1))
+        canvas.paste(first_row.resize((width, top)), (0, 0))
+    if bottom < height:
+        last_row = fitted.crop((0, fitted_height - 1, width, fitted_height))
+        canvas.paste(last_row.resize((width, height - bottom)), (0, bottom))
+    return canvas

@@ -1,0 +1,322 @@
+"""Personas, their reference gallery and their ControlNet units."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from personas.validators import validate_height, validate_width
+
+
+def base_model_choices() -> list[tuple[str, str]]:
+    """The base models the studio is configured with (``studio.models_catalog``)."""
+    from studio.models_catalog import model_choices
+
+    return model_choices()
+
+
+def default_base_model() -> str:
+    from studio.models_catalog import default_model_key
+
+    return default_model_key()
+
+
+def _random_name(folder: str, extension: str) -> str:
+    return f"{folder}/{uuid.uuid4().hex}{extension}"
+
+
+def reference_upload_to(instance: ReferenceImage, filename: str) -> str:
+    return _random_name(f"references/{instance.persona_id}", ".png")
+
+
+def reference_thumbnail_upload_to(instance: ReferenceImage, filename: str) -> str:
+    return _random_name(f"thumbnails/references/{instance.persona_id}", ".webp")
+
+
+def lora_upload_to(instance: Persona, filename: str) -> str:
+    return _random_name("loras", ".safetensors")
+
+
+def control_image_upload_to(instance: ControlNetUnit, filename: str) -> str:
+    return _random_name(f"control/{instance.persona_id}", ".png")
+
+
+class ConsistencyMethod(models.TextChoices):
+    AUTO = "auto", "Automatic"
+    TEXT = "text", "Text only (no reference)"
+    IMG2IMG = "img2img", "img2img from the reference"
+    CONTROLNET = "controlnet", "ControlNet"
+    HYBRID = "hybrid", "img2img + ControlNet"
+    IP_ADAPTER = "ip_adapter", "IP-Adapter (identity)"
+
+
+class SeedPolicy(models.TextChoices):
+    RANDOM = "random", "Random for every generation"
+    FIXED = "fixed", "Fixed seed"
+
+
+class ResizeMode(models.TextChoices):
+    JUST_RESIZE = "just_resize", "Just resize"
+    CROP_AND_RESIZE = "crop_and_resize", "Crop and resize"
+    RESIZE_AND_FILL = "resize_and_fill", "Resize and fill"
+
+
+class ReferenceRole(models.TextChoices):
+    FACE = "face", "Face"
+    HALF_BODY = "half_body", "Half body"
+    FULL_BODY = "full_body", "Full body"
+    POSE = "pose", "Pose"
+    STYLE = "style", "Style"
+    OTHER = "other", "Other"
+
+
+class ControlType(models.TextChoices):
+    OPENPOSE = "openpose", "OpenPose"
+    CANNY = "canny", "Canny edges"
+    DEPTH = "depth", "Depth"
+    SCRIBBLE = "scribble", "Scribble"
+    SOFTEDGE = "softedge", "Soft edge"
+    LINEART = "lineart", "Line art"
+    SEG = "seg", "Segmentation"
+    SHUFFLE = "shuffle", "Shuffle"
+
+
+def _fraction_validators() -> list:
+    return [MinValueValidator(0.0), MaxValueValidator(1.0)]
+
+
+class Persona(models.Model):
+    """A character kept consistent across generations."""
+
+    # Identity
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=120, unique=True)
+    description = models.TextField(blank=True)
+    # Appearance
+    appearance = models.TextField(
+        "base appearance description",
+        blank=True,
+        help_text="Anchors every prompt, e.g. 'a woman in her thirties, short red "
+        "hair, green eyes, freckles'.",
+    )
+    appearance_locked = models.BooleanField(
+        default=False,
+        help_text="Keep the look of the primary reference image (needs one).",
+    )
+    # Consistency
+    method = models.CharField(
+        max_length=16, choices=ConsistencyMethod.choices, default=ConsistencyMethod.AUTO
+    )
+    img2img_strength = models.FloatField(
+        "img2img strength",
+        default=0.7,
+        validators=_fraction_validators(),
+        help_text="0 keeps the reference unchanged, 1 ignores it.",
+    )
+    resize_mode = models.CharField(
+        max_length=16, choices=ResizeMode.choices, default=ResizeMode.CROP_AND_RESIZE,
+        help_text="How the reference is fitted to the output size.",
+    )
+    ip_adapter_scale = models.FloatField(
+        "IP-Adapter scale",
+        default=0.6,
+        validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+    )
+    ip_adapter_face_crop = models.BooleanField(
+        "IP-Adapter face crop",
+        default=True,
+        help_text="Use the plus-face adapter on a detected face crop.",
+    )
+    guidance_scale = models.FloatField(
+        default=7.5, validators=[MinValueValidator(0.0), MaxValueValidator(30.0)]
+    )
+    steps = models.PositiveSmallIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(150)]
+    )
+    negative_prompt = models.TextField(blank=True)
+    width = models.PositiveIntegerField(default=512, validators=[validate_width])
+    height = models.PositiveIntegerField(default=512, validators=[validate_height])
+    base_model = models.CharField(
+        max_length=100, choices=base_model_choices, default=default_base_model
+    )
+    # Advanced
+    seed_policy = models.CharField(
+        max_length=8, choices=SeedPolicy.choices, default=SeedPolicy.RANDOM
+    )
+    seed = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Used when the seed policy is fixed."
+    )
+    lora_weights = models.FileField(
+        "persona LoRA weights",
+        upload_to=lora_upload_to,
+        blank=True,
+        help_text="A .safetensors file (pickled .bin/.ckpt/.pt weights are refused).",
+    )
+    lora_sha256 = models.CharField(max_length=64, blank=True, editable=False)
+    lora_scale = models.FloatField(
+        "LoRA scale",
+        default=0.8,
+        validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("lock_persona", "Can lock and unlock a persona's appearance")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:personas_persona_change", args=[self.pk])
+
+    def clean(self) -> None:
+        errors = {}
+        if self.seed_policy == SeedPolicy.FIXED and self.seed is None:
+            errors["seed"] = ValidationError(
+                "A fixed seed policy needs a seed: enter one or choose random.",
+                code="seed_required",
+            )
+        if (
+            self.appearance_locked
+            and self.pk
+            and not self.references.filter(is_primary=True).exists()
+        ):
+            errors["appearance_locked"] = ValidationError(
+                "Locking the appearance needs a primary reference image: add one "
+                "to the gallery and mark it primary, or leave the appearance "
+                "unlocked.",
+                code="lock_without_primary",
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def primary_reference(self) -> ReferenceImage | None:
+        return next((ref for ref in self.references.all() if ref.is_primary), None)
+
+
+class ReferenceImage(models.Model):
+    """One image of the persona's gallery, stored upright, RGB, without metadata."""
+
+    persona = models.ForeignKey(
+        Persona, on_delete=models.CASCADE, related_name="references"
+    )
+    image = models.ImageField(
+        upload_to=reference_upload_to, width_field="width", height_field="height"
+    )
+    thumbnail = models.ImageField(
+        upload_to=reference_thumbnail_upload_to, blank=True, editable=False
+    )
+    is_primary = models.BooleanField("primary", default=False)
+    role = models.CharField(
+        max_length=16, choices=ReferenceRole.choices, default=ReferenceRole.OTHER
+    )
+    caption = models.CharField(max_length=255, blank=True)
+    order = models.PositiveIntegerField(default=0)
+    width = models.PositiveIntegerField(editable=False, default=0)
+    height = models.PositiveIntegerField(editable=False, default=0)
+    sha256 = models.CharField(
+        "content hash", max_length=64, db_index=True, editable=False
+    )
+    original_filename = models.CharField(max_length=255, blank=True, editable=False)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["persona", "sha256"],
+                name="unique_reference_per_persona",
+                violation_error_message="This image is already in the persona's "
+                "gallery.",
+            ),
+            models.UniqueConstraint(
+                fields=["persona"],
+                condition=Q(is_primary=True),
+                name="one_primary_reference_per_persona",
+                violation_error_message="A persona has one primary reference: "
+                "untick 'primary' on the other image first.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.caption or f"{self.get_role_display()} reference #{self.pk}"
+
+
+class ControlNetUnit(models.Model):
+    """One ControlNet for a persona; several enabled units make multi-ControlNet."""
+
+    persona = models.ForeignKey(
+        Persona, on_delete=models.CASCADE, related_name="control_units"
+    )
+    control_type = models.CharField(max_length=16, choices=ControlType.choices)
+    enabled = models.BooleanField(default=True)
+    conditioning_scale = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
+    )
+    guidance_start = models.FloatField(default=0.0, validators=_fraction_validators())
+    guidance_end = models.FloatField(default=1.0, validators=_fraction_validators())
+    preprocessor_options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Options for the preprocessor, e.g. {"low_threshold": 100, '
+        '"high_threshold": 200} for canny.',
+    )
+    reference = models.ForeignKey(
+        ReferenceImage,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The reference to preprocess; empty means the primary one.",
+    )
+    control_image = models.ImageField(
+        "ready-made control image",
+        upload_to=control_image_upload_to,
+        blank=True,
+        help_text="A ready-made map (e.g. a pose map); no preprocessor runs then.",
+    )
+    order = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["order", "id"]
+        verbose_name = "ControlNet unit"
+
+    def __str__(self) -> str:
+        return f"{self.get_control_type_display()} ({self.conditioning_scale:g})"
+
+    def clean(self) -> None:
+        if self.guidance_start >= self.guidance_end:
+            raise ValidationError(
+                {
+                    "guidance_end": ValidationError(
+                        "Guidance start (%(start)s) must be below guidance end "
+                        "(%(end)s).",
+                        code="guidance_window",
+                        params={"start": self.guidance_start, "end": self.guidance_end},
+                    )
+                }
+            )
+        if not isinstance(self.preprocessor_options, dict):
+            raise ValidationError(
+                {"preprocessor_options": ValidationError(
+                    'Preprocessor options must be a JSON object, e.g. {}.',
+                    code="options_not_object",
+                )}
+            )
