@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILE_INTERVAL_SECONDS": 60,
     # Models a worker loads at start (keys of MODELS); empty means none.
     "PRELOAD_MODELS": [],
+    # Test-only fault injection: the first N attempts of every generation hit a
+    # real out-of-memory error at a denoising step (generation/jobs.py). Keep 0.
+    "TEST_OOM_ATTEMPTS": 0,
 }
 
 

@@ -16,6 +16,7 @@ from generation.engine.requests import ControlType
 TINY_MODEL_KEY = "tiny-sd15"
 TINY_MARKER_FILE = "TINY_MODEL.json"
 TINY_PIPELINE_DIR = "sd15"
+TINY_SINGLE_FILE = "sd15.safetensors"
 TINY_CONTROLNET_DIR = "controlnet"
 TINY_IP_ADAPTER_DIR = "ip-adapter"
 TINY_LORA_FILE = "lora/persona.safetensors"

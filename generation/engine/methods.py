@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import InvalidRequest, ModelNotFound
 from .requests import (
@@ -95,24 +95,21 @@ class MethodPlan:
     ``method`` is what the result reports (the requested method, or what auto
     chose); ``base`` is the method whose pipeline runs. ``init_reference`` is the
     index of the img2img/hybrid init image; ``unit_references`` gives, per control
-    unit, the reference it is made from (None: a ready-made control image).
+    unit, the reference its control image is made from (None: a ready-made one).
     """
 
     method: Method
     base: Method
     reason: str
-    ip_adapter: IPAdapterInput | None
-    init_reference: int | None
-    unit_references: tuple[int | None, ...]
-    ip_adapter_references: tuple[int, ...]
+    ip_adapter: IPAdapterInput | None = None
+    init_reference: int | None = None
+    control_types: tuple[ControlType, ...] = ()
+    unit_references: tuple[int | None, ...] = ()
+    ip_adapter_references: tuple[int, ...] = ()
 
     @property
     def pipeline_class_name(self) -> str:
         return PIPELINE_CLASS_NAMES[self.base]
-
-    @property
-    def control_types(self) -> tuple[ControlType, ...]:
-        return ()
 
 
 def pipeline_class(method: Method) -> type:
@@ -123,7 +120,7 @@ def pipeline_class(method: Method) -> type:
         bases = ", ".join(m.value for m in PIPELINE_CLASS_NAMES)
         raise InvalidRequest(
             f"No pipeline runs method {method!r} directly; the base methods are "
-            f"{bases} (auto and ip_adapter are resolved to one of them first)."
+            f"{bases} (auto and ip_adapter resolve to one of them first)."
         ) from None
     return getattr(importlib.import_module("diffusers"), name)
 
@@ -137,7 +134,7 @@ def primary_reference(request: GenerationRequest) -> int | None:
 
 
 def denoising_steps(steps: int, strength: float) -> int:
-    """Steps img2img really runs: the expression diffusers' ``get_timesteps`` uses."""
+    """Steps img2img really runs: the expression of diffusers' ``get_timesteps``."""
     return min(int(steps * strength), steps)
 
 
@@ -151,37 +148,277 @@ def plan_method(
     """Check ``request`` and resolve its method; raise before any model work.
 
     ``models`` are the configured model keys, ``controlnets`` the control types
-    (values) that have a ControlNet configured.
+    (their values) that have a ControlNet configured.
     """
     if request.model not in models:
         known = ", ".join(sorted(models)) or "none"
         raise ModelNotFound(
-            f"Unknown model {request.model!r}; configured models: {known}."
+            f"Unknown model {request.model!r}; the configured models are: {known}."
         )
     _check_numbers(request)
-    unit_references = _unit_references(request, controlnets)
     method, base, reason, use_ip_adapter = _choose(request, ip_adapter_installed)
+    plan = MethodPlan(method=method, base=base, reason=reason)
+    if base in METHODS_WITH_CONTROL:
+        plan = replace(
+            plan,
+            control_types=tuple(
+                ControlType(unit.control_type) for unit in request.control_units
+            ),
+            unit_references=_unit_references(request, controlnets),
+        )
     if base in METHODS_WITH_STRENGTH:
-        _check_strength(request)
-    ip_adapter = None
-    ip_adapter_references: tuple[int, ...] = ()
+        _check_strength(request.steps, request.strength)
+        plan = replace(plan, init_reference=primary_reference(request))
     if use_ip_adapter:
         if not ip_adapter_installed:
             raise InvalidRequest(
-                "IP-Adapter settings were given but no IP-Adapter is installed; "
-                "configure one or remove the IP-Adapter settings."
+                "IP-Adapter settings were given but no IP-Adapter is installed: "
+                "configure one, or remove the IP-Adapter settings."
             )
         if not request.references:
             raise InvalidRequest("The IP-Adapter needs at least one reference image.")
         ip_adapter = request.ip_adapter or IPAdapterInput()
-        ip_adapter_references = _ip_adapter_references(request, ip_adapter)
-    init_reference = primary_reference(request) if base in METHODS_WITH_STRENGTH else None
-    return MethodPlan(
-        method=method,
-        base=base,
-        reason=reason,
-        ip_adapter=ip_adapter,
-        init_reference=init_reference,
-        unit_references=unit_references if base in METHODS_WITH_CONTROL else (),
-        ip_adapter_references=ip_adapter_references,
+        plan = replace(
+            plan,
+            ip_adapter=ip_adapter,
+            ip_adapter_references=_ip_adapter_references(request, ip_adapter),
+        )
+    return plan
+
+
+def _choose(
+    request: GenerationRequest, ip_adapter_installed: bool
+) -> tuple[Method, Method, str, bool]:
+    """(reported method, base method, reason, whether the IP-Adapter is layered)."""
+    try:
+        method = Method(request.method)
+    except ValueError:
+        choices = ", ".join(m.value for m in Method)
+        raise InvalidRequest(
+            f"Unknown method {request.method!r}; choose one of: {choices}."
+        ) from None
+    if method is Method.AUTO:
+        return _choose_auto(request, ip_adapter_installed)
+    _check_explicit(method, request)
+    if method is Method.IP_ADAPTER:
+        base = Method.IMG2IMG if request.appearance_locked else Method.TEXT
+        state = "locked" if request.appearance_locked else "not locked"
+        reason = (
+            f"ip_adapter requested: IP-Adapter on {base.value} (appearance {state})"
+        )
+        return method, base, reason, True
+    with_ip_adapter = request.ip_adapter is not None
+    reason = f"{method.value} requested" + (
+        " with IP-Adapter settings" if with_ip_adapter else ""
     )
+    return method, method, reason, with_ip_adapter
+
+
+def _check_explicit(method: Method, request: GenerationRequest) -> None:
+    """What an explicitly requested method needs from the request."""
+    if method in METHODS_WITH_CONTROL and not request.control_units:
+        raise InvalidRequest(
+            f"Method {method.value} needs at least one ControlNet unit."
+        )
+    if method not in METHODS_WITH_CONTROL and request.control_units:
+        raise InvalidRequest(
+            f"Method {method.value} takes no ControlNet units; use controlnet, or "
+            "hybrid to keep the reference's composition too."
+        )
+    needs_reference = method in (*METHODS_WITH_STRENGTH, Method.IP_ADAPTER)
+    if needs_reference and not request.references:
+        raise InvalidRequest(
+            f"Method {method.value} needs a reference image and the request has none."
+        )
+
+
+def _choose_auto(
+    request: GenerationRequest, ip_adapter_installed: bool
+) -> tuple[Method, Method, str, bool]:
+    """The documented auto rules (module docstring)."""
+    has_reference = bool(request.references)
+    locked = request.appearance_locked
+    if request.control_units and locked and has_reference:
+        base = Method.HYBRID
+        reason = "control units with a locked appearance and a reference: hybrid"
+    elif request.control_units:
+        base = Method.CONTROLNET
+        reason = "control units: controlnet"
+        if locked:
+            reason += " (appearance locked, but no reference to start from)"
+    elif not has_reference:
+        base, reason = Method.TEXT, "no reference image: text"
+    elif locked:
+        base = Method.IMG2IMG
+        reason = "a reference with a locked appearance and no control units: img2img"
+    else:
+        base = Method.TEXT
+        reason = (
+            "appearance not locked and no control units: text (img2img would copy "
+            "the reference's composition)"
+        )
+    has_face = any(ref.role == ReferenceRole.FACE for ref in request.references)
+    names_references = (
+        request.ip_adapter is not None
+        and request.ip_adapter.reference_indexes is not None
+    )
+    if not (has_face or names_references):
+        return base, base, reason, False
+    if not ip_adapter_installed:
+        return base, base, reason + "; no IP-Adapter installed for identity", False
+    why = "face references" if has_face else "the IP-Adapter references named"
+    reason += f"; IP-Adapter added for identity from {why}"
+    method = Method.IP_ADAPTER if base in (Method.TEXT, Method.IMG2IMG) else base
+    return method, base, reason, True
+
+
+def _check_numbers(request: GenerationRequest) -> None:
+    """Ranges, whole numbers and multiples of 8 (the VAE's downscale factor)."""
+    for name in ("steps", "num_images", "seed", "width", "height"):
+        value = getattr(request, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidRequest(f"{name} must be a whole number; got {value!r}.")
+    _check_range("steps", request.steps, 1, MAX_STEPS)
+    _check_range("num_images", request.num_images, 1, MAX_IMAGES)
+    _check_range("seed", request.seed, 0, MAX_SEED)
+    _check_range("guidance_scale", request.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
+    _check_range("strength", request.strength, 0.0, 1.0)
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        _check_range(name, value, MIN_SIZE, MAX_SIZE)
+        if value % 8:
+            lower = value // 8 * 8
+            raise InvalidRequest(
+                f"{name} {value} is not a multiple of 8; use {lower} or {lower + 8}."
+            )
+    if not isinstance(request.prompt, str) or not isinstance(
+        request.negative_prompt, str
+    ):
+        raise InvalidRequest("The prompt and negative prompt must be text.")
+    if request.ip_adapter is not None:
+        _check_ip_adapter(request, request.ip_adapter)
+    if request.lora is not None:
+        if not request.lora.weights:
+            raise InvalidRequest("The LoRA has no weights.")
+        _check_range("LoRA scale", request.lora.scale, 0.0, MAX_WEIGHT)
+    if request.scheduler is not None and request.scheduler not in _scheduler_names():
+        raise InvalidRequest(
+            f"Unknown scheduler {request.scheduler!r}; choose one of: "
+            f"{', '.join(_scheduler_names())}."
+        )
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{name} must be a number; got {value!r}.")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}; got {value}.")
+
+
+def _check_strength(steps: int, strength: float) -> None:
+    """img2img runs int(steps * strength) steps; zero would fail inside diffusers."""
+    runs = denoising_steps(steps, strength)
+    if runs >= 1:
+        return
+    min_strength = next(
+        hundredths / 100
+        for hundredths in range(1, 101)
+        if denoising_steps(steps, hundredths / 100) >= 1
+    )
+    advice = f"raise the strength to {min_strength}"
+    if strength > 0:
+        min_steps = next(
+            (n for n in range(steps, MAX_STEPS + 1) if int(n * strength)), None
+        )
+        if min_steps is not None:
+            advice = f"raise the steps to {min_steps} or " + advice
+    raise InvalidRequest(
+        f"Strength {strength} with {steps} steps gives {runs} denoising steps "
+        f"(img2img runs int(steps x strength)); at least one is needed: {advice}."
+    )
+
+
+def _unit_references(
+    request: GenerationRequest, controlnets: Collection[str]
+) -> tuple[int | None, ...]:
+    """Check every control unit; return the reference each one is made from."""
+    primary = primary_reference(request)
+    sources: list[int | None] = []
+    for number, unit in enumerate(request.control_units, start=1):
+        try:
+            control_type = ControlType(unit.control_type)
+        except ValueError:
+            choices = ", ".join(t.value for t in ControlType)
+            raise InvalidRequest(
+                f"Control unit {number}: unknown control type "
+                f"{unit.control_type!r}; choose one of: {choices}."
+            ) from None
+        if control_type.value not in controlnets:
+            configured = ", ".join(sorted(controlnets)) or "none"
+            raise ModelNotFound(
+                f"Control unit {number}: no ControlNet is configured for "
+                f"{control_type.value}; configured: {configured}."
+            )
+        label = f"Control unit {number} ({control_type.value})"
+        _check_range(
+            f"{label} conditioning scale", unit.conditioning_scale, 0.0, MAX_WEIGHT
+        )
+        _check_range(f"{label} guidance start", unit.guidance_start, 0.0, 1.0)
+        _check_range(f"{label} guidance end", unit.guidance_end, 0.0, 1.0)
+        if unit.guidance_start >= unit.guidance_end:
+            raise InvalidRequest(
+                f"{label}: the guidance start ({unit.guidance_start}) must come "
+                f"before the guidance end ({unit.guidance_end})."
+            )
+        if unit.control_image is not None:
+            sources.append(None)
+            continue
+        index = unit.reference_index if unit.reference_index is not None else primary
+        if index is None:
+            raise InvalidRequest(
+                f"{label} has neither a control image nor a reference image to make "
+                "one from."
+            )
+        _check_reference_index(request, index, label)
+        sources.append(index)
+    return tuple(sources)
+
+
+def _check_ip_adapter(request: GenerationRequest, ip_adapter: IPAdapterInput) -> None:
+    _check_range("IP-Adapter scale", ip_adapter.scale, 0.0, MAX_WEIGHT)
+    if ip_adapter.reference_indexes is None:
+        return
+    if not ip_adapter.reference_indexes:
+        raise InvalidRequest("The IP-Adapter reference list is empty.")
+    for index in ip_adapter.reference_indexes:
+        _check_reference_index(request, index, "IP-Adapter")
+
+
+def _ip_adapter_references(
+    request: GenerationRequest, ip_adapter: IPAdapterInput
+) -> tuple[int, ...]:
+    """The references the IP-Adapter sees (rules in the module docstring)."""
+    if ip_adapter.reference_indexes is not None:
+        return tuple(ip_adapter.reference_indexes)
+    faces = tuple(
+        index
+        for index, reference in enumerate(request.references)
+        if reference.role == ReferenceRole.FACE
+    )
+    return faces or (primary_reference(request),)
+
+
+def _check_reference_index(request: GenerationRequest, index: int, who: str) -> None:
+    count = len(request.references)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise InvalidRequest(
+            f"{who}: reference index {index!r} is out of range; the request has "
+            f"{count} reference image(s)."
+        )
+
+
+def _scheduler_names() -> tuple[str, ...]:
+    """Schedulers that fit Stable Diffusion 1.5 pipelines (diffusers' own list)."""
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+
+    return tuple(KarrasDiffusionSchedulers.__members__)

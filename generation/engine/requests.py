@@ -159,3 +159,6 @@ class GenerationResult:
     timings: Timings
     registry_hit: bool
     notes: list[str] = field(default_factory=list)
+    # Every image handed to the pipeline (fitted init image, control images,
+    # IP-Adapter images) by pixel hash, as the snapshot's ``call`` names them.
+    call_images: dict[str, Image.Image] = field(default_factory=dict)

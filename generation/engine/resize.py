@@ -11,35 +11,44 @@ from PIL import Image, ImageOps
 
 from generation.engine.requests import ResizeMode
 
-_RESAMPLE = Image.Resampling.LANCZOS
-
 
 def fit_to_size(
-    image: Image.Image, width: int, height: int, mode: ResizeMode
+    image: Image.Image,
+    width: int,
+    height: int,
+    mode: ResizeMode,
+    *,
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
 ) -> Image.Image:
-    """Return ``image`` as RGB at exactly ``width`` x ``height`` using ``mode``."""
+    """Return ``image`` as RGB at exactly ``width`` x ``height`` using ``mode``.
+
+    ``resample`` is the filter; use NEAREST for maps whose colours are labels
+    (a segmentation map), which any blending would corrupt.
+    """
     if width < 1 or height < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
     rgb = image.convert("RGB")
     mode = ResizeMode(mode)
     if mode is ResizeMode.JUST_RESIZE:
-        return rgb.resize((width, height), _RESAMPLE)
+        return rgb.resize((width, height), resample)
     if mode is ResizeMode.CROP_AND_RESIZE:
-        return ImageOps.fit(rgb, (width, height), method=_RESAMPLE)
-    return _resize_and_fill(rgb, width, height)
+        return ImageOps.fit(rgb, (width, height), method=resample)
+    return _resize_and_fill(rgb, width, height, resample)
 
 
-def _resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
+def _resize_and_fill(
+    image: Image.Image, width: int, height: int, resample: Image.Resampling
+) -> Image.Image:
     """Scale to fit inside the target, centre it, and fill the two empty bands by
     stretching the image's outermost rows (AUTOMATIC1111's fill)."""
     if width * image.height > height * image.width:
         # Relatively taller than the target: the bands are left and right. Work
         # on the transposed image so that one piece of code fills both cases.
         transposed = image.transpose(Image.Transpose.TRANSPOSE)
-        filled = _resize_and_fill(transposed, height, width)
+        filled = _resize_and_fill(transposed, height, width, resample)
         return filled.transpose(Image.Transpose.TRANSPOSE)
     fitted_height = max(1, min(height, round(image.height * width / image.width)))
-    fitted = image.resize((width, fitted_height), _RESAMPLE)
+    fitted = image.resize((width, fitted_height), resample)
     canvas = Image.new("RGB", (width, height))
     top = (height - fitted_height) // 2
     bottom = top + fitted_height

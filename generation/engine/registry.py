@@ -1,0 +1,634 @@
+"""The pipeline registry: loaded models kept warm and shared (DESIGN.md 3 and 4).
+
+- One base ``StableDiffusionPipeline`` per model, keyed by source and revision
+  (the registry has one dtype and one device). Every job's pipeline, text,
+  img2img, ControlNet or hybrid, is derived from it with ``from_pipe``, so all of
+  them share its UNet, VAE and text encoder: deriving copies no weights. The dtype
+  is passed explicitly, since ``from_pipe`` otherwise casts the shared modules to
+  float32.
+- Every derived pipeline gets a fresh scheduler built from the base's config (or a
+  compatible scheduler class asked for by name), so no scheduler state survives
+  a job.
+- ControlNets are cached by source; several control types become one
+  ``MultiControlNetModel``.
+- IP-Adapter and LoRA change the shared UNet (attention processors, adapter
+  layers). ``job_state`` sets them for one job and undoes them afterwards, even
+  when the job fails, so that no job changes another's output.
+- Base pipelines, ControlNets and the IP-Adapter image encoder share one
+  least-recently-used list: after each load, the oldest entries not used by the
+  current call are dropped until the parameter bytes fit ``memory_budget_mb``.
+- Device and dtype default to cuda + float16, else mps, else cpu, in float32;
+  both can be overridden. Footprint switches (CPU offload on CUDA, attention
+  slicing, VAE tiling, channels-last, ``torch.compile``) apply to every base;
+  ``reduce_footprint`` turns the memory savers on after an out-of-memory error.
+
+A registry serves one job at a time: ``pipeline`` and ``job_state`` hold a
+re-entrant lock, since the shared UNet cannot carry two jobs' adapters at once.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import safetensors.torch
+import torch
+from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.controlnets import MultiControlNetModel
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from generation.engine.config import EngineConfig, ModelSpec
+from generation.engine.errors import EngineError, InvalidRequest, ModelNotFound
+from generation.engine.methods import METHODS_WITH_CONTROL, pipeline_class
+from generation.engine.requests import (
+    ControlType,
+    IPAdapterInput,
+    LoraInput,
+    Method,
+)
+from generation.engine.sources import (
+    MODEL_CONFIG_FILE,
+    ResolvedSource,
+    fingerprint,
+    load_controlnet,
+    load_pipeline,
+    model_loading,
+    resolve_source,
+)
+
+LORA_ADAPTER_NAME = "studio_lora"
+_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
+
+
+def choose_device(requested: str | None = None) -> torch.device:
+    """The requested device, else cuda, then mps, then cpu."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def choose_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    """The requested dtype, else float16 on CUDA and float32 elsewhere."""
+    if requested:
+        try:
+            return _DTYPES[requested.lower()]
+        except KeyError:
+            raise ValueError(
+                f"Unknown dtype {requested!r}: use one of {', '.join(_DTYPES)}."
+            ) from None
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class Footprint:
+    """Memory and speed switches applied to every base pipeline."""
+
+    cpu_offload: bool = False
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> Footprint:
+        return cls(
+            cpu_offload=config.cpu_offload,
+            attention_slicing=config.attention_slicing,
+            vae_tiling=config.vae_tiling,
+            channels_last=config.channels_last,
+            compile=config.compile,
+        )
+
+
+@dataclass
+class _Entry:
+    """One loaded model in the least-recently-used list."""
+
+    kind: str  # "base", "controlnet" or "image_encoder"
+    label: str
+    source: ResolvedSource
+    model: Any
+    nbytes: int
+    load_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PipelineRegistry:
+    """Loads, shares, derives and evicts pipelines for one device (see module doc)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._device = choose_device(config.device)
+        self._dtype = choose_dtype(config.dtype, self._device)
+        self._footprint = Footprint.from_config(config)
+        self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
+        self._sources: dict[str, ResolvedSource] = {}
+        self._fingerprints: dict[str, dict[str, Any]] = {}
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.RLock()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def config(self) -> EngineConfig:
+        return self._config
+
+    @property
+    def footprint(self) -> Footprint:
+        """The switches in force (a copy: change them through the config)."""
+        return replace(self._footprint)
+
+    # Sources ---------------------------------------------------------------------
+
+    def source(self, model_key: str) -> ResolvedSource:
+        """The checked source of a configured model; raises before any loading."""
+        if model_key not in self._sources:
+            spec = self._spec(model_key)
+            self._sources[model_key] = resolve_source(
+                spec.source,
+                self._config,
+                revision=spec.revision,
+                single_file=True,
+                single_file_config=spec.config,
+            )
+        return self._sources[model_key]
+
+    def controlnet_source(self, control_type: ControlType) -> ResolvedSource:
+        """The checked source of the ControlNet configured for a control type."""
+        control_type = ControlType(control_type)
+        configured = self._config.controlnets.get(control_type.value)
+        if configured is None:
+            raise ModelNotFound(
+                f"No ControlNet is configured for {control_type.value!r}. Configured: "
+                f"{', '.join(sorted(self._config.controlnets)) or 'none'}."
+            )
+        return resolve_source(configured, self._config, required_file=MODEL_CONFIG_FILE)
+
+    def fingerprint(self, model_key: str) -> dict[str, Any]:
+        """Source, revision and commit or content hash of a model, for snapshots."""
+        source = self.source(model_key)
+        return self._fingerprint_of(source)
+
+    def controlnet_fingerprint(self, control_type: ControlType) -> dict[str, Any]:
+        """The same for the ControlNet of a control type."""
+        return self._fingerprint_of(self.controlnet_source(control_type))
+
+    # Pipelines -------------------------------------------------------------------
+
+    def pipeline(
+        self,
+        model_key: str,
+        method: Method,
+        control_types: Sequence[ControlType] = (),
+        *,
+        scheduler: str | None = None,
+    ) -> tuple[DiffusionPipeline, bool]:
+        """A pipeline for one job, and whether the base model was already loaded.
+
+        ``method`` is a base method (text, img2img, controlnet, hybrid);
+        ``control_types`` lists the ControlNets of controlnet and hybrid, in unit
+        order. ``scheduler`` names a diffusers scheduler class compatible with the
+        model (None: the model's own). The pipeline is new, with a new scheduler;
+        its modules are the base's own objects.
+        """
+        pipeline_cls = pipeline_class(method)
+        method = Method(method)
+        control_types = [ControlType(t) for t in control_types]
+        if (method in METHODS_WITH_CONTROL) != bool(control_types):
+            raise InvalidRequest(
+                f"The {method.value} method takes "
+                + ("at least one" if method in METHODS_WITH_CONTROL else "no")
+                + " ControlNet unit."
+            )
+        with self._lock:
+            base_key = self._base_key(model_key)
+            pinned = {base_key} | {self._controlnet_key(t) for t in set(control_types)}
+            base, hit = self._base(model_key, pinned)
+            components: dict[str, Any] = {
+                "scheduler": self._fresh_scheduler(base, scheduler)
+            }
+            if control_types:
+                controlnets = [self._controlnet(t, pinned) for t in control_types]
+                components["controlnet"] = (
+                    controlnets[0]
+                    if len(controlnets) == 1
+                    else MultiControlNetModel(controlnets)
+                )
+            pipe = pipeline_cls.from_pipe(base, dtype=self._dtype, **components)
+            if self._offloading:
+                pipe.enable_model_cpu_offload(device=self._device)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe, hit
+
+    def controlnet(self, control_type: ControlType) -> ControlNetModel:
+        """The cached ControlNet of a control type, loaded on first use."""
+        with self._lock:
+            key = self._controlnet_key(control_type)
+            return self._controlnet(control_type, {key})
+
+    def preload(self, model_keys: Sequence[str]) -> None:
+        """Load base models ahead of the first job (the worker does this at start)."""
+        for model_key in model_keys:
+            with self._lock:
+                self._base(model_key, {self._base_key(model_key)})
+
+    def warmup(self, model_key: str) -> None:
+        """Run one denoising step at the model's native size.
+
+        The first run on a device pays for kernel selection (and compilation when
+        ``compile`` is on); a worker does it at start rather than in a job.
+        """
+        pipe, _ = self.pipeline(model_key, Method.TEXT)
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        pipe(
+            "warm-up",
+            num_inference_steps=1,
+            width=size,
+            height=size,
+            generator=torch.Generator("cpu").manual_seed(0),
+            output_type="pil",
+        )
+
+    # Per-job state ---------------------------------------------------------------
+
+    @property
+    def ip_adapter_installed(self) -> bool:
+        """Whether the configured IP-Adapter weights can be found."""
+        try:
+            return self._ip_adapter_source() is not None
+        except EngineError:
+            return False
+
+    def image_encoder(
+        self,
+    ) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessor] | None:
+        """The IP-Adapter's CLIP image encoder and its preprocessing, or None.
+
+        Loaded once and shared by every IP-Adapter job (and by scoring).
+        """
+        if not self.ip_adapter_installed:
+            return None
+        source = self._ip_adapter_source()
+        with self._lock:
+            key = ("image_encoder", source.location, source.revision or "")
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._load_image_encoder(key, source)
+            self._entries.move_to_end(key)
+            return entry.model, entry.extra["processor"]
+
+    @contextmanager
+    def job_state(
+        self,
+        pipe: DiffusionPipeline,
+        *,
+        ip_adapter: IPAdapterInput | None = None,
+        lora: LoraInput | None = None,
+    ) -> Iterator[DiffusionPipeline]:
+        """Set a job's IP-Adapter and LoRA on ``pipe``; undo both on exit.
+
+        The IP-Adapter is plus-face when ``ip_adapter.face_crop`` is on. Its
+        loading replaces every attention processor of the shared UNet (attention
+        slicing included, which is off while it is loaded), so the processors in
+        place before are put back afterwards. The LoRA comes from the bytes of a
+        ``.safetensors`` file, weighted by ``lora.scale``.
+        """
+        with self._lock:
+            unet = pipe.unet
+            processors = unet.attn_processors
+            try:
+                if ip_adapter is not None:
+                    self._set_ip_adapter(pipe, ip_adapter)
+                if lora is not None:
+                    self._set_lora(pipe, lora)
+                yield pipe
+            finally:
+                if lora is not None:
+                    pipe.unload_lora_weights()
+                if ip_adapter is not None:
+                    pipe.unload_ip_adapter()
+                    unet.set_attn_processor(processors)
+
+    # Memory ----------------------------------------------------------------------
+
+    def evict(self, model_key: str) -> None:
+        """Drop a base model (its derived pipelines go with it)."""
+        with self._lock:
+            key = self._base_key(model_key)
+            if key in self._entries:
+                self._drop(key)
+
+    def reduce_footprint(self) -> None:
+        """After an out-of-memory error: slice attention, tile the VAE (and offload
+        to the CPU on CUDA) for every base, and give cached memory back."""
+        with self._lock:
+            self._footprint.attention_slicing = True
+            self._footprint.vae_tiling = True
+            self._footprint.cpu_offload = self._device.type == "cuda"
+            for entry in self._entries.values():
+                if entry.kind == "base":
+                    self._apply_footprint(entry.model)
+            self._release_memory()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and what is loaded, oldest first, with its parameter bytes."""
+        with self._lock:
+            loaded = [
+                {
+                    "kind": entry.kind,
+                    "label": entry.label,
+                    "source": entry.source.location,
+                    "bytes": entry.nbytes,
+                    "load_seconds": round(entry.load_seconds, 4),
+                }
+                for entry in self._entries.values()
+            ]
+            budget = self._config.memory_budget_mb
+            return {
+                "device": str(self._device),
+                "dtype": str(self._dtype).removeprefix("torch."),
+                "footprint": vars(self.footprint),
+                "hits": self._counts["hits"],
+                "misses": self._counts["misses"],
+                "loads": self._counts["loads"],
+                "controlnet_loads": self._counts["controlnet_loads"],
+                "image_encoder_loads": self._counts["image_encoder_loads"],
+                "evictions": self._counts["evictions"],
+                "budget_bytes": None if budget is None else budget * 2**20,
+                "total_bytes": sum(item["bytes"] for item in loaded),
+                "loaded": loaded,
+            }
+
+    # Internals -------------------------------------------------------------------
+
+    @property
+    def _offloading(self) -> bool:
+        # Offloading trades speed for memory between a GPU and the CPU; where the
+        # device is the CPU or shares its memory (mps) it only costs time.
+        return self._footprint.cpu_offload and self._device.type == "cuda"
+
+    def _spec(self, model_key: str) -> ModelSpec:
+        try:
+            return self._config.models[model_key]
+        except KeyError:
+            known = ", ".join(sorted(self._config.models)) or "none"
+            raise ModelNotFound(
+                f"Unknown model {model_key!r}. Configured models: {known}."
+            ) from None
+
+    def _base_key(self, model_key: str) -> tuple[str, ...]:
+        source = self.source(model_key)
+        return ("base", source.location, source.revision or "")
+
+    def _controlnet_key(self, control_type: ControlType) -> tuple[str, ...]:
+        source = self.controlnet_source(control_type)
+        return ("controlnet", source.location, source.revision or "")
+
+    def _base(
+        self, model_key: str, pinned: set[tuple[str, ...]]
+    ) -> tuple[DiffusionPipeline, bool]:
+        key = self._base_key(model_key)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self._counts["hits"] += 1
+            return entry.model, True
+        self._counts["misses"] += 1
+        source = self.source(model_key)
+        started = time.perf_counter()
+        pipe = load_pipeline(source, StableDiffusionPipeline, self._dtype)
+        self._apply_footprint(pipe)
+        pipe.set_progress_bar_config(disable=True)
+        self._counts["loads"] += 1
+        self._add(
+            key,
+            _Entry(
+                kind="base",
+                label=model_key,
+                source=source,
+                model=pipe,
+                nbytes=_parameter_bytes(pipe.components.values()),
+                load_seconds=time.perf_counter() - started,
+            ),
+            pinned,
+        )
+        return pipe, False
+
+    def _controlnet(
+        self, control_type: ControlType, pinned: set[tuple[str, ...]]
+    ) -> ControlNetModel:
+        key = self._controlnet_key(control_type)
+        entry = self._entries.get(key)
+        if entry is None:
+            source = self.controlnet_source(control_type)
+            started = time.perf_counter()
+            model = load_controlnet(source, self._dtype)
+            if not self._offloading:
+                model.to(self._device)
+            self._counts["controlnet_loads"] += 1
+            entry = _Entry(
+                kind="controlnet",
+                label=ControlType(control_type).value,
+                source=source,
+                model=model,
+                nbytes=_parameter_bytes([model]),
+                load_seconds=time.perf_counter() - started,
+            )
+            self._add(key, entry, pinned)
+        self._entries.move_to_end(key)
+        return entry.model
+
+    def _load_image_encoder(
+        self, key: tuple[str, ...], source: ResolvedSource
+    ) -> _Entry:
+        spec = self._config.ip_adapter
+        assert spec is not None
+        started = time.perf_counter()
+        with model_loading(source.location):
+            encoder = CLIPVisionModelWithProjection.from_pretrained(
+                source.location,
+                subfolder=spec.image_encoder_folder,
+                revision=source.revision,
+                dtype=self._dtype,
+                local_files_only=source.offline,
+            )
+        if not self._offloading:
+            encoder.to(self._device)
+        size = encoder.config.image_size
+        self._counts["image_encoder_loads"] += 1
+        entry = _Entry(
+            kind="image_encoder",
+            label="ip-adapter image encoder",
+            source=source,
+            model=encoder,
+            nbytes=_parameter_bytes([encoder]),
+            load_seconds=time.perf_counter() - started,
+            # What diffusers' load_ip_adapter builds when a pipeline has none.
+            extra={"processor": CLIPImageProcessor(size=size, crop_size=size)},
+        )
+        self._add(key, entry, {key})
+        return entry
+
+    def _ip_adapter_source(self) -> ResolvedSource | None:
+        spec = self._config.ip_adapter
+        if spec is None:
+            return None
+        return resolve_source(
+            spec.source,
+            self._config,
+            required_file=f"{spec.subfolder}/{spec.weight_name}",
+        )
+
+    def _set_ip_adapter(
+        self, pipe: DiffusionPipeline, settings: IPAdapterInput
+    ) -> None:
+        spec = self._config.ip_adapter
+        image_encoder = self.image_encoder()
+        if spec is None or image_encoder is None:
+            raise ModelNotFound("No IP-Adapter is installed: configure its weights.")
+        source = self._ip_adapter_source()
+        assert source is not None
+        # The shared encoder, loaded once: load_ip_adapter only loads one when the
+        # pipeline has none.
+        pipe.register_modules(image_encoder=image_encoder[0])
+        # load_ip_adapter rebuilds each processor with its class's defaults, which
+        # a sliced processor does not have.
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        with model_loading(source.location):
+            pipe.load_ip_adapter(
+                source.location,
+                subfolder=spec.subfolder,
+                weight_name=(
+                    spec.face_weight_name if settings.face_crop else spec.weight_name
+                ),
+                image_encoder_folder=spec.image_encoder_folder,
+                revision=source.revision,
+                local_files_only=source.offline,
+            )
+        pipe.set_ip_adapter_scale(settings.scale)
+
+    def _set_lora(self, pipe: DiffusionPipeline, lora: LoraInput) -> None:
+        try:
+            state_dict = safetensors.torch.load(lora.weights)
+        except Exception as error:  # safetensors raises its own error types
+            raise InvalidRequest(
+                f"The LoRA {lora.name!r} is not a readable .safetensors file: {error}"
+            ) from error
+        try:
+            pipe.load_lora_weights(state_dict, adapter_name=LORA_ADAPTER_NAME)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise InvalidRequest(
+                f"The LoRA {lora.name!r} does not fit this model: {error}"
+            ) from error
+        if not any(
+            LORA_ADAPTER_NAME in names for names in pipe.get_list_adapters().values()
+        ):
+            raise InvalidRequest(
+                f"The LoRA {lora.name!r} has no weights for this model's UNet or "
+                "text encoder."
+            )
+        pipe.set_adapters([LORA_ADAPTER_NAME], adapter_weights=[lora.scale])
+
+    def _fresh_scheduler(self, base: DiffusionPipeline, name: str | None) -> Any:
+        scheduler_cls = type(base.scheduler)
+        if name is not None:
+            compatible = {cls.__name__: cls for cls in base.scheduler.compatibles}
+            compatible[scheduler_cls.__name__] = scheduler_cls
+            if name not in compatible:
+                raise InvalidRequest(
+                    f"Unknown scheduler {name!r}. This model takes: "
+                    f"{', '.join(sorted(compatible))}."
+                )
+            scheduler_cls = compatible[name]
+        return scheduler_cls.from_config(base.scheduler.config)
+
+    def _apply_footprint(self, pipe: DiffusionPipeline) -> None:
+        footprint = self._footprint
+        if self._offloading:
+            pipe.enable_model_cpu_offload(device=self._device)
+        else:
+            pipe.to(self._device)
+        if footprint.attention_slicing:
+            pipe.enable_attention_slicing()
+        if footprint.vae_tiling:
+            pipe.vae.enable_tiling()
+        if footprint.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if (
+            footprint.compile
+            and getattr(pipe.unet, "_compiled_call_impl", None) is None
+        ):
+            pipe.unet.compile()
+
+    def _fingerprint_of(self, source: ResolvedSource) -> dict[str, Any]:
+        cache_key = f"{source.kind.value}:{source.location}@{source.revision}"
+        if cache_key not in self._fingerprints:
+            self._fingerprints[cache_key] = fingerprint(source)
+        return self._fingerprints[cache_key]
+
+    def _add(
+        self, key: tuple[str, ...], entry: _Entry, pinned: set[tuple[str, ...]]
+    ) -> None:
+        """Add a loaded entry, then drop the oldest unpinned ones past the budget."""
+        self._entries[key] = entry
+        budget = self._config.memory_budget_mb
+        if budget is None:
+            return
+        victims = [k for k in self._entries if k not in pinned | {key}]
+        dropped = False
+        for victim in victims:
+            if sum(e.nbytes for e in self._entries.values()) <= budget * 2**20:
+                break
+            self._drop(victim, release=False)
+            dropped = True
+        if dropped:
+            self._release_memory()
+
+    def _drop(self, key: tuple[str, ...], *, release: bool = True) -> None:
+        del self._entries[key]
+        self._counts["evictions"] += 1
+        if release:
+            self._release_memory()
+
+    def _release_memory(self) -> None:
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self._device.type == "mps":
+            torch.mps.empty_cache()
+
+
+def _parameter_bytes(modules: Any) -> int:
+    """Bytes of the distinct parameters and buffers of the given torch modules."""
+    tensors = {
+        id(tensor): tensor
+        for module in modules
+        if isinstance(module, torch.nn.Module)
+        for tensor in itertools.chain(module.parameters(), module.buffers())
+    }
+    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,0 +1,337 @@
+"""The engine: turns a ``GenerationRequest`` into images through real diffusers
+pipelines from the registry.
+
+One ``generate`` call: check and plan the request (``methods.plan_method``; every
+awkward request fails here, before any model work), prepare the inputs (the
+reference fitted to the size, control images, face crops), take the pipeline
+from the registry, set the job's IP-Adapter and LoRA for the call only
+(``PipelineRegistry.job_state``), call the pipeline with the same arguments a
+person would give raw diffusers, and record a snapshot (``snapshot.py``).
+
+The call matches raw diffusers on purpose: a prompt that fits the text encoder
+goes in as ``prompt=``; our conditioning scale is always passed (the hybrid
+pipeline's default differs from plain ControlNet's); the seed seeds a CPU
+``torch.Generator`` (see ``snapshot.GENERATOR_DEVICE``); images come back as PIL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .config import EngineConfig
+from .errors import GenerationCancelled, OutOfMemory
+from .face import crop_face
+from .methods import (
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    MethodPlan,
+    plan_method,
+)
+from .preprocessors import make_control_image
+from .prompts import encode_prompt_chunks, needs_chunking
+from .registry import PipelineRegistry
+from .requests import (
+    ControlImageOutput,
+    GenerationRequest,
+    GenerationResult,
+    Method,
+    Timings,
+)
+from .resize import fit_to_size
+from .snapshot import GENERATOR_DEVICE, build_snapshot, images_by_hash
+from .tiny_model import is_tiny_model
+
+StepCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class _Inputs:
+    """The images a job hands to the pipeline, made before any model is loaded."""
+
+    init_image: Image.Image | None = None
+    control_images: list[Image.Image] = field(default_factory=list)
+    ip_adapter_images: list[Image.Image] = field(default_factory=list)
+    face_crops: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Engine:
+    """Generates images for requests; one instance per worker process (it owns a
+    pipeline registry, whose loaded models stay warm across jobs)."""
+
+    def __init__(
+        self, config: EngineConfig, registry: PipelineRegistry | None = None
+    ) -> None:
+        self._config = config
+        self._registry = registry if registry is not None else PipelineRegistry(config)
+
+    @property
+    def registry(self) -> PipelineRegistry:
+        return self._registry
+
+    def plan(self, request: GenerationRequest) -> MethodPlan:
+        """Check ``request`` and resolve its method (see ``methods``)."""
+        return plan_method(
+            request,
+            models=self._config.models,
+            controlnets=self._config.controlnets,
+            ip_adapter_installed=self._registry.ip_adapter_installed,
+        )
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise ``InvalidRequest`` or ``ModelNotFound`` for a request that cannot
+        run; loads nothing."""
+        self.plan(request)
+
+    def choose_method(self, request: GenerationRequest) -> tuple[Method, str]:
+        """The method the request runs with, and why (the auto rules)."""
+        plan = self.plan(request)
+        return plan.method, plan.reason
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GenerationResult:
+        """Run ``request``. ``on_step(step, total)`` is called after every
+        denoising step; ``should_cancel()`` is checked before the run and after
+        every step, and True ends the job with ``GenerationCancelled``. Running
+        out of device memory shrinks the registry's footprint and raises
+        ``OutOfMemory`` (transient: a retry may fit)."""
+        started = time.perf_counter()
+        plan = self.plan(request)
+        notes: list[str] = []
+        inputs = self._prepare(request, plan, notes)
+        preprocess = time.perf_counter() - started
+
+        loading = time.perf_counter()
+        try:
+            pipe, hit = self._registry.pipeline(
+                request.model,
+                plan.base,
+                plan.control_types,
+                scheduler=request.scheduler,
+            )
+            with self._registry.job_state(
+                pipe, ip_adapter=plan.ip_adapter, lora=request.lora
+            ):
+                load = time.perf_counter() - loading
+                encoding = time.perf_counter()
+                kwargs, prompt_encoding = self._call_kwargs(request, plan, inputs, pipe)
+                preprocess += time.perf_counter() - encoding
+                inference_started = time.perf_counter()
+                images = self._run(pipe, kwargs, on_step, should_cancel)
+                inference = time.perf_counter() - inference_started
+        except torch.OutOfMemoryError as error:
+            self._registry.reduce_footprint()
+            raise OutOfMemory(
+                "The device ran out of memory; attention slicing and VAE tiling are "
+                "now on, so a retry may fit. Otherwise lower the size or the number "
+                "of images."
+            ) from error
+
+        if prompt_encoding["chunks"] > 1:
+            notes.append(
+                f"The prompt was longer than the text encoder's window: it was "
+                f"encoded in {prompt_encoding['chunks']} chunks, not truncated."
+            )
+        if is_tiny_model(self._registry.source(request.model).location):
+            notes.append(
+                "Tiny built-in model with random weights: its images are noise."
+            )
+        snapshot = build_snapshot(
+            request,
+            plan,
+            pipe=pipe,
+            call_kwargs=kwargs,
+            model_fingerprint=self._registry.fingerprint(request.model),
+            controlnet_fingerprints=[
+                self._registry.controlnet_fingerprint(control_type)
+                for control_type in plan.control_types
+            ],
+            ip_adapter_weights=self._ip_adapter_weights(plan),
+            face_crops=inputs.face_crops,
+            prompt_encoding=prompt_encoding,
+            outputs=images,
+            device=str(self._registry.device),
+            dtype=str(self._registry.dtype).removeprefix("torch."),
+        )
+        return GenerationResult(
+            images=images,
+            control_images=[
+                ControlImageOutput(control_type=control_type, image=image)
+                for control_type, image in zip(
+                    plan.control_types, inputs.control_images, strict=True
+                )
+            ],
+            method=plan.method,
+            method_reason=plan.reason,
+            snapshot=snapshot,
+            timings=Timings(
+                load=load,
+                preprocess=preprocess,
+                inference=inference,
+                total=time.perf_counter() - started,
+            ),
+            registry_hit=hit,
+            notes=notes,
+            call_images=images_by_hash(kwargs),
+        )
+
+    def _prepare(
+        self, request: GenerationRequest, plan: MethodPlan, notes: list[str]
+    ) -> _Inputs:
+        """Fit the init reference, make the control images, crop the faces."""
+        inputs = _Inputs()
+        if plan.init_reference is not None:
+            inputs.init_image = fit_to_size(
+                request.references[plan.init_reference].image,
+                request.width,
+                request.height,
+                request.resize_mode,
+            )
+        for unit, reference in zip(
+            request.control_units, plan.unit_references, strict=True
+        ):
+            # The reference is fitted with the same mode as the init image, so a
+            # control map lines up with it pixel for pixel.
+            inputs.control_images.append(
+                make_control_image(
+                    unit,
+                    unit.control_image
+                    if reference is None
+                    else request.references[reference].image,
+                    request.width,
+                    request.height,
+                    annotators_dir=self._config.annotators_dir,
+                    seg_model=self._config.seg_model,
+                    offline=self._config.offline,
+                    resize_mode=request.resize_mode,
+                )
+            )
+        if plan.ip_adapter is not None:
+            for index in plan.ip_adapter_references:
+                image = request.references[index].image
+                if plan.ip_adapter.face_crop:
+                    image, info = crop_face(image)
+                    inputs.face_crops.append({"reference": index, **info})
+                    if not info["face_found"]:
+                        notes.append(
+                            f"No face found in reference {index}: the IP-Adapter "
+                            "saw the whole image."
+                        )
+                inputs.ip_adapter_images.append(image.convert("RGB"))
+        return inputs
+
+    def _call_kwargs(
+        self,
+        request: GenerationRequest,
+        plan: MethodPlan,
+        inputs: _Inputs,
+        pipe: Any,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The pipeline's keyword arguments, and how the prompt was encoded."""
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "num_images_per_prompt": request.num_images,
+            "generator": torch.Generator(GENERATOR_DEVICE).manual_seed(request.seed),
+            "output_type": "pil",
+        }
+        tokenizer = pipe.tokenizer
+        if needs_chunking(tokenizer, request.prompt) or needs_chunking(
+            tokenizer, request.negative_prompt
+        ):
+            prompt_embeds, negative_embeds, prompt_encoding = encode_prompt_chunks(
+                pipe,
+                request.prompt,
+                request.negative_prompt,
+                pipe._execution_device,
+                _uses_classifier_free_guidance(pipe, request.guidance_scale),
+            )
+            kwargs["prompt_embeds"] = prompt_embeds
+            kwargs["negative_prompt_embeds"] = negative_embeds
+        else:
+            kwargs["prompt"] = request.prompt
+            kwargs["negative_prompt"] = request.negative_prompt
+            prompt_encoding = {"chunks": 1, "truncated": False}
+        if plan.base in METHODS_WITH_STRENGTH:
+            kwargs["image"] = inputs.init_image
+            kwargs["strength"] = request.strength
+        if plan.base is not Method.IMG2IMG:
+            # The img2img pipeline takes its size from the init image.
+            kwargs["width"] = request.width
+            kwargs["height"] = request.height
+        if plan.base in METHODS_WITH_CONTROL:
+            units = request.control_units
+            several = len(units) > 1
+            control_key = "control_image" if plan.base is Method.HYBRID else "image"
+            kwargs[control_key] = (
+                inputs.control_images if several else inputs.control_images[0]
+            )
+            scales = [unit.conditioning_scale for unit in units]
+            kwargs["controlnet_conditioning_scale"] = (
+                [float(scale) for scale in scales] if several else float(scales[0])
+            )
+            kwargs["control_guidance_start"] = [unit.guidance_start for unit in units]
+            kwargs["control_guidance_end"] = [unit.guidance_end for unit in units]
+        if plan.ip_adapter is not None:
+            # One list per loaded adapter (we load one); several references give
+            # that adapter several images.
+            kwargs["ip_adapter_image"] = [inputs.ip_adapter_images]
+        return kwargs, prompt_encoding
+
+    def _run(
+        self,
+        pipe: Any,
+        kwargs: dict[str, Any],
+        on_step: StepCallback | None,
+        should_cancel: CancelCheck | None,
+    ) -> list[Image.Image]:
+        """Call the pipeline, reporting progress and honouring cancellation."""
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled("The generation was cancelled before it started.")
+
+        def step_end(
+            pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(index + 1, pipeline.num_timesteps)
+            if should_cancel is not None and should_cancel():
+                # Raising (rather than setting ``_interrupt``) skips the VAE
+                # decode of a result nobody wants; job_state still resets.
+                raise GenerationCancelled(
+                    f"The generation was cancelled after step {index + 1} of "
+                    f"{pipeline.num_timesteps}."
+                )
+            return tensors
+
+        return pipe(**kwargs, callback_on_step_end=step_end).images
+
+    def _ip_adapter_weights(self, plan: MethodPlan) -> dict[str, Any] | None:
+        """Which IP-Adapter files the job loaded (for the snapshot)."""
+        spec = self._config.ip_adapter
+        if plan.ip_adapter is None or spec is None:
+            return None
+        return {
+            "source": spec.source,
+            "subfolder": spec.subfolder,
+            "weight_name": spec.face_weight_name
+            if plan.ip_adapter.face_crop
+            else spec.weight_name,
+            "image_encoder_folder": spec.image_encoder_folder,
+        }
+
+
+def _uses_classifier_free_guidance(pipe: Any, guidance_scale: float) -> bool:
+    """The rule of the pipelines' ``do_classifier_free_guidance`` property, which is
+    only set inside a call."""
+    return guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None

@@ -1,0 +1,287 @@
+"""Model sources: a Hub id, a local diffusers folder or a single-file checkpoint.
+
+``resolve_source`` turns the string a ``ModelSpec`` (or a ControlNet entry) holds
+into a ``ResolvedSource`` and refuses what must not be loaded, before any weights
+are read:
+
+- an absolute path, a path starting with ``~`` or ``.``, a name ending in
+  ``.safetensors``, or a name that exists under a model root is a local path. It
+  must resolve, symlinks followed, under one of ``EngineConfig.model_roots``
+  (else ``SourceRefused``) and exist (else ``ModelNotFound``). A folder is a
+  diffusers folder; a ``.safetensors`` file is a single-file checkpoint (pickled
+  ``.ckpt`` files are refused: loading one runs arbitrary code);
+- anything else is a Hugging Face Hub id. Offline (``EngineConfig.offline`` or
+  ``HF_HUB_OFFLINE``), it must already be in the Hugging Face cache, and nothing
+  is ever downloaded (``local_files_only``).
+
+Single-file checkpoints carry weights but no component configs: those come from
+``ModelSpec.config`` (a local diffusers folder or a Hub id), by default
+Stable Diffusion 1.5's, resolved by the same rules.
+
+``load_pipeline`` and ``load_controlnet`` open a resolved source through diffusers
+(``model_loading`` turns loading errors into ``ModelNotFound``); ``fingerprint``
+identifies the exact weights for the reproducibility snapshot (DESIGN.md
+decision 8).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from generation.engine.config import EngineConfig
+from generation.engine.errors import ModelNotFound, SourceRefused
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import ControlNetModel, DiffusionPipeline
+
+DEFAULT_SINGLE_FILE_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+PIPELINE_CONFIG_FILE = "model_index.json"
+MODEL_CONFIG_FILE = "config.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_TRUE_VALUES = {"1", "on", "yes", "true"}
+
+
+class SourceKind(enum.StrEnum):
+    HUB = "hub"
+    FOLDER = "folder"
+    SINGLE_FILE = "single_file"
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A checked source: ``location`` is a Hub id or an absolute resolved path.
+
+    ``config`` is the resolved architecture source of a single-file checkpoint.
+    """
+
+    kind: SourceKind
+    location: str
+    revision: str | None = None
+    offline: bool = True
+    config: ResolvedSource | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind is not SourceKind.HUB
+
+
+def is_offline(config: EngineConfig) -> bool:
+    """True when nothing may be downloaded: the config says so or HF_HUB_OFFLINE."""
+    return config.offline or (
+        os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE_VALUES
+    )
+
+
+def resolve_source(
+    source: str,
+    config: EngineConfig,
+    *,
+    required_file: str = PIPELINE_CONFIG_FILE,
+    revision: str | None = None,
+    single_file: bool = False,
+    single_file_config: str | None = None,
+) -> ResolvedSource:
+    """Check ``source`` and say how to load it; raise before reading any weights.
+
+    ``required_file`` is the file a folder or Hub repo of this kind must hold
+    (``model_index.json`` for a pipeline, ``config.json`` for a ControlNet, the
+    weights file for an IP-Adapter). ``single_file`` allows a single-file
+    checkpoint, whose component configs come from ``single_file_config``.
+    """
+    offline = is_offline(config)
+    path = _local_path(source, config)
+    if path is None:
+        return _resolve_hub(source, revision, offline, required_file)
+    path = _inside_roots(path, config, source)
+    if path.is_dir():
+        if not (path / required_file).is_file():
+            raise ModelNotFound(
+                f"The folder {path} holds no {required_file}: it is not the kind "
+                "of model folder expected here."
+            )
+        return ResolvedSource(SourceKind.FOLDER, str(path), revision, offline)
+    if not single_file:
+        raise SourceRefused(
+            f"{path} is a file, but this model is loaded from a folder holding "
+            f"{required_file} (or a Hub id)."
+        )
+    if path.suffix != ".safetensors":
+        raise SourceRefused(
+            f"{path} is not a .safetensors checkpoint. Only .safetensors single files "
+            "are loaded: pickled .ckpt/.bin/.pt files can run arbitrary code."
+        )
+    architecture = resolve_source(
+        single_file_config or DEFAULT_SINGLE_FILE_CONFIG, config
+    )
+    return ResolvedSource(
+        SourceKind.SINGLE_FILE, str(path), revision, offline, config=architecture
+    )
+
+
+def load_pipeline(
+    source: ResolvedSource, pipeline_class: type[DiffusionPipeline], dtype: torch.dtype
+) -> DiffusionPipeline:
+    """Load a pipeline from a resolved source, never downloading when offline."""
+    with model_loading(source.location):
+        if source.kind is SourceKind.SINGLE_FILE:
+            assert source.config is not None
+            return pipeline_class.from_single_file(
+                source.location,
+                config=source.config.location,
+                dtype=dtype,
+                local_files_only=source.offline,
+            )
+        return pipeline_class.from_pretrained(
+            source.location,
+            revision=source.revision,
+            dtype=dtype,
+            local_files_only=source.offline,
+        )
+
+
+def load_controlnet(source: ResolvedSource, dtype: torch.dtype) -> ControlNetModel:
+    """Load a ControlNet from a resolved folder or Hub id."""
+    from diffusers import ControlNetModel
+
+    with model_loading(source.location):
+        return ControlNetModel.from_pretrained(
+            source.location,
+            revision=source.revision,
+            dtype=dtype,
+            local_files_only=source.offline,
+        )
+
+
+def fingerprint(source: ResolvedSource) -> dict[str, Any]:
+    """What identifies these exact weights: the Hub commit, or a content hash.
+
+    A local folder's hash covers every file in it (sorted relative paths and
+    their bytes), so any change to weights or configs changes it.
+    """
+    result: dict[str, Any] = {
+        "source": source.location,
+        "kind": source.kind.value,
+        "revision": source.revision,
+    }
+    if source.kind is SourceKind.HUB:
+        result["commit"] = _hub_commit(source)
+    else:
+        result["sha256"] = content_sha256(Path(source.location))
+    if source.config is not None:
+        result["config"] = fingerprint(source.config)
+    return result
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files with their relative paths."""
+    if path.is_file():
+        return _file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path)
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # download caches and editor files are not model content
+        digest.update(relative.as_posix().encode() + b"\0")
+        digest.update(_file_sha256(file).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _local_path(source: str, config: EngineConfig) -> Path | None:
+    """The local path ``source`` names, or None when it is a Hub id."""
+    if source.startswith(("/", "~", ".")) or source.endswith(
+        (".safetensors", ".ckpt", ".bin", ".pt")
+    ):
+        path = Path(source).expanduser()
+        if path.is_absolute():
+            return path
+        return _under_a_root(path, config) or path
+    return _under_a_root(Path(source), config)
+
+
+def _under_a_root(relative: Path, config: EngineConfig) -> Path | None:
+    for root in config.model_roots:
+        candidate = Path(root).expanduser() / relative
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _inside_roots(path: Path, config: EngineConfig, source: str) -> Path:
+    """``path`` with symlinks resolved, provided it lies under a model root."""
+    resolved = path.resolve()
+    roots = [Path(root).expanduser().resolve() for root in config.model_roots]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots) or "none configured"
+        raise SourceRefused(
+            f"The model path {source!r} resolves to {resolved}, outside the "
+            f"configured model roots ({allowed}). Move or link the model under a "
+            "model root, or add its folder to the model roots."
+        )
+    if not resolved.exists():
+        raise ModelNotFound(f"The model path {resolved} does not exist.")
+    return resolved
+
+
+def _resolve_hub(
+    repo_id: str, revision: str | None, offline: bool, required_file: str
+) -> ResolvedSource:
+    if not _HUB_ID.match(repo_id):
+        raise ModelNotFound(
+            f"{repo_id!r} is neither a Hugging Face Hub id nor a path under the "
+            "model roots."
+        )
+    source = ResolvedSource(SourceKind.HUB, repo_id, revision, offline)
+    if offline and _cached_file(source, required_file) is None:
+        from huggingface_hub import constants
+
+        raise ModelNotFound(
+            f"{repo_id!r} (revision {revision or 'main'}) is not in the Hugging Face "
+            f"cache ({constants.HF_HUB_CACHE}) and the engine is offline, so nothing "
+            f"is downloaded. Run `hf download {repo_id}` where there is network, or "
+            "put a diffusers copy under a model root and use its path."
+        )
+    return source
+
+
+def _cached_file(source: ResolvedSource, filename: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source.location, filename, revision=source.revision)
+    return cached if isinstance(cached, str) else None
+
+
+def _hub_commit(source: ResolvedSource) -> str | None:
+    """The commit of the cached snapshot (``.../snapshots/<commit>/file``)."""
+    for filename in (PIPELINE_CONFIG_FILE, MODEL_CONFIG_FILE):
+        cached = _cached_file(source, filename)
+        if cached is not None:
+            return Path(cached).parent.name
+    return None
+
+
+@contextmanager
+def model_loading(location: str) -> Iterator[None]:
+    """Turn a loader's "cannot find or read it" errors into ``ModelNotFound``."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise ModelNotFound(
+            f"Could not load the model {location!r}: {error}"
+        ) from error
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,456 @@
+"""Writes the built-in tiny model: random weights in the formats the real ones use.
+
+Nothing can be downloaded here, so tests, CI and the out-of-the-box demo run on a
+tiny Stable Diffusion 1.5-architecture model that the studio writes itself
+(DESIGN.md decision 5), loaded through exactly the same code as a real model:
+
+- ``sd15/``: a diffusers pipeline folder (UNet with cross-attention blocks, a VAE
+  that downsamples by 8 like SD 1.5's, a CLIP text encoder, a byte-level CLIP
+  tokenizer, SD 1.5's PNDM scheduler config, no safety checker);
+- ``controlnet/<type>/``: one ControlNet per ``ControlType``, matching the UNet;
+- ``ip-adapter/models/``: ``ip-adapter_sd15.safetensors`` and
+  ``ip-adapter-plus-face_sd15.safetensors`` in the original ``h94/IP-Adapter`` key
+  layout (``image_proj.*`` and ``ip_adapter.*``; the plus-face one with the
+  Resampler's keys) and ``image_encoder/`` (a CLIP vision model);
+- ``lora/persona.safetensors``: a kohya-style LoRA (``lora_unet_*``,
+  ``lora_te_*``) for the UNet and the text encoder;
+- ``sd15.safetensors``: the same pipeline as one original-layout (LDM) checkpoint,
+  the single-file format of AUTOMATIC1111 and model sites, read with
+  ``sd15/`` as its config;
+- ``TINY_MODEL.json``: the marker that tells the UI its images are noise.
+
+Every tensor comes from a fixed seed, so writing twice gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+from safetensors.torch import save_file
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+from generation.engine.config import (
+    TINY_CONTROLNET_DIR,
+    TINY_IP_ADAPTER_DIR,
+    TINY_LORA_FILE,
+    TINY_MARKER_FILE,
+    TINY_PIPELINE_DIR,
+    TINY_SINGLE_FILE,
+)
+from generation.engine.requests import ControlType
+
+# Shared by the UNet, its ControlNets, the text encoder and the adapters.
+CROSS_ATTENTION_DIM = 32
+UNET_BLOCKS = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "cross_attention_dim": CROSS_ATTENTION_DIM,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+IMAGE_ENCODER_HIDDEN = 32
+LORA_RANK = 4
+MARKER_VERSION = 1
+
+
+def write_tiny_model(root: Path) -> Path:
+    """Write the tiny model under ``root`` (replacing an earlier tiny model there).
+
+    Refuses a non-empty folder that is not a tiny model, so that a mistyped path
+    never deletes anything else. Returns ``root``.
+    """
+    root = Path(root)
+    marker = root / TINY_MARKER_FILE
+    if root.exists() and any(root.iterdir()) and not marker.exists():
+        raise FileExistsError(
+            f"{root} is not empty and holds no tiny model: choose an empty folder."
+        )
+    for entry in (TINY_PIPELINE_DIR, TINY_CONTROLNET_DIR, TINY_IP_ADAPTER_DIR, "lora"):
+        shutil.rmtree(root / entry, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+
+    pipe = _tiny_pipeline()
+    pipe.save_pretrained(root / TINY_PIPELINE_DIR, safe_serialization=True)
+    save_file(_ldm_checkpoint(pipe), root / TINY_SINGLE_FILE)
+    for control_type in ControlType:
+        controlnet = _tiny_controlnet(pipe.unet, seed=_seed_for(control_type.value))
+        controlnet.save_pretrained(root / TINY_CONTROLNET_DIR / control_type.value)
+    _write_ip_adapter(root / TINY_IP_ADAPTER_DIR / "models", pipe.unet)
+    lora_path = root / TINY_LORA_FILE
+    lora_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        _kohya_lora(pipe.unet, pipe.text_encoder),
+        lora_path,
+        metadata={"ss_network_module": "networks.lora", "ss_network_dim": "4"},
+    )
+    marker.write_text(
+        json.dumps(
+            {
+                "tiny": True,
+                "version": MARKER_VERSION,
+                "note": "Randomly initialised weights: every image is noise.",
+                "pipeline": TINY_PIPELINE_DIR,
+                "single_file": TINY_SINGLE_FILE,
+                "controlnets": [t.value for t in ControlType],
+                "ip_adapter": TINY_IP_ADAPTER_DIR,
+                "lora": TINY_LORA_FILE,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return root
+
+
+def is_tiny_model(path: Path | str) -> bool:
+    """True when ``path`` is the tiny model's folder or lies inside it."""
+    path = Path(path).expanduser()
+    for folder in (path, *path.parents):
+        marker = folder / TINY_MARKER_FILE
+        if marker.is_file():
+            try:
+                return json.loads(marker.read_text()).get("tiny") is True
+            except (OSError, ValueError):
+                return False
+    return False
+
+
+def _seed_for(name: str) -> int:
+    """A stable seed per component, independent of the order they are built in."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+
+
+def _tiny_pipeline() -> StableDiffusionPipeline:
+    torch.manual_seed(_seed_for("unet"))
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **UNET_BLOCKS,
+    )
+    torch.manual_seed(_seed_for("vae"))
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=64,
+    )
+    tokenizer = _byte_level_tokenizer()
+    torch.manual_seed(_seed_for("text_encoder"))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=CROSS_ATTENTION_DIM,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=CROSS_ATTENTION_DIM,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    # Stable Diffusion 1.5's own scheduler configuration.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=CLIPImageProcessor(),
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
+def _byte_level_tokenizer() -> CLIPTokenizer:
+    """CLIP's byte-level vocabulary without any merges: one token per character.
+
+    The ids follow the layout of CLIP's vocabulary (the 256 byte characters, the
+    same with ``</w>``, then the special tokens), so prompts tokenize the way
+    CLIP's would before merging; a prompt of a few dozen words already exceeds
+    the 77-token window.
+    """
+    characters = sorted(ByteLevel.alphabet())
+    tokens = [*characters, *(c + "</w>" for c in characters)]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(
+        vocab={token: index for index, token in enumerate(tokens)},
+        merges=[],
+        model_max_length=77,
+    )
+
+
+def _tiny_controlnet(unet: UNet2DConditionModel, *, seed: int) -> ControlNetModel:
+    """A ControlNet matching ``unet``, with its zero convolutions made random.
+
+    A freshly initialised ControlNet has zero output convolutions and so no effect
+    at all; a trained one has, which is what the tests must see.
+    """
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel(
+        in_channels=unet.config.in_channels,
+        conditioning_embedding_out_channels=(8, 8, 16, 16),
+        **UNET_BLOCKS,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in controlnet.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.05, generator=generator)
+    return controlnet
+
+
+def _write_ip_adapter(models_dir: Path, unet: UNet2DConditionModel) -> None:
+    """The two SD 1.5 IP-Adapters of ``h94/IP-Adapter`` and their image encoder."""
+    torch.manual_seed(_seed_for("image_encoder"))
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=IMAGE_ENCODER_HIDDEN,
+            projection_dim=IMAGE_ENCODER_HIDDEN,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=14,
+        )
+    )
+    image_encoder.save_pretrained(models_dir / "image_encoder")
+    generator = torch.Generator().manual_seed(_seed_for("ip-adapter"))
+    plain = {
+        "image_proj.proj.weight": _random(
+            generator, 4 * CROSS_ATTENTION_DIM, IMAGE_ENCODER_HIDDEN
+        ),
+        "image_proj.proj.bias": _random(generator, 4 * CROSS_ATTENTION_DIM),
+        **_layer_norm("image_proj.norm", CROSS_ATTENTION_DIM),
+        **_ip_attention_weights(unet, generator),
+    }
+    save_file(plain, models_dir / "ip-adapter_sd15.safetensors")
+    generator = torch.Generator().manual_seed(_seed_for("ip-adapter-plus-face"))
+    plus_face = {
+        **_resampler_weights(generator),
+        **_ip_attention_weights(unet, generator),
+    }
+    save_file(plus_face, models_dir / "ip-adapter-plus-face_sd15.safetensors")
+
+
+def _ip_attention_weights(
+    unet: UNet2DConditionModel, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """``ip_adapter.<n>.to_k_ip/to_v_ip`` for each cross-attention layer.
+
+    ``n`` is the layer's index among all of the UNet's attention processors, as
+    in the original training code (so cross-attention layers get odd numbers).
+    """
+    weights = {}
+    for index, name in enumerate(unet.attn_processors):
+        if not name.endswith("attn2.processor"):
+            continue
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        hidden_size = attention.to_q.in_features
+        for projection in ("to_k_ip", "to_v_ip"):
+            weights[f"ip_adapter.{index}.{projection}.weight"] = _random(
+                generator, hidden_size, CROSS_ATTENTION_DIM
+            )
+    return weights
+
+
+def _resampler_weights(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The plus-face Resampler in its original key layout (depth 4, 64-dim heads)."""
+    width, queries, head_width, ff_width = IMAGE_ENCODER_HIDDEN, 4, 64, 4 * 32
+    weights = {
+        "image_proj.latents": _random(generator, 1, queries, width),
+        "image_proj.proj_in.weight": _random(generator, width, IMAGE_ENCODER_HIDDEN),
+        "image_proj.proj_in.bias": _random(generator, width),
+        "image_proj.proj_out.weight": _random(generator, CROSS_ATTENTION_DIM, width),
+        "image_proj.proj_out.bias": _random(generator, CROSS_ATTENTION_DIM),
+        **_layer_norm("image_proj.norm_out", CROSS_ATTENTION_DIM),
+    }
+    for layer in range(4):
+        prefix = f"image_proj.layers.{layer}"
+        weights.update(
+            {
+                **_layer_norm(f"{prefix}.0.norm1", width),
+                **_layer_norm(f"{prefix}.0.norm2", width),
+                f"{prefix}.0.to_q.weight": _random(generator, head_width, width),
+                f"{prefix}.0.to_kv.weight": _random(generator, 2 * head_width, width),
+                f"{prefix}.0.to_out.weight": _random(generator, width, head_width),
+                **_layer_norm(f"{prefix}.1.0", width),
+                f"{prefix}.1.1.weight": _random(generator, ff_width, width),
+                f"{prefix}.1.3.weight": _random(generator, width, ff_width),
+            }
+        )
+    return weights
+
+
+def _kohya_lora(
+    unet: UNet2DConditionModel, text_encoder: CLIPTextModel
+) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA on every attention projection, in kohya-ss naming."""
+    generator = torch.Generator().manual_seed(_seed_for("lora"))
+    targets = [
+        ("lora_unet", name, module)
+        for name, module in unet.named_modules()
+        if ".attn" in name and name.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+    ] + [
+        ("lora_te", name, module)
+        for name, module in text_encoder.named_modules()
+        if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj"))
+    ]
+    weights = {}
+    for prefix, name, linear in targets:
+        lora_name = f"{prefix}_{name.replace('.', '_')}"
+        weights[f"{lora_name}.lora_down.weight"] = _random(
+            generator, LORA_RANK, linear.in_features
+        )
+        weights[f"{lora_name}.lora_up.weight"] = _random(
+            generator, linear.out_features, LORA_RANK
+        )
+        weights[f"{lora_name}.alpha"] = torch.tensor(float(LORA_RANK))
+    return weights
+
+
+def _ldm_checkpoint(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+    """The pipeline's weights under the original Stable Diffusion key names.
+
+    The inverse of diffusers' single-file conversion (``convert_ldm_*`` in
+    ``diffusers.loaders.single_file_utils``), for any number of blocks.
+    """
+    checkpoint = {
+        f"model.diffusion_model.{_ldm_unet_key(key, pipe.unet)}": value
+        for key, value in pipe.unet.state_dict().items()
+    }
+    for key, value in pipe.vae.state_dict().items():
+        ldm_key = _ldm_vae_key(key, len(pipe.vae.config.up_block_types))
+        if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", ldm_key):
+            value = value[:, :, None, None]  # 1x1 convolutions in the original
+        checkpoint[f"first_stage_model.{ldm_key}"] = value
+    for key, value in pipe.text_encoder.state_dict().items():
+        # transformers >= 5.6 flattened CLIPTextModel; checkpoints keep text_model.
+        key = key if key.startswith("text_model.") else f"text_model.{key}"
+        checkpoint[f"cond_stage_model.transformer.{key}"] = value
+    return {key: value.contiguous() for key, value in checkpoint.items()}
+
+
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+
+
+def _ldm_unet_key(key: str, unet: UNet2DConditionModel) -> str:
+    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    if key in fixed:
+        return fixed[key]
+    per_block = unet.config.layers_per_block + 1
+    part, rest = _split_block(key)
+    kind, block, layer = part
+    if kind == "mid_block":
+        index = 1 if layer[0] == "attentions" else 2 * int(layer[1])
+        ldm = f"middle_block.{index}"
+    elif layer[0] in ("resnets", "attentions"):
+        slot = "0" if layer[0] == "resnets" else "1"
+        if kind == "down_blocks":
+            ldm = f"input_blocks.{1 + block * per_block + int(layer[1])}.{slot}"
+        else:
+            ldm = f"output_blocks.{block * per_block + int(layer[1])}.{slot}"
+    elif kind == "down_blocks":  # downsamplers.0.conv
+        return (
+            f"input_blocks.{(block + 1) * per_block}.0.op.{rest.removeprefix('conv.')}"
+        )
+    else:  # upsamplers.0.conv, after the block's last resnet (and attention)
+        has_attention = hasattr(unet.up_blocks[block], "attentions")
+        last = block * per_block + per_block - 1
+        slot = 2 if has_attention else 1
+        return f"output_blocks.{last}.{slot}.{rest}"
+    if layer[0] == "resnets":
+        name, _, tail = rest.partition(".")
+        rest = f"{_RESNET_TO_LDM[name]}.{tail}"
+    return f"{ldm}.{rest}"
+
+
+def _ldm_vae_key(key: str, blocks: int) -> str:
+    fixed = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    if key in fixed:
+        return fixed[key]
+    coder, key = key.split(".", 1)
+    (kind, block, layer), rest = _split_block(key)
+    if kind == "mid_block" and layer[0] == "attentions":
+        name, _, tail = rest.rpartition(".")
+        name = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v"}.get(
+            name, "proj_out" if name == "to_out.0" else name
+        )
+        return f"{coder}.mid.attn_1.{name}.{tail}"
+    rest = rest.replace("conv_shortcut", "nin_shortcut")
+    if kind == "mid_block":
+        return f"{coder}.mid.block_{int(layer[1]) + 1}.{rest}"
+    level = block if kind == "down_blocks" else blocks - 1 - block
+    stage = "down" if kind == "down_blocks" else "up"
+    if layer[0] == "resnets":
+        return f"{coder}.{stage}.{level}.block.{layer[1]}.{rest}"
+    sampler = "downsample" if kind == "down_blocks" else "upsample"
+    return f"{coder}.{stage}.{level}.{sampler}.{rest}"
+
+
+def _split_block(key: str) -> tuple[tuple[str, int, tuple[str, str]], str]:
+    """``down_blocks.1.resnets.0.conv1.weight`` -> ((kind, 1, (resnets, 0)), rest)."""
+    match = re.match(
+        r"(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?(\w+)\.(\d+)\.(.*)", key
+    )
+    if match is None:
+        raise ValueError(f"No original name is known for {key!r}.")
+    kind, block, layer, index, rest = match.groups()
+    return (kind, int(block or 0), (layer, index)), rest
+
+
+def _random(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    """Normal weights scaled by the fan-in, like a trained layer's magnitude."""
+    fan_in = shape[-1]
+    return torch.randn(*shape, generator=generator) / fan_in**0.5
+
+
+def _layer_norm(prefix: str, width: int) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.weight": torch.ones(width), f"{prefix}.bias": torch.zeros(width)}

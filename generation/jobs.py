@@ -1,0 +1,223 @@
+"""The RQ job that runs one generation: ``content_generate(content_id)``.
+
+It claims its row (a row that is not queued for this very job is left alone, so
+the job is idempotent), builds the engine request from the row (images read
+through the storage API), runs the worker's warm engine with progress reported
+every step (throttled, to the row and to ``job.meta``) and cancellation checked
+every step, then stores the output, thumbnails, control images, consistency
+score, snapshot and timings through the services.
+
+Failures: a transient one (out of memory, a lost Redis or database connection)
+queues the row again after ``STUDIO_RETRY_BACKOFF_SECONDS`` until
+``STUDIO_MAX_ATTEMPTS`` attempts; a permanent one (``EngineError``: bad
+parameters, a missing model or file) fails at once with ``str(error)`` as the
+message for a person and the traceback as the technical detail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+
+import redis.exceptions
+from django.db import OperationalError, close_old_connections
+from django.db import InterfaceError as DatabaseInterfaceError
+from PIL import Image
+from rq import get_current_job
+from rq.job import Job
+
+from generation import services
+from generation.engine.errors import EngineError, GenerationCancelled
+from generation.models import Content
+from generation.parameters import open_stored_image, request_from_row
+from generation.selectors import content_cancel_requested
+from studio.conf import studio_setting
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OperationalError,
+    DatabaseInterfaceError,
+)
+"""Errors of the transport, not of the generation: a later attempt may pass.
+(``EngineError`` subclasses say so themselves with ``permanent = False``.)"""
+
+
+def content_generate(content_id: int) -> str:
+    """Run the generation of row ``content_id``; return what became of it."""
+    job = get_current_job()
+    if not services.content_claim(
+        content_id=content_id, job_id=job.id, worker_name=job.worker_name or ""
+    ):
+        logger.info("Content #%s is not queued for job %s: nothing to do", content_id, job.id)
+        return "skipped"
+    content = Content.objects.select_related("before_reference").get(pk=content_id)
+    steps = _StepReporter(content, job)
+    try:
+        return _generate(content, steps)
+    except GenerationCancelled:
+        if steps.handed_back:
+            services.content_requeue(
+                content=content,
+                reason="Handed back by a worker that was stopping; queued again.",
+                refund_attempt=True,
+            )
+            return "handed back"
+        services.content_mark_cancelled(content=content)
+        return "cancelled"
+    except Exception as error:
+        if isinstance(error, TRANSIENT_ERRORS) or (
+            isinstance(error, EngineError) and not error.permanent
+        ):
+            return _retry_or_fail(content, error)
+        if isinstance(error, EngineError):
+            services.content_fail(
+                content=content,
+                code=error.code,
+                message=str(error),
+                detail=traceback.format_exc(),
+            )
+        else:
+            logger.exception("Content #%s failed unexpectedly", content.pk)
+            services.content_fail(
+                content=content,
+                code="unexpected",
+                message="The generation failed unexpectedly. The technical detail "
+                "below says why; retry it, or report it if it fails again.",
+                detail=traceback.format_exc(),
+            )
+        return "failed"
+
+
+def _generate(content: Content, steps: _StepReporter) -> str:
+    from generation.engine.scoring import consistency_score
+    from generation.worker import shared_engine
+
+    started = time.perf_counter()
+    request, inputs = request_from_row(
+        content.request, replay_snapshot=content.replay_snapshot, inputs=content.inputs
+    )
+    engine = shared_engine()
+    result = engine.generate(
+        request, on_step=steps.on_step, should_cancel=steps.should_cancel
+    )
+    scoring = time.perf_counter()
+    before = _before_image(content)
+    score = None
+    if before is not None:
+        encoder = engine.registry.image_encoder()
+        image_encoder, image_processor = encoder if encoder else (None, None)
+        score = consistency_score(
+            before,
+            result.images[0],
+            image_encoder=image_encoder,
+            image_processor=image_processor,
+        )
+    timings = {
+        "queue_wait": max(
+            0.0, (content.started_at - content.enqueued_at).total_seconds()
+        ),
+        "load": result.timings.load,
+        "preprocess": result.timings.preprocess,
+        "inference": result.timings.inference,
+        "engine_total": result.timings.total,
+        "score": time.perf_counter() - scoring,
+        "job_total": time.perf_counter() - started,
+        "attempt": content.attempts,
+        "registry_hit": result.registry_hit,
+        # Round-tripped so that whatever the registry reports fits a JSONField.
+        "registry": json.loads(json.dumps(engine.registry.stats(), default=str)),
+    }
+    stored = services.content_store_result(
+        content=content,
+        result=result,
+        before_image=before,
+        score=score,
+        inputs=inputs,
+        timings=timings,
+    )
+    return "succeeded" if stored else "superseded"
+
+
+def _before_image(content: Content) -> Image.Image | None:
+    """The reference the output is shown beside and scored against, if any left."""
+    reference = content.before_reference
+    if reference is None:
+        return None
+    try:
+        return open_stored_image(reference.image.name)
+    except EngineError:
+        logger.warning("Content #%s: its before reference is gone", content.pk)
+        return None
+
+
+def _retry_or_fail(content: Content, error: Exception) -> str:
+    # A lost database connection must not be reused for the bookkeeping below.
+    close_old_connections()
+    attempt = Content.objects.values_list("attempts", flat=True).get(pk=content.pk)
+    content.attempts = attempt
+    message = str(error) or type(error).__name__
+    if attempt >= studio_setting("MAX_ATTEMPTS"):
+        services.content_fail(
+            content=content,
+            code=getattr(error, "code", "transient"),
+            message=f"Gave up after {attempt} attempts. The last one failed with: "
+            f"{message}",
+            detail=traceback.format_exc(),
+        )
+        return "failed"
+    delay = services.retry_delay_seconds(attempt)
+    services.content_requeue(
+        content=content,
+        reason=f"Attempt {attempt} failed with a transient error ({message}); "
+        f"retrying in {delay:g} s.",
+        delay_seconds=delay,
+    )
+    return "retrying"
+
+
+class _StepReporter:
+    """The engine's per-step callbacks: throttled progress, cancellation checks."""
+
+    def __init__(self, content: Content, job: Job) -> None:
+        self.content = content
+        self.job = job
+        self.interval = studio_setting("PROGRESS_INTERVAL_SECONDS")
+        self.last_report = float("-inf")
+        self.handed_back = False
+
+    def on_step(self, step: int, total: int) -> None:
+        _inject_test_fault(self.content)
+        now = time.monotonic()
+        if step < total and now - self.last_report < self.interval:
+            return
+        self.last_report = now
+        services.content_report_progress(content=self.content, step=step, total=total)
+        self.job.meta["progress"] = {"step": step, "total": total}
+        self.job.save_meta()
+
+    def should_cancel(self) -> bool:
+        from generation.worker import handback_requested
+
+        if handback_requested():
+            self.handed_back = True
+            return True
+        return content_cancel_requested(content=self.content)
+
+
+def _inject_test_fault(content: Content) -> None:
+    """Test-only: ``STUDIO_TEST_OOM_ATTEMPTS`` = N makes the first N attempts of
+    every generation hit the device's real out-of-memory error at a denoising
+    step, so that the end-to-end tests exercise the engine's and the job's
+    recovery for real. It is 0 (off) everywhere else."""
+    if content.attempts <= studio_setting("TEST_OOM_ATTEMPTS"):
+        import torch
+
+        raise torch.OutOfMemoryError(
+            f"Injected out-of-memory error (STUDIO_TEST_OOM_ATTEMPTS), attempt "
+            f"{content.attempts}."
+        )

@@ -1,0 +1,275 @@
+"""Content records: one generation each, with its before/after, progress and review.
+
+The database is the source of truth (DESIGN.md decision 1): a ``Content`` row is
+created ``queued`` before anything is enqueued, and the RQ job only carries its
+id. ``Batch`` groups the rows of one "Generate..." with a count, or of one
+strength sweep, so that they can be compared side by side.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from personas.models import ConsistencyMethod, ControlType, Persona, ReferenceImage
+
+
+def _random_name(folder: str, persona_id: int, extension: str) -> str:
+    return f"{folder}/{persona_id}/{uuid.uuid4().hex}{extension}"
+
+
+def output_upload_to(instance: Content, filename: str) -> str:
+    return _random_name("generated", instance.persona_id, ".png")
+
+
+def output_thumbnail_upload_to(instance: Content, filename: str) -> str:
+    return _random_name("thumbnails/generated", instance.persona_id, ".webp")
+
+
+def before_thumbnail_upload_to(instance: Content, filename: str) -> str:
+    return _random_name("thumbnails/before", instance.persona_id, ".webp")
+
+
+def control_output_upload_to(instance: ContentControlImage, filename: str) -> str:
+    return _random_name("control/generated", instance.content.persona_id, ".png")
+
+
+class ContentStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINISHED_STATUSES = (
+    ContentStatus.SUCCEEDED,
+    ContentStatus.FAILED,
+    ContentStatus.CANCELLED,
+)
+ACTIVE_STATUSES = (ContentStatus.QUEUED, ContentStatus.RUNNING)
+
+
+class ReviewState(models.TextChoices):
+    PENDING = "pending", "Pending review"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class BatchKind(models.TextChoices):
+    BATCH = "batch", "Batch"
+    SWEEP = "sweep", "Strength sweep"
+
+
+class Batch(models.Model):
+    """Generations started together: a count of one prompt, or a strength sweep."""
+
+    persona = models.ForeignKey(
+        Persona, on_delete=models.CASCADE, related_name="batches"
+    )
+    kind = models.CharField(
+        max_length=8, choices=BatchKind.choices, default=BatchKind.BATCH
+    )
+    prompt = models.TextField()
+    strengths = models.JSONField(
+        default=list, blank=True, help_text="The img2img strengths of a sweep."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} of {self.persona}"
+
+
+class Content(models.Model):
+    """One generation: what was asked, how it ran, what came out, and its review.
+
+    ``request`` is the engine request in its JSON form (see
+    ``generation.parameters``) with images named by storage names; it is resolved
+    from the persona and the overrides when the row is created, so that the row
+    runs the same whatever happens to the persona later. ``replay_snapshot`` is
+    set for "regenerate exactly": the job replays it instead. ``inputs`` maps the
+    content keys of a snapshot to the stored files they came from.
+    """
+
+    # What was asked
+    persona = models.ForeignKey(
+        Persona, on_delete=models.CASCADE, related_name="contents"
+    )
+    batch = models.ForeignKey(
+        Batch,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="contents",
+    )
+    regenerated_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="regenerations",
+        help_text="The content this one regenerates (lineage).",
+    )
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True)
+    method_requested = models.CharField(
+        max_length=16, choices=ConsistencyMethod.choices
+    )
+    seed = models.PositiveBigIntegerField()
+    request = models.JSONField(default=dict, editable=False)
+    replay_snapshot = models.JSONField(null=True, blank=True, editable=False)
+    inputs = models.JSONField(default=dict, blank=True, editable=False)
+    references = models.ManyToManyField(
+        ReferenceImage,
+        blank=True,
+        related_name="+",
+        help_text="The gallery images given to the engine.",
+    )
+    before_reference = models.ForeignKey(
+        ReferenceImage,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The 'before': the persona's primary reference, which the output "
+        "is shown beside and scored against.",
+    )
+    # How it ran
+    status = models.CharField(
+        max_length=16, choices=ContentStatus.choices, default=ContentStatus.QUEUED
+    )
+    progress_step = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    rq_job_id = models.CharField("RQ job id", max_length=64, blank=True)
+    queue_name = models.CharField(max_length=64, blank=True)
+    worker_name = models.CharField(max_length=128, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(
+        blank=True, help_text="What went wrong, written for a person."
+    )
+    error_detail = models.TextField(
+        blank=True, help_text="The technical detail (traceback) beside it."
+    )
+    method_used = models.CharField(
+        max_length=16, choices=ConsistencyMethod.choices, blank=True
+    )
+    method_reason = models.TextField(blank=True)
+    snapshot = models.JSONField(default=dict, blank=True, editable=False)
+    timings = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="Seconds waiting in the queue, loading, preprocessing, in "
+        "inference and storing; whether the pipeline registry was warm.",
+    )
+    notes = models.JSONField(default=list, blank=True, editable=False)
+    # What came out
+    output_image = models.ImageField(upload_to=output_upload_to, blank=True)
+    output_thumbnail = models.ImageField(
+        upload_to=output_thumbnail_upload_to, blank=True
+    )
+    before_thumbnail = models.ImageField(
+        upload_to=before_thumbnail_upload_to, blank=True
+    )
+    consistency_score = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="0..1 likeness to the persona's primary reference (see "
+        "generation.engine.scoring); meaningless on the tiny model.",
+    )
+    score_detail = models.JSONField(default=dict, blank=True, editable=False)
+    # Review
+    review_state = models.CharField(
+        max_length=16, choices=ReviewState.choices, default=ReviewState.PENDING
+    )
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.TextField(blank=True)
+    # Who and when
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "content"
+        verbose_name_plural = "contents"
+        permissions = [
+            ("generate_content", "Can generate, regenerate, cancel and retry"),
+            ("review_content", "Can approve and reject content"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["persona", "-created_at"], name="content_persona_created"
+            ),
+            models.Index(fields=["status"], name="content_status"),
+            models.Index(fields=["review_state"], name="content_review_state"),
+            models.Index(fields=["consistency_score"], name="content_score"),
+            models.Index(fields=["rq_job_id"], name="content_rq_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Content #{self.pk} of {self.persona}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:generation_content_change", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def progress_percent(self) -> int:
+        if self.status == ContentStatus.SUCCEEDED:
+            return 100
+        if not self.progress_total:
+            return 0
+        return min(100, round(100 * self.progress_step / self.progress_total))
+
+
+class ContentControlImage(models.Model):
+    """A control image the engine really used (after preprocessing), kept to show."""
+
+    content = models.ForeignKey(
+        Content, on_delete=models.CASCADE, related_name="control_images"
+    )
+    control_type = models.CharField(max_length=16, choices=ControlType.choices)
+    image = models.ImageField(upload_to=control_output_upload_to)
+    order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["order", "id"]
+        verbose_name = "control image"
+
+    def __str__(self) -> str:
+        return f"{self.get_control_type_display()} for content #{self.content_id}"

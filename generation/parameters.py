@@ -1,0 +1,268 @@
+"""The engine request of a content row, and back: persona + overrides -> JSON -> request.
+
+A row stores its request in the engine's JSON form (``snapshot.request_to_dict``)
+with every image and the LoRA named by its storage name, resolved when the row is
+created (``request_for_persona``). The job turns it back into a
+``GenerationRequest`` by reading those files through the storage API
+(``request_from_row``, DESIGN.md decision 6). "Regenerate exactly" replays a
+snapshot instead, whose content keys ``Content.inputs`` maps to storage names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from PIL import Image
+
+from generation.engine.errors import InvalidRequest
+from generation.engine.requests import GenerationRequest
+from personas.models import ConsistencyMethod, Persona, ReferenceImage
+from personas.validators import validate_height, validate_width
+
+MAX_SEED = 2**63 - 1
+METHODS_WITH_REFERENCES = {
+    ConsistencyMethod.AUTO,
+    ConsistencyMethod.IMG2IMG,
+    ConsistencyMethod.CONTROLNET,
+    ConsistencyMethod.HYBRID,
+    ConsistencyMethod.IP_ADAPTER,
+}
+METHODS_WITH_CONTROL = {
+    ConsistencyMethod.AUTO,
+    ConsistencyMethod.CONTROLNET,
+    ConsistencyMethod.HYBRID,
+}
+METHODS_WITH_IP_ADAPTER = {ConsistencyMethod.AUTO, ConsistencyMethod.IP_ADAPTER}
+METHODS_WITH_STRENGTH = {ConsistencyMethod.IMG2IMG, ConsistencyMethod.HYBRID}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationOverrides:
+    """Values that replace the persona's settings for one generation; None keeps
+    the persona's."""
+
+    method: str | None = None
+    strength: float | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValidationError`` (per field, with a code) for values out of range."""
+        errors: dict[str, ValidationError] = {}
+        if self.method is not None and self.method not in ConsistencyMethod.values:
+            errors["method"] = ValidationError(
+                "Unknown method %(value)s; choose one of %(choices)s.",
+                code="unknown_method",
+                params={
+                    "value": self.method,
+                    "choices": ", ".join(ConsistencyMethod.values),
+                },
+            )
+        for name, low, high in (
+            ("strength", 0.0, 1.0),
+            ("steps", 1, 150),
+            ("guidance_scale", 0.0, 30.0),
+            ("seed", 0, MAX_SEED),
+        ):
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                errors[name] = ValidationError(
+                    "%(name)s must be between %(low)s and %(high)s; got %(value)s.",
+                    code="out_of_range",
+                    params={"name": name, "low": low, "high": high, "value": value},
+                )
+        for name, validator in (("width", validate_width), ("height", validate_height)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                validator(value)
+            except ValidationError as error:
+                errors[name] = error
+        if errors:
+            raise ValidationError(errors)
+
+
+def compose_prompt(persona: Persona, prompt: str) -> str:
+    """The persona's appearance description anchors every prompt."""
+    return ", ".join(part for part in (persona.appearance.strip(), prompt.strip()) if part)
+
+
+def compose_negative_prompt(persona: Persona, negative_prompt: str) -> str:
+    parts = (persona.negative_prompt.strip(), negative_prompt.strip())
+    return ", ".join(part for part in parts if part)
+
+
+def before_reference(persona: Persona) -> ReferenceImage | None:
+    """The reference an output is compared with: the primary one, else the first."""
+    references = list(persona.references.all())
+    return next((ref for ref in references if ref.is_primary), None) or next(
+        iter(references), None
+    )
+
+
+def request_for_persona(
+    persona: Persona,
+    *,
+    prompt: str,
+    negative_prompt: str,
+    overrides: GenerationOverrides,
+    seed: int,
+) -> tuple[dict[str, Any], list[ReferenceImage]]:
+    """The engine request (JSON form, storage names) for one generation, and the
+    references it gives the engine.
+
+    Text-only generations get no references; the others get the whole gallery
+    (the engine chooses which image does what, ``engine/methods.py``). ControlNet
+    units go with ``auto``, ``controlnet`` and ``hybrid``; IP-Adapter settings with
+    ``auto`` and ``ip_adapter``.
+    """
+    method = overrides.method or persona.method
+    references = (
+        list(persona.references.all()) if method in METHODS_WITH_REFERENCES else []
+    )
+    positions = {reference.pk: index for index, reference in enumerate(references)}
+    units = (
+        [unit for unit in persona.control_units.all() if unit.enabled]
+        if method in METHODS_WITH_CONTROL
+        else []
+    )
+    request = {
+        "model": persona.base_model,
+        "prompt": compose_prompt(persona, prompt),
+        "method": method,
+        "negative_prompt": compose_negative_prompt(persona, negative_prompt),
+        "seed": seed,
+        "steps": _override(overrides.steps, persona.steps),
+        "guidance_scale": _override(overrides.guidance_scale, persona.guidance_scale),
+        "width": _override(overrides.width, persona.width),
+        "height": _override(overrides.height, persona.height),
+        "num_images": 1,
+        "strength": _override(overrides.strength, persona.img2img_strength),
+        "resize_mode": persona.resize_mode,
+        "references": [
+            {
+                "image": reference.image.name,
+                "role": reference.role,
+                "sha256": reference.sha256,
+                "primary": reference.is_primary,
+            }
+            for reference in references
+        ],
+        "appearance_locked": persona.appearance_locked,
+        "control_units": [
+            {
+                "control_type": unit.control_type,
+                "conditioning_scale": unit.conditioning_scale,
+                "guidance_start": unit.guidance_start,
+                "guidance_end": unit.guidance_end,
+                "preprocessor_options": dict(unit.preprocessor_options),
+                "control_image": unit.control_image.name or None,
+                "reference_index": positions.get(unit.reference_id),
+            }
+            for unit in units
+        ],
+        "ip_adapter": {
+            "scale": persona.ip_adapter_scale,
+            "face_crop": persona.ip_adapter_face_crop,
+            "reference_indexes": None,
+        }
+        if method in METHODS_WITH_IP_ADAPTER
+        else None,
+        "lora": {
+            "weights": persona.lora_weights.name,
+            "scale": persona.lora_scale,
+            "name": "persona",
+            "sha256": persona.lora_sha256,
+        }
+        if persona.lora_weights
+        else None,
+        "scheduler": None,
+    }
+    return request, references
+
+
+def request_from_row(
+    request: Mapping[str, Any],
+    *,
+    replay_snapshot: Mapping[str, Any] | None,
+    inputs: Mapping[str, str],
+) -> tuple[GenerationRequest, dict[str, str]]:
+    """The ``GenerationRequest`` of a row, its images read through the storage API,
+    and the map of content keys to storage names that a replay of its snapshot
+    needs. A missing file is an ``InvalidRequest`` that says which."""
+    # Imported here: the snapshot module imports torch, which the web process
+    # (which only builds requests) never needs.
+    from generation.engine.snapshot import (
+        image_sha256,
+        lora_key,
+        reference_key,
+        request_from_dict,
+        request_from_snapshot,
+    )
+
+    if replay_snapshot is not None:
+        replayed = request_from_snapshot(
+            replay_snapshot,
+            open_image=lambda key: open_stored_image(_input_name(inputs, key)),
+            read_bytes=lambda key: read_stored_bytes(_input_name(inputs, key)),
+        )
+        return replayed, dict(inputs)
+    built = request_from_dict(
+        request, open_image=open_stored_image, read_bytes=read_stored_bytes
+    )
+    keys: dict[str, str] = {}
+    for data, reference in zip(request["references"], built.references, strict=True):
+        keys[reference_key(reference)] = data["image"]
+    for data, unit in zip(request["control_units"], built.control_units, strict=True):
+        if unit.control_image is not None:
+            keys[image_sha256(unit.control_image)] = data["control_image"]
+    if built.lora is not None:
+        keys[lora_key(built.lora)] = request["lora"]["weights"]
+    return built, keys
+
+
+def open_stored_image(name: str) -> Image.Image:
+    """An RGB image from storage, fully decoded (the file is closed after)."""
+    try:
+        with default_storage.open(name, "rb") as file:
+            image = Image.open(file)
+            image.load()
+    except FileNotFoundError:
+        raise InvalidRequest(
+            f"The image {name} is no longer in storage (was it removed from the "
+            "gallery?); generate again from the persona."
+        ) from None
+    return image.convert("RGB")
+
+
+def read_stored_bytes(name: str) -> bytes:
+    try:
+        with default_storage.open(name, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        raise InvalidRequest(
+            f"The file {name} is no longer in storage (were the persona's LoRA "
+            "weights replaced?); generate again from the persona."
+        ) from None
+
+
+def _input_name(inputs: Mapping[str, str], key: str) -> str:
+    try:
+        return inputs[key]
+    except KeyError:
+        raise InvalidRequest(
+            "An input of the original generation is no longer known, so it cannot "
+            "be regenerated exactly; regenerate it with a new seed instead."
+        ) from None
+
+
+def _override(value: Any, default: Any) -> Any:
+    return default if value is None else value

@@ -1,0 +1,177 @@
+"""Reconcile content rows with Redis: no row stays queued or running without a
+live job (DESIGN.md decision 1).
+
+The database is the truth and Redis only transport, so the two can drift: Redis
+restarts or is flushed (jobs lost), a worker is killed mid-job (its row stays
+``running``). ``reconcile()`` looks at every active row:
+
+- ``queued`` whose job Redis no longer has (or no longer holds in its queue):
+  enqueued again under a new job id;
+- ``queued`` whose job RQ already failed before it could start: failed, with
+  RQ's reason;
+- ``running`` whose job is no longer executed by a live worker (the worker's key
+  expired, or its process is gone on this host, or it runs something else):
+  queued again while ``STUDIO_MAX_ATTEMPTS`` allows, else failed with a reason.
+
+It runs from ``studio_reconcile``, when every worker starts, and every
+``STUDIO_RECONCILE_INTERVAL_SECONDS`` in every worker. Concurrent runs are safe:
+each repair is conditional on the row still having the job id it was judged by.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.worker import BaseWorker, SimpleWorker
+
+from generation import services
+from generation.models import Content, ContentStatus
+from generation.queues import redis_connection
+from generation.selectors import content_active
+from studio.conf import studio_setting
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile run looked at and repaired (content ids)."""
+
+    checked: int = 0
+    requeued: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> int:
+        return len(self.requeued) + len(self.retried) + len(self.failed)
+
+    def __str__(self) -> str:
+        def ids(values: list[int]) -> str:
+            return f" ({', '.join(f'#{value}' for value in values)})" if values else ""
+
+        return (
+            f"checked {self.checked} active rows: {len(self.requeued)} lost jobs "
+            f"enqueued again{ids(self.requeued)}, {len(self.retried)} abandoned "
+            f"runs retried{ids(self.retried)}, {len(self.failed)} failed"
+            f"{ids(self.failed)}"
+        )
+
+
+def reconcile() -> ReconcileReport:
+    """Repair every active row that has no live job; report what was done."""
+    report = ReconcileReport()
+    connection = redis_connection()
+    for content in content_active():
+        report.checked += 1
+        job = _fetch_job(content.rq_job_id, connection)
+        if content.status == ContentStatus.QUEUED:
+            _reconcile_queued(content, job, connection, report)
+        else:
+            _reconcile_running(content, job, connection, report)
+    return report
+
+
+def _reconcile_queued(
+    content: Content, job: Job | None, connection: Redis, report: ReconcileReport
+) -> None:
+    status = None if job is None else job.get_status(refresh=False)
+    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        result = job.latest_result()
+        reason = (result.exc_string or "").strip() if result else ""
+        if services.content_fail(
+            content=content,
+            code="job_failed",
+            message=f"Its job ended in RQ as {status.value} before it could start.",
+            detail=reason,
+        ):
+            report.failed.append(content.pk)
+        return
+    if status == JobStatus.STARTED and _executing(job, content, connection):
+        return
+    if status in (JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return
+    if status == JobStatus.QUEUED and _in_queue(job, connection):
+        return
+    if services.content_requeue(
+        content=content,
+        reason="Its job was lost from Redis (restarted or flushed); queued again.",
+    ):
+        report.requeued.append(content.pk)
+
+
+def _reconcile_running(
+    content: Content, job: Job | None, connection: Redis, report: ReconcileReport
+) -> None:
+    if job is not None and _executing(job, content, connection):
+        return
+    worker = content.worker_name or "unknown"
+    if content.attempts < studio_setting("MAX_ATTEMPTS"):
+        if services.content_requeue(
+            content=content,
+            reason=f"The worker running it ({worker}) stopped (killed, crashed or "
+            f"lost); queued again after attempt {content.attempts}.",
+        ):
+            report.retried.append(content.pk)
+        return
+    if services.content_fail(
+        content=content,
+        code="worker_lost",
+        message=f"The worker running it ({worker}) stopped (killed, crashed or "
+        f"lost) on attempt {content.attempts} of {studio_setting('MAX_ATTEMPTS')}; "
+        "gave up. Retry it when the workers are healthy.",
+    ):
+        report.failed.append(content.pk)
+
+
+def _fetch_job(job_id: str, connection: Redis) -> Job | None:
+    if not job_id:
+        return None
+    try:
+        return Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+
+
+def _in_queue(job: Job, connection: Redis) -> bool:
+    """The job is waiting in its queue, or being taken from it by a worker."""
+    queue = Queue(job.origin, connection=connection)
+    return any(
+        connection.lpos(key, job.id) is not None
+        for key in (queue.key, queue.intermediate_queue_key)
+    )
+
+
+def _executing(job: Job, content: Content, connection: Redis) -> bool:
+    """A live worker is running ``job`` right now."""
+    name = job.worker_name or content.worker_name
+    if not name:
+        return False
+    worker = SimpleWorker.find_by_key(
+        BaseWorker.redis_worker_namespace_prefix + name, connection=connection
+    )
+    if worker is None:
+        return False
+    # On this host the process itself can be asked: a killed worker is gone now,
+    # not only once its key expires.
+    if worker.hostname == socket.gethostname() and worker.pid:
+        if not _process_alive(worker.pid):
+            return False
+    return any(
+        execution.job_id == job.id
+        for execution in worker.get_current_executions(refresh=True)
+    )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

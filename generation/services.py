@@ -1,0 +1,648 @@
+"""Writes on content records: the only way in for the admin, the gallery, the
+command line, the job, the worker and the reconciler.
+
+Rows first, jobs second (DESIGN.md decision 1): every service that starts work
+creates or updates the row inside a transaction and enqueues its RQ job with
+``transaction.on_commit``. When Redis is down at that moment the row stays
+``queued`` without a job, and the reconciler enqueues it later. An active row's
+``rq_job_id`` names the only job allowed to run it; state changes on an active row
+are conditional on that id, so a stale or duplicate job is a no-op.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from PIL import Image
+
+from generation.engine.requests import GenerationResult
+from generation.models import (
+    ACTIVE_STATUSES,
+    Batch,
+    BatchKind,
+    Content,
+    ContentControlImage,
+    ContentStatus,
+    ReviewState,
+)
+from generation.parameters import (
+    MAX_SEED,
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    GenerationOverrides,
+    before_reference,
+    request_for_persona,
+)
+from generation.queues import get_queue, queue_name_for_model
+from personas.models import ConsistencyMethod, Persona, SeedPolicy
+from personas.uploads import encode_thumbnail
+from studio.conf import studio_setting
+from studio.models_catalog import configured_models
+
+logger = logging.getLogger(__name__)
+
+JOB_FUNCTION = "generation.jobs.content_generate"
+MAX_BATCH_COUNT = 16
+MAX_SWEEP_STRENGTHS = 12
+METHODS_NEEDING_REFERENCE = {
+    ConsistencyMethod.IMG2IMG,
+    ConsistencyMethod.HYBRID,
+    ConsistencyMethod.IP_ADAPTER,
+}
+
+
+# --- Starting generations -------------------------------------------------------
+
+
+def content_enqueue(
+    *,
+    persona: Persona,
+    prompt: str,
+    negative_prompt: str = "",
+    overrides: GenerationOverrides | None = None,
+    user: AbstractBaseUser | None = None,
+) -> Content:
+    """Queue one generation for ``persona``; its job starts once this commits."""
+    overrides = overrides or GenerationOverrides()
+    (content,) = _create_contents(
+        persona=persona,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        overrides=overrides,
+        seeds=_seeds(persona, overrides, count=1),
+        user=user,
+    )
+    return content
+
+
+def content_enqueue_batch(
+    *,
+    persona: Persona,
+    prompt: str,
+    count: int,
+    negative_prompt: str = "",
+    overrides: GenerationOverrides | None = None,
+    user: AbstractBaseUser | None = None,
+) -> Batch:
+    """Queue ``count`` generations of one prompt, grouped in a batch.
+
+    With a seed (overridden, or the persona's fixed one) the rows get that seed
+    and the next ones (seed, seed + 1, ...); otherwise each gets a random seed.
+    """
+    if not 1 <= count <= MAX_BATCH_COUNT:
+        raise ValidationError(
+            {
+                "count": ValidationError(
+                    "Generate between 1 and %(max)s images at once; got %(count)s.",
+                    code="count_out_of_range",
+                    params={"max": MAX_BATCH_COUNT, "count": count},
+                )
+            }
+        )
+    overrides = overrides or GenerationOverrides()
+    with transaction.atomic():
+        batch = Batch.objects.create(
+            persona=persona, kind=BatchKind.BATCH, prompt=prompt, created_by=user
+        )
+        _create_contents(
+            persona=persona,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            overrides=overrides,
+            seeds=_seeds(persona, overrides, count=count),
+            user=user,
+            batch=batch,
+        )
+    return batch
+
+
+def content_strength_sweep(
+    *,
+    persona: Persona,
+    prompt: str,
+    strengths: Sequence[float],
+    negative_prompt: str = "",
+    overrides: GenerationOverrides | None = None,
+    user: AbstractBaseUser | None = None,
+) -> Batch:
+    """One generation per img2img strength, all with the same seed, grouped in a
+    sweep so that only the strength differs between them.
+
+    The method is the overridden one or the persona's when it takes a strength
+    (img2img, hybrid), else img2img.
+    """
+    strengths = list(strengths)
+    if not 1 <= len(strengths) <= MAX_SWEEP_STRENGTHS or not all(
+        0.0 <= strength <= 1.0 for strength in strengths
+    ):
+        raise ValidationError(
+            {
+                "strengths": ValidationError(
+                    "Give between 1 and %(max)s strengths, each between 0 and 1, "
+                    "e.g. 0.3, 0.5, 0.7, 0.9.",
+                    code="bad_strengths",
+                    params={"max": MAX_SWEEP_STRENGTHS},
+                )
+            }
+        )
+    overrides = overrides or GenerationOverrides()
+    method = next(
+        (
+            candidate
+            for candidate in (overrides.method, persona.method)
+            if candidate in METHODS_WITH_STRENGTH
+        ),
+        ConsistencyMethod.IMG2IMG,
+    )
+    (seed,) = _seeds(persona, overrides, count=1)
+    with transaction.atomic():
+        batch = Batch.objects.create(
+            persona=persona,
+            kind=BatchKind.SWEEP,
+            prompt=prompt,
+            strengths=strengths,
+            created_by=user,
+        )
+        for strength in strengths:
+            _create_contents(
+                persona=persona,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                overrides=GenerationOverrides(
+                    **{
+                        **vars(overrides),
+                        "method": method,
+                        "strength": strength,
+                        "seed": seed,
+                    }
+                ),
+                seeds=[seed],
+                user=user,
+                batch=batch,
+            )
+    return batch
+
+
+def content_regenerate(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
+    """Queue the same generation again with a new random seed (only the seed
+    varies, DESIGN.md decision 8)."""
+    return _copy_content(
+        content, seed=_random_seed(), replay_snapshot=None, inputs={}, user=user
+    )
+
+
+def content_regenerate_exactly(
+    *, content: Content, user: AbstractBaseUser | None = None
+) -> Content:
+    """Queue a replay of a succeeded generation's snapshot: the same pixels on the
+    same hardware, or a clear refusal when an input has changed since."""
+    if content.status != ContentStatus.SUCCEEDED or not content.snapshot:
+        raise ValidationError(
+            "Only a generation that succeeded has a snapshot to replay; use "
+            "“Regenerate” for a new seed, or “Retry”.",
+            code="no_snapshot",
+        )
+    return _copy_content(
+        content,
+        seed=content.seed,
+        replay_snapshot=content.snapshot,
+        inputs=content.inputs,
+        user=user,
+    )
+
+
+def persona_save_strength(
+    *, persona: Persona, strength: float, user: AbstractBaseUser | None = None
+) -> Persona:
+    """Make ``strength`` the persona's img2img strength ("use this strength" on a
+    sweep's contact sheet)."""
+    persona.img2img_strength = strength
+    persona.full_clean()
+    persona.save(update_fields=["img2img_strength", "updated_at"])
+    return persona
+
+
+# --- Acting on a row ------------------------------------------------------------
+
+
+@transaction.atomic
+def content_cancel(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
+    """Cancel a generation: a queued one at once, a running one at its next step
+    (the job checks ``cancel_requested`` after every denoising step)."""
+    content = Content.objects.select_for_update().get(pk=content.pk)
+    if content.status == ContentStatus.QUEUED:
+        content.status = ContentStatus.CANCELLED
+        content.finished_at = timezone.now()
+        content.error_code = "cancelled"
+        content.error_message = "Cancelled before it started."
+        content.save(
+            update_fields=["status", "finished_at", "error_code", "error_message"]
+        )
+        transaction.on_commit(
+            partial(_cancel_job, content.queue_name, content.rq_job_id), robust=True
+        )
+    elif content.status == ContentStatus.RUNNING:
+        content.cancel_requested = True
+        content.save(update_fields=["cancel_requested"])
+    else:
+        raise ValidationError(
+            "Content #%(id)s has already finished (%(status)s); there is nothing "
+            "to cancel.",
+            code="not_active",
+            params={"id": content.pk, "status": content.get_status_display()},
+        )
+    return content
+
+
+@transaction.atomic
+def content_retry(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
+    """Run a failed or cancelled generation again, with a fresh attempt budget."""
+    content = Content.objects.select_for_update().get(pk=content.pk)
+    if content.status not in (ContentStatus.FAILED, ContentStatus.CANCELLED):
+        raise ValidationError(
+            "Only failed or cancelled generations can be retried; content "
+            "#%(id)s is %(status)s.",
+            code="not_retryable",
+            params={"id": content.pk, "status": content.get_status_display()},
+        )
+    content.attempts = 0
+    content.cancel_requested = False
+    content.error_code = content.error_message = content.error_detail = ""
+    content.finished_at = content.started_at = None
+    _queue_row(content, delay_seconds=0)
+    content.save()
+    return content
+
+
+def content_review(
+    *,
+    content: Content,
+    state: str,
+    user: AbstractBaseUser | None,
+    note: str = "",
+) -> Content:
+    """Approve or reject a generation (or put it back to pending)."""
+    if state not in ReviewState.values:
+        raise ValidationError(
+            "Unknown review state %(state)s.", code="bad_state", params={"state": state}
+        )
+    if content.status != ContentStatus.SUCCEEDED:
+        raise ValidationError(
+            "Only generations that succeeded can be reviewed; content #%(id)s is "
+            "%(status)s.",
+            code="not_reviewable",
+            params={"id": content.pk, "status": content.get_status_display()},
+        )
+    content.review_state = state
+    content.reviewed_by = user
+    content.reviewed_at = timezone.now()
+    content.review_note = note
+    content.save(
+        update_fields=["review_state", "reviewed_by", "reviewed_at", "review_note"]
+    )
+    return content
+
+
+# --- The job's and the reconciler's writes -------------------------------------
+
+
+def content_claim(*, content_id: int, job_id: str, worker_name: str) -> bool:
+    """Mark a queued row running for the job ``job_id``; False when the row is not
+    queued for that job (finished, cancelled, or re-enqueued under another id)."""
+    return bool(
+        Content.objects.filter(
+            pk=content_id, status=ContentStatus.QUEUED, rq_job_id=job_id
+        ).update(
+            status=ContentStatus.RUNNING,
+            worker_name=worker_name,
+            attempts=F("attempts") + 1,
+            started_at=timezone.now(),
+            progress_step=0,
+            progress_total=0,
+        )
+    )
+
+
+def content_report_progress(*, content: Content, step: int, total: int) -> None:
+    Content.objects.filter(pk=content.pk, rq_job_id=content.rq_job_id).update(
+        progress_step=step, progress_total=total
+    )
+
+
+@transaction.atomic
+def content_store_result(
+    *,
+    content: Content,
+    result: GenerationResult,
+    before_image: Image.Image | None,
+    score: dict[str, Any] | None,
+    inputs: dict[str, str],
+    timings: dict[str, Any],
+) -> bool:
+    """Store a finished generation's files through the storage API and mark it
+    succeeded; False (nothing stored) when the row no longer belongs to this job."""
+    row = (
+        Content.objects.select_for_update()
+        .filter(pk=content.pk, status=ContentStatus.RUNNING, rq_job_id=content.rq_job_id)
+        .first()
+    )
+    if row is None:
+        return False
+    output = result.images[0]
+    row.output_image.save("output.png", ContentFile(_png(output)), save=False)
+    row.output_thumbnail.save("thumb.webp", _thumbnail(output), save=False)
+    if before_image is not None:
+        row.before_thumbnail.save("before.webp", _thumbnail(before_image), save=False)
+    for order, control in enumerate(result.control_images):
+        control_row = ContentControlImage(
+            content=row, control_type=control.control_type.value, order=order
+        )
+        control_row.image.save("control.png", ContentFile(_png(control.image)), save=False)
+        control_row.save()
+    row.status = ContentStatus.SUCCEEDED
+    row.method_used = result.method.value
+    row.method_reason = result.method_reason
+    row.snapshot = result.snapshot
+    row.notes = result.notes
+    row.inputs = inputs
+    row.timings = timings
+    row.consistency_score = None if score is None else score["score"]
+    row.score_detail = score or {}
+    row.progress_step = row.progress_total = max(row.progress_total, 1)
+    row.finished_at = timezone.now()
+    row.error_code = row.error_message = row.error_detail = ""
+    row.save()
+    return True
+
+
+def content_mark_cancelled(*, content: Content) -> bool:
+    """A running row stopped at a step because someone cancelled it."""
+    return _finish_active(
+        content,
+        status=ContentStatus.CANCELLED,
+        error_code="cancelled",
+        error_message="Cancelled while running.",
+        error_detail="",
+    )
+
+
+def content_fail(
+    *, content: Content, code: str, message: str, detail: str = ""
+) -> bool:
+    """Mark an active row failed with a message for a person and the technical
+    detail beside it; False when the row no longer belongs to this job."""
+    return _finish_active(
+        content,
+        status=ContentStatus.FAILED,
+        error_code=code,
+        error_message=message,
+        error_detail=detail,
+    )
+
+
+@transaction.atomic
+def content_requeue(
+    *,
+    content: Content,
+    reason: str,
+    delay_seconds: float = 0,
+    refund_attempt: bool = False,
+) -> bool:
+    """Queue an active row again under a new job id, after ``delay_seconds``.
+
+    Used for transient failures (with backoff), a worker handing its job back
+    (``refund_attempt``: not the generation's fault) and the reconciler. False
+    when the row changed since ``content`` was read (someone else acted first).
+    """
+    row = (
+        Content.objects.select_for_update()
+        .filter(pk=content.pk, status=content.status, rq_job_id=content.rq_job_id)
+        .first()
+    )
+    if row is None or row.status not in ACTIVE_STATUSES:
+        return False
+    if refund_attempt and row.attempts:
+        row.attempts -= 1
+    row.error_message = reason
+    _queue_row(row, delay_seconds=delay_seconds)
+    row.save()
+    return True
+
+
+def retry_delay_seconds(attempt: int) -> float:
+    """Backoff before attempt ``attempt + 1``: ``STUDIO_RETRY_BACKOFF_SECONDS`` by
+    attempt, the last value repeating."""
+    backoff = studio_setting("RETRY_BACKOFF_SECONDS") or [0]
+    return float(backoff[min(max(attempt, 1), len(backoff)) - 1])
+
+
+# --- Internals -----------------------------------------------------------------
+
+
+@transaction.atomic
+def _create_contents(
+    *,
+    persona: Persona,
+    prompt: str,
+    negative_prompt: str,
+    overrides: GenerationOverrides,
+    seeds: Sequence[int],
+    user: AbstractBaseUser | None,
+    batch: Batch | None = None,
+) -> list[Content]:
+    overrides.validate()
+    method = overrides.method or persona.method
+    _check_can_generate(persona, method)
+    before = before_reference(persona)
+    contents = []
+    for seed in seeds:
+        request, references = request_for_persona(
+            persona,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            overrides=overrides,
+            seed=seed,
+        )
+        content = Content(
+            persona=persona,
+            batch=batch,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            method_requested=method,
+            seed=seed,
+            request=request,
+            before_reference=before,
+            created_by=user,
+        )
+        _queue_row(content, delay_seconds=0)
+        content.full_clean()
+        content.save()
+        content.references.set(references)
+        contents.append(content)
+    return contents
+
+
+@transaction.atomic
+def _copy_content(
+    content: Content,
+    *,
+    seed: int,
+    replay_snapshot: dict[str, Any] | None,
+    inputs: dict[str, str],
+    user: AbstractBaseUser | None,
+) -> Content:
+    copy = Content(
+        persona=content.persona,
+        regenerated_from=content,
+        prompt=content.prompt,
+        negative_prompt=content.negative_prompt,
+        method_requested=content.method_requested,
+        seed=seed,
+        request={**content.request, "seed": seed},
+        replay_snapshot=replay_snapshot,
+        inputs=inputs,
+        before_reference=content.before_reference,
+        created_by=user,
+    )
+    _queue_row(copy, delay_seconds=0)
+    copy.save()
+    copy.references.set(content.references.all())
+    return copy
+
+
+def _check_can_generate(persona: Persona, method: str) -> None:
+    """The person-caused problems that are cheap to see before queueing (the
+    engine checks everything else when the job runs)."""
+    if persona.base_model not in configured_models():
+        raise ValidationError(
+            "The persona's base model %(model)s is not configured in this studio; "
+            "choose another one on the persona.",
+            code="unknown_model",
+            params={"model": persona.base_model},
+        )
+    label = ConsistencyMethod(method).label
+    if method in METHODS_NEEDING_REFERENCE and not persona.references.exists():
+        raise ValidationError(
+            "%(method)s needs a reference image: add one to %(persona)s's gallery "
+            "first, or choose the text method.",
+            code="needs_reference",
+            params={"method": label, "persona": persona},
+        )
+    if (
+        method in METHODS_WITH_CONTROL - {ConsistencyMethod.AUTO}
+        and not persona.control_units.filter(enabled=True).exists()
+    ):
+        raise ValidationError(
+            "%(method)s needs an enabled ControlNet unit: add one to %(persona)s "
+            "first.",
+            code="needs_control_unit",
+            params={"method": label, "persona": persona},
+        )
+
+
+def _seeds(persona: Persona, overrides: GenerationOverrides, *, count: int) -> list[int]:
+    base = overrides.seed
+    if base is None and persona.seed_policy == SeedPolicy.FIXED:
+        base = persona.seed
+    if base is None:
+        return [_random_seed() for _ in range(count)]
+    return [(base + offset) % (MAX_SEED + 1) for offset in range(count)]
+
+
+def _random_seed() -> int:
+    return secrets.randbelow(2**32)
+
+
+def _queue_row(content: Content, *, delay_seconds: float) -> None:
+    """Set ``content`` queued under a new job id and enqueue that job on commit
+    (the caller saves the row in the same transaction)."""
+    content.status = ContentStatus.QUEUED
+    content.rq_job_id = uuid.uuid4().hex
+    content.queue_name = queue_name_for_model(content.request["model"])
+    content.worker_name = ""
+    content.progress_step = content.progress_total = 0
+    # When the job becomes due: "waiting in the queue" is counted from here.
+    content.enqueued_at = timezone.now() + timedelta(seconds=delay_seconds)
+    transaction.on_commit(
+        partial(
+            _enqueue_job,
+            content,
+            job_id=content.rq_job_id,
+            queue_name=content.queue_name,
+            delay_seconds=delay_seconds,
+        ),
+        robust=True,
+    )
+
+
+def _enqueue_job(
+    content: Content, *, job_id: str, queue_name: str, delay_seconds: float
+) -> None:
+    """Enqueue the job of ``content`` (saved by now: its id is known)."""
+    queue = get_queue(queue_name)
+    options = {
+        "args": (content.pk,),
+        "job_id": job_id,
+        "job_timeout": studio_setting("JOB_TIMEOUT"),
+        "description": f"generate content #{content.pk}",
+    }
+    if delay_seconds > 0:
+        queue.enqueue_in(timedelta(seconds=delay_seconds), JOB_FUNCTION, **options)
+    else:
+        queue.enqueue(JOB_FUNCTION, **options)
+
+
+def _cancel_job(queue_name: str, job_id: str) -> None:
+    """Take a cancelled row's job out of its queue (the job would no-op anyway)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    queue = get_queue(queue_name)
+    try:
+        Job.fetch(job_id, connection=queue.connection).cancel()
+    except NoSuchJobError:
+        pass
+
+
+def _finish_active(
+    content: Content,
+    *,
+    status: str,
+    error_code: str,
+    error_message: str,
+    error_detail: str,
+) -> bool:
+    return bool(
+        Content.objects.filter(
+            pk=content.pk, status__in=ACTIVE_STATUSES, rq_job_id=content.rq_job_id
+        ).update(
+            status=status,
+            error_code=error_code,
+            error_message=error_message,
+            error_detail=error_detail,
+            finished_at=timezone.now(),
+        )
+    )
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _thumbnail(image: Image.Image) -> ContentFile:
+    return ContentFile(encode_thumbnail(image))

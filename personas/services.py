@@ -1,0 +1,266 @@
+"""Writes for personas and their galleries (reads live in ``selectors``).
+
+Every upload goes through the one validation path (``uploads``, ``lora``). Files
+are written through the storage API inside the database transaction; if anything
+fails before it commits, the files written so far are deleted again, so a
+refused or failed upload leaves nothing behind. Files of deleted rows are
+removed once the deletion commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
+from django.db import transaction
+from django.db.models import Max
+from django.db.models.fields.files import FieldFile
+from django.utils.text import slugify
+
+from personas.lora import validate_lora_upload
+from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
+from personas.uploads import ValidatedImage, validate_image_upload
+
+REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
+
+
+@contextmanager
+def _written_files_removed_on_failure() -> Iterator[list[FieldFile]]:
+    """Collect files written during a block; delete them if the block fails."""
+    written: list[FieldFile] = []
+    try:
+        yield written
+    except BaseException:
+        for field_file in written:
+            field_file.storage.delete(field_file.name)
+        raise
+
+
+def _delete_files_on_commit(field_files: list[FieldFile]) -> None:
+    names = [(file.storage, file.name) for file in field_files if file]
+
+    def delete() -> None:
+        for storage, name in names:
+            _delete_quietly(storage, name)
+
+    transaction.on_commit(delete)
+
+
+def _delete_quietly(storage: Storage, name: str) -> None:
+    # The row is gone already: a file that cannot be deleted now is an orphan
+    # to sweep later, not a reason to fail the user's deletion.
+    try:
+        storage.delete(name)
+    except OSError:
+        pass
+
+
+# --- Personas -----------------------------------------------------------------
+
+
+def persona_check_lockable(*, persona: Persona, has_primary: bool | None = None) -> None:
+    """Refuse to lock an appearance without a primary reference image.
+
+    ``has_primary`` is what a form about to be saved knows; None asks the database.
+    """
+    if has_primary is None:
+        has_primary = bool(
+            persona.pk and persona.references.filter(is_primary=True).exists()
+        )
+    if not has_primary:
+        raise ValidationError(
+            {
+                "appearance_locked": ValidationError(
+                    'Locking the appearance of "%(persona)s" needs a primary '
+                    "reference image: add one to the gallery and mark it primary, "
+                    "or leave the appearance unlocked.",
+                    code="lock_without_primary",
+                    params={"persona": persona.name},
+                )
+            }
+        )
+
+
+@transaction.atomic
+def persona_create(*, name: str, slug: str = "", **fields: Any) -> Persona:
+    """Create a persona; ``fields`` are any other Persona fields."""
+    persona = Persona(name=name, slug=slug or slugify(name), **fields)
+    if persona.appearance_locked:
+        persona_check_lockable(persona=persona)
+    persona.full_clean()
+    persona.save()
+    return persona
+
+
+@transaction.atomic
+def persona_update(*, persona: Persona, data: dict[str, Any]) -> Persona:
+    """Change persona fields (not the LoRA file: see :func:`persona_set_lora`)."""
+    for field_name, value in data.items():
+        setattr(persona, field_name, value)
+    if persona.appearance_locked:
+        persona_check_lockable(persona=persona)
+    persona.full_clean()
+    persona.save()
+    return persona
+
+
+@transaction.atomic
+def persona_lock_appearance(*, persona: Persona) -> Persona:
+    persona_check_lockable(persona=persona)
+    persona.appearance_locked = True
+    persona.save(update_fields=["appearance_locked", "updated_at"])
+    return persona
+
+
+@transaction.atomic
+def persona_unlock_appearance(*, persona: Persona) -> Persona:
+    persona.appearance_locked = False
+    persona.save(update_fields=["appearance_locked", "updated_at"])
+    return persona
+
+
+def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
+    """Store new LoRA weights (validated) for a persona, or remove them (None).
+
+    The replaced file is deleted once the change commits.
+    """
+    lora = None if file is None else validate_lora_upload(file)
+    previous = persona.lora_weights if persona.lora_weights else None
+    with _written_files_removed_on_failure() as written, transaction.atomic():
+        if lora is None:
+            persona.lora_weights = ""
+            persona.lora_sha256 = ""
+        else:
+            persona.lora_weights.save(lora.name, lora, save=False)
+            written.append(persona.lora_weights)
+            persona.lora_sha256 = lora.sha256
+        persona.save(update_fields=["lora_weights", "lora_sha256", "updated_at"])
+        if previous is not None:
+            _delete_files_on_commit([previous])
+    return persona
+
+
+@transaction.atomic
+def persona_delete(*, persona: Persona) -> None:
+    """Delete a persona with its gallery and units, then their files."""
+    files: list[FieldFile] = [persona.lora_weights]
+    for reference in persona.references.all():
+        files += [reference.image, reference.thumbnail]
+    files += [unit.control_image for unit in persona.control_units.all()]
+    persona.delete()
+    _delete_files_on_commit(files)
+
+
+# --- The reference gallery ----------------------------------------------------
+
+
+def reference_check_not_duplicate(*, persona: Persona, image: ValidatedImage) -> None:
+    """Refuse an image whose content is already in the persona's gallery."""
+    existing = (
+        persona.references.filter(sha256=image.sha256).first() if persona.pk else None
+    )
+    if existing is not None:
+        raise ValidationError(
+            '"%(name)s" is already in the gallery of "%(persona)s" (reference '
+            "#%(reference)s): nothing was added; choose a different image.",
+            code="duplicate",
+            params={
+                "name": image.original_name,
+                "persona": persona.name,
+                "reference": existing.pk,
+            },
+        )
+
+
+def reference_image_add(
+    *,
+    persona: Persona,
+    file: File,
+    role: str = ReferenceRole.OTHER,
+    caption: str = "",
+    is_primary: bool = False,
+    order: int | None = None,
+    uploaded_by: AbstractBaseUser | None = None,
+) -> ReferenceImage:
+    """Validate an image and add it to the gallery, with its thumbnail.
+
+    A primary image replaces the previous primary. Refused or failed uploads
+    leave neither a row nor a file.
+    """
+    image = validate_image_upload(file)
+    with _written_files_removed_on_failure() as written, transaction.atomic():
+        # Serialise concurrent additions to one persona (duplicates, primary).
+        Persona.objects.select_for_update().filter(pk=persona.pk).exists()
+        reference_check_not_duplicate(persona=persona, image=image)
+        if order is None:
+            order = (persona.references.aggregate(last=Max("order"))["last"] or 0) + 1
+        reference = ReferenceImage(
+            persona=persona,
+            role=role,
+            caption=caption,
+            order=order,
+            sha256=image.sha256,
+            original_filename=image.original_name,
+            uploaded_by=uploaded_by,
+        )
+        reference.image.save(image.name, image, save=False)
+        written.append(reference.image)
+        reference.thumbnail.save("thumbnail.webp", ContentFile(image.thumbnail), False)
+        written.append(reference.thumbnail)
+        if is_primary:
+            _demote_primary(persona=persona)
+            reference.is_primary = True
+        reference.full_clean()
+        reference.save()
+    return reference
+
+
+@transaction.atomic
+def reference_update(*, reference: ReferenceImage, data: dict[str, Any]) -> None:
+    """Change a reference's role, caption, order or primary flag.
+
+    Marking it primary unmarks the previous primary.
+    """
+    unknown = set(data) - REFERENCE_FIELDS
+    if unknown:
+        raise ValueError(f"reference_update cannot change {sorted(unknown)}")
+    for field_name, value in data.items():
+        setattr(reference, field_name, value)
+    if reference.is_primary:
+        _demote_primary(persona=reference.persona, keep=reference)
+    reference.full_clean()
+    reference.save()
+
+
+@transaction.atomic
+def reference_set_primary(*, reference: ReferenceImage) -> None:
+    reference_update(reference=reference, data={"is_primary": True})
+
+
+@transaction.atomic
+def reference_image_delete(*, reference: ReferenceImage) -> None:
+    """Delete a reference, then its image and thumbnail once that commits."""
+    files = [reference.image, reference.thumbnail]
+    reference.delete()
+    _delete_files_on_commit(files)
+
+
+def _demote_primary(*, persona: Persona, keep: ReferenceImage | None = None) -> None:
+    others = persona.references.filter(is_primary=True)
+    if keep is not None:
+        others = others.exclude(pk=keep.pk)
+    others.update(is_primary=False)
+
+
+def control_unit_delete(*, unit: ControlNetUnit) -> None:
+    """Delete a ControlNet unit, then its ready-made control image."""
+    files = [unit.control_image]
+    with transaction.atomic():
+        unit.delete()
+        _delete_files_on_commit(files)

@@ -1,0 +1,528 @@
+"""The one validation path for uploaded images (DESIGN.md decision 7).
+
+Every image that enters the studio (admin uploads, the import command, ready-made
+control images) goes through :func:`validate_image_upload`, which checks in this
+order and refuses with an :class:`UploadRejected` carrying a ``code``:
+
+``empty``, ``too_large``
+    the byte count, before anything is parsed;
+``unsupported_format``
+    the format sniffed from the bytes is not PNG, JPEG or WebP (SVG, GIF, ZIP,
+    pickle, HTML... are named in the message);
+``extension_mismatch``
+    the file name's extension does not agree with the sniffed format;
+``truncated``, ``corrupt``
+    the container structure, walked before any decoder runs: PNG chunks with
+    their CRCs, JPEG segments and scans, WebP RIFF chunks;
+``polyglot``
+    the file is more than one image: bytes after the image's end (other than
+    zero padding, or further JPEG images as in MPO and Ultra HDR files), or a
+    ZIP archive readable from the same bytes. Payloads hidden *inside*
+    metadata (an HTML comment in a JPEG) are not refused: re-encoding drops
+    every metadata chunk, so they never reach storage;
+``too_many_pixels``
+    width x height x frames, read from the header, past ``STUDIO_MAX_UPLOAD_PIXELS``;
+``decompression_bomb``
+    Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) fired: its warning is
+    turned into an error here, so the effective limit is the lower of the two;
+``animated``
+    more than one frame: a reference is a still image.
+
+An accepted image is decoded, turned upright (EXIF orientation), flattened to RGB
+(transparency composited on white; CMYK, 16-bit, palette and grey converted) and
+re-encoded as PNG without any metadata; the result carries the SHA-256 of those
+bytes and a WebP thumbnail. Storage names are random (``personas.models``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import struct
+import unicodedata
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import IO
+
+import numpy as np
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile, File
+from PIL import Image, ImageOps
+
+from studio.conf import studio_setting
+
+PNG, JPEG, WEBP = "PNG", "JPEG", "WEBP"
+FORMAT_LABELS = {PNG: "PNG", JPEG: "JPEG", WEBP: "WebP"}
+FORMAT_EXTENSIONS = {PNG: (".png",), JPEG: (".jpg", ".jpeg"), WEBP: (".webp",)}
+ACCEPTED_CONTENT_TYPES = "image/png,image/jpeg,image/webp"
+WHITE = (255, 255, 255, 255)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+# In entropy-coded JPEG data 0xFF is followed by 0x00 (stuffing), a restart
+# marker or fill; anything else is the next marker.
+_JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_DISPLAY_NAME_LENGTH = 80
+
+
+class UploadRejected(ValidationError):
+    """An upload the studio refuses; ``code`` says why, the message what to do."""
+
+
+def display_name(name: str | None) -> str:
+    """The file's base name, safe to print: no folders, no control characters."""
+    base = PureWindowsPath(PurePosixPath(name or "").name).name or "(unnamed file)"
+    printable = "".join(
+        "?" if unicodedata.category(char).startswith("C") else char for char in base
+    )
+    if len(printable) > _DISPLAY_NAME_LENGTH:
+        printable = printable[: _DISPLAY_NAME_LENGTH - 1] + "…"
+    return printable
+
+
+def check_size(size: int, *, name: str, limit: int) -> None:
+    """Refuse an empty file or one past ``limit`` bytes (every upload's first check)."""
+    if size == 0:
+        raise UploadRejected(
+            '"%(name)s" is empty (0 bytes): choose the file again; the copy you '
+            "picked may not have finished downloading.",
+            code="empty",
+            params={"name": name},
+        )
+    if size > limit:
+        raise UploadRejected(
+            '"%(name)s" is larger than the %(limit_mb).1f MB the studio accepts: '
+            "make it smaller and upload it again.",
+            code="too_large",
+            params={"name": name, "limit_mb": limit / 1024 / 1024},
+        )
+
+
+def read_limited(file: File | IO[bytes], *, name: str, limit: int) -> bytes:
+    """Read a whole upload after :func:`check_size`; never more than ``limit + 1``
+    bytes, so an oversized file never sits in memory whole."""
+    file.seek(0)
+    data = file.read(limit + 1)
+    check_size(len(data), name=name, limit=limit)
+    return data
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """What the container says before any decoder runs."""
+
+    width: int
+    height: int
+    frames: int
+    end: int
+
+
+class _Malformed(Exception):
+    """The container is broken; ``truncated`` tells a short file from a bad one."""
+
+    def __init__(self, problem: str, *, truncated: bool = False) -> None:
+        super().__init__(problem)
+        self.truncated = truncated
+
+
+def sniff_format(data: bytes) -> str | None:
+    """PNG, JPEG or WEBP from the magic bytes; None for anything else."""
+    if data.startswith(_PNG_SIGNATURE):
+        return PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return WEBP
+    return None
+
+
+def _describe_unsupported(data: bytes) -> str:
+    head = data[:1024]
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "a GIF image"
+    if b"<svg" in text:
+        return "an SVG drawing"
+    if text.startswith((b"<!doctype html", b"<html")) or b"<script" in text:
+        return "an HTML document"
+    if text.startswith(b"<?xml"):
+        return "an XML document"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickled Python data"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith(b"BM"):
+        return "a BMP image"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "a TIFF image"
+    if head[4:8] == b"ftyp":
+        return "a HEIC/AVIF image or a video"
+    return "not an image format the studio knows"
+
+
+def _png_structure(data: bytes) -> _Structure:
+    view = memoryview(data)
+    position, size, frames = len(_PNG_SIGNATURE), None, 1
+    has_image_data = False
+    while True:
+        if position + 8 > len(data):
+            raise _Malformed("it ends before the PNG's end chunk", truncated=True)
+        length, chunk_type = struct.unpack(">I4s", data[position : position + 8])
+        data_start, data_end = position + 8, position + 8 + length
+        if length > 0x7FFFFFFF or not chunk_type.isalpha():
+            raise _Malformed("a PNG chunk header is invalid")
+        if data_end + 4 > len(data):
+            raise _Malformed("it ends inside a PNG chunk", truncated=True)
+        (crc,) = struct.unpack(">I", data[data_end : data_end + 4])
+        if zlib.crc32(view[position + 4 : data_end]) != crc:
+            raise _Malformed(f"the PNG chunk {chunk_type.decode()} is damaged")
+        chunk = view[data_start : min(data_end, data_start + 13)]
+        if size is None:
+            if chunk_type != b"IHDR" or length != 13:
+                raise _Malformed("it does not start with a PNG header chunk")
+            size = struct.unpack(">II", chunk[:8])
+        elif chunk_type == b"acTL" and length == 8:
+            frames = max(1, struct.unpack(">I", chunk[:4])[0])
+        elif chunk_type == b"IDAT":
+            has_image_data = True
+        elif chunk_type == b"IEND":
+            if not has_image_data:
+                raise _Malformed("it has no PNG image data")
+            return _Structure(size[0], size[1], frames, data_end + 4)
+        position = data_end + 4
+
+
+def _jpeg_end(data: bytes, start: int) -> tuple[int, tuple[int, int] | None]:
+    """Walk one JPEG from its SOI; return its end and the frame size."""
+    position, size = start + 2, None
+    while True:
+        if position + 2 > len(data):
+            raise _Malformed("it ends before the JPEG's end marker", truncated=True)
+        if data[position] != 0xFF:
+            raise _Malformed("a JPEG segment is out of place")
+        while position + 1 < len(data) and data[position + 1] == 0xFF:
+            position += 1
+        if position + 2 > len(data):
+            raise _Malformed("it ends before the JPEG's end marker", truncated=True)
+        marker = data[position + 1]
+        position += 2
+        if marker == 0xD9:
+            return position, size
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            continue
+        if marker == 0xD8:
+            raise _Malformed("a JPEG starts again inside itself")
+        if position + 2 > len(data):
+            raise _Malformed("it ends inside a JPEG segment", truncated=True)
+        (length,) = struct.unpack(">H", data[position : position + 2])
+        if length < 2:
+            raise _Malformed("a JPEG segment length is invalid")
+        segment_end = position + length
+        if segment_end > len(data):
+            raise _Malformed("it ends inside a JPEG segment", truncated=True)
+        if marker in _JPEG_SOF_MARKERS and size is None:
+            if length < 8:
+                raise _Malformed("the JPEG frame header is invalid")
+            height, width = struct.unpack(">HH", data[position + 3 : position + 7])
+            size = (width, height)
+        position = segment_end
+        if marker == 0xDA:
+            if size is None:
+                raise _Malformed("the JPEG has image data before its frame header")
+            found = _JPEG_NEXT_MARKER.search(data, position)
+            if found is None:
+                raise _Malformed("it ends inside the JPEG image data", truncated=True)
+            position = found.start()
+
+
+def _jpeg_structure(data: bytes) -> _Structure:
+    end, size = _jpeg_end(data, 0)
+    if size is None:
+        raise _Malformed("the JPEG has no frame header")
+    # Multi-picture JPEGs (MPO, Ultra HDR gain maps) append whole JPEG images;
+    # only the first is decoded, the others are walked so nothing else hides there.
+    while True:
+        next_start = end + len(data[end:]) - len(data[end:].lstrip(b"\x00"))
+        if not data.startswith(b"\xff\xd8\xff", next_start):
+            break
+        end, _ = _jpeg_end(data, next_start)
+    return _Structure(size[0], size[1], 1, end)
+
+
+def _webp_structure(data: bytes) -> _Structure:
+    if len(data) < 20:
+        raise _Malformed("it ends inside the WebP header", truncated=True)
+    riff_end = 8 + struct.unpack("<I", data[4:8])[0]
+    if riff_end > len(data):
+        raise _Malformed("it is shorter than its WebP header says", truncated=True)
+    position, size, animated, animation_frames = 12, None, False, 0
+    while position + 8 <= riff_end:
+        chunk_type = data[position : position + 4]
+        (length,) = struct.unpack("<I", data[position + 4 : position + 8])
+        chunk = data[position + 8 : position + 8 + length]
+        if position + 8 + length > riff_end:
+            raise _Malformed(f"the WebP chunk {chunk_type!r} runs past the file")
+        if size is None:
+            size, animated = _webp_canvas(chunk_type, chunk)
+        elif chunk_type == b"ANMF":
+            animation_frames += 1
+        position += 8 + length + (length & 1)
+    if size is None:
+        raise _Malformed("it has no WebP image data")
+    frames = max(1, animation_frames) if animated else 1
+    return _Structure(size[0], size[1], frames, riff_end)
+
+
+def _webp_canvas(chunk_type: bytes, chunk: bytes) -> tuple[tuple[int, int], bool]:
+    """The canvas size from the first WebP chunk, and whether it is animated."""
+    if chunk_type == b"VP8X" and len(chunk) >= 10:
+        width = 1 + int.from_bytes(chunk[4:7], "little")
+        height = 1 + int.from_bytes(chunk[7:10], "little")
+        return (width, height), bool(chunk[0] & 0x02)
+    if chunk_type == b"VP8 " and len(chunk) >= 10 and chunk[3:6] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", chunk[6:10])
+        return (width & 0x3FFF, height & 0x3FFF), False
+    if chunk_type == b"VP8L" and len(chunk) >= 5 and chunk[0] == 0x2F:
+        bits = int.from_bytes(chunk[1:5], "little")
+        return ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1), False
+    raise _Malformed("its first WebP chunk is not an image")
+
+
+_STRUCTURE_READERS = {PNG: _png_structure, JPEG: _jpeg_structure, WEBP: _webp_structure}
+
+
+def _is_zip_archive(data: bytes) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)):
+            return True
+    except Exception:  # noqa: BLE001 - any failure to read a ZIP means "not a ZIP"
+        return False
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten any decoded mode to RGB; transparency is composited on white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        image = _sixteen_bit_grey_to_la(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, WHITE)
+        background.alpha_composite(image.convert("RGBA"))
+        image = background
+    return image.convert("RGB")
+
+
+def _sixteen_bit_grey_to_la(image: Image.Image) -> Image.Image:
+    # Pillow's own conversion clips 16-bit grey at 255 instead of scaling it.
+    values = np.asarray(image, dtype=np.int64).clip(0, 65535)
+    grey = Image.fromarray((values // 257).astype(np.uint8), "L")
+    transparent_value = image.info.get("transparency")
+    alpha = np.where(values == transparent_value, 0, 255).astype(np.uint8)
+    return Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
+
+
+def _encode_png_without_metadata(image: Image.Image) -> bytes:
+    # Emptying ``info`` is what keeps ICC, EXIF, text and transparency chunks out.
+    image.info = {}
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def encode_thumbnail(image: Image.Image) -> bytes:
+    """A WebP thumbnail, longest side ``STUDIO_THUMBNAIL_SIZE``, no metadata."""
+    side = studio_setting("THUMBNAIL_SIZE")
+    thumbnail = image.convert("RGB")
+    thumbnail.info = {}
+    thumbnail.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, "WEBP", quality=80)
+    return buffer.getvalue()
+
+
+class ValidatedImage(ContentFile):
+    """An accepted upload: clean PNG bytes plus what the gallery records about it.
+
+    It is a Django file, so it can be handed to a model ``ImageField`` as is.
+    """
+
+    def __init__(
+        self,
+        content: bytes,
+        *,
+        original_name: str,
+        source_format: str,
+        width: int,
+        height: int,
+        thumbnail: bytes,
+    ) -> None:
+        super().__init__(content, name=f"{PurePosixPath(original_name).stem}.png")
+        self.original_name = original_name
+        self.source_format = source_format
+        self.width = width
+        self.height = height
+        self.thumbnail = thumbnail
+        self.sha256 = hashlib.sha256(content).hexdigest()
+
+
+def validate_image_upload(file: File | IO[bytes], *, name: str = "") -> ValidatedImage:
+    """Check an uploaded image and return it cleaned; raise UploadRejected if not.
+
+    ``name`` defaults to ``file.name``. A ValidatedImage is returned unchanged,
+    so callers may validate early (a form field) and again (a service) for free.
+    """
+    if isinstance(file, ValidatedImage):
+        return file
+    name = display_name(name or getattr(file, "name", ""))
+    data = read_limited(file, name=name, limit=studio_setting("MAX_UPLOAD_BYTES"))
+    image_format = _sniff_accepted_format(data, name)
+    _check_extension(image_format, name)
+    structure = _read_structure(data, image_format, name)
+    _check_pixels(structure, name)
+    upright = _decode_upright(data, image_format, name)
+    rgb = _to_rgb(upright)
+    return ValidatedImage(
+        _encode_png_without_metadata(rgb),
+        original_name=name,
+        source_format=image_format,
+        width=rgb.width,
+        height=rgb.height,
+        thumbnail=encode_thumbnail(rgb),
+    )
+
+
+def _sniff_accepted_format(data: bytes, name: str) -> str:
+    image_format = sniff_format(data)
+    if image_format is None:
+        raise UploadRejected(
+            '"%(name)s" is %(kind)s, not a PNG, JPEG or WebP image: export it as '
+            "PNG or JPEG and upload that.",
+            code="unsupported_format",
+            params={"name": name, "kind": _describe_unsupported(data)},
+        )
+    return image_format
+
+
+def _check_extension(image_format: str, name: str) -> None:
+    extension = PurePosixPath(name).suffix.lower()
+    expected = FORMAT_EXTENSIONS[image_format]
+    if extension not in expected:
+        raise UploadRejected(
+            '"%(name)s" contains a %(format)s image but %(naming)s: rename it to '
+            "end in %(expected)s and upload it again.",
+            code="extension_mismatch",
+            params={
+                "name": name,
+                "format": FORMAT_LABELS[image_format],
+                "naming": f'its name ends in "{extension}"'
+                if extension
+                else "its name has no extension",
+                "expected": expected[0],
+            },
+        )
+
+
+def _read_structure(data: bytes, image_format: str, name: str) -> _Structure:
+    try:
+        structure = _STRUCTURE_READERS[image_format](data)
+    except _Malformed as problem:
+        code = "truncated" if problem.truncated else "corrupt"
+        advice = (
+            "upload the complete file" if problem.truncated else "re-save it in an "
+            "image editor"
+        )
+        raise UploadRejected(
+            '"%(name)s" is a damaged %(format)s file (%(problem)s): %(advice)s.',
+            code=code,
+            params={
+                "name": name,
+                "format": FORMAT_LABELS[image_format],
+                "problem": problem,
+                "advice": advice,
+            },
+        ) from None
+    trailing = data[structure.end :]
+    if trailing.strip(b"\x00") or _is_zip_archive(data):
+        raise UploadRejected(
+            '"%(name)s" is more than a %(format)s image: %(extra)s. Files that are '
+            "also something else (a polyglot) are refused: re-save the image in an "
+            "image editor and upload that.",
+            code="polyglot",
+            params={
+                "name": name,
+                "format": FORMAT_LABELS[image_format],
+                "extra": f"{len(trailing)} bytes follow the end of the image"
+                if trailing.strip(b"\x00")
+                else "it is also a ZIP archive",
+            },
+        )
+    if structure.width < 1 or structure.height < 1:
+        raise UploadRejected(
+            '"%(name)s" says it is %(width)s x %(height)s pixels: re-save it in an '
+            "image editor.",
+            code="corrupt",
+            params={"name": name, "width": structure.width, "height": structure.height},
+        )
+    return structure
+
+
+def _check_pixels(structure: _Structure, name: str) -> None:
+    limit = studio_setting("MAX_UPLOAD_PIXELS")
+    pixels = structure.width * structure.height * structure.frames
+    if pixels > limit:
+        raise UploadRejected(
+            '"%(name)s" is %(width)s x %(height)s pixels%(frames)s, more than the '
+            "%(limit)s pixels the studio accepts: scale it down and upload it again.",
+            code="too_many_pixels",
+            params={
+                "name": name,
+                "width": structure.width,
+                "height": structure.height,
+                "frames": f" x {structure.frames} frames"
+                if structure.frames > 1
+                else "",
+                "limit": f"{limit:,}",
+            },
+        )
+    if structure.frames > 1:
+        raise UploadRejected(
+            '"%(name)s" is animated (%(frames)s frames); a reference must be a still '
+            "image: export the frame you want as PNG and upload that.",
+            code="animated",
+            params={"name": name, "frames": structure.frames},
+        )
+
+
+def _decode_upright(data: bytes, image_format: str, name: str) -> Image.Image:
+    """Decode the first frame and apply EXIF orientation; bombs become errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=[image_format]) as image:
+                return ImageOps.exif_transpose(image)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise UploadRejected(
+                '"%(name)s" is too large to decode safely (a possible decompression '
+                "bomb): scale it down and upload it again.",
+                code="decompression_bomb",
+                params={"name": name},
+            ) from None
+        # Hostile bytes can make a decoder raise anything; none may escape as a
+        # traceback, and a real bug here still shows up as a refusal in tests.
+        except Exception as error:  # noqa: BLE001
+            raise UploadRejected(
+                '"%(name)s" could not be decoded as %(format)s (%(error)s): re-save '
+                "it in an image editor and upload it again.",
+                code="corrupt",
+                params={
+                    "name": name,
+                    "format": FORMAT_LABELS[image_format],
+                    "error": error,
+                },
+            ) from None

@@ -1,0 +1,103 @@
+"""``python manage.py studio_run`` (``make run``): the whole studio on one machine.
+
+It migrates, creates an admin account when there is none (its random password
+is saved under ``var/``), starts the embedded Redis when ``REDIS_URL`` is unset,
+writes the tiny model on the first run when no real model is configured, then
+runs one ``studio_worker`` and the web server at http://127.0.0.1:8000/ as child
+processes. Ctrl-C or SIGTERM stops them all (the worker hands a running job back
+to the queue first); if one of them dies, the others are stopped too.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from generation.engine_settings import tiny_model_dir, tiny_model_written, uses_tiny_model
+from studio.redis_embedded import ensure_embedded_redis
+
+ADDRESS = "127.0.0.1:8000"
+ADMIN_USERNAME = "admin"
+STOP_TIMEOUT_SECONDS = 30
+
+
+class Command(BaseCommand):
+    help = "Run the whole studio: Redis when needed, one worker and the web server."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        self._ensure_admin()
+        redis = ensure_embedded_redis()
+        if redis is not None:
+            self.stdout.write(f"Embedded Redis listening on {redis.socket_path}")
+        if uses_tiny_model() and not tiny_model_written():
+            self.stdout.write(
+                "No model configured: writing the built-in tiny model (random "
+                "weights, its images are noise) ..."
+            )
+            call_command("studio_tiny_model")
+        manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+        children = [
+            subprocess.Popen([*manage, "studio_worker"]),
+            subprocess.Popen([*manage, "runserver", ADDRESS, "--noreload"]),
+        ]
+        self.stdout.write(f"Persona Studio is at http://{ADDRESS}/admin/ (Ctrl-C stops it)")
+        stopping = False
+
+        def request_stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            while not stopping and all(child.poll() is None for child in children):
+                time.sleep(0.5)
+        finally:
+            self._stop(children)
+            if redis is not None:
+                redis.stop()
+        self.stdout.write("Persona Studio stopped.")
+
+    def _ensure_admin(self) -> None:
+        """Create a superuser with a random password when the studio has none."""
+        users = get_user_model().objects
+        password_file = Path(settings.STUDIO_VAR_DIR) / "admin-password.txt"
+        if users.filter(is_superuser=True).exists():
+            hint = f" (password in {password_file})" if password_file.exists() else ""
+            self.stdout.write(f"Log in with your admin account{hint}.")
+            return
+        password = secrets.token_urlsafe(12)
+        users.create_superuser(ADMIN_USERNAME, email="", password=password)
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Created the admin account. Log in at http://{ADDRESS}/admin/ as "
+                f"'{ADMIN_USERNAME}' with password {password} (saved in "
+                f"{password_file})."
+            )
+        )
+
+    def _stop(self, children: list[subprocess.Popen]) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
