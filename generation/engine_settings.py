@@ -48,7 +48,9 @@ def engine_config() -> EngineConfig:
                     source=model.source,
                     revision=model.revision,
                     label=model.label,
-                    config=raw[key].get("config") if isinstance(raw[key], dict) else None,
+                    config=raw[key].get("config")
+                    if isinstance(raw[key], dict)
+                    else None,
                 )
                 for key, model in configured_models().items()
             },

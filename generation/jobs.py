@@ -22,8 +22,8 @@ import time
 import traceback
 
 import redis.exceptions
-from django.db import OperationalError, close_old_connections
 from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError, close_old_connections
 from PIL import Image
 from rq import get_current_job
 from rq.job import Job
@@ -53,7 +53,9 @@ def content_generate(content_id: int) -> str:
     if not services.content_claim(
         content_id=content_id, job_id=job.id, worker_name=job.worker_name or ""
     ):
-        logger.info("Content #%s is not queued for job %s: nothing to do", content_id, job.id)
+        logger.info(
+            "Content #%s is not queued for job %s: nothing to do", content_id, job.id
+        )
         return "skipped"
     content = Content.objects.select_related("before_reference").get(pk=content_id)
     steps = _StepReporter(content, job)

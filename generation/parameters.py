@@ -1,4 +1,4 @@
-"""The engine request of a content row, and back: persona + overrides -> JSON -> request.
+"""A content row's engine request: persona + overrides -> JSON -> request.
 
 A row stores its request in the engine's JSON form (``snapshot.request_to_dict``)
 with every image and the LoRA named by its storage name, resolved when the row is
@@ -54,7 +54,8 @@ class GenerationOverrides:
     seed: int | None = None
 
     def validate(self) -> None:
-        """Raise ``ValidationError`` (per field, with a code) for values out of range."""
+        """Raise ``ValidationError`` (per field, with a code) for values out of
+        range."""
         errors: dict[str, ValidationError] = {}
         if self.method is not None and self.method not in ConsistencyMethod.values:
             errors["method"] = ValidationError(
@@ -92,7 +93,9 @@ class GenerationOverrides:
 
 def compose_prompt(persona: Persona, prompt: str) -> str:
     """The persona's appearance description anchors every prompt."""
-    return ", ".join(part for part in (persona.appearance.strip(), prompt.strip()) if part)
+    return ", ".join(
+        part for part in (persona.appearance.strip(), prompt.strip()) if part
+    )
 
 
 def compose_negative_prompt(persona: Persona, negative_prompt: str) -> str:

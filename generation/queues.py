@@ -16,7 +16,9 @@ from studio.conf import studio_setting
 
 def queue_name_for_model(model_key: str) -> str:
     """The queue that serves ``model_key``."""
-    return studio_setting("QUEUE_ROUTES").get(model_key, studio_setting("DEFAULT_QUEUE"))
+    return studio_setting("QUEUE_ROUTES").get(
+        model_key, studio_setting("DEFAULT_QUEUE")
+    )
 
 
 def all_queue_names() -> list[str]:

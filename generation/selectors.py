@@ -50,7 +50,9 @@ def content_get(*, content_id: int) -> Content:
 
 def content_latest_for_persona(*, persona: Persona) -> Content | None:
     """The persona's most recent generation, or None."""
-    return Content.objects.filter(persona=persona).order_by("-created_at", "-id").first()
+    return (
+        Content.objects.filter(persona=persona).order_by("-created_at", "-id").first()
+    )
 
 
 def batch_contents(*, batch: Batch) -> list[Content]:

@@ -196,7 +196,9 @@ def content_strength_sweep(
     return batch
 
 
-def content_regenerate(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
+def content_regenerate(
+    *, content: Content, user: AbstractBaseUser | None = None
+) -> Content:
     """Queue the same generation again with a new random seed (only the seed
     varies, DESIGN.md decision 8)."""
     return _copy_content(
@@ -239,7 +241,9 @@ def persona_save_strength(
 
 
 @transaction.atomic
-def content_cancel(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
+def content_cancel(
+    *, content: Content, user: AbstractBaseUser | None = None
+) -> Content:
     """Cancel a generation: a queued one at once, a running one at its next step
     (the job checks ``cancel_requested`` after every denoising step)."""
     content = Content.objects.select_for_update().get(pk=content.pk)
@@ -356,7 +360,9 @@ def content_store_result(
     succeeded; False (nothing stored) when the row no longer belongs to this job."""
     row = (
         Content.objects.select_for_update()
-        .filter(pk=content.pk, status=ContentStatus.RUNNING, rq_job_id=content.rq_job_id)
+        .filter(
+            pk=content.pk, status=ContentStatus.RUNNING, rq_job_id=content.rq_job_id
+        )
         .first()
     )
     if row is None:
@@ -370,7 +376,9 @@ def content_store_result(
         control_row = ContentControlImage(
             content=row, control_type=control.control_type.value, order=order
         )
-        control_row.image.save("control.png", ContentFile(_png(control.image)), save=False)
+        control_row.image.save(
+            "control.png", ContentFile(_png(control.image)), save=False
+        )
         control_row.save()
     row.status = ContentStatus.SUCCEEDED
     row.method_used = result.method.value
@@ -553,7 +561,9 @@ def _check_can_generate(persona: Persona, method: str) -> None:
         )
 
 
-def _seeds(persona: Persona, overrides: GenerationOverrides, *, count: int) -> list[int]:
+def _seeds(
+    persona: Persona, overrides: GenerationOverrides, *, count: int
+) -> list[int]:
     base = overrides.seed
     if base is None and persona.seed_policy == SeedPolicy.FIXED:
         base = persona.seed

@@ -71,7 +71,9 @@ class StudioWorker(SimpleWorker):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.preload_models = list(
-            studio_setting("PRELOAD_MODELS") if preload_models is None else preload_models
+            studio_setting("PRELOAD_MODELS")
+            if preload_models is None
+            else preload_models
         )
         self.reconcile_interval = float(
             studio_setting("RECONCILE_INTERVAL_SECONDS")
@@ -147,7 +149,9 @@ class _Background:
         self.scheduler: RQScheduler | None = None
 
     def start(self) -> None:
-        self.scheduler = RQScheduler(self.worker.queues, connection=self.worker.connection)
+        self.scheduler = RQScheduler(
+            self.worker.queues, connection=self.worker.connection
+        )
         self.thread = threading.Thread(
             target=self._run, name="studio-worker-background", daemon=True
         )

@@ -178,22 +178,14 @@ class Persona(models.Model):
         return reverse("admin:personas_persona_change", args=[self.pk])
 
     def clean(self) -> None:
+        # Locking without a primary reference is checked where the gallery being
+        # saved is known (personas.services, the admin's gallery formset), not
+        # here, where only the stored gallery is.
         errors = {}
         if self.seed_policy == SeedPolicy.FIXED and self.seed is None:
             errors["seed"] = ValidationError(
                 "A fixed seed policy needs a seed: enter one or choose random.",
                 code="seed_required",
-            )
-        if (
-            self.appearance_locked
-            and self.pk
-            and not self.references.filter(is_primary=True).exists()
-        ):
-            errors["appearance_locked"] = ValidationError(
-                "Locking the appearance needs a primary reference image: add one "
-                "to the gallery and mark it primary, or leave the appearance "
-                "unlocked.",
-                code="lock_without_primary",
             )
         if errors:
             raise ValidationError(errors)

@@ -43,6 +43,7 @@ def _written_files_removed_on_failure() -> Iterator[list[FieldFile]]:
 
 
 def _delete_files_on_commit(field_files: list[FieldFile]) -> None:
+    """Delete these files once the transaction commits (names are taken now)."""
     names = [(file.storage, file.name) for file in field_files if file]
 
     def delete() -> None:
@@ -75,15 +76,9 @@ def persona_check_lockable(*, persona: Persona, has_primary: bool | None = None)
         )
     if not has_primary:
         raise ValidationError(
-            {
-                "appearance_locked": ValidationError(
-                    'Locking the appearance of "%(persona)s" needs a primary '
-                    "reference image: add one to the gallery and mark it primary, "
-                    "or leave the appearance unlocked.",
-                    code="lock_without_primary",
-                    params={"persona": persona.name},
-                )
-            }
+            "Locking the appearance needs a primary reference image: add one to "
+            "the gallery and mark it primary, or leave the appearance unlocked.",
+            code="lock_without_primary",
         )
 
 
@@ -91,8 +86,7 @@ def persona_check_lockable(*, persona: Persona, has_primary: bool | None = None)
 def persona_create(*, name: str, slug: str = "", **fields: Any) -> Persona:
     """Create a persona; ``fields`` are any other Persona fields."""
     persona = Persona(name=name, slug=slug or slugify(name), **fields)
-    if persona.appearance_locked:
-        persona_check_lockable(persona=persona)
+    _check_lockable_field(persona)
     persona.full_clean()
     persona.save()
     return persona
@@ -103,11 +97,18 @@ def persona_update(*, persona: Persona, data: dict[str, Any]) -> Persona:
     """Change persona fields (not the LoRA file: see :func:`persona_set_lora`)."""
     for field_name, value in data.items():
         setattr(persona, field_name, value)
-    if persona.appearance_locked:
-        persona_check_lockable(persona=persona)
+    _check_lockable_field(persona)
     persona.full_clean()
     persona.save()
     return persona
+
+
+def _check_lockable_field(persona: Persona) -> None:
+    if persona.appearance_locked:
+        try:
+            persona_check_lockable(persona=persona)
+        except ValidationError as error:
+            raise ValidationError({"appearance_locked": error}) from None
 
 
 @transaction.atomic
@@ -131,8 +132,8 @@ def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
     The replaced file is deleted once the change commits.
     """
     lora = None if file is None else validate_lora_upload(file)
-    previous = persona.lora_weights if persona.lora_weights else None
     with _written_files_removed_on_failure() as written, transaction.atomic():
+        _delete_files_on_commit([persona.lora_weights])
         if lora is None:
             persona.lora_weights = ""
             persona.lora_sha256 = ""
@@ -141,8 +142,6 @@ def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
             written.append(persona.lora_weights)
             persona.lora_sha256 = lora.sha256
         persona.save(update_fields=["lora_weights", "lora_sha256", "updated_at"])
-        if previous is not None:
-            _delete_files_on_commit([previous])
     return persona
 
 
@@ -153,8 +152,8 @@ def persona_delete(*, persona: Persona) -> None:
     for reference in persona.references.all():
         files += [reference.image, reference.thumbnail]
     files += [unit.control_image for unit in persona.control_units.all()]
-    persona.delete()
     _delete_files_on_commit(files)
+    persona.delete()
 
 
 # --- The reference gallery ----------------------------------------------------
@@ -196,7 +195,7 @@ def reference_image_add(
     image = validate_image_upload(file)
     with _written_files_removed_on_failure() as written, transaction.atomic():
         # Serialise concurrent additions to one persona (duplicates, primary).
-        Persona.objects.select_for_update().filter(pk=persona.pk).exists()
+        Persona.objects.select_for_update().only("pk").get(pk=persona.pk)
         reference_check_not_duplicate(persona=persona, image=image)
         if order is None:
             order = (persona.references.aggregate(last=Max("order"))["last"] or 0) + 1
@@ -211,7 +210,9 @@ def reference_image_add(
         )
         reference.image.save(image.name, image, save=False)
         written.append(reference.image)
-        reference.thumbnail.save("thumbnail.webp", ContentFile(image.thumbnail), False)
+        reference.thumbnail.save(
+            "thumbnail.webp", ContentFile(image.thumbnail), save=False
+        )
         written.append(reference.thumbnail)
         if is_primary:
             _demote_primary(persona=persona)
@@ -246,9 +247,8 @@ def reference_set_primary(*, reference: ReferenceImage) -> None:
 @transaction.atomic
 def reference_image_delete(*, reference: ReferenceImage) -> None:
     """Delete a reference, then its image and thumbnail once that commits."""
-    files = [reference.image, reference.thumbnail]
+    _delete_files_on_commit([reference.image, reference.thumbnail])
     reference.delete()
-    _delete_files_on_commit(files)
 
 
 def _demote_primary(*, persona: Persona, keep: ReferenceImage | None = None) -> None:
@@ -258,9 +258,30 @@ def _demote_primary(*, persona: Persona, keep: ReferenceImage | None = None) -> 
     others.update(is_primary=False)
 
 
+# --- ControlNet units -----------------------------------------------------------
+
+
+def control_unit_save(*, unit: ControlNetUnit) -> ControlNetUnit:
+    """Save a unit; a new control image is validated, a replaced one deleted.
+
+    The replaced or cleared control image is deleted once the change commits; a
+    new one is removed again if the save fails.
+    """
+    stored = ControlNetUnit.objects.filter(pk=unit.pk).first() if unit.pk else None
+    with _written_files_removed_on_failure() as written, transaction.atomic():
+        if unit.control_image and not unit.control_image._committed:
+            image = validate_image_upload(unit.control_image.file)
+            unit.control_image.save(image.name, image, save=False)
+            written.append(unit.control_image)
+        if stored is not None and stored.control_image.name != unit.control_image.name:
+            _delete_files_on_commit([stored.control_image])
+        unit.full_clean()
+        unit.save()
+    return unit
+
+
+@transaction.atomic
 def control_unit_delete(*, unit: ControlNetUnit) -> None:
     """Delete a ControlNet unit, then its ready-made control image."""
-    files = [unit.control_image]
-    with transaction.atomic():
-        unit.delete()
-        _delete_files_on_commit(files)
+    _delete_files_on_commit([unit.control_image])
+    unit.delete()

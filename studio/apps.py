@@ -25,6 +25,11 @@ class StudioConfig(AppConfig):
         for runtime_check in (
             studio_checks.check_redis_reachable,
             studio_checks.check_storage_reachable,
-            studio_checks.check_models_available,
         ):
             checks.register(runtime_check, studio_checks.RUNTIME_TAG, deploy=True)
+        checks.register(
+            studio_checks.check_models_available,
+            studio_checks.RUNTIME_TAG,
+            studio_checks.MODELS_TAG,
+            deploy=True,
+        )

@@ -8,9 +8,10 @@ them in three groups:
   settings and the local file system;
 - deployment checks (``check --deploy``) look for media served publicly;
 - runtime checks (``check --deploy``, or only them with
-  ``check --deploy --tag studio_runtime``) talk to Redis, S3 and the model
-  folders, with short timeouts. A web host without model weights may skip
-  them; a worker host should run them before it starts.
+  ``check --deploy --tag studio_runtime``) talk to Redis and S3 with short
+  timeouts, and look for the configured models (also ``--tag studio_models``).
+  A web host holds no model weights: it silences the model ids with
+  ``SILENCED_SYSTEM_CHECKS``.
 
 The ids and what they mean are listed in docs/deployment.md.
 """
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 RUNTIME_TAG = "studio_runtime"
 """Tag of the checks that reach Redis, S3 and the model folders."""
+
+MODELS_TAG = "studio_models"
+"""Tag of the model check alone: what a worker host needs and a web host lacks."""
 
 NETWORK_TIMEOUT_SECONDS = 2.0
 """How long a runtime check waits for Redis or S3 before it reports them down."""

@@ -13,7 +13,9 @@ same pixels on the same hardware. Both write into ``DIR``:
 - ``snapshot.json``: everything that reproduces the output (``snapshot.py``);
 - ``result.json``: method, reason, timings, registry hit, notes, file names;
 - ``inputs/<key>.png`` and ``inputs/<key>.safetensors``: every input image and
-  the LoRA under its content key, so that ``regenerate`` needs nothing else.
+  the LoRA under its content key, so that ``regenerate`` needs nothing else, and
+  every image the pipeline was given under its pixel hash (the names the
+  snapshot's ``call`` uses), so that raw diffusers can replay the call.
 
 The models come from ``--config ENGINE.json`` (the ``EngineConfig`` fields, with
 ``models`` as ``{key: {"source": ..., "revision": ...}}``) or, by default, from the
@@ -89,6 +91,8 @@ def write_result(
     for number, control in enumerate(result.control_images, start=1):
         name = f"control-{number}-{control.control_type.value}.png"
         files["control_images"].append(_save(control.image, out / name))
+    for key, image in result.call_images.items():
+        _save(image, inputs / f"{key}.png")
     for reference in request.references:
         _save(reference.image, inputs / f"{_safe_key(reference_key(reference))}.png")
     for unit in request.control_units:

@@ -12,8 +12,11 @@ ADE20K palette the seg ControlNets were trained on.
 
 The source is first fitted to the target size with the request's resize mode, so
 that a control map lines up with an img2img init image made from the same
-reference; the map then comes back at exactly the target size. A ready-made
-control image is only fitted, never preprocessed.
+reference; detection runs at the target's resolution unless the unit sets
+``detect_resolution``, and the map comes back at exactly the target size. A
+ready-made control image is only fitted (nearest-neighbour for seg maps, whose
+colours are labels), never preprocessed. Shuffle is seeded (option ``seed``,
+default 0) so that the same request gives the same map.
 
 controlnet-aux is imported one detector module at a time, without running the
 package's ``__init__`` (which imports every detector and with them timm,

@@ -41,7 +41,9 @@ class Command(BaseCommand):
         try:
             persona = Persona.objects.get(slug=options["persona"])
         except Persona.DoesNotExist:
-            raise CommandError(f"No persona with slug {options['persona']!r}.") from None
+            raise CommandError(
+                f"No persona with slug {options['persona']!r}."
+            ) from None
         overrides = GenerationOverrides(
             method=options["method"],
             strength=options["strength"],
@@ -57,7 +59,9 @@ class Command(BaseCommand):
             if options["count"] == 1:
                 ids = [services.content_enqueue(**request).pk]
             else:
-                batch = services.content_enqueue_batch(count=options["count"], **request)
+                batch = services.content_enqueue_batch(
+                    count=options["count"], **request
+                )
                 ids = list(batch.contents.order_by("id").values_list("id", flat=True))
         except ValidationError as error:
             raise CommandError(" ".join(error.messages)) from None

@@ -41,9 +41,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--burst", action="store_true", help="Exit when the queues are empty."
         )
-        parser.add_argument(
-            "--max-jobs", type=int, help="Exit after this many jobs."
-        )
+        parser.add_argument("--max-jobs", type=int, help="Exit after this many jobs.")
         parser.add_argument(
             "--job-monitoring-interval",
             type=int,

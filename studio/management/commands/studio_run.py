@@ -23,7 +23,10 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from generation.engine_settings import tiny_model_dir, tiny_model_written, uses_tiny_model
+from generation.engine_settings import (
+    tiny_model_written,
+    uses_tiny_model,
+)
 from studio.redis_embedded import ensure_embedded_redis
 
 ADDRESS = "127.0.0.1:8000"
@@ -51,7 +54,9 @@ class Command(BaseCommand):
             subprocess.Popen([*manage, "studio_worker"]),
             subprocess.Popen([*manage, "runserver", ADDRESS, "--noreload"]),
         ]
-        self.stdout.write(f"Persona Studio is at http://{ADDRESS}/admin/ (Ctrl-C stops it)")
+        self.stdout.write(
+            f"Persona Studio is at http://{ADDRESS}/admin/ (Ctrl-C stops it)"
+        )
         stopping = False
 
         def request_stop(signum: int, frame: Any) -> None:

@@ -1,0 +1,305 @@
+"""Admin forms: upload fields on the one validation path, and gallery formsets.
+
+Forms validate; saving goes through ``personas.services``, so the admin and the
+import command store files the same way and clean up the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db.models.fields.files import FieldFile
+
+from personas.lora import ValidatedLora, validate_lora_upload
+from personas.models import ControlNetUnit, Persona, ReferenceImage
+from personas.services import (
+    control_unit_delete,
+    control_unit_save,
+    persona_check_lockable,
+    reference_check_not_duplicate,
+    reference_image_add,
+    reference_image_delete,
+    reference_update,
+)
+from personas.uploads import (
+    ACCEPTED_CONTENT_TYPES,
+    ValidatedImage,
+    validate_image_upload,
+)
+
+
+class ImageUploadField(forms.FileField):
+    """A file field whose uploads go through ``validate_image_upload``.
+
+    It cleans to a :class:`ValidatedImage`; a file already stored (a disabled
+    field on an existing row) is returned as it is: it passed when uploaded.
+    """
+
+    widget = forms.ClearableFileInput(attrs={"accept": ACCEPTED_CONTENT_TYPES})
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Emptiness is one of our checks, with a message that names the file.
+        super().__init__(allow_empty_file=True, **kwargs)
+
+    def to_python(self, data: Any) -> ValidatedImage | FieldFile | None:
+        if isinstance(data, FieldFile):
+            return data
+        file = super().to_python(data)
+        return None if file is None else validate_image_upload(file)
+
+
+class LoraUploadField(forms.FileField):
+    """A file field whose uploads go through ``validate_lora_upload``."""
+
+    widget = forms.ClearableFileInput(attrs={"accept": ".safetensors"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_empty_file=True, **kwargs)
+
+    def to_python(self, data: Any) -> ValidatedLora | None:
+        file = super().to_python(data)
+        return None if file is None else validate_lora_upload(file)
+
+
+class PersonaForm(forms.ModelForm):
+    """The persona form; the LoRA file is replaced through ``persona_set_lora``."""
+
+    lora_upload = LoraUploadField(
+        label="upload LoRA weights",
+        required=False,
+        help_text="A .safetensors file; it replaces the current weights. Pickled "
+        ".bin/.ckpt/.pt weights are refused: loading them runs code.",
+    )
+    lora_remove = forms.BooleanField(label="remove the LoRA weights", required=False)
+
+    # True when the admin page also submits the gallery: then the gallery
+    # formset, which sees the primary image being saved, judges the lock.
+    gallery_in_formset = False
+
+    class Meta:
+        model = Persona
+        exclude = ["lora_weights"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned_data = super().clean()
+        if cleaned_data.get("lora_upload") and cleaned_data.get("lora_remove"):
+            self.add_error(
+                "lora_remove",
+                ValidationError(
+                    "Either upload new LoRA weights or remove them, not both.",
+                    code="lora_upload_and_remove",
+                ),
+            )
+        if cleaned_data.get("appearance_locked") and not self.gallery_in_formset:
+            try:
+                persona_check_lockable(persona=self.instance)
+            except ValidationError as error:
+                self.add_error("appearance_locked", error)
+        return cleaned_data
+
+
+class ReferenceImageForm(forms.ModelForm):
+    """One gallery image. The file is set once, on upload; primary is a choice
+    the service applies (marking one primary unmarks the previous one)."""
+
+    image = ImageUploadField(label="image")
+    primary = forms.BooleanField(label="primary", required=False)
+
+    class Meta:
+        model = ReferenceImage
+        fields = ["image", "role", "caption", "order"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["primary"].initial = self.instance.is_primary
+        if self.instance.pk:
+            self.fields["image"].disabled = True
+
+    def reference_data(self) -> dict[str, Any]:
+        """What ``reference_update`` changes on an existing reference."""
+        return {
+            "role": self.cleaned_data["role"],
+            "caption": self.cleaned_data["caption"],
+            "order": self.cleaned_data["order"],
+            "is_primary": self.cleaned_data["primary"],
+        }
+
+
+class ReferenceImageAdminForm(ReferenceImageForm):
+    """A gallery image on its own admin page, where the persona is chosen."""
+
+    class Meta(ReferenceImageForm.Meta):
+        fields = ["persona", "image", "role", "caption", "order"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["persona"].disabled = True
+
+    def clean(self) -> dict[str, Any]:
+        cleaned_data = super().clean()
+        persona = cleaned_data.get("persona")
+        image = cleaned_data.get("image")
+        if persona is not None and isinstance(image, ValidatedImage):
+            try:
+                reference_check_not_duplicate(persona=persona, image=image)
+            except ValidationError as error:
+                self.add_error("image", error)
+        if (
+            self.instance.is_primary
+            and not cleaned_data.get("primary")
+            and persona is not None
+            and persona.appearance_locked
+        ):
+            self.add_error(
+                "primary",
+                ValidationError(
+                    "The appearance of %(persona)s is locked to this image: mark "
+                    "another image primary first, or unlock the appearance.",
+                    code="primary_of_locked_persona",
+                    params={"persona": persona},
+                ),
+            )
+        return cleaned_data
+
+
+class _ServiceSavedFormSet(forms.BaseInlineFormSet):
+    """An inline formset whose rows are saved by services, which always commit."""
+
+    def save(self, commit: bool = True) -> list[Any]:
+        if not commit:
+            raise ValueError(f"{type(self).__name__} saves through services only.")
+        return super().save(commit=True)
+
+
+class ReferenceImageFormSet(_ServiceSavedFormSet):
+    """The persona's gallery as submitted: one primary at most, the lock honoured
+    against the images being saved, no image twice."""
+
+    def __init__(self, *args: Any, uploaded_by: Any = None, **kwargs: Any) -> None:
+        self.uploaded_by = uploaded_by
+        super().__init__(*args, **kwargs)
+
+    def kept_forms(self) -> list[ReferenceImageForm]:
+        """Existing rows not being deleted, and new rows being added."""
+        return [
+            form
+            for form in self.forms
+            if not self._should_delete_form(form)
+            and (form.instance.pk or form.has_changed())
+        ]
+
+    def clean(self) -> None:
+        super().clean()
+        if any(self.errors):
+            return
+        kept = self.kept_forms()
+        self._check_images_are_new(kept)
+        primaries = [form for form in kept if form.cleaned_data.get("primary")]
+        if len(primaries) > 1:
+            raise ValidationError(
+                "Only one image can be primary: untick 'primary' on all but one.",
+                code="several_primaries",
+            )
+        if self.instance.appearance_locked:
+            persona_check_lockable(persona=self.instance, has_primary=bool(primaries))
+
+    def _check_images_are_new(self, kept: list[ReferenceImageForm]) -> None:
+        seen: dict[str, str] = {}
+        for form in kept:
+            image = form.cleaned_data.get("image")
+            if not isinstance(image, ValidatedImage):
+                continue
+            if image.sha256 in seen:
+                form.add_error(
+                    "image",
+                    ValidationError(
+                        '"%(name)s" is the same image as "%(other)s" in this '
+                        "upload: keep only one of them.",
+                        code="duplicate",
+                        params={"name": image.original_name, "other": seen[image.sha256]},
+                    ),
+                )
+                continue
+            seen[image.sha256] = image.original_name
+            try:
+                reference_check_not_duplicate(persona=self.instance, image=image)
+            except ValidationError as error:
+                form.add_error("image", error)
+
+    def save_new(self, form: ReferenceImageForm, commit: bool = True) -> ReferenceImage:
+        data = form.reference_data()
+        return reference_image_add(
+            persona=self.instance,
+            file=form.cleaned_data["image"],
+            role=data["role"],
+            caption=data["caption"],
+            order=data["order"],
+            is_primary=data["is_primary"],
+            uploaded_by=self.uploaded_by,
+        )
+
+    def save_existing(
+        self, form: ReferenceImageForm, obj: ReferenceImage, commit: bool = True
+    ) -> ReferenceImage:
+        reference_update(reference=obj, data=form.reference_data())
+        return obj
+
+    def delete_existing(self, obj: ReferenceImage, commit: bool = True) -> None:
+        reference_image_delete(reference=obj)
+
+
+class ControlNetUnitForm(forms.ModelForm):
+    """One ControlNet unit; its control image goes through the upload checks and
+    its reference is one of the persona's own images."""
+
+    control_image = ImageUploadField(
+        label="ready-made control image",
+        required=False,
+        help_text=ControlNetUnit._meta.get_field("control_image").help_text,
+    )
+
+    class Meta:
+        model = ControlNetUnit
+        fields = [
+            "control_type",
+            "enabled",
+            "conditioning_scale",
+            "guidance_start",
+            "guidance_end",
+            "preprocessor_options",
+            "reference",
+            "control_image",
+            "order",
+        ]
+
+    def __init__(self, *args: Any, persona: Persona | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fields["reference"].queryset = (
+            persona.references.all()
+            if persona is not None and persona.pk
+            else ReferenceImage.objects.none()
+        )
+
+
+class ControlNetUnitFormSet(_ServiceSavedFormSet):
+    """The persona's ControlNet units; control images are cleaned up on change."""
+
+    def get_form_kwargs(self, index: int | None) -> dict[str, Any]:
+        return {**super().get_form_kwargs(index), "persona": self.instance}
+
+    def save_new(self, form: ControlNetUnitForm, commit: bool = True) -> ControlNetUnit:
+        unit = form.save(commit=False)
+        unit.persona = self.instance
+        return control_unit_save(unit=unit)
+
+    def save_existing(
+        self, form: ControlNetUnitForm, obj: ControlNetUnit, commit: bool = True
+    ) -> ControlNetUnit:
+        return control_unit_save(unit=form.save(commit=False))
+
+    def delete_existing(self, obj: ControlNetUnit, commit: bool = True) -> None:
+        control_unit_delete(unit=obj)
+
