@@ -188,7 +188,7 @@ class _StepReporter:
     def __init__(self, content: Content, job: Job) -> None:
         self.content = content
         self.job = job
-        self.interval = studio_setting("PROGRESS_INTERVAL_SECONDS")
+        self.interval = float(studio_setting("PROGRESS_INTERVAL_SECONDS"))
         self.last_report = float("-inf")
         self.handed_back = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db.models.fields.files import FieldFile
 
@@ -80,7 +81,27 @@ class PersonaForm(forms.ModelForm):
 
     class Meta:
         model = Persona
-        exclude = ["lora_weights"]
+        fields = [
+            "name",
+            "slug",
+            "description",
+            "appearance",
+            "appearance_locked",
+            "method",
+            "img2img_strength",
+            "resize_mode",
+            "ip_adapter_scale",
+            "ip_adapter_face_crop",
+            "guidance_scale",
+            "steps",
+            "negative_prompt",
+            "width",
+            "height",
+            "base_model",
+            "seed_policy",
+            "seed",
+            "lora_scale",
+        ]
 
     def clean(self) -> dict[str, Any]:
         cleaned_data = super().clean()
@@ -113,7 +134,9 @@ class ReferenceImageForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["primary"].initial = self.instance.is_primary
+        # In ``initial`` (not the field's), so that view-only inline rows, which
+        # the admin cleans to their initial data, still report their primary.
+        self.initial.setdefault("primary", self.instance.is_primary)
         if self.instance.pk:
             self.fields["image"].disabled = True
 
@@ -178,7 +201,9 @@ class ReferenceImageFormSet(_ServiceSavedFormSet):
     """The persona's gallery as submitted: one primary at most, the lock honoured
     against the images being saved, no image twice."""
 
-    def __init__(self, *args: Any, uploaded_by: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, uploaded_by: AbstractBaseUser | None = None, **kwargs: Any
+    ) -> None:
         self.uploaded_by = uploaded_by
         super().__init__(*args, **kwargs)
 
@@ -219,7 +244,10 @@ class ReferenceImageFormSet(_ServiceSavedFormSet):
                         '"%(name)s" is the same image as "%(other)s" in this '
                         "upload: keep only one of them.",
                         code="duplicate",
-                        params={"name": image.original_name, "other": seen[image.sha256]},
+                        params={
+                            "name": image.original_name,
+                            "other": seen[image.sha256],
+                        },
                     ),
                 )
                 continue
@@ -302,4 +330,3 @@ class ControlNetUnitFormSet(_ServiceSavedFormSet):
 
     def delete_existing(self, obj: ControlNetUnit, commit: bool = True) -> None:
         control_unit_delete(unit=obj)
-

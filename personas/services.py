@@ -9,6 +9,7 @@ removed once the deletion commits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,8 @@ from personas.lora import validate_lora_upload
 from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
 from personas.uploads import ValidatedImage, validate_image_upload
 
+logger = logging.getLogger(__name__)
+
 REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
 
 
@@ -38,7 +41,7 @@ def _written_files_removed_on_failure() -> Iterator[list[FieldFile]]:
         yield written
     except BaseException:
         for field_file in written:
-            field_file.storage.delete(field_file.name)
+            _delete_quietly(field_file.storage, field_file.name)
         raise
 
 
@@ -54,18 +57,20 @@ def _delete_files_on_commit(field_files: list[FieldFile]) -> None:
 
 
 def _delete_quietly(storage: Storage, name: str) -> None:
-    # The row is gone already: a file that cannot be deleted now is an orphan
-    # to sweep later, not a reason to fail the user's deletion.
+    # A file that cannot be deleted now is an orphan to sweep later; it must not
+    # hide the error being reported or fail a deletion that has committed.
     try:
         storage.delete(name)
-    except OSError:
-        pass
+    except Exception:  # noqa: BLE001 - any storage backend's error, logged
+        logger.warning("Could not delete %s from storage", name, exc_info=True)
 
 
 # --- Personas -----------------------------------------------------------------
 
 
-def persona_check_lockable(*, persona: Persona, has_primary: bool | None = None) -> None:
+def persona_check_lockable(
+    *, persona: Persona, has_primary: bool | None = None
+) -> None:
     """Refuse to lock an appearance without a primary reference image.
 
     ``has_primary`` is what a form about to be saved knows; None asks the database.
@@ -95,6 +100,8 @@ def persona_create(*, name: str, slug: str = "", **fields: Any) -> Persona:
 @transaction.atomic
 def persona_update(*, persona: Persona, data: dict[str, Any]) -> Persona:
     """Change persona fields (not the LoRA file: see :func:`persona_set_lora`)."""
+    if {"lora_weights", "lora_sha256"} & set(data):
+        raise ValueError("LoRA weights are changed with persona_set_lora.")
     for field_name, value in data.items():
         setattr(persona, field_name, value)
     _check_lockable_field(persona)

@@ -68,22 +68,35 @@ _JPEG_SOF_MARKERS = frozenset(
 # In entropy-coded JPEG data 0xFF is followed by 0x00 (stuffing), a restart
 # marker or fill; anything else is the next marker.
 _JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# A marker may be preceded by any number of 0xFF fill bytes.
+_JPEG_MARKER = re.compile(rb"\xff+([^\xff])")
+_ZERO_PADDING = re.compile(rb"\x00*")
 _DISPLAY_NAME_LENGTH = 80
+# Structural limits far above real files: a crafted file made of millions of
+# tiny chunks, segments or fill bytes costs seconds of CPU in any parser.
+_MAX_CHUNKS = 1_000
+_MAX_JPEG_FILL_BYTES = 1_024
+_MAX_JPEG_IMAGES = 8
 
 
 class UploadRejected(ValidationError):
     """An upload the studio refuses; ``code`` says why, the message what to do."""
 
 
+def printable(text: str) -> str:
+    """``text`` with control and undecodable characters shown as "?"."""
+    return "".join(
+        "?" if unicodedata.category(char).startswith("C") else char for char in text
+    )
+
+
 def display_name(name: str | None) -> str:
     """The file's base name, safe to print: no folders, no control characters."""
     base = PureWindowsPath(PurePosixPath(name or "").name).name or "(unnamed file)"
-    printable = "".join(
-        "?" if unicodedata.category(char).startswith("C") else char for char in base
-    )
-    if len(printable) > _DISPLAY_NAME_LENGTH:
-        printable = printable[: _DISPLAY_NAME_LENGTH - 1] + "…"
-    return printable
+    shown = printable(base)
+    if len(shown) > _DISPLAY_NAME_LENGTH:
+        shown = shown[: _DISPLAY_NAME_LENGTH - 1] + "…"
+    return shown
 
 
 def check_size(size: int, *, name: str, limit: int) -> None:
@@ -97,14 +110,21 @@ def check_size(size: int, *, name: str, limit: int) -> None:
         )
     if size > limit:
         raise UploadRejected(
-            '"%(name)s" is larger than the %(limit_mb).1f MB the studio accepts: '
-            "make it smaller and upload it again.",
+            '"%(name)s" is larger than the %(limit)s the studio accepts: make it '
+            "smaller and upload it again.",
             code="too_large",
-            params={"name": name, "limit_mb": limit / 1024 / 1024},
+            params={"name": name, "limit": _size_text(limit)},
         )
 
 
-def read_limited(file: File | IO[bytes], *, name: str, limit: int) -> bytes:
+def _size_text(size: int) -> str:
+    megabyte = 1024 * 1024
+    return (
+        f"{round(size / megabyte, 1):g} MB" if size >= megabyte else f"{size:,} bytes"
+    )
+
+
+def _read_limited(file: File | IO[bytes], *, name: str, limit: int) -> bytes:
     """Read a whole upload after :func:`check_size`; never more than ``limit + 1``
     bytes, so an oversized file never sits in memory whole."""
     file.seek(0)
@@ -171,7 +191,7 @@ def _describe_unsupported(data: bytes) -> str:
 def _png_structure(data: bytes) -> _Structure:
     view = memoryview(data)
     position, size, frames = len(_PNG_SIGNATURE), None, 1
-    has_image_data = False
+    has_image_data, other_chunks = False, 0
     while True:
         if position + 8 > len(data):
             raise _Malformed("it ends before the PNG's end chunk", truncated=True)
@@ -197,23 +217,25 @@ def _png_structure(data: bytes) -> _Structure:
             if not has_image_data:
                 raise _Malformed("it has no PNG image data")
             return _Structure(size[0], size[1], frames, data_end + 4)
+        if chunk_type not in (b"IDAT", b"fdAT"):
+            other_chunks += 1
+            if other_chunks > _MAX_CHUNKS:
+                raise _Malformed(f"it has more than {_MAX_CHUNKS:,} PNG chunks")
         position = data_end + 4
 
 
 def _jpeg_end(data: bytes, start: int) -> tuple[int, tuple[int, int] | None]:
     """Walk one JPEG from its SOI; return its end and the frame size."""
     position, size = start + 2, None
-    while True:
-        if position + 2 > len(data):
+    for _ in range(_MAX_CHUNKS):
+        found = _JPEG_MARKER.match(data, position)
+        if found is None:
+            if position < len(data) and data[position] != 0xFF:
+                raise _Malformed("a JPEG segment is out of place")
             raise _Malformed("it ends before the JPEG's end marker", truncated=True)
-        if data[position] != 0xFF:
-            raise _Malformed("a JPEG segment is out of place")
-        while position + 1 < len(data) and data[position + 1] == 0xFF:
-            position += 1
-        if position + 2 > len(data):
-            raise _Malformed("it ends before the JPEG's end marker", truncated=True)
-        marker = data[position + 1]
-        position += 2
+        if found.end() - position > _MAX_JPEG_FILL_BYTES:
+            raise _Malformed("it has a run of JPEG fill bytes")
+        marker, position = found[1][0], found.end()
         if marker == 0xD9:
             return position, size
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
@@ -237,10 +259,11 @@ def _jpeg_end(data: bytes, start: int) -> tuple[int, tuple[int, int] | None]:
         if marker == 0xDA:
             if size is None:
                 raise _Malformed("the JPEG has image data before its frame header")
-            found = _JPEG_NEXT_MARKER.search(data, position)
-            if found is None:
+            next_marker = _JPEG_NEXT_MARKER.search(data, position)
+            if next_marker is None:
                 raise _Malformed("it ends inside the JPEG image data", truncated=True)
-            position = found.start()
+            position = next_marker.start()
+    raise _Malformed(f"it has more than {_MAX_CHUNKS:,} JPEG segments")
 
 
 def _jpeg_structure(data: bytes) -> _Structure:
@@ -249,12 +272,12 @@ def _jpeg_structure(data: bytes) -> _Structure:
         raise _Malformed("the JPEG has no frame header")
     # Multi-picture JPEGs (MPO, Ultra HDR gain maps) append whole JPEG images;
     # only the first is decoded, the others are walked so nothing else hides there.
-    while True:
-        next_start = end + len(data[end:]) - len(data[end:].lstrip(b"\x00"))
+    for _ in range(_MAX_JPEG_IMAGES):
+        next_start = _ZERO_PADDING.match(data, end).end()
         if not data.startswith(b"\xff\xd8\xff", next_start):
-            break
+            return _Structure(size[0], size[1], 1, end)
         end, _ = _jpeg_end(data, next_start)
-    return _Structure(size[0], size[1], 1, end)
+    raise _Malformed(f"it holds more than {_MAX_JPEG_IMAGES} JPEG images")
 
 
 def _webp_structure(data: bytes) -> _Structure:
@@ -263,11 +286,15 @@ def _webp_structure(data: bytes) -> _Structure:
     riff_end = 8 + struct.unpack("<I", data[4:8])[0]
     if riff_end > len(data):
         raise _Malformed("it is shorter than its WebP header says", truncated=True)
-    position, size, animated, animation_frames = 12, None, False, 0
+    position, size, animated, animation_frames, chunks = 12, None, False, 0, 0
     while position + 8 <= riff_end:
+        chunks += 1
+        if chunks > _MAX_CHUNKS:
+            raise _Malformed(f"it has more than {_MAX_CHUNKS:,} WebP chunks")
         chunk_type = data[position : position + 4]
         (length,) = struct.unpack("<I", data[position + 4 : position + 8])
-        chunk = data[position + 8 : position + 8 + length]
+        # The canvas size is in a chunk's first 10 bytes; nothing more is read.
+        chunk = data[position + 8 : position + 8 + min(length, 10)]
         if position + 8 + length > riff_end:
             raise _Malformed(f"the WebP chunk {chunk_type!r} runs past the file")
         if size is None:
@@ -380,7 +407,7 @@ def validate_image_upload(file: File | IO[bytes], *, name: str = "") -> Validate
     if isinstance(file, ValidatedImage):
         return file
     name = display_name(name or getattr(file, "name", ""))
-    data = read_limited(file, name=name, limit=studio_setting("MAX_UPLOAD_BYTES"))
+    data = _read_limited(file, name=name, limit=studio_setting("MAX_UPLOAD_BYTES"))
     image_format = _sniff_accepted_format(data, name)
     _check_extension(image_format, name)
     structure = _read_structure(data, image_format, name)
@@ -434,8 +461,9 @@ def _read_structure(data: bytes, image_format: str, name: str) -> _Structure:
     except _Malformed as problem:
         code = "truncated" if problem.truncated else "corrupt"
         advice = (
-            "upload the complete file" if problem.truncated else "re-save it in an "
-            "image editor"
+            "upload the complete file"
+            if problem.truncated
+            else "re-save it in an image editor"
         )
         raise UploadRejected(
             '"%(name)s" is a damaged %(format)s file (%(problem)s): %(advice)s.',

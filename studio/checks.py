@@ -48,6 +48,11 @@ NETWORK_TIMEOUT_SECONDS = 2.0
 PUBLIC_ACLS = ("public-read", "public-read-write", "authenticated-read")
 
 
+def _reason(error: BaseException) -> str:
+    """An exception as the end of a sentence in a check message."""
+    return str(error).rstrip(". ") + "."
+
+
 # --- Worker class (DESIGN.md decision 3) ------------------------------------
 
 
@@ -71,7 +76,7 @@ def check_worker_class(**kwargs: Any) -> list[checks.CheckMessage]:
     except ImportError as error:
         return [
             checks.Error(
-                f"RQ['WORKER_CLASS'] {path!r} cannot be imported: {error}.",
+                f"RQ['WORKER_CLASS'] {path!r} cannot be imported: {_reason(error)}",
                 hint="Use 'generation.worker.StudioWorker'.",
                 id="studio.E002",
             )
@@ -122,13 +127,14 @@ def check_redis_reachable(**kwargs: Any) -> list[checks.CheckMessage]:
 def _redis_down(queue: str, error: Exception) -> checks.CheckMessage:
     if getattr(settings, "STUDIO_EMBEDDED_REDIS", False):
         return checks.Warning(
-            f"The studio's embedded Redis (queue {queue!r}) is not running: {error}.",
+            f"The studio's embedded Redis (queue {queue!r}) is not running: "
+            f"{_reason(error)}",
             hint="`make run` (or `manage.py studio_run`) starts it; "
             "or set REDIS_URL to a running Redis.",
             id="studio.W010",
         )
     return checks.Error(
-        f"Redis for queue {queue!r} does not answer: {error}.",
+        f"Redis for queue {queue!r} does not answer: {_reason(error)}",
         hint="Check REDIS_URL (redis://host:6379/0), that the server runs and "
         "that this host may reach it; workers and web servers share one Redis.",
         id="studio.E010",
@@ -158,7 +164,7 @@ def check_storage(**kwargs: Any) -> list[checks.CheckMessage]:
     except (ImproperlyConfigured, ImportError, TypeError) as error:
         return [
             checks.Error(
-                f"The default storage cannot be created: {error}.",
+                f"The default storage cannot be created: {_reason(error)}",
                 hint="See the storage variables in docs/settings.md.",
                 id="studio.E030",
             )
@@ -256,7 +262,7 @@ def check_storage_reachable(**kwargs: Any) -> list[checks.CheckMessage]:
         return [
             checks.Error(
                 f"S3 bucket {storage.bucket_name!r} at {where} cannot be reached: "
-                f"{error}.",
+                f"{_reason(error)}",
                 hint="Check that the bucket exists and that the credentials may "
                 "use it; for an S3-compatible server (MinIO, Ceph, ...) set "
                 "AWS_S3_ENDPOINT_URL.",
@@ -430,7 +436,7 @@ def check_models_available(**kwargs: Any) -> list[checks.CheckMessage]:
         except EngineError as error:
             messages.append(
                 checks.Error(
-                    f"{what} cannot be loaded: {error}",
+                    f"{what} cannot be loaded: {_reason(error)}",
                     hint="Download it, fix its path or its entry; docs/models.md "
                     "shows each layout and the offline set-up.",
                     id="studio.E020",

@@ -14,5 +14,6 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
+    path("gallery/", include("generation.urls")),
     re_path(r"^media/(?P<path>.+)$", serve_media, name="studio-media"),
 ]

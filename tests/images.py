@@ -76,11 +76,11 @@ def jpeg_with_gps_and_comment() -> bytes:
     return jpeg(exif=exif.tobytes(), comment=b"secret comment")
 
 
-def png_with_text_and_icc() -> bytes:
+def png_with_text_and_icc(size: tuple[int, int] = (64, 48)) -> bytes:
     text = PngImagePlugin.PngInfo()
     text.add_text("Comment", "where this photo was taken")
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    return png(pnginfo=text, icc_profile=icc)
+    return png(size, pnginfo=text, icc_profile=icc)
 
 
 def cmyk_jpeg() -> bytes:
@@ -125,9 +125,10 @@ def decompression_bomb_png(side: int = 30_000) -> bytes:
     compressor = zlib.compressobj(9)
     rows_per_chunk = 1000
     block = row * rows_per_chunk
-    data = b"".join(
-        compressor.compress(block) for _ in range(side // rows_per_chunk)
-    ) + compressor.flush()
+    data = (
+        b"".join(compressor.compress(block) for _ in range(side // rows_per_chunk))
+        + compressor.flush()
+    )
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -158,6 +159,19 @@ def png_with_zip_inside() -> bytes:
     return image[: -len(iend)] + png_chunk(b"zzIP", bytes(archive)) + iend
 
 
+def png_with_many_chunks(count: int = 1_001) -> bytes:
+    """A PNG padded with thousands of empty private chunks (a parser-time bomb)."""
+    image = png()
+    header_end = 8 + 25
+    return image[:header_end] + png_chunk(b"zzZz", b"") * count + image[header_end:]
+
+
+def jpeg_with_fill_bytes(count: int = 2_000) -> bytes:
+    """A JPEG whose first marker is preceded by a long run of 0xFF fill bytes."""
+    image = jpeg()
+    return image[:2] + b"\xff" * count + image[2:]
+
+
 def svg_with_script() -> bytes:
     return (
         b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
@@ -175,79 +189,174 @@ def hostile_images() -> list[SampleFile]:
     good_png, good_jpeg, good_webp = png(), jpeg(), webp()
     return [
         SampleFile("empty.png", b"", "empty", "an empty file"),
-        SampleFile("half.png", good_png[: len(good_png) // 2], "truncated",
-                   "a PNG cut in half"),
-        SampleFile("half.jpg", good_jpeg[: len(good_jpeg) // 2], "truncated",
-                   "a JPEG cut in half"),
-        SampleFile("half.webp", good_webp[: len(good_webp) // 2], "truncated",
-                   "a WebP cut in half"),
-        SampleFile("no-end.png", good_png[:-12], "truncated",
-                   "a PNG without its IEND chunk"),
-        SampleFile("bad-crc.png", good_png[:45] + bytes([good_png[45] ^ 0xFF])
-                   + good_png[46:], "corrupt", "a PNG with a damaged chunk"),
-        SampleFile("bomb.png", decompression_bomb_png(), "too_many_pixels",
-                   "a 100 KB PNG of 900 million pixels"),
-        SampleFile("photo.jpg", good_png, "extension_mismatch",
-                   "PNG bytes named .jpg"),
-        SampleFile("photo.png", good_jpeg, "extension_mismatch",
-                   "JPEG bytes named .png"),
+        SampleFile(
+            "half.png", good_png[: len(good_png) // 2], "truncated", "a PNG cut in half"
+        ),
+        SampleFile(
+            "half.jpg",
+            good_jpeg[: len(good_jpeg) // 2],
+            "truncated",
+            "a JPEG cut in half",
+        ),
+        SampleFile(
+            "half.webp",
+            good_webp[: len(good_webp) // 2],
+            "truncated",
+            "a WebP cut in half",
+        ),
+        SampleFile(
+            "no-end.png", good_png[:-12], "truncated", "a PNG without its IEND chunk"
+        ),
+        SampleFile(
+            "bad-crc.png",
+            good_png[:45] + bytes([good_png[45] ^ 0xFF]) + good_png[46:],
+            "corrupt",
+            "a PNG with a damaged chunk",
+        ),
+        SampleFile(
+            "bomb.png",
+            decompression_bomb_png(),
+            "too_many_pixels",
+            "a 100 KB PNG of 900 million pixels",
+        ),
+        SampleFile("photo.jpg", good_png, "extension_mismatch", "PNG bytes named .jpg"),
+        SampleFile(
+            "photo.png", good_jpeg, "extension_mismatch", "JPEG bytes named .png"
+        ),
         SampleFile("photo", good_png, "extension_mismatch", "no extension"),
-        SampleFile("photo.png.exe", good_png, "extension_mismatch",
-                   "a double extension"),
-        SampleFile("zip-appended.png", good_png + zip_archive(), "polyglot",
-                   "a PNG followed by a ZIP archive"),
-        SampleFile("html-appended.jpg",
-                   good_jpeg + b"<html><script>alert(1)</script></html>",
-                   "polyglot", "a JPEG followed by HTML"),
-        SampleFile("zip-inside.png", png_with_zip_inside(), "polyglot",
-                   "a PNG whose private chunk makes it a valid ZIP too"),
-        SampleFile("drawing.svg", svg_with_script(), "unsupported_format",
-                   "an SVG with a script"),
-        SampleFile("drawing.png", svg_with_script(), "unsupported_format",
-                   "an SVG named .png"),
-        SampleFile("page.png", b"<!DOCTYPE html><html><script>x()</script></html>",
-                   "unsupported_format", "HTML named .png"),
-        SampleFile("animation.gif", animated("GIF"), "unsupported_format",
-                   "an animated GIF"),
+        SampleFile(
+            "photo.png.exe", good_png, "extension_mismatch", "a double extension"
+        ),
+        SampleFile(
+            "zip-appended.png",
+            good_png + zip_archive(),
+            "polyglot",
+            "a PNG followed by a ZIP archive",
+        ),
+        SampleFile(
+            "html-appended.jpg",
+            good_jpeg + b"<html><script>alert(1)</script></html>",
+            "polyglot",
+            "a JPEG followed by HTML",
+        ),
+        SampleFile(
+            "zip-inside.png",
+            png_with_zip_inside(),
+            "polyglot",
+            "a PNG whose private chunk makes it a valid ZIP too",
+        ),
+        SampleFile(
+            "drawing.svg",
+            svg_with_script(),
+            "unsupported_format",
+            "an SVG with a script",
+        ),
+        SampleFile(
+            "drawing.png", svg_with_script(), "unsupported_format", "an SVG named .png"
+        ),
+        SampleFile(
+            "page.png",
+            b"<!DOCTYPE html><html><script>x()</script></html>",
+            "unsupported_format",
+            "HTML named .png",
+        ),
+        SampleFile(
+            "animation.gif", animated("GIF"), "unsupported_format", "an animated GIF"
+        ),
         SampleFile("still.gif", gif(), "unsupported_format", "a still GIF"),
-        SampleFile("animation.png", animated("PNG"), "animated",
-                   "an animated PNG (APNG)"),
-        SampleFile("animation.webp", animated("WEBP"), "animated",
-                   "an animated WebP"),
-        SampleFile("weights.png", pickle.dumps({"a": 1}), "unsupported_format",
-                   "pickled data named .png"),
-        SampleFile("noise.jpg", b"\xff\xd8\xff" + bytes(range(256)) * 4, "corrupt",
-                   "JPEG magic followed by noise"),
-        SampleFile("bitmap.png", encode(halves(), "BMP"), "unsupported_format",
-                   "a BMP named .png"),
+        SampleFile(
+            "animation.png", animated("PNG"), "animated", "an animated PNG (APNG)"
+        ),
+        SampleFile("animation.webp", animated("WEBP"), "animated", "an animated WebP"),
+        SampleFile(
+            "weights.png",
+            pickle.dumps({"a": 1}),
+            "unsupported_format",
+            "pickled data named .png",
+        ),
+        SampleFile(
+            "many-chunks.png",
+            png_with_many_chunks(),
+            "corrupt",
+            "a PNG with a thousand empty private chunks",
+        ),
+        SampleFile(
+            "fill-bytes.jpg",
+            jpeg_with_fill_bytes(),
+            "corrupt",
+            "a JPEG with a long run of fill bytes",
+        ),
+        SampleFile(
+            "nine-images.jpg",
+            good_jpeg + jpeg((8, 8)) * 9,
+            "corrupt",
+            "a JPEG followed by nine more",
+        ),
+        SampleFile(
+            "noise.jpg",
+            b"\xff\xd8\xff" + bytes(range(256)) * 4,
+            "corrupt",
+            "JPEG magic followed by noise",
+        ),
+        SampleFile(
+            "bitmap.png",
+            encode(halves(), "BMP"),
+            "unsupported_format",
+            "a BMP named .png",
+        ),
     ]
 
 
 def awkward_images() -> list[SampleFile]:
-    """Unusual but legitimate files the studio must accept (upright, RGB)."""
+    """Unusual but legitimate files the studio must accept (upright, RGB).
+
+    Their pixels all differ, so one gallery can take them all.
+    """
     return [
         SampleFile("cmyk.jpg", cmyk_jpeg(), None, "a CMYK JPEG"),
         SampleFile("grey16.png", grey_16bit_png(), None, "a 16-bit grey PNG"),
-        SampleFile("palette.png", palette_png_with_transparency(), None,
-                   "a palette PNG with a transparent colour"),
+        SampleFile(
+            "palette.png",
+            palette_png_with_transparency(),
+            None,
+            "a palette PNG with a transparent colour",
+        ),
         SampleFile("grey-alpha.png", grey_alpha_png(), None, "a grey+alpha PNG"),
-        SampleFile("rotated.jpg", jpeg_with_orientation(6), None,
-                   "a JPEG with EXIF orientation 6"),
-        SampleFile("gps.jpg", jpeg_with_gps_and_comment(), None,
-                   "a JPEG with GPS EXIF and a comment"),
-        SampleFile("text.png", png_with_text_and_icc(), None,
-                   "a PNG with a text chunk and an ICC profile"),
-        SampleFile("PHOTO.JPEG", jpeg(), None, "an upper-case extension"),
-        SampleFile("progressive.jpg", jpeg(progressive=True), None,
-                   "a progressive JPEG"),
-        SampleFile("lossy.webp", encode(halves(), "WEBP", quality=90), None,
-                   "a lossy WebP"),
-        SampleFile("alpha.webp", encode(halves(mode="RGBA"), "WEBP"), None,
-                   "a WebP with alpha"),
-        SampleFile("grey.jpg", encode(halves(mode="L"), "JPEG"), None,
-                   "a greyscale JPEG"),
-        SampleFile("bilevel.png", encode(halves(mode="1"), "PNG"), None,
-                   "a 1-bit PNG"),
+        SampleFile(
+            "rotated.jpg",
+            jpeg_with_orientation(6),
+            None,
+            "a JPEG with EXIF orientation 6",
+        ),
+        SampleFile(
+            "gps.jpg",
+            jpeg_with_gps_and_comment(),
+            None,
+            "a JPEG with GPS EXIF and a comment",
+        ),
+        SampleFile(
+            "text.png",
+            png_with_text_and_icc((48, 48)),
+            None,
+            "a PNG with a text chunk and an ICC profile",
+        ),
+        SampleFile("PHOTO.JPEG", jpeg((56, 48)), None, "an upper-case extension"),
+        SampleFile(
+            "progressive.jpg",
+            jpeg((64, 40), progressive=True),
+            None,
+            "a progressive JPEG",
+        ),
+        SampleFile(
+            "lossy.webp", encode(halves(), "WEBP", quality=90), None, "a lossy WebP"
+        ),
+        SampleFile(
+            "alpha.webp", encode(halves(mode="RGBA"), "WEBP"), None, "a WebP with alpha"
+        ),
+        SampleFile(
+            "grey.jpg", encode(halves(mode="L"), "JPEG"), None, "a greyscale JPEG"
+        ),
+        SampleFile("bilevel.png", encode(halves(mode="1"), "PNG"), None, "a 1-bit PNG"),
     ]
 
 

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runner import Engine  # torch and diffusers load only when needed
 
         result = Engine(config).generate(request)
-    except (EngineError, OSError, ValueError) as error:
+    except (EngineError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     files = write_result(result, request, args.out)

@@ -190,7 +190,10 @@ class PipelineRegistry:
         return resolve_source(configured, self._config, required_file=MODEL_CONFIG_FILE)
 
     def fingerprint(self, model_key: str) -> dict[str, Any]:
-        """Source, revision and commit or content hash of a model, for snapshots."""
+        """Source, revision and commit or content hash of a model, for snapshots.
+
+        Computed once per registry: hashing a local model reads all its files.
+        """
         source = self.source(model_key)
         return self._fingerprint_of(source)
 
@@ -252,10 +255,12 @@ class PipelineRegistry:
             return self._controlnet(control_type, {key})
 
     def preload(self, model_keys: Sequence[str]) -> None:
-        """Load base models ahead of the first job (the worker does this at start)."""
+        """Load base models ahead of the first job (the worker does this at start),
+        and hash their weights now rather than in the first job's snapshot."""
         for model_key in model_keys:
             with self._lock:
                 self._base(model_key, {self._base_key(model_key)})
+            self.fingerprint(model_key)
 
     def warmup(self, model_key: str) -> None:
         """Run one denoising step at the model's native size.
@@ -349,7 +354,7 @@ class PipelineRegistry:
         with self._lock:
             self._footprint.attention_slicing = True
             self._footprint.vae_tiling = True
-            self._footprint.cpu_offload = self._device.type == "cuda"
+            self._footprint.cpu_offload |= self._device.type == "cuda"
             for entry in self._entries.values():
                 if entry.kind == "base":
                     self._apply_footprint(entry.model)
@@ -542,8 +547,9 @@ class PipelineRegistry:
         try:
             pipe.load_lora_weights(state_dict, adapter_name=LORA_ADAPTER_NAME)
         except (ValueError, KeyError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0]  # a shape list can follow
             raise InvalidRequest(
-                f"The LoRA {lora.name!r} does not fit this model: {error}"
+                f"The LoRA {lora.name!r} does not fit this model: {reason}"
             ) from error
         if not any(
             LORA_ADAPTER_NAME in names for names in pipe.get_list_adapters().values()

@@ -19,7 +19,8 @@ tiny Stable Diffusion 1.5-architecture model that the studio writes itself
   ``sd15/`` as its config;
 - ``TINY_MODEL.json``: the marker that tells the UI its images are noise.
 
-Every tensor comes from a fixed seed, so writing twice gives identical bytes.
+Every tensor comes from a fixed seed, so writing twice gives identical bytes
+(with the same library versions, which the config files record).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import hashlib
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -60,16 +63,54 @@ from generation.engine.config import (
 )
 from generation.engine.requests import ControlType
 
+
+@dataclass(frozen=True)
+class Architecture:
+    """Sizes of a Stable Diffusion 1.5-layout model (diffusers/transformers kwargs).
+
+    ``TINY`` is the built-in model; the registry benchmark also builds a full-size
+    one from the same code.
+    """
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    controlnet_conditioning_channels: tuple[int, ...]
+
+
 # Shared by the UNet, its ControlNets, the text encoder and the adapters.
 CROSS_ATTENTION_DIM = 32
-UNET_BLOCKS = {
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "cross_attention_dim": CROSS_ATTENTION_DIM,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
+TINY = Architecture(
+    unet={
+        "sample_size": 8,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": CROSS_ATTENTION_DIM,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    },
+    # Four blocks: latents are 8 times smaller than images, as in SD 1.5.
+    vae={
+        "block_out_channels": (8, 16, 32, 32),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "latent_channels": 4,
+        "norm_num_groups": 8,
+        "layers_per_block": 1,
+        "sample_size": 64,
+    },
+    text_encoder={
+        "hidden_size": CROSS_ATTENTION_DIM,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "projection_dim": CROSS_ATTENTION_DIM,
+    },
+    # Three stride-2 convolutions: control images at full size, like SD 1.5's.
+    controlnet_conditioning_channels=(8, 8, 16, 16),
+)
 IMAGE_ENCODER_HIDDEN = 32
 LORA_RANK = 4
 MARKER_VERSION = 1
@@ -87,15 +128,23 @@ def write_tiny_model(root: Path) -> Path:
         raise FileExistsError(
             f"{root} is not empty and holds no tiny model: choose an empty folder."
         )
-    for entry in (TINY_PIPELINE_DIR, TINY_CONTROLNET_DIR, TINY_IP_ADAPTER_DIR, "lora"):
+    lora_dir = Path(TINY_LORA_FILE).parent
+    for entry in (
+        TINY_PIPELINE_DIR,
+        TINY_CONTROLNET_DIR,
+        TINY_IP_ADAPTER_DIR,
+        lora_dir,
+    ):
         shutil.rmtree(root / entry, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
 
-    pipe = _tiny_pipeline()
+    pipe = random_pipeline(TINY)
     pipe.save_pretrained(root / TINY_PIPELINE_DIR, safe_serialization=True)
     save_file(_ldm_checkpoint(pipe), root / TINY_SINGLE_FILE)
     for control_type in ControlType:
-        controlnet = _tiny_controlnet(pipe.unet, seed=_seed_for(control_type.value))
+        controlnet = random_controlnet(
+            pipe.unet, TINY, seed=_seed_for(control_type.value)
+        )
         controlnet.save_pretrained(root / TINY_CONTROLNET_DIR / control_type.value)
     _write_ip_adapter(root / TINY_IP_ADAPTER_DIR / "models", pipe.unet)
     lora_path = root / TINY_LORA_FILE
@@ -143,41 +192,22 @@ def _seed_for(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
 
 
-def _tiny_pipeline() -> StableDiffusionPipeline:
+def random_pipeline(architecture: Architecture) -> StableDiffusionPipeline:
+    """A seeded, randomly initialised SD 1.5-layout pipeline of the given sizes."""
     torch.manual_seed(_seed_for("unet"))
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        **UNET_BLOCKS,
-    )
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, **architecture.unet)
     torch.manual_seed(_seed_for("vae"))
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
-    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, **architecture.vae)
     tokenizer = _byte_level_tokenizer()
     torch.manual_seed(_seed_for("text_encoder"))
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=CROSS_ATTENTION_DIM,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
             max_position_embeddings=77,
-            projection_dim=CROSS_ATTENTION_DIM,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            **architecture.text_encoder,
         )
     )
     # Stable Diffusion 1.5's own scheduler configuration.
@@ -221,17 +251,21 @@ def _byte_level_tokenizer() -> CLIPTokenizer:
     )
 
 
-def _tiny_controlnet(unet: UNet2DConditionModel, *, seed: int) -> ControlNetModel:
-    """A ControlNet matching ``unet``, with its zero convolutions made random.
+def random_controlnet(
+    unet: UNet2DConditionModel, architecture: Architecture, *, seed: int
+) -> ControlNetModel:
+    """A ControlNet initialised from ``unet`` as in training, then made random
+    where training starts from zero.
 
-    A freshly initialised ControlNet has zero output convolutions and so no effect
-    at all; a trained one has, which is what the tests must see.
+    A fresh ControlNet has zero output convolutions and so no effect at all; a
+    trained one has, which is what the tests must see.
     """
     torch.manual_seed(seed)
-    controlnet = ControlNetModel(
-        in_channels=unet.config.in_channels,
-        conditioning_embedding_out_channels=(8, 8, 16, 16),
-        **UNET_BLOCKS,
+    controlnet = ControlNetModel.from_unet(
+        unet,
+        conditioning_embedding_out_channels=(
+            architecture.controlnet_conditioning_channels
+        ),
     )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

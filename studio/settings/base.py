@@ -169,6 +169,8 @@ RQ_QUEUES = {
     }
 }
 RQ_SHOW_ADMIN_LINK = True
+# `manage.py rqworker` must not fork per job either (DESIGN.md decision 3).
+RQ = {"WORKER_CLASS": "generation.worker.StudioWorker"}
 
 # --- Logging -------------------------------------------------------------------
 LOGGING = {

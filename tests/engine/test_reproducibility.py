@@ -29,6 +29,7 @@ from PIL import Image
 from skimage import data
 
 from generation.engine.config import tiny_engine_config
+from generation.engine.errors import GenerationCancelled, InvalidRequest
 from generation.engine.face import crop_face
 from generation.engine.requests import (
     ControlType,
@@ -93,6 +94,10 @@ def make_request(**overrides: Any) -> GenerationRequest:
     return GenerationRequest(**{**values, **overrides})
 
 
+def reference_of(image: Image.Image, **fields: Any) -> ReferenceInput:
+    return ReferenceInput(image=image, **fields)
+
+
 def raw_pipeline(root: Path, pipeline_cls: type, controlnets: tuple[str, ...] = ()):
     """The pipeline a person would build with diffusers alone."""
     components: dict[str, Any] = {}
@@ -105,7 +110,7 @@ def raw_pipeline(root: Path, pipeline_cls: type, controlnets: tuple[str, ...] = 
             models[0] if len(models) == 1 else MultiControlNetModel(models)
         )
     pipe = pipeline_cls.from_pretrained(
-        root / "sd15", torch_dtype=torch.float32, **components
+        root / "sd15", dtype=torch.float32, **components
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -154,7 +159,7 @@ def replay_snapshot(result: GenerationResult, lora: bytes | None) -> list[Image.
         )
     pipe = getattr(diffusers, snapshot["pipeline_class"]).from_pretrained(
         snapshot["model"]["source"],
-        torch_dtype=getattr(torch, snapshot["dtype"]),
+        dtype=getattr(torch, snapshot["dtype"]),
         **components,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -295,9 +300,13 @@ def test_hybrid_equals_raw_diffusers_with_our_conditioning_scale(
 ):
     reference = noise_image(5)
     unit = ControlUnitInput(ControlType.CANNY, conditioning_scale=1.0)
-    request = make_request(method=Method.HYBRID, references=[reference_of(reference)])
-    request.control_units = [unit]
-    result = engine.generate(request)
+    result = engine.generate(
+        make_request(
+            method=Method.HYBRID,
+            references=[reference_of(reference)],
+            control_units=[unit],
+        )
+    )
     canny = result.control_images[0].image
     pipe = raw_pipeline(
         tiny_model_root, StableDiffusionControlNetImg2ImgPipeline, ("canny",)
@@ -323,10 +332,6 @@ def test_hybrid_equals_raw_diffusers_with_our_conditioning_scale(
         strength=STRENGTH,
     )
     assert not np.array_equal(np.asarray(default[0]), np.asarray(raw[0]))
-
-
-def reference_of(image: Image.Image, **fields: Any) -> ReferenceInput:
-    return ReferenceInput(image=image, **fields)
 
 
 def test_hybrid_with_face_ip_adapter_equals_raw_diffusers(
@@ -474,6 +479,30 @@ def test_a_job_with_adapters_leaves_the_next_job_untouched(
     )
 
 
+def test_a_job_cancelled_with_adapters_on_leaves_the_next_job_untouched(
+    tiny_model_root, lora_bytes
+):
+    reference = noise_image(12)
+    plain = make_request(method=Method.IMG2IMG, references=[reference_of(reference)])
+    layered = make_request(
+        method=Method.IMG2IMG,
+        references=[reference_of(reference)],
+        ip_adapter=IPAdapterInput(),
+        lora=LoraInput(weights=lora_bytes),
+    )
+    config = tiny_engine_config(tiny_model_root)
+    warm = Engine(config)
+    steps: list[int] = []
+    with pytest.raises(GenerationCancelled):
+        warm.generate(
+            layered,
+            on_step=lambda step, total: steps.append(step),
+            should_cancel=lambda: bool(steps),
+        )
+    after = warm.generate(plain)
+    assert_same_pixels(after.images, Engine(config).generate(plain).images)
+
+
 def test_regenerating_from_the_snapshot_gives_identical_pixels(
     tiny_model_root, lora_bytes, astronaut
 ):
@@ -511,8 +540,6 @@ def test_a_changed_input_is_refused_when_regenerating(engine):
     result = engine.generate(
         make_request(method=Method.IMG2IMG, references=[reference_of(reference)])
     )
-    from generation.engine.errors import InvalidRequest
-
     with pytest.raises(InvalidRequest, match="reference 0 differs"):
         request_from_snapshot(
             result.snapshot,

@@ -67,6 +67,10 @@ def test_worker_class_must_run_jobs_in_its_own_process(worker_class, expected):
         assert ids(checks.check_worker_class()) == expected
 
 
+def test_the_studios_worker_class_is_configured_and_passes():
+    assert checks.check_worker_class() == []
+
+
 def test_a_missing_worker_class_setting_warns_that_rqworker_would_fork():
     with override_settings(RQ={}):
         messages = checks.check_worker_class()
@@ -379,3 +383,23 @@ def test_the_tiny_model_not_written_yet_is_a_warning_saying_how_to_write_it(
     messages = checks.check_models_available()
     assert ids(messages) == ["studio.W020"]
     assert "studio_tiny_model" in messages[0].hint
+
+
+def test_a_web_host_without_weights_silences_the_model_check(settings, model_root):
+    settings.STUDIO_MODELS = {"sd15": str(model_root / "sd15-missing")}
+    with pytest.raises(SystemCheckError, match="studio.E020"):
+        call_command(
+            "check",
+            deploy=True,
+            tags=[checks.MODELS_TAG],
+            stdout=StringIO(),
+            stderr=StringIO(),
+        )
+    settings.SILENCED_SYSTEM_CHECKS = ["studio.E020"]
+    call_command(
+        "check",
+        deploy=True,
+        tags=[checks.MODELS_TAG],
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )

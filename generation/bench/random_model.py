@@ -1,0 +1,161 @@
+"""Writes Stable Diffusion 1.5-architecture models with random weights, at any size.
+
+The benchmark needs models that cost what real ones cost, without downloading
+any: ``small`` (a reduced SD 1.5 that takes real CPU time) and ``sd15`` (SD 1.5's
+own UNet, VAE and text-encoder configurations, so the same arithmetic as the real
+model). The pipeline and its ControlNets come from the tiny model's builders
+(``tiny_model.random_pipeline`` / ``random_controlnet``) at the given sizes; this
+module adds an IP-Adapter of matching size and saves everything in the layout the
+engine loads (a diffusers pipeline folder, ControlNet folders, an IP-Adapter in
+the ``h94/IP-Adapter`` layout), so that the studio loads them through exactly the
+code that loads a real model.
+
+Their images are noise: only their cost is real.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from generation.engine.config import EngineConfig, IPAdapterSpec, ModelSpec
+from generation.engine.requests import ControlType
+from generation.engine.tiny_model import (
+    Architecture,
+    _layer_norm,
+    _random,
+    _seed_for,
+    random_controlnet,
+    random_pipeline,
+)
+
+PIPELINE_DIR = "pipeline"
+CONTROLNET_DIR = "controlnet"
+IP_ADAPTER_DIR = "ip-adapter"
+MARKER_FILE = "BENCH_MODEL.json"
+# The ControlNets written: enough for the multi-ControlNet growth measurement.
+CONTROL_TYPES = (ControlType.CANNY, ControlType.DEPTH, ControlType.SCRIBBLE)
+# Image tokens of the plain SD 1.5 IP-Adapter (``ImageProjection``).
+IP_ADAPTER_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """The sizes of a benchmark model: the pipeline's and its ControlNets'
+    (``tiny_model.Architecture``), the IP-Adapter image encoder's
+    (``CLIPVisionConfig`` arguments), and the dtype its weights are saved in."""
+
+    architecture: Architecture
+    image_encoder: dict[str, Any] = field(default_factory=dict)
+    weights_dtype: str = "float32"
+
+    @property
+    def native_size(self) -> int:
+        """The image side the UNet was made for (latents are 8 times smaller)."""
+        return self.architecture.unet["sample_size"] * 8
+
+
+def write_random_model(model: BenchModel, root: Path) -> Path:
+    """Write a random-weight model of the sizes of ``model`` under ``root``.
+
+    Writes ``pipeline/`` (a diffusers Stable Diffusion pipeline), one ControlNet
+    per type of ``CONTROL_TYPES`` under ``controlnet/``, an IP-Adapter with its
+    image encoder under ``ip-adapter/models/``, and ``BENCH_MODEL.json``, which
+    lets a later call with the same architecture reuse what is there (writing
+    SD 1.5's sizes takes minutes). Returns ``root``.
+    """
+    root = Path(root)
+    marker = root / MARKER_FILE
+    description = json.dumps(asdict(model), sort_keys=True)
+    if marker.is_file() and marker.read_text() == description:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    dtype = getattr(torch, model.weights_dtype)
+
+    pipe = random_pipeline(model.architecture)
+    for control_type in CONTROL_TYPES:
+        controlnet = random_controlnet(
+            pipe.unet, model.architecture, seed=_seed_for(control_type.value)
+        )
+        _cast(controlnet, dtype).save_pretrained(
+            root / CONTROLNET_DIR / control_type.value
+        )
+        del controlnet
+    _write_ip_adapter(model, pipe.unet, root / IP_ADAPTER_DIR / "models", dtype)
+    for component in (pipe.unet, pipe.vae, pipe.text_encoder):
+        _cast(component, dtype)
+    pipe.save_pretrained(root / PIPELINE_DIR, safe_serialization=True)
+    del pipe
+    gc.collect()
+    marker.write_text(description)
+    return root
+
+
+def random_model_config(root: Path, *, model_key: str, label: str) -> EngineConfig:
+    """The engine configuration serving the model written under ``root``."""
+    root = Path(root)
+    return EngineConfig(
+        models={
+            model_key: ModelSpec(
+                key=model_key, source=str(root / PIPELINE_DIR), label=label
+            )
+        },
+        model_roots=[root],
+        controlnets={
+            control_type.value: str(root / CONTROLNET_DIR / control_type.value)
+            for control_type in CONTROL_TYPES
+        },
+        ip_adapter=IPAdapterSpec(source=str(root / IP_ADAPTER_DIR)),
+    )
+
+
+def _write_ip_adapter(
+    model: BenchModel,
+    unet: torch.nn.Module,
+    models_dir: Path,
+    dtype: torch.dtype,
+) -> None:
+    """The plain SD 1.5 IP-Adapter (``ip-adapter_sd15.safetensors``, original key
+    layout) and its CLIP image encoder, sized for ``model``."""
+    torch.manual_seed(_seed_for("bench-image-encoder"))
+    encoder_config = CLIPVisionConfig(
+        image_size=224, patch_size=14, **model.image_encoder
+    )
+    image_encoder = CLIPVisionModelWithProjection(encoder_config)
+    _cast(image_encoder, dtype).save_pretrained(models_dir / "image_encoder")
+    del image_encoder
+    generator = torch.Generator().manual_seed(_seed_for("bench-ip-adapter"))
+    cross = model.architecture.unet["cross_attention_dim"]
+    weights = {
+        "image_proj.proj.weight": _random(
+            generator, IP_ADAPTER_TOKENS * cross, encoder_config.projection_dim
+        ),
+        "image_proj.proj.bias": _random(generator, IP_ADAPTER_TOKENS * cross),
+        **_layer_norm("image_proj.norm", cross),
+    }
+    # As in the original training code, ``n`` counts every attention processor,
+    # so the cross-attention layers (attn2) get odd numbers.
+    for index, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):
+            attention = unet.get_submodule(name.removesuffix(".processor"))
+            for projection in ("to_k_ip", "to_v_ip"):
+                weights[f"ip_adapter.{index}.{projection}.weight"] = _random(
+                    generator, attention.to_q.in_features, cross
+                )
+    save_file(
+        {key: value.to(dtype) for key, value in weights.items()},
+        models_dir / "ip-adapter_sd15.safetensors",
+    )
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` in ``dtype``; built in float32, it is only cast to another."""
+    return module if dtype == torch.float32 else module.to(dtype)

@@ -1,0 +1,379 @@
+"""Reads for the review gallery: persona overview, a persona's outputs page by
+page, a content's neighbours, a sweep's contact sheet and live progress.
+
+A persona can have tens of thousands of outputs, so its grid is paged by seek
+(keyset) pagination on the sort key and the id, never by ``OFFSET``: every page
+costs the same whatever its depth, and the number of queries of a page does not
+grow with its rows (lists join or annotate what they show, and leave the large
+JSON columns unread).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from django.db.models import (
+    Case,
+    Count,
+    F,
+    FloatField,
+    Prefetch,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, NullIf
+
+from generation.models import (
+    ACTIVE_STATUSES,
+    Batch,
+    BatchKind,
+    Content,
+    ContentStatus,
+    ReviewState,
+)
+from generation.parameters import METHODS_WITH_STRENGTH
+from personas.models import Persona, ReferenceImage
+from studio.models_catalog import configured_models
+
+GALLERY_PAGE_SIZE = 48
+LATEST_PER_PERSONA = 6
+RECENT_BATCHES = 10
+MAX_PROGRESS_IDS = 200
+
+# Columns a grid card never reads: deferring them keeps each row small.
+_HEAVY_FIELDS = (
+    "request",
+    "replay_snapshot",
+    "snapshot",
+    "inputs",
+    "timings",
+    "score_detail",
+    "notes",
+    "error_detail",
+)
+
+
+class GallerySort:
+    """The orders a persona's grid can be sorted in."""
+
+    NEWEST = "newest"
+    SCORE = "score"
+    CHOICES = [(NEWEST, "Newest first"), (SCORE, "Best consistency score first")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GalleryFilters:
+    """What a persona's grid shows; empty values filter nothing."""
+
+    status: str = ""
+    method: str = ""
+    review_state: str = ""
+    date_from: date | None = None
+    date_to: date | None = None
+    sort: str = GallerySort.NEWEST
+
+
+@dataclass(frozen=True)
+class GalleryPage:
+    """One page of a grid and the cursors of its neighbouring pages."""
+
+    contents: list[Content]
+    total: int
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+class BadCursor(ValueError):
+    """A page cursor that this module did not write (edited or truncated)."""
+
+
+def tiny_model_keys() -> frozenset[str]:
+    """Keys of the configured models whose weights are random (images are noise)."""
+    return frozenset(key for key, model in configured_models().items() if model.is_tiny)
+
+
+# --- The overview -------------------------------------------------------------
+
+
+def persona_overview() -> QuerySet[Persona]:
+    """Every persona with its primary reference, its output counts by review
+    state and activity, and its latest outputs: three queries in all."""
+    counts = {
+        f"{state}_count": Count(
+            "contents",
+            filter=Q(
+                contents__review_state=state,
+                contents__status=ContentStatus.SUCCEEDED,
+            ),
+        )
+        for state in ReviewState.values
+    }
+    latest = _light(Content.objects.all()).order_by("-created_at", "-id")[
+        :LATEST_PER_PERSONA
+    ]
+    return Persona.objects.annotate(
+        **counts,
+        active_count=Count("contents", filter=Q(contents__status__in=ACTIVE_STATUSES)),
+        failed_count=Count(
+            "contents", filter=Q(contents__status=ContentStatus.FAILED)
+        ),
+    ).prefetch_related(
+        Prefetch(
+            "references", queryset=ReferenceImage.objects.filter(is_primary=True)
+        ),
+        Prefetch("contents", queryset=latest, to_attr="latest_contents"),
+    )
+
+
+def persona_counts(*, persona: Persona) -> dict[str, int]:
+    """A persona's output counts: by review state (of succeeded outputs), active
+    (queued or running), failed and all, in one query."""
+    succeeded = Q(status=ContentStatus.SUCCEEDED)
+    return Content.objects.filter(persona=persona).aggregate(
+        **{
+            state: Count("id", filter=succeeded & Q(review_state=state))
+            for state in ReviewState.values
+        },
+        active=Count("id", filter=Q(status__in=ACTIVE_STATUSES)),
+        failed=Count("id", filter=Q(status=ContentStatus.FAILED)),
+        all=Count("id"),
+    )
+
+
+def persona_recent_batches(*, persona: Persona) -> list[Batch]:
+    """The persona's latest batches and sweeps, each with its number of outputs."""
+    return list(
+        Batch.objects.filter(persona=persona)
+        .annotate(content_count=Count("contents"))
+        .order_by("-created_at", "-id")[:RECENT_BATCHES]
+    )
+
+
+# --- A persona's grid -----------------------------------------------------------
+
+
+def persona_contents(*, persona: Persona, filters: GalleryFilters) -> QuerySet[Content]:
+    """A persona's outputs matching ``filters``, in the order of ``filters.sort``
+    (the id breaks ties), with only the columns a grid card shows."""
+    contents = _light(Content.objects.filter(persona=persona))
+    if filters.status:
+        contents = contents.filter(status=filters.status)
+    if filters.review_state:
+        contents = contents.filter(review_state=filters.review_state)
+    if filters.method:
+        contents = contents.filter(effective_method=filters.method)
+    if filters.date_from:
+        contents = contents.filter(created_at__date__gte=filters.date_from)
+    if filters.date_to:
+        contents = contents.filter(created_at__date__lte=filters.date_to)
+    return contents.order_by(*_ordering(filters.sort, forward=True))
+
+
+def content_page(
+    *,
+    persona: Persona,
+    filters: GalleryFilters,
+    after: str = "",
+    before: str = "",
+    size: int = GALLERY_PAGE_SIZE,
+) -> GalleryPage:
+    """The page of the grid just after the cursor ``after`` (or just before
+    ``before``; the first page when neither is given). Raises ``BadCursor``."""
+    sort = filters.sort
+    contents = persona_contents(persona=persona, filters=filters)
+    total = contents.count()
+    if before:
+        key = _decode(sort, before)
+        rows = list(
+            contents.filter(_beyond(sort, key, forward=False)).order_by(
+                *_ordering(sort, forward=False)
+            )[: size + 1]
+        )
+        has_more_before = len(rows) > size
+        rows = rows[:size][::-1]
+        return GalleryPage(
+            contents=rows,
+            total=total,
+            next_cursor=_cursor(sort, rows[-1]) if rows else None,
+            previous_cursor=_cursor(sort, rows[0]) if has_more_before else None,
+        )
+    if after:
+        contents = contents.filter(_beyond(sort, _decode(sort, after), forward=True))
+    rows = list(contents[: size + 1])
+    has_more_after = len(rows) > size
+    rows = rows[:size]
+    return GalleryPage(
+        contents=rows,
+        total=total,
+        next_cursor=_cursor(sort, rows[-1]) if has_more_after else None,
+        previous_cursor=_cursor(sort, rows[0]) if after and rows else None,
+    )
+
+
+def content_neighbours(
+    *, content: Content, filters: GalleryFilters
+) -> tuple[Content | None, Content | None]:
+    """The outputs just before and just after ``content`` in its persona's grid
+    under ``filters`` (what j and k move to): (previous, next)."""
+    contents = persona_contents(persona=content.persona, filters=filters)
+    key = _sort_value(filters.sort, content), content.pk
+    following = contents.filter(_beyond(filters.sort, key, forward=True)).first()
+    preceding = (
+        contents.filter(_beyond(filters.sort, key, forward=False))
+        .order_by(*_ordering(filters.sort, forward=False))
+        .first()
+    )
+    return preceding, following
+
+
+# --- Other pages -----------------------------------------------------------------
+
+
+def content_regenerations(*, content: Content) -> list[Content]:
+    """The outputs that regenerate ``content``, oldest first (its lineage below)."""
+    return list(_light(content.regenerations.all()).order_by("created_at", "id"))
+
+
+def content_card(*, content_id: int) -> Content:
+    """One grid card's row; raises ``Content.DoesNotExist``."""
+    return _light(Content.objects.all()).get(pk=content_id)
+
+
+def sweep_get(*, batch_id: int) -> Batch:
+    """A strength sweep with its persona; raises ``Batch.DoesNotExist``."""
+    return Batch.objects.select_related("persona").get(
+        pk=batch_id, kind=BatchKind.SWEEP
+    )
+
+
+def sweep_contents(*, batch: Batch) -> list[Content]:
+    """A sweep's outputs in the order of their strengths, each with
+    ``strength`` set from its request."""
+    contents = list(
+        _light(Content.objects.filter(batch=batch)).select_related("before_reference")
+    )
+    contents.sort(key=lambda content: (content.strength is None, content.strength))
+    return contents
+
+
+def content_progress(*, content_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Status and progress of up to ``MAX_PROGRESS_IDS`` outputs, by id; unknown
+    ids are left out."""
+    ids = list(dict.fromkeys(content_ids))[:MAX_PROGRESS_IDS]
+    rows = Content.objects.filter(pk__in=ids).only(
+        "status", "progress_step", "progress_total"
+    )
+    return {
+        row.pk: {
+            "status": row.status,
+            "step": row.progress_step,
+            "total": row.progress_total,
+            "percent": row.progress_percent,
+            "label": row.get_status_display(),
+            "finished": row.is_finished,
+        }
+        for row in rows
+    }
+
+
+# --- Internals ---------------------------------------------------------------------
+
+
+def _light(contents: QuerySet[Content]) -> QuerySet[Content]:
+    """Grid-card rows with the large JSON columns left unread, annotated with
+    ``effective_method`` (the method used once it ran, the one asked for while it
+    waits), ``model_key`` and ``strength`` (None for a method without one), read
+    out of the request JSON."""
+    return (
+        contents.annotate(
+            effective_method=Coalesce(
+                NullIf("method_used", Value("")), "method_requested"
+            ),
+            model_key=KT("request__model"),
+        )
+        .annotate(
+            strength=Case(
+                When(
+                    effective_method__in=METHODS_WITH_STRENGTH,
+                    then=Cast(KT("request__strength"), FloatField()),
+                ),
+                default=None,
+                output_field=FloatField(),
+            )
+        )
+        .defer(*_HEAVY_FIELDS)
+    )
+
+
+def _sort_field(sort: str) -> str:
+    if sort == GallerySort.SCORE:
+        return "consistency_score"
+    return "created_at"
+
+
+def _ordering(sort: str, *, forward: bool) -> list[Any]:
+    """``forward``: the grid's order, highest key first and empty keys last;
+    otherwise the exact reverse (to read the page before a cursor)."""
+    field = F(_sort_field(sort))
+    if forward:
+        return [field.desc(nulls_last=True), F("id").desc()]
+    return [field.asc(nulls_first=True), F("id").asc()]
+
+
+def _beyond(sort: str, key: tuple[Any, int], *, forward: bool) -> Q:
+    """Rows strictly after ``key`` (value, id) in the grid's order, or strictly
+    before it when not ``forward``. Only the score can be empty (sorted last)."""
+    value, pk = key
+    name = _sort_field(sort)
+    if forward:
+        if value is None:
+            return Q(**{f"{name}__isnull": True, "id__lt": pk})
+        return (
+            Q(**{f"{name}__lt": value})
+            | Q(**{name: value, "id__lt": pk})
+            | Q(**{f"{name}__isnull": True})
+        )
+    if value is None:
+        return Q(**{f"{name}__isnull": False}) | Q(
+            **{f"{name}__isnull": True, "id__gt": pk}
+        )
+    return Q(**{f"{name}__gt": value}) | Q(**{name: value, "id__gt": pk})
+
+
+def _sort_value(sort: str, content: Content) -> Any:
+    return getattr(content, _sort_field(sort))
+
+
+def _cursor(sort: str, content: Content) -> str:
+    """An opaque page cursor: the sort key and id of ``content``."""
+    value = _sort_value(sort, content)
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    raw = json.dumps([sort, value, content.pk]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(sort: str, cursor: str) -> tuple[Any, int]:
+    """The (value, id) key of a cursor that ``_cursor`` wrote for ``sort``;
+    ``BadCursor`` for anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        cursor_sort, value, pk = json.loads(base64.urlsafe_b64decode(padded))
+        if cursor_sort != sort or not isinstance(pk, int):
+            raise BadCursor(cursor)
+        if sort == GallerySort.NEWEST:
+            value = datetime.fromisoformat(value)
+        elif not isinstance(value, float | int | None):
+            raise BadCursor(cursor)
+    except (binascii.Error, ValueError, TypeError) as error:
+        raise BadCursor(cursor) from error
+    return value, pk

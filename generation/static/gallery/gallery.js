@@ -1,0 +1,182 @@
+// Review gallery: live progress bars, the before/after compare slider and the
+// keyboard shortcuts. Plain JavaScript, no dependency, nothing from the network.
+"use strict";
+
+(() => {
+  const POLL_MILLISECONDS = 1000;
+
+  // --- Live progress ---------------------------------------------------------
+  // Every [data-progress] bar is refreshed from the gallery's JSON endpoint.
+  // When its content finishes, its card ([data-card] with data-card-url) is
+  // fetched again and swapped in; a bar marked data-reload-page reloads the page.
+
+  function showProgress(bar, row) {
+    const percent = Math.max(0, Math.min(100, row.percent));
+    bar.dataset.status = row.status;
+    bar.querySelector(".gallery-progress-bar > span").style.width = `${percent}%`;
+    bar.querySelector("[role=progressbar]").setAttribute("aria-valuenow", String(percent));
+    bar.querySelector(".gallery-progress-label").textContent =
+      row.total ? `${row.label} · step ${row.step} of ${row.total}` : row.label;
+  }
+
+  async function replaceCard(bar) {
+    bar.removeAttribute("data-progress");
+    const card = bar.closest("[data-card]");
+    if (!card || !card.dataset.cardUrl) {
+      return true;
+    }
+    const response = await fetch(card.dataset.cardUrl + window.location.search, {
+      credentials: "same-origin",
+    });
+    if (response.ok) {
+      card.outerHTML = await response.text();
+    }
+    return false;
+  }
+
+  function startProgress(root) {
+    const url = root.dataset.progressUrl;
+    let reloading = false;
+    const tick = async () => {
+      const bars = [...document.querySelectorAll("[data-progress]")];
+      if (!bars.length || reloading) {
+        return;
+      }
+      const ids = [...new Set(bars.map((bar) => bar.dataset.contentId))];
+      try {
+        const response = await fetch(`${url}?ids=${ids.join(",")}`, {
+          credentials: "same-origin",
+          headers: { Accept: "application/json" },
+        });
+        if (response.ok) {
+          const { contents } = await response.json();
+          for (const bar of bars) {
+            const row = contents[bar.dataset.contentId];
+            if (!row) {
+              continue;
+            }
+            showProgress(bar, row);
+            if (row.finished) {
+              const reloadPage = bar.hasAttribute("data-reload-page")
+                || (await replaceCard(bar));
+              if (reloadPage) {
+                reloading = true;
+                window.location.reload();
+                return;
+              }
+            }
+          }
+        }
+      } catch (error) {
+        // A dropped request: the next tick tries again.
+        console.debug("gallery progress", error);
+      }
+      window.setTimeout(tick, POLL_MILLISECONDS);
+    };
+    tick();
+  }
+
+  // --- Before/after compare slider --------------------------------------------
+  // The output is clipped right of --position; dragging anywhere on the image
+  // (or the arrow keys on the focused handle) moves it.
+
+  function startCompare(compare) {
+    const handle = compare.querySelector("[data-compare-handle]");
+    const setPosition = (percent) => {
+      const value = Math.max(0, Math.min(100, percent));
+      compare.style.setProperty("--position", `${value}%`);
+      handle.setAttribute("aria-valuenow", String(Math.round(value)));
+    };
+    const followPointer = (event) => {
+      const box = compare.getBoundingClientRect();
+      setPosition(((event.clientX - box.left) / box.width) * 100);
+    };
+    compare.addEventListener("pointerdown", (event) => {
+      compare.setPointerCapture(event.pointerId);
+      followPointer(event);
+      handle.focus();
+      event.preventDefault();
+    });
+    compare.addEventListener("pointermove", (event) => {
+      if (compare.hasPointerCapture(event.pointerId)) {
+        followPointer(event);
+      }
+    });
+    compare.addEventListener("pointerup", (event) => {
+      compare.releasePointerCapture(event.pointerId);
+    });
+    handle.addEventListener("keydown", (event) => {
+      const now = Number(handle.getAttribute("aria-valuenow"));
+      const step = event.shiftKey ? 10 : 2;
+      const moves = { ArrowLeft: now - step, ArrowRight: now + step, Home: 0, End: 100 };
+      if (event.key in moves) {
+        setPosition(moves[event.key]);
+        event.preventDefault();
+      }
+    });
+    const before = compare.querySelector("[data-compare-before]");
+    const sources = document.querySelectorAll("[data-compare-source]");
+    for (const button of sources) {
+      button.addEventListener("click", () => {
+        before.src = button.dataset.compareSource;
+        for (const other of sources) {
+          other.setAttribute("aria-pressed", String(other === button));
+        }
+      });
+    }
+  }
+
+  // --- Keyboard shortcuts ------------------------------------------------------
+  // A key clicks the element with data-shortcut="<key>" (a approve, r reject,
+  // g regenerate, e regenerate exactly, j next, k previous), unless the person
+  // is typing. A form is submitted once: a second press does nothing.
+
+  function startShortcuts() {
+    document.addEventListener("keydown", (event) => {
+      if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) {
+        return;
+      }
+      if (event.target.closest("input, textarea, select, [contenteditable]")) {
+        return;
+      }
+      const element = document.querySelector(`[data-shortcut="${CSS.escape(event.key)}"]`);
+      if (element) {
+        event.preventDefault();
+        element.click();
+      }
+    });
+    for (const form of document.querySelectorAll(".gallery-actions form")) {
+      form.addEventListener("submit", (event) => {
+        if (form.dataset.submitted) {
+          event.preventDefault();
+        }
+        form.dataset.submitted = "true";
+      });
+    }
+    // Reject asks for a note when none was typed; cancelling the prompt cancels.
+    for (const button of document.querySelectorAll("[data-prompt-note]")) {
+      button.addEventListener("click", (event) => {
+        const note = button.form.elements.note;
+        if (note.value.trim()) {
+          return;
+        }
+        const answer = window.prompt(button.dataset.promptNote, "");
+        if (answer === null) {
+          event.preventDefault();
+          return;
+        }
+        note.value = answer;
+      });
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const root = document.getElementById("gallery");
+    if (!root) {
+      return;
+    }
+    startProgress(root);
+    document.querySelectorAll("[data-compare]").forEach(startCompare);
+    startShortcuts();
+  });
+})();

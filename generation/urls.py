@@ -1,0 +1,26 @@
+"""The review gallery's URLs, mounted at ``gallery/`` (namespace ``gallery``)."""
+
+from django.urls import path
+
+from generation import views
+
+app_name = "gallery"
+
+urlpatterns = [
+    path("", views.gallery_index, name="index"),
+    path("progress/", views.content_progress, name="progress"),
+    path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
+    path("content/<int:content_id>/", views.content_detail, name="content"),
+    path("content/<int:content_id>/card/", views.content_card, name="content-card"),
+    path(
+        "content/<int:content_id>/<slug:action>/",
+        views.content_act,
+        name="content-action",
+    ),
+    path("sweeps/<int:batch_id>/", views.sweep_sheet, name="sweep"),
+    path(
+        "sweeps/<int:batch_id>/use-strength/",
+        views.sweep_use_strength,
+        name="sweep-use-strength",
+    ),
+]

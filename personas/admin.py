@@ -1,0 +1,374 @@
+"""The persona admin: fieldsets, the gallery and ControlNet units as inlines,
+thumbnails served by the staff-only media view, and lock/unlock actions.
+
+Everything that writes goes through ``personas.services``; images are shown
+from the ``studio-media`` view, never from a public URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.db.models.fields.files import FieldFile
+from django.forms import ModelForm
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.translation import ngettext
+
+from personas.forms import (
+    ControlNetUnitForm,
+    ControlNetUnitFormSet,
+    PersonaForm,
+    ReferenceImageAdminForm,
+    ReferenceImageForm,
+    ReferenceImageFormSet,
+)
+from personas.models import ControlNetUnit, Persona, ReferenceImage
+from personas.selectors import persona_list
+from personas.services import (
+    persona_delete,
+    persona_lock_appearance,
+    persona_set_lora,
+    persona_unlock_appearance,
+    reference_image_add,
+    reference_image_delete,
+    reference_update,
+)
+
+LIST_THUMBNAIL_HEIGHT = 48
+INLINE_THUMBNAIL_HEIGHT = 96
+
+
+def media_url(field_file: FieldFile) -> str:
+    """The staff-only URL of a stored file."""
+    return reverse("studio-media", kwargs={"path": field_file.name})
+
+
+def image_tag(field_file: FieldFile | None, *, height: int) -> str:
+    """An <img> of a stored image, or the admin's empty-value dash."""
+    if not field_file:
+        return admin.site.empty_value_display
+    return format_html(
+        '<img src="{}" height="{}" alt="" loading="lazy">',
+        media_url(field_file),
+        height,
+    )
+
+
+class ReferenceImageInline(admin.TabularInline):
+    model = ReferenceImage
+    form = ReferenceImageForm
+    formset = ReferenceImageFormSet
+    fields = (
+        "thumbnail_preview",
+        "image",
+        "primary",
+        "role",
+        "caption",
+        "order",
+        "dimensions",
+    )
+    readonly_fields = ("thumbnail_preview", "dimensions")
+    extra = 1
+    verbose_name = "reference image"
+    verbose_name_plural = "gallery"
+
+    @admin.display(description="thumbnail")
+    def thumbnail_preview(self, reference: ReferenceImage) -> str:
+        return image_tag(reference.thumbnail, height=INLINE_THUMBNAIL_HEIGHT)
+
+    @admin.display(description="size")
+    def dimensions(self, reference: ReferenceImage) -> str:
+        return f"{reference.width} × {reference.height}" if reference.pk else ""
+
+
+class ControlNetUnitInline(admin.StackedInline):
+    model = ControlNetUnit
+    form = ControlNetUnitForm
+    formset = ControlNetUnitFormSet
+    fields = (
+        ("control_type", "enabled", "order"),
+        ("conditioning_scale", "guidance_start", "guidance_end"),
+        "reference",
+        ("control_image", "control_preview"),
+        "preprocessor_options",
+    )
+    readonly_fields = ("control_preview",)
+    extra = 0
+
+    @admin.display(description="preview")
+    def control_preview(self, unit: ControlNetUnit) -> str:
+        if unit.control_image:
+            return image_tag(unit.control_image, height=INLINE_THUMBNAIL_HEIGHT)
+        if unit.reference_id:
+            return image_tag(unit.reference.thumbnail, height=INLINE_THUMBNAIL_HEIGHT)
+        return admin.site.empty_value_display
+
+
+@admin.register(Persona)
+class PersonaAdmin(admin.ModelAdmin):
+    form = PersonaForm
+    inlines = (ReferenceImageInline, ControlNetUnitInline)
+    list_display = (
+        "primary_thumbnail",
+        "name",
+        "slug",
+        "method",
+        "base_model",
+        "appearance_locked",
+        "gallery_count",
+        "updated_at",
+    )
+    list_display_links = ("primary_thumbnail", "name")
+    list_filter = ("appearance_locked", "method", "base_model", "seed_policy")
+    search_fields = ("name", "slug", "description", "appearance")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("lora_current",)
+    actions = ("lock_appearance", "unlock_appearance")
+    fieldsets = (
+        ("Identity", {"fields": ("name", "slug", "description")}),
+        ("Appearance", {"fields": ("appearance", "appearance_locked")}),
+        (
+            "Consistency",
+            {
+                "fields": (
+                    "method",
+                    ("img2img_strength", "resize_mode"),
+                    ("ip_adapter_scale", "ip_adapter_face_crop"),
+                    ("guidance_scale", "steps"),
+                    "negative_prompt",
+                    ("width", "height"),
+                    "base_model",
+                )
+            },
+        ),
+        (
+            "Advanced",
+            {
+                "classes": ("collapse",),
+                "fields": (
+                    ("seed_policy", "seed"),
+                    "lora_current",
+                    "lora_upload",
+                    "lora_remove",
+                    "lora_scale",
+                ),
+            },
+        ),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Persona]:
+        return persona_list(queryset=super().get_queryset(request))
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Persona | None = None
+    ) -> tuple[str, ...]:
+        """Only staff with the lock permission lock, on the form as by action."""
+        readonly = tuple(super().get_readonly_fields(request, obj))
+        if not self.has_lock_permission(request):
+            readonly += ("appearance_locked",)
+        return readonly
+
+    def get_form(
+        self, request: HttpRequest, obj: Persona | None = None, **kwargs: Any
+    ) -> type[PersonaForm]:
+        form = super().get_form(request, obj, **kwargs)
+        form.gallery_in_formset = any(
+            isinstance(inline, ReferenceImageInline)
+            for inline in self.get_inline_instances(request, obj)
+        )
+        return form
+
+    def get_formset_kwargs(
+        self, request: HttpRequest, obj: Persona, inline: Any, prefix: str
+    ) -> dict[str, Any]:
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, ReferenceImageInline):
+            kwargs["uploaded_by"] = request.user
+        return kwargs
+
+    def save_model(
+        self, request: HttpRequest, obj: Persona, form: PersonaForm, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        if form.cleaned_data.get("lora_upload"):
+            persona_set_lora(persona=obj, file=form.cleaned_data["lora_upload"])
+        elif form.cleaned_data.get("lora_remove"):
+            persona_set_lora(persona=obj, file=None)
+
+    def delete_model(self, request: HttpRequest, obj: Persona) -> None:
+        persona_delete(persona=obj)
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[Persona]
+    ) -> None:
+        for persona in queryset:
+            persona_delete(persona=persona)
+
+    def has_lock_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.lock_persona")
+
+    @admin.display(description="primary image")
+    def primary_thumbnail(self, persona: Persona) -> str:
+        primary = next(iter(persona.primary_references), None)
+        return image_tag(primary and primary.thumbnail, height=LIST_THUMBNAIL_HEIGHT)
+
+    @admin.display(description="gallery", ordering="gallery_count")
+    def gallery_count(self, persona: Persona) -> int:
+        return persona.gallery_count
+
+    @admin.display(description="current LoRA weights")
+    def lora_current(self, persona: Persona) -> str:
+        if not persona.lora_weights:
+            return admin.site.empty_value_display
+        return format_html(
+            '<a href="{}">{}</a> (SHA-256 {}…)',
+            media_url(persona.lora_weights),
+            persona.lora_weights.name,
+            persona.lora_sha256[:12],
+        )
+
+    @admin.action(permissions=["lock"], description="Lock appearance")
+    def lock_appearance(
+        self, request: HttpRequest, queryset: QuerySet[Persona]
+    ) -> None:
+        locked = 0
+        for persona in queryset:
+            try:
+                persona_lock_appearance(persona=persona)
+            except ValidationError as error:
+                self.message_user(
+                    request,
+                    f"{persona} was not locked: {' '.join(error.messages)}",
+                    messages.ERROR,
+                )
+            else:
+                locked += 1
+        if locked:
+            self.message_user(
+                request,
+                ngettext(
+                    "Locked the appearance of %d persona.",
+                    "Locked the appearance of %d personas.",
+                    locked,
+                )
+                % locked,
+                messages.SUCCESS,
+            )
+
+    @admin.action(permissions=["lock"], description="Unlock appearance")
+    def unlock_appearance(
+        self, request: HttpRequest, queryset: QuerySet[Persona]
+    ) -> None:
+        for persona in queryset:
+            persona_unlock_appearance(persona=persona)
+        count = len(queryset)
+        self.message_user(
+            request,
+            ngettext(
+                "Unlocked the appearance of %d persona.",
+                "Unlocked the appearance of %d personas.",
+                count,
+            )
+            % count,
+            messages.SUCCESS,
+        )
+
+
+@admin.register(ReferenceImage)
+class ReferenceImageAdmin(admin.ModelAdmin):
+    form = ReferenceImageAdminForm
+    list_display = (
+        "thumbnail_preview",
+        "__str__",
+        "persona",
+        "role",
+        "is_primary",
+        "dimensions",
+        "uploaded_by",
+        "uploaded_at",
+    )
+    list_display_links = ("thumbnail_preview", "__str__")
+    list_filter = ("role", "is_primary")
+    list_select_related = ("persona", "uploaded_by")
+    search_fields = ("caption", "original_filename", "sha256", "persona__name")
+    readonly_fields = (
+        "thumbnail_preview",
+        "dimensions",
+        "original_filename",
+        "sha256",
+        "uploaded_by",
+        "uploaded_at",
+    )
+    add_fields = ("persona", "image", "primary", "role", "caption", "order")
+    change_fields = (
+        "persona",
+        "thumbnail_preview",
+        "image",
+        "primary",
+        "role",
+        "caption",
+        "order",
+        "dimensions",
+        "original_filename",
+        "sha256",
+        "uploaded_by",
+        "uploaded_at",
+    )
+
+    def get_fields(
+        self, request: HttpRequest, obj: ReferenceImage | None = None
+    ) -> tuple[str, ...]:
+        return self.change_fields if obj else self.add_fields
+
+    def save_form(
+        self, request: HttpRequest, form: ReferenceImageAdminForm, change: bool
+    ) -> ReferenceImage:
+        if change:
+            return super().save_form(request, form, change)
+        data = form.reference_data()
+        return reference_image_add(
+            persona=form.cleaned_data["persona"],
+            file=form.cleaned_data["image"],
+            role=data["role"],
+            caption=data["caption"],
+            order=data["order"],
+            is_primary=data["is_primary"],
+            uploaded_by=request.user,
+        )
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: ReferenceImage,
+        form: ReferenceImageAdminForm,
+        change: bool,
+    ) -> None:
+        if change:
+            reference_update(reference=obj, data=form.reference_data())
+
+    def save_related(
+        self, request: HttpRequest, form: ModelForm, formsets: list, change: bool
+    ) -> None:
+        """Nothing to do: no many-to-many fields, no inlines, saved by services."""
+
+    def delete_model(self, request: HttpRequest, obj: ReferenceImage) -> None:
+        reference_image_delete(reference=obj)
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[ReferenceImage]
+    ) -> None:
+        for reference in queryset:
+            reference_image_delete(reference=reference)
+
+    @admin.display(description="thumbnail")
+    def thumbnail_preview(self, reference: ReferenceImage) -> str:
+        return image_tag(reference.thumbnail, height=LIST_THUMBNAIL_HEIGHT)
+
+    @admin.display(description="size")
+    def dimensions(self, reference: ReferenceImage) -> str:
+        return f"{reference.width} × {reference.height}"

@@ -1,0 +1,71 @@
+"""Fixtures of the reliability suite.
+
+The tiny model, the shared media folder and real worker processes come from the
+generation tests' fixtures, imported here by name (a non-root conftest cannot
+use ``pytest_plugins``); see the report to the lead about moving them to
+tests/conftest.py so that one session writes the tiny model once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import Model
+
+from generation.models import Batch, Content, ContentControlImage
+from personas.models import ControlNetUnit, Persona, ReferenceImage
+from tests.generation.conftest import (  # noqa: F401  (fixtures, used by name)
+    redis_connection,
+    shared_media_root,
+    start_worker,
+    studio_settings,
+    tiny_model_dir,
+)
+from tests.reliability.figures import Figures
+
+STUDIO_MODELS: tuple[type[Model], ...] = (
+    Persona,
+    ReferenceImage,
+    ControlNetUnit,
+    Content,
+    ContentControlImage,
+    Batch,
+)
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    """This test's recorder for docs/reliability.md."""
+    section = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return Figures(test=request.node.nodeid, section=section)
+
+
+@pytest.fixture
+def superuser(db) -> AbstractBaseUser:
+    return get_user_model().objects.create_superuser(
+        "root", "root@example.com", "password"
+    )
+
+
+def stored_files(media_root: Path) -> dict[str, bytes]:
+    """Every file under the media folder (relative name -> bytes)."""
+    return {
+        path.relative_to(media_root).as_posix(): path.read_bytes()
+        for path in sorted(media_root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def studio_state(media_root: Path) -> dict[str, object]:
+    """What a refused input must leave unchanged: every stored file, and every
+    row of the studio's models with all its values."""
+    return {
+        "files": stored_files(media_root),
+        **{
+            model._meta.label: list(model.objects.order_by("pk").values())
+            for model in STUDIO_MODELS
+        },
+    }

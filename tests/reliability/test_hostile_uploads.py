@@ -1,0 +1,241 @@
+"""Every corpus file through every upload entry point.
+
+Entry points: the gallery inline on the persona change page, the reference
+image's own add page, a ready-made control image in a new ControlNet unit
+inline, the persona's LoRA field, and ``studio_import_references``. A file of
+the entry point's kind must get its corpus code (or be stored neutralised); a
+file of the other kind must be refused. A refusal is an HTTP 200 page (or a
+command line) showing the message, never a traceback, with storage and every
+studio row unchanged.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.test import Client
+from django.urls import reverse
+from PIL import Image
+
+from personas.models import ControlNetUnit, Persona, ReferenceImage
+from personas.services import persona_create, reference_image_add
+from tests.images import encode
+from tests.reliability.admin_forms import (
+    add_inline_form,
+    change_form_data,
+    first_extra_form_prefix,
+    inline,
+    page_errors,
+)
+from tests.reliability.conftest import stored_files, studio_state
+from tests.reliability.corpus import LORA_TEST_LIMIT, HostileFile, Kind, corpus
+
+pytestmark = pytest.mark.reliability
+
+STORED_IMAGE = re.compile(r"^(references|control)/\d+/[0-9a-f]{32}\.png$")
+STORED_LORA = re.compile(r"^loras/[0-9a-f]{32}\.safetensors$")
+# Bytes of the corpus's hidden payloads: none may reach storage.
+PAYLOAD_MARKERS = (b"<script", b"<?php", b"<html", b"Exif", b"TEST", b"PK\x03\x04")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one entry point answered: refusals as (code, message), or nothing."""
+
+    refusals: list[tuple[str, str]]
+    shown: str  # the page or command output the person sees
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    name: str
+    kind: Kind
+    attempt: Callable[[Client, Persona, HostileFile, Path], Outcome]
+
+
+def upload(file: HostileFile) -> SimpleUploadedFile:
+    return SimpleUploadedFile(file.name, file.content, "application/octet-stream")
+
+
+def change_url(persona: Persona) -> str:
+    return reverse("admin:personas_persona_change", args=[persona.pk])
+
+
+def post_admin(client: Client, url: str, data: dict) -> Outcome:
+    response = client.post(url, {**data, "_save": "Save"})
+    page = response.content.decode()
+    assert response.status_code in (200, 302), (response.status_code, page[-2000:])
+    assert "Traceback" not in page
+    refusals = page_errors(response) if response.status_code == 200 else []
+    if response.status_code == 200:
+        assert refusals, "the form was shown again without an error"
+    return Outcome(refusals, html.unescape(page))
+
+
+def via_gallery_inline(client, persona, file, tmp_path) -> Outcome:
+    page = client.get(change_url(persona))
+    data = change_form_data(page)
+    prefix = first_extra_form_prefix(inline(page, ReferenceImage))
+    data[f"{prefix}-image"] = upload(file)
+    return post_admin(client, change_url(persona), data)
+
+
+def via_reference_add_page(client, persona, file, tmp_path) -> Outcome:
+    url = reverse("admin:personas_referenceimage_add")
+    data = change_form_data(client.get(url))
+    data.update(persona=str(persona.pk), image=upload(file))
+    return post_admin(client, url, data)
+
+
+def via_control_unit_inline(client, persona, file, tmp_path) -> Outcome:
+    page = client.get(change_url(persona))
+    data = change_form_data(page)
+    add_inline_form(
+        data,
+        inline(page, ControlNetUnit),
+        control_type="openpose",
+        control_image=upload(file),
+    )
+    return post_admin(client, change_url(persona), data)
+
+
+def via_lora_field(client, persona, file, tmp_path) -> Outcome:
+    page = client.get(change_url(persona))
+    data = change_form_data(page)
+    data["lora_upload"] = upload(file)
+    return post_admin(client, change_url(persona), data)
+
+
+def via_import_command(client, persona, file, tmp_path) -> Outcome:
+    # Names that climb out of a folder (../../etc/passwd.png) stay inside tmp_path.
+    path = tmp_path / "a" / "b" / "c" / file.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.resolve().write_bytes(file.content)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(
+            "studio_import_references", persona.slug, str(path), stdout=out, stderr=err
+        )
+    except CommandError as error:
+        assert error.returncode == 1
+        refused = True
+    else:
+        refused = False
+    shown = out.getvalue() + err.getvalue()
+    assert "Traceback" not in shown
+    lines = shown.strip().splitlines()
+    assert len(lines) == 1, shown
+    if not refused:
+        assert lines[0].startswith("accepted "), shown
+        return Outcome([], shown)
+    assert lines[0].startswith("rejected "), shown
+    return Outcome([("", lines[0].split(": ", 1)[1])], shown)
+
+
+ENTRY_POINTS = [
+    EntryPoint("admin gallery inline", Kind.IMAGE, via_gallery_inline),
+    EntryPoint("admin reference add page", Kind.IMAGE, via_reference_add_page),
+    EntryPoint("admin ControlNet control image", Kind.IMAGE, via_control_unit_inline),
+    EntryPoint("admin persona LoRA field", Kind.LORA, via_lora_field),
+    EntryPoint("studio_import_references", Kind.IMAGE, via_import_command),
+]
+
+
+def expected_refusal(file: HostileFile, entry: EntryPoint) -> str | None:
+    """The code the entry point owes this file: the corpus code for its own kind,
+    None (any refusal) for the other kind."""
+    return file.code if file.kind is entry.kind else None
+
+
+def png_chunk_types(content: bytes) -> list[bytes]:
+    position, types = 8, []
+    while position < len(content):
+        (length,) = struct.unpack(">I", content[position : position + 4])
+        types.append(content[position + 4 : position + 8])
+        position += 12 + length
+    return types
+
+
+def assert_neutralised_image(name: str, content: bytes) -> None:
+    """A stored upload: a random name, a plain RGB PNG, no metadata, no payload."""
+    assert STORED_IMAGE.match(name), name
+    assert png_chunk_types(content) == [b"IHDR", b"IDAT", b"IEND"], name
+    with Image.open(io.BytesIO(content)) as image:
+        assert (image.format, image.mode) == ("PNG", "RGB")
+    for marker in PAYLOAD_MARKERS:
+        assert marker not in content, (name, marker)
+
+
+@pytest.fixture
+def persona(db) -> Persona:
+    """A persona with one primary reference (not in the corpus)."""
+    persona = persona_create(name="Target", slug="target", width=64, height=64)
+    reference_image_add(
+        persona=persona,
+        file=SimpleUploadedFile(
+            "primary.png", encode(Image.new("RGB", (72, 72), (0, 160, 0)), "PNG")
+        ),
+        is_primary=True,
+    )
+    return persona
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda entry: entry.name)
+@pytest.mark.parametrize(
+    "file", corpus(), ids=lambda file: f"{file.kind.value}:{file.name}"
+)
+def test_corpus_file_is_refused_cleanly_or_stored_neutralised(
+    entry, file, client, superuser, persona, settings, media_root, tmp_path, figures
+):
+    settings.STUDIO_MAX_LORA_BYTES = LORA_TEST_LIMIT
+    client.force_login(superuser)
+    before = studio_state(media_root)
+
+    outcome = entry.attempt(client, persona, file, tmp_path)
+
+    code = expected_refusal(file, entry)
+    must_refuse = file.kind is not entry.kind or file.refused
+    if must_refuse:
+        assert outcome.refusals, f"{file.description} was accepted by {entry.name}"
+        codes = {refused_code for refused_code, _ in outcome.refusals}
+        if code is not None and entry.attempt is not via_import_command:
+            assert code in codes, (file.description, outcome.refusals)
+        for _, message in outcome.refusals:
+            assert message in outcome.shown
+            assert ": " in message  # what happened, then what to do
+        assert studio_state(media_root) == before, "a refused file left something"
+        figures.record(
+            group=entry.name,
+            item=file.name,
+            outcome=f"refused ({code or 'other kind'})",
+        )
+        return
+    assert not outcome.refusals, outcome.refusals
+    new_files = {
+        name: content
+        for name, content in stored_files(media_root).items()
+        if name not in before["files"]
+    }
+    assert new_files, "nothing was stored"
+    for name, content in new_files.items():
+        if entry.kind is Kind.LORA:
+            assert STORED_LORA.match(name) and content == file.content, name
+        elif name.endswith(".png"):
+            assert_neutralised_image(name, content)
+        else:
+            assert name.startswith("thumbnails/") and name.endswith(".webp"), name
+    for reference in ReferenceImage.objects.exclude(
+        pk__in=[row["id"] for row in before["personas.ReferenceImage"]]
+    ):
+        assert reference.original_filename.isprintable()
+        assert "/" not in reference.original_filename
+    figures.record(group=entry.name, item=file.name, outcome="stored neutralised")
