@@ -86,15 +86,17 @@ def _render(
 @gallery_view
 def gallery_index(request: HttpRequest) -> HttpResponse:
     """Every persona with its primary reference, review counts and latest outputs."""
-    personas = list(gallery_selectors.persona_overview())
+    page = gallery_selectors.persona_overview(page_number=request.GET.get("page", 1))
     tiny = gallery_selectors.tiny_model_keys()
     return _render(
         request,
         "gallery/index.html",
         {
             "title": "Gallery",
-            "personas": personas,
-            "uses_tiny_model": any(p.base_model in tiny for p in personas),
+            "page": page,
+            "uses_tiny_model": any(
+                persona.base_model in tiny for persona in page.object_list
+            ),
         },
     )
 

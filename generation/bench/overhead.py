@@ -25,7 +25,12 @@ from statistics import median
 from typing import Any
 
 from generation.bench.stats import summary
-from generation.bench.workload import SpeedOptions, Workload, pixels_sha256
+from generation.bench.workload import (
+    VANILLA,
+    SpeedOptions,
+    Workload,
+    pixels_sha256,
+)
 from generation.engine.config import EngineConfig
 from generation.engine.runner import Engine
 
@@ -39,7 +44,7 @@ def time_raw(
     *,
     workdir: Path,
     runs: int,
-    speed: SpeedOptions = SpeedOptions(),
+    speed: SpeedOptions = VANILLA,
 ) -> dict[str, Any]:
     """Raw diffusers in a bare process (``python -I``: not even this package is
     importable there); its timings and the first image's pixel hash."""
@@ -82,7 +87,7 @@ def time_engine(
     workload: Workload,
     *,
     runs: int,
-    speed: SpeedOptions = SpeedOptions(),
+    speed: SpeedOptions = VANILLA,
 ) -> dict[str, Any]:
     """``Engine.generate`` on a warm registry in this process."""
     config = replace(config, channels_last=speed.channels_last, compile=speed.compile)

@@ -70,6 +70,9 @@ class SpeedOptions:
         return "SDPA + " + " + ".join(names) if names else "SDPA (vanilla)"
 
 
+VANILLA = SpeedOptions()
+
+
 def pixels_sha256(image: Image.Image) -> str:
     """Hash of an image's RGB pixels (not of a file: PNG bytes may differ)."""
     return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()

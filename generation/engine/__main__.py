@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 from .config import EngineConfig, IPAdapterSpec, ModelSpec, tiny_engine_config
 from .errors import EngineError, InvalidRequest
 from .requests import GenerationRequest, GenerationResult
+from .runner import Engine
 from .snapshot import (
     build_dataclass,
     image_sha256,
@@ -47,6 +48,7 @@ from .snapshot import (
     request_from_dict,
     request_from_snapshot,
 )
+from .tiny_model import is_tiny_model, write_tiny_model
 
 DEFAULT_TINY_MODEL = Path("var/tiny-model")
 INPUTS_DIR = "inputs"
@@ -61,8 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             request = _read_request(args.request)
         else:
             request = _read_snapshot_request(args.snapshot)
-        from .runner import Engine  # torch and diffusers load only when needed
-
         result = Engine(config).generate(request)
     except (EngineError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -163,8 +163,6 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
                 else build_dataclass(IPAdapterSpec, spec, "ip_adapter")
             ),
         )
-    from .tiny_model import is_tiny_model, write_tiny_model
-
     if not is_tiny_model(args.tiny_model):
         write_tiny_model(args.tiny_model)
     return tiny_engine_config(args.tiny_model.resolve())

@@ -24,7 +24,7 @@ import enum
 import hashlib
 import platform
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from importlib import metadata
 from typing import Any
 
@@ -346,15 +346,10 @@ def _resolved_request(
     """``request`` with the method and IP-Adapter references it resolved to."""
     ip_adapter = None
     if plan.ip_adapter is not None:
-        ip_adapter = IPAdapterInput(
-            scale=plan.ip_adapter.scale,
-            face_crop=plan.ip_adapter.face_crop,
-            reference_indexes=list(plan.ip_adapter_references),
+        ip_adapter = replace(
+            plan.ip_adapter, reference_indexes=list(plan.ip_adapter_references)
         )
-    values = {field.name: getattr(request, field.name) for field in fields(request)}
-    return GenerationRequest(
-        **{**values, "method": plan.method, "ip_adapter": ip_adapter}
-    )
+    return replace(request, method=plan.method, ip_adapter=ip_adapter)
 
 
 def _check_hash(what: str, actual: str, recorded: str) -> None:

@@ -137,21 +137,21 @@ def test_two_workers_on_two_queues_serve_two_models_at_once(
         key: persona_create(name=key, base_model=key, method="text", **TINY)
         for key in routes
     }
-    contents = [
-        services.content_enqueue(persona=personas[key], prompt=f"portrait {n}")
-        for n in range(3)
-        for key in routes
-    ]
-    for content in contents:
-        content = wait_finished(content)
-        model = content.request["model"]
+    contents = {
+        key: services.content_enqueue(persona=persona, prompt="a portrait")
+        for key, persona in personas.items()
+    }
+    for key, content in contents.items():
+        content = contents[key] = wait_finished(content)
         assert content.status == ContentStatus.SUCCEEDED, content.error_detail
-        assert content.queue_name == routes[model]
-        assert content.worker_name == workers[model].name
-        assert content.snapshot["model"]["source"] == str(
-            (models_root / model).resolve()
-        )
+        assert content.queue_name == routes[key]
+        assert content.worker_name == workers[key].name
+        assert content.snapshot["model"]["source"] == str((models_root / key).resolve())
         assert content.output_image.name in bucket_keys(s3_storage)
+    first, second = contents.values()
+    # At once: each job started before the other one finished.
+    assert first.started_at < second.finished_at
+    assert second.started_at < first.finished_at
 
 
 def test_the_deployed_configuration_passes_the_runtime_checks(

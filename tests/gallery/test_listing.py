@@ -28,9 +28,8 @@ VIEW = "generation.view_content"
 def _copies(content: Content, count: int, **fields: object) -> list[Content]:
     """``count`` more rows like ``content`` (same files), in one query."""
     original = Content.objects.get(pk=content.pk)
-    columns = [
-        field.attname for field in Content._meta.concrete_fields if not field.primary_key
-    ]
+    concrete = Content._meta.concrete_fields
+    columns = [field.attname for field in concrete if not field.primary_key]
     rows = []
     for index in range(count):
         row = Content(**{name: getattr(original, name) for name in columns})
@@ -96,7 +95,7 @@ def test_seek_pagination_visits_every_row_once_in_order_both_ways(
         consistency_score=lambda index: None if index % 5 == 0 else (index % 4) / 4,
     )
     filters = GalleryFilters(sort=sort)
-    expected = [content.pk for content in persona_contents(persona=persona, filters=filters)]
+    expected = [row.pk for row in persona_contents(persona=persona, filters=filters)]
     ids, pages = _walk(persona, filters, size=7)
     assert ids == expected
     assert len(pages) == 6 and all(page.total == 41 for page in pages)

@@ -171,8 +171,11 @@ class WorkerFactory:
         return worker.wait_ready()
 
     def stop_all(self) -> None:
+        """Stop every worker; their logs go to the captured output, which pytest
+        shows when the test failed."""
         for worker in self.started:
             worker.stop()
+            print(f"--- log of worker {worker.name} ---\n{worker.log()}")
 
 
 @pytest.fixture

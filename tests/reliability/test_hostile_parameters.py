@@ -12,6 +12,7 @@ nothing: the worker's queue stays empty.
 from __future__ import annotations
 
 import io
+import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -20,7 +21,8 @@ from django.urls import reverse
 
 from generation.queues import get_queue
 from personas.models import Persona
-from tests.generation.conftest import make_persona
+from studio.conf import studio_setting
+from tests.generation.conftest import make_persona, use_queue
 from tests.reliability.admin_forms import change_form_data, page_errors
 from tests.reliability.conftest import studio_state
 
@@ -35,6 +37,8 @@ BIDI = "a portrait \u202e of someone"
 
 @pytest.fixture
 def persona(studio_settings, transactional_db) -> Persona:
+    # A queue of this test's own, so that "nothing was enqueued" means this test.
+    use_queue(studio_settings, f"hostile-{uuid.uuid4().hex[:8]}")
     return make_persona(slug="target")
 
 
@@ -45,7 +49,7 @@ def staff_client(client: Client, superuser) -> Client:
 
 
 def queued_jobs() -> int:
-    return get_queue("gpu").count
+    return get_queue(studio_setting("DEFAULT_QUEUE")).count
 
 
 def action_page(client: Client, persona: Persona, action: str, fields: dict[str, str]):

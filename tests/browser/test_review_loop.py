@@ -1,0 +1,182 @@
+"""The whole review loop in a real browser, as staff do it: log in, create a
+persona with a reference in the admin, run "Generate…", watch the progress bar
+reach the end in the gallery without a reload, drag the compare slider, approve
+with the keyboard, run a strength sweep and pick a strength from its contact
+sheet. A real worker process runs the tiny model behind the live server."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import expect
+
+from generation.models import Content, ContentStatus, ReviewState
+from personas.models import Persona
+from tests.images import encode, halves
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+GENERATION_TIMEOUT_MILLISECONDS = 180_000
+PASSWORD = "a-long-test-password"
+
+
+def _log_in(page, username: str) -> None:
+    page.goto("/gallery/")
+    assert "/admin/login/" in page.url
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url("**/gallery/")
+
+
+def _create_persona_in_the_admin(page, screenshot) -> Persona:
+    page.goto("/admin/personas/persona/add/")
+    page.locator("#id_name").press_sequentially("Ada")
+    expect(page.locator("#id_slug")).to_have_value("ada")  # prepopulated
+    page.fill("#id_appearance", "a red and blue test card")
+    page.select_option("#id_method", "img2img")
+    # Small and quick on the tiny model, yet slow enough to watch progress.
+    page.fill("#id_width", "128")
+    page.fill("#id_height", "128")
+    page.fill("#id_steps", "40")
+    page.set_input_files(
+        "#id_references-0-image",
+        files=[
+            {
+                "name": "ada.png",
+                "mimeType": "image/png",
+                "buffer": encode(halves((128, 128)), "PNG"),
+            }
+        ],
+    )
+    page.check("#id_references-0-primary")
+    screenshot(page, "01-admin-persona-add")
+    page.click("input[name=_save]")
+    page.wait_for_selector(".messagelist .success")
+    return Persona.objects.get(slug="ada")
+
+
+def _run_persona_action(page, persona: Persona, action: str, fields: dict) -> None:
+    """Select the persona in the admin changelist, run ``action`` and fill its
+    intermediate page."""
+    page.goto("/admin/personas/persona/")
+    page.check(f"input[name=_selected_action][value='{persona.pk}']")
+    page.select_option("select[name=action]", action)
+    page.click("button[name=index]")
+    for name, value in fields.items():
+        page.fill(f"#id_{name}", value)
+    page.click("input[type=submit].default")
+    page.wait_for_selector(".messagelist .success")
+
+
+def test_review_loop_in_the_browser(page, screenshot, start_worker):
+    start_worker("gallery-browser")
+    User.objects.create_superuser("reviewer", "reviewer@example.com", PASSWORD)
+    _log_in(page, "reviewer")
+    screenshot(page, "00-gallery-empty")
+    persona = _create_persona_in_the_admin(page, screenshot)
+
+    # Generate… from the admin, then watch it in the gallery.
+    page.goto("/admin/personas/persona/")
+    page.check(f"input[name=_selected_action][value='{persona.pk}']")
+    page.select_option("select[name=action]", "generate")
+    page.click("button[name=index]")
+    page.fill("#id_prompt", "a portrait in the park")
+    screenshot(page, "02-admin-generate-form")
+    page.click("input[type=submit].default")
+    page.wait_for_selector(".messagelist .success")
+    content = Content.objects.get(persona=persona)
+
+    page.goto(f"/gallery/personas/{persona.slug}/")
+    card = f"#content-{content.pk}"
+    page.wait_for_selector(f"{card} [data-progress]")
+    page.evaluate("window.galleryNeverReloaded = true")
+    bar = page.locator(f"{card} [role=progressbar]")
+    seen: set[int] = set()
+    while page.locator(f"{card} [data-progress]").count():
+        value = bar.get_attribute("aria-valuenow") if bar.count() else None
+        if value is not None and 0 < int(value) < 100 and not seen:
+            screenshot(page, "03-gallery-running")
+        if value is not None:
+            seen.add(int(value))
+        content.refresh_from_db()
+        assert content.status in (
+            ContentStatus.QUEUED,
+            ContentStatus.RUNNING,
+            ContentStatus.SUCCEEDED,
+        ), content.error_detail
+        page.wait_for_timeout(100)
+    page.wait_for_selector(f"{card} .gallery-thumb img")
+    assert page.evaluate("window.galleryNeverReloaded") is True
+    assert any(0 < value < 100 for value in seen), f"no progress seen: {seen}"
+    content.refresh_from_db()
+    assert content.status == ContentStatus.SUCCEEDED
+    screenshot(page, "04-gallery-persona")
+
+    # The content page: drag the compare slider, approve with the keyboard.
+    page.click(f"{card} .gallery-card-title a")
+    page.wait_for_url(f"**/gallery/content/{content.pk}/")
+    slider = page.locator("[data-compare]")
+    box = slider.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(
+        box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.5, steps=8
+    )
+    page.mouse.up()
+    position = slider.evaluate("node => node.style.getPropertyValue('--position')")
+    assert abs(float(position.rstrip("%")) - 20) <= 2, position
+    handle = page.locator("[data-compare-handle]")
+    assert abs(int(handle.get_attribute("aria-valuenow")) - 20) <= 2
+    screenshot(page, "05-content-compare")
+    page.keyboard.press("a")
+    page.wait_for_selector("#review-state:has-text('Approved')")
+    content.refresh_from_db()
+    assert content.review_state == ReviewState.APPROVED
+    screenshot(page, "06-content-approved")
+
+    # A strength sweep from the admin, compared on its contact sheet.
+    _run_persona_action(
+        page,
+        persona,
+        "strength_sweep",
+        {"prompt": "a portrait in the park", "strengths": "0.3, 0.6, 0.9"},
+    )
+    sweep = persona.batches.get(kind="sweep")
+    page.goto(f"/gallery/personas/{persona.slug}/")
+    page.click(f"a[href='/gallery/sweeps/{sweep.pk}/']")
+    page.wait_for_url(f"**/gallery/sweeps/{sweep.pk}/")
+    page.wait_for_function(
+        "document.querySelectorAll('input[value=\"Use this strength\"]').length === 3",
+        timeout=GENERATION_TIMEOUT_MILLISECONDS,
+    )
+    labels = page.locator(".gallery-sheet-item figcaption strong").all_inner_texts()
+    assert labels == ["Reference", "strength 0.30", "strength 0.60", "strength 0.90"]
+    screenshot(page, "07-sweep-contact-sheet")
+    page.locator(".gallery-sheet-item", has_text="strength 0.60").locator(
+        "input[value='Use this strength']"
+    ).click()
+    page.wait_for_selector(".messagelist .success")
+    persona.refresh_from_db()
+    assert persona.img2img_strength == 0.6
+    assert "current" in page.locator(
+        ".gallery-sheet-item", has_text="strength 0.60"
+    ).inner_text()
+    screenshot(page, "08-sweep-strength-chosen")
+
+    # Reject one sweep output with a note typed into the prompt, then j moves on.
+    rejected = min(sweep.contents.all(), key=lambda row: row.pk)
+    page.goto(f"/gallery/content/{rejected.pk}/")
+    page.once("dialog", lambda dialog: dialog.accept("too far from the reference"))
+    page.keyboard.press("r")
+    page.wait_for_selector("#review-state:has-text('Rejected')")
+    rejected.refresh_from_db()
+    assert rejected.review_state == ReviewState.REJECTED
+    assert rejected.review_note == "too far from the reference"
+    page.keyboard.press("j")
+    page.wait_for_url(re.compile(rf"/gallery/content/(?!{rejected.pk}/)\d+/"))
+
+    page.goto("/gallery/")
+    screenshot(page, "09-gallery-index")
