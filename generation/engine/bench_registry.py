@@ -3,14 +3,14 @@
     python -m generation.engine.bench_registry [--sizes tiny sd15] [--repeat 5]
 
 For each size it writes a random model (``tiny``: the built-in tiny model;
-``sd15``: Stable Diffusion 1.5's full sizes, about 1.1 billion parameters with
-one ControlNet, several GB on disk) into a temporary folder, then measures in a
+``sd15``: Stable Diffusion 1.5's full sizes, about 1.4 billion parameters with
+one ControlNet, 5.3 GB on disk) into a temporary folder, then measures in a
 fresh process, so that the resident memory (RSS) counts only what the registry
 holds:
 
-- cold load: the first ``pipeline(model, text)`` call (read from the OS page
-  cache, since the files were just written), and a ControlNet's first load;
-  ``first_read``: reading every base weight once after it (see ``_read_weights``);
+- cold load: the first ``pipeline(model, text)`` call (the files were just
+  written, so they may still be in the OS page cache), and a ControlNet's first
+  load; first read: reading every base weight once after it (``_read_weights``);
 - hit: a later ``pipeline(model, text)`` call (derivation and a fresh scheduler);
 - derivation: ``pipeline`` for img2img, controlnet and hybrid on a warm registry;
 - memory: parameter bytes the registry counts, and RSS after the base alone, with

@@ -179,6 +179,7 @@ POLICY: dict[str, Rule] = {
 UNNAMED: list[tuple[str, Rule]] = [
     (r"\\Z", public),
     (r"admin/\w+/\w+/\(\?P<object_id>\.\+\)/\\Z", staff),
+    (r"admin/\(\?P<url>\.\*\)", nobody),  # the admin's catch-all 404
 ]
 # Not requested: logging out would end the session the matrix runs in.
 SKIPPED = {"admin:logout"}
@@ -277,21 +278,11 @@ def rule_for(name: str) -> Rule | None:
         return next(
             (rule for regex, rule in UNNAMED if re.fullmatch(regex, name[6:])), None
         )
-    found = re.fullmatch(
-        r"admin:(\w+?)_(\w+)_(changelist|add|change|delete|history)", name
-    )
-    if found and admin.site.is_registered(apps_model(found.group(1), found.group(2))):
-        return model_admin_rule(*found.groups())
+    found = admin_model_view(name)
+    if found:
+        model, view = found
+        return model_admin_rule(model._meta.app_label, model._meta.model_name, view)
     return None
-
-
-def apps_model(app_label: str, model_name: str):
-    from django.apps import apps
-
-    try:
-        return apps.get_model(app_label, model_name)
-    except LookupError:
-        return None
 
 
 @dataclass
@@ -342,14 +333,24 @@ def _combinations(
 
 def _fill_key(parameter: str, name: str) -> str:
     """Which fill a parameter takes: object ids depend on the admin's model."""
-    found = re.fullmatch(r"admin:(\w+?)_(\w+)_(change|delete|history)", name)
+    found = admin_model_view(name)
     if parameter == "object_id" and found:
-        return f"object_id:{found.group(1)}.{found.group(2)}"
+        return f"object_id:{found[0]._meta.label_lower}"
     if name == "admin:auth_user_password_change":
         return "object_id:auth.user"
     if name == "admin:generation_batch_use_strength" and parameter == "content_id":
         return "sweep_content_id"
     return parameter
+
+
+def admin_model_view(name: str) -> tuple[type, str] | None:
+    """(model, view) of a registered model admin's standard URL name."""
+    for model in admin.site._registry:
+        prefix = f"admin:{model._meta.app_label}_{model._meta.model_name}_"
+        view = name.removeprefix(prefix)
+        if view != name and view in MODEL_VIEWS:
+            return model, view
+    return None
 
 
 # --- Fixtures -----------------------------------------------------------------
@@ -438,12 +439,13 @@ def world(studio_settings, db, media_root) -> World:
         "queue_index": ["0"],
         "job_id": [job.id],
         "result_id": ["0"],
-        "key": ["no-such-worker"],
+        "key": ["rq:worker:no-such-worker"],
         "scheduler_index": ["0"],
         "connection_index": ["0"],
         "scheduler_name": ["no-such-scheduler"],
         "cron_job_name": ["no-such-cron-job"],
         "token": ["no-such-token"],
+        "url": ["no-such-page/"],
         "sweep_content_id": [str(sweep_content.pk)],
         "object_id:django_rq.dashboard": ["1"],
     }
