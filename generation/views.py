@@ -33,7 +33,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from generation import gallery_selectors, selectors, services
 from generation.gallery_forms import GalleryFilterForm
-from generation.models import Batch, Content, ContentStatus, ReviewState
+from generation.models import Batch, Content, ReviewState
 from personas.models import Persona
 
 VIEW = "generation.view_content"
@@ -397,10 +397,14 @@ def _parameters(content: Content) -> list[tuple[str, Any]]:
         rows.append(("Pipeline", snapshot.get("pipeline_class")))
         rows.append(("Scheduler", (snapshot.get("scheduler") or {}).get("class")))
     rows.append(("Attempts", content.attempts))
-    if content.status == ContentStatus.SUCCEEDED and content.timings:
-        timings = (
-            f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
-            for name, value in content.timings.items()
-        )
-        rows.append(("Timings (seconds)", ", ".join(timings)))
+    seconds = [
+        f"{name.replace('_', ' ')} {value:.2f}"
+        for name, value in (content.timings or {}).items()
+        if isinstance(value, float)
+    ]
+    if seconds:
+        rows.append(("Timings (seconds)", ", ".join(seconds)))
+    if "registry_hit" in (content.timings or {}):
+        warm = "yes" if content.timings["registry_hit"] else "no (loaded for it)"
+        rows.append(("Pipeline already loaded", warm))
     return rows

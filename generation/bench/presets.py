@@ -16,81 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation.bench.random_model import (
-    BenchModel,
-    random_model_config,
-    write_random_model,
-)
+from generation.bench.random_model import BenchModel, write_random_model
+from generation.engine.bench_registry import SD15_SIZES
 from generation.engine.config import EngineConfig, tiny_engine_config
 from generation.engine.tiny_model import Architecture, write_tiny_model
 
-
-def _sd15_layout(
-    channels: tuple[int, ...], cross_attention_dim: int, sample_size: int
-) -> dict[str, object]:
-    """SD 1.5's UNet layout (cross-attention on every level but the deepest) at
-    the given widths."""
-    crossed = len(channels) - 1
-    return {
-        "sample_size": sample_size,
-        "block_out_channels": channels,
-        "layers_per_block": 2,
-        "down_block_types": ("CrossAttnDownBlock2D",) * crossed + ("DownBlock2D",),
-        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * crossed,
-        "cross_attention_dim": cross_attention_dim,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    }
-
-
-def _vae(channels: tuple[int, ...], sample_size: int) -> dict[str, object]:
-    return {
-        "block_out_channels": channels,
-        "down_block_types": ("DownEncoderBlock2D",) * len(channels),
-        "up_block_types": ("UpDecoderBlock2D",) * len(channels),
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "layers_per_block": 2,
-        "sample_size": sample_size,
-    }
-
-
-SMALL = BenchModel(
-    architecture=Architecture(
-        unet=_sd15_layout((64, 128, 256, 256), 256, sample_size=32),
-        vae=_vae((32, 64, 128, 128), sample_size=256),
-        text_encoder={
-            "hidden_size": 256,
-            "intermediate_size": 1024,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "projection_dim": 256,
-        },
-        controlnet_conditioning_channels=(16, 32, 96, 256),
-    ),
-    image_encoder={
-        "hidden_size": 64,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "projection_dim": 64,
-    },
-)
-# Stable Diffusion 1.5's configurations (the text encoder keeps the tiny model's
-# byte-level vocabulary: a smaller embedding table, the same arithmetic).
+# Stable Diffusion 1.5's configurations, as the registry benchmark writes them
+# (the text encoder keeps the tiny model's byte-level vocabulary: a smaller
+# embedding table, the same arithmetic).
 SD15 = BenchModel(
-    architecture=Architecture(
-        unet=_sd15_layout((320, 640, 1280, 1280), 768, sample_size=64),
-        vae=_vae((128, 256, 512, 512), sample_size=512),
-        text_encoder={
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "projection_dim": 768,
-        },
-        controlnet_conditioning_channels=(16, 32, 96, 256),
-    ),
+    architecture=Architecture(**SD15_SIZES),
     # h94/IP-Adapter's SD 1.5 image encoder, OpenCLIP ViT-H/14.
     image_encoder={
         "hidden_size": 1280,
@@ -101,6 +36,37 @@ SD15 = BenchModel(
         "hidden_act": "gelu",
     },
     weights_dtype="float16",
+)
+# SD 1.5's layout at a quarter of its widths (latents 32x32 for 256x256 images).
+SMALL = BenchModel(
+    architecture=Architecture(
+        unet={
+            **SD15_SIZES["unet"],
+            "sample_size": 32,
+            "block_out_channels": (64, 128, 256, 256),
+            "cross_attention_dim": 256,
+        },
+        vae={
+            **SD15_SIZES["vae"],
+            "block_out_channels": (32, 64, 128, 128),
+            "sample_size": 256,
+        },
+        text_encoder={
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "projection_dim": 256,
+        },
+        controlnet_conditioning_channels=SD15_SIZES["controlnet_conditioning_channels"],
+    ),
+    image_encoder={
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "projection_dim": 64,
+    },
 )
 
 
@@ -132,15 +98,25 @@ class Preset:
         return f"bench-{self.name}"
 
     def write_model(self, root: Path) -> EngineConfig:
-        """Write (or reuse) this preset's model under ``root``; its engine config."""
+        """Write (or reuse) this preset's model under ``root``; its engine config.
+
+        Both writers use the tiny model's layout, so one configuration serves
+        both; it lists only the ControlNets that were written.
+        """
         if self.model is None:
-            config = tiny_engine_config(write_tiny_model(root))
-            (spec,) = config.models.values()
-            spec.key = self.model_key
-            config.models = {self.model_key: spec}
-            return config
-        write_random_model(self.model, root)
-        return random_model_config(root, model_key=self.model_key, label=self.summary)
+            write_tiny_model(root)
+        else:
+            write_random_model(self.model, root)
+        config = tiny_engine_config(root)
+        (spec,) = config.models.values()
+        spec.key, spec.label = self.model_key, self.summary
+        config.models = {self.model_key: spec}
+        config.controlnets = {
+            control_type: source
+            for control_type, source in config.controlnets.items()
+            if Path(source).is_dir()
+        }
+        return config
 
 
 PRESETS = {

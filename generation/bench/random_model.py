@@ -6,9 +6,10 @@ own UNet, VAE and text-encoder configurations, so the same arithmetic as the rea
 model). The pipeline and its ControlNets come from the tiny model's builders
 (``tiny_model.random_pipeline`` / ``random_controlnet``) at the given sizes; this
 module adds an IP-Adapter of matching size and saves everything in the layout the
-engine loads (a diffusers pipeline folder, ControlNet folders, an IP-Adapter in
-the ``h94/IP-Adapter`` layout), so that the studio loads them through exactly the
-code that loads a real model.
+engine loads, in the tiny model's folder layout (a diffusers pipeline folder,
+ControlNet folders, an IP-Adapter in the ``h94/IP-Adapter`` layout), so that
+``tiny_engine_config`` and the registry benchmark serve them too, and the studio
+loads them through exactly the code that loads a real model.
 
 Their images are noise: only their cost is real.
 """
@@ -25,7 +26,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from generation.engine.config import EngineConfig, IPAdapterSpec, ModelSpec
+from generation.engine.config import (
+    TINY_CONTROLNET_DIR,
+    TINY_IP_ADAPTER_DIR,
+    TINY_PIPELINE_DIR,
+)
 from generation.engine.requests import ControlType
 from generation.engine.tiny_model import (
     Architecture,
@@ -36,9 +41,6 @@ from generation.engine.tiny_model import (
     random_pipeline,
 )
 
-PIPELINE_DIR = "pipeline"
-CONTROLNET_DIR = "controlnet"
-IP_ADAPTER_DIR = "ip-adapter"
 MARKER_FILE = "BENCH_MODEL.json"
 # The ControlNets written: enough for the multi-ControlNet growth measurement.
 CONTROL_TYPES = (ControlType.CANNY, ControlType.DEPTH, ControlType.SCRIBBLE)
@@ -56,18 +58,13 @@ class BenchModel:
     image_encoder: dict[str, Any] = field(default_factory=dict)
     weights_dtype: str = "float32"
 
-    @property
-    def native_size(self) -> int:
-        """The image side the UNet was made for (latents are 8 times smaller)."""
-        return self.architecture.unet["sample_size"] * 8
-
 
 def write_random_model(model: BenchModel, root: Path) -> Path:
     """Write a random-weight model of the sizes of ``model`` under ``root``.
 
-    Writes ``pipeline/`` (a diffusers Stable Diffusion pipeline), one ControlNet
-    per type of ``CONTROL_TYPES`` under ``controlnet/``, an IP-Adapter with its
-    image encoder under ``ip-adapter/models/``, and ``BENCH_MODEL.json``, which
+    Writes ``sd15/`` (a diffusers Stable Diffusion pipeline), one ControlNet per
+    type of ``CONTROL_TYPES`` under ``controlnet/``, an IP-Adapter with its image
+    encoder under ``ip-adapter/models/``, and ``BENCH_MODEL.json``, which
     lets a later call with the same architecture reuse what is there (writing
     SD 1.5's sizes takes minutes). Returns ``root``.
     """
@@ -86,35 +83,17 @@ def write_random_model(model: BenchModel, root: Path) -> Path:
             pipe.unet, model.architecture, seed=_seed_for(control_type.value)
         )
         _cast(controlnet, dtype).save_pretrained(
-            root / CONTROLNET_DIR / control_type.value
+            root / TINY_CONTROLNET_DIR / control_type.value
         )
         del controlnet
-    _write_ip_adapter(model, pipe.unet, root / IP_ADAPTER_DIR / "models", dtype)
+    _write_ip_adapter(model, pipe.unet, root / TINY_IP_ADAPTER_DIR / "models", dtype)
     for component in (pipe.unet, pipe.vae, pipe.text_encoder):
         _cast(component, dtype)
-    pipe.save_pretrained(root / PIPELINE_DIR, safe_serialization=True)
+    pipe.save_pretrained(root / TINY_PIPELINE_DIR, safe_serialization=True)
     del pipe
     gc.collect()
     marker.write_text(description)
     return root
-
-
-def random_model_config(root: Path, *, model_key: str, label: str) -> EngineConfig:
-    """The engine configuration serving the model written under ``root``."""
-    root = Path(root)
-    return EngineConfig(
-        models={
-            model_key: ModelSpec(
-                key=model_key, source=str(root / PIPELINE_DIR), label=label
-            )
-        },
-        model_roots=[root],
-        controlnets={
-            control_type.value: str(root / CONTROLNET_DIR / control_type.value)
-            for control_type in CONTROL_TYPES
-        },
-        ip_adapter=IPAdapterSpec(source=str(root / IP_ADAPTER_DIR)),
-    )
 
 
 def _write_ip_adapter(
