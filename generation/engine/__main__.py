@@ -50,7 +50,7 @@ from .snapshot import (
 )
 from .tiny_model import is_tiny_model, write_tiny_model
 
-DEFAULT_TINY_MODEL = Path("var/tiny-model")
+DEFAULT_TINY_MODEL = Path("var/models/tiny")
 INPUTS_DIR = "inputs"
 
 
