@@ -28,12 +28,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-import personas.admin  # noqa: F401  (registers the admin this module extends)
 from generation import selectors, services
 from generation.engine_settings import uses_tiny_model
 from generation.models import Batch, Content, ContentStatus, ReviewState
 from generation.parameters import GenerationOverrides
 from generation.services import MAX_BATCH_COUNT
+from personas.admin import media_url
 from personas.models import ConsistencyMethod, Persona
 
 GENERATE = "generation.generate_content"
@@ -44,16 +44,8 @@ TINY_MODEL_NOTE = (
 )
 
 
-def media_url(file: FieldFile | None) -> str:
-    """The staff-only URL of a stored file (``studio.media``), or ""."""
-    if not file:
-        return ""
-    return reverse("studio-media", kwargs={"path": file.name})
-
-
 def _image(file: FieldFile | None, label: str, *, size: int) -> str:
-    url = media_url(file)
-    if not url:
+    if not file:
         return format_html(
             '<span class="studio-no-image" style="display:inline-block;width:{0}px;'
             'height:{0}px;background:#eee" title="{1}: none"></span>',
@@ -63,7 +55,7 @@ def _image(file: FieldFile | None, label: str, *, size: int) -> str:
     return format_html(
         '<a href="{0}"><img src="{0}" alt="{1}" title="{1}" loading="lazy" '
         'style="width:{2}px;height:{2}px;object-fit:cover"></a>',
-        url,
+        media_url(file),
         label,
         size,
     )

@@ -31,7 +31,7 @@ class GalleryFilterForm(forms.Form):
     date_to = forms.DateField(
         label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
-    sort = forms.ChoiceField(choices=GallerySort.CHOICES, required=False)
+    sort = forms.ChoiceField(choices=GallerySort.choices, required=False)
 
     def gallery_filters(self) -> GalleryFilters:
         """The valid filters; a field with a bad value filters nothing (the form

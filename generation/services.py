@@ -17,7 +17,6 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -255,9 +254,8 @@ def content_cancel(
         content.save(
             update_fields=["status", "finished_at", "error_code", "error_message"]
         )
-        transaction.on_commit(
-            partial(_cancel_job, content.queue_name, content.rq_job_id), robust=True
-        )
+        queue_name, job_id = content.queue_name, content.rq_job_id
+        transaction.on_commit(lambda: _cancel_job(queue_name, job_id), robust=True)
     elif content.status == ContentStatus.RUNNING:
         content.cancel_requested = True
         content.save(update_fields=["cancel_requested"])
@@ -586,28 +584,30 @@ def _queue_row(content: Content, *, delay_seconds: float) -> None:
     content.progress_step = content.progress_total = 0
     # When the job becomes due: "waiting in the queue" is counted from here.
     content.enqueued_at = timezone.now() + timedelta(seconds=delay_seconds)
-    transaction.on_commit(
-        partial(
-            _enqueue_job,
-            content,
-            job_id=content.rq_job_id,
-            queue_name=content.queue_name,
+    job_id, queue_name = content.rq_job_id, content.queue_name
+
+    def enqueue_on_commit() -> None:
+        # ``content`` is saved by now, so its id is known. A failure (Redis
+        # down) is logged and leaves the row queued for the reconciler.
+        _enqueue_job(
+            content.pk,
+            job_id=job_id,
+            queue_name=queue_name,
             delay_seconds=delay_seconds,
-        ),
-        robust=True,
-    )
+        )
+
+    transaction.on_commit(enqueue_on_commit, robust=True)
 
 
 def _enqueue_job(
-    content: Content, *, job_id: str, queue_name: str, delay_seconds: float
+    content_id: int, *, job_id: str, queue_name: str, delay_seconds: float
 ) -> None:
-    """Enqueue the job of ``content`` (saved by now: its id is known)."""
     queue = get_queue(queue_name)
     options = {
-        "args": (content.pk,),
+        "args": (content_id,),
         "job_id": job_id,
         "job_timeout": studio_setting("JOB_TIMEOUT"),
-        "description": f"generate content #{content.pk}",
+        "description": f"generate content #{content_id}",
     }
     if delay_seconds > 0:
         queue.enqueue_in(timedelta(seconds=delay_seconds), JOB_FUNCTION, **options)

@@ -105,7 +105,10 @@ def gallery_index(request: HttpRequest) -> HttpResponse:
 @gallery_view
 def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
     """A persona's outputs: filters, sort and seek pagination."""
-    persona = get_object_or_404(Persona, slug=slug)
+    try:
+        persona = gallery_selectors.persona_with_counts(slug=slug)
+    except Persona.DoesNotExist as missing:
+        raise Http404("No such persona.") from missing
     form = GalleryFilterForm(request.GET)
     filters = form.gallery_filters()
     try:
@@ -128,7 +131,6 @@ def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
             "form": form,
             "page": page,
             "filter_query": _query(request, drop=("after", "before")),
-            "counts": gallery_selectors.persona_counts(persona=persona),
             "batches": gallery_selectors.persona_recent_batches(persona=persona),
             "uses_tiny_model": persona.base_model in tiny
             or any(content.model_key in tiny for content in page.contents),

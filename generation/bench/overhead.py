@@ -121,17 +121,18 @@ def studio_plan(
     workload: Workload,
     *,
     runs: int,
-    queue_workload: Workload,
-    queue_jobs: int,
+    speed: SpeedOptions = VANILLA,
+    queue_workload: Workload | None = None,
+    queue_jobs: int = 0,
 ) -> dict[str, Any]:
-    """The sandbox driver's plan: ``runs`` timed jobs of ``workload`` after a
-    warm-up one, then ``queue_jobs`` of ``queue_workload`` (see ``studio_driver``)."""
+    """The sandbox driver's plan: ``runs`` timed jobs of ``workload`` after the
+    warm-up, then ``queue_jobs`` of ``queue_workload`` (see ``studio_driver``)."""
     return {
         "model_key": model_key,
         "workload": workload.as_dict(),
-        "warmup_jobs": WARMUP_RUNS if runs else 0,
+        "warmup_jobs": WARMUP_RUNS + speed.compile if runs else 0,
         "jobs": runs,
-        "queue_workload": queue_workload.as_dict(),
+        "queue_workload": (queue_workload or workload).as_dict(),
         "queue_jobs": queue_jobs,
     }
 
@@ -160,11 +161,19 @@ def studio_summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def overhead_result(
-    raw: dict[str, Any], engine: dict[str, Any], studio: dict[str, Any]
+    raw: dict[str, Any],
+    engine: dict[str, Any],
+    studio: dict[str, Any],
+    *,
+    config: EngineConfig,
+    workload: Workload,
 ) -> dict[str, Any]:
     """Ratios to raw diffusers and the overhead in milliseconds per job."""
     floor = raw["median"]
     return {
+        "device": config.device,
+        "dtype": config.dtype,
+        "workload": workload.as_dict(),
         "raw": raw,
         "engine": engine,
         "studio": studio,

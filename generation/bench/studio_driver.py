@@ -34,6 +34,7 @@ from typing import Any
 
 WORKER_START_TIMEOUT_SECONDS = 900
 JOB_TIMEOUT_SECONDS = 1800
+WAIT_ROUND_SECONDS = 1
 
 
 def main(plan_path: str, out_path: str) -> None:
@@ -156,14 +157,21 @@ def _enqueue(persona: Any, workload: dict[str, Any]) -> Any:
 
 
 def _wait(content: Any) -> None:
-    """Block until the worker has published the result of the row's job."""
+    """Block until the worker has published the result of the row's job.
+
+    Blocks on RQ's result stream in short rounds: the connection's socket
+    timeout would cut a long block, and a round returns as soon as the result
+    is there.
+    """
     from rq.job import Job
 
     from generation.queues import redis_connection
 
     job = Job.fetch(content.rq_job_id, connection=redis_connection())
-    if job.latest_result(timeout=JOB_TIMEOUT_SECONDS) is None:
-        raise RuntimeError(f"Content #{content.pk} did not finish in time.")
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    while job.latest_result(timeout=WAIT_ROUND_SECONDS) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Content #{content.pk} did not finish in time.")
 
 
 def _timed_job(persona: Any, workload: dict[str, Any]) -> dict[str, Any]:

@@ -47,11 +47,16 @@ class StudioSandbox:
 
     def __post_init__(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True)
+        self.var_dir.mkdir(parents=True)
+
+    @property
+    def var_dir(self) -> Path:
+        """The sandbox's ``STUDIO_VAR_DIR``: database, media, Redis, worker log."""
+        return self.root / "var"
 
     def environment(self, speed: SpeedOptions) -> dict[str, str]:
         """The environment of the driver and its worker."""
-        var = self.root / "var"
+        var = self.var_dir
         env = {
             key: value for key, value in os.environ.items() if key not in _HOST_SETTINGS
         }

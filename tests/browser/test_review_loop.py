@@ -14,12 +14,14 @@ from playwright.sync_api import expect
 
 from generation.models import Content, ContentStatus, ReviewState
 from personas.models import Persona
+from tests.generation.conftest import use_queue
 from tests.images import encode, halves
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 GENERATION_TIMEOUT_MILLISECONDS = 180_000
 PASSWORD = "a-long-test-password"
+QUEUE = "gallery-browser"
 
 
 def _log_in(page, username: str) -> None:
@@ -37,10 +39,10 @@ def _create_persona_in_the_admin(page, screenshot) -> Persona:
     expect(page.locator("#id_slug")).to_have_value("ada")  # prepopulated
     page.fill("#id_appearance", "a red and blue test card")
     page.select_option("#id_method", "img2img")
-    # Small and quick on the tiny model, yet slow enough to watch progress.
+    # Small images on the tiny model, with enough steps to watch them run.
     page.fill("#id_width", "64")
     page.fill("#id_height", "64")
-    page.fill("#id_steps", "24")
+    page.fill("#id_steps", "100")
     page.set_input_files(
         "#id_references-0-image",
         files=[
@@ -58,41 +60,46 @@ def _create_persona_in_the_admin(page, screenshot) -> Persona:
     return Persona.objects.get(slug="ada")
 
 
-def _run_persona_action(page, persona: Persona, action: str, fields: dict) -> None:
-    """Select the persona in the admin changelist, run ``action`` and fill its
-    intermediate page."""
+def _run_persona_action(
+    page, persona: Persona, action: str, fields: dict, on_form=None
+) -> None:
+    """Select the persona in the admin changelist, run ``action``, fill its
+    intermediate page (``on_form`` runs before it is submitted) and submit."""
     page.goto("/admin/personas/persona/")
     page.check(f"input[name=_selected_action][value='{persona.pk}']")
     page.select_option("select[name=action]", action)
     page.click("button[name=index]")
     for name, value in fields.items():
         page.fill(f"#id_{name}", value)
+    if on_form:
+        on_form()
     page.click("input[type=submit].default")
     page.wait_for_selector(".messagelist .success")
 
 
-def test_review_loop_in_the_browser(page, screenshot, start_worker):
-    start_worker("gallery-browser")
+def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_settings):
+    use_queue(studio_settings, QUEUE)
     User.objects.create_superuser("reviewer", "reviewer@example.com", PASSWORD)
     _log_in(page, "reviewer")
     screenshot(page, "00-gallery-empty")
     persona = _create_persona_in_the_admin(page, screenshot)
 
     # Generate… from the admin, then watch it in the gallery.
-    page.goto("/admin/personas/persona/")
-    page.check(f"input[name=_selected_action][value='{persona.pk}']")
-    page.select_option("select[name=action]", "generate")
-    page.click("button[name=index]")
-    page.fill("#id_prompt", "a portrait in the park")
-    screenshot(page, "02-admin-generate-form")
-    page.click("input[type=submit].default")
-    page.wait_for_selector(".messagelist .success")
+    _run_persona_action(
+        page,
+        persona,
+        "generate",
+        {"prompt": "a portrait in the park"},
+        on_form=lambda: screenshot(page, "02-admin-generate-form"),
+    )
     content = Content.objects.get(persona=persona)
 
+    # The page shows it queued; only then does a worker start to run it.
     page.goto(f"/gallery/personas/{persona.slug}/")
     card = f"#content-{content.pk}"
-    page.wait_for_selector(f"{card} [data-progress]")
+    page.wait_for_selector(f"{card} [data-progress][data-status=queued]")
     page.evaluate("window.galleryNeverReloaded = true")
+    start_worker(QUEUE)
     bar = page.locator(f"{card} [role=progressbar]")
     seen: set[int] = set()
     while page.locator(f"{card} [data-progress]").count():

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from generation.gallery_selectors import (
+    LATEST_PER_PERSONA,
     GalleryFilters,
     GallerySort,
     content_neighbours,
@@ -21,6 +22,7 @@ from generation.gallery_selectors import (
 )
 from generation.models import Content, ContentStatus, ReviewState
 from tests.gallery.conftest import finish
+from tests.generation.conftest import make_persona
 
 VIEW = "generation.view_content"
 
@@ -225,3 +227,38 @@ def test_ten_thousand_rows_page_fast_at_any_depth(persona, make_content):
         content_page(persona=persona, filters=filters, after=deep.next_cursor, size=48)
     assert len(captured) == 2  # a count and the page, whatever the depth
     assert "OFFSET" not in captured[-1]["sql"].upper()
+
+
+def test_overview_shows_each_personas_latest_outputs_in_constant_queries(
+    persona, make_content, make_user
+):
+    client = Client()
+    client.force_login(make_user(VIEW))
+    first = make_content()
+    _copies(first, 9)
+    client.get(reverse("gallery:index"))
+    with_1 = _queries(client, reverse("gallery:index"))
+    others = [make_persona(slug=f"persona-{index}") for index in range(4)]
+    for other in others:
+        _copies(first, 3, persona_id=other.pk)
+    with_5 = _queries(client, reverse("gallery:index"))
+    assert with_5 == with_1
+
+    page = client.get(reverse("gallery:index")).context["page"]
+    latest = {persona.slug: persona.latest_contents for persona in page.object_list}
+    newest_of_ada = list(
+        Content.objects.filter(persona=persona).order_by("-created_at", "-id")[
+            :LATEST_PER_PERSONA
+        ]
+    )
+    assert latest["ada"] == newest_of_ada
+    for other in others:
+        assert {content.persona_id for content in latest[other.slug]} == {other.pk}
+        assert len(latest[other.slug]) == 3
+    assert page.object_list[0].output_count == 10
+
+
+def test_an_unknown_persona_is_a_404(make_user, db):
+    client = Client()
+    client.force_login(make_user(VIEW))
+    assert client.get(reverse("gallery:persona", args=["nobody"])).status_code == 404

@@ -36,7 +36,7 @@ from studio.redis_embedded import EmbeddedRedis
 from tests.images import encode, halves
 
 WORKER_START_TIMEOUT = 120
-JOB_TIMEOUT = 120
+JOB_TIMEOUT = 300
 
 
 @pytest.fixture(scope="session")
@@ -201,6 +201,8 @@ def start_worker(
         # Workers reconcile only at start here; the tests run reconcile themselves.
         "STUDIO_RECONCILE_INTERVAL_SECONDS": "3600",
         "PYTHONUNBUFFERED": "1",
+        # One thread per worker: test machines are small and shared.
+        "OMP_NUM_THREADS": "1",
     }
     factory = WorkerFactory(
         studio_settings, env, tmp_path, redis.Redis.from_url(redis_server.url)
@@ -234,7 +236,9 @@ def make_persona(*, slug: str = "ada", **fields) -> Persona:
 
 
 @pytest.fixture
-def persona(studio_settings, transactional_db) -> Persona:
+def persona(studio_settings) -> Persona:
+    """A persona with a reference (the test's ``django_db`` mark gives the
+    database)."""
     return make_persona()
 
 
@@ -255,9 +259,11 @@ def wait_for(
 def wait_finished(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
     """Wait until ``content`` leaves queued/running; return it fresh."""
     wait_for(
-        lambda: not Content.objects.filter(
-            pk=content.pk, status__in=ACTIVE_STATUSES
-        ).exists(),
+        lambda: (
+            not Content.objects.filter(
+                pk=content.pk, status__in=ACTIVE_STATUSES
+            ).exists()
+        ),
         timeout=timeout,
         what=f"content #{content.pk} to finish",
     )

@@ -24,8 +24,9 @@ from tests.generation.conftest import make_persona, wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-# Long enough on the tiny model to watch, cancel or kill it mid-run (seconds).
-SLOW = {"width": 256, "height": 256, "steps": 150}
+# Many steps: a run to watch, cancel or kill at an early step (about a second on
+# an idle machine) that still completes fast when retried.
+SLOW = {"steps": 100}
 
 
 def _pixels(content: Content) -> bytes:
@@ -93,6 +94,18 @@ def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
     assert second.timings["registry_hit"] is True
     assert second.timings["registry"]["loads"] == 1
 
+    page = admin_client.get(f"/admin/generation/content/{first.pk}/change/")
+    body = page.content.decode()
+    for file in (first.before_reference.image, first.output_image):
+        assert f"/media/{file.name}" in body
+    assert "pipeline_class" in body and "StableDiffusionImg2ImgPipeline" in body
+    admin_client.post(
+        "/admin/generation/content/",
+        {"action": "approve", "_selected_action": [first.pk]},
+    )
+    first.refresh_from_db()
+    assert first.review_state == "approved"
+
     exact = wait_finished(services.content_regenerate_exactly(content=first))
     assert exact.status == ContentStatus.SUCCEEDED, exact.error_detail
     assert exact.regenerated_from_id == first.pk
@@ -128,9 +141,7 @@ def test_progress_is_seen_while_running_and_cancel_stops_the_run(
     assert not cancelled.output_image
 
 
-def test_a_transient_out_of_memory_error_is_retried_and_succeeds(
-    persona, start_worker
-):
+def test_a_transient_out_of_memory_error_is_retried_and_succeeds(persona, start_worker):
     start_worker("oom", STUDIO_TEST_OOM_ATTEMPTS="1")
     content = services.content_enqueue(persona=persona, prompt="retry me")
 
@@ -242,9 +253,7 @@ def test_redis_flushed_while_rows_are_queued_then_reconcile_completes_every_one(
         assert content.status == ContentStatus.SUCCEEDED, content.error_detail
 
 
-def test_studio_generate_waits_and_prints_final_statuses(
-    persona, start_worker, capsys
-):
+def test_studio_generate_waits_and_prints_final_statuses(persona, start_worker, capsys):
     start_worker("command")
     call_command(
         "studio_generate",

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Model
+from django.db.models import FileField, Model
 
 from generation.models import Batch, Content, ContentControlImage
 from personas.models import ControlNetUnit, Persona, ReferenceImage
@@ -50,8 +51,22 @@ def superuser(db) -> AbstractBaseUser:
     )
 
 
-def stored_files(media_root: Path) -> dict[str, bytes]:
-    """Every file under the media folder (relative name -> bytes)."""
+def stored_names() -> list[str]:
+    """The storage name of every file a studio row points to."""
+    return sorted(
+        getattr(row, field.name).name
+        for model in STUDIO_MODELS
+        for field in model._meta.get_fields()
+        if isinstance(field, FileField)
+        for row in model.objects.all()
+        if getattr(row, field.name)
+    )
+
+
+def stored_files(media_root: Path | None = None) -> dict[str, bytes]:
+    """Every file under the media folder (relative name -> bytes); the folder is
+    ``MEDIA_ROOT`` unless given (the worker fixtures move it)."""
+    media_root = Path(settings.MEDIA_ROOT) if media_root is None else media_root
     return {
         path.relative_to(media_root).as_posix(): path.read_bytes()
         for path in sorted(media_root.rglob("*"))
@@ -59,7 +74,7 @@ def stored_files(media_root: Path) -> dict[str, bytes]:
     }
 
 
-def studio_state(media_root: Path) -> dict[str, object]:
+def studio_state(media_root: Path | None = None) -> dict[str, object]:
     """What a refused input must leave unchanged: every stored file, and every
     row of the studio's models with all its values."""
     return {

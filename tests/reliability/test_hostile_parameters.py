@@ -145,14 +145,14 @@ def assert_form_refused(response, field: str) -> str:
 def test_generate_page_refuses_hostile_parameter(
     staff_client, persona, media_root, field, value, description, figures
 ):
-    before = studio_state(media_root)
+    before = studio_state()
 
     response = action_page(
         staff_client, persona, "generate", {**GENERATE_DEFAULTS, field: value}
     )
 
     message = assert_form_refused(response, field)
-    assert studio_state(media_root) == before
+    assert studio_state() == before
     assert queued_jobs() == 0
     figures.record(group="admin Generate… page", item=description, outcome=message)
 
@@ -163,7 +163,7 @@ def test_generate_page_refuses_hostile_parameter(
 def test_sweep_page_refuses_hostile_parameter(
     staff_client, persona, media_root, field, value, description, figures
 ):
-    before = studio_state(media_root)
+    before = studio_state()
 
     response = action_page(
         staff_client,
@@ -173,7 +173,7 @@ def test_sweep_page_refuses_hostile_parameter(
     )
 
     message = assert_form_refused(response, field)
-    assert studio_state(media_root) == before
+    assert studio_state() == before
     assert queued_jobs() == 0
     figures.record(
         group="admin Strength sweep… page", item=description, outcome=message
@@ -189,7 +189,7 @@ def test_persona_form_refuses_hostile_setting(
     url = reverse("admin:personas_persona_change", args=[persona.pk])
     data = change_form_data(staff_client.get(url))
     data.update({field: value, "seed_policy": "fixed" if field == "seed" else "random"})
-    before = studio_state(media_root)
+    before = studio_state()
 
     response = staff_client.post(url, {**data, "_save": "Save"})
 
@@ -198,7 +198,7 @@ def test_persona_form_refuses_hostile_setting(
     assert "Traceback" not in page
     errors = response.context["adminform"].form.errors
     assert field in errors, (field, page_errors(response))
-    assert studio_state(media_root) == before
+    assert studio_state() == before
     figures.record(
         group="admin persona form", item=description, outcome=" ".join(errors[field])
     )
@@ -207,7 +207,7 @@ def test_persona_form_refuses_hostile_setting(
 def test_a_request_body_past_djangos_limit_is_a_400_not_a_500(
     staff_client, persona, media_root, figures
 ):
-    before = studio_state(media_root)
+    before = studio_state()
 
     response = action_page(
         staff_client,
@@ -217,7 +217,7 @@ def test_a_request_body_past_djangos_limit_is_a_400_not_a_500(
     )
 
     assert response.status_code == 400
-    assert studio_state(media_root) == before
+    assert studio_state() == before
     assert queued_jobs() == 0
     figures.record(
         group="admin Generate… page",
@@ -262,7 +262,7 @@ def test_studio_generate_refuses_hostile_arguments(
     options = {"--persona": "target", "--prompt": "a portrait"}
     options.update(zip(arguments[::2], arguments[1::2], strict=True))
     argv = [part for pair in options.items() for part in pair]
-    before = studio_state(media_root)
+    before = studio_state()
     out = io.StringIO()
 
     with pytest.raises(CommandError) as refused:
@@ -273,6 +273,6 @@ def test_studio_generate_refuses_hostile_arguments(
     assert message.isprintable(), repr(message)
     assert len(message) < 1000
     assert "queued" not in out.getvalue()
-    assert studio_state(media_root) == before
+    assert studio_state() == before
     assert queued_jobs() == 0
     figures.record(group="studio_generate", item=description, outcome=message)

@@ -19,6 +19,7 @@
       row.total ? `${row.label} · step ${row.step} of ${row.total}` : row.label;
   }
 
+  // Swap in the finished card; true when there is no card to swap (reload).
   async function replaceCard(bar) {
     bar.removeAttribute("data-progress");
     const card = bar.closest("[data-card]");

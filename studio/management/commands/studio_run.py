@@ -21,15 +21,12 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from generation.engine_settings import (
-    tiny_model_written,
-    uses_tiny_model,
-)
+from generation.engine_settings import tiny_model_written, uses_tiny_model
 from studio.redis_embedded import ensure_embedded_redis
 
-ADDRESS = "127.0.0.1:8000"
+DEFAULT_ADDRESS = "127.0.0.1:8000"
 ADMIN_USERNAME = "admin"
 STOP_TIMEOUT_SECONDS = 30
 
@@ -37,9 +34,18 @@ STOP_TIMEOUT_SECONDS = 30
 class Command(BaseCommand):
     help = "Run the whole studio: Redis when needed, one worker and the web server."
 
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--addrport",
+            default=DEFAULT_ADDRESS,
+            help=f"Where the web server listens (default {DEFAULT_ADDRESS}).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        address = options["addrport"]
+        Path(settings.STUDIO_VAR_DIR).mkdir(parents=True, exist_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
-        self._ensure_admin()
+        self._ensure_admin(address)
         redis = ensure_embedded_redis()
         if redis is not None:
             self.stdout.write(f"Embedded Redis listening on {redis.socket_path}")
@@ -50,12 +56,18 @@ class Command(BaseCommand):
             )
             call_command("studio_tiny_model")
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
-        children = [
-            subprocess.Popen([*manage, "studio_worker"]),
-            subprocess.Popen([*manage, "runserver", ADDRESS, "--noreload"]),
-        ]
+        # Own sessions: a Ctrl-C in the terminal reaches only this process, which
+        # then stops each child once.
+        children = {
+            "the worker": subprocess.Popen(
+                [*manage, "studio_worker"], start_new_session=True
+            ),
+            "the web server": subprocess.Popen(
+                [*manage, "runserver", address, "--noreload"], start_new_session=True
+            ),
+        }
         self.stdout.write(
-            f"Persona Studio is at http://{ADDRESS}/admin/ (Ctrl-C stops it)"
+            f"Persona Studio is at http://{address}/admin/ (Ctrl-C stops it)"
         )
         stopping = False
 
@@ -66,15 +78,24 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         try:
-            while not stopping and all(child.poll() is None for child in children):
+            while not stopping and all(
+                child.poll() is None for child in children.values()
+            ):
                 time.sleep(0.5)
         finally:
-            self._stop(children)
+            self._stop(list(children.values()))
             if redis is not None:
                 redis.stop()
+        if not stopping:
+            names = " and ".join(
+                name
+                for name, child in children.items()
+                if child.returncode not in (0, -signal.SIGTERM)
+            )
+            raise CommandError(f"Stopped everything: {names} exited; see above.")
         self.stdout.write("Persona Studio stopped.")
 
-    def _ensure_admin(self) -> None:
+    def _ensure_admin(self, address: str) -> None:
         """Create a superuser with a random password when the studio has none."""
         users = get_user_model().objects
         password_file = Path(settings.STUDIO_VAR_DIR) / "admin-password.txt"
@@ -89,7 +110,7 @@ class Command(BaseCommand):
         password_file.chmod(0o600)
         self.stdout.write(
             self.style.SUCCESS(
-                f"Created the admin account. Log in at http://{ADDRESS}/admin/ as "
+                f"Created the admin account. Log in at http://{address}/admin/ as "
                 f"'{ADMIN_USERNAME}' with password {password} (saved in "
                 f"{password_file})."
             )

@@ -1,0 +1,58 @@
+"""Iterations per second on a GPU: the studio against raw diffusers.
+
+For each of the engine's speed options (SDPA alone, which is diffusers' default
+attention on torch 2; with channels-last; with ``torch.compile``; with both), raw
+diffusers in a bare process and the full studio path (a sandboxed worker started
+with the same option) run the preset's workload; iterations per second are
+denoising steps over the seconds of a whole image (text encoding and VAE decode
+included, for both alike). Without CUDA the section is skipped and says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from generation.bench.overhead import studio_plan, studio_summary, time_raw
+from generation.bench.studio_sandbox import StudioSandbox
+from generation.bench.workload import SpeedOptions, Workload
+from generation.engine.config import EngineConfig
+
+SPEED_OPTIONS = (
+    SpeedOptions(),
+    SpeedOptions(channels_last=True),
+    SpeedOptions(compile=True),
+    SpeedOptions(channels_last=True, compile=True),
+)
+
+
+def measure_gpu(
+    config: EngineConfig,
+    workload: Workload,
+    sandbox: StudioSandbox,
+    *,
+    workdir: Path,
+    runs: int,
+) -> dict[str, Any]:
+    """Raw and studio it/s for every speed option, or why it was skipped."""
+    if not str(config.device).startswith("cuda"):
+        return {"skipped": f"no CUDA device (the device is {config.device})"}
+    (model_key,) = config.models
+    rows = []
+    for speed in SPEED_OPTIONS:
+        raw = time_raw(config, workload, workdir=workdir, runs=runs, speed=speed)
+        studio = studio_summary(
+            sandbox.run(
+                studio_plan(model_key, workload, runs=runs, speed=speed), speed
+            )["jobs"]
+        )
+        rows.append(
+            {
+                "options": speed.label,
+                "raw_it_per_s": workload.steps / raw["median"],
+                "studio_it_per_s": workload.steps / studio["median"],
+                "studio_ratio": studio["median"] / raw["median"],
+                "same_image": raw["pixels_sha256"] == studio["pixels_sha256"],
+            }
+        )
+    return {"device": config.device, "dtype": config.dtype, "rows": rows}

@@ -1,0 +1,135 @@
+"""One benchmark run: a preset's model written, the chosen sections measured on
+one machine, the targets checked, all gathered in one JSON-ready report.
+
+The sections, in the order they run: ``registry`` (in a fresh process),
+``overhead`` (raw diffusers in a bare process, the engine here, the studio in a
+sandbox), ``queue`` (the same sandboxed worker, many tiny jobs), ``growth`` (the
+engine here) and ``gpu`` (raw and studio per speed option; CUDA only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from generation.bench.gpu import measure_gpu
+from generation.bench.growth import measure_growth
+from generation.bench.overhead import (
+    overhead_result,
+    studio_plan,
+    studio_summary,
+    time_engine,
+    time_raw,
+)
+from generation.bench.presets import Preset
+from generation.bench.registry_economics import measure_registry
+from generation.bench.report import machine_info
+from generation.bench.studio_sandbox import StudioSandbox
+from generation.bench.targets import evaluate_targets
+from generation.bench.throughput import queue_result
+from generation.bench.workload import VANILLA, Workload
+from generation.engine.registry import choose_device, choose_dtype
+
+SECTIONS = ("overhead", "registry", "growth", "queue", "gpu")
+# The queue's tiny jobs: one step at the smallest size, so that everything
+# around the engine shows.
+QUEUE_WORKLOAD = Workload(steps=1, width=64, height=64)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run: the sections, timed runs per measurement (None: the
+    preset's), queue jobs (None: the preset's), the device (None: chosen as the
+    engine does) and the working folder (models and sandbox)."""
+
+    sections: Collection[str]
+    workdir: Path
+    runs: int | None = None
+    queue_jobs: int | None = None
+    device: str | None = None
+
+
+def run_bench(
+    preset: Preset, options: BenchOptions, *, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run the selected sections of ``preset``; the report (see ``report``)."""
+    unknown = set(options.sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(
+            f"Unknown sections {', '.join(sorted(unknown))}; choose from "
+            f"{', '.join(SECTIONS)}."
+        )
+    runs = options.runs or preset.runs
+    queue_jobs = preset.queue_jobs if options.queue_jobs is None else options.queue_jobs
+    device = choose_device(options.device)
+    model_root = options.workdir / preset.name / "model"
+    report: dict[str, Any] = {
+        "preset": preset.name,
+        "summary": preset.summary,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "device": str(device),
+        "dtype": str(choose_dtype(None, device)).removeprefix("torch."),
+        "runs": runs,
+    }
+    log(f"Writing the {preset.name} model under {model_root}")
+    config = preset.write_model(model_root)
+    config.device, config.dtype = report["device"], report["dtype"]
+    workload = Workload(steps=preset.steps, width=preset.width, height=preset.height)
+    (model_key,) = config.models
+    sandbox_root = options.workdir / preset.name / "studio"
+    raw_workdir = options.workdir / preset.name / "raw"
+
+    if "registry" in options.sections:
+        log("registry: cold load, hit, derivation, memory (fresh process)")
+        report["registry"] = measure_registry(model_root, runs=runs)
+    studio_jobs = runs if "overhead" in options.sections else 0
+    queue_jobs = queue_jobs if "queue" in options.sections else 0
+    if studio_jobs:
+        log("overhead: raw diffusers in a bare process")
+        raw = time_raw(config, workload, workdir=raw_workdir, runs=runs)
+        log("overhead: Engine.generate")
+        engine = time_engine(config, workload, runs=runs)
+    if studio_jobs or queue_jobs:
+        log(f"studio: {studio_jobs} jobs, then {queue_jobs} queued tiny jobs")
+        sandbox = StudioSandbox(sandbox_root, config, report["device"], report["dtype"])
+        studio = sandbox.run(
+            studio_plan(
+                model_key,
+                workload,
+                runs=studio_jobs,
+                queue_workload=QUEUE_WORKLOAD,
+                queue_jobs=queue_jobs,
+            ),
+            VANILLA,
+        )
+        if studio_jobs:
+            report["overhead"] = overhead_result(
+                raw,
+                engine,
+                studio_summary(studio["jobs"]),
+                config=config,
+                workload=workload,
+            )
+        if queue_jobs:
+            report["queue"] = queue_result(studio["queue"])
+    if "growth" in options.sections:
+        log("growth: strength, steps, size, images, ControlNets, IP-Adapter")
+        # Half the runs per point: the series have many points.
+        report["growth"] = measure_growth(
+            preset, config, workload, runs=(runs + 1) // 2
+        )
+    if "gpu" in options.sections:
+        log("gpu: raw diffusers and studio it/s per speed option")
+        report["gpu"] = measure_gpu(
+            config,
+            workload,
+            StudioSandbox(sandbox_root, config, report["device"], report["dtype"]),
+            workdir=raw_workdir,
+            runs=runs,
+        )
+    report["targets"] = evaluate_targets(report)
+    return report

@@ -1,0 +1,104 @@
+"""``python manage.py studio_bench``: measure the studio against raw diffusers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from generation.bench.presets import PRESETS
+from generation.bench.suite import SECTIONS
+from studio.conf import studio_setting
+
+
+class Command(BaseCommand):
+    help = (
+        "Benchmark the studio: its overhead against raw diffusers, the pipeline "
+        "registry's economics, how cost grows with the work, queue throughput and "
+        "GPU iterations per second. Runs on random-weight models the studio writes "
+        "itself; prints Markdown tables and can write the full JSON report."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--preset",
+            choices=sorted(PRESETS),
+            default="tiny",
+            help="tiny: seconds, a smoke test; small: a reduced SD 1.5 for the "
+            "CPU; sd15: SD 1.5's full architecture, for a GPU (default: tiny).",
+        )
+        parser.add_argument(
+            "--json", type=Path, metavar="PATH", help="Write the JSON report here."
+        )
+        parser.add_argument(
+            "--runs",
+            type=int,
+            help="Timed runs per measurement (default: the preset's; the growth "
+            "series use half as many per point).",
+        )
+        parser.add_argument(
+            "--only",
+            default=",".join(SECTIONS),
+            help=f"Comma-separated sections to run (default: all of "
+            f"{','.join(SECTIONS)}).",
+        )
+        parser.add_argument(
+            "--queue-jobs",
+            type=int,
+            help="Tiny jobs for the queue throughput (default: the preset's, 200).",
+        )
+        parser.add_argument(
+            "--device",
+            help="cuda, cuda:1, mps or cpu (default: chosen as the engine does).",
+        )
+        parser.add_argument(
+            "--workdir",
+            type=Path,
+            help="Where the models and the sandboxed studio go (default: "
+            "STUDIO_VAR_DIR/bench); models are reused across runs.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from generation.bench.report import render_markdown
+        from generation.bench.suite import BenchOptions, run_bench
+
+        sections = [name.strip() for name in options["only"].split(",") if name.strip()]
+        if not sections:
+            raise CommandError(f"--only takes sections among {', '.join(SECTIONS)}.")
+        if options["runs"] is not None and options["runs"] < 1:
+            raise CommandError("--runs must be at least 1.")
+        workdir = options["workdir"] or Path(studio_setting("VAR_DIR")) / "bench"
+        try:
+            report = run_bench(
+                PRESETS[options["preset"]],
+                BenchOptions(
+                    sections=sections,
+                    workdir=workdir.resolve(),
+                    runs=options["runs"],
+                    queue_jobs=options["queue_jobs"],
+                    device=options["device"],
+                ),
+                log=lambda message: self.stderr.write(message),
+            )
+        except ValueError as error:
+            raise CommandError(str(error)) from error
+        report["command"] = "python manage.py studio_bench " + " ".join(
+            _command_arguments(options)
+        )
+        if options["json"]:
+            options["json"].parent.mkdir(parents=True, exist_ok=True)
+            options["json"].write_text(json.dumps(report, indent=2) + "\n")
+        self.stdout.write(render_markdown(report))
+
+
+def _command_arguments(options: dict[str, Any]) -> list[str]:
+    """The options given, as a command line that reproduces the run."""
+    arguments = [f"--preset {options['preset']}"]
+    for name in ("runs", "only", "queue_jobs", "device"):
+        if options[name] is not None and not (
+            name == "only" and options[name] == ",".join(SECTIONS)
+        ):
+            arguments.append(f"--{name.replace('_', '-')} {options[name]}")
+    return arguments

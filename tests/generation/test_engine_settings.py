@@ -1,0 +1,52 @@
+"""The engine's configuration from the STUDIO_* settings, and queue routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from generation.engine.config import TINY_MODEL_KEY
+from generation.engine_settings import engine_config, uses_tiny_model
+from generation.queues import all_queue_names, queue_name_for_model
+
+
+def test_no_model_configured_serves_the_tiny_model(settings, tmp_path: Path):
+    settings.STUDIO_MODELS = {}
+    settings.STUDIO_TINY_MODEL_DIR = str(tmp_path)
+    config = engine_config()
+    assert uses_tiny_model()
+    assert list(config.models) == [TINY_MODEL_KEY]
+    assert config.models[TINY_MODEL_KEY].source == str(tmp_path / "sd15")
+    assert config.model_roots == [tmp_path]
+    assert config.ip_adapter is not None
+    assert set(config.controlnets) >= {"canny", "openpose"}
+
+
+def test_configured_models_and_options_are_passed_on(settings, tmp_path: Path):
+    settings.STUDIO_MODELS = {
+        "sd15": {"source": "some/hub-model", "revision": "abc", "label": "SD"},
+        "local": {"source": str(tmp_path / "one.safetensors"), "config": "cfg"},
+    }
+    settings.STUDIO_MODEL_ROOTS = [str(tmp_path)]
+    settings.STUDIO_CONTROLNETS = {"canny": "some/canny"}
+    settings.STUDIO_IP_ADAPTER = {"source": "h94/IP-Adapter"}
+    settings.STUDIO_DEVICE = "cpu"
+    settings.STUDIO_MEMORY_BUDGET_MB = 0
+    settings.STUDIO_ATTENTION_SLICING = True
+    config = engine_config()
+    assert not uses_tiny_model()
+    assert config.models["sd15"].revision == "abc"
+    assert config.models["local"].config == "cfg"
+    assert config.model_roots == [tmp_path]
+    assert config.controlnets == {"canny": "some/canny"}
+    assert config.ip_adapter.source == "h94/IP-Adapter"
+    assert config.device == "cpu"
+    assert config.memory_budget_mb is None
+    assert config.attention_slicing is True
+
+
+def test_queues_are_routed_by_model(settings):
+    settings.STUDIO_DEFAULT_QUEUE = "gpu"
+    settings.STUDIO_QUEUE_ROUTES = {"sdxl": "gpu-large", "other": "gpu"}
+    assert queue_name_for_model("sdxl") == "gpu-large"
+    assert queue_name_for_model("sd15") == "gpu"
+    assert all_queue_names() == ["gpu", "gpu-large"]

@@ -1,0 +1,227 @@
+"""Services: rows first, jobs on commit, and the rules a person can trip over.
+
+These run against the real Redis but start no worker: they check what lands in
+the database and in the queue.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from rq.job import Job
+
+from generation import services
+from generation.models import BatchKind, ContentStatus, ReviewState
+from generation.parameters import GenerationOverrides
+from generation.reconcile import reconcile
+from personas.models import SeedPolicy
+from personas.services import persona_create
+from tests.generation.conftest import make_persona
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def connection(redis_connection, studio_settings):
+    redis_connection.flushall()
+    return redis_connection
+
+
+def test_enqueue_creates_the_row_first_and_the_job_on_commit(
+    persona, connection, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        content = services.content_enqueue(
+            persona=persona,
+            prompt="on a beach",
+            overrides=GenerationOverrides(method="img2img", strength=0.4, seed=11),
+        )
+        assert not Job.exists(content.rq_job_id, connection=connection)
+    assert len(callbacks) == 1
+    job = Job.fetch(content.rq_job_id, connection=connection)
+    assert job.args == (content.pk,)
+    assert job.origin == "gpu"
+    assert content.status == ContentStatus.QUEUED
+    assert content.request["prompt"] == "a red and blue test card, on a beach"
+    assert content.request["method"] == "img2img"
+    assert content.request["strength"] == 0.4
+    assert content.seed == content.request["seed"] == 11
+    assert content.before_reference == persona.references.get()
+    assert list(content.references.all()) == [persona.references.get()]
+
+
+def test_the_text_method_gives_the_engine_no_reference_but_keeps_the_before(
+    persona, connection
+):
+    content = services.content_enqueue(
+        persona=persona, prompt="x", overrides=GenerationOverrides(method="text")
+    )
+    assert content.request["references"] == []
+    assert content.before_reference == persona.references.get()
+
+
+def test_a_row_whose_enqueue_failed_is_enqueued_by_reconcile(
+    persona, connection, studio_settings, django_capture_on_commit_callbacks
+):
+    live_queues = studio_settings.RQ_QUEUES
+    studio_settings.RQ_QUEUES = {
+        "gpu": {"URL": "unix:///nonexistent/redis.sock", "DEFAULT_TIMEOUT": 60}
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        content = services.content_enqueue(persona=persona, prompt="redis is down")
+    content.refresh_from_db()
+    assert content.status == ContentStatus.QUEUED
+
+    studio_settings.RQ_QUEUES = live_queues
+    with django_capture_on_commit_callbacks(execute=True):
+        report = reconcile()
+    assert report.requeued == [content.pk]
+    content.refresh_from_db()
+    assert Job.exists(content.rq_job_id, connection=connection)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"strength": 1.5}, "strength"),
+        ({"steps": 0}, "steps"),
+        ({"width": 100}, "width"),
+        ({"method": "magic"}, "method"),
+    ],
+)
+def test_out_of_range_overrides_are_refused_with_a_message(
+    persona, connection, overrides, field
+):
+    with pytest.raises(ValidationError) as error:
+        services.content_enqueue(
+            persona=persona, prompt="x", overrides=GenerationOverrides(**overrides)
+        )
+    assert field in error.value.message_dict
+
+
+def test_a_method_that_needs_a_reference_is_refused_without_one(
+    studio_settings, connection
+):
+    bare = persona_create(name="Bare", slug="bare")
+    with pytest.raises(ValidationError) as error:
+        services.content_enqueue(
+            persona=bare, prompt="x", overrides=GenerationOverrides(method="img2img")
+        )
+    assert error.value.code == "needs_reference"
+    assert "gallery" in error.value.messages[0]
+
+
+def test_controlnet_without_a_unit_is_refused(persona, connection):
+    with pytest.raises(ValidationError) as error:
+        services.content_enqueue(
+            persona=persona, prompt="x", overrides=GenerationOverrides(method="hybrid")
+        )
+    assert error.value.code == "needs_control_unit"
+
+
+def test_a_batch_with_a_fixed_seed_counts_up_from_it(studio_settings, connection):
+    persona = make_persona(slug="fixed", seed_policy=SeedPolicy.FIXED, seed=41)
+    batch = services.content_enqueue_batch(persona=persona, prompt="x", count=3)
+    contents = list(batch.contents.order_by("id"))
+    assert [content.seed for content in contents] == [41, 42, 43]
+    assert batch.kind == BatchKind.BATCH
+
+
+def test_a_batch_count_is_bounded(persona, connection):
+    with pytest.raises(ValidationError) as error:
+        services.content_enqueue_batch(persona=persona, prompt="x", count=0)
+    assert "count" in error.value.message_dict
+
+
+def test_a_strength_sweep_varies_only_the_strength(persona, connection):
+    batch = services.content_strength_sweep(
+        persona=persona, prompt="x", strengths=[0.3, 0.5, 0.7, 0.9]
+    )
+    contents = list(batch.contents.order_by("id"))
+    assert batch.kind == BatchKind.SWEEP
+    assert [content.request["strength"] for content in contents] == [0.3, 0.5, 0.7, 0.9]
+    assert len({content.seed for content in contents}) == 1
+    assert {content.request["method"] for content in contents} == {"img2img"}
+
+
+def test_a_sweep_refuses_strengths_outside_zero_to_one(persona, connection):
+    with pytest.raises(ValidationError):
+        services.content_strength_sweep(persona=persona, prompt="x", strengths=[1.2])
+
+
+def test_cancel_a_queued_row_cancels_it_and_its_job(
+    persona, connection, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        content = services.content_enqueue(persona=persona, prompt="x")
+        content = services.content_cancel(content=content)
+    assert content.status == ContentStatus.CANCELLED
+    job = Job.fetch(content.rq_job_id, connection=connection)
+    assert job.get_status() == "canceled"
+
+    with pytest.raises(ValidationError) as error:
+        services.content_cancel(content=content)
+    assert error.value.code == "not_active"
+
+
+def test_retry_queues_a_cancelled_row_under_a_new_job(
+    persona, connection, django_capture_on_commit_callbacks
+):
+    content = services.content_enqueue(persona=persona, prompt="x")
+    content = services.content_cancel(content=content)
+    old_job = content.rq_job_id
+    with django_capture_on_commit_callbacks(execute=True):
+        content = services.content_retry(content=content)
+    assert content.status == ContentStatus.QUEUED
+    assert content.rq_job_id != old_job
+    assert content.error_message == ""
+    assert Job.exists(content.rq_job_id, connection=connection)
+
+    with pytest.raises(ValidationError):
+        services.content_retry(content=content)
+
+
+def test_only_succeeded_content_can_be_reviewed_or_replayed(
+    persona, connection, admin_user
+):
+    content = services.content_enqueue(persona=persona, prompt="x")
+    with pytest.raises(ValidationError) as error:
+        services.content_review(
+            content=content, state=ReviewState.APPROVED, user=admin_user
+        )
+    assert error.value.code == "not_reviewable"
+    with pytest.raises(ValidationError) as error:
+        services.content_regenerate_exactly(content=content)
+    assert error.value.code == "no_snapshot"
+
+
+def test_regenerate_keeps_the_request_and_changes_the_seed(persona, connection):
+    original = services.content_enqueue(
+        persona=persona, prompt="x", overrides=GenerationOverrides(seed=5)
+    )
+    copy = services.content_regenerate(content=original)
+    assert copy.regenerated_from == original
+    assert copy.seed != original.seed
+    assert {**copy.request, "seed": 5} == original.request
+
+
+def test_a_job_that_is_not_the_rows_current_one_cannot_claim_it(persona, connection):
+    content = services.content_enqueue(persona=persona, prompt="x")
+    assert not services.content_claim(
+        content_id=content.pk, job_id="some-other-job", worker_name="w"
+    )
+    assert services.content_claim(
+        content_id=content.pk, job_id=content.rq_job_id, worker_name="w"
+    )
+    # The same job delivered twice runs once.
+    assert not services.content_claim(
+        content_id=content.pk, job_id=content.rq_job_id, worker_name="w"
+    )
+
+
+def test_persona_save_strength_checks_the_range(persona):
+    services.persona_save_strength(persona=persona, strength=0.35)
+    persona.refresh_from_db()
+    assert persona.img2img_strength == 0.35
+    with pytest.raises(ValidationError):
+        services.persona_save_strength(persona=persona, strength=1.4)
