@@ -9,6 +9,7 @@ from studio.media import serve_media
 admin.site.site_header = "Persona Studio"
 admin.site.site_title = "Persona Studio"
 admin.site.index_title = "Personas and generations"
+admin.site.site_url = None  # "/" only redirects back to the admin
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
