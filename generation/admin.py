@@ -361,6 +361,13 @@ class ContentAdmin(admin.ModelAdmin):
     def has_generate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(GENERATE)
 
+    def delete_model(self, request: HttpRequest, obj: Content) -> None:
+        services.content_delete(content=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for content in queryset:
+            services.content_delete(content=content)
+
     def has_review_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(REVIEW)
 

@@ -16,9 +16,7 @@ def _with_any(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
 class GalleryFilterForm(forms.Form):
     """The filters and sort of a persona's grid, read from the query string."""
 
-    status = forms.ChoiceField(
-        choices=_with_any(ContentStatus.choices), required=False
-    )
+    status = forms.ChoiceField(choices=_with_any(ContentStatus.choices), required=False)
     method = forms.ChoiceField(
         choices=_with_any(ConsistencyMethod.choices), required=False
     )
@@ -46,4 +44,3 @@ class GalleryFilterForm(forms.Form):
             date_to=cleaned.get("date_to"),
             sort=cleaned.get("sort") or GallerySort.NEWEST,
         )
-

@@ -141,9 +141,7 @@ def _personas_with_counts() -> QuerySet[Persona]:
         **by_review_state,
         output_count=Count("contents"),
         active_count=Count("contents", filter=Q(contents__status__in=ACTIVE_STATUSES)),
-        failed_count=Count(
-            "contents", filter=Q(contents__status=ContentStatus.FAILED)
-        ),
+        failed_count=Count("contents", filter=Q(contents__status=ContentStatus.FAILED)),
     ).prefetch_related(
         Prefetch("references", queryset=ReferenceImage.objects.filter(is_primary=True))
     )

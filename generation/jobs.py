@@ -27,12 +27,13 @@ from django.db import OperationalError, close_old_connections
 from PIL import Image
 from rq import get_current_job
 from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
 from generation import services
 from generation.engine.errors import EngineError, GenerationCancelled
 from generation.models import Content
 from generation.parameters import open_stored_image, request_from_row
-from generation.selectors import content_cancel_requested
+from generation.selectors import content_should_stop
 from studio.conf import studio_setting
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def content_generate(content_id: int) -> str:
                 refund_attempt=True,
             )
             return "handed back"
-        services.content_mark_cancelled(content=content)
-        return "cancelled"
+        # False when the row was not cancelled but taken from this job.
+        cancelled = services.content_mark_cancelled(content=content)
+        return "cancelled" if cancelled else "superseded"
     except Exception as error:
         if isinstance(error, TRANSIENT_ERRORS) or (
             isinstance(error, EngineError) and not error.permanent
@@ -81,6 +83,15 @@ def content_generate(content_id: int) -> str:
                 content=content,
                 code=error.code,
                 message=str(error),
+                detail=traceback.format_exc(),
+            )
+        elif isinstance(error, JobTimeoutException):
+            services.content_fail(
+                content=content,
+                code="timeout",
+                message=f"The generation ran past its time limit ({job.timeout} s, "
+                "STUDIO_JOB_TIMEOUT); lower the steps or the size, or raise the "
+                "limit.",
                 detail=traceback.format_exc(),
             )
         else:
@@ -208,7 +219,7 @@ class _StepReporter:
         if handback_requested():
             self.handed_back = True
             return True
-        return content_cancel_requested(content=self.content)
+        return content_should_stop(content=self.content)
 
 
 def _inject_test_fault(content: Content) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from generation.models import ACTIVE_STATUSES, Batch, Content
+from generation.models import ACTIVE_STATUSES, Batch, Content, ContentStatus
 from personas.models import Persona
 
 
@@ -63,9 +63,15 @@ def batch_contents(*, batch: Batch) -> list[Content]:
     return contents
 
 
-def content_cancel_requested(*, content: Content) -> bool:
-    """Whether someone asked to cancel this running row (checked every step)."""
-    return Content.objects.filter(pk=content.pk, cancel_requested=True).exists()
+def content_should_stop(*, content: Content) -> bool:
+    """Whether a running job should stop at this step: its row was cancelled, or
+    no longer belongs to this job (the reconciler queued it again elsewhere)."""
+    return not Content.objects.filter(
+        pk=content.pk,
+        rq_job_id=content.rq_job_id,
+        status=ContentStatus.RUNNING,
+        cancel_requested=False,
+    ).exists()
 
 
 def content_active() -> QuerySet[Content]:

@@ -318,6 +318,27 @@ def content_review(
     return content
 
 
+@transaction.atomic
+def content_delete(*, content: Content) -> None:
+    """Delete a generation and, once that commits, its files. A job still
+    running for it stops at its next step."""
+    files = [
+        content.output_image,
+        content.output_thumbnail,
+        content.before_thumbnail,
+        *(control.image for control in content.control_images.all()),
+    ]
+    names = [file.name for file in files if file]
+    storage = files[0].storage
+    content.delete()
+
+    def delete_files() -> None:
+        for name in names:
+            storage.delete(name)
+
+    transaction.on_commit(delete_files, robust=True)
+
+
 # --- The job's and the reconciler's writes -------------------------------------
 
 

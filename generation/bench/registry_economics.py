@@ -12,6 +12,7 @@ which the ControlNet variants need) and takes under 1% of a cold load.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,15 @@ from typing import Any
 DERIVED_METHODS = ("img2img", "controlnet", "hybrid")
 
 
-def measure_registry(model_root: Path, *, runs: int) -> dict[str, Any]:
-    """Run the registry benchmark on the model written under ``model_root``."""
+def measure_registry(model_root: Path, *, device: str, runs: int) -> dict[str, Any]:
+    """Run the registry benchmark on the model written under ``model_root``.
+
+    The benchmark picks its device as the engine does; a CPU run hides the GPUs
+    from it.
+    """
+    env = dict(os.environ)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
     completed = subprocess.run(
         [
             sys.executable,
@@ -32,6 +40,7 @@ def measure_registry(model_root: Path, *, runs: int) -> dict[str, Any]:
             "--repeat",
             str(runs),
         ],
+        env=env,
         check=True,
         capture_output=True,
         text=True,

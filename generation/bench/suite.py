@@ -85,7 +85,9 @@ def run_bench(
 
     if "registry" in options.sections:
         log("registry: cold load, hit, derivation, memory (fresh process)")
-        report["registry"] = measure_registry(model_root, runs=runs)
+        report["registry"] = measure_registry(
+            model_root, device=report["device"], runs=runs
+        )
     studio_jobs = runs if "overhead" in options.sections else 0
     queue_jobs = queue_jobs if "queue" in options.sections else 0
     if studio_jobs:

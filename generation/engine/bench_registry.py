@@ -89,6 +89,7 @@ def write_model(size: str, root: Path) -> float:
 def measure(root: Path, repeat: int) -> dict[str, Any]:
     """Measure the registry on the model under ``root`` (run in a fresh process)."""
     import psutil  # a dependency of accelerate
+    import torch
 
     from generation.engine.config import TINY_MODEL_KEY, tiny_engine_config
     from generation.engine.registry import PipelineRegistry
@@ -99,6 +100,15 @@ def measure(root: Path, repeat: int) -> dict[str, Any]:
     def rss_mb() -> float:
         gc.collect()
         return round(process.memory_info().rss / 2**20, 1)
+
+    def record_memory(stage: str) -> None:
+        """RSS, and on a GPU the memory allocated there (where the weights are)."""
+        result[f"rss_mb_{stage}"] = rss_mb()
+        if registry.device.type == "cuda":
+            allocated = torch.cuda.memory_allocated(registry.device)
+            result[f"cuda_mb_{stage}"] = round(allocated / 2**20, 1)
+            peak = torch.cuda.max_memory_allocated(registry.device)
+            result["cuda_peak_mb"] = round(peak / 2**20, 1)
 
     config = tiny_engine_config(root)
     config.controlnets = {"canny": str(root / "controlnet" / "canny")}
@@ -115,14 +125,14 @@ def measure(root: Path, repeat: int) -> dict[str, Any]:
     result["cold_load_ms"] = _ms(time.perf_counter() - started)
     assert hit is False
     result["first_read_ms"] = _ms(_read_weights(text.unet, text.vae, text.text_encoder))
-    result["rss_mb_base"] = rss_mb()
+    record_memory("base")
     result["base_parameter_mb"] = round(registry.stats()["total_bytes"] / 2**20, 1)
 
     started = time.perf_counter()
     controlnet = registry.controlnet(ControlType.CANNY)
     result["controlnet_cold_load_ms"] = _ms(time.perf_counter() - started)
     _read_weights(controlnet)
-    result["rss_mb_base_and_controlnet"] = rss_mb()
+    record_memory("base_and_controlnet")
 
     result["hit_ms"] = _median_ms(
         lambda: registry.pipeline(TINY_MODEL_KEY, Method.TEXT), repeat
@@ -139,7 +149,7 @@ def measure(root: Path, repeat: int) -> dict[str, Any]:
     live = [derive()[0] for derive in derived.values()]
     assert all(pipe.unet is text.unet and pipe.vae is text.vae for pipe in live)
     _read_weights(*(module for pipe in live for module in pipe.components.values()))
-    result["rss_mb_all_variants"] = rss_mb()
+    record_memory("all_variants")
     result["registry_parameter_mb"] = round(registry.stats()["total_bytes"] / 2**20, 1)
     result["loads"] = registry.stats()["loads"]
     return result

@@ -21,6 +21,7 @@ same pixels only on the same hardware and library versions.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import platform
 from collections.abc import Callable, Mapping
@@ -323,6 +324,12 @@ def request_from_snapshot(
 
 def library_versions() -> dict[str, str | None]:
     """Versions of Python and of the libraries that shape the pixels."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str | None]:
+    # Read once per process: package metadata costs milliseconds on every job.
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:

@@ -20,6 +20,7 @@ from generation import services
 from generation.models import Content, ContentStatus
 from generation.parameters import GenerationOverrides
 from generation.reconcile import reconcile
+from personas.models import ControlNetUnit
 from tests.generation.conftest import make_persona, wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -116,6 +117,14 @@ def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
     assert varied.status == ContentStatus.SUCCEEDED, varied.error_detail
     assert varied.seed != first.seed
     assert varied.snapshot["outputs"] != first.snapshot["outputs"]
+
+    names = [varied.output_image.name, varied.output_thumbnail.name]
+    admin_client.post(
+        "/admin/generation/content/",
+        {"action": "delete_selected", "_selected_action": [varied.pk], "post": "yes"},
+    )
+    assert not Content.objects.filter(pk=varied.pk).exists()
+    assert not any(default_storage.exists(name) for name in names)
 
 
 def test_progress_is_seen_while_running_and_cancel_stops_the_run(
@@ -273,3 +282,47 @@ def test_studio_generate_waits_and_prints_final_statuses(persona, start_worker, 
         *(f"content #{content_id} queued" for content_id in ids),
         *(f"content #{content_id} succeeded" for content_id in ids),
     ]
+
+
+def test_a_controlnet_output_keeps_its_control_image_and_missing_weights_fail_at_once(
+    persona, start_worker
+):
+    start_worker("controlnet")
+    unit = ControlNetUnit.objects.create(persona=persona, control_type="canny")
+    content = services.content_enqueue(
+        persona=persona,
+        prompt="edges",
+        overrides=GenerationOverrides(method="controlnet"),
+    )
+    content = wait_finished(content)
+    assert content.status == ContentStatus.SUCCEEDED, content.error_detail
+    assert content.method_used == "controlnet"
+    (control,) = content.control_images.all()
+    assert control.control_type == "canny"
+    assert default_storage.exists(control.image.name)
+
+    # A segmentation unit with no segmentation model configured: a permanent
+    # error, so no retry, and the engine's message for the person.
+    unit.control_type = "seg"
+    unit.save()
+    content = services.content_enqueue(
+        persona=persona,
+        prompt="labels",
+        overrides=GenerationOverrides(method="controlnet"),
+    )
+    content = wait_finished(content)
+    assert content.status == ContentStatus.FAILED
+    assert content.attempts == 1
+    assert content.error_code == "missing_weights"
+    assert "segmentation model" in content.error_message
+    assert "Traceback" in content.error_detail
+
+
+def test_a_run_past_the_job_timeout_fails_with_a_message(studio_settings, start_worker):
+    start_worker("timeout")
+    studio_settings.STUDIO_JOB_TIMEOUT = 1
+    persona = make_persona(slug="long", width=128, height=128, steps=150)
+    content = wait_finished(services.content_enqueue(persona=persona, prompt="x"))
+    assert content.status == ContentStatus.FAILED
+    assert content.error_code == "timeout"
+    assert "time limit (1 s" in content.error_message

@@ -213,7 +213,10 @@ def test_redis_restarted_and_flushed_with_jobs_queued_and_running(
         private_redis.is_up() and redis.Redis.from_url(private_redis.url).dbsize() == 0
     )
 
-    _, rows = finish_all(contents)
+    try:
+        _, rows = finish_all(contents)
+    except AssertionError:
+        raise AssertionError(worker.log()[-6000:]) from None
     recovery = time.monotonic() - back
 
     assert worker.process.poll() is None, "the worker did not survive:\n" + worker.log()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class Command(BaseCommand):
             raise CommandError(f"--only takes sections among {', '.join(SECTIONS)}.")
         if options["runs"] is not None and options["runs"] < 1:
             raise CommandError("--runs must be at least 1.")
+        self._started = time.monotonic()
         workdir = options["workdir"] or Path(studio_setting("VAR_DIR")) / "bench"
         try:
             report = run_bench(
@@ -80,7 +82,7 @@ class Command(BaseCommand):
                     queue_jobs=options["queue_jobs"],
                     device=options["device"],
                 ),
-                log=lambda message: self.stderr.write(message),
+                log=self._log,
             )
         except ValueError as error:
             raise CommandError(str(error)) from error
@@ -91,6 +93,10 @@ class Command(BaseCommand):
             options["json"].parent.mkdir(parents=True, exist_ok=True)
             options["json"].write_text(json.dumps(report, indent=2) + "\n")
         self.stdout.write(render_markdown(report))
+
+    def _log(self, message: str) -> None:
+        """Progress on stderr, with the seconds since the start."""
+        self.stderr.write(f"[{time.monotonic() - self._started:7.1f} s] {message}")
 
 
 def _command_arguments(options: dict[str, Any]) -> list[str]:

@@ -1,0 +1,47 @@
+"""The worker's keepalive, in process, on the real Redis: a long job's started
+entry is renewed, with a short TTL so that a killed worker's job is soon seen
+abandoned."""
+
+from __future__ import annotations
+
+import time
+
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from generation.queues import get_queue
+from generation.worker import StudioWorker
+from tests.generation.conftest import use_queue
+
+
+def test_the_keepalive_renews_a_running_jobs_heartbeats(
+    studio_settings, redis_connection
+):
+    use_queue(studio_settings, "keepalive")
+    queue = get_queue("keepalive")
+    job = queue.enqueue("generation.jobs.content_generate", 0, job_timeout=3600)
+    worker = StudioWorker(
+        [queue], connection=queue.connection, job_monitoring_interval=5
+    )
+    worker.register_birth()
+    try:
+        assert worker.get_heartbeat_ttl(job) == 5 + 60
+
+        execution = worker.prepare_execution(job)
+        worker.prepare_job_execution(job)
+        registry = StartedJobRegistry("keepalive", connection=redis_connection)
+        member = execution.composite_key
+        first_expiry = redis_connection.zscore(registry.key, member)
+        first_beat = Job.fetch(job.id, connection=redis_connection).last_heartbeat
+
+        time.sleep(1.1)
+        with worker._running(job, execution):
+            worker.keep_current_job_alive()
+
+        assert redis_connection.zscore(registry.key, member) > first_expiry
+        assert (
+            Job.fetch(job.id, connection=redis_connection).last_heartbeat > first_beat
+        )
+        assert 0 < redis_connection.ttl(execution.key) <= 5 + 60
+    finally:
+        worker.register_death()
