@@ -152,6 +152,8 @@ def _studio_env(name: str, default):
         return env.bool(key)
     if isinstance(default, int):
         return int(raw)
+    if isinstance(default, float):
+        return float(raw)
     if isinstance(default, (list, dict)):
         return json.loads(raw)
     return raw
