@@ -18,7 +18,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -31,10 +31,11 @@ from django.views.decorators.http import require_POST
 from generation import selectors, services
 from generation.engine_settings import uses_tiny_model
 from generation.models import Batch, Content, ContentStatus, ReviewState
-from generation.parameters import GenerationOverrides
+from generation.parameters import MAX_SEED, GenerationOverrides
 from generation.services import MAX_BATCH_COUNT
 from personas.admin import media_url
 from personas.models import ConsistencyMethod, Persona
+from personas.validators import validate_prompt_text
 
 GENERATE = "generation.generate_content"
 REVIEW = "generation.review_content"
@@ -90,9 +91,13 @@ def _report(
 class GenerateForm(forms.Form):
     """What "Generate…" asks for; empty overrides keep each persona's settings."""
 
-    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}))
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
+    )
     negative_prompt = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 2})
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        validators=[validate_prompt_text],
     )
     count = forms.IntegerField(min_value=1, max_value=MAX_BATCH_COUNT, initial=1)
     method = forms.ChoiceField(
@@ -106,7 +111,10 @@ class GenerateForm(forms.Form):
         help_text="img2img strength; empty keeps the persona's.",
     )
     seed = forms.IntegerField(
-        required=False, min_value=0, help_text="Empty follows the seed policy."
+        required=False,
+        min_value=0,
+        max_value=MAX_SEED,
+        help_text="Empty follows the seed policy.",
     )
 
     def overrides(self) -> GenerationOverrides:
@@ -119,7 +127,9 @@ class GenerateForm(forms.Form):
 class SweepForm(forms.Form):
     """What "Strength sweep…" asks for."""
 
-    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}))
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
+    )
     strengths = forms.CharField(
         initial="0.3, 0.5, 0.7, 0.9",
         help_text="img2img strengths, separated by commas.",
@@ -127,17 +137,22 @@ class SweepForm(forms.Form):
     seed = forms.IntegerField(
         required=False,
         min_value=0,
+        max_value=MAX_SEED,
         help_text="One seed for the whole sweep; empty picks one.",
     )
 
     def clean_strengths(self) -> list[float]:
         try:
-            return [float(part) for part in self.cleaned_data["strengths"].split(",")]
+            strengths = [
+                float(part) for part in self.cleaned_data["strengths"].split(",")
+            ]
         except ValueError:
             raise ValidationError(
                 "Write numbers between 0 and 1 separated by commas, e.g. 0.3, 0.5.",
                 code="bad_strengths",
             ) from None
+        services.validate_sweep_strengths(strengths)
+        return strengths
 
 
 def _persona_form_action(
@@ -654,20 +669,19 @@ class BatchAdmin(admin.ModelAdmin):
         self, request: HttpRequest, batch_id: int, content_id: int
     ) -> HttpResponse:
         """Make a sweep row's strength the persona's img2img strength."""
+        if not request.user.has_perm("personas.change_persona"):
+            raise PermissionDenied("You may not change personas.")
         batch = get_object_or_404(Batch, pk=batch_id)
         content = get_object_or_404(Content, pk=content_id, batch=batch)
-        if not request.user.has_perm("personas.change_persona"):
-            self.message_user(request, "You may not change personas.", messages.ERROR)
-        else:
-            strength = content.request["strength"]
-            services.persona_save_strength(
-                persona=batch.persona, strength=strength, user=request.user
-            )
-            self.message_user(
-                request,
-                f"{batch.persona} now uses img2img strength {strength:g}.",
-                messages.SUCCESS,
-            )
+        strength = content.request["strength"]
+        services.persona_save_strength(
+            persona=batch.persona, strength=strength, user=request.user
+        )
+        self.message_user(
+            request,
+            f"{batch.persona} now uses img2img strength {strength:g}.",
+            messages.SUCCESS,
+        )
         return HttpResponseRedirect(
             reverse("admin:generation_batch_change", args=[batch.pk])
         )

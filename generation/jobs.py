@@ -46,14 +46,13 @@ TRANSIENT_ERRORS = (
 )
 """Errors of the transport, not of the generation: a later attempt may pass.
 (``EngineError`` subclasses say so themselves with ``permanent = False``.)"""
+CLAIM_PATIENCE_SECONDS = 60
 
 
 def content_generate(content_id: int) -> str:
     """Run the generation of row ``content_id``; return what became of it."""
     job = get_current_job()
-    if not services.content_claim(
-        content_id=content_id, job_id=job.id, worker_name=job.worker_name or ""
-    ):
+    if not _claim(content_id, job):
         logger.info(
             "Content #%s is not queued for job %s: nothing to do", content_id, job.id
         )
@@ -85,6 +84,15 @@ def content_generate(content_id: int) -> str:
                 message=str(error),
                 detail=traceback.format_exc(),
             )
+        elif isinstance(error, OSError):
+            services.content_fail(
+                content=content,
+                code="storage_failed",
+                message="A file could not be read or written "
+                f"({error.strerror or error}): check the media storage (free "
+                "space, permissions, credentials), then retry.",
+                detail=traceback.format_exc(),
+            )
         elif isinstance(error, JobTimeoutException):
             services.content_fail(
                 content=content,
@@ -104,6 +112,28 @@ def content_generate(content_id: int) -> str:
                 detail=traceback.format_exc(),
             )
         return "failed"
+
+
+def _claim(content_id: int, job: Job) -> bool:
+    """Claim the row for this job, waiting out a database that is restarting.
+
+    A job that fails before its claim leaves its row queued behind a failed job,
+    which the reconciler can only fail; so the claim waits up to
+    ``CLAIM_PATIENCE_SECONDS`` for the database, and drops a connection that a
+    database restart broke (Django checks it only when asked).
+    """
+    deadline = time.monotonic() + CLAIM_PATIENCE_SECONDS
+    while True:
+        close_old_connections()
+        try:
+            return services.content_claim(
+                content_id=content_id, job_id=job.id, worker_name=job.worker_name or ""
+            )
+        except (OperationalError, DatabaseInterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("Content #%s: database unavailable, waiting", content_id)
+            time.sleep(1)
 
 
 def _generate(content: Content, steps: _StepReporter) -> str:
@@ -211,7 +241,14 @@ class _StepReporter:
         self.last_report = now
         services.content_report_progress(content=self.content, step=step, total=total)
         self.job.meta["progress"] = {"step": step, "total": total}
-        self.job.save_meta()
+        try:
+            self.job.save_meta()
+        except redis.exceptions.RedisError:
+            # The row has the progress; Redis only mirrors it, and losing Redis
+            # for a moment is no reason to stop a generation.
+            logger.warning(
+                "Content #%s: progress not mirrored to Redis", self.content.pk
+            )
 
     def should_cancel(self) -> bool:
         from generation.worker import handback_requested

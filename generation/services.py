@@ -47,7 +47,9 @@ from generation.parameters import (
 )
 from generation.queues import get_queue, queue_name_for_model
 from personas.models import ConsistencyMethod, Persona, SeedPolicy
+from personas.services import written_files_removed_on_failure
 from personas.uploads import encode_thumbnail
+from personas.validators import validate_prompt_text
 from studio.conf import studio_setting
 from studio.models_catalog import configured_models
 
@@ -144,19 +146,10 @@ def content_strength_sweep(
     (img2img, hybrid), else img2img.
     """
     strengths = list(strengths)
-    if not 1 <= len(strengths) <= MAX_SWEEP_STRENGTHS or not all(
-        0.0 <= strength <= 1.0 for strength in strengths
-    ):
-        raise ValidationError(
-            {
-                "strengths": ValidationError(
-                    "Give between 1 and %(max)s strengths, each between 0 and 1, "
-                    "e.g. 0.3, 0.5, 0.7, 0.9.",
-                    code="bad_strengths",
-                    params={"max": MAX_SWEEP_STRENGTHS},
-                )
-            }
-        )
+    try:
+        validate_sweep_strengths(strengths)
+    except ValidationError as error:
+        raise ValidationError({"strengths": error}) from None
     overrides = overrides or GenerationOverrides()
     method = next(
         (
@@ -193,6 +186,20 @@ def content_strength_sweep(
                 batch=batch,
             )
     return batch
+
+
+def validate_sweep_strengths(strengths: Sequence[float]) -> None:
+    """Refuse a sweep of no strengths, of more than ``MAX_SWEEP_STRENGTHS``, or
+    with one outside 0..1 (NaN and infinities included)."""
+    if not 1 <= len(strengths) <= MAX_SWEEP_STRENGTHS or not all(
+        0.0 <= strength <= 1.0 for strength in strengths
+    ):
+        raise ValidationError(
+            "Give between 1 and %(max)s strengths, each between 0 and 1, "
+            "e.g. 0.3, 0.5, 0.7, 0.9.",
+            code="bad_strengths",
+            params={"max": MAX_SWEEP_STRENGTHS},
+        )
 
 
 def content_regenerate(
@@ -308,6 +315,7 @@ def content_review(
             code="not_reviewable",
             params={"id": content.pk, "status": content.get_status_display()},
         )
+    validate_prompt_text(note)
     content.review_state = state
     content.reviewed_by = user
     content.reviewed_at = timezone.now()
@@ -387,18 +395,26 @@ def content_store_result(
     if row is None:
         return False
     output = result.images[0]
-    row.output_image.save("output.png", ContentFile(_png(output)), save=False)
-    row.output_thumbnail.save("thumb.webp", _thumbnail(output), save=False)
-    if before_image is not None:
-        row.before_thumbnail.save("before.webp", _thumbnail(before_image), save=False)
-    for order, control in enumerate(result.control_images):
-        control_row = ContentControlImage(
-            content=row, control_type=control.control_type.value, order=order
-        )
-        control_row.image.save(
-            "control.png", ContentFile(_png(control.image)), save=False
-        )
-        control_row.save()
+    # A failed write (a full disk, storage down) leaves no file behind.
+    with written_files_removed_on_failure() as written:
+        row.output_image.save("output.png", ContentFile(_png(output)), save=False)
+        written.append(row.output_image)
+        row.output_thumbnail.save("thumb.webp", _thumbnail(output), save=False)
+        written.append(row.output_thumbnail)
+        if before_image is not None:
+            row.before_thumbnail.save(
+                "before.webp", _thumbnail(before_image), save=False
+            )
+            written.append(row.before_thumbnail)
+        for order, control in enumerate(result.control_images):
+            control_row = ContentControlImage(
+                content=row, control_type=control.control_type.value, order=order
+            )
+            control_row.image.save(
+                "control.png", ContentFile(_png(control.image)), save=False
+            )
+            written.append(control_row.image)
+            control_row.save()
     row.status = ContentStatus.SUCCEEDED
     row.method_used = result.method.value
     row.method_reason = result.method_reason
@@ -491,6 +507,7 @@ def _create_contents(
     batch: Batch | None = None,
 ) -> list[Content]:
     overrides.validate()
+    _validate_prompts(prompt=prompt, negative_prompt=negative_prompt)
     method = overrides.method or persona.method
     _check_can_generate(persona, method)
     before = before_reference(persona)
@@ -548,6 +565,19 @@ def _copy_content(
     copy.save()
     copy.references.set(content.references.all())
     return copy
+
+
+def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:
+    """The prompts' length and characters (every entry point, the command line
+    included, comes through here)."""
+    errors = {}
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        try:
+            validate_prompt_text(text)
+        except ValidationError as error:
+            errors[name] = error
+    if errors:
+        raise ValidationError(errors)
 
 
 def _check_can_generate(persona: Persona, method: str) -> None:

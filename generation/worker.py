@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions
 from django.db import close_old_connections, connection
 from rq.job import Job
 from rq.queue import Queue
@@ -98,11 +99,40 @@ class StudioWorker(SimpleWorker):
             self._background.stop()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run ``job`` in this process while the background thread keeps it alive."""
+        """Run ``job`` in this process while the background thread keeps it alive.
+
+        Losing Redis while RQ records the job's end must not end the worker: the
+        row is already in the database (the truth), and the reconciler repairs
+        what Redis forgot. The worker waits for Redis and carries on.
+        """
         execution = self.prepare_execution(job)
         with self._running(job, execution):
-            self.perform_job(job, queue, execution)
+            try:
+                self.perform_job(job, queue, execution)
+            except redis.exceptions.ConnectionError:
+                self.log.warning("Lost Redis while finishing job %s; waiting", job.id)
+                self._wait_for_redis()
         self.set_state(WorkerStatus.IDLE)
+
+    def _wait_for_redis(self) -> None:
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+            except redis.exceptions.ConnectionError:
+                time.sleep(1)
+            else:
+                self.register_again_if_lost()
+                return
+
+    def register_again_if_lost(self) -> None:
+        """Register this worker again when Redis lost it (restarted or flushed):
+        RQ never does, and the reconciler takes a worker it cannot find for a
+        dead one."""
+        if self.connection.hexists(self.key, "birth"):
+            return
+        self.log.warning("Redis lost this worker's registration: registering again")
+        self.connection.delete(self.key)  # what RQ's bookkeeping wrote since
+        self.register_birth()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """A short TTL (RQ's forking worker's), since the keepalive renews it: a
@@ -173,6 +203,7 @@ class _Background:
                 if now - last_keepalive >= self.worker.job_monitoring_interval:
                     last_keepalive = now
                     self._guarded(self.worker.keep_current_job_alive)
+                self._guarded(self.worker.register_again_if_lost)
                 self._guarded(self._schedule)
                 if now - last_reconcile >= self.worker.reconcile_interval:
                     last_reconcile = now

@@ -29,6 +29,7 @@ from personas.uploads import (
     ValidatedImage,
     validate_image_upload,
 )
+from personas.validators import validate_prompt_text
 
 
 class ImageUploadField(forms.FileField):
@@ -103,6 +104,13 @@ class PersonaForm(forms.ModelForm):
             "lora_scale",
         ]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # These texts become part of every prompt.
+        for name in ("appearance", "negative_prompt"):
+            if name in self.fields:
+                self.fields[name].validators.append(validate_prompt_text)
+
     def clean(self) -> dict[str, Any]:
         cleaned_data = super().clean()
         if cleaned_data.get("lora_upload") and cleaned_data.get("lora_remove"):
@@ -158,7 +166,8 @@ class ReferenceImageAdminForm(ReferenceImageForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
+        # A view-only page builds the form without its model fields.
+        if self.instance.pk and "persona" in self.fields:
             self.fields["persona"].disabled = True
 
     def clean(self) -> dict[str, Any]:

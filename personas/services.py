@@ -34,7 +34,7 @@ REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
 
 
 @contextmanager
-def _written_files_removed_on_failure() -> Iterator[list[FieldFile]]:
+def written_files_removed_on_failure() -> Iterator[list[FieldFile]]:
     """Collect files written during a block; delete them if the block fails."""
     written: list[FieldFile] = []
     try:
@@ -139,7 +139,7 @@ def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
     The replaced file is deleted once the change commits.
     """
     lora = None if file is None else validate_lora_upload(file)
-    with _written_files_removed_on_failure() as written, transaction.atomic():
+    with written_files_removed_on_failure() as written, transaction.atomic():
         _delete_files_on_commit([persona.lora_weights])
         if lora is None:
             persona.lora_weights = ""
@@ -200,7 +200,7 @@ def reference_image_add(
     leave neither a row nor a file.
     """
     image = validate_image_upload(file)
-    with _written_files_removed_on_failure() as written, transaction.atomic():
+    with written_files_removed_on_failure() as written, transaction.atomic():
         # Serialise concurrent additions to one persona (duplicates, primary).
         Persona.objects.select_for_update().only("pk").get(pk=persona.pk)
         reference_check_not_duplicate(persona=persona, image=image)
@@ -275,7 +275,7 @@ def control_unit_save(*, unit: ControlNetUnit) -> ControlNetUnit:
     new one is removed again if the save fails.
     """
     stored = ControlNetUnit.objects.filter(pk=unit.pk).first() if unit.pk else None
-    with _written_files_removed_on_failure() as written, transaction.atomic():
+    with written_files_removed_on_failure() as written, transaction.atomic():
         if unit.control_image and not unit.control_image._committed:
             image = validate_image_upload(unit.control_image.file)
             unit.control_image.save(image.name, image, save=False)

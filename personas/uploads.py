@@ -551,6 +551,9 @@ def _decode_upright(data: bytes, image_format: str, name: str) -> Image.Image:
                 params={
                     "name": name,
                     "format": FORMAT_LABELS[image_format],
-                    "error": error,
+                    # Pillow's own text for this one names a Python object.
+                    "error": "the decoder does not recognise its header"
+                    if isinstance(error, Image.UnidentifiedImageError)
+                    else error,
                 },
             ) from None

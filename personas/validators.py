@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from django.core.exceptions import ValidationError
 
 from studio.conf import studio_setting
@@ -38,3 +40,40 @@ def validate_width(value: int) -> None:
 def validate_height(value: int) -> None:
     validate_multiple_of_8(value)
     _validate_at_most(value, "MAX_HEIGHT", "Height")
+
+
+MAX_PROMPT_LENGTH = 4000
+# Bidirectional overrides and isolates can make text read differently from what
+# it is ("Trojan Source"); other format characters (joiners...) are fine.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def validate_prompt_text(value: str) -> None:
+    """Refuse text typed for the studio (prompts, appearance, negative prompts,
+    review notes) longer than ``MAX_PROMPT_LENGTH`` characters, which would only
+    waste a worker's memory on text-encoder windows, or carrying control
+    characters (NUL, terminal escapes, bidirectional overrides), which no prompt
+    needs and which break PostgreSQL, terminals and logs. Tabs and line breaks
+    are fine."""
+    if len(value) > MAX_PROMPT_LENGTH:
+        raise ValidationError(
+            "This text is %(length)s characters long; the studio takes at most "
+            "%(limit)s: shorten it.",
+            code="prompt_too_long",
+            params={"length": f"{len(value):,}", "limit": f"{MAX_PROMPT_LENGTH:,}"},
+        )
+    controls = sorted(
+        {
+            char
+            for char in value
+            if char in _BIDI_CONTROLS
+            or (unicodedata.category(char) == "Cc" and char not in "\t\n\r")
+        }
+    )
+    if controls:
+        raise ValidationError(
+            "This text contains control characters (%(found)s): remove them; "
+            "letters, punctuation, spaces and line breaks are all it needs.",
+            code="control_characters",
+            params={"found": ", ".join(f"U+{ord(char):04X}" for char in controls)},
+        )

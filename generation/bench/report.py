@@ -42,8 +42,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB RAM, GPU: {machine['gpu'] or 'none'}; "
         f"torch {machine['torch']} ({machine['torch_threads']} threads), "
-        f"diffusers {machine['diffusers']}; load average at start "
-        f"{', '.join(str(load) for load in machine['load_average'])}",
+        f"diffusers {machine['diffusers']}; load average (1, 5, 15 min) at start "
+        f"{_loads(machine['load_average'])}, at the end "
+        f"{_loads(machine.get('load_average_end', []))}",
         f"- Device: {report['device']} ({report['dtype']})",
         "",
     ]
@@ -256,6 +257,10 @@ def _num(value: float) -> str:
 
 def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.1f} ms"
+
+
+def _loads(loads: list[float]) -> str:
+    return "/".join(str(load) for load in loads) or "n/a"
 
 
 def _cpu_model() -> str:

@@ -9,6 +9,7 @@ engine here) and ``gpu`` (raw and studio per speed option; CUDA only).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -134,4 +135,6 @@ def run_bench(
             runs=runs,
         )
     report["targets"] = evaluate_targets(report)
+    # Other work on the machine skews timings: say how busy it was at the end too.
+    report["machine"]["load_average_end"] = [round(load, 2) for load in os.getloadavg()]
     return report

@@ -170,7 +170,9 @@ RQ_QUEUES = {
         *STUDIO_QUEUE_ROUTES.values(),  # noqa: F821
     }
 }
-RQ_SHOW_ADMIN_LINK = True
+# No second copy of the dashboard inside the admin (where any staff could open
+# it); the header links superusers to /admin/rq/ (studio/urls.py).
+RQ_SHOW_ADMIN_LINK = False
 # `manage.py rqworker` must not fork per job either (DESIGN.md decision 3).
 RQ = {"WORKER_CLASS": "generation.worker.StudioWorker"}
 

@@ -11,6 +11,7 @@ nothing: the worker's queue stays empty.
 
 from __future__ import annotations
 
+import html
 import io
 import uuid
 
@@ -19,6 +20,8 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
+from generation import services
+from generation.models import Content, ContentStatus
 from generation.queues import get_queue
 from personas.models import Persona
 from studio.conf import studio_setting
@@ -134,9 +137,9 @@ def assert_form_refused(response, field: str) -> str:
     assert "Traceback" not in page
     form = response.context["form"]
     assert field in form.errors, (field, form.errors)
-    message = " ".join(form.errors[field])
-    assert message and message in response.content.decode().replace("&#x27;", "'")
-    return message
+    shown = html.unescape(page)
+    assert all(message in shown for message in form.errors[field])
+    return " ".join(form.errors[field])
 
 
 @pytest.mark.parametrize(
@@ -276,3 +279,35 @@ def test_studio_generate_refuses_hostile_arguments(
     assert studio_state() == before
     assert queued_jobs() == 0
     figures.record(group="studio_generate", item=description, outcome=message)
+
+
+HOSTILE_NOTES = [
+    (NUL, "a NUL byte in the note"),
+    (ESCAPES, "control characters in the note"),
+    (HUGE_PROMPT, "a 1.1 MB note"),
+]
+
+
+@pytest.mark.parametrize(
+    "note, description", HOSTILE_NOTES, ids=[c[1] for c in HOSTILE_NOTES]
+)
+def test_gallery_reject_refuses_a_hostile_note(
+    staff_client, persona, note, description, figures
+):
+    content = services.content_enqueue(persona=persona, prompt="a portrait")
+    Content.objects.filter(pk=content.pk).update(status=ContentStatus.SUCCEEDED)
+    before = studio_state()
+
+    response = staff_client.post(
+        reverse("gallery:content-action", args=[content.pk, "reject"]),
+        {"note": note},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    shown = [str(message) for message in response.context["messages"]]
+    assert len(shown) == 1 and "characters" in shown[0], shown
+    assert studio_state() == before
+    figures.record(
+        group="gallery Reject with a note", item=description, outcome=shown[0]
+    )

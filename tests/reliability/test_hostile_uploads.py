@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -28,6 +29,7 @@ from PIL import Image
 
 from personas.models import ControlNetUnit, Persona, ReferenceImage
 from personas.services import persona_create, reference_image_add
+from personas.uploads import UploadRejected, validate_image_upload
 from tests.images import encode
 from tests.reliability.admin_forms import (
     add_inline_form,
@@ -156,6 +158,13 @@ def expected_refusal(file: HostileFile, entry: EntryPoint) -> str | None:
     return file.code if file.kind is entry.kind else None
 
 
+def expected_rejection(file: HostileFile) -> UploadRejected:
+    """What the image validator says about ``file`` under its base name."""
+    with pytest.raises(UploadRejected) as refused:
+        validate_image_upload(ContentFile(file.content, name=Path(file.name).name))
+    return refused.value
+
+
 def png_chunk_types(content: bytes) -> list[bytes]:
     position, types = 8, []
     while position < len(content):
@@ -207,11 +216,18 @@ def test_corpus_file_is_refused_cleanly_or_stored_neutralised(
     if must_refuse:
         assert outcome.refusals, f"{file.description} was accepted by {entry.name}"
         codes = {refused_code for refused_code, _ in outcome.refusals}
-        if code is not None and entry.attempt is not via_import_command:
+        if code is not None and entry.attempt is via_import_command:
+            # The command prints the message, not the code: it must be the one
+            # the validator gives this file with this code.
+            expected = expected_rejection(file)
+            assert expected.code == code
+            assert outcome.refusals[0][1] == " ".join(expected.messages)
+        elif code is not None:
             assert code in codes, (file.description, outcome.refusals)
         for _, message in outcome.refusals:
             assert message in outcome.shown
             assert ": " in message  # what happened, then what to do
+            assert " object at 0x" not in message  # no Python internals
         assert studio_state(media_root) == before, "a refused file left something"
         figures.record(
             group=entry.name,

@@ -1,0 +1,404 @@
+"""Run the reliability suite and write its figures to docs/reliability.md.
+
+    .venv/bin/python -m tests.reliability.report [--output PATH] [PYTEST ARGS...]
+
+One command reproduces the document: it runs ``pytest -m reliability`` on
+tests/reliability with ``STUDIO_RELIABILITY_FIGURES`` pointing at a fresh
+JSON-lines file (see ``figures.py``), reads the figures and the JUnit results
+back, and writes, for each test, what was tried (its module's and its own
+description), how much (the records' counts) and what happened (its outcome and
+the records' outcomes and numbers). Extra arguments go to pytest (``-k fault``
+runs part of the suite; the document then covers that part). The exit status
+is pytest's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.reliability.figures import FIGURES_ENV, read_figures
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUTPUT = ROOT / "docs" / "reliability.md"
+COMMAND = ".venv/bin/python -m tests.reliability.report"
+SECTIONS = {
+    "hostile_uploads": "Hostile input: files",
+    "hostile_parameters": "Hostile input: parameters",
+    "faults": "Faults",
+    "permissions": "Permissions",
+    "load": "Load",
+}
+
+
+@dataclass(frozen=True)
+class TestResult:
+    module: str
+    name: str
+    outcome: str
+    seconds: float
+    message: str
+
+    @property
+    def function(self) -> str:
+        return self.name.split("[", 1)[0]
+
+
+def run_suite(pytest_args: list[str], figures_path: Path, junit_path: Path) -> int:
+    """Run the reliability suite in a child pytest; return its exit status."""
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/reliability",
+        "-m",
+        "reliability",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={junit_path}",
+        *pytest_args,
+    ]
+    env = {**os.environ, FIGURES_ENV: str(figures_path)}
+    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+
+
+def read_results(junit_path: Path) -> list[TestResult]:
+    if not junit_path.exists():
+        return []
+    results = []
+    for case in ElementTree.parse(junit_path).iter("testcase"):
+        outcome, message = "passed", ""
+        for kind in ("failure", "error", "skipped"):
+            element = case.find(kind)
+            if element is not None:
+                outcome = {"failure": "failed", "error": "error"}.get(kind, kind)
+                first_lines = (element.get("message") or "").strip().splitlines()
+                message = first_lines[0] if first_lines else ""
+                break
+        results.append(
+            TestResult(
+                module=case.get("classname", ""),
+                name=case.get("name", ""),
+                outcome=outcome,
+                seconds=float(case.get("time", 0)),
+                message=message,
+            )
+        )
+    return results
+
+
+def describe(module: str, function: str | None = None) -> str:
+    """A test module's or function's docstring, as one paragraph."""
+    try:
+        target: Any = importlib.import_module(module)
+        if function:
+            target = getattr(target, function)
+    except (ImportError, AttributeError):
+        return ""
+    return " ".join((target.__doc__ or "").split())
+
+
+def humanise(function: str) -> str:
+    return function.removeprefix("test_").replace("_", " ").capitalize()
+
+
+def table(headers: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(" --- " for _ in headers) + "|",
+    ]
+    for row in rows:
+        cells = [str(cell).replace("|", "\\|").replace("\n", " ") for cell in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# --- Sections -----------------------------------------------------------------
+
+
+def uploads_section(records: list[dict]) -> list[str]:
+    from tests.reliability.corpus import Kind, corpus
+
+    files = corpus()
+    lines = [
+        f"The corpus (`tests/reliability/corpus.py`) holds {len(files)} files built "
+        "in code: "
+        + ", ".join(
+            f"{sum(1 for f in files if f.kind is kind and f.refused is refused)} "
+            f"{kind.value} files {'to refuse' if refused else 'to neutralise'}"
+            for kind in Kind
+            for refused in (True, False)
+        )
+        + ". Every file goes through every upload entry point; a file of the "
+        "other kind must be refused too.",
+        "",
+        *table(
+            ["entry point", "files tried", "outcomes"],
+            (
+                (group, len(items), summarise(item["outcome"] for item in items))
+                for group, items in grouped(records).items()
+            ),
+        ),
+        "",
+        "<details><summary>Every corpus file</summary>",
+        "",
+        *table(
+            ["kind", "file", "bytes", "what it is", "expected"],
+            (
+                (
+                    file.kind.value,
+                    f"`{file.name!r}`",
+                    f"{len(file.content):,}",
+                    file.description,
+                    f"refused: `{file.code}`" if file.refused else "neutralised",
+                )
+                for file in files
+            ),
+        ),
+        "",
+        "</details>",
+    ]
+    return lines
+
+
+def parameters_section(records: list[dict]) -> list[str]:
+    lines = []
+    for group, items in grouped(records).items():
+        lines += [
+            f"**{group}** ({len(items)} tried)",
+            "",
+            *table(
+                ["what was sent", "what the person was told"],
+                ((item["item"], item["outcome"]) for item in items),
+            ),
+            "",
+        ]
+    return lines
+
+
+def faults_section(records: list[dict]) -> list[str]:
+    extra_keys = sorted(
+        {
+            key
+            for record in records
+            for key in record["numbers"]
+            if key
+            not in {"rows", "ended_correctly", "lost_or_stuck", "recovery_seconds"}
+        }
+    )
+    return table(
+        [
+            "fault",
+            "rows",
+            "ended correctly",
+            "lost or stuck",
+            "final statuses",
+            "recovery (s)",
+            *extra_keys,
+        ],
+        (
+            (
+                record["item"],
+                record["numbers"].get("rows", ""),
+                record["numbers"].get("ended_correctly", ""),
+                record["numbers"].get("lost_or_stuck", ""),
+                record["outcome"],
+                record["numbers"].get("recovery_seconds", ""),
+                *(record["numbers"].get(key, "") for key in extra_keys),
+            )
+            for record in records
+        ),
+    )
+
+
+def area(item: str) -> str:
+    """Which part of the studio a permission record is about."""
+    if item.startswith("admin action"):
+        return "admin actions"
+    path = item.split(" ", 2)[1] if " " in item else item
+    for prefix, name in (
+        ("/admin/rq/", "queue dashboard"),
+        ("/admin/", "admin pages"),
+        ("/gallery/", "gallery"),
+        ("/media/", "media files"),
+    ):
+        if path.startswith(prefix):
+            return name
+    return "other"
+
+
+def permissions_section(records: list[dict]) -> list[str]:
+    areas = [
+        "admin pages",
+        "admin actions",
+        "gallery",
+        "media files",
+        "queue dashboard",
+    ]
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for record in records:
+        counts[record["group"]][(area(record["item"]), record["outcome"])] += 1
+    return [
+        "Each cell: requests granted / requests made. Every request matched the "
+        "policy in `tests/reliability/test_permissions.py` when the test passed.",
+        "",
+        *table(
+            ["role", *areas],
+            (
+                (
+                    role,
+                    *(
+                        f"{found[(name, 'granted')]} / "
+                        f"{found[(name, 'granted')] + found[(name, 'denied')]}"
+                        for name in areas
+                    ),
+                )
+                for role, found in counts.items()
+            ),
+        ),
+    ]
+
+
+def load_section(records: list[dict]) -> list[str]:
+    by_group = grouped(records)
+    lines = []
+    if by_group.get("pages"):
+        lines += table(
+            [
+                "page",
+                "queries (150 rows)",
+                "queries (10,000 rows)",
+                "ms (150 rows)",
+                "ms (10,000 rows)",
+            ],
+            (
+                (
+                    item["item"],
+                    item["numbers"]["queries_small"],
+                    item["numbers"]["queries_large"],
+                    item["numbers"]["ms_small"],
+                    item["numbers"]["ms_large"],
+                )
+                for item in by_group["pages"]
+            ),
+        )
+        lines.append("")
+    for item in by_group.get("queue", []):
+        numbers = ", ".join(f"{key} {value}" for key, value in item["numbers"].items())
+        lines += [f"**{item['item']}**: {item['outcome']}; {numbers}.", ""]
+    return lines
+
+
+RENDERERS = {
+    "hostile_uploads": uploads_section,
+    "hostile_parameters": parameters_section,
+    "faults": faults_section,
+    "permissions": permissions_section,
+    "load": load_section,
+}
+
+
+def grouped(records: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        groups[record["group"]].append(record)
+    return dict(groups)
+
+
+def summarise(outcomes: Iterable[str]) -> str:
+    return ", ".join(
+        f"{count} {outcome}" for outcome, count in sorted(Counter(outcomes).items())
+    )
+
+
+def render(results: list[TestResult], records: list[dict], exit_status: int) -> str:
+    outcomes = Counter(result.outcome for result in results)
+    database = os.environ.get("DATABASE_URL", "").split(":", 1)[0] or "sqlite"
+    lines = [
+        "# Reliability: faults, hostile input, permissions and load",
+        "",
+        f"Generated by `{COMMAND}` (tests/reliability/report.py), which runs "
+        "`pytest -m reliability` on tests/reliability and writes this file; run "
+        "it again to reproduce every figure. Do not edit by hand.",
+        "",
+        f"Last run: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on "
+        f"{platform.machine()} with {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, database {database}. Tests: "
+        + ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
+        + f" (pytest exit status {exit_status}).",
+        "",
+    ]
+    by_section: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_section[record["section"]].append(record)
+    for key, title in SECTIONS.items():
+        module = f"tests.reliability.test_{key}"
+        tests = [result for result in results if result.module == module]
+        if not tests and not by_section.get(key):
+            continue
+        lines += [f"## {title}", "", describe(module), ""]
+        lines += RENDERERS[key](by_section.get(key, []))
+        lines += ["", "Tests:", ""]
+        lines += test_lines(module, tests)
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def test_lines(module: str, tests: list[TestResult]) -> list[str]:
+    """One line per test function: its description, cases and outcomes."""
+    by_function: dict[str, list[TestResult]] = defaultdict(list)
+    for result in tests:
+        by_function[result.function].append(result)
+    lines = []
+    for function, cases in by_function.items():
+        summary = summarise(case.outcome for case in cases)
+        seconds = sum(case.seconds for case in cases)
+        about = describe(module, function)
+        line = (
+            f"- **{humanise(function)}** ({len(cases)} cases: {summary}; "
+            f"{seconds:.1f} s)"
+        )
+        if about:
+            line += f": {about}"
+        lines.append(line)
+        for case in cases:
+            if case.outcome != "passed":
+                lines.append(f"  - `{case.name}` {case.outcome}: {case.message}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    options, pytest_args = parser.parse_known_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings.test")
+    import django
+
+    django.setup()
+    with tempfile.TemporaryDirectory(prefix="reliability-") as folder:
+        figures_path = Path(folder) / "figures.jsonl"
+        junit_path = Path(folder) / "junit.xml"
+        exit_status = run_suite(pytest_args, figures_path, junit_path)
+        document = render(
+            read_results(junit_path), read_figures(figures_path), exit_status
+        )
+    options.output.write_text(document, encoding="utf-8")
+    print(f"Wrote {options.output}")
+    return exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
