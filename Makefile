@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test reliability lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The reliability suite alone, rewriting docs/reliability.md with its figures.
+reliability: setup
+	$(PY) -m tests.reliability.report
 
 lint: setup
 	$(VENV)/bin/ruff check .

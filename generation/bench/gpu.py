@@ -2,10 +2,11 @@
 
 For each of the engine's speed options (SDPA alone, which is diffusers' default
 attention on torch 2; with channels-last; with ``torch.compile``; with both), raw
-diffusers in a bare process and the full studio path (a sandboxed worker started
-with the same option) run the preset's workload; iterations per second are
-denoising steps over the seconds of a whole image (text encoding and VAE decode
-included, for both alike). Without CUDA the section is skipped and says so.
+diffusers in a bare process, the engine and the full studio path (a sandboxed
+worker started with the same option) run the preset's workload in turns
+(``overhead.measure_paths``); iterations per second are denoising steps over the
+seconds of a whole image (text encoding and VAE decode included, for all paths
+alike). Without CUDA the section is skipped and says so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from generation.bench.overhead import studio_plan, studio_summary, time_raw
+from generation.bench.overhead import measure_paths
 from generation.bench.studio_sandbox import StudioSandbox
 from generation.bench.workload import SpeedOptions, Workload
 from generation.engine.config import EngineConfig
@@ -37,22 +38,19 @@ def measure_gpu(
     """Raw and studio it/s for every speed option, or why it was skipped."""
     if not str(config.device).startswith("cuda"):
         return {"skipped": f"no CUDA device (the device is {config.device})"}
-    (model_key,) = config.models
     rows = []
     for speed in SPEED_OPTIONS:
-        raw = time_raw(config, workload, workdir=workdir, runs=runs, speed=speed)
-        studio = studio_summary(
-            sandbox.run(
-                studio_plan(model_key, workload, runs=runs, speed=speed), speed
-            )["jobs"]
-        )
+        overhead = measure_paths(
+            config, workload, sandbox, workdir=workdir, runs=runs, speed=speed
+        )["overhead"]
         rows.append(
             {
                 "options": speed.label,
-                "raw_it_per_s": workload.steps / raw["median"],
-                "studio_it_per_s": workload.steps / studio["median"],
-                "studio_ratio": studio["median"] / raw["median"],
-                "same_image": raw["pixels_sha256"] == studio["pixels_sha256"],
+                "raw_it_per_s": workload.steps / overhead["raw"]["median"],
+                "engine_it_per_s": workload.steps / overhead["engine"]["median"],
+                "studio_it_per_s": workload.steps / overhead["studio"]["median"],
+                "studio_ratio": overhead["studio_ratio"],
+                "same_image": overhead["same_image"],
             }
         )
     return {"device": config.device, "dtype": config.dtype, "rows": rows}

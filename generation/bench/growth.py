@@ -18,7 +18,6 @@ run, ``int(strength x steps) + 1``) and with DDIM, which runs exactly
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from statistics import median
 from typing import Any
@@ -72,38 +71,51 @@ def measure_growth(
     engine.registry.preload([model_key])
     engine.generate(base)  # warm-up
 
-    def series(
-        values: Sequence[Any], make: Callable[[Any], GenerationRequest]
-    ) -> list[dict[str, Any]]:
-        return [
-            {"value": value, **_point(engine, make(value), runs)} for value in values
-        ]
-
     img2img = replace(base, method=Method.IMG2IMG, references=[reference])
-    result = {
-        "strength": series(preset.strengths, lambda s: replace(img2img, strength=s)),
-        "strength_ddim": series(
-            preset.strengths,
-            lambda s: replace(img2img, strength=s, scheduler=EXACT_STEPS_SCHEDULER),
-        ),
-        "steps": series(preset.step_counts, lambda n: replace(base, steps=n)),
-        "size": series(
-            preset.sizes, lambda side: replace(base, width=side, height=side)
-        ),
-        "images": series(preset.image_counts, lambda n: replace(base, num_images=n)),
-        "controlnets": series(
-            [n for n in preset.controlnet_counts if n <= len(control_types)],
-            lambda n: _with_controlnets(base, reference, control_types[:n]),
-        ),
-        "ip_adapter": series(
-            [False, True],
-            lambda on: replace(
-                base,
-                method=Method.IP_ADAPTER if on else Method.TEXT,
-                references=[reference] if on else [],
-                ip_adapter=IPAdapterInput(face_crop=False) if on else None,
+    plans: dict[str, list[tuple[Any, GenerationRequest]]] = {
+        "strength": [(s, replace(img2img, strength=s)) for s in preset.strengths],
+        "strength_ddim": [
+            (s, replace(img2img, strength=s, scheduler=EXACT_STEPS_SCHEDULER))
+            for s in preset.strengths
+        ],
+        "steps": [(n, replace(base, steps=n)) for n in preset.step_counts],
+        "size": [
+            (side, replace(base, width=side, height=side)) for side in preset.sizes
+        ],
+        "images": [(n, replace(base, num_images=n)) for n in preset.image_counts],
+        "controlnets": [
+            (n, _with_controlnets(base, reference, control_types[:n]))
+            for n in preset.controlnet_counts
+            if n <= len(control_types)
+        ],
+        "ip_adapter": [
+            (False, base),
+            (
+                True,
+                replace(
+                    base,
+                    method=Method.IP_ADAPTER,
+                    references=[reference],
+                    ip_adapter=IPAdapterInput(face_crop=False),
+                ),
             ),
-        ),
+        ],
+    }
+    samples: dict[str, list[list[_Sample]]] = {
+        name: [[] for _ in points] for name, points in plans.items()
+    }
+    # Rounds over every point: other work on the machine then spreads over all
+    # the points instead of distorting a few neighbouring ones.
+    for _ in range(runs):
+        for name, points in plans.items():
+            for index, (_, request) in enumerate(points):
+                samples[name][index].append(_sample(engine, request))
+    result = {
+        name: [
+            {"value": value, **_point(samples[name][index])}
+            for index, (value, _) in enumerate(points)
+        ]
+        for name, points in plans.items()
     }
     # Cost per unit of each series: seconds per step, per image, per ControlNet,
     # per megapixel.
@@ -158,19 +170,27 @@ def strength_proportionality(points: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _point(engine: Engine, request: GenerationRequest, runs: int) -> dict[str, Any]:
-    seconds, denoise, steps = [], [], 0
-    for _ in range(runs):
-        clock = _StepClock([])
-        started = time.perf_counter()
-        engine.generate(request, on_step=clock)
-        seconds.append(time.perf_counter() - started)
-        denoise.append(clock.denoise_seconds())
-        steps = len(clock.stamps)
+@dataclass(frozen=True)
+class _Sample:
+    seconds: float
+    denoise_seconds: float
+    steps_run: int
+
+
+def _sample(engine: Engine, request: GenerationRequest) -> _Sample:
+    clock = _StepClock([])
+    started = time.perf_counter()
+    engine.generate(request, on_step=clock)
+    return _Sample(
+        time.perf_counter() - started, clock.denoise_seconds(), len(clock.stamps)
+    )
+
+
+def _point(samples: list[_Sample]) -> dict[str, Any]:
     return {
-        "median": median(seconds),
-        "denoise_median": median(denoise),
-        "steps_run": steps,
+        "median": median(sample.seconds for sample in samples),
+        "denoise_median": median(sample.denoise_seconds for sample in samples),
+        "steps_run": samples[0].steps_run,
     }
 
 

@@ -6,17 +6,18 @@
    a real worker process, the stored output, thumbnails and score, the row
    updated, timed until the worker publishes the result.
 
-Each is the median of several runs after a warm-up run. All three must produce
-the same pixels (same seed, scheduler and arguments), which the result checks:
-equal times for different work would prove nothing.
+All three are loaded and warmed up first, then run in turns, one run each per
+round, so that other work on the machine slows them alike; each figure is the
+median of the rounds. All three must produce the same pixels (same seed,
+scheduler and arguments), which the result checks: equal times for different
+work would prove nothing. The same sandboxed worker then drains the queue
+throughput's jobs (``throughput``).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -24,7 +25,9 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from generation.bench.line_process import LineProcess
 from generation.bench.stats import summary
+from generation.bench.studio_sandbox import StudioSandbox
 from generation.bench.workload import (
     VANILLA,
     SpeedOptions,
@@ -38,103 +41,49 @@ RAW_SCRIPT = Path(__file__).with_name("raw_diffusers.py")
 WARMUP_RUNS = 1
 
 
-def time_raw(
+def measure_paths(
     config: EngineConfig,
     workload: Workload,
+    sandbox: StudioSandbox,
     *,
     workdir: Path,
-    runs: int,
-    speed: SpeedOptions = VANILLA,
-) -> dict[str, Any]:
-    """Raw diffusers in a bare process (``python -I``: not even this package is
-    importable there); its timings and the first image's pixel hash."""
-    (spec,) = config.models.values()
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec_path, out_path = workdir / "raw-spec.json", workdir / "raw-result.json"
-    spec_path.write_text(
-        json.dumps(
-            {
-                "pipeline": spec.source,
-                "device": config.device,
-                "dtype": config.dtype,
-                **workload.as_dict(),
-                "runs": runs,
-                # torch.compile compiles during the first call.
-                "warmup_runs": WARMUP_RUNS + speed.compile,
-                "channels_last": speed.channels_last,
-                "compile": speed.compile,
-            }
-        )
-    )
-    subprocess.run(
-        [sys.executable, "-I", str(RAW_SCRIPT), str(spec_path), str(out_path)],
-        cwd=workdir,
-        env=os.environ,
-        check=True,
-        capture_output=True,
-    )
-    result = json.loads(out_path.read_text())
-    return {
-        **summary(result["seconds"]),
-        "load_seconds": result["load_seconds"],
-        "pixels_sha256": result["pixels_sha256"],
-        "studio_modules_imported": result["studio_modules"],
-    }
-
-
-def time_engine(
-    config: EngineConfig,
-    workload: Workload,
-    *,
-    runs: int,
-    speed: SpeedOptions = VANILLA,
-) -> dict[str, Any]:
-    """``Engine.generate`` on a warm registry in this process."""
-    config = replace(config, channels_last=speed.channels_last, compile=speed.compile)
-    engine = Engine(config)
-    (model_key,) = config.models
-    started = time.perf_counter()
-    engine.registry.preload([model_key])
-    load_seconds = time.perf_counter() - started
-    request = workload.request(model_key)
-    for _ in range(WARMUP_RUNS + speed.compile):
-        engine.generate(request)
-    seconds, inference, images = [], [], []
-    for _ in range(runs):
-        started = time.perf_counter()
-        result = engine.generate(request)
-        seconds.append(time.perf_counter() - started)
-        inference.append(result.timings.inference)
-        images.append(result.images[0])
-    del engine
-    gc.collect()
-    return {
-        **summary(seconds),
-        "load_seconds": load_seconds,
-        "inference_median": median(inference),
-        "pixels_sha256": pixels_sha256(images[0]),
-    }
-
-
-def studio_plan(
-    model_key: str,
-    workload: Workload,
-    *,
     runs: int,
     speed: SpeedOptions = VANILLA,
     queue_workload: Workload | None = None,
     queue_jobs: int = 0,
 ) -> dict[str, Any]:
-    """The sandbox driver's plan: ``runs`` timed jobs of ``workload`` after the
-    warm-up, then ``queue_jobs`` of ``queue_workload`` (see ``studio_driver``)."""
-    return {
+    """``runs`` rounds of raw, engine and studio (none when 0), then the queue's
+    ``queue_jobs`` on the sandboxed worker (none when 0). Returns ``overhead``
+    (see ``overhead_result``) and ``queue`` (the driver's drained queue)."""
+    (model_key,) = config.models
+    # torch.compile compiles during the first call.
+    warmup = WARMUP_RUNS + speed.compile
+    plan = {
         "model_key": model_key,
         "workload": workload.as_dict(),
-        "warmup_jobs": WARMUP_RUNS + speed.compile if runs else 0,
-        "jobs": runs,
+        "warmup_jobs": warmup if runs else 0,
         "queue_workload": (queue_workload or workload).as_dict(),
-        "queue_jobs": queue_jobs,
     }
+    result: dict[str, Any] = {"overhead": None, "queue": None}
+    with sandbox.start(plan, speed) as studio:
+        if runs:
+            with _start_raw(config, workload, workdir, speed, warmup) as raw:
+                engine = _EngineRunner(config, workload, speed, warmup)
+                raw_runs, engine_runs, studio_jobs = [], [], []
+                for _ in range(runs):
+                    raw_runs.append(raw.request("run"))
+                    engine_runs.append(engine.run())
+                    studio_jobs.append(studio.request("job"))
+            result["overhead"] = overhead_result(
+                {**_summary(raw_runs), "ready": raw.ready},
+                _summary(engine_runs),
+                studio_summary(studio_jobs),
+                config=config,
+                workload=workload,
+            )
+        if queue_jobs:
+            result["queue"] = studio.request(f"queue {queue_jobs}")
+    return result
 
 
 def studio_summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -187,4 +136,74 @@ def overhead_result(
         "same_image": raw["pixels_sha256"]
         == engine["pixels_sha256"]
         == studio["pixels_sha256"],
+    }
+
+
+def _start_raw(
+    config: EngineConfig,
+    workload: Workload,
+    workdir: Path,
+    speed: SpeedOptions,
+    warmup: int,
+) -> LineProcess:
+    """Raw diffusers in a bare process (``python -I``: not even this package is
+    importable there), loaded and warmed up."""
+    (spec,) = config.models.values()
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "raw-spec.json"
+    spec_path.write_text(
+        json.dumps(
+            {
+                "pipeline": spec.source,
+                "device": config.device,
+                "dtype": config.dtype,
+                **workload.as_dict(),
+                "warmup_runs": warmup,
+                "channels_last": speed.channels_last,
+                "compile": speed.compile,
+            }
+        )
+    )
+    return LineProcess(
+        [sys.executable, "-I", str(RAW_SCRIPT), str(spec_path)],
+        env=dict(os.environ),
+        cwd=workdir,
+        log_path=workdir / "raw.log",
+    )
+
+
+class _EngineRunner:
+    """``Engine.generate`` on a warm registry in this process."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        workload: Workload,
+        speed: SpeedOptions,
+        warmup: int,
+    ) -> None:
+        config = replace(
+            config, channels_last=speed.channels_last, compile=speed.compile
+        )
+        self.engine = Engine(config)
+        (model_key,) = config.models
+        self.engine.registry.preload([model_key])
+        self.request = workload.request(model_key)
+        for _ in range(warmup):
+            self.engine.generate(self.request)
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = self.engine.generate(self.request)
+        return {
+            "seconds": time.perf_counter() - started,
+            "pixels_sha256": pixels_sha256(result.images[0]),
+        }
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, spread and pixel hash of one path's runs."""
+    return {
+        **summary([run["seconds"] for run in runs]),
+        "pixels_sha256": runs[0]["pixels_sha256"],
     }

@@ -1,16 +1,18 @@
 """The floor: raw diffusers, timed in a bare process.
 
-Run as a script (``python raw_diffusers.py SPEC.json OUT.json``), never imported
-by the studio's processes: it imports torch, diffusers and the standard library
-only, so what it measures is diffusers alone. It loads the pipeline folder with
+Run as a script (``python -I raw_diffusers.py SPEC.json``), never imported by the
+studio's processes: it imports torch, diffusers and the standard library only,
+so what it measures is diffusers alone. It loads the pipeline folder with
 ``from_pretrained``, applies the same speed options the engine offers, calls the
 pipeline the way a person would (same prompt, seed, steps, guidance and size as
-the studio's request, a CPU generator, PIL output), once to warm up and then
-``runs`` times, and writes the times and a hash of the first image's pixels, so
-the caller can check that the studio produced the very same image.
+the studio's request, a CPU generator, PIL output) to warm up, and replies that
+it is ready. Then each ``run`` line on stdin times one more call and replies with
+its seconds and a hash of the image's pixels, so the caller can check that the
+studio produced the very same image. It speaks ``line_process``'s protocol (the
+``BENCH `` prefix is repeated here: this script may not import the studio).
 
 SPEC keys: pipeline, device, dtype, prompt, negative_prompt, seed, steps,
-guidance_scale, width, height, runs, warmup_runs, channels_last, compile.
+guidance_scale, width, height, warmup_runs, channels_last, compile.
 """
 
 import hashlib
@@ -22,15 +24,18 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 
-def main(spec_path: str, out_path: str) -> None:
+def reply(payload: dict) -> None:
+    print("BENCH " + json.dumps(payload), flush=True)
+
+
+def main(spec_path: str) -> None:
     with open(spec_path) as spec_file:
         spec = json.load(spec_file)
-    device = torch.device(spec["device"])
     started = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(
         spec["pipeline"], dtype=getattr(torch, spec["dtype"]), local_files_only=True
     )
-    pipe.to(device)
+    pipe.to(torch.device(spec["device"]))
     if spec["channels_last"]:
         pipe.unet.to(memory_format=torch.channels_last)
     if spec["compile"]:
@@ -38,7 +43,7 @@ def main(spec_path: str, out_path: str) -> None:
     pipe.set_progress_bar_config(disable=True)
     load_seconds = time.perf_counter() - started
 
-    def call() -> tuple[float, object]:
+    def call() -> dict:
         started = time.perf_counter()
         image = pipe(
             prompt=spec["prompt"],
@@ -50,31 +55,30 @@ def main(spec_path: str, out_path: str) -> None:
             generator=torch.Generator("cpu").manual_seed(spec["seed"]),
             output_type="pil",
         ).images[0]
-        return time.perf_counter() - started, image
+        return {
+            "seconds": time.perf_counter() - started,
+            "pixels_sha256": hashlib.sha256(image.convert("RGB").tobytes()).hexdigest(),
+        }
 
     for _ in range(spec["warmup_runs"]):
         call()
-    seconds, images = [], []
-    for _ in range(spec["runs"]):
-        elapsed, image = call()
-        seconds.append(elapsed)
-        images.append(image)
-    result = {
-        "load_seconds": load_seconds,
-        "seconds": seconds,
-        "pixels_sha256": hashlib.sha256(images[0].tobytes()).hexdigest(),
-        "torch": torch.__version__,
-        # Proof that the process stayed bare: no studio, Django or RQ module.
-        "studio_modules": sorted(
-            {
-                name.partition(".")[0]
-                for name in sys.modules
-                if name.partition(".")[0] in ("django", "generation", "studio", "rq")
-            }
-        ),
-    }
-    with open(out_path, "w") as out_file:
-        json.dump(result, out_file)
+    reply(
+        {
+            "load_seconds": load_seconds,
+            # Proof that the process stayed bare: no studio, Django or RQ module.
+            "studio_modules": sorted(
+                {
+                    name.partition(".")[0]
+                    for name in sys.modules
+                    if name.partition(".")[0]
+                    in ("django", "generation", "studio", "rq")
+                }
+            ),
+        }
+    )
+    for line in sys.stdin:
+        if line.strip() == "run":
+            reply(call())
 
 
 if __name__ == "__main__":

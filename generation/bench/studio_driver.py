@@ -1,20 +1,21 @@
 """Drives the full studio path inside a sandbox (``studio_sandbox``) and times it.
 
-Run as ``python -m generation.bench.studio_driver PLAN.json OUT.json`` with the
-sandbox's environment. It migrates the sandbox database, starts the embedded
-Redis and one real ``manage.py studio_worker`` process (which preloads the
-model), creates a persona with a primary reference, then:
+Run as ``python -m generation.bench.studio_driver PLAN.json`` with the sandbox's
+environment; it speaks ``line_process``'s protocol. It migrates the sandbox
+database, starts the embedded Redis and one real ``manage.py studio_worker``
+process (which preloads the model), creates a persona with a primary
+reference, runs ``warmup_jobs`` unmeasured generations and replies that it is
+ready. Then, one request per line on stdin:
 
-- ``jobs``: after ``warmup_jobs`` unmeasured ones, runs ``jobs`` generations one
-  at a time through ``content_enqueue``, each timed from the service call until
-  the worker has published the job's result (blocking on RQ's result stream,
-  not polling), and from the row's own timestamps; the job stores the output,
-  thumbnails and score as it always does;
-- ``queue_jobs``: enqueues that many generations of ``queue_workload`` in one
-  transaction and times how fast the one worker drains them.
+- ``job``: one generation of ``workload`` through ``content_enqueue``, timed
+  from the service call until the worker has published the job's result
+  (blocking on RQ's result stream, not polling), and from the row's own
+  timestamps; the job stores the output, thumbnails and score as it always does;
+- ``queue N``: N generations of ``queue_workload`` enqueued in one transaction,
+  and how the one worker drained them.
 
-PLAN keys: model_key, workload, warmup_jobs, jobs, queue_workload, queue_jobs
-(workloads as ``Workload.as_dict``). OUT: per-job records and the queue summary.
+PLAN keys: model_key, workload, warmup_jobs, queue_workload (workloads as
+``Workload.as_dict``). At the end of input the worker and Redis are stopped.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ JOB_TIMEOUT_SECONDS = 1800
 WAIT_ROUND_SECONDS = 1
 
 
-def main(plan_path: str, out_path: str) -> None:
+def main(plan_path: str) -> None:
     import django
 
     django.setup()
     from django.core.management import call_command
 
+    from generation.bench.line_process import send_reply
     from studio.redis_embedded import ensure_embedded_redis
 
     plan = json.loads(Path(plan_path).read_text())
@@ -53,18 +55,16 @@ def main(plan_path: str, out_path: str) -> None:
             persona = _persona(plan["model_key"], plan["workload"])
             for _ in range(plan["warmup_jobs"]):
                 _timed_job(persona, plan["workload"])
-            result = {
-                "jobs": [
-                    _timed_job(persona, plan["workload"]) for _ in range(plan["jobs"])
-                ],
-                "queue": _drain(persona, plan["queue_workload"], plan["queue_jobs"])
-                if plan["queue_jobs"]
-                else None,
-            }
+            send_reply({"ready": True})
+            for line in sys.stdin:
+                command, _, argument = line.strip().partition(" ")
+                if command == "job":
+                    send_reply(_timed_job(persona, plan["workload"]))
+                elif command == "queue":
+                    send_reply(_drain(persona, plan["queue_workload"], int(argument)))
     finally:
         if redis_server is not None:
             redis_server.stop()
-    Path(out_path).write_text(json.dumps(result))
 
 
 @contextmanager

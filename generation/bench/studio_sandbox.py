@@ -13,23 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from generation.bench.line_process import LineProcess
 from generation.bench.workload import SpeedOptions
 from generation.engine.config import EngineConfig
 from studio.conf import BASE_DIR
 
-DRIVER_TIMEOUT_SECONDS = 3600
 # Variables of the studio's own environment that must not leak into the sandbox.
 _HOST_SETTINGS = ("REDIS_URL", "DATABASE_URL", "MEDIA_ROOT", "AWS_STORAGE_BUCKET_NAME")
-
-
-class SandboxError(RuntimeError):
-    """The sandboxed studio failed; the message carries the driver's output."""
 
 
 @dataclass
@@ -91,29 +86,13 @@ class StudioSandbox:
         )
         return env
 
-    def run(self, plan: dict[str, Any], speed: SpeedOptions) -> dict[str, Any]:
-        """Run the driver on ``plan`` (see ``studio_driver``); its JSON result."""
+    def start(self, plan: dict[str, Any], speed: SpeedOptions) -> LineProcess:
+        """Start the driver on ``plan`` (see ``studio_driver``), its worker ready."""
         plan_path = self.root / "plan.json"
-        out_path = self.root / "result.json"
         plan_path.write_text(json.dumps(plan))
-        out_path.unlink(missing_ok=True)
-        completed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "generation.bench.studio_driver",
-                str(plan_path),
-                str(out_path),
-            ],
-            cwd=BASE_DIR,
+        return LineProcess(
+            [sys.executable, "-m", "generation.bench.studio_driver", str(plan_path)],
             env=self.environment(speed),
-            capture_output=True,
-            text=True,
-            timeout=DRIVER_TIMEOUT_SECONDS,
+            cwd=BASE_DIR,
+            log_path=self.root / "driver.log",
         )
-        if completed.returncode != 0 or not out_path.is_file():
-            raise SandboxError(
-                f"The sandboxed studio failed (exit {completed.returncode}):\n"
-                f"{completed.stdout[-4000:]}{completed.stderr[-4000:]}"
-            )
-        return json.loads(out_path.read_text())

@@ -2,9 +2,10 @@
 one machine, the targets checked, all gathered in one JSON-ready report.
 
 The sections, in the order they run: ``registry`` (in a fresh process),
-``overhead`` (raw diffusers in a bare process, the engine here, the studio in a
-sandbox), ``queue`` (the same sandboxed worker, many tiny jobs), ``growth`` (the
-engine here) and ``gpu`` (raw and studio per speed option; CUDA only).
+``overhead`` (raw diffusers in a bare process, the engine here and the studio in
+a sandbox, in turns), ``queue`` (the same sandboxed worker, many tiny jobs),
+``growth`` (the engine here) and ``gpu`` (the overhead's three paths per speed
+option; CUDA only).
 """
 
 from __future__ import annotations
@@ -18,20 +19,14 @@ from typing import Any
 
 from generation.bench.gpu import measure_gpu
 from generation.bench.growth import measure_growth
-from generation.bench.overhead import (
-    overhead_result,
-    studio_plan,
-    studio_summary,
-    time_engine,
-    time_raw,
-)
+from generation.bench.overhead import measure_paths
 from generation.bench.presets import Preset
 from generation.bench.registry_economics import measure_registry
 from generation.bench.report import machine_info
 from generation.bench.studio_sandbox import StudioSandbox
 from generation.bench.targets import evaluate_targets
 from generation.bench.throughput import queue_result
-from generation.bench.workload import VANILLA, Workload
+from generation.bench.workload import Workload
 from generation.engine.registry import choose_device, choose_dtype
 
 SECTIONS = ("overhead", "registry", "growth", "queue", "gpu")
@@ -80,7 +75,6 @@ def run_bench(
     config = preset.write_model(model_root)
     config.device, config.dtype = report["device"], report["dtype"]
     workload = Workload(steps=preset.steps, width=preset.width, height=preset.height)
-    (model_key,) = config.models
     sandbox_root = options.workdir / preset.name / "studio"
     raw_workdir = options.workdir / preset.name / "raw"
 
@@ -89,36 +83,26 @@ def run_bench(
         report["registry"] = measure_registry(
             model_root, device=report["device"], runs=runs
         )
-    studio_jobs = runs if "overhead" in options.sections else 0
+    overhead_runs = runs if "overhead" in options.sections else 0
     queue_jobs = queue_jobs if "queue" in options.sections else 0
-    if studio_jobs:
-        log("overhead: raw diffusers in a bare process")
-        raw = time_raw(config, workload, workdir=raw_workdir, runs=runs)
-        log("overhead: Engine.generate")
-        engine = time_engine(config, workload, runs=runs)
-    if studio_jobs or queue_jobs:
-        log(f"studio: {studio_jobs} jobs, then {queue_jobs} queued tiny jobs")
-        sandbox = StudioSandbox(sandbox_root, config, report["device"], report["dtype"])
-        studio = sandbox.run(
-            studio_plan(
-                model_key,
-                workload,
-                runs=studio_jobs,
-                queue_workload=QUEUE_WORKLOAD,
-                queue_jobs=queue_jobs,
-            ),
-            VANILLA,
+    if overhead_runs or queue_jobs:
+        log(
+            f"overhead: {overhead_runs} rounds of raw diffusers, engine and studio; "
+            f"queue: {queue_jobs} tiny jobs"
         )
-        if studio_jobs:
-            report["overhead"] = overhead_result(
-                raw,
-                engine,
-                studio_summary(studio["jobs"]),
-                config=config,
-                workload=workload,
-            )
-        if queue_jobs:
-            report["queue"] = queue_result(studio["queue"])
+        measured = measure_paths(
+            config,
+            workload,
+            StudioSandbox(sandbox_root, config, report["device"], report["dtype"]),
+            workdir=raw_workdir,
+            runs=overhead_runs,
+            queue_workload=QUEUE_WORKLOAD,
+            queue_jobs=queue_jobs,
+        )
+        if measured["overhead"]:
+            report["overhead"] = measured["overhead"]
+        if measured["queue"]:
+            report["queue"] = queue_result(measured["queue"])
     if "growth" in options.sections:
         log("growth: strength, steps, size, images, ControlNets, IP-Adapter")
         # Half the runs per point: the series have many points.

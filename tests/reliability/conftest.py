@@ -2,8 +2,9 @@
 
 The tiny model, the shared media folder and real worker processes come from the
 generation tests' fixtures, imported here by name (a non-root conftest cannot
-use ``pytest_plugins``); see the report to the lead about moving them to
-tests/conftest.py so that one session writes the tiny model once.
+use ``pytest_plugins``). Imported twice, a session-scoped fixture runs twice:
+a session running both suites writes the tiny model twice until those fixtures
+move to tests/conftest.py.
 """
 
 from __future__ import annotations

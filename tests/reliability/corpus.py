@@ -16,7 +16,6 @@ tricks, payloads hidden in metadata, and the whole LoRA corpus.
 
 from __future__ import annotations
 
-import json
 import pickle
 import struct
 import zlib
@@ -672,20 +671,3 @@ def lora_corpus() -> list[HostileFile]:
 def corpus() -> list[HostileFile]:
     """The whole corpus: every image file, then every LoRA file."""
     return [*image_corpus(), *lora_corpus()]
-
-
-def summary() -> dict[str, int]:
-    """How many files of each kind and outcome (for docs/reliability.md)."""
-    files = corpus()
-    return {
-        f"{kind.value} files {'refused' if refused else 'neutralised'}": sum(
-            1 for file in files if file.kind is kind and file.refused is refused
-        )
-        for kind in Kind
-        for refused in (True, False)
-    }
-
-
-def describe(file: HostileFile) -> str:
-    """A one-line description for test ids and the report."""
-    return json.dumps(file.name)[1:-1] + f" ({len(file.content):,} bytes)"

@@ -138,7 +138,7 @@ def uploads_section(records: list[dict]) -> list[str]:
         "in code: "
         + ", ".join(
             f"{sum(1 for f in files if f.kind is kind and f.refused is refused)} "
-            f"{kind.value} files {'to refuse' if refused else 'to neutralise'}"
+            f"{kind.value} files {'to refuse' if refused else 'to accept'}"
             for kind in Kind
             for refused in (True, False)
         )
@@ -253,7 +253,10 @@ def permissions_section(records: list[dict]) -> list[str]:
         counts[record["group"]][(area(record["item"]), record["outcome"])] += 1
     return [
         "Each cell: requests granted / requests made. Every request matched the "
-        "policy in `tests/reliability/test_permissions.py` when the test passed.",
+        "policy in `tests/reliability/test_permissions.py` when the test passed. "
+        "Pages that need objects a test cannot create (RQ results and "
+        "schedulers) are requested only by roles the policy denies, hence the "
+        "superuser's smaller total on the queue dashboard.",
         "",
         *table(
             ["role", *areas],

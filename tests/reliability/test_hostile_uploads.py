@@ -41,7 +41,11 @@ from tests.reliability.admin_forms import (
 from tests.reliability.conftest import stored_files, studio_state
 from tests.reliability.corpus import LORA_TEST_LIMIT, HostileFile, Kind, corpus
 
-pytestmark = pytest.mark.reliability
+pytestmark = [
+    pytest.mark.reliability,
+    # Pillow warns about the corpus's broken EXIF blocks while it skips them.
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin"),
+]
 
 STORED_IMAGE = re.compile(r"^(references|control)/\d+/[0-9a-f]{32}\.png$")
 STORED_LORA = re.compile(r"^loras/[0-9a-f]{32}\.safetensors$")

@@ -137,13 +137,6 @@ def gallery_action(role: Role, endpoint: Endpoint) -> bool:
 # schedulers, which the studio does not use; django_rq's pages for them fail
 # without them) are checked for denials only.
 DENIAL_ONLY = {
-    "admin:django_rq_result_detail",
-    "admin:django_rq_scheduler_jobs",
-    "admin:django_rq_cron_scheduler_detail",
-    "admin:django_rq_cron_job_detail",
-    "admin:django_rq_dashboard_change",
-    "admin:django_rq_dashboard_delete",
-    "admin:django_rq_dashboard_history",
     "django_rq:result_detail",
     "django_rq:scheduler_jobs",
     "django_rq:cron_scheduler_detail",
@@ -183,16 +176,12 @@ UNNAMED: list[tuple[str, Rule]] = [
 ]
 # Not requested: logging out would end the session the matrix runs in.
 SKIPPED = {"admin:logout"}
-# Proposed: the RQ dashboard lists every job and can empty queues and stop
-# jobs, so only superusers reach it (the API token view keeps its own check).
+# The RQ dashboard lists every job and can empty queues and stop jobs: only
+# superusers reach it (studio/urls.py); its statistics JSON keeps django_rq's
+# own check (staff, or an API token). django_rq's copy inside the admin
+# (RQ_SHOW_ADMIN_LINK) is off; turned on, its pages fall under this rule too.
 RQ_POLICY: Rule = superuser_only
-POLICY.update(
-    {
-        "django_rq:home_json": staff,
-        "admin:django_rq_home_json": staff,
-        "admin:django_rq_dashboard_add": nobody,
-    }
-)
+POLICY["django_rq:home_json"] = staff
 # Admins that refuse hand-made rows (generations start from actions).
 READ_ONLY_ADMINS = {"generation.content", "generation.batch"}
 MODEL_VIEWS = {
@@ -449,7 +438,6 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
         "token": ["nosuchtoken"],
         "url": ["no-such-page/"],
         "sweep_content_id": [str(sweep_content.pk)],
-        "object_id:django_rq.dashboard": ["1"],
     }
     yield World(persona, content, sweep_content, fills)
     worker.register_death()
@@ -532,7 +520,7 @@ def test_role_runs_exactly_the_admin_actions_the_policy_grants(
     problems = []
     for model, model_admin in admin.site._registry.items():
         label = model._meta.label_lower
-        if not model._meta.managed:  # django_rq's dashboard: no rows, no actions
+        if not model._meta.managed:  # no table, so no row to act on
             continue
         row = model._default_manager.order_by("pk").first()
         if row is None:
