@@ -8,6 +8,9 @@ import pytest
 
 from studio.redis_embedded import EmbeddedRedis
 
+# The tiny model, worker processes and their helpers, shared by every suite.
+pytest_plugins = ["tests.workers"]
+
 
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path: Path) -> Path:

@@ -130,9 +130,13 @@ def overhead_result(
         "studio_ratio": studio["median"] / floor,
         "engine_overhead_ms": 1000 * (engine["median"] - floor),
         "studio_overhead_ms": 1000 * (studio["median"] - floor),
-        # Paired per job (wall clock minus that job's own engine time), so it
-        # does not carry the noise between two processes' medians.
-        "beyond_engine_ms": 1000 * studio["beyond_engine_median"],
+        # Everything the studio adds to an engine call, and its two parts: what
+        # the worker's engine call took beyond this process's (the job's
+        # per-step progress and cancellation checks), and what lies outside the
+        # call (paired per job: wall clock minus that job's own engine time).
+        "beyond_engine_ms": 1000 * (studio["median"] - engine["median"]),
+        "inside_engine_call_ms": 1000 * (studio["engine_median"] - engine["median"]),
+        "outside_engine_call_ms": 1000 * studio["beyond_engine_median"],
         "same_image": raw["pixels_sha256"]
         == engine["pixels_sha256"]
         == studio["pixels_sha256"],

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 
-class Method(str, enum.Enum):
+class Method(enum.StrEnum):
     AUTO = "auto"
     TEXT = "text"
     IMG2IMG = "img2img"
@@ -24,7 +24,7 @@ class Method(str, enum.Enum):
     IP_ADAPTER = "ip_adapter"
 
 
-class ControlType(str, enum.Enum):
+class ControlType(enum.StrEnum):
     OPENPOSE = "openpose"
     CANNY = "canny"
     DEPTH = "depth"
@@ -35,7 +35,7 @@ class ControlType(str, enum.Enum):
     SHUFFLE = "shuffle"
 
 
-class ResizeMode(str, enum.Enum):
+class ResizeMode(enum.StrEnum):
     """How a reference is fitted to the target size (as AUTOMATIC1111 offers).
 
     just_resize: stretch to the target size, ignoring the aspect ratio.
@@ -49,7 +49,7 @@ class ResizeMode(str, enum.Enum):
     RESIZE_AND_FILL = "resize_and_fill"
 
 
-class ReferenceRole(str, enum.Enum):
+class ReferenceRole(enum.StrEnum):
     FACE = "face"
     HALF_BODY = "half_body"
     FULL_BODY = "full_body"

@@ -14,14 +14,6 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-# The real Redis, tiny model and worker processes of the generation tests.
-from tests.generation.conftest import (  # noqa: F401
-    shared_media_root,
-    start_worker,
-    studio_settings,
-    tiny_model_dir,
-)
-
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

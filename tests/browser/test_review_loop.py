@@ -14,8 +14,8 @@ from playwright.sync_api import expect
 
 from generation.models import Content, ContentStatus, ReviewState
 from personas.models import Persona
-from tests.generation.conftest import use_queue
 from tests.images import encode, halves
+from tests.workers import use_queue
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

@@ -25,13 +25,7 @@ import boto3
 import pytest
 from django.conf import settings as django_settings
 
-from tests.generation.conftest import (  # noqa: F401 (fixtures used by the tests)
-    WorkerFactory,
-    shared_media_root,
-    start_worker,
-    studio_settings,
-    tiny_model_dir,
-)
+from tests.workers import WorkerFactory
 
 S3_ACCESS_KEY = "studio-access"
 S3_SECRET_KEY = "studio-secret"
@@ -128,7 +122,7 @@ def s3_storage(
 
 @pytest.fixture
 def remote_workers(
-    start_worker: WorkerFactory,  # noqa: F811
+    start_worker: WorkerFactory,
     s3_storage: dict,
     tmp_path: Path,
 ) -> Iterator[WorkerFactory]:

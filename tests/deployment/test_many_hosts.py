@@ -22,8 +22,8 @@ from personas.models import ReferenceRole
 from personas.services import persona_create
 from studio import checks
 from tests.deployment.conftest import bucket_keys, free_port, s3_client_for
-from tests.generation.conftest import wait_finished
 from tests.images import encode, halves
+from tests.workers import wait_finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -1,4 +1,5 @@
-"""Fixtures shared by the engine tests: the tiny model, written once per session."""
+"""Fixtures shared by the engine tests: the tiny model (written once per session
+by the shared ``tiny_model_dir`` fixture of tests/workers.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ from pathlib import Path
 import pytest
 
 from generation.engine.config import EngineConfig, tiny_engine_config
-from generation.engine.tiny_model import write_tiny_model
 
 
 @pytest.fixture(scope="session")
-def tiny_model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model written once per test session into a temporary folder."""
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+def tiny_model_root(tiny_model_dir: Path) -> Path:
+    """The session's tiny model, under the name the engine tests use."""
+    return tiny_model_dir
 
 
 @pytest.fixture

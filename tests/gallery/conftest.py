@@ -17,7 +17,7 @@ from generation import services
 from generation.models import Batch, Content, ContentStatus
 from generation.parameters import GenerationOverrides
 from personas.models import Persona
-from tests.generation.conftest import make_persona
+from tests.workers import make_persona
 
 
 def _png(colour: tuple[int, int, int]) -> ContentFile:

@@ -22,7 +22,7 @@ from generation.gallery_selectors import (
 )
 from generation.models import Content, ContentStatus, ReviewState
 from tests.gallery.conftest import finish
-from tests.generation.conftest import make_persona
+from tests.workers import make_persona
 
 VIEW = "generation.view_content"
 

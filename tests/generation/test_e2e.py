@@ -21,7 +21,7 @@ from generation.models import Content, ContentStatus
 from generation.parameters import GenerationOverrides
 from generation.reconcile import reconcile
 from personas.models import ControlNetUnit
-from tests.generation.conftest import make_persona, wait_finished, wait_for
+from tests.workers import make_persona, wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -241,7 +241,7 @@ def test_sigterm_hands_the_running_job_back_and_another_worker_completes_it(
 def test_redis_flushed_while_rows_are_queued_then_reconcile_completes_every_one(
     studio_settings, start_worker, persona, redis_connection
 ):
-    from tests.generation.conftest import use_queue
+    from tests.workers import use_queue
 
     use_queue(studio_settings, "flush")
     batch = services.content_enqueue_batch(persona=persona, prompt="lost", count=3)

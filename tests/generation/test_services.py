@@ -16,7 +16,7 @@ from generation.parameters import GenerationOverrides
 from generation.reconcile import reconcile
 from personas.models import SeedPolicy
 from personas.services import persona_create
-from tests.generation.conftest import make_persona
+from tests.workers import make_persona
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from rq.registry import StartedJobRegistry
 
 from generation.queues import get_queue
 from generation.worker import StudioWorker
-from tests.generation.conftest import use_queue
+from tests.workers import use_queue
 
 
 def test_the_keepalive_renews_a_running_jobs_heartbeats(

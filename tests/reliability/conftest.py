@@ -1,10 +1,7 @@
 """Fixtures of the reliability suite.
 
 The tiny model, the shared media folder and real worker processes come from the
-generation tests' fixtures, imported here by name (a non-root conftest cannot
-use ``pytest_plugins``). Imported twice, a session-scoped fixture runs twice:
-a session running both suites writes the tiny model twice until those fixtures
-move to tests/conftest.py.
+shared fixtures of tests/workers.py (loaded by tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,13 +16,6 @@ from django.db.models import FileField, Model
 
 from generation.models import Batch, Content, ContentControlImage
 from personas.models import ControlNetUnit, Persona, ReferenceImage
-from tests.generation.conftest import (  # noqa: F401  (fixtures, used by name)
-    redis_connection,
-    shared_media_root,
-    start_worker,
-    studio_settings,
-    tiny_model_dir,
-)
 from tests.reliability.figures import Figures
 
 STUDIO_MODELS: tuple[type[Model], ...] = (

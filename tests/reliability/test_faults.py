@@ -32,13 +32,13 @@ from generation import services
 from generation.models import ACTIVE_STATUSES, Content, ContentStatus
 from personas.models import Persona
 from studio.redis_embedded import EmbeddedRedis
-from tests.generation.conftest import (
+from tests.reliability.conftest import stored_files
+from tests.reliability.faulty_storage import FAILING_FOLDERS_ENV
+from tests.workers import (
     WorkerFactory,
     make_persona,
     wait_for,
 )
-from tests.reliability.conftest import stored_files
-from tests.reliability.faulty_storage import FAILING_FOLDERS_ENV
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

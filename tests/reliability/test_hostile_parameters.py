@@ -25,9 +25,9 @@ from generation.models import Content, ContentStatus
 from generation.queues import get_queue
 from personas.models import Persona
 from studio.conf import studio_setting
-from tests.generation.conftest import make_persona, use_queue
 from tests.reliability.admin_forms import change_form_data, page_errors
 from tests.reliability.conftest import studio_state
+from tests.workers import make_persona, use_queue
 
 pytestmark = pytest.mark.reliability
 

@@ -28,8 +28,8 @@ from django.urls import reverse
 from generation import services
 from generation.models import ACTIVE_STATUSES, Content, ContentStatus, ReviewState
 from personas.models import Persona
-from tests.generation.conftest import make_persona, use_queue, wait_for
 from tests.images import encode, halves
+from tests.workers import make_persona, use_queue, wait_for
 
 pytestmark = pytest.mark.reliability
 

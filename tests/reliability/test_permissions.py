@@ -32,9 +32,9 @@ from generation.views import CONTENT_ACTIONS
 from personas.models import ControlNetUnit, Persona
 from personas.services import control_unit_save, persona_set_lora
 from studio.conf import studio_setting
-from tests.generation.conftest import make_persona
 from tests.images import encode, halves, safetensors_lora
 from tests.reliability.conftest import stored_names, studio_state
+from tests.workers import make_persona
 
 pytestmark = pytest.mark.reliability
 

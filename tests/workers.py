@@ -1,5 +1,6 @@
-"""Fixtures for the generation tests: the tiny model, personas with a reference,
-and real worker processes (``manage.py studio_worker``) on the real Redis.
+"""Fixtures shared by every suite that runs generations (a pytest plugin loaded
+by tests/conftest.py): the tiny model, written once per session, personas with a
+reference, and real worker processes (``manage.py studio_worker``) on the real Redis.
 
 A worker is a separate process, so it sees only committed rows (tests use
 ``transactional_db``) in the same test database (a file for SQLite, see
