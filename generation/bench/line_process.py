@@ -24,9 +24,11 @@ class BenchProcessError(RuntimeError):
 
 
 class LineProcess:
-    """A helper process (see the module docstring), started and ready: its first
-    reply, sent once it has loaded and warmed up, is ``ready``. A context
-    manager."""
+    """A started helper process (see the module docstring); a context manager.
+
+    Its first reply, sent once it has loaded and warmed up, is read by
+    ``wait_ready``: several helpers can start at once and be waited for after.
+    """
 
     def __init__(
         self, command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path
@@ -42,7 +44,12 @@ class LineProcess:
                 stderr=log,
                 text=True,
             )
+        self.ready: dict[str, Any] = {}
+
+    def wait_ready(self) -> LineProcess:
+        """Wait for the ready reply and keep it in ``ready``."""
         self.ready = self.reply()
+        return self
 
     def reply(self) -> dict[str, Any]:
         """The next reply; raises when the process ends first."""

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from statistics import median
@@ -65,15 +66,22 @@ def measure_paths(
         "queue_workload": (queue_workload or workload).as_dict(),
     }
     result: dict[str, Any] = {"overhead": None, "queue": None}
-    with sandbox.start(plan, speed) as studio:
+    # The helpers load at the same time; the engine loads here meanwhile.
+    with (
+        sandbox.start(plan, speed) as studio,
+        _start_raw(config, workload, workdir, speed, warmup)
+        if runs
+        else nullcontext() as raw,
+    ):
+        engine = _EngineRunner(config, workload, speed, warmup) if runs else None
+        studio.wait_ready()
         if runs:
-            with _start_raw(config, workload, workdir, speed, warmup) as raw:
-                engine = _EngineRunner(config, workload, speed, warmup)
-                raw_runs, engine_runs, studio_jobs = [], [], []
-                for _ in range(runs):
-                    raw_runs.append(raw.request("run"))
-                    engine_runs.append(engine.run())
-                    studio_jobs.append(studio.request("job"))
+            raw.wait_ready()
+            raw_runs, engine_runs, studio_jobs = [], [], []
+            for _ in range(runs):
+                raw_runs.append(raw.request("run"))
+                engine_runs.append(engine.run())
+                studio_jobs.append(studio.request("job"))
             result["overhead"] = overhead_result(
                 {**_summary(raw_runs), "ready": raw.ready},
                 _summary(engine_runs),

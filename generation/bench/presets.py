@@ -130,9 +130,10 @@ PRESETS = {
             height=64,
             steps=10,
             runs=3,
-            step_counts=(5, 10, 20),
+            step_counts=(5, 10),
             sizes=(64, 128),
             strengths=(0.2, 0.6, 1.0),
+            image_counts=(1, 2),
             controlnet_counts=(0, 1, 2),
         ),
         Preset(
