@@ -113,14 +113,16 @@ def _overhead(section: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
-        f"Studio time beyond the engine: {_num(section['beyond_engine_ms'])} ms "
-        f"per job: {_num(section['inside_engine_call_ms'])} ms inside the engine "
-        f"call (the job's per-step progress and cancellation checks) and "
-        f"{_num(section['outside_engine_call_ms'])} ms around it (enqueue and "
-        f"queue {_ms(breakdown['enqueue_and_queue'])}, score "
-        f"{_ms(breakdown['score'])}, rest of the job "
+        f"Studio minus engine: {_num(section['beyond_engine_ms'])} ms per job, of "
+        f"which {_num(section['inside_engine_call_ms'])} ms inside the engine call "
+        f"(the worker's call, with the job's per-step progress and cancellation "
+        f"checks, against this process's; within noise when small against the "
+        f"spread above). Around the engine call, paired per job: "
+        f"{_num(section['outside_engine_call_ms'])} ms (enqueue to pick-up "
+        f"{_ms(breakdown['enqueue_and_queue'])}, score {_ms(breakdown['score'])}, "
+        f"the rest of the job "
         f"{_ms(breakdown['job_before_and_after_engine'] - breakdown['score'])}, "
-        f"storing outputs and thumbnails and updating the row "
+        f"storing output and thumbnails and updating the row "
         f"{_ms(breakdown['store_and_row_update'])}).",
     ]
 

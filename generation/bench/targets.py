@@ -31,9 +31,11 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         on_gpu = str(overhead["device"]).startswith("cuda")
         limit = STUDIO_RATIO_GPU if on_gpu else STUDIO_RATIO_CPU
         check("full studio path / raw diffusers", overhead["studio_ratio"], limit)
+        # Paired per job: the difference of two paths' medians carries their
+        # noise, which on seconds-long jobs is larger than the limit.
         check(
-            "per-job overhead beyond the engine, ms",
-            overhead["beyond_engine_ms"],
+            "per-job overhead around the engine call, ms",
+            overhead["outside_engine_call_ms"],
             OVERHEAD_BEYOND_ENGINE_MS,
         )
     queue = report.get("queue")
