@@ -37,6 +37,7 @@ from generation.engine.tiny_model import (
     _layer_norm,
     _random,
     _seed_for,
+    ip_attention_weights,
     random_controlnet,
     random_pipeline,
 )
@@ -119,16 +120,8 @@ def _write_ip_adapter(
         ),
         "image_proj.proj.bias": _random(generator, IP_ADAPTER_TOKENS * cross),
         **_layer_norm("image_proj.norm", cross),
+        **ip_attention_weights(unet, generator),
     }
-    # As in the original training code, ``n`` counts every attention processor,
-    # so the cross-attention layers (attn2) get odd numbers.
-    for index, name in enumerate(unet.attn_processors):
-        if name.endswith("attn2.processor"):
-            attention = unet.get_submodule(name.removesuffix(".processor"))
-            for projection in ("to_k_ip", "to_v_ip"):
-                weights[f"ip_adapter.{index}.{projection}.weight"] = _random(
-                    generator, attention.to_q.in_features, cross
-                )
     save_file(
         {key: value.to(dtype) for key, value in weights.items()},
         models_dir / "ip-adapter_sd15.safetensors",

@@ -297,21 +297,22 @@ def _write_ip_adapter(models_dir: Path, unet: UNet2DConditionModel) -> None:
         ),
         "image_proj.proj.bias": _random(generator, 4 * CROSS_ATTENTION_DIM),
         **_layer_norm("image_proj.norm", CROSS_ATTENTION_DIM),
-        **_ip_attention_weights(unet, generator),
+        **ip_attention_weights(unet, generator),
     }
     save_file(plain, models_dir / "ip-adapter_sd15.safetensors")
     generator = torch.Generator().manual_seed(_seed_for("ip-adapter-plus-face"))
     plus_face = {
         **_resampler_weights(generator),
-        **_ip_attention_weights(unet, generator),
+        **ip_attention_weights(unet, generator),
     }
     save_file(plus_face, models_dir / "ip-adapter-plus-face_sd15.safetensors")
 
 
-def _ip_attention_weights(
+def ip_attention_weights(
     unet: UNet2DConditionModel, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """``ip_adapter.<n>.to_k_ip/to_v_ip`` for each cross-attention layer.
+    """``ip_adapter.<n>.to_k_ip/to_v_ip`` for each cross-attention layer of any
+    SD 1.5-layout UNet (the tiny model's and the benchmark's).
 
     ``n`` is the layer's index among all of the UNet's attention processors, as
     in the original training code (so cross-attention layers get odd numbers).
@@ -322,9 +323,10 @@ def _ip_attention_weights(
             continue
         attention = unet.get_submodule(name.removesuffix(".processor"))
         hidden_size = attention.to_q.in_features
+        cross_attention_dim = attention.to_k.in_features
         for projection in ("to_k_ip", "to_v_ip"):
             weights[f"ip_adapter.{index}.{projection}.weight"] = _random(
-                generator, hidden_size, CROSS_ATTENTION_DIM
+                generator, hidden_size, cross_attention_dim
             )
     return weights
 
