@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
+
 from generation.engine.config import (
     TINY_MARKER_FILE,
     EngineConfig,
@@ -17,17 +19,16 @@ from generation.engine.config import (
     ModelSpec,
     tiny_engine_config,
 )
-from studio.conf import studio_setting
 from studio.models_catalog import configured_models
 
 
 def uses_tiny_model() -> bool:
     """True when no real model is configured, so the tiny model is served."""
-    return not studio_setting("MODELS")
+    return not settings.STUDIO_MODELS
 
 
 def tiny_model_dir() -> Path:
-    return Path(studio_setting("TINY_MODEL_DIR"))
+    return Path(settings.STUDIO_TINY_MODEL_DIR)
 
 
 def tiny_model_written() -> bool:
@@ -40,7 +41,7 @@ def engine_config() -> EngineConfig:
     if uses_tiny_model():
         config = tiny_engine_config(tiny_model_dir())
     else:
-        raw = studio_setting("MODELS")
+        raw = settings.STUDIO_MODELS
         config = EngineConfig(
             models={
                 key: ModelSpec(
@@ -54,22 +55,22 @@ def engine_config() -> EngineConfig:
                 )
                 for key, model in configured_models().items()
             },
-            model_roots=[Path(root) for root in studio_setting("MODEL_ROOTS")],
+            model_roots=[Path(root) for root in settings.STUDIO_MODEL_ROOTS],
         )
-    if studio_setting("CONTROLNETS"):
-        config.controlnets = dict(studio_setting("CONTROLNETS"))
-    if studio_setting("IP_ADAPTER"):
-        config.ip_adapter = IPAdapterSpec(**studio_setting("IP_ADAPTER"))
-    config.annotators_dir = _optional_path(studio_setting("ANNOTATORS_DIR"))
-    config.seg_model = studio_setting("SEG_MODEL") or None
-    config.device = studio_setting("DEVICE") or None
-    config.dtype = studio_setting("DTYPE") or None
-    config.memory_budget_mb = studio_setting("MEMORY_BUDGET_MB") or None
-    config.cpu_offload = studio_setting("CPU_OFFLOAD")
-    config.attention_slicing = studio_setting("ATTENTION_SLICING")
-    config.vae_tiling = studio_setting("VAE_TILING")
-    config.channels_last = studio_setting("CHANNELS_LAST")
-    config.compile = studio_setting("TORCH_COMPILE")
+    if settings.STUDIO_CONTROLNETS:
+        config.controlnets = dict(settings.STUDIO_CONTROLNETS)
+    if settings.STUDIO_IP_ADAPTER:
+        config.ip_adapter = IPAdapterSpec(**settings.STUDIO_IP_ADAPTER)
+    config.annotators_dir = _optional_path(settings.STUDIO_ANNOTATORS_DIR)
+    config.seg_model = settings.STUDIO_SEG_MODEL or None
+    config.device = settings.STUDIO_DEVICE or None
+    config.dtype = settings.STUDIO_DTYPE or None
+    config.memory_budget_mb = settings.STUDIO_MEMORY_BUDGET_MB or None
+    config.cpu_offload = settings.STUDIO_CPU_OFFLOAD
+    config.attention_slicing = settings.STUDIO_ATTENTION_SLICING
+    config.vae_tiling = settings.STUDIO_VAE_TILING
+    config.channels_last = settings.STUDIO_CHANNELS_LAST
+    config.compile = settings.STUDIO_TORCH_COMPILE
     return config
 
 

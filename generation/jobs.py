@@ -22,6 +22,7 @@ import time
 import traceback
 
 import redis.exceptions
+from django.conf import settings
 from django.db import InterfaceError as DatabaseInterfaceError
 from django.db import OperationalError, close_old_connections
 from PIL import Image
@@ -34,7 +35,6 @@ from generation.engine.errors import EngineError, GenerationCancelled
 from generation.models import Content
 from generation.parameters import open_stored_image, request_from_row
 from generation.selectors import content_should_stop
-from studio.conf import studio_setting
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _retry_or_fail(content: Content, error: Exception) -> str:
     attempt = Content.objects.values_list("attempts", flat=True).get(pk=content.pk)
     content.attempts = attempt
     message = str(error) or type(error).__name__
-    if attempt >= studio_setting("MAX_ATTEMPTS"):
+    if attempt >= settings.STUDIO_MAX_ATTEMPTS:
         services.content_fail(
             content=content,
             code=getattr(error, "code", "transient"),
@@ -229,7 +229,7 @@ class _StepReporter:
     def __init__(self, content: Content, job: Job) -> None:
         self.content = content
         self.job = job
-        self.interval = float(studio_setting("PROGRESS_INTERVAL_SECONDS"))
+        self.interval = float(settings.STUDIO_PROGRESS_INTERVAL_SECONDS)
         self.last_report = float("-inf")
         self.handed_back = False
 
@@ -264,7 +264,7 @@ def _inject_test_fault(content: Content) -> None:
     every generation hit the device's real out-of-memory error at a denoising
     step, so that the end-to-end tests exercise the engine's and the job's
     recovery for real. It is 0 (off) everywhere else."""
-    if content.attempts <= studio_setting("TEST_OOM_ATTEMPTS"):
+    if content.attempts <= settings.STUDIO_TEST_OOM_ATTEMPTS:
         import torch
 
         raise torch.OutOfMemoryError(

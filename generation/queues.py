@@ -8,23 +8,22 @@ say), so that GPU workers listen only on the queues of the models they serve.
 from __future__ import annotations
 
 import django_rq
+from django.conf import settings
 from redis import Redis
 from rq import Queue
-
-from studio.conf import studio_setting
 
 
 def queue_name_for_model(model_key: str) -> str:
     """The queue that serves ``model_key``."""
-    return studio_setting("QUEUE_ROUTES").get(
-        model_key, studio_setting("DEFAULT_QUEUE")
+    return settings.STUDIO_QUEUE_ROUTES.get(
+        model_key, settings.STUDIO_DEFAULT_QUEUE
     )
 
 
 def all_queue_names() -> list[str]:
     """Every queue a generation can be routed to, the default first."""
-    default = studio_setting("DEFAULT_QUEUE")
-    routed = sorted(set(studio_setting("QUEUE_ROUTES").values()) - {default})
+    default = settings.STUDIO_DEFAULT_QUEUE
+    routed = sorted(set(settings.STUDIO_QUEUE_ROUTES.values()) - {default})
     return [default, *routed]
 
 
@@ -39,4 +38,4 @@ def get_queue(name: str) -> Queue:
 
 def redis_connection() -> Redis:
     """A connection to the Redis that holds the generation queues."""
-    return django_rq.get_connection(studio_setting("DEFAULT_QUEUE"))
+    return django_rq.get_connection(settings.STUDIO_DEFAULT_QUEUE)

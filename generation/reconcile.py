@@ -24,6 +24,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -34,7 +35,6 @@ from generation import services
 from generation.models import Content, ContentStatus
 from generation.queues import redis_connection
 from generation.selectors import content_active
-from studio.conf import studio_setting
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _reconcile_running(
     if job is not None and _executing(job, content, connection):
         return
     worker = content.worker_name or "unknown"
-    if content.attempts < studio_setting("MAX_ATTEMPTS"):
+    if content.attempts < settings.STUDIO_MAX_ATTEMPTS:
         if services.content_requeue(
             content=content,
             reason=f"The worker running it ({worker}) stopped (killed, crashed or "
@@ -122,7 +122,7 @@ def _reconcile_running(
         content=content,
         code="worker_lost",
         message=f"The worker running it ({worker}) stopped (killed, crashed or "
-        f"lost) on attempt {content.attempts} of {studio_setting('MAX_ATTEMPTS')}; "
+        f"lost) on attempt {content.attempts} of {settings.STUDIO_MAX_ATTEMPTS}; "
         "gave up. Retry it when the workers are healthy.",
     ):
         report.failed.append(content.pk)

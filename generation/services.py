@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
@@ -50,7 +51,6 @@ from personas.models import ConsistencyMethod, Persona, SeedPolicy
 from personas.services import written_files_removed_on_failure
 from personas.uploads import encode_thumbnail
 from personas.validators import validate_prompt_text
-from studio.conf import studio_setting
 from studio.models_catalog import configured_models
 
 logger = logging.getLogger(__name__)
@@ -488,7 +488,7 @@ def content_requeue(
 def retry_delay_seconds(attempt: int) -> float:
     """Backoff before attempt ``attempt + 1``: ``STUDIO_RETRY_BACKOFF_SECONDS`` by
     attempt, the last value repeating."""
-    backoff = studio_setting("RETRY_BACKOFF_SECONDS") or [0]
+    backoff = settings.STUDIO_RETRY_BACKOFF_SECONDS or [0]
     return float(backoff[min(max(attempt, 1), len(backoff)) - 1])
 
 
@@ -657,7 +657,7 @@ def _enqueue_job(
     options = {
         "args": (content_id,),
         "job_id": job_id,
-        "job_timeout": studio_setting("JOB_TIMEOUT"),
+        "job_timeout": settings.STUDIO_JOB_TIMEOUT,
         "description": f"generate content #{content_id}",
     }
     if delay_seconds > 0:

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
+from django.conf import settings
 from django.db import close_old_connections, connection
 from rq.job import Job
 from rq.queue import Queue
@@ -35,7 +36,6 @@ from rq.worker import BaseWorker, SimpleWorker, WorkerStatus
 
 from generation.engine_settings import engine_config
 from generation.reconcile import reconcile
-from studio.conf import studio_setting
 
 if TYPE_CHECKING:
     from generation.engine.runner import Engine
@@ -72,12 +72,12 @@ class StudioWorker(SimpleWorker):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.preload_models = list(
-            studio_setting("PRELOAD_MODELS")
+            settings.STUDIO_PRELOAD_MODELS
             if preload_models is None
             else preload_models
         )
         self.reconcile_interval = float(
-            studio_setting("RECONCILE_INTERVAL_SECONDS")
+            settings.STUDIO_RECONCILE_INTERVAL_SECONDS
             if reconcile_interval is None
             else reconcile_interval
         )

@@ -19,10 +19,10 @@ import struct
 from pathlib import PurePosixPath
 from typing import Any
 
+from django.conf import settings
 from django.core.files.base import File
 
 from personas.uploads import UploadRejected, check_size, display_name
-from studio.conf import studio_setting
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
@@ -60,7 +60,7 @@ def validate_lora_upload(file: File, *, name: str = "") -> ValidatedLora:
         return file
     name = display_name(name or file.name)
     size = file.size
-    check_size(size, name=name, limit=studio_setting("MAX_LORA_BYTES"))
+    check_size(size, name=name, limit=settings.STUDIO_MAX_LORA_BYTES)
     file.seek(0)
     head = file.read(8)
     extension = PurePosixPath(name).suffix.lower()

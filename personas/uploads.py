@@ -49,11 +49,10 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import IO
 
 import numpy as np
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from PIL import Image, ImageOps
-
-from studio.conf import studio_setting
 
 PNG, JPEG, WEBP = "PNG", "JPEG", "WEBP"
 FORMAT_LABELS = {PNG: "PNG", JPEG: "JPEG", WEBP: "WebP"}
@@ -364,7 +363,7 @@ def _encode_png_without_metadata(image: Image.Image) -> bytes:
 
 def encode_thumbnail(image: Image.Image) -> bytes:
     """A WebP thumbnail, longest side ``STUDIO_THUMBNAIL_SIZE``, no metadata."""
-    side = studio_setting("THUMBNAIL_SIZE")
+    side = settings.STUDIO_THUMBNAIL_SIZE
     thumbnail = image.convert("RGB")
     thumbnail.info = {}
     thumbnail.thumbnail((side, side), Image.Resampling.LANCZOS)
@@ -407,7 +406,7 @@ def validate_image_upload(file: File | IO[bytes], *, name: str = "") -> Validate
     if isinstance(file, ValidatedImage):
         return file
     name = display_name(name or getattr(file, "name", ""))
-    data = _read_limited(file, name=name, limit=studio_setting("MAX_UPLOAD_BYTES"))
+    data = _read_limited(file, name=name, limit=settings.STUDIO_MAX_UPLOAD_BYTES)
     image_format = _sniff_accepted_format(data, name)
     _check_extension(image_format, name)
     structure = _read_structure(data, image_format, name)
@@ -501,7 +500,7 @@ def _read_structure(data: bytes, image_format: str, name: str) -> _Structure:
 
 
 def _check_pixels(structure: _Structure, name: str) -> None:
-    limit = studio_setting("MAX_UPLOAD_PIXELS")
+    limit = settings.STUDIO_MAX_UPLOAD_PIXELS
     pixels = structure.width * structure.height * structure.frames
     if pixels > limit:
         raise UploadRejected(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-
-from studio.conf import studio_setting
 
 
 def validate_multiple_of_8(value: int) -> None:
@@ -20,8 +19,7 @@ def validate_multiple_of_8(value: int) -> None:
         )
 
 
-def _validate_at_most(value: int, limit_name: str, label: str) -> None:
-    limit = studio_setting(limit_name)
+def _validate_at_most(value: int, limit: int, limit_name: str, label: str) -> None:
     if value > limit:
         raise ValidationError(
             "%(label)s %(value)s is past the studio's maximum of %(limit)s "
@@ -34,12 +32,14 @@ def _validate_at_most(value: int, limit_name: str, label: str) -> None:
 
 def validate_width(value: int) -> None:
     validate_multiple_of_8(value)
-    _validate_at_most(value, "MAX_WIDTH", "Width")
+    _validate_at_most(value, settings.STUDIO_MAX_WIDTH, "MAX_WIDTH", "Width")
 
 
 def validate_height(value: int) -> None:
     validate_multiple_of_8(value)
-    _validate_at_most(value, "MAX_HEIGHT", "Height")
+    _validate_at_most(
+        value, settings.STUDIO_MAX_HEIGHT, "MAX_HEIGHT", "Height"
+    )
 
 
 MAX_PROMPT_LENGTH = 4000

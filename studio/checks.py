@@ -31,8 +31,6 @@ from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
-from studio.conf import studio_setting
-
 if TYPE_CHECKING:
     from generation.engine.config import EngineConfig
 
@@ -442,7 +440,7 @@ def check_models_available(**kwargs: Any) -> list[checks.CheckMessage]:
                     id="studio.E020",
                 )
             )
-    annotators_dir = studio_setting("ANNOTATORS_DIR")
+    annotators_dir = settings.STUDIO_ANNOTATORS_DIR
     if annotators_dir and not Path(annotators_dir).is_dir():
         messages.append(
             checks.Error(

@@ -1,8 +1,11 @@
-"""The studio's own settings: every ``STUDIO_*`` setting and its default, in one place.
+"""The studio's own settings: every ``STUDIO_*`` default, in one place.
 
-Each name here is read from the environment as ``STUDIO_<NAME>`` by
-``studio.settings.base`` (JSON for lists and dicts) and read back lazily with
-:func:`studio_setting`, so tests can override them with ``settings``.
+``studio.settings.base`` reads each one from the environment with one explicit,
+typed line (``STUDIO_X = env.int("STUDIO_X", default=conf.X)``); code reads it
+back lazily as ``settings.STUDIO_X`` (inside functions), so tests can override it
+with ``settings``. Defaults that follow another setting are functions of it.
+docs/settings.md lists every one; a test keeps the page, this module and the
+settings module in agreement.
 """
 
 from __future__ import annotations
@@ -11,67 +14,75 @@ from pathlib import Path
 from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
 
-DEFAULTS: dict[str, Any] = {
-    # Where the studio keeps its runtime files (database, media, Redis, models).
-    "VAR_DIR": str(VAR_DIR),
-    # Base models staff can choose for a persona: key -> {"source", "revision",
-    # "label"}. A source is a Hub id, a local diffusers folder or a single
-    # .safetensors file. Empty means the built-in tiny model (its images are noise).
-    "MODELS": {},
-    # Local model paths must lie under one of these folders.
-    "MODEL_ROOTS": [str(VAR_DIR / "models")],
-    # Where `studio_tiny_model` writes the built-in tiny model.
-    "TINY_MODEL_DIR": str(VAR_DIR / "models" / "tiny"),
-    # ControlNet per control type: {"canny": "lllyasviel/sd-controlnet-canny", ...}.
-    # Empty means the tiny model's ControlNets when the tiny model is in use.
-    "CONTROLNETS": {},
-    # IP-Adapter: {"source": "h94/IP-Adapter", "subfolder": "models", ...} or {}.
-    "IP_ADAPTER": {},
-    # Folder with annotator weights in the lllyasviel/Annotators layout.
-    "ANNOTATORS_DIR": "",
-    # A transformers semantic-segmentation model for the seg control type.
-    "SEG_MODEL": "",
-    # Inference device and dtype; empty chooses (CUDA fp16, MPS, CPU fp32).
-    "DEVICE": "",
-    "DTYPE": "",
-    # Base models kept loaded until this many MiB of weights; 0 means no limit.
-    "MEMORY_BUDGET_MB": 0,
-    # Footprint options for small or fast GPUs.
-    "CPU_OFFLOAD": False,
-    "ATTENTION_SLICING": False,
-    "VAE_TILING": False,
-    "CHANNELS_LAST": False,
-    "TORCH_COMPILE": False,
-    # Upload limits (decision 7).
-    "MAX_UPLOAD_BYTES": 20 * 1024 * 1024,
-    "MAX_UPLOAD_PIXELS": 40_000_000,
-    "MAX_LORA_BYTES": 512 * 1024 * 1024,
-    # Largest generation size staff may ask for.
-    "MAX_WIDTH": 2048,
-    "MAX_HEIGHT": 2048,
-    # Longest side of stored thumbnails.
-    "THUMBNAIL_SIZE": 256,
-    # RQ queue for generation jobs, and optional routes: model key -> queue.
-    "DEFAULT_QUEUE": "gpu",
-    "QUEUE_ROUTES": {},
-    # Job limits and retries.
-    "JOB_TIMEOUT": 3600,
-    "MAX_ATTEMPTS": 3,
-    "RETRY_BACKOFF_SECONDS": [5, 30, 120],
-    "PROGRESS_INTERVAL_SECONDS": 0.5,
-    "RECONCILE_INTERVAL_SECONDS": 60,
-    # Models a worker loads at start (keys of MODELS); empty means none.
-    "PRELOAD_MODELS": [],
-    # Test-only fault injection: the first N attempts of every generation hit a
-    # real out-of-memory error at a denoising step (generation/jobs.py). Keep 0.
-    "TEST_OOM_ATTEMPTS": 0,
-}
+# Where the studio keeps its runtime files (database, media, Redis, models).
+VAR_DIR: str = str(BASE_DIR / "var")
 
 
-def studio_setting(name: str) -> Any:
-    """Return ``settings.STUDIO_<name>``, falling back to its documented default."""
-    from django.conf import settings
+def MODEL_ROOTS(var_dir: Path) -> list[str]:  # noqa: N802 - named like its setting
+    """Local model paths must lie under one of these folders (follows VAR_DIR)."""
+    return [str(Path(var_dir) / "models")]
 
-    return getattr(settings, f"STUDIO_{name}", DEFAULTS[name])
+
+def TINY_MODEL_DIR(var_dir: Path) -> str:  # noqa: N802 - named like its setting
+    """Where `studio_tiny_model` writes the built-in tiny model (follows VAR_DIR)."""
+    return str(Path(var_dir) / "models" / "tiny")
+
+
+# Base models staff can choose for a persona: key -> {"source", "revision",
+# "label"}. A source is a Hub id, a local diffusers folder or a single
+# .safetensors file. Empty means the built-in tiny model (its images are noise).
+MODELS: dict[str, dict[str, str]] = {}
+# ControlNet per control type: {"canny": "lllyasviel/sd-controlnet-canny", ...}.
+# Empty means the tiny model's ControlNets when the tiny model is in use.
+CONTROLNETS: dict[str, Any] = {}
+# IP-Adapter: {"source": "h94/IP-Adapter", "subfolder": "models", ...} or {}.
+IP_ADAPTER: dict[str, Any] = {}
+# Folder with annotator weights in the lllyasviel/Annotators layout.
+ANNOTATORS_DIR: str = ""
+# A transformers semantic-segmentation model for the seg control type.
+SEG_MODEL: str = ""
+# Inference device and dtype; empty chooses (CUDA fp16, MPS, CPU fp32).
+DEVICE: str = ""
+DTYPE: str = ""
+# Base models kept loaded until this many MiB of weights; 0 means no limit.
+MEMORY_BUDGET_MB: int = 0
+# Footprint options for small or fast GPUs.
+CPU_OFFLOAD: bool = False
+ATTENTION_SLICING: bool = False
+VAE_TILING: bool = False
+CHANNELS_LAST: bool = False
+TORCH_COMPILE: bool = False
+# Upload limits (decision 7).
+MAX_UPLOAD_BYTES: int = 20 * 1024 * 1024
+MAX_UPLOAD_PIXELS: int = 40_000_000
+MAX_LORA_BYTES: int = 512 * 1024 * 1024
+# Largest generation size staff may ask for.
+MAX_WIDTH: int = 2048
+MAX_HEIGHT: int = 2048
+# Longest side of stored thumbnails.
+THUMBNAIL_SIZE: int = 256
+# RQ queue for generation jobs, and optional routes: model key -> queue.
+DEFAULT_QUEUE: str = "gpu"
+QUEUE_ROUTES: dict[str, str] = {}
+# Job limits and retries.
+JOB_TIMEOUT: int = 3600
+MAX_ATTEMPTS: int = 3
+RETRY_BACKOFF_SECONDS: list[int] = [5, 30, 120]
+PROGRESS_INTERVAL_SECONDS: float = 0.5
+RECONCILE_INTERVAL_SECONDS: int = 60
+# Models a worker loads at start (keys of MODELS); empty means none.
+PRELOAD_MODELS: list[str] = []
+# Test-only fault injection: the first N attempts of every generation hit a
+# real out-of-memory error at a denoising step (generation/jobs.py). Keep 0.
+TEST_OOM_ATTEMPTS: int = 0
+
+
+def documented_defaults(var_dir: Path | str = VAR_DIR) -> dict[str, Any]:
+    """Every setting's default by name (without ``STUDIO_``), as docs list them."""
+    defaults: dict[str, Any] = {}
+    for name, value in globals().items():
+        if not name.isupper() or name == "BASE_DIR":
+            continue
+        defaults[name] = value(Path(var_dir)) if callable(value) else value
+    return defaults

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.conf import studio_setting
+from django.conf import settings
 
 TINY_MODEL_KEY = "tiny-sd15"
 
@@ -24,9 +24,9 @@ class CatalogModel:
 
 
 def configured_models() -> dict[str, CatalogModel]:
-    configured = studio_setting("MODELS")
+    configured = settings.STUDIO_MODELS
     if not configured:
-        tiny_dir = Path(studio_setting("TINY_MODEL_DIR"))
+        tiny_dir = Path(settings.STUDIO_TINY_MODEL_DIR)
         return {
             TINY_MODEL_KEY: CatalogModel(
                 key=TINY_MODEL_KEY,

@@ -5,17 +5,17 @@ One section per concern. ``local``, ``production`` and ``test`` build on this.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import environ
 
-from studio.conf import BASE_DIR, DEFAULTS
+from studio import conf
+from studio.conf import BASE_DIR
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-VAR_DIR = Path(env("STUDIO_VAR_DIR", default=DEFAULTS["VAR_DIR"]))
+VAR_DIR = Path(env.str("STUDIO_VAR_DIR", default=conf.VAR_DIR))
 
 # --- Core ------------------------------------------------------------------
 SECRET_KEY = env("SECRET_KEY", default="")
@@ -141,33 +141,44 @@ if not REDIS_URL:
     REDIS_URL = f"unix://{VAR_DIR / 'redis' / 'redis.sock'}?db=0"
 
 # --- The studio's own settings (defaults documented in studio/conf.py) -------
-
-
-def _studio_env(name: str, default):
-    key = f"STUDIO_{name}"
-    if key not in env.ENVIRON:
-        return default
-    raw = env.str(key)
-    if isinstance(default, bool):
-        return env.bool(key)
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, (list, dict)):
-        return json.loads(raw)
-    return raw
-
-
-for _name, _default in DEFAULTS.items():
-    globals()[f"STUDIO_{_name}"] = _studio_env(_name, _default)
+# One explicit, typed line per setting; code reads them as settings.STUDIO_X.
 STUDIO_VAR_DIR = str(VAR_DIR)
+STUDIO_MODEL_ROOTS = env.json("STUDIO_MODEL_ROOTS", default=conf.MODEL_ROOTS(VAR_DIR))
+STUDIO_TINY_MODEL_DIR = env.str("STUDIO_TINY_MODEL_DIR", default=conf.TINY_MODEL_DIR(VAR_DIR))
+STUDIO_MODELS = env.json("STUDIO_MODELS", default=conf.MODELS)
+STUDIO_CONTROLNETS = env.json("STUDIO_CONTROLNETS", default=conf.CONTROLNETS)
+STUDIO_IP_ADAPTER = env.json("STUDIO_IP_ADAPTER", default=conf.IP_ADAPTER)
+STUDIO_ANNOTATORS_DIR = env.str("STUDIO_ANNOTATORS_DIR", default=conf.ANNOTATORS_DIR)
+STUDIO_SEG_MODEL = env.str("STUDIO_SEG_MODEL", default=conf.SEG_MODEL)
+STUDIO_DEVICE = env.str("STUDIO_DEVICE", default=conf.DEVICE)
+STUDIO_DTYPE = env.str("STUDIO_DTYPE", default=conf.DTYPE)
+STUDIO_MEMORY_BUDGET_MB = env.int("STUDIO_MEMORY_BUDGET_MB", default=conf.MEMORY_BUDGET_MB)
+STUDIO_CPU_OFFLOAD = env.bool("STUDIO_CPU_OFFLOAD", default=conf.CPU_OFFLOAD)
+STUDIO_ATTENTION_SLICING = env.bool("STUDIO_ATTENTION_SLICING", default=conf.ATTENTION_SLICING)
+STUDIO_VAE_TILING = env.bool("STUDIO_VAE_TILING", default=conf.VAE_TILING)
+STUDIO_CHANNELS_LAST = env.bool("STUDIO_CHANNELS_LAST", default=conf.CHANNELS_LAST)
+STUDIO_TORCH_COMPILE = env.bool("STUDIO_TORCH_COMPILE", default=conf.TORCH_COMPILE)
+STUDIO_MAX_UPLOAD_BYTES = env.int("STUDIO_MAX_UPLOAD_BYTES", default=conf.MAX_UPLOAD_BYTES)
+STUDIO_MAX_UPLOAD_PIXELS = env.int("STUDIO_MAX_UPLOAD_PIXELS", default=conf.MAX_UPLOAD_PIXELS)
+STUDIO_MAX_LORA_BYTES = env.int("STUDIO_MAX_LORA_BYTES", default=conf.MAX_LORA_BYTES)
+STUDIO_MAX_WIDTH = env.int("STUDIO_MAX_WIDTH", default=conf.MAX_WIDTH)
+STUDIO_MAX_HEIGHT = env.int("STUDIO_MAX_HEIGHT", default=conf.MAX_HEIGHT)
+STUDIO_THUMBNAIL_SIZE = env.int("STUDIO_THUMBNAIL_SIZE", default=conf.THUMBNAIL_SIZE)
+STUDIO_DEFAULT_QUEUE = env.str("STUDIO_DEFAULT_QUEUE", default=conf.DEFAULT_QUEUE)
+STUDIO_QUEUE_ROUTES = env.json("STUDIO_QUEUE_ROUTES", default=conf.QUEUE_ROUTES)
+STUDIO_JOB_TIMEOUT = env.int("STUDIO_JOB_TIMEOUT", default=conf.JOB_TIMEOUT)
+STUDIO_MAX_ATTEMPTS = env.int("STUDIO_MAX_ATTEMPTS", default=conf.MAX_ATTEMPTS)
+STUDIO_RETRY_BACKOFF_SECONDS = env.json("STUDIO_RETRY_BACKOFF_SECONDS", default=conf.RETRY_BACKOFF_SECONDS)
+STUDIO_PROGRESS_INTERVAL_SECONDS = env.float("STUDIO_PROGRESS_INTERVAL_SECONDS", default=conf.PROGRESS_INTERVAL_SECONDS)
+STUDIO_RECONCILE_INTERVAL_SECONDS = env.int("STUDIO_RECONCILE_INTERVAL_SECONDS", default=conf.RECONCILE_INTERVAL_SECONDS)
+STUDIO_PRELOAD_MODELS = env.json("STUDIO_PRELOAD_MODELS", default=conf.PRELOAD_MODELS)
+STUDIO_TEST_OOM_ATTEMPTS = env.int("STUDIO_TEST_OOM_ATTEMPTS", default=conf.TEST_OOM_ATTEMPTS)
 
 RQ_QUEUES = {
-    queue: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": STUDIO_JOB_TIMEOUT}  # noqa: F821
+    queue: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": STUDIO_JOB_TIMEOUT}
     for queue in {
-        STUDIO_DEFAULT_QUEUE,  # noqa: F821
-        *STUDIO_QUEUE_ROUTES.values(),  # noqa: F821
+        STUDIO_DEFAULT_QUEUE,
+        *STUDIO_QUEUE_ROUTES.values(),
     }
 }
 # No second copy of the dashboard inside the admin (where any staff could open

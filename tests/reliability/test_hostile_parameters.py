@@ -16,6 +16,7 @@ import io
 import uuid
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
@@ -24,7 +25,6 @@ from generation import services
 from generation.models import Content, ContentStatus
 from generation.queues import get_queue
 from personas.models import Persona
-from studio.conf import studio_setting
 from tests.reliability.admin_forms import change_form_data, page_errors
 from tests.reliability.conftest import studio_state
 from tests.workers import make_persona, use_queue
@@ -52,7 +52,7 @@ def staff_client(client: Client, superuser) -> Client:
 
 
 def queued_jobs() -> int:
-    return get_queue(studio_setting("DEFAULT_QUEUE")).count
+    return get_queue(settings.STUDIO_DEFAULT_QUEUE).count
 
 
 def action_page(client: Client, persona: Persona, action: str, fields: dict[str, str]):

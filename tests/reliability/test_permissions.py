@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
@@ -31,7 +32,6 @@ from generation.queues import get_queue
 from generation.views import CONTENT_ACTIONS
 from personas.models import ControlNetUnit, Persona
 from personas.services import control_unit_save, persona_set_lora
-from studio.conf import studio_setting
 from tests.images import encode, halves, safetensors_lora
 from tests.reliability.conftest import stored_names, studio_state
 from tests.workers import make_persona
@@ -400,7 +400,7 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
     )
     Content.objects.filter(batch=sweep).update(status=ContentStatus.SUCCEEDED)
     sweep_content = sweep.contents.order_by("pk").first()
-    queue = get_queue(studio_setting("DEFAULT_QUEUE"))
+    queue = get_queue(settings.STUDIO_DEFAULT_QUEUE)
     job = queue.enqueue(services.JOB_FUNCTION, content.pk)
     # A registered (idle) RQ worker, for the dashboard's worker page.
     worker = SimpleWorker([queue], connection=queue.connection)

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from studio.conf import BASE_DIR, DEFAULTS
+from studio.conf import BASE_DIR, documented_defaults
+
+DEFAULTS = documented_defaults()
+BASE_SETTINGS = BASE_DIR / "studio" / "settings" / "base.py"
+ONE_LINE_SETTING = re.compile(
+    r'^STUDIO_(\w+) = env\.(str|int|bool|float|json)\("STUDIO_\1", default=conf\.\1\b',
+    re.M,
+)
 
 SETTINGS_DOC = BASE_DIR / "docs" / "settings.md"
 SETTINGS_MODULES = sorted((BASE_DIR / "studio" / "settings").glob("*.py"))
@@ -45,6 +52,25 @@ def test_every_studio_setting_is_documented_with_its_default(name):
         f"docs/settings.md gives STUDIO_{name} the default {default_cell}; "
         f"studio/conf.py has {DEFAULTS[name]!r}"
     )
+
+
+def test_every_default_is_read_by_one_explicit_typed_line():
+    read = dict(ONE_LINE_SETTING.findall(BASE_SETTINGS.read_text()))
+    assert set(read) == set(DEFAULTS) - {"VAR_DIR"}, (
+        "studio/settings/base.py and studio/conf.py disagree on the settings: "
+        f"{sorted(set(read) ^ (set(DEFAULTS) - {'VAR_DIR'}))}"
+    )
+    expected_type = {str: "str", int: "int", bool: "bool", float: "float",
+                     list: "json", dict: "json"}
+    wrong = {name: kind for name, kind in read.items()
+             if expected_type[type(DEFAULTS[name])] != kind}
+    assert not wrong, f"read with the wrong type: {wrong}"
+
+
+def test_derived_defaults_follow_the_var_dir(tmp_path):
+    moved = documented_defaults(tmp_path)
+    assert moved["TINY_MODEL_DIR"] == str(tmp_path / "models" / "tiny")
+    assert moved["MODEL_ROOTS"] == [str(tmp_path / "models")]
 
 
 def test_every_environment_variable_the_settings_read_is_documented():

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from generation.bench.presets import PRESETS
 from generation.bench.suite import SECTIONS
-from studio.conf import studio_setting
 
 
 class Command(BaseCommand):
@@ -71,7 +71,7 @@ class Command(BaseCommand):
         if options["runs"] is not None and options["runs"] < 1:
             raise CommandError("--runs must be at least 1.")
         self._started = time.monotonic()
-        workdir = options["workdir"] or Path(studio_setting("VAR_DIR")) / "bench"
+        workdir = options["workdir"] or Path(settings.STUDIO_VAR_DIR) / "bench"
         try:
             report = run_bench(
                 PRESETS[options["preset"]],
