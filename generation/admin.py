@@ -1,12 +1,18 @@
-"""Generation in the admin: persona actions, the content admin, sweeps' contact sheets.
+"""Generation in the admin: the persona actions, the content and batch admins.
 
-The generation app adds its actions to the persona admin itself (``personas``
-never imports ``generation``): it re-registers ``Persona`` with a subclass of the
-persona app's admin that adds "Generate…", "Strength sweep…" and "Regenerate".
-The costly actions ask first on an intermediate page, the way Django's
-``delete_selected`` does. Every action is declared with its permission
-(``generation.generate_content`` or ``generation.review_content``), so staff
-without it never see it, and calls a service; the admin holds no business rule.
+Every action comes from the action table (``generation.actions``): declared with
+``@admin.action(permissions=[...])`` so staff without the permission never see
+it, run through ``actions.perform`` (the service call, its messages and its
+history entry), and asked first on an intermediate page when it needs input or
+starts costly work, the way Django's ``delete_selected`` does.
+
+``personas`` never imports ``generation``, so this app adds its actions to the
+persona admin through the admin site's documented registry: it takes the
+registered persona admin (``AdminSite.get_model_admin``), extends it and
+registers it again, as projects extend ``contrib.auth``'s ``UserAdmin``.
+
+HTML lives in templates (``admin/generation/...``, each name an attribute a
+subclass may override) styled by ``generation/admin.css``.
 """
 
 from __future__ import annotations
@@ -16,263 +22,109 @@ from collections.abc import Callable
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin import helpers
-from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.db.models.fields.files import FieldFile
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
-from django.views.decorators.http import require_POST
 
-from generation import selectors, services
+from generation import actions, services
+from generation.actions import StaffAction
 from generation.engine_settings import uses_tiny_model
-from generation.models import Batch, Content, ContentStatus, ReviewState
-from generation.parameters import MAX_SEED, GenerationOverrides
-from generation.services import MAX_BATCH_COUNT
-from personas.admin import media_url
-from personas.models import ConsistencyMethod, Persona
-from personas.validators import validate_prompt_text
+from generation.models import Batch, Content
+from personas.models import Persona
 
-GENERATE = "generation.generate_content"
-REVIEW = "generation.review_content"
 TINY_MODEL_NOTE = (
     "This studio runs the built-in tiny model (random weights): its images are "
     "noise. Configure STUDIO_MODELS for real images."
 )
+ADMIN_CSS = {"all": ("generation/admin.css",)}
 
 
-def _image(file: FieldFile | None, label: str, *, size: int) -> str:
-    if not file:
-        return format_html(
-            '<span class="studio-no-image" style="display:inline-block;width:{0}px;'
-            'height:{0}px;background:#eee" title="{1}: none"></span>',
-            size,
-            label,
+def admin_action(action: StaffAction) -> Callable[..., HttpResponse | None]:
+    """The admin action of a table entry, for a ``ModelAdmin.actions`` list."""
+
+    def run(
+        modeladmin: StaffActionsAdmin, request: HttpRequest, queryset: QuerySet
+    ) -> HttpResponse | None:
+        return modeladmin.run_staff_action(request, queryset, action)
+
+    run.__name__ = action.name
+    return admin.action(
+        permissions=[action.admin_permission], description=action.description
+    )(run)
+
+
+class StaffActionsAdmin:
+    """A ``ModelAdmin`` mixin that runs the action table's entries: their
+    permissions and their intermediate page."""
+
+    action_form_template: str | list[str] = "admin/generation/action_form.html"
+
+    def has_generate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(actions.GENERATE)
+
+    def has_review_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(actions.REVIEW)
+
+    def run_staff_action(
+        self, request: HttpRequest, queryset: QuerySet, action: StaffAction
+    ) -> HttpResponse | None:
+        """Run ``action`` on the selected objects, after its intermediate page
+        (its form, or a confirmation) when it has one: the confirmed page posts
+        back with ``post=yes``, like ``delete_selected``'s."""
+        confirmed = "post" in request.POST
+        form = None
+        if action.form is not None:
+            form = action.form(request.POST if confirmed else None)
+        if action.asks_first and not (confirmed and (form is None or form.is_valid())):
+            return self.action_form_view(request, queryset, action, form)
+        actions.perform(
+            action,
+            queryset,
+            request=request,
+            data=form.cleaned_data if form is not None else {},
         )
-    return format_html(
-        '<a href="{0}"><img src="{0}" alt="{1}" title="{1}" loading="lazy" '
-        'style="width:{2}px;height:{2}px;object-fit:cover"></a>',
-        media_url(file),
-        label,
-        size,
-    )
+        return None
 
-
-def _report(
-    request: HttpRequest,
-    modeladmin: admin.ModelAdmin,
-    items: QuerySet,
-    action: Callable[[Any], Any],
-    done: str,
-) -> None:
-    """Run a service on each selected object; one message for the successes and
-    one per refusal (its message written for a person)."""
-    succeeded = 0
-    for item in items:
-        try:
-            action(item)
-        except ValidationError as error:
-            modeladmin.message_user(
-                request, f"{item}: {' '.join(error.messages)}", messages.ERROR
-            )
-        else:
-            succeeded += 1
-    if succeeded:
-        modeladmin.message_user(request, done.format(count=succeeded), messages.SUCCESS)
+    def action_form_view(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet,
+        action: StaffAction,
+        form: forms.Form | None,
+    ) -> TemplateResponse:
+        opts = self.model._meta
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{action.description.rstrip('…')} for the selected "
+            f"{opts.verbose_name_plural}",
+            "action": action,
+            "form": form,
+            "queryset": queryset,
+            "opts": opts,
+            "action_name": request.POST["action"],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + (form.media if form is not None else forms.Media()),
+            "tiny_model_note": TINY_MODEL_NOTE if uses_tiny_model() else "",
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.action_form_template, context)
 
 
 # --- Persona actions ----------------------------------------------------------------
 
-
-class GenerateForm(forms.Form):
-    """What "Generate…" asks for; empty overrides keep each persona's settings."""
-
-    prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
-    )
-    negative_prompt = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        validators=[validate_prompt_text],
-    )
-    count = forms.IntegerField(min_value=1, max_value=MAX_BATCH_COUNT, initial=1)
-    method = forms.ChoiceField(
-        required=False,
-        choices=[("", "The persona's method"), *ConsistencyMethod.choices],
-    )
-    strength = forms.FloatField(
-        required=False,
-        min_value=0.0,
-        max_value=1.0,
-        help_text="img2img strength; empty keeps the persona's.",
-    )
-    seed = forms.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=MAX_SEED,
-        help_text="Empty follows the seed policy.",
-    )
-
-    def overrides(self) -> GenerationOverrides:
-        data = self.cleaned_data
-        return GenerationOverrides(
-            method=data["method"] or None, strength=data["strength"], seed=data["seed"]
-        )
+RegisteredPersonaAdmin = type(admin.site.get_model_admin(Persona))
 
 
-class SweepForm(forms.Form):
-    """What "Strength sweep…" asks for."""
-
-    prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
-    )
-    strengths = forms.CharField(
-        initial="0.3, 0.5, 0.7, 0.9",
-        help_text="img2img strengths, separated by commas.",
-    )
-    seed = forms.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=MAX_SEED,
-        help_text="One seed for the whole sweep; empty picks one.",
-    )
-
-    def clean_strengths(self) -> list[float]:
-        try:
-            strengths = [
-                float(part) for part in self.cleaned_data["strengths"].split(",")
-            ]
-        except ValueError:
-            raise ValidationError(
-                "Write numbers between 0 and 1 separated by commas, e.g. 0.3, 0.5.",
-                code="bad_strengths",
-            ) from None
-        services.validate_sweep_strengths(strengths)
-        return strengths
-
-
-def _persona_form_action(
-    modeladmin: admin.ModelAdmin,
-    request: HttpRequest,
-    queryset: QuerySet[Persona],
-    *,
-    form_class: type[forms.Form],
-    title: str,
-    run: Callable[[Persona, forms.Form], Any],
-    done: str,
-) -> TemplateResponse | None:
-    """An action with an intermediate page (like ``delete_selected``): the first
-    call shows ``form_class``; the confirmed post runs ``run`` per persona."""
-    form = form_class(request.POST if "post" in request.POST else None)
-    if form.is_valid():
-        _report(request, modeladmin, queryset, lambda persona: run(persona, form), done)
-        return None
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "form": form,
-        "queryset": queryset,
-        "opts": modeladmin.model._meta,
-        "action_name": request.POST["action"],
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "media": modeladmin.media + form.media,
-        "tiny_model_note": TINY_MODEL_NOTE if uses_tiny_model() else "",
-    }
-    return TemplateResponse(
-        request, "admin/generation/persona_action_form.html", context
-    )
-
-
-@admin.action(permissions=["generate"], description="Generate…")
-def generate(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Persona]
-) -> TemplateResponse | None:
-    def run(persona: Persona, form: GenerateForm) -> None:
-        data = form.cleaned_data
-        services.content_enqueue_batch(
-            persona=persona,
-            prompt=data["prompt"],
-            negative_prompt=data["negative_prompt"],
-            count=data["count"],
-            overrides=form.overrides(),
-            user=request.user,
-        )
-
-    return _persona_form_action(
-        modeladmin,
-        request,
-        queryset,
-        form_class=GenerateForm,
-        title="Generate for the selected personas",
-        run=run,
-        done="Queued generations for {count} persona(s); follow them under Contents.",
-    )
-
-
-@admin.action(permissions=["generate"], description="Strength sweep…")
-def strength_sweep(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Persona]
-) -> TemplateResponse | None:
-    def run(persona: Persona, form: SweepForm) -> None:
-        data = form.cleaned_data
-        services.content_strength_sweep(
-            persona=persona,
-            prompt=data["prompt"],
-            strengths=data["strengths"],
-            overrides=GenerationOverrides(seed=data["seed"]),
-            user=request.user,
-        )
-
-    return _persona_form_action(
-        modeladmin,
-        request,
-        queryset,
-        form_class=SweepForm,
-        title="Strength sweep for the selected personas",
-        run=run,
-        done="Queued strength sweeps for {count} persona(s); compare them under "
-        "Batches.",
-    )
-
-
-@admin.action(permissions=["generate"], description="Regenerate latest (new seed)")
-def regenerate_latest(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Persona]
-) -> None:
-    def run(persona: Persona) -> None:
-        latest = selectors.content_latest_for_persona(persona=persona)
-        if latest is None:
-            raise ValidationError("it has no generation yet; use Generate… first.")
-        services.content_regenerate(content=latest, user=request.user)
-
-    _report(
-        request,
-        modeladmin,
-        queryset,
-        run,
-        "Queued a new seed of the latest generation of {count} persona(s).",
-    )
-
-
-PersonaAdminBase = type(admin.site.get_model_admin(Persona))
-
-
-class PersonaAdmin(PersonaAdminBase):
-    """The persona app's admin, plus the generation actions."""
+class PersonaAdmin(StaffActionsAdmin, RegisteredPersonaAdmin):
+    """The persona app's admin, plus the generation actions of the table."""
 
     actions = [
-        *(PersonaAdminBase.actions or ()),
-        generate,
-        strength_sweep,
-        regenerate_latest,
+        *(RegisteredPersonaAdmin.actions or ()),
+        *(admin_action(action) for action in actions.PERSONA_ACTIONS),
     ]
-
-    def has_generate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(GENERATE)
 
 
 admin.site.unregister(Persona)
@@ -283,7 +135,7 @@ admin.site.register(Persona, PersonaAdmin)
 
 
 @admin.register(Content)
-class ContentAdmin(admin.ModelAdmin):
+class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
     """Generations: read-only records, changed only through their actions."""
 
     list_display = (
@@ -309,14 +161,7 @@ class ContentAdmin(admin.ModelAdmin):
     search_fields = ("prompt", "persona__name", "persona__slug", "rq_job_id")
     list_select_related = ("persona", "before_reference")
     date_hierarchy = "created_at"
-    actions = (
-        "regenerate",
-        "regenerate_exactly",
-        "cancel",
-        "retry",
-        "approve",
-        "reject",
-    )
+    actions = [admin_action(action) for action in actions.CONTENT_ACTIONS]
     fieldsets = (
         (None, {"fields": ("preview", "persona", "batch", "regenerated_from")}),
         (
@@ -362,6 +207,13 @@ class ContentAdmin(admin.ModelAdmin):
     readonly_fields = tuple(
         name for _, options in fieldsets for name in options["fields"]
     )
+    before_after_template = "admin/generation/content/before_after.html"
+    status_template = "admin/generation/content/status.html"
+    preview_template = "admin/generation/content/preview.html"
+    detail_template = "admin/generation/detail.html"
+
+    class Media:
+        css = ADMIN_CSS
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Generations start from the persona actions or the services, never a
@@ -373,18 +225,12 @@ class ContentAdmin(admin.ModelAdmin):
     ) -> bool:
         return False
 
-    def has_generate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(GENERATE)
-
     def delete_model(self, request: HttpRequest, obj: Content) -> None:
         services.content_delete(content=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         for content in queryset:
             services.content_delete(content=content)
-
-    def has_review_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(REVIEW)
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -402,28 +248,14 @@ class ContentAdmin(admin.ModelAdmin):
         before = content.before_thumbnail or (
             content.before_reference.thumbnail if content.before_reference else None
         )
-        return format_html(
-            '<span style="display:inline-flex;gap:4px">{}{}</span>',
-            _image(before, "before", size=64),
-            _image(content.output_thumbnail, "after", size=64),
+        return render_to_string(
+            self.before_after_template,
+            {"before": before, "after": content.output_thumbnail},
         )
 
     @admin.display(description="status", ordering="status")
     def status_display(self, content: Content) -> str:
-        if content.status == ContentStatus.RUNNING:
-            return format_html(
-                '<progress value="{}" max="{}" title="{}%"></progress> step {} of {}',
-                content.progress_step,
-                content.progress_total or 1,
-                content.progress_percent,
-                content.progress_step,
-                content.progress_total or "?",
-            )
-        return format_html(
-            '<span title="{}">{}</span>',
-            content.error_message,
-            content.get_status_display(),
-        )
+        return render_to_string(self.status_template, {"content": content})
 
     @admin.display(description="method", ordering="method_used")
     def method_display(self, content: Content) -> str:
@@ -439,122 +271,40 @@ class ContentAdmin(admin.ModelAdmin):
 
     @admin.display(description="before, control, after")
     def preview(self, content: Content) -> str:
-        panels = [
-            (
-                "reference (before)",
-                content.before_reference.image if content.before_reference else None,
-            ),
-            *(
-                (f"{control.get_control_type_display()} control", control.image)
-                for control in content.control_images.all()
-            ),
-            ("output (after)", content.output_image),
-        ]
-        figures = format_html_join(
-            "",
-            '<figure style="margin:0">{}<figcaption>{}</figcaption></figure>',
-            ((_image(file, label, size=256), label) for label, file in panels),
-        )
-        note = format_html("<p>{}</p>", TINY_MODEL_NOTE) if uses_tiny_model() else ""
-        return format_html(
-            '{}<div style="display:flex;gap:12px;flex-wrap:wrap">{}</div>',
-            note,
-            figures,
+        return render_to_string(
+            self.preview_template,
+            {
+                "content": content,
+                "control_images": content.control_images.all(),
+                "tiny_model_note": TINY_MODEL_NOTE if uses_tiny_model() else "",
+            },
         )
 
     @admin.display(description="technical detail")
     def error_detail_display(self, content: Content) -> str:
-        return _pre(content.error_detail) if content.error_detail else "–"
+        return self._detail(content.error_detail)
 
     @admin.display(description="timings (seconds)")
     def timings_display(self, content: Content) -> str:
-        return _pre(content.timings) if content.timings else "–"
+        return self._detail(content.timings)
 
     @admin.display(description="score detail")
     def score_detail_display(self, content: Content) -> str:
-        return _pre(content.score_detail) if content.score_detail else "–"
+        return self._detail(content.score_detail)
 
     @admin.display(description="snapshot")
     def snapshot_display(self, content: Content) -> str:
-        return _pre(content.snapshot) if content.snapshot else "–"
+        return self._detail(content.snapshot)
 
-    # Actions -----------------------------------------------------------------------
-
-    @admin.action(permissions=["generate"], description="Regenerate (new seed)")
-    def regenerate(self, request: HttpRequest, queryset: QuerySet[Content]) -> None:
-        _report(
-            request,
-            self,
-            queryset,
-            lambda content: services.content_regenerate(
-                content=content, user=request.user
-            ),
-            "Queued {count} regeneration(s) with new seeds.",
+    def _detail(self, value: Any) -> str:
+        if not value:
+            return "–"
+        text = (
+            value
+            if isinstance(value, str)
+            else json.dumps(value, indent=2, sort_keys=True)
         )
-
-    @admin.action(permissions=["generate"], description="Regenerate exactly")
-    def regenerate_exactly(
-        self, request: HttpRequest, queryset: QuerySet[Content]
-    ) -> None:
-        _report(
-            request,
-            self,
-            queryset,
-            lambda content: services.content_regenerate_exactly(
-                content=content, user=request.user
-            ),
-            "Queued {count} exact regeneration(s).",
-        )
-
-    @admin.action(permissions=["generate"], description="Cancel")
-    def cancel(self, request: HttpRequest, queryset: QuerySet[Content]) -> None:
-        _report(
-            request,
-            self,
-            queryset,
-            lambda content: services.content_cancel(content=content, user=request.user),
-            "Cancelled {count} generation(s) (running ones stop at their next step).",
-        )
-
-    @admin.action(permissions=["generate"], description="Retry")
-    def retry(self, request: HttpRequest, queryset: QuerySet[Content]) -> None:
-        _report(
-            request,
-            self,
-            queryset,
-            lambda content: services.content_retry(content=content, user=request.user),
-            "Queued {count} generation(s) again.",
-        )
-
-    @admin.action(permissions=["review"], description="Approve")
-    def approve(self, request: HttpRequest, queryset: QuerySet[Content]) -> None:
-        self._review(request, queryset, ReviewState.APPROVED)
-
-    @admin.action(permissions=["review"], description="Reject")
-    def reject(self, request: HttpRequest, queryset: QuerySet[Content]) -> None:
-        self._review(request, queryset, ReviewState.REJECTED)
-
-    def _review(
-        self, request: HttpRequest, queryset: QuerySet[Content], state: str
-    ) -> None:
-        _report(
-            request,
-            self,
-            queryset,
-            lambda content: services.content_review(
-                content=content, state=state, user=request.user
-            ),
-            f"Marked {{count}} generation(s) {ReviewState(state).label.lower()}.",
-        )
-
-
-def _pre(value: Any) -> str:
-    text = (
-        value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True)
-    )
-    return format_html(
-        '<pre style="white-space:pre-wrap;max-height:32em;overflow:auto">{}</pre>', text
-    )
+        return render_to_string(self.detail_template, {"text": text})
 
 
 # --- Batches and sweeps --------------------------------------------------------------
@@ -562,21 +312,14 @@ def _pre(value: Any) -> str:
 
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
-    """Batches and strength sweeps, with a contact sheet to compare their outputs."""
+    """Batches and strength sweeps; a sweep's page links to its contact sheet in
+    the gallery (``templates/admin/generation/batch/change_form.html``)."""
 
     list_display = ("__str__", "kind", "persona", "prompt", "created_at")
     list_filter = ("kind", "persona")
     list_select_related = ("persona",)
     search_fields = ("prompt", "persona__name")
-    fields = (
-        "persona",
-        "kind",
-        "prompt",
-        "strengths",
-        "created_by",
-        "created_at",
-        "contact_sheet",
-    )
+    fields = ("persona", "kind", "prompt", "strengths", "created_by", "created_at")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -586,102 +329,3 @@ class BatchAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: Batch | None = None
     ) -> bool:
         return False
-
-    def get_urls(self) -> list:
-        use_strength = self.admin_site.admin_view(require_POST(self.use_strength_view))
-        return [
-            path(
-                "<int:batch_id>/use-strength/<int:content_id>/",
-                use_strength,
-                name="generation_batch_use_strength",
-            ),
-            *super().get_urls(),
-        ]
-
-    @admin.display(description="contact sheet")
-    def contact_sheet(self, batch: Batch) -> str:
-        can_save = batch.kind == "sweep"
-        cells = []
-        for content in selectors.batch_contents(batch=batch):
-            label = (
-                f"strength {content.request.get('strength', 0):g}"
-                if can_save
-                else f"seed {content.seed}"
-            )
-            caption = format_html(
-                '{} · <a href="{}">#{}</a> · {} · score {}',
-                label,
-                content.get_absolute_url(),
-                content.pk,
-                content.get_status_display(),
-                "–"
-                if content.consistency_score is None
-                else f"{content.consistency_score:.2f}",
-            )
-            button = ""
-            if can_save and content.status == ContentStatus.SUCCEEDED:
-                button = format_html(
-                    '<button type="submit" form="use-strength-{}">Use this strength'
-                    "</button>",
-                    content.pk,
-                )
-            cells.append(
-                (_image(content.output_thumbnail, label, size=192), caption, button)
-            )
-        return format_html(
-            '<div style="display:flex;gap:12px;flex-wrap:wrap">{}</div>',
-            format_html_join(
-                "",
-                '<figure style="margin:0">{}<figcaption>{}<br>{}</figcaption></figure>',
-                cells,
-            ),
-        )
-
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        batch = self.get_object(request, object_id)
-        forms_for_buttons = (
-            []
-            if batch is None
-            else [
-                (
-                    content.pk,
-                    reverse(
-                        "admin:generation_batch_use_strength",
-                        args=[batch.pk, content.pk],
-                    ),
-                )
-                for content in selectors.batch_contents(batch=batch)
-            ]
-        )
-        extra_context = {
-            **(extra_context or {}),
-            "use_strength_forms": forms_for_buttons,
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
-
-    def use_strength_view(
-        self, request: HttpRequest, batch_id: int, content_id: int
-    ) -> HttpResponse:
-        """Make a sweep row's strength the persona's img2img strength."""
-        if not request.user.has_perm("personas.change_persona"):
-            raise PermissionDenied("You may not change personas.")
-        batch = get_object_or_404(Batch, pk=batch_id)
-        content = get_object_or_404(Content, pk=content_id, batch=batch)
-        strength = content.request["strength"]
-        services.persona_save_strength(
-            persona=batch.persona, strength=strength, user=request.user
-        )
-        self.message_user(
-            request,
-            f"{batch.persona} now uses img2img strength {strength:g}.",
-            messages.SUCCESS,
-        )
-        return HttpResponseRedirect(
-            reverse("admin:generation_batch_change", args=[batch.pk])
-        )

@@ -24,6 +24,6 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/rq/", include((rq_urls, "django_rq"))),
     path("admin/", admin.site.urls),
-    path("gallery/", include("generation.urls")),
+    path("gallery/", include("generation.gallery.urls")),
     re_path(r"^media/(?P<path>.+)$", serve_media, name="studio-media"),
 ]

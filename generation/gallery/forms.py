@@ -1,11 +1,14 @@
-"""The filter form of a persona's grid in the review gallery."""
+"""The review gallery's input: the filters of a persona's grid and the ids of
+the progress endpoint."""
 
 from __future__ import annotations
 
 from django import forms
+from django.core.exceptions import ValidationError
+from django.db import connection
 
-from generation.gallery_selectors import GalleryFilters, GallerySort
-from generation.models import ContentStatus, ReviewState
+from generation.gallery.selectors import GalleryFilters, GallerySort
+from generation.models import Content, ContentStatus, ReviewState
 from personas.models import ConsistencyMethod
 
 
@@ -44,3 +47,27 @@ class GalleryFilterForm(forms.Form):
             date_to=cleaned.get("date_to"),
             sort=cleaned.get("sort") or GallerySort.NEWEST,
         )
+
+
+def content_ids(text: str) -> list[int]:
+    """The ids of ``?ids=1,2,3``: whole numbers in the range of the database's
+    content ids (a larger one would overflow the query); ``ValidationError``
+    naming what to fix otherwise."""
+    low, high = connection.ops.integer_field_range(Content._meta.pk.get_internal_type())
+    low = max(low, 1)
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    ids = []
+    for part in parts:
+        try:
+            value = int(part)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise ValidationError(
+                "ids must be content ids separated by commas, each a whole number "
+                "from %(low)s to %(high)s; got %(part)s.",
+                code="bad_ids",
+                params={"low": low, "high": high, "part": part[:40]},
+            )
+        ids.append(value)
+    return ids

@@ -1,17 +1,18 @@
 """The review gallery: staff pages to look at outputs, compare them with their
 reference, follow their progress and act on them.
 
-Views stay thin: they read through ``gallery_selectors`` (and ``selectors``) and
-change state only through ``services``, each change a POST with CSRF and a
-permission check. Every page needs a staff login (others go to the admin login)
-and ``generation.view_content``; media is served by ``studio.media``.
+Views stay thin: they read through ``generation.gallery.selectors`` (and
+``generation.selectors``) and change state only through the action table
+(``generation.actions``: the same entries the admin's actions run, with their
+permission, service call, messages and history), each change a POST with CSRF.
+Every page needs a staff login (others go to the admin login) and
+``generation.view_content``; media is served by ``studio.media``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
@@ -31,19 +32,19 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from generation import gallery_selectors, selectors, services
-from generation.gallery_forms import GalleryFilterForm
-from generation.models import Batch, Content, ReviewState
+from generation import actions, selectors
+from generation.gallery import selectors as gallery_selectors
+from generation.gallery.forms import GalleryFilterForm, content_ids
+from generation.models import Batch, Content
 from personas.models import Persona
 
 VIEW = "generation.view_content"
-GENERATE = "generation.generate_content"
-REVIEW = "generation.review_content"
-CHANGE_PERSONA = "personas.change_persona"
 TINY_MODEL_NOTE = (
     "Built-in tiny model (random weights: images are noise). Configure "
     "STUDIO_MODELS for real images."
 )
+# The buttons of a content's page, by their name in the URL.
+CONTENT_ACTIONS = {action.slug: action for action in actions.CONTENT_ACTIONS}
 
 View = Callable[..., HttpResponse]
 
@@ -70,9 +71,9 @@ def _render(
         template,
         {
             **admin.site.each_context(request),
-            "can_review": user.has_perm(REVIEW),
-            "can_generate": user.has_perm(GENERATE),
-            "can_change_persona": user.has_perm(CHANGE_PERSONA),
+            "can_review": actions.APPROVE.allows(user),
+            "can_generate": actions.REGENERATE.allows(user),
+            "can_use_strength": actions.USE_STRENGTH.allows(user),
             "tiny_model_note": TINY_MODEL_NOTE,
             **context,
         },
@@ -211,75 +212,14 @@ def content_progress(request: HttpRequest) -> JsonResponse:
     """``?ids=1,2,3`` -> ``{"contents": {"1": {"status", "step", "total",
     "percent", "finished"}}}``; unknown ids are left out."""
     try:
-        ids = [int(part) for part in request.GET.get("ids", "").split(",") if part]
-    except ValueError:
-        return JsonResponse(
-            {"error": "ids must be content ids separated by commas."}, status=400
-        )
+        ids = content_ids(request.GET.get("ids", ""))
+    except ValidationError as refused:
+        return JsonResponse({"error": " ".join(refused.messages)}, status=400)
     progress = gallery_selectors.content_progress(content_ids=ids)
     return JsonResponse({"contents": {str(pk): row for pk, row in progress.items()}})
 
 
 # --- Actions ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContentAction:
-    """A button on a content: the permission it needs, the service it calls, and
-    the message it leaves; ``opens_result`` goes to the content it returns."""
-
-    permission: str
-    run: Callable[[Content, HttpRequest], Content]
-    message: str
-    opens_result: bool = False
-
-
-def _review(state: str) -> Callable[[Content, HttpRequest], Content]:
-    def run(content: Content, request: HttpRequest) -> Content:
-        return services.content_review(
-            content=content,
-            state=state,
-            user=request.user,
-            note=request.POST.get("note", "").strip(),
-        )
-
-    return run
-
-
-CONTENT_ACTIONS: dict[str, ContentAction] = {
-    "approve": ContentAction(REVIEW, _review(ReviewState.APPROVED), "Approved."),
-    "reject": ContentAction(REVIEW, _review(ReviewState.REJECTED), "Rejected."),
-    "regenerate": ContentAction(
-        GENERATE,
-        lambda content, request: services.content_regenerate(
-            content=content, user=request.user
-        ),
-        "Queued a regeneration with a new seed.",
-        opens_result=True,
-    ),
-    "regenerate-exactly": ContentAction(
-        GENERATE,
-        lambda content, request: services.content_regenerate_exactly(
-            content=content, user=request.user
-        ),
-        "Queued an exact regeneration (same snapshot).",
-        opens_result=True,
-    ),
-    "cancel": ContentAction(
-        GENERATE,
-        lambda content, request: services.content_cancel(
-            content=content, user=request.user
-        ),
-        "Cancel requested.",
-    ),
-    "retry": ContentAction(
-        GENERATE,
-        lambda content, request: services.content_retry(
-            content=content, user=request.user
-        ),
-        "Queued again.",
-    ),
-}
 
 
 @require_POST
@@ -291,17 +231,11 @@ def content_act(request: HttpRequest, content_id: int, action: str) -> HttpRespo
         act = CONTENT_ACTIONS[action]
     except KeyError as unknown:
         raise Http404(f"No action {action!r}.") from unknown
-    if not request.user.has_perm(act.permission):
-        raise PermissionDenied(f"You may not {action.replace('-', ' ')} content.")
+    act.check_allowed(request.user)
     content = get_object_or_404(Content, pk=content_id)
-    try:
-        result = act.run(content, request)
-    except ValidationError as refused:
-        messages.error(request, " ".join(refused.messages))
-        return HttpResponseRedirect(_next_url(request, content))
-    messages.success(request, act.message)
-    if act.opens_result:
-        return HttpResponseRedirect(reverse("gallery:content", args=[result.pk]))
+    results = actions.perform(act, [content], request=request, data=request.POST)
+    if act.opens_result and results:
+        return HttpResponseRedirect(reverse("gallery:content", args=[results[0].pk]))
     return HttpResponseRedirect(_next_url(request, content))
 
 
@@ -309,8 +243,7 @@ def content_act(request: HttpRequest, content_id: int, action: str) -> HttpRespo
 @gallery_view
 def sweep_use_strength(request: HttpRequest, batch_id: int) -> HttpResponse:
     """Save the strength of one of the sweep's outputs (``content``) on the persona."""
-    if not request.user.has_perm(CHANGE_PERSONA):
-        raise PermissionDenied("You may not change personas.")
+    actions.USE_STRENGTH.check_allowed(request.user)
     try:
         batch = gallery_selectors.sweep_get(batch_id=batch_id)
     except Batch.DoesNotExist as missing:
@@ -326,17 +259,7 @@ def sweep_use_strength(request: HttpRequest, batch_id: int) -> HttpResponse:
     if content is None or content.strength is None:
         messages.error(request, "Choose one of this sweep's outputs.")
     else:
-        try:
-            services.persona_save_strength(
-                persona=batch.persona, strength=content.strength, user=request.user
-            )
-        except ValidationError as refused:
-            messages.error(request, " ".join(refused.messages))
-        else:
-            messages.success(
-                request,
-                f"{batch.persona} now uses img2img strength {content.strength:g}.",
-            )
+        actions.perform(actions.USE_STRENGTH, [content], request=request)
     return HttpResponseRedirect(reverse("gallery:sweep", args=[batch.pk]))
 
 

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "studio",
     "personas",
     "generation",
+    "generation.gallery",
 ]
 
 MIDDLEWARE = [

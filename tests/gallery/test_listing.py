@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from generation.gallery_selectors import (
+from generation.gallery.selectors import (
     LATEST_PER_PERSONA,
     GalleryFilters,
     GallerySort,

@@ -179,7 +179,7 @@ def test_regenerate_exactly_replays_the_snapshot_and_shows_the_lineage(
     original_page = viewer.get(reverse("gallery:content", args=[content.pk]))
     assert f'href="/gallery/content/{replay.pk}/"' in original_page.content.decode()
     replay_page = viewer.get(reverse("gallery:content", args=[replay.pk]))
-    assert f"Regenerates <a href=\"/gallery/content/{content.pk}/\"" in (
+    assert f'Regenerates <a href="/gallery/content/{content.pk}/"' in (
         replay_page.content.decode()
     )
 

@@ -8,9 +8,11 @@ tests cover what happens next).
 from __future__ import annotations
 
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission
 from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from rq.job import Job
 
 from generation import services
@@ -37,6 +39,13 @@ def staff(django_user_model, client):
 
 def _grant(user, *codenames: str) -> None:
     user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+
+
+def _history(obj) -> list[LogEntry]:
+    """The admin history of ``obj``, newest first (as its history page lists)."""
+    return list(
+        LogEntry.objects.filter(object_id=str(obj.pk)).order_by("-action_time", "-id")
+    )
 
 
 def _actions(client, url: str) -> set[str]:
@@ -75,7 +84,7 @@ def test_generate_asks_on_an_intermediate_page_first(
         PERSONAS, {"action": "generate", "_selected_action": [persona.pk]}
     )
     assert response.status_code == 200
-    assert "admin/generation/persona_action_form.html" in [
+    assert "admin/generation/action_form.html" in [
         template.name for template in response.templates
     ]
     assert not Content.objects.exists()
@@ -175,46 +184,54 @@ def test_strength_sweep_queues_one_row_per_strength_and_its_contact_sheet(
     ]
     page = admin_client.get(f"/admin/generation/batch/{batch.pk}/change/")
     assert page.status_code == 200
-    for strength in ("0.3", "0.5", "0.7", "0.9"):
-        assert f"strength {strength}" in page.content.decode()
+    sheet_url = reverse("gallery:sweep", args=[batch.pk])
+    assert f'href="{sheet_url}"' in page.content.decode()
+    sheet = admin_client.get(sheet_url)
+    assert sheet.status_code == 200
+    for strength in ("0.30", "0.50", "0.70", "0.90"):
+        assert f"strength {strength}" in sheet.content.decode()
 
 
-def test_use_this_strength_saves_it_on_the_persona(
-    admin_client, persona, studio_settings
+def test_use_this_strength_saves_it_on_the_persona_with_a_history_entry(
+    admin_client, admin_user, persona, studio_settings
 ):
     batch = services.content_strength_sweep(
         persona=persona, prompt="sweep", strengths=[0.3, 0.6]
     )
+    Content.objects.filter(batch=batch).update(status=ContentStatus.SUCCEEDED)
     chosen = batch.contents.get(request__strength=0.6)
-    response = admin_client.post(
-        f"/admin/generation/batch/{batch.pk}/use-strength/{chosen.pk}/"
-    )
+    url = reverse("gallery:sweep-use-strength", args=[batch.pk])
+    response = admin_client.post(url, {"content": chosen.pk})
     assert response.status_code == 302
     persona.refresh_from_db()
     assert persona.img2img_strength == 0.6
-    assert (
-        admin_client.get(
-            f"/admin/generation/batch/{batch.pk}/use-strength/{chosen.pk}/"
-        ).status_code
-        == 405
+    assert admin_client.get(url).status_code == 405
+    entry = LogEntry.objects.get(object_id=str(persona.pk))
+    assert entry.user == admin_user
+    assert entry.action_flag == CHANGE
+    assert entry.get_edited_object() == persona
+    assert "img2img strength to 0.6" in entry.get_change_message()
+    assert f"content #{chosen.pk}" in entry.get_change_message()
+    history = admin_client.get(
+        reverse("admin:personas_persona_history", args=[persona.pk])
     )
+    assert "img2img strength to 0.6" in history.content.decode()
 
 
 def test_regenerate_latest_needs_a_generation_first(
     admin_client, persona, studio_settings
 ):
-    response = admin_client.post(
-        PERSONAS,
-        {"action": "regenerate_latest", "_selected_action": [persona.pk]},
-        follow=True,
-    )
+    confirmed = {
+        "action": "regenerate_latest",
+        "_selected_action": [persona.pk],
+        "post": "yes",
+    }
+    response = admin_client.post(PERSONAS, confirmed, follow=True)
     assert any(
         "no generation yet" in str(message) for message in response.context["messages"]
     )
     original = services.content_enqueue(persona=persona, prompt="x")
-    admin_client.post(
-        PERSONAS, {"action": "regenerate_latest", "_selected_action": [persona.pk]}
-    )
+    admin_client.post(PERSONAS, confirmed)
     assert Content.objects.get(regenerated_from=original).seed != original.seed
 
 
@@ -223,9 +240,16 @@ def test_cancel_and_retry_actions(admin_client, persona, studio_settings):
     admin_client.post(CONTENTS, {"action": "cancel", "_selected_action": [content.pk]})
     content.refresh_from_db()
     assert content.status == ContentStatus.CANCELLED
-    admin_client.post(CONTENTS, {"action": "retry", "_selected_action": [content.pk]})
+    admin_client.post(
+        CONTENTS,
+        {"action": "retry", "_selected_action": [content.pk], "post": "yes"},
+    )
     content.refresh_from_db()
     assert content.status == ContentStatus.QUEUED
+    assert [entry.get_change_message() for entry in _history(content)] == [
+        "Queued again (retry).",
+        "Cancel requested.",
+    ]
 
 
 def test_content_pages_render_for_queued_rows(admin_client, persona, studio_settings):
@@ -254,3 +278,79 @@ def test_the_changelist_runs_a_constant_number_of_queries(
         services.content_enqueue_batch(persona=persona, prompt="y", count=5)
     assert Content.objects.count() == 17
     assert queries() == few
+
+
+def test_a_bulk_regenerate_asks_for_confirmation_before_it_queues_anything(
+    admin_client, persona, studio_settings
+):
+    first = services.content_enqueue(persona=persona, prompt="one")
+    second = services.content_enqueue(persona=persona, prompt="two")
+    selected = {"action": "regenerate", "_selected_action": [first.pk, second.pk]}
+
+    response = admin_client.post(CONTENTS, selected)
+    assert response.status_code == 200
+    assert "admin/generation/action_form.html" in [
+        template.name for template in response.templates
+    ]
+    page = response.content.decode()
+    assert "queues work on the GPU workers for each of the 2 selected" in page
+    assert 'name="post" value="yes"' in page
+    assert Content.objects.count() == 2
+
+    response = admin_client.post(CONTENTS, {**selected, "post": "yes"}, follow=True)
+    assert Content.objects.filter(regenerated_from__in=[first, second]).count() == 2
+    messages = [str(message) for message in response.context["messages"]]
+    assert "Queued 2 regeneration(s) with new seeds." in messages
+    for original in (first, second):
+        regeneration = original.regenerations.get()
+        (entry,) = _history(original)
+        assert entry.get_change_message() == (
+            f"Regenerated with a new seed as content #{regeneration.pk}."
+        )
+
+
+def test_review_actions_leave_history_entries(admin_client, persona, studio_settings):
+    content = services.content_enqueue(persona=persona, prompt="x")
+    Content.objects.filter(pk=content.pk).update(status=ContentStatus.SUCCEEDED)
+    admin_client.post(CONTENTS, {"action": "approve", "_selected_action": [content.pk]})
+    admin_client.post(CONTENTS, {"action": "reject", "_selected_action": [content.pk]})
+    assert [entry.get_change_message() for entry in _history(content)] == [
+        "Rejected.",
+        "Approved.",
+    ]
+    history = admin_client.get(
+        reverse("admin:generation_content_history", args=[content.pk])
+    )
+    assert "Approved." in history.content.decode()
+
+
+def test_a_refused_action_leaves_no_history_entry(
+    admin_client, persona, studio_settings
+):
+    content = services.content_enqueue(persona=persona, prompt="x")
+    response = admin_client.post(
+        CONTENTS, {"action": "approve", "_selected_action": [content.pk]}, follow=True
+    )
+    assert any(
+        "Only generations that succeeded can be reviewed" in str(message)
+        for message in response.context["messages"]
+    )
+    assert not _history(content)
+
+
+def test_generate_writes_the_history_of_each_persona(
+    admin_client, persona, studio_settings
+):
+    admin_client.post(
+        PERSONAS,
+        {
+            "action": "generate",
+            "_selected_action": [persona.pk],
+            "post": "yes",
+            "prompt": "in the rain",
+            "count": "2",
+        },
+    )
+    batch = Batch.objects.get()
+    (entry,) = _history(persona)
+    assert entry.get_change_message() == f"Queued {batch}."

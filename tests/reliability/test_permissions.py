@@ -29,7 +29,7 @@ from rq.worker import SimpleWorker
 from generation import services
 from generation.models import Content, ContentControlImage, ContentStatus
 from generation.queues import get_queue
-from generation.views import CONTENT_ACTIONS
+from generation.gallery.views import CONTENT_ACTIONS
 from personas.models import ControlNetUnit, Persona
 from personas.services import control_unit_save, persona_set_lora
 from tests.images import encode, halves, safetensors_lora

@@ -1,0 +1,354 @@
+"""The staff operations on contents and personas, each defined once.
+
+An entry of the table says what the operation acts on, the permission it needs,
+the service it calls, what it asks first (a form, or a confirmation when it
+starts costly work) and the messages it leaves: to the person who acted, and in
+the admin history (``LogEntry``, as the admin's own changes do). The admin's
+actions (``generation/admin.py``) and the gallery's buttons
+(``generation/gallery/views.py``) are both built from this table and run an entry
+through ``perform``; neither holds a rule of its own, and the services hold the
+business rules.
+
+A new operation is one more entry: a function that calls its service, a
+permission and its messages, then a place in ``CONTENT_ACTIONS``,
+``PERSONA_ACTIONS`` or ``SHEET_ACTIONS`` (for example "retry with the persona's
+current settings", or "use this value" of any axis of a grid, which takes the
+axis from ``ActionInput.data`` as "use this strength" takes the strength).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.http import HttpRequest
+from django.utils.text import capfirst
+
+from generation import selectors, services
+from generation.forms import GenerateForm, SweepForm
+from generation.models import Content, ReviewState
+from generation.parameters import GenerationOverrides
+from personas.models import Persona
+
+GENERATE = "generation.generate_content"
+REVIEW = "generation.review_content"
+CHANGE_PERSONA = "personas.change_persona"
+
+# The ``ModelAdmin.has_<name>_permission`` that ``@admin.action(permissions=...)``
+# checks for each permission of the table.
+ADMIN_PERMISSION_NAMES = {
+    GENERATE: "generate",
+    REVIEW: "review",
+    CHANGE_PERSONA: "change",
+}
+
+
+@dataclass(frozen=True)
+class ActionInput:
+    """Who acts, and what they gave: a form's cleaned data (admin) or the posted
+    fields of a button (gallery: a review note, the tile of a sheet)."""
+
+    user: AbstractBaseUser
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+Service = Callable[[Any, ActionInput], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StaffAction:
+    """One operation. ``service(target, given)`` calls the service and returns
+    its result; the messages are ``str.format`` templates of ``target``,
+    ``result`` (and ``count`` for ``done_many``)."""
+
+    name: str
+    model: type[models.Model]
+    permission: str
+    description: str
+    service: Service
+    done: str
+    done_many: str
+    history: str
+    # What it asks on an intermediate page before it runs from the admin.
+    form: type[forms.Form] | None = None
+    costly: bool = False
+    # The gallery opens the content the service returns (a regeneration).
+    opens_result: bool = False
+    # The history entry goes on the result (the persona a sheet's tile changed)
+    # rather than on the target.
+    logs_result: bool = False
+
+    @property
+    def slug(self) -> str:
+        """The action's name in gallery URLs (``regenerate-exactly``)."""
+        return self.name.replace("_", "-")
+
+    @property
+    def admin_permission(self) -> str:
+        return ADMIN_PERMISSION_NAMES[self.permission]
+
+    @property
+    def asks_first(self) -> bool:
+        return self.form is not None or self.costly
+
+    def allows(self, user: AbstractBaseUser) -> bool:
+        return user.has_perm(self.permission)
+
+    def check_allowed(self, user: AbstractBaseUser) -> None:
+        """``PermissionDenied`` (a 403) for a user without the permission."""
+        if not self.allows(user):
+            raise PermissionDenied(f"You may not {self.description.lower()}.")
+
+
+def perform(
+    action: StaffAction,
+    targets: Iterable[models.Model],
+    *,
+    request: HttpRequest,
+    data: Mapping[str, Any] | None = None,
+) -> list[Any]:
+    """Run ``action`` on each target as the request's user and return the
+    results. Each success writes its history entry in the same transaction; the
+    person gets one message for the successes and one per refusal (the
+    service's message, naming the target)."""
+    user = request.user
+    action.check_allowed(user)
+    given = ActionInput(user=user, data=data or {})
+    done: list[tuple[models.Model, Any]] = []
+    for target in targets:
+        try:
+            with transaction.atomic():
+                result = action.service(target, given)
+                _log(action, target, result, user=user)
+        except ValidationError as refused:
+            messages.error(request, f"{target}: {' '.join(refused.messages)}")
+        else:
+            done.append((target, result))
+    if len(done) == 1:
+        ((target, result),) = done
+        messages.success(request, action.done.format(target=target, result=result))
+    elif done:
+        messages.success(request, action.done_many.format(count=len(done)))
+    return [result for _, result in done]
+
+
+def _log(
+    action: StaffAction, target: models.Model, result: Any, *, user: AbstractBaseUser
+) -> None:
+    changed = result if action.logs_result else target
+    LogEntry.objects.log_actions(
+        user_id=user.pk,
+        queryset=[changed],
+        action_flag=CHANGE,
+        change_message=capfirst(action.history.format(target=target, result=result)),
+        single_object=True,
+    )
+
+
+# --- The services each operation calls ------------------------------------------
+
+
+def _generate(persona: Persona, given: ActionInput) -> Any:
+    data = given.data
+    return services.content_enqueue_batch(
+        persona=persona,
+        prompt=data["prompt"],
+        negative_prompt=data.get("negative_prompt", ""),
+        count=data["count"],
+        overrides=GenerationOverrides(
+            method=data.get("method") or None,
+            strength=data.get("strength"),
+            seed=data.get("seed"),
+        ),
+        user=given.user,
+    )
+
+
+def _strength_sweep(persona: Persona, given: ActionInput) -> Any:
+    data = given.data
+    return services.content_strength_sweep(
+        persona=persona,
+        prompt=data["prompt"],
+        strengths=data["strengths"],
+        overrides=GenerationOverrides(seed=data.get("seed")),
+        user=given.user,
+    )
+
+
+def _regenerate_latest(persona: Persona, given: ActionInput) -> Content:
+    latest = selectors.content_latest_for_persona(persona=persona)
+    if latest is None:
+        raise ValidationError(
+            "it has no generation yet; use Generate… first.", code="no_generation"
+        )
+    return services.content_regenerate(content=latest, user=given.user)
+
+
+def _regenerate(content: Content, given: ActionInput) -> Content:
+    return services.content_regenerate(content=content, user=given.user)
+
+
+def _regenerate_exactly(content: Content, given: ActionInput) -> Content:
+    return services.content_regenerate_exactly(content=content, user=given.user)
+
+
+def _cancel(content: Content, given: ActionInput) -> Content:
+    return services.content_cancel(content=content, user=given.user)
+
+
+def _retry(content: Content, given: ActionInput) -> Content:
+    return services.content_retry(content=content, user=given.user)
+
+
+def _review(state: str) -> Service:
+    def review(content: Content, given: ActionInput) -> Content:
+        return services.content_review(
+            content=content,
+            state=state,
+            user=given.user,
+            note=str(given.data.get("note", "")).strip(),
+        )
+
+    return review
+
+
+def _use_strength(content: Content, given: ActionInput) -> Persona:
+    strength = content.request.get("strength")
+    if strength is None:
+        raise ValidationError(
+            "It ran without an img2img strength; choose an output of a strength sweep.",
+            code="no_strength",
+        )
+    return services.persona_save_strength(
+        persona=content.persona, strength=strength, user=given.user
+    )
+
+
+# --- The table --------------------------------------------------------------------
+
+GENERATE_ACTION = StaffAction(
+    name="generate",
+    model=Persona,
+    permission=GENERATE,
+    description="Generate…",
+    service=_generate,
+    form=GenerateForm,
+    done="Queued {result}; follow its generations under Contents.",
+    done_many="Queued generations for {count} persona(s); follow them under Contents.",
+    history="queued {result}.",
+)
+STRENGTH_SWEEP = StaffAction(
+    name="strength_sweep",
+    model=Persona,
+    permission=GENERATE,
+    description="Strength sweep…",
+    service=_strength_sweep,
+    form=SweepForm,
+    done="Queued {result}; compare its outputs on its contact sheet.",
+    done_many="Queued strength sweeps for {count} persona(s); compare them under "
+    "Batches.",
+    history="queued {result}.",
+)
+REGENERATE_LATEST = StaffAction(
+    name="regenerate_latest",
+    model=Persona,
+    permission=GENERATE,
+    description="Regenerate latest (new seed)",
+    service=_regenerate_latest,
+    costly=True,
+    done="Queued content #{result.pk}, a new seed of {target}'s latest generation.",
+    done_many="Queued a new seed of the latest generation of {count} persona(s).",
+    history="queued content #{result.pk}, a new seed of content "
+    "#{result.regenerated_from_id}.",
+)
+REGENERATE = StaffAction(
+    name="regenerate",
+    model=Content,
+    permission=GENERATE,
+    description="Regenerate (new seed)",
+    service=_regenerate,
+    costly=True,
+    opens_result=True,
+    done="Queued a regeneration with a new seed (content #{result.pk}).",
+    done_many="Queued {count} regeneration(s) with new seeds.",
+    history="regenerated with a new seed as content #{result.pk}.",
+)
+REGENERATE_EXACTLY = StaffAction(
+    name="regenerate_exactly",
+    model=Content,
+    permission=GENERATE,
+    description="Regenerate exactly",
+    service=_regenerate_exactly,
+    costly=True,
+    opens_result=True,
+    done="Queued an exact regeneration (same snapshot, content #{result.pk}).",
+    done_many="Queued {count} exact regeneration(s).",
+    history="regenerated exactly (same snapshot) as content #{result.pk}.",
+)
+CANCEL = StaffAction(
+    name="cancel",
+    model=Content,
+    permission=GENERATE,
+    description="Cancel",
+    service=_cancel,
+    done="Cancel requested for {target} (a running one stops at its next step).",
+    done_many="Cancelled {count} generation(s) (running ones stop at their next step).",
+    history="cancel requested.",
+)
+RETRY = StaffAction(
+    name="retry",
+    model=Content,
+    permission=GENERATE,
+    description="Retry",
+    service=_retry,
+    costly=True,
+    done="Queued {target} again.",
+    done_many="Queued {count} generation(s) again.",
+    history="queued again (retry).",
+)
+APPROVE = StaffAction(
+    name="approve",
+    model=Content,
+    permission=REVIEW,
+    description="Approve",
+    service=_review(ReviewState.APPROVED),
+    done="Approved {target}.",
+    done_many="Marked {count} generation(s) approved.",
+    history="approved.",
+)
+REJECT = StaffAction(
+    name="reject",
+    model=Content,
+    permission=REVIEW,
+    description="Reject",
+    service=_review(ReviewState.REJECTED),
+    done="Rejected {target}.",
+    done_many="Marked {count} generation(s) rejected.",
+    history="rejected.",
+)
+USE_STRENGTH = StaffAction(
+    name="use_strength",
+    model=Content,
+    permission=CHANGE_PERSONA,
+    description="Use this strength",
+    service=_use_strength,
+    logs_result=True,
+    done="{result} now uses img2img strength {result.img2img_strength:g}.",
+    done_many="{count} personas changed their img2img strength.",
+    history="changed img2img strength to {result.img2img_strength:g} (the "
+    "strength of content #{target.pk}).",
+)
+
+# On a content: the content changelist's actions and the content page's buttons.
+CONTENT_ACTIONS = (REGENERATE, REGENERATE_EXACTLY, CANCEL, RETRY, APPROVE, REJECT)
+# On a persona: the persona changelist's actions.
+PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
+# On a tile of a contact sheet: its buttons.
+SHEET_ACTIONS = (USE_STRENGTH,)

@@ -1,0 +1,77 @@
+"""What the staff operations that need input ask for (``generation.actions``).
+
+Empty overrides keep each persona's settings; the services check every value
+again, so a form only shapes the input and writes its errors beside the field.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from generation import services
+from generation.parameters import MAX_SEED
+from generation.services import MAX_BATCH_COUNT
+from personas.models import ConsistencyMethod
+from personas.validators import validate_prompt_text
+
+
+class GenerateForm(forms.Form):
+    """What "Generate…" asks for; empty overrides keep each persona's settings."""
+
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
+    )
+    negative_prompt = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        validators=[validate_prompt_text],
+    )
+    count = forms.IntegerField(min_value=1, max_value=MAX_BATCH_COUNT, initial=1)
+    method = forms.ChoiceField(
+        required=False,
+        choices=[("", "The persona's method"), *ConsistencyMethod.choices],
+    )
+    strength = forms.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=1.0,
+        help_text="img2img strength; empty keeps the persona's.",
+    )
+    seed = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_SEED,
+        help_text="Empty follows the seed policy.",
+    )
+
+
+class SweepForm(forms.Form):
+    """What "Strength sweep…" asks for."""
+
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
+    )
+    strengths = forms.CharField(
+        initial="0.3, 0.5, 0.7, 0.9",
+        help_text="img2img strengths, separated by commas.",
+    )
+    seed = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_SEED,
+        help_text="One seed for the whole sweep; empty picks one.",
+    )
+
+    def clean_strengths(self) -> list[float]:
+        try:
+            strengths = [
+                float(part) for part in self.cleaned_data["strengths"].split(",")
+            ]
+        except ValueError:
+            raise ValidationError(
+                "Write numbers between 0 and 1 separated by commas, e.g. 0.3, 0.5.",
+                code="bad_strengths",
+            ) from None
+        services.validate_sweep_strengths(strengths)
+        return strengths
