@@ -4,6 +4,7 @@ CSRF, the JSON progress endpoint, and what each page shows."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.test import Client
 from django.urls import reverse
 
@@ -122,6 +123,21 @@ def test_reviewer_approves_and_rejects_with_a_note(make_content, make_user):
     content.refresh_from_db()
     assert content.review_state == ReviewState.REJECTED
     assert content.review_note == "the eyes drift"
+
+
+def test_a_gallery_action_leaves_the_same_history_entry_as_the_admin_action(
+    make_content, make_user
+):
+    content = make_content()
+    reviewer = make_user(VIEW, REVIEW)
+    _client(reviewer).post(
+        reverse("gallery:content-action", args=[content.pk, "approve"])
+    )
+    entry = LogEntry.objects.get(object_id=str(content.pk))
+    assert entry.user == reviewer
+    assert entry.action_flag == CHANGE
+    assert entry.get_edited_object() == content
+    assert entry.get_change_message() == "Approved."
 
 
 def test_an_action_never_redirects_off_site(make_content, make_user):
@@ -280,6 +296,18 @@ def test_progress_endpoint_refuses_ids_that_are_not_numbers(make_user):
     assert "content ids" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    "ids", ["99999999999999999999999", "0", "-3", "1,9223372036854775808"]
+)
+def test_progress_endpoint_refuses_ids_out_of_range_with_a_400(make_user, ids):
+    response = _client(make_user(VIEW)).get(reverse("gallery:progress") + f"?ids={ids}")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "content ids" in error
+    assert "from 1 to 9223372036854775807" in error
+    assert f"got {ids.split(',')[-1]}" in error
+
+
 def test_active_content_is_shown_with_a_progress_bar_and_its_card_url(
     persona, make_content, make_user
 ):
@@ -324,6 +352,11 @@ def test_use_this_strength_saves_it_on_the_persona(persona, sweep, make_user):
     persona.refresh_from_db()
     assert persona.img2img_strength == 0.3
     assert "now uses img2img strength 0.3" in response.content.decode()
+    (entry,) = LogEntry.objects.filter(object_id=str(persona.pk))
+    assert entry.get_edited_object() == persona
+    assert entry.get_change_message() == (
+        f"Changed img2img strength to 0.3 (the strength of content #{chosen.pk})."
+    )
 
 
 def test_use_this_strength_refuses_a_content_of_another_batch(
