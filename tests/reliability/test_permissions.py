@@ -27,9 +27,9 @@ from django.utils import timezone
 from rq.worker import SimpleWorker
 
 from generation import services
+from generation.gallery.views import CONTENT_ACTIONS
 from generation.models import Content, ContentControlImage, ContentStatus
 from generation.queues import get_queue
-from generation.gallery.views import CONTENT_ACTIONS
 from personas.models import ControlNetUnit, Persona
 from personas.services import control_unit_save, persona_set_lora
 from tests.images import encode, halves, safetensors_lora
@@ -152,9 +152,6 @@ POLICY: dict[str, Rule] = {
     "admin:app_list": admin_app_list,
     "admin:autocomplete": nobody,  # no admin declares autocomplete fields
     "admin:auth_user_password_change": staff_with("auth.change_user"),
-    "admin:generation_batch_use_strength": staff_with(
-        "generation.view_batch", "personas.change_persona"
-    ),
     "gallery:index": staff_with("generation.view_content"),
     "gallery:progress": staff_with("generation.view_content"),
     "gallery:persona": staff_with("generation.view_content"),
@@ -327,8 +324,6 @@ def _fill_key(parameter: str, name: str) -> str:
         return f"object_id:{found[0]._meta.label_lower}"
     if name == "admin:auth_user_password_change":
         return "object_id:auth.user"
-    if name == "admin:generation_batch_use_strength" and parameter == "content_id":
-        return "sweep_content_id"
     return parameter
 
 
@@ -437,7 +432,6 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
         "cron_job_name": ["no-such-cron-job"],
         "token": ["nosuchtoken"],
         "url": ["no-such-page/"],
-        "sweep_content_id": [str(sweep_content.pk)],
     }
     yield World(persona, content, sweep_content, fills)
     worker.register_death()
