@@ -16,17 +16,25 @@ from personas.models import ConsistencyMethod
 from personas.validators import validate_prompt_text
 
 
+def _prompt_field(*, rows: int, required: bool = True) -> forms.CharField:
+    return forms.CharField(
+        required=required,
+        widget=forms.Textarea(attrs={"rows": rows}),
+        validators=[validate_prompt_text],
+    )
+
+
+def _seed_field(*, help_text: str) -> forms.IntegerField:
+    return forms.IntegerField(
+        required=False, min_value=0, max_value=MAX_SEED, help_text=help_text
+    )
+
+
 class GenerateForm(forms.Form):
     """What "Generate…" asks for; empty overrides keep each persona's settings."""
 
-    prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
-    )
-    negative_prompt = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        validators=[validate_prompt_text],
-    )
+    prompt = _prompt_field(rows=3)
+    negative_prompt = _prompt_field(rows=2, required=False)
     count = forms.IntegerField(min_value=1, max_value=MAX_BATCH_COUNT, initial=1)
     method = forms.ChoiceField(
         required=False,
@@ -38,30 +46,18 @@ class GenerateForm(forms.Form):
         max_value=1.0,
         help_text="img2img strength; empty keeps the persona's.",
     )
-    seed = forms.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=MAX_SEED,
-        help_text="Empty follows the seed policy.",
-    )
+    seed = _seed_field(help_text="Empty follows the seed policy.")
 
 
 class SweepForm(forms.Form):
     """What "Strength sweep…" asks for."""
 
-    prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}), validators=[validate_prompt_text]
-    )
+    prompt = _prompt_field(rows=3)
     strengths = forms.CharField(
         initial="0.3, 0.5, 0.7, 0.9",
         help_text="img2img strengths, separated by commas.",
     )
-    seed = forms.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=MAX_SEED,
-        help_text="One seed for the whole sweep; empty picks one.",
-    )
+    seed = _seed_field(help_text="One seed for the whole sweep; empty picks one.")
 
     def clean_strengths(self) -> list[float]:
         try:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import (
+    ObjectDoesNotExist,
+    PermissionDenied,
+    ValidationError,
+)
 from django.http import (
     Http404,
     HttpRequest,
@@ -35,8 +39,7 @@ from django.views.decorators.http import require_GET, require_POST
 from generation import actions, selectors
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.forms import GalleryFilterForm, content_ids
-from generation.models import Batch, Content
-from personas.models import Persona
+from generation.models import Content
 
 VIEW = "generation.view_content"
 TINY_MODEL_NOTE = (
@@ -47,6 +50,7 @@ TINY_MODEL_NOTE = (
 CONTENT_ACTIONS = {action.slug: action for action in actions.CONTENT_ACTIONS}
 
 View = Callable[..., HttpResponse]
+Found = TypeVar("Found")
 
 
 def gallery_view(view: View) -> View:
@@ -106,10 +110,9 @@ def gallery_index(request: HttpRequest) -> HttpResponse:
 @gallery_view
 def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
     """A persona's outputs: filters, sort and seek pagination."""
-    try:
-        persona = gallery_selectors.persona_with_counts(slug=slug)
-    except Persona.DoesNotExist as missing:
-        raise Http404("No such persona.") from missing
+    persona = _found(
+        lambda: gallery_selectors.persona_with_counts(slug=slug), "No such persona."
+    )
     form = GalleryFilterForm(request.GET)
     filters = form.gallery_filters()
     try:
@@ -171,10 +174,10 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
 @gallery_view
 def content_card(request: HttpRequest, content_id: int) -> HttpResponse:
     """One grid card, fetched by the page when the content it shows finishes."""
-    try:
-        content = gallery_selectors.content_card(content_id=content_id)
-    except Content.DoesNotExist as missing:
-        raise Http404("No such content.") from missing
+    content = _found(
+        lambda: gallery_selectors.content_card(content_id=content_id),
+        "No such content.",
+    )
     return TemplateResponse(
         request,
         "gallery/_content_card.html",
@@ -187,10 +190,10 @@ def content_card(request: HttpRequest, content_id: int) -> HttpResponse:
 def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
     """A strength sweep's contact sheet: the reference beside one output per
     strength, to choose the strength that keeps the persona best."""
-    try:
-        batch = gallery_selectors.sweep_get(batch_id=batch_id)
-    except Batch.DoesNotExist as missing:
-        raise Http404("No such strength sweep.") from missing
+    batch = _found(
+        lambda: gallery_selectors.sweep_get(batch_id=batch_id),
+        "No such strength sweep.",
+    )
     contents = gallery_selectors.sweep_contents(batch=batch)
     return _render(
         request,
@@ -244,10 +247,10 @@ def content_act(request: HttpRequest, content_id: int, action: str) -> HttpRespo
 def sweep_use_strength(request: HttpRequest, batch_id: int) -> HttpResponse:
     """Save the strength of one of the sweep's outputs (``content``) on the persona."""
     actions.USE_STRENGTH.check_allowed(request.user)
-    try:
-        batch = gallery_selectors.sweep_get(batch_id=batch_id)
-    except Batch.DoesNotExist as missing:
-        raise Http404("No such strength sweep.") from missing
+    batch = _found(
+        lambda: gallery_selectors.sweep_get(batch_id=batch_id),
+        "No such strength sweep.",
+    )
     content = next(
         (
             row
@@ -266,11 +269,19 @@ def sweep_use_strength(request: HttpRequest, batch_id: int) -> HttpResponse:
 # --- Helpers ------------------------------------------------------------------------
 
 
-def _get_content(content_id: int) -> Content:
+def _found(read: Callable[[], Found], message: str) -> Found:
+    """What ``read`` finds; a 404 saying ``message`` when the selector finds
+    nothing (``ObjectDoesNotExist``)."""
     try:
-        return selectors.content_get(content_id=content_id)
-    except Content.DoesNotExist as missing:
-        raise Http404("No such content.") from missing
+        return read()
+    except ObjectDoesNotExist as missing:
+        raise Http404(message) from missing
+
+
+def _get_content(content_id: int) -> Content:
+    return _found(
+        lambda: selectors.content_get(content_id=content_id), "No such content."
+    )
 
 
 def _query(request: HttpRequest, *, drop: tuple[str, ...]) -> str:
