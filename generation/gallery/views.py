@@ -75,9 +75,11 @@ def _render(
         template,
         {
             **admin.site.each_context(request),
-            "can_review": actions.APPROVE.allows(user),
-            "can_generate": actions.REGENERATE.allows(user),
-            "can_use_strength": actions.USE_STRENGTH.allows(user),
+            "allowed_actions": {
+                action.name: action
+                for action in (*actions.CONTENT_ACTIONS, *actions.SHEET_ACTIONS)
+                if action.allows(user)
+            },
             "tiny_model_note": TINY_MODEL_NOTE,
             **context,
         },
