@@ -17,6 +17,7 @@ from rq.job import Job
 
 from generation import services
 from generation.models import Batch, BatchKind, Content, ContentStatus
+from personas.models import Persona
 
 pytestmark = pytest.mark.django_db
 
@@ -354,3 +355,50 @@ def test_generate_writes_the_history_of_each_persona(
     batch = Batch.objects.get()
     (entry,) = _history(persona)
     assert entry.get_change_message() == f"Queued {batch}."
+
+
+def test_content_page_shows_reference_control_and_output_from_templates(
+    admin_client, persona, studio_settings
+):
+    from generation.models import ContentControlImage
+    from tests.gallery.conftest import finish
+
+    content = finish(services.content_enqueue(persona=persona, prompt="x"))
+    control = ContentControlImage(content=content, control_type="canny")
+    control.image.save("control.png", content.output_image.file, save=True)
+
+    page = admin_client.get(f"{CONTENTS}{content.pk}/change/").content.decode()
+    assert "generation/admin.css" in page
+    for file in (content.before_reference.image, control.image, content.output_image):
+        assert f'src="{reverse("studio-media", args=[file.name])}"' in page
+    assert "Canny edges control" in page
+    assert f'href="{reverse("gallery:content", args=[content.pk])}"' in page
+    assert 'style="' not in page.split('id="content-main"')[1].split("</form>")[0]
+
+    listing = admin_client.get(CONTENTS).content.decode()
+    assert f'src="{reverse("studio-media", args=[content.output_thumbnail.name])}"' in (
+        listing
+    )
+
+
+def test_the_generation_admin_adds_its_actions_without_importing_the_persona_admin():
+    import ast
+    from pathlib import Path
+
+    import generation.admin
+
+    tree = ast.parse(Path(generation.admin.__file__).read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not {name for name in imported if name.startswith("personas.admin")}
+    from django.contrib import admin
+
+    persona_admin = admin.site.get_model_admin(Persona)
+    names = {getattr(action, "__name__", action) for action in persona_admin.actions}
+    assert {"lock_appearance", "generate", "strength_sweep"} <= names
