@@ -123,6 +123,8 @@ def perform(
     given = ActionInput(user=user, data=data or {})
     done: list[tuple[models.Model, Any]] = []
     for target in targets:
+        if not isinstance(target, action.model):
+            raise TypeError(f"{action.name} acts on {action.model.__name__} rows.")
         try:
             with transaction.atomic():
                 result = action.service(target, given)
