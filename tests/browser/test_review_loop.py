@@ -2,7 +2,8 @@
 persona with a reference in the admin, run "Generate…", watch the progress bar
 reach the end in the gallery without a reload, drag the compare slider, approve
 with the keyboard, run a strength sweep and pick a strength from its contact
-sheet. A real worker process runs the tiny model behind the live server."""
+sheet (also reached from the admin), and back out of a bulk regenerate's
+confirmation. A real worker process runs the tiny model behind the live server."""
 
 from __future__ import annotations
 
@@ -187,3 +188,26 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
 
     page.goto("/gallery/")
     screenshot(page, "09-gallery-index")
+
+    # The admin's batch page links to the one contact sheet.
+    page.goto(f"/admin/generation/batch/{sweep.pk}/change/")
+    page.click("a:has-text('Contact sheet')")
+    page.wait_for_url(f"**/gallery/sweeps/{sweep.pk}/")
+
+    # The content's admin page, from templates; a bulk regenerate asks first,
+    # and going back queues nothing.
+    page.goto(f"/admin/generation/content/{content.pk}/change/")
+    expect(page.locator(".studio-panel img")).to_have_count(2)
+    screenshot(page, "10-admin-content")
+    page.goto("/admin/generation/content/")
+    for row in (content, rejected):
+        page.check(f"input[name=_selected_action][value='{row.pk}']")
+    page.select_option("select[name=action]", "regenerate")
+    page.click("button[name=index]")
+    expect(page.locator("#content")).to_contain_text(
+        "for each of the 2 selected contents. Are you sure?"
+    )
+    screenshot(page, "11-admin-regenerate-confirmation")
+    page.click("a.cancel-link")
+    page.wait_for_url("**/admin/generation/content/")
+    assert not Content.objects.filter(regenerated_from__in=[content, rejected]).exists()
