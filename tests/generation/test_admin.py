@@ -402,3 +402,31 @@ def test_the_generation_admin_adds_its_actions_without_importing_the_persona_adm
     persona_admin = admin.site.get_model_admin(Persona)
     names = {getattr(action, "__name__", action) for action in persona_admin.actions}
     assert {"lock_appearance", "generate", "strength_sweep"} <= names
+
+
+def test_the_admin_and_the_gallery_offer_exactly_the_entries_of_the_action_table():
+    from django.contrib import admin
+
+    from generation import actions
+    from generation.gallery.views import CONTENT_ACTIONS
+
+    for model, entries in (
+        (Content, actions.CONTENT_ACTIONS),
+        (Persona, actions.PERSONA_ACTIONS),
+    ):
+        model_admin = admin.site.get_model_admin(model)
+        offered = {
+            action.__name__: action
+            for action in model_admin.actions
+            if not isinstance(action, str)
+        }
+        for entry in entries:
+            action = offered[entry.name]
+            assert action.allowed_permissions == [entry.admin_permission]
+            assert action.short_description == entry.description
+            assert callable(
+                getattr(model_admin, f"has_{entry.admin_permission}_permission")
+            )
+    assert {slug: entry.name for slug, entry in CONTENT_ACTIONS.items()} == {
+        entry.slug: entry.name for entry in actions.CONTENT_ACTIONS
+    }
