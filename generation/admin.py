@@ -29,6 +29,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from generation import selectors, services
+from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import uses_tiny_model
 from generation.models import Batch, Content, ContentStatus, ReviewState
 from generation.parameters import MAX_SEED, GenerationOverrides
@@ -39,10 +40,7 @@ from personas.validators import validate_prompt_text
 
 GENERATE = "generation.generate_content"
 REVIEW = "generation.review_content"
-TINY_MODEL_NOTE = (
-    "This studio runs the built-in tiny model (random weights): its images are "
-    "noise. Configure STUDIO_MODELS for real images."
-)
+TINY_MODEL_NOTE = TINY_MODEL_NOTICE
 
 
 def _image(file: FieldFile | None, label: str, *, size: int) -> str:

@@ -32,6 +32,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from generation import gallery_selectors, selectors, services
+from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.gallery_forms import GalleryFilterForm
 from generation.models import Batch, Content, ReviewState
 from personas.models import Persona
@@ -40,10 +41,7 @@ VIEW = "generation.view_content"
 GENERATE = "generation.generate_content"
 REVIEW = "generation.review_content"
 CHANGE_PERSONA = "personas.change_persona"
-TINY_MODEL_NOTE = (
-    "Built-in tiny model (random weights: images are noise). Configure "
-    "STUDIO_MODELS for real images."
-)
+TINY_MODEL_NOTE = TINY_MODEL_NOTICE
 
 View = Callable[..., HttpResponse]
 
