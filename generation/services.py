@@ -58,7 +58,7 @@ from generation.parameters import (
 )
 from generation.queues import get_queue, queue_name_for_model
 from personas.models import Persona
-from personas.services import written_files_removed_on_failure
+from personas.services import persona_update, written_files_removed_on_failure
 from personas.uploads import encode_thumbnail
 from personas.validators import validate_prompt_text
 
@@ -238,11 +238,9 @@ def persona_save_strength(
     *, persona: Persona, strength: float, user: AbstractBaseUser | None = None
 ) -> Persona:
     """Make ``strength`` the persona's img2img strength ("use this strength" on a
-    sweep's contact sheet)."""
-    persona.img2img_strength = strength
-    persona.full_clean()
-    persona.save(update_fields=["img2img_strength", "updated_at"])
-    return persona
+    sweep's contact sheet), through the personas services like every persona
+    write."""
+    return persona_update(persona=persona, data={"img2img_strength": strength})
 
 
 # --- Acting on a row ------------------------------------------------------------

@@ -207,6 +207,11 @@ def test_size_validators_and_the_engine_share_the_limits(settings):
 
 def test_the_studios_size_limits_default_to_the_engines():
     assert conf.MAX_WIDTH == conf.MAX_HEIGHT == vocabulary.MAX_SIZE
+    rows = settings_doc_rows()
+    for setting in ("STUDIO_MAX_WIDTH", "STUDIO_MAX_HEIGHT"):
+        meaning = rows[setting][1]
+        assert f"a multiple of {vocabulary.SIZE_MULTIPLE}" in meaning
+        assert f"the engine's limit of {vocabulary.MAX_SIZE}" in meaning
 
 
 def test_every_method_set_names_known_methods_and_base_pipelines_are_mapped():
