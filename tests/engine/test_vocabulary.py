@@ -94,6 +94,7 @@ def test_model_field_choices_are_the_vocabularys(model, field, vocabulary_enum):
 # --- Limits and defaults ---------------------------------------------------------
 
 FRACTION = (vocabulary.MIN_FRACTION, vocabulary.MAX_FRACTION)
+GUIDANCE = (vocabulary.MIN_GUIDANCE_SCALE, vocabulary.MAX_GUIDANCE_SCALE)
 WEIGHT = (vocabulary.MIN_WEIGHT, vocabulary.MAX_WEIGHT)
 
 
@@ -409,3 +410,79 @@ def test_the_tiny_model_notice_is_written_once():
         if literal in path.read_text()
     ]
     assert found == []
+
+
+def engine_request_rows() -> dict[str, str]:
+    """docs/engine-request.md's field table: field cell -> meaning cell."""
+    rows = {}
+    for line in (ROOT / "docs" / "engine-request.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def listed(cell: str) -> list[str]:
+    return re.findall(r"`([a-z_0-9]+)`", cell)
+
+
+def number(value: float) -> str:
+    return f"{value:g}"
+
+
+def test_the_engine_request_page_lists_the_vocabulary():
+    rows = engine_request_rows()
+    assert set(listed(rows["`method`"])) == {m.value for m in Method}
+    assert listed(rows["`resize_mode`"]) == [m.value for m in ResizeMode]
+    assert listed(rows["`references[].role`"]) == [r.value for r in ReferenceRole]
+    assert listed(rows["`control_units[].control_type`"]) == [
+        c.value for c in ControlType
+    ]
+    methods_table = {
+        cells[0].strip("`"): cells[1]
+        for line in (ROOT / "docs" / "engine-request.md").read_text().splitlines()
+        if line.startswith("| `")
+        and len(cells := [c.strip() for c in line.strip().strip("|").split("|")]) == 3
+    }
+    for method, class_name in PIPELINE_CLASS_NAMES.items():
+        assert methods_table[method.value].startswith(f"`{class_name}`")
+
+
+@pytest.mark.parametrize(
+    ("field", "low", "high"),
+    [
+        ("`steps`", vocabulary.MIN_STEPS, vocabulary.MAX_STEPS),
+        ("`guidance_scale`", *GUIDANCE),
+        ("`width`, `height`", vocabulary.MIN_SIZE, vocabulary.MAX_SIZE),
+        ("`num_images`", 1, vocabulary.MAX_IMAGES),
+        ("`strength`", vocabulary.MIN_FRACTION, vocabulary.MAX_FRACTION),
+        ("`control_units[].conditioning_scale`", *WEIGHT),
+        ("`ip_adapter.scale`", *WEIGHT),
+    ],
+)
+def test_the_engine_request_page_gives_the_vocabularys_ranges(field, low, high):
+    assert engine_request_rows()[field].startswith(f"{number(low)} to {number(high)}")
+
+
+def test_the_engine_request_page_gives_the_seed_and_size_rules():
+    rows = engine_request_rows()
+    assert vocabulary.MAX_SEED == 2**63 - 1
+    assert rows["`seed`"].startswith("0 to 2^63-1")
+    assert f"multiples of {vocabulary.SIZE_MULTIPLE}" in rows["`width`, `height`"]
+    lora = rows["`lora.weights`"]
+    low, high = (number(limit) for limit in WEIGHT)
+    assert f"`scale` {low} to {high}" in lora
+
+
+def test_the_persona_guide_names_the_resize_modes_and_seed_policies():
+    text = " ".join((ROOT / "docs" / "persona-guide.md").read_text().split())
+    for mode in ResizeMode:
+        assert f"*{mode.label.lower()}*" in text, mode
+    for policy in SeedPolicy:
+        assert f"*{policy.value}*" in text, policy
+
+
+def test_the_settings_page_names_the_tiny_model_key():
+    models = settings_doc_rows()["STUDIO_MODELS"][1]
+    assert f"key `{vocabulary.TINY_MODEL_KEY}`" in models
+    assert '"tiny": true' in models
