@@ -55,20 +55,20 @@ def control_image_upload_to(instance: ControlNetUnit, filename: str) -> str:
     return _random_name(f"control/{instance.persona_id}", ".png")
 
 
-def text_choices(vocabulary: type[enum.StrEnum]) -> type[models.TextChoices]:
+def text_choices(name: str, terms: type[enum.StrEnum]) -> type[models.TextChoices]:
     """Django ``TextChoices`` with the members, values and labels of one of the
-    engine's vocabulary enums (``generation.engine.vocabulary``)."""
+    engine's vocabulary enums (``generation.engine.vocabulary``): stored values
+    and labels are the vocabulary's, so they cannot drift."""
     return models.TextChoices(
-        vocabulary.__name__,
-        [(member.name, (member.value, member.label)) for member in vocabulary],
+        name, [(member.name, (member.value, member.label)) for member in terms]
     )
 
 
-ConsistencyMethod = text_choices(vocabulary.Method)
-SeedPolicy = text_choices(vocabulary.SeedPolicy)
-ResizeMode = text_choices(vocabulary.ResizeMode)
-ReferenceRole = text_choices(vocabulary.ReferenceRole)
-ControlType = text_choices(vocabulary.ControlType)
+ConsistencyMethod = text_choices("ConsistencyMethod", vocabulary.Method)
+SeedPolicy = text_choices("SeedPolicy", vocabulary.SeedPolicy)
+ResizeMode = text_choices("ResizeMode", vocabulary.ResizeMode)
+ReferenceRole = text_choices("ReferenceRole", vocabulary.ReferenceRole)
+ControlType = text_choices("ControlType", vocabulary.ControlType)
 
 
 def _fraction_validators() -> list:
