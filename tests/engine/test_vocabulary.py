@@ -5,6 +5,7 @@ with it, and no second definition creeps back in."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
 from dataclasses import fields
@@ -486,3 +487,19 @@ def test_the_settings_page_names_the_tiny_model_key():
     models = settings_doc_rows()["STUDIO_MODELS"][1]
     assert f"key `{vocabulary.TINY_MODEL_KEY}`" in models
     assert '"tiny": true' in models
+
+
+@pytest.mark.django_db
+def test_the_migrations_hold_the_vocabularys_choices_and_limits():
+    """A changed value, label or limit needs its migration (stored data keeps
+    the values the vocabulary names)."""
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    try:
+        call_command(
+            "makemigrations", "personas", "generation", check=True, dry_run=True,
+            stdout=out,
+        )
+    except SystemExit:
+        pytest.fail(f"the models changed without a migration:\n{out.getvalue()}")
