@@ -31,14 +31,11 @@ from django.template.response import TemplateResponse
 
 from generation import actions, services
 from generation.actions import StaffAction
+from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import uses_tiny_model
 from generation.models import Batch, Content
 from personas.models import Persona
 
-TINY_MODEL_NOTE = (
-    "This studio runs the built-in tiny model (random weights): its images are "
-    "noise. Configure STUDIO_MODELS for real images."
-)
 ADMIN_CSS = {"all": ("generation/admin.css",)}
 
 
@@ -107,7 +104,7 @@ class StaffActionsAdmin:
             "action_name": request.POST["action"],
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "media": self.media + (form.media if form is not None else forms.Media()),
-            "tiny_model_note": TINY_MODEL_NOTE if uses_tiny_model() else "",
+            "tiny_model_note": TINY_MODEL_NOTICE if uses_tiny_model() else "",
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.action_form_template, context)
@@ -237,7 +234,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
     ) -> HttpResponse:
         extra_context = {
             **(extra_context or {}),
-            "tiny_model_note": TINY_MODEL_NOTE if uses_tiny_model() else "",
+            "tiny_model_note": TINY_MODEL_NOTICE if uses_tiny_model() else "",
         }
         return super().changelist_view(request, extra_context)
 
@@ -276,7 +273,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             {
                 "content": content,
                 "control_images": content.control_images.all(),
-                "tiny_model_note": TINY_MODEL_NOTE if uses_tiny_model() else "",
+                "tiny_model_note": TINY_MODEL_NOTICE if uses_tiny_model() else "",
             },
         )
 

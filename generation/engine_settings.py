@@ -1,7 +1,8 @@
-"""The engine's configuration, built from the ``STUDIO_*`` settings.
+"""The engine's configuration and model catalog, built from the ``STUDIO_*`` settings.
 
-This is the one place where Django settings become a framework-free
-``EngineConfig`` (DESIGN.md decision 2). With ``STUDIO_MODELS`` empty the studio
+This is the one place where Django settings become the framework-free
+``EngineConfig`` and its catalog of ``ModelSpec`` (DESIGN.md decision 2): a thin
+adapter over ``generation.engine.config``. With ``STUDIO_MODELS`` empty the studio
 serves the built-in tiny model from ``STUDIO_TINY_MODEL_DIR`` (its images are
 noise); ``studio_tiny_model`` writes it there.
 """
@@ -17,13 +18,31 @@ from generation.engine.config import (
     EngineConfig,
     IPAdapterSpec,
     ModelSpec,
+    model_catalog,
     tiny_engine_config,
 )
-from studio.models_catalog import configured_models
+
+
+def configured_models() -> dict[str, ModelSpec]:
+    """The base models staff can choose for a persona, by key, in settings order."""
+    return model_catalog(settings.STUDIO_MODELS, tiny_model_dir=tiny_model_dir())
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(model.key, model.label) for model in configured_models().values()]
+
+
+def default_model_key() -> str:
+    return next(iter(configured_models()))
+
+
+def tiny_model_keys() -> frozenset[str]:
+    """Keys of the configured models whose weights are random (images are noise)."""
+    return frozenset(key for key, model in configured_models().items() if model.is_tiny)
 
 
 def uses_tiny_model() -> bool:
-    """True when no real model is configured, so the tiny model is served."""
+    """True when no real model is configured, so the built-in tiny model is served."""
     return not settings.STUDIO_MODELS
 
 
@@ -41,20 +60,8 @@ def engine_config() -> EngineConfig:
     if uses_tiny_model():
         config = tiny_engine_config(tiny_model_dir())
     else:
-        raw = settings.STUDIO_MODELS
         config = EngineConfig(
-            models={
-                key: ModelSpec(
-                    key=key,
-                    source=model.source,
-                    revision=model.revision,
-                    label=model.label,
-                    config=raw[key].get("config")
-                    if isinstance(raw[key], dict)
-                    else None,
-                )
-                for key, model in configured_models().items()
-            },
+            models=configured_models(),
             model_roots=[Path(root) for root in settings.STUDIO_MODEL_ROOTS],
         )
     if settings.STUDIO_CONTROLNETS:
@@ -66,6 +73,8 @@ def engine_config() -> EngineConfig:
     config.device = settings.STUDIO_DEVICE or None
     config.dtype = settings.STUDIO_DTYPE or None
     config.memory_budget_mb = settings.STUDIO_MEMORY_BUDGET_MB or None
+    # The fields of ``vocabulary.Footprint``, each from the setting it names
+    # (tests/engine/test_vocabulary.py keeps the two lists equal).
     config.cpu_offload = settings.STUDIO_CPU_OFFLOAD
     config.attention_slicing = settings.STUDIO_ATTENTION_SLICING
     config.vae_tiling = settings.STUDIO_VAE_TILING

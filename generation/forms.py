@@ -10,8 +10,13 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from generation import services
-from generation.parameters import MAX_SEED
-from generation.services import MAX_BATCH_COUNT
+from generation.engine.vocabulary import (
+    MAX_BATCH_COUNT,
+    MAX_FRACTION,
+    MAX_SEED,
+    MIN_FRACTION,
+    MIN_SEED,
+)
 from personas.models import ConsistencyMethod
 from personas.validators import validate_prompt_text
 
@@ -26,7 +31,7 @@ def _prompt_field(*, rows: int, required: bool = True) -> forms.CharField:
 
 def _seed_field(*, help_text: str) -> forms.IntegerField:
     return forms.IntegerField(
-        required=False, min_value=0, max_value=MAX_SEED, help_text=help_text
+        required=False, min_value=MIN_SEED, max_value=MAX_SEED, help_text=help_text
     )
 
 
@@ -42,8 +47,8 @@ class GenerateForm(forms.Form):
     )
     strength = forms.FloatField(
         required=False,
-        min_value=0.0,
-        max_value=1.0,
+        min_value=MIN_FRACTION,
+        max_value=MAX_FRACTION,
         help_text="img2img strength; empty keeps the persona's.",
     )
     seed = _seed_field(help_text="Empty follows the seed policy.")

@@ -20,24 +20,22 @@ from PIL import Image
 
 from generation.engine.errors import InvalidRequest
 from generation.engine.requests import GenerationRequest
-from personas.models import ConsistencyMethod, Persona, ReferenceImage
+from generation.engine.vocabulary import (
+    MAX_FRACTION,
+    MAX_GUIDANCE_SCALE,
+    MAX_SEED,
+    MAX_STEPS,
+    METHODS_TAKING_CONTROL_UNITS,
+    METHODS_TAKING_IP_ADAPTER,
+    METHODS_TAKING_REFERENCES,
+    MIN_FRACTION,
+    MIN_GUIDANCE_SCALE,
+    MIN_SEED,
+    MIN_STEPS,
+    Method,
+)
+from personas.models import Persona, ReferenceImage
 from personas.validators import validate_height, validate_width
-
-MAX_SEED = 2**63 - 1
-METHODS_WITH_REFERENCES = {
-    ConsistencyMethod.AUTO,
-    ConsistencyMethod.IMG2IMG,
-    ConsistencyMethod.CONTROLNET,
-    ConsistencyMethod.HYBRID,
-    ConsistencyMethod.IP_ADAPTER,
-}
-METHODS_WITH_CONTROL = {
-    ConsistencyMethod.AUTO,
-    ConsistencyMethod.CONTROLNET,
-    ConsistencyMethod.HYBRID,
-}
-METHODS_WITH_IP_ADAPTER = {ConsistencyMethod.AUTO, ConsistencyMethod.IP_ADAPTER}
-METHODS_WITH_STRENGTH = {ConsistencyMethod.IMG2IMG, ConsistencyMethod.HYBRID}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,20 +55,18 @@ class GenerationOverrides:
         """Raise ``ValidationError`` (per field, with a code) for values out of
         range."""
         errors: dict[str, ValidationError] = {}
-        if self.method is not None and self.method not in ConsistencyMethod.values:
+        methods = [method.value for method in Method]
+        if self.method is not None and self.method not in methods:
             errors["method"] = ValidationError(
                 "Unknown method %(value)s; choose one of %(choices)s.",
                 code="unknown_method",
-                params={
-                    "value": self.method,
-                    "choices": ", ".join(ConsistencyMethod.values),
-                },
+                params={"value": self.method, "choices": ", ".join(methods)},
             )
         for name, low, high in (
-            ("strength", 0.0, 1.0),
-            ("steps", 1, 150),
-            ("guidance_scale", 0.0, 30.0),
-            ("seed", 0, MAX_SEED),
+            ("strength", MIN_FRACTION, MAX_FRACTION),
+            ("steps", MIN_STEPS, MAX_STEPS),
+            ("guidance_scale", MIN_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE),
+            ("seed", MIN_SEED, MAX_SEED),
         ):
             value = getattr(self, name)
             if value is not None and not low <= value <= high:
@@ -129,12 +125,12 @@ def request_for_persona(
     """
     method = overrides.method or persona.method
     references = (
-        list(persona.references.all()) if method in METHODS_WITH_REFERENCES else []
+        list(persona.references.all()) if method in METHODS_TAKING_REFERENCES else []
     )
     positions = {reference.pk: index for index, reference in enumerate(references)}
     units = (
         [unit for unit in persona.control_units.all() if unit.enabled]
-        if method in METHODS_WITH_CONTROL
+        if method in METHODS_TAKING_CONTROL_UNITS
         else []
     )
     request = {
@@ -177,7 +173,7 @@ def request_for_persona(
             "face_crop": persona.ip_adapter_face_crop,
             "reference_indexes": None,
         }
-        if method in METHODS_WITH_IP_ADAPTER
+        if method in METHODS_TAKING_IP_ADAPTER
         else None,
         "lora": {
             "weights": persona.lora_weights.name,

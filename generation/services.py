@@ -29,6 +29,19 @@ from django.utils import timezone
 from PIL import Image
 
 from generation.engine.requests import GenerationResult
+from generation.engine.vocabulary import (
+    MAX_BATCH_COUNT,
+    MAX_FRACTION,
+    MAX_SEED,
+    MAX_SWEEP_STRENGTHS,
+    METHODS_NEEDING_REFERENCE,
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    MIN_FRACTION,
+    Method,
+    SeedPolicy,
+)
+from generation.engine_settings import configured_models
 from generation.models import (
     ACTIVE_STATUSES,
     Batch,
@@ -39,30 +52,19 @@ from generation.models import (
     ReviewState,
 )
 from generation.parameters import (
-    MAX_SEED,
-    METHODS_WITH_CONTROL,
-    METHODS_WITH_STRENGTH,
     GenerationOverrides,
     before_reference,
     request_for_persona,
 )
 from generation.queues import get_queue, queue_name_for_model
-from personas.models import ConsistencyMethod, Persona, SeedPolicy
-from personas.services import written_files_removed_on_failure
+from personas.models import Persona
+from personas.services import persona_update, written_files_removed_on_failure
 from personas.uploads import encode_thumbnail
 from personas.validators import validate_prompt_text
-from studio.models_catalog import configured_models
 
 logger = logging.getLogger(__name__)
 
 JOB_FUNCTION = "generation.jobs.content_generate"
-MAX_BATCH_COUNT = 16
-MAX_SWEEP_STRENGTHS = 12
-METHODS_NEEDING_REFERENCE = {
-    ConsistencyMethod.IMG2IMG,
-    ConsistencyMethod.HYBRID,
-    ConsistencyMethod.IP_ADAPTER,
-}
 
 
 # --- Starting generations -------------------------------------------------------
@@ -157,7 +159,7 @@ def content_strength_sweep(
             for candidate in (overrides.method, persona.method)
             if candidate in METHODS_WITH_STRENGTH
         ),
-        ConsistencyMethod.IMG2IMG,
+        Method.IMG2IMG,
     )
     (seed,) = _seeds(persona, overrides, count=1)
     with transaction.atomic():
@@ -192,7 +194,7 @@ def validate_sweep_strengths(strengths: Sequence[float]) -> None:
     """Refuse a sweep of no strengths, of more than ``MAX_SWEEP_STRENGTHS``, or
     with one outside 0..1 (NaN and infinities included)."""
     if not 1 <= len(strengths) <= MAX_SWEEP_STRENGTHS or not all(
-        0.0 <= strength <= 1.0 for strength in strengths
+        MIN_FRACTION <= strength <= MAX_FRACTION for strength in strengths
     ):
         raise ValidationError(
             "Give between 1 and %(max)s strengths, each between 0 and 1, "
@@ -236,11 +238,9 @@ def persona_save_strength(
     *, persona: Persona, strength: float, user: AbstractBaseUser | None = None
 ) -> Persona:
     """Make ``strength`` the persona's img2img strength ("use this strength" on a
-    sweep's contact sheet)."""
-    persona.img2img_strength = strength
-    persona.full_clean()
-    persona.save(update_fields=["img2img_strength", "updated_at"])
-    return persona
+    sweep's contact sheet), through the personas services like every persona
+    write."""
+    return persona_update(persona=persona, data={"img2img_strength": strength})
 
 
 # --- Acting on a row ------------------------------------------------------------
@@ -590,7 +590,7 @@ def _check_can_generate(persona: Persona, method: str) -> None:
             code="unknown_model",
             params={"model": persona.base_model},
         )
-    label = ConsistencyMethod(method).label
+    label = Method(method).label
     if method in METHODS_NEEDING_REFERENCE and not persona.references.exists():
         raise ValidationError(
             "%(method)s needs a reference image: add one to %(persona)s's gallery "
@@ -599,7 +599,7 @@ def _check_can_generate(persona: Persona, method: str) -> None:
             params={"method": label, "persona": persona},
         )
     if (
-        method in METHODS_WITH_CONTROL - {ConsistencyMethod.AUTO}
+        method in METHODS_WITH_CONTROL
         and not persona.control_units.filter(enabled=True).exists()
     ):
         raise ValidationError(

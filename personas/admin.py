@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
@@ -32,8 +34,10 @@ from personas.selectors import persona_list
 from personas.services import (
     persona_delete,
     persona_lock_appearance,
+    persona_save,
     persona_set_lora,
     persona_unlock_appearance,
+    reference_check_keeps_primary,
     reference_image_add,
     reference_image_delete,
     reference_update,
@@ -194,11 +198,25 @@ class PersonaAdmin(admin.ModelAdmin):
     def save_model(
         self, request: HttpRequest, obj: Persona, form: PersonaForm, change: bool
     ) -> None:
-        super().save_model(request, obj, form, change)
+        """Nothing yet: the persona is saved by ``save_related``, which knows the
+        gallery being saved with it (a lock needs a primary image in it)."""
+
+    def save_related(
+        self, request: HttpRequest, form: PersonaForm, formsets: list, change: bool
+    ) -> None:
+        gallery = next(
+            (fs for fs in formsets if isinstance(fs, ReferenceImageFormSet)), None
+        )
+        persona = form.instance
+        persona_save(
+            persona=persona,
+            gallery_has_primary=None if gallery is None else gallery.has_primary(),
+        )
         if form.cleaned_data.get("lora_upload"):
-            persona_set_lora(persona=obj, file=form.cleaned_data["lora_upload"])
+            persona_set_lora(persona=persona, file=form.cleaned_data["lora_upload"])
         elif form.cleaned_data.get("lora_remove"):
-            persona_set_lora(persona=obj, file=None)
+            persona_set_lora(persona=persona, file=None)
+        super().save_related(request, form, formsets, change)
 
     def delete_model(self, request: HttpRequest, obj: Persona) -> None:
         persona_delete(persona=obj)
@@ -355,6 +373,50 @@ class ReferenceImageAdmin(admin.ModelAdmin):
         self, request: HttpRequest, form: ModelForm, formsets: list, change: bool
     ) -> None:
         """Nothing to do: no many-to-many fields, no inlines, saved by services."""
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: Any = None
+    ) -> HttpResponse:
+        """Refuse, with the service's message, a deletion the service refuses
+        (the primary of a locked persona), before the confirmation page."""
+        reference = self.get_object(request, unquote(object_id))
+        if reference is not None:
+            try:
+                reference_check_keeps_primary(reference=reference)
+            except ValidationError as error:
+                self.message_user(request, " ".join(error.messages), messages.ERROR)
+                return HttpResponseRedirect(
+                    reverse(
+                        f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+                        args=[reference.pk],
+                    )
+                )
+        return super().delete_view(request, object_id, extra_context)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            _, name, description = actions["delete_selected"]
+            actions[name] = (type(self).delete_checked, name, description)
+        return actions
+
+    def delete_checked(
+        self, request: HttpRequest, queryset: QuerySet[ReferenceImage]
+    ) -> Any:
+        """Django's "delete selected", unless the service refuses one of them:
+        then nothing is deleted and the refusals are shown."""
+        refusals = []
+        for reference in queryset.select_related("persona"):
+            try:
+                reference_check_keeps_primary(reference=reference)
+            except ValidationError as error:
+                refusals.append(f"{reference}: {' '.join(error.messages)}")
+        if refusals:
+            self.message_user(
+                request, "Nothing was deleted. " + " ".join(refusals), messages.ERROR
+            )
+            return None
+        return delete_selected(self, request, queryset)
 
     def delete_model(self, request: HttpRequest, obj: ReferenceImage) -> None:
         reference_image_delete(reference=obj)

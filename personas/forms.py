@@ -1,7 +1,9 @@
 """Admin forms: upload fields on the one validation path, and gallery formsets.
 
-Forms validate; saving goes through ``personas.services``, so the admin and the
-import command store files the same way and clean up the same way.
+Forms validate by calling the checks of ``personas.services``, where every rule
+lives, to show its message on the field it concerns; saving goes through the
+same services, which check again, so the admin, the import command and any
+other caller store files, keep the rules and clean up the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from personas.services import (
     control_unit_save,
     persona_check_lockable,
     reference_check_not_duplicate,
+    reference_check_update,
     reference_image_add,
     reference_image_delete,
     reference_update,
@@ -179,21 +182,14 @@ class ReferenceImageAdminForm(ReferenceImageForm):
                 reference_check_not_duplicate(persona=persona, image=image)
             except ValidationError as error:
                 self.add_error("image", error)
-        if (
-            self.instance.is_primary
-            and not cleaned_data.get("primary")
-            and persona is not None
-            and persona.appearance_locked
-        ):
-            self.add_error(
-                "primary",
-                ValidationError(
-                    "The appearance of %(persona)s is locked to this image: mark "
-                    "another image primary first, or unlock the appearance.",
-                    code="primary_of_locked_persona",
-                    params={"persona": persona},
-                ),
-            )
+        if self.instance.pk and "primary" in cleaned_data:
+            try:
+                reference_check_update(
+                    reference=self.instance,
+                    data={"is_primary": cleaned_data["primary"]},
+                )
+            except ValidationError as error:
+                self.add_error("primary", error)
         return cleaned_data
 
 
@@ -225,6 +221,10 @@ class ReferenceImageFormSet(_ServiceSavedFormSet):
             and (form.instance.pk or form.has_changed())
         ]
 
+    def has_primary(self) -> bool:
+        """Whether the gallery as submitted has a primary image."""
+        return any(form.cleaned_data.get("primary") for form in self.kept_forms())
+
     def clean(self) -> None:
         super().clean()
         if any(self.errors):
@@ -239,6 +239,28 @@ class ReferenceImageFormSet(_ServiceSavedFormSet):
             )
         if self.instance.appearance_locked:
             persona_check_lockable(persona=self.instance, has_primary=bool(primaries))
+
+    def save(self, commit: bool = True) -> list[ReferenceImage]:
+        """Save the gallery in the order that keeps a primary image throughout
+        (the services refuse to leave a locked persona without one): the new
+        primary first, then the other changes and additions, deletions last."""
+        if not commit:
+            raise ValueError(f"{type(self).__name__} saves through services only.")
+        self.new_objects, self.changed_objects, self.deleted_objects = [], [], []
+        kept = sorted(
+            self.kept_forms(), key=lambda form: not form.cleaned_data.get("primary")
+        )
+        for form in kept:
+            if form.instance.pk is None:
+                self.new_objects.append(self.save_new(form))
+            elif form.has_changed():
+                self.save_existing(form, form.instance)
+                self.changed_objects.append((form.instance, form.changed_data))
+        for form in self.deleted_forms:
+            if form.instance.pk is not None:
+                self.delete_existing(form.instance)
+                self.deleted_objects.append(form.instance)
+        return [*self.new_objects, *(obj for obj, _ in self.changed_objects)]
 
     def _check_images_are_new(self, kept: list[ReferenceImageForm]) -> None:
         seen: dict[str, str] = {}

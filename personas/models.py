@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 
 from django.conf import settings
@@ -11,20 +12,27 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
+from generation.engine import vocabulary
+from generation.engine.config import ModelSpec, model_catalog
 from personas.validators import validate_height, validate_width
 
 
 def base_model_choices() -> list[tuple[str, str]]:
-    """The base models the studio is configured with (``studio.models_catalog``)."""
-    from studio.models_catalog import model_choices
-
-    return model_choices()
+    """The base models the studio is configured with (``STUDIO_MODELS``)."""
+    return [(model.key, model.label) for model in _configured_models().values()]
 
 
 def default_base_model() -> str:
-    from studio.models_catalog import default_model_key
+    return next(iter(_configured_models()))
 
-    return default_model_key()
+
+def _configured_models() -> dict[str, ModelSpec]:
+    # The engine's catalog, read from the settings as
+    # ``generation.engine_settings.configured_models`` does (personas imports
+    # nothing of generation but the framework-free engine).
+    return model_catalog(
+        settings.STUDIO_MODELS, tiny_model_dir=settings.STUDIO_TINY_MODEL_DIR
+    )
 
 
 def _random_name(folder: str, extension: str) -> str:
@@ -47,48 +55,35 @@ def control_image_upload_to(instance: ControlNetUnit, filename: str) -> str:
     return _random_name(f"control/{instance.persona_id}", ".png")
 
 
-class ConsistencyMethod(models.TextChoices):
-    AUTO = "auto", "Automatic"
-    TEXT = "text", "Text only (no reference)"
-    IMG2IMG = "img2img", "img2img from the reference"
-    CONTROLNET = "controlnet", "ControlNet"
-    HYBRID = "hybrid", "img2img + ControlNet"
-    IP_ADAPTER = "ip_adapter", "IP-Adapter (identity)"
+def text_choices(name: str, terms: type[enum.StrEnum]) -> type[models.TextChoices]:
+    """Django ``TextChoices`` with the members, values and labels of one of the
+    engine's vocabulary enums (``generation.engine.vocabulary``): stored values
+    and labels are the vocabulary's, so they cannot drift."""
+    return models.TextChoices(
+        name, [(member.name, (member.value, member.label)) for member in terms]
+    )
 
 
-class SeedPolicy(models.TextChoices):
-    RANDOM = "random", "Random for every generation"
-    FIXED = "fixed", "Fixed seed"
-
-
-class ResizeMode(models.TextChoices):
-    JUST_RESIZE = "just_resize", "Just resize"
-    CROP_AND_RESIZE = "crop_and_resize", "Crop and resize"
-    RESIZE_AND_FILL = "resize_and_fill", "Resize and fill"
-
-
-class ReferenceRole(models.TextChoices):
-    FACE = "face", "Face"
-    HALF_BODY = "half_body", "Half body"
-    FULL_BODY = "full_body", "Full body"
-    POSE = "pose", "Pose"
-    STYLE = "style", "Style"
-    OTHER = "other", "Other"
-
-
-class ControlType(models.TextChoices):
-    OPENPOSE = "openpose", "OpenPose"
-    CANNY = "canny", "Canny edges"
-    DEPTH = "depth", "Depth"
-    SCRIBBLE = "scribble", "Scribble"
-    SOFTEDGE = "softedge", "Soft edge"
-    LINEART = "lineart", "Line art"
-    SEG = "seg", "Segmentation"
-    SHUFFLE = "shuffle", "Shuffle"
+ConsistencyMethod = text_choices("ConsistencyMethod", vocabulary.Method)
+SeedPolicy = text_choices("SeedPolicy", vocabulary.SeedPolicy)
+ResizeMode = text_choices("ResizeMode", vocabulary.ResizeMode)
+ReferenceRole = text_choices("ReferenceRole", vocabulary.ReferenceRole)
+ControlType = text_choices("ControlType", vocabulary.ControlType)
 
 
 def _fraction_validators() -> list:
-    return [MinValueValidator(0.0), MaxValueValidator(1.0)]
+    return [
+        MinValueValidator(vocabulary.MIN_FRACTION),
+        MaxValueValidator(vocabulary.MAX_FRACTION),
+    ]
+
+
+def _weight_validators() -> list:
+    """ControlNet conditioning, IP-Adapter and LoRA scales."""
+    return [
+        MinValueValidator(vocabulary.MIN_WEIGHT),
+        MaxValueValidator(vocabulary.MAX_WEIGHT),
+    ]
 
 
 class Persona(models.Model):
@@ -111,22 +106,26 @@ class Persona(models.Model):
     )
     # Consistency
     method = models.CharField(
-        max_length=16, choices=ConsistencyMethod.choices, default=ConsistencyMethod.AUTO
+        max_length=16,
+        choices=ConsistencyMethod.choices,
+        default=vocabulary.DEFAULT_METHOD.value,
     )
     img2img_strength = models.FloatField(
         "img2img strength",
-        default=0.7,
+        default=vocabulary.DEFAULT_STRENGTH,
         validators=_fraction_validators(),
         help_text="0 keeps the reference unchanged, 1 ignores it.",
     )
     resize_mode = models.CharField(
-        max_length=16, choices=ResizeMode.choices, default=ResizeMode.CROP_AND_RESIZE,
+        max_length=16,
+        choices=ResizeMode.choices,
+        default=vocabulary.DEFAULT_RESIZE_MODE.value,
         help_text="How the reference is fitted to the output size.",
     )
     ip_adapter_scale = models.FloatField(
         "IP-Adapter scale",
-        default=0.6,
-        validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+        default=vocabulary.DEFAULT_IP_ADAPTER_SCALE,
+        validators=_weight_validators(),
     )
     ip_adapter_face_crop = models.BooleanField(
         "IP-Adapter face crop",
@@ -134,20 +133,34 @@ class Persona(models.Model):
         help_text="Use the plus-face adapter on a detected face crop.",
     )
     guidance_scale = models.FloatField(
-        default=7.5, validators=[MinValueValidator(0.0), MaxValueValidator(30.0)]
+        default=vocabulary.DEFAULT_GUIDANCE_SCALE,
+        validators=[
+            MinValueValidator(vocabulary.MIN_GUIDANCE_SCALE),
+            MaxValueValidator(vocabulary.MAX_GUIDANCE_SCALE),
+        ],
     )
     steps = models.PositiveSmallIntegerField(
-        default=30, validators=[MinValueValidator(1), MaxValueValidator(150)]
+        default=vocabulary.DEFAULT_STEPS,
+        validators=[
+            MinValueValidator(vocabulary.MIN_STEPS),
+            MaxValueValidator(vocabulary.MAX_STEPS),
+        ],
     )
     negative_prompt = models.TextField(blank=True)
-    width = models.PositiveIntegerField(default=512, validators=[validate_width])
-    height = models.PositiveIntegerField(default=512, validators=[validate_height])
+    width = models.PositiveIntegerField(
+        default=vocabulary.DEFAULT_SIZE, validators=[validate_width]
+    )
+    height = models.PositiveIntegerField(
+        default=vocabulary.DEFAULT_SIZE, validators=[validate_height]
+    )
     base_model = models.CharField(
         max_length=100, choices=base_model_choices, default=default_base_model
     )
     # Advanced
     seed_policy = models.CharField(
-        max_length=8, choices=SeedPolicy.choices, default=SeedPolicy.RANDOM
+        max_length=8,
+        choices=SeedPolicy.choices,
+        default=vocabulary.DEFAULT_SEED_POLICY.value,
     )
     seed = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Used when the seed policy is fixed."
@@ -161,8 +174,8 @@ class Persona(models.Model):
     lora_sha256 = models.CharField(max_length=64, blank=True, editable=False)
     lora_scale = models.FloatField(
         "LoRA scale",
-        default=0.8,
-        validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+        default=vocabulary.DEFAULT_LORA_SCALE,
+        validators=_weight_validators(),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -209,7 +222,7 @@ class ReferenceImage(models.Model):
     )
     is_primary = models.BooleanField("primary", default=False)
     role = models.CharField(
-        max_length=16, choices=ReferenceRole.choices, default=ReferenceRole.OTHER
+        max_length=16, choices=ReferenceRole.choices, default=ReferenceRole.OTHER.value
     )
     caption = models.CharField(max_length=255, blank=True)
     order = models.PositiveIntegerField(default=0)
@@ -260,7 +273,7 @@ class ControlNetUnit(models.Model):
     control_type = models.CharField(max_length=16, choices=ControlType.choices)
     enabled = models.BooleanField(default=True)
     conditioning_scale = models.FloatField(
-        default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
+        default=vocabulary.DEFAULT_CONDITIONING_SCALE, validators=_weight_validators()
     )
     guidance_start = models.FloatField(default=0.0, validators=_fraction_validators())
     guidance_end = models.FloatField(default=1.0, validators=_fraction_validators())

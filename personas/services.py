@@ -66,6 +66,14 @@ def _delete_quietly(storage: Storage, name: str) -> None:
 
 
 # --- Personas -----------------------------------------------------------------
+#
+# The persona rules, each checked here and only here; forms call these checks to
+# show the message on the field it concerns, and every write calls them again:
+# - a locked appearance needs a primary reference image (``lock_without_primary``);
+# - the primary image of a locked persona stays primary until another image is
+#   (``primary_of_locked_persona``): it cannot be unmarked or deleted;
+# - an image is in a gallery once (``duplicate``); one image is primary at most
+#   (marking one primary unmarks the previous one).
 
 
 def persona_check_lockable(
@@ -73,7 +81,8 @@ def persona_check_lockable(
 ) -> None:
     """Refuse to lock an appearance without a primary reference image.
 
-    ``has_primary`` is what a form about to be saved knows; None asks the database.
+    ``has_primary`` is what a form saving the gallery at the same time knows;
+    None asks the database.
     """
     if has_primary is None:
         has_primary = bool(
@@ -90,11 +99,9 @@ def persona_check_lockable(
 @transaction.atomic
 def persona_create(*, name: str, slug: str = "", **fields: Any) -> Persona:
     """Create a persona; ``fields`` are any other Persona fields."""
-    persona = Persona(name=name, slug=slug or slugify(name), **fields)
-    _check_lockable_field(persona)
-    persona.full_clean()
-    persona.save()
-    return persona
+    return persona_save(
+        persona=Persona(name=name, slug=slug or slugify(name), **fields)
+    )
 
 
 @transaction.atomic
@@ -104,18 +111,27 @@ def persona_update(*, persona: Persona, data: dict[str, Any]) -> Persona:
         raise ValueError("LoRA weights are changed with persona_set_lora.")
     for field_name, value in data.items():
         setattr(persona, field_name, value)
-    _check_lockable_field(persona)
+    return persona_save(persona=persona)
+
+
+@transaction.atomic
+def persona_save(
+    *, persona: Persona, gallery_has_primary: bool | None = None
+) -> Persona:
+    """Check and save a new or changed persona whose fields are already set (by
+    the admin's form, say).
+
+    ``gallery_has_primary`` is whether the gallery saved together with it (the
+    admin's inline) has a primary image; None judges the stored gallery.
+    """
+    if persona.appearance_locked:
+        try:
+            persona_check_lockable(persona=persona, has_primary=gallery_has_primary)
+        except ValidationError as error:
+            raise ValidationError({"appearance_locked": error}) from None
     persona.full_clean()
     persona.save()
     return persona
-
-
-def _check_lockable_field(persona: Persona) -> None:
-    if persona.appearance_locked:
-        try:
-            persona_check_lockable(persona=persona)
-        except ValidationError as error:
-            raise ValidationError({"appearance_locked": error}) from None
 
 
 @transaction.atomic
@@ -201,8 +217,7 @@ def reference_image_add(
     """
     image = validate_image_upload(file)
     with written_files_removed_on_failure() as written, transaction.atomic():
-        # Serialise concurrent additions to one persona (duplicates, primary).
-        Persona.objects.select_for_update().only("pk").get(pk=persona.pk)
+        _lock_persona_row(persona.pk)
         reference_check_not_duplicate(persona=persona, image=image)
         if order is None:
             order = (persona.references.aggregate(last=Max("order"))["last"] or 0) + 1
@@ -229,15 +244,42 @@ def reference_image_add(
     return reference
 
 
+def reference_check_keeps_primary(*, reference: ReferenceImage) -> None:
+    """Refuse to unmark or delete the primary image of a locked persona, as
+    stored now: its appearance is locked to that image until another is primary.
+    """
+    if not reference.pk:
+        return
+    locked_to_it = ReferenceImage.objects.filter(
+        pk=reference.pk, is_primary=True, persona__appearance_locked=True
+    ).exists()
+    if locked_to_it:
+        raise ValidationError(
+            "The appearance of %(persona)s is locked to this image: mark "
+            "another image primary first, or unlock the appearance.",
+            code="primary_of_locked_persona",
+            params={"persona": reference.persona},
+        )
+
+
+def reference_check_update(*, reference: ReferenceImage, data: dict[str, Any]) -> None:
+    """The checks of :func:`reference_update`, for a form to show before saving."""
+    if data.get("is_primary", True) is False:
+        reference_check_keeps_primary(reference=reference)
+
+
 @transaction.atomic
 def reference_update(*, reference: ReferenceImage, data: dict[str, Any]) -> None:
     """Change a reference's role, caption, order or primary flag.
 
-    Marking it primary unmarks the previous primary.
+    Marking it primary unmarks the previous primary; the primary of a locked
+    persona cannot be unmarked (:func:`reference_check_keeps_primary`).
     """
     unknown = set(data) - REFERENCE_FIELDS
     if unknown:
         raise ValueError(f"reference_update cannot change {sorted(unknown)}")
+    _lock_persona_row(reference.persona_id)
+    reference_check_update(reference=reference, data=data)
     for field_name, value in data.items():
         setattr(reference, field_name, value)
     if reference.is_primary:
@@ -253,9 +295,20 @@ def reference_set_primary(*, reference: ReferenceImage) -> None:
 
 @transaction.atomic
 def reference_image_delete(*, reference: ReferenceImage) -> None:
-    """Delete a reference, then its image and thumbnail once that commits."""
+    """Delete a reference, then its image and thumbnail once that commits.
+
+    The primary of a locked persona is refused
+    (:func:`reference_check_keeps_primary`).
+    """
+    _lock_persona_row(reference.persona_id)
+    reference_check_keeps_primary(reference=reference)
     _delete_files_on_commit([reference.image, reference.thumbnail])
     reference.delete()
+
+
+def _lock_persona_row(persona_id: int) -> None:
+    """Serialise changes to one persona's gallery (the primary, duplicates)."""
+    Persona.objects.select_for_update().only("pk").get(pk=persona_id)
 
 
 def _demote_primary(*, persona: Persona, keep: ReferenceImage | None = None) -> None:

@@ -1,4 +1,8 @@
-"""Field validators for persona settings; limits are read lazily from settings."""
+"""Field validators for persona settings.
+
+The engine's limits come from its vocabulary; the studio's own (``STUDIO_MAX_*``)
+are read lazily from the settings.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,32 @@ import unicodedata
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from generation.engine.vocabulary import MAX_PROMPT_LENGTH, MIN_SIZE, SIZE_MULTIPLE
+
 
 def validate_multiple_of_8(value: int) -> None:
-    if value % 8:
+    if value % SIZE_MULTIPLE:
+        lower = value - value % SIZE_MULTIPLE
         raise ValidationError(
-            "%(value)s is not a multiple of 8; Stable Diffusion needs sizes in "
-            "steps of 8 (try %(lower)s or %(upper)s).",
+            "%(value)s is not a multiple of %(multiple)s; Stable Diffusion needs "
+            "sizes in steps of %(multiple)s (try %(lower)s or %(upper)s).",
             code="not_multiple_of_8",
-            params={"value": value, "lower": value - value % 8,
-                    "upper": value - value % 8 + 8},
+            params={
+                "value": value,
+                "multiple": SIZE_MULTIPLE,
+                "lower": lower,
+                "upper": lower + SIZE_MULTIPLE,
+            },
+        )
+
+
+def _validate_at_least(value: int, label: str) -> None:
+    if value < MIN_SIZE:
+        raise ValidationError(
+            "%(label)s %(value)s is below the smallest size the engine takes, "
+            "%(limit)s.",
+            code="too_small",
+            params={"label": label, "value": value, "limit": MIN_SIZE},
         )
 
 
@@ -32,17 +53,18 @@ def _validate_at_most(value: int, limit: int, limit_name: str, label: str) -> No
 
 def validate_width(value: int) -> None:
     validate_multiple_of_8(value)
+    _validate_at_least(value, "Width")
     _validate_at_most(value, settings.STUDIO_MAX_WIDTH, "MAX_WIDTH", "Width")
 
 
 def validate_height(value: int) -> None:
     validate_multiple_of_8(value)
+    _validate_at_least(value, "Height")
     _validate_at_most(
         value, settings.STUDIO_MAX_HEIGHT, "MAX_HEIGHT", "Height"
     )
 
 
-MAX_PROMPT_LENGTH = 4000
 # Bidirectional overrides and isolates can make text read differently from what
 # it is ("Trojan Source"); other format characters (joiners...) are fine.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

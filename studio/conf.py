@@ -47,7 +47,9 @@ DEVICE: str = ""
 DTYPE: str = ""
 # Base models kept loaded until this many MiB of weights; 0 means no limit.
 MEMORY_BUDGET_MB: int = 0
-# Footprint options for small or fast GPUs.
+# Footprint options for small or fast GPUs: the fields of
+# generation.engine.vocabulary.Footprint, each under the setting it names
+# (tests/engine/test_vocabulary.py keeps them equal; studio/ imports no app).
 CPU_OFFLOAD: bool = False
 ATTENTION_SLICING: bool = False
 VAE_TILING: bool = False
@@ -57,7 +59,8 @@ TORCH_COMPILE: bool = False
 MAX_UPLOAD_BYTES: int = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS: int = 40_000_000
 MAX_LORA_BYTES: int = 512 * 1024 * 1024
-# Largest generation size staff may ask for.
+# Largest generation size staff may ask for: at most the engine's MAX_SIZE
+# (generation.engine.vocabulary), which is the default.
 MAX_WIDTH: int = 2048
 MAX_HEIGHT: int = 2048
 # Longest side of stored thumbnails.

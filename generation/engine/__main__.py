@@ -36,7 +36,13 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from .config import EngineConfig, IPAdapterSpec, ModelSpec, tiny_engine_config
+from .config import (
+    EngineConfig,
+    IPAdapterSpec,
+    ModelSpec,
+    is_tiny_model_path,
+    tiny_engine_config,
+)
 from .errors import EngineError, InvalidRequest
 from .requests import GenerationRequest, GenerationResult
 from .runner import Engine
@@ -48,7 +54,7 @@ from .snapshot import (
     request_from_dict,
     request_from_snapshot,
 )
-from .tiny_model import is_tiny_model, write_tiny_model
+from .tiny_model import write_tiny_model
 
 DEFAULT_TINY_MODEL = Path("var/models/tiny")
 INPUTS_DIR = "inputs"
@@ -163,7 +169,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
                 else build_dataclass(IPAdapterSpec, spec, "ip_adapter")
             ),
         )
-    if not is_tiny_model(args.tiny_model):
+    if not is_tiny_model_path(args.tiny_model):
         write_tiny_model(args.tiny_model)
     return tiny_engine_config(args.tiny_model.resolve())
 

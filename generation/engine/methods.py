@@ -59,10 +59,26 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from .errors import InvalidRequest, ModelNotFound
-from .requests import (
+from .requests import GenerationRequest, IPAdapterInput
+from .vocabulary import (
+    MAX_FRACTION,
+    MAX_GUIDANCE_SCALE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    METHODS_NEEDING_REFERENCE,
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    MIN_FRACTION,
+    MIN_GUIDANCE_SCALE,
+    MIN_SEED,
+    MIN_SIZE,
+    MIN_STEPS,
+    MIN_WEIGHT,
+    SIZE_MULTIPLE,
     ControlType,
-    GenerationRequest,
-    IPAdapterInput,
     Method,
     ReferenceRole,
 )
@@ -75,17 +91,6 @@ PIPELINE_CLASS_NAMES: dict[Method, str] = {
 }
 """Base method -> diffusers pipeline class name (auto and ip_adapter resolve to
 one of these first)."""
-
-METHODS_WITH_STRENGTH = (Method.IMG2IMG, Method.HYBRID)
-METHODS_WITH_CONTROL = (Method.CONTROLNET, Method.HYBRID)
-
-MIN_SIZE, MAX_SIZE = 64, 2048
-MAX_STEPS = 150
-MAX_GUIDANCE_SCALE = 30.0
-MAX_IMAGES = 8
-MAX_SEED = 2**63 - 1
-MAX_WEIGHT = 2.0
-"""Upper bound of ControlNet, IP-Adapter and LoRA scales."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,7 @@ def _check_explicit(method: Method, request: GenerationRequest) -> None:
             f"Method {method.value} takes no ControlNet units; use controlnet, or "
             "hybrid to keep the reference's composition too."
         )
-    needs_reference = method in (*METHODS_WITH_STRENGTH, Method.IP_ADAPTER)
+    needs_reference = method in METHODS_NEEDING_REFERENCE
     if needs_reference and not request.references:
         raise InvalidRequest(
             f"Method {method.value} needs a reference image and the request has none."
@@ -278,18 +283,24 @@ def _check_numbers(request: GenerationRequest) -> None:
         value = getattr(request, name)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidRequest(f"{name} must be a whole number; got {value!r}.")
-    _check_range("steps", request.steps, 1, MAX_STEPS)
+    _check_range("steps", request.steps, MIN_STEPS, MAX_STEPS)
     _check_range("num_images", request.num_images, 1, MAX_IMAGES)
-    _check_range("seed", request.seed, 0, MAX_SEED)
-    _check_range("guidance_scale", request.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
-    _check_range("strength", request.strength, 0.0, 1.0)
+    _check_range("seed", request.seed, MIN_SEED, MAX_SEED)
+    _check_range(
+        "guidance_scale",
+        request.guidance_scale,
+        MIN_GUIDANCE_SCALE,
+        MAX_GUIDANCE_SCALE,
+    )
+    _check_range("strength", request.strength, MIN_FRACTION, MAX_FRACTION)
     for name in ("width", "height"):
         value = getattr(request, name)
         _check_range(name, value, MIN_SIZE, MAX_SIZE)
-        if value % 8:
-            lower = value // 8 * 8
+        if value % SIZE_MULTIPLE:
+            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
             raise InvalidRequest(
-                f"{name} {value} is not a multiple of 8; use {lower} or {lower + 8}."
+                f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; use {lower} "
+                f"or {lower + SIZE_MULTIPLE}."
             )
     if not isinstance(request.prompt, str) or not isinstance(
         request.negative_prompt, str
@@ -300,7 +311,7 @@ def _check_numbers(request: GenerationRequest) -> None:
     if request.lora is not None:
         if not request.lora.weights:
             raise InvalidRequest("The LoRA has no weights.")
-        _check_range("LoRA scale", request.lora.scale, 0.0, MAX_WEIGHT)
+        _check_range("LoRA scale", request.lora.scale, MIN_WEIGHT, MAX_WEIGHT)
     if request.scheduler is not None and request.scheduler not in _scheduler_names():
         raise InvalidRequest(
             f"Unknown scheduler {request.scheduler!r}; choose one of: "
@@ -361,10 +372,17 @@ def _unit_references(
             )
         label = f"Control unit {number} ({control_type.value})"
         _check_range(
-            f"{label} conditioning scale", unit.conditioning_scale, 0.0, MAX_WEIGHT
+            f"{label} conditioning scale",
+            unit.conditioning_scale,
+            MIN_WEIGHT,
+            MAX_WEIGHT,
         )
-        _check_range(f"{label} guidance start", unit.guidance_start, 0.0, 1.0)
-        _check_range(f"{label} guidance end", unit.guidance_end, 0.0, 1.0)
+        _check_range(
+            f"{label} guidance start", unit.guidance_start, MIN_FRACTION, MAX_FRACTION
+        )
+        _check_range(
+            f"{label} guidance end", unit.guidance_end, MIN_FRACTION, MAX_FRACTION
+        )
         if unit.guidance_start >= unit.guidance_end:
             raise InvalidRequest(
                 f"{label}: the guidance start ({unit.guidance_start}) must come "
@@ -385,7 +403,7 @@ def _unit_references(
 
 
 def _check_ip_adapter(request: GenerationRequest, ip_adapter: IPAdapterInput) -> None:
-    _check_range("IP-Adapter scale", ip_adapter.scale, 0.0, MAX_WEIGHT)
+    _check_range("IP-Adapter scale", ip_adapter.scale, MIN_WEIGHT, MAX_WEIGHT)
     if ip_adapter.reference_indexes is None:
         return
     if not ip_adapter.reference_indexes:

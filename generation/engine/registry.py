@@ -47,7 +47,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from generation.engine.config import EngineConfig, ModelSpec
 from generation.engine.errors import EngineError, InvalidRequest, ModelNotFound
-from generation.engine.methods import METHODS_WITH_CONTROL, pipeline_class
+from generation.engine.methods import pipeline_class
 from generation.engine.requests import (
     ControlType,
     IPAdapterInput,
@@ -62,6 +62,11 @@ from generation.engine.sources import (
     load_pipeline,
     model_loading,
     resolve_source,
+)
+from generation.engine.vocabulary import (
+    METHODS_WITH_CONTROL,
+    Footprint,
+    footprint_of,
 )
 
 LORA_ADAPTER_NAME = "studio_lora"
@@ -99,27 +104,6 @@ def choose_dtype(requested: str | None, device: torch.device) -> torch.dtype:
 
 
 @dataclass
-class Footprint:
-    """Memory and speed switches applied to every base pipeline."""
-
-    cpu_offload: bool = False
-    attention_slicing: bool = False
-    vae_tiling: bool = False
-    channels_last: bool = False
-    compile: bool = False
-
-    @classmethod
-    def from_config(cls, config: EngineConfig) -> Footprint:
-        return cls(
-            cpu_offload=config.cpu_offload,
-            attention_slicing=config.attention_slicing,
-            vae_tiling=config.vae_tiling,
-            channels_last=config.channels_last,
-            compile=config.compile,
-        )
-
-
-@dataclass
 class _Entry:
     """One loaded model in the least-recently-used list."""
 
@@ -139,7 +123,7 @@ class PipelineRegistry:
         self._config = config
         self._device = choose_device(config.device)
         self._dtype = choose_dtype(config.dtype, self._device)
-        self._footprint = Footprint.from_config(config)
+        self._footprint = footprint_of(config)
         self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
         self._sources: dict[str, ResolvedSource] = {}
         self._fingerprints: dict[str, dict[str, Any]] = {}

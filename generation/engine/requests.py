@@ -8,54 +8,42 @@ why, timings and whether the pipeline registry was hit.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
+from .vocabulary import (
+    DEFAULT_CONDITIONING_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_IP_ADAPTER_SCALE,
+    DEFAULT_LORA_SCALE,
+    DEFAULT_METHOD,
+    DEFAULT_RESIZE_MODE,
+    DEFAULT_SIZE,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    ControlType,
+    Method,
+    ReferenceRole,
+    ResizeMode,
+)
 
-class Method(enum.StrEnum):
-    AUTO = "auto"
-    TEXT = "text"
-    IMG2IMG = "img2img"
-    CONTROLNET = "controlnet"
-    HYBRID = "hybrid"
-    IP_ADAPTER = "ip_adapter"
-
-
-class ControlType(enum.StrEnum):
-    OPENPOSE = "openpose"
-    CANNY = "canny"
-    DEPTH = "depth"
-    SCRIBBLE = "scribble"
-    SOFTEDGE = "softedge"
-    LINEART = "lineart"
-    SEG = "seg"
-    SHUFFLE = "shuffle"
-
-
-class ResizeMode(enum.StrEnum):
-    """How a reference is fitted to the target size (as AUTOMATIC1111 offers).
-
-    just_resize: stretch to the target size, ignoring the aspect ratio.
-    crop_and_resize: scale to cover the target, then centre-crop the overflow.
-    resize_and_fill: scale to fit inside the target, then fill the borders by
-    stretching the edge pixels.
-    """
-
-    JUST_RESIZE = "just_resize"
-    CROP_AND_RESIZE = "crop_and_resize"
-    RESIZE_AND_FILL = "resize_and_fill"
-
-
-class ReferenceRole(enum.StrEnum):
-    FACE = "face"
-    HALF_BODY = "half_body"
-    FULL_BODY = "full_body"
-    POSE = "pose"
-    STYLE = "style"
-    OTHER = "other"
+# The vocabulary's enums, importable from here as they always were.
+__all__ = [
+    "ControlImageOutput",
+    "ControlType",
+    "ControlUnitInput",
+    "GenerationRequest",
+    "GenerationResult",
+    "IPAdapterInput",
+    "LoraInput",
+    "Method",
+    "ReferenceInput",
+    "ReferenceRole",
+    "ResizeMode",
+    "Timings",
+]
 
 
 @dataclass
@@ -78,7 +66,7 @@ class ControlUnitInput:
     """
 
     control_type: ControlType
-    conditioning_scale: float = 1.0
+    conditioning_scale: float = DEFAULT_CONDITIONING_SCALE
     guidance_start: float = 0.0
     guidance_end: float = 1.0
     preprocessor_options: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +84,7 @@ class IPAdapterInput:
     reference, or the primary one when there is none.
     """
 
-    scale: float = 0.6
+    scale: float = DEFAULT_IP_ADAPTER_SCALE
     face_crop: bool = True
     reference_indexes: list[int] | None = None
 
@@ -106,7 +94,7 @@ class LoraInput:
     """Persona LoRA weights as the bytes of a ``.safetensors`` file."""
 
     weights: bytes
-    scale: float = 0.8
+    scale: float = DEFAULT_LORA_SCALE
     name: str = "persona"
     sha256: str = ""
 
@@ -115,16 +103,16 @@ class LoraInput:
 class GenerationRequest:
     model: str
     prompt: str
-    method: Method = Method.AUTO
+    method: Method = DEFAULT_METHOD
     negative_prompt: str = ""
     seed: int = 0
-    steps: int = 30
-    guidance_scale: float = 7.5
-    width: int = 512
-    height: int = 512
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    width: int = DEFAULT_SIZE
+    height: int = DEFAULT_SIZE
     num_images: int = 1
-    strength: float = 0.7
-    resize_mode: ResizeMode = ResizeMode.CROP_AND_RESIZE
+    strength: float = DEFAULT_STRENGTH
+    resize_mode: ResizeMode = DEFAULT_RESIZE_MODE
     references: list[ReferenceInput] = field(default_factory=list)
     appearance_locked: bool = False
     control_units: list[ControlUnitInput] = field(default_factory=list)

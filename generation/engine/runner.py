@@ -28,8 +28,6 @@ from .config import EngineConfig
 from .errors import GenerationCancelled, OutOfMemory
 from .face import crop_face
 from .methods import (
-    METHODS_WITH_CONTROL,
-    METHODS_WITH_STRENGTH,
     MethodPlan,
     plan_method,
 )
@@ -45,7 +43,7 @@ from .requests import (
 )
 from .resize import fit_to_size
 from .snapshot import GENERATOR_DEVICE, build_snapshot, images_by_hash
-from .tiny_model import is_tiny_model
+from .vocabulary import METHODS_WITH_CONTROL, METHODS_WITH_STRENGTH, TINY_MODEL_NOTICE
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -143,10 +141,8 @@ class Engine:
                 f"The prompt was longer than the text encoder's window: it was "
                 f"encoded in {prompt_encoding['chunks']} chunks, not truncated."
             )
-        if is_tiny_model(self._registry.source(request.model).location):
-            notes.append(
-                "Tiny built-in model with random weights: its images are noise."
-            )
+        if self._config.models[request.model].is_tiny:
+            notes.append(TINY_MODEL_NOTICE)
         snapshot = build_snapshot(
             request,
             plan,

@@ -61,7 +61,7 @@ from generation.engine.config import (
     TINY_PIPELINE_DIR,
     TINY_SINGLE_FILE,
 )
-from generation.engine.requests import ControlType
+from generation.engine.vocabulary import ControlType
 
 
 @dataclass(frozen=True)
@@ -172,19 +172,6 @@ def write_tiny_model(root: Path) -> Path:
         + "\n"
     )
     return root
-
-
-def is_tiny_model(path: Path | str) -> bool:
-    """True when ``path`` is the tiny model's folder or lies inside it."""
-    path = Path(path).expanduser()
-    for folder in (path, *path.parents):
-        marker = folder / TINY_MARKER_FILE
-        if marker.is_file():
-            try:
-                return json.loads(marker.read_text()).get("tiny") is True
-            except (OSError, ValueError):
-                return False
-    return False
 
 
 def _seed_for(name: str) -> int:

@@ -36,6 +36,7 @@ from django.db.models import (
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 
+from generation.engine.vocabulary import METHODS_WITH_STRENGTH
 from generation.models import (
     ACTIVE_STATUSES,
     Batch,
@@ -44,9 +45,7 @@ from generation.models import (
     ContentStatus,
     ReviewState,
 )
-from generation.parameters import METHODS_WITH_STRENGTH
 from personas.models import Persona, ReferenceImage
-from studio.models_catalog import configured_models
 
 GALLERY_PAGE_SIZE = 48
 LATEST_PER_PERSONA = 6
@@ -98,11 +97,6 @@ class GalleryPage:
 
 class BadCursor(ValueError):
     """A page cursor that this module did not write (edited or truncated)."""
-
-
-def tiny_model_keys() -> frozenset[str]:
-    """Keys of the configured models whose weights are random (images are noise)."""
-    return frozenset(key for key, model in configured_models().items() if model.is_tiny)
 
 
 # --- The overview -------------------------------------------------------------

@@ -37,15 +37,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from generation import actions, selectors
+from generation.engine.vocabulary import TINY_MODEL_NOTICE
+from generation.engine_settings import tiny_model_keys
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.forms import GalleryFilterForm, content_ids
 from generation.models import Content
 
 VIEW = "generation.view_content"
-TINY_MODEL_NOTE = (
-    "Built-in tiny model (random weights: images are noise). Configure "
-    "STUDIO_MODELS for real images."
-)
 # The buttons of a content's page, by their name in the URL.
 CONTENT_ACTIONS = {action.slug: action for action in actions.CONTENT_ACTIONS}
 
@@ -80,7 +78,7 @@ def _render(
                 for action in (*actions.CONTENT_ACTIONS, *actions.SHEET_ACTIONS)
                 if action.allows(user)
             },
-            "tiny_model_note": TINY_MODEL_NOTE,
+            "tiny_model_note": TINY_MODEL_NOTICE,
             **context,
         },
     )
@@ -94,7 +92,7 @@ def _render(
 def gallery_index(request: HttpRequest) -> HttpResponse:
     """Every persona with its primary reference, review counts and latest outputs."""
     page = gallery_selectors.persona_overview(page_number=request.GET.get("page", 1))
-    tiny = gallery_selectors.tiny_model_keys()
+    tiny = tiny_model_keys()
     return _render(
         request,
         "gallery/index.html",
@@ -127,7 +125,7 @@ def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
     except gallery_selectors.BadCursor:
         messages.warning(request, "That page link was not valid; showing page 1.")
         page = gallery_selectors.content_page(persona=persona, filters=filters)
-    tiny = gallery_selectors.tiny_model_keys()
+    tiny = tiny_model_keys()
     return _render(
         request,
         "gallery/persona.html",
@@ -167,7 +165,7 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
             "parameters": _parameters(content),
             "snapshot_text": json.dumps(content.snapshot, indent=2, sort_keys=True),
             "uses_tiny_model": content.request.get("model")
-            in gallery_selectors.tiny_model_keys(),
+            in tiny_model_keys(),
         },
     )
 
@@ -206,7 +204,7 @@ def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
             "persona": batch.persona,
             "contents": contents,
             "uses_tiny_model": batch.persona.base_model
-            in gallery_selectors.tiny_model_keys(),
+            in tiny_model_keys(),
         },
     )
 

@@ -19,8 +19,9 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import CLIPTokenizer
 
+from generation.engine.config import ModelSpec, is_tiny_model_path
 from generation.engine.requests import ControlType
-from generation.engine.tiny_model import is_tiny_model, write_tiny_model
+from generation.engine.tiny_model import write_tiny_model
 
 
 def file_digests(root: Path) -> dict[str, str]:
@@ -83,10 +84,12 @@ def test_marker_says_the_images_are_noise(tiny_model_root: Path, tmp_path: Path)
 
     assert marker["tiny"] is True
     assert "noise" in marker["note"]
-    assert is_tiny_model(tiny_model_root)
-    assert is_tiny_model(tiny_model_root / "sd15")
-    assert is_tiny_model(tiny_model_root / "lora" / "persona.safetensors")
-    assert not is_tiny_model(tmp_path)
+    assert is_tiny_model_path(tiny_model_root)
+    assert is_tiny_model_path(tiny_model_root / "sd15")
+    assert is_tiny_model_path(tiny_model_root / "lora" / "persona.safetensors")
+    assert not is_tiny_model_path(tmp_path)
+    assert ModelSpec(key="any", source=str(tiny_model_root / "sd15")).is_tiny
+    assert not ModelSpec(key="any", source=str(tmp_path)).is_tiny
 
 
 def test_loads_as_a_stable_diffusion_1_5_pipeline(pipe: StableDiffusionPipeline):

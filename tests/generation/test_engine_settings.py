@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from generation.engine.config import TINY_MODEL_KEY
+from generation.engine.vocabulary import TINY_MODEL_KEY
 from generation.engine_settings import engine_config, uses_tiny_model
 from generation.queues import all_queue_names, queue_name_for_model
 

@@ -1,4 +1,5 @@
-"""personas never imports generation (DESIGN.md: imports point one way)."""
+"""personas imports nothing of generation but its framework-free engine (DESIGN.md:
+imports point one way)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import personas
 
 
-def test_personas_never_imports_generation():
+def test_personas_imports_nothing_of_generation_but_the_engine():
     offenders = []
     for path in Path(personas.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -20,7 +21,10 @@ def test_personas_never_imports_generation():
             offenders += [
                 f"{path.name}: {name}"
                 for name in names
-                if name == "generation" or name.startswith("generation.")
+                if (name == "generation" or name.startswith("generation."))
+                and not (
+                    name == "generation.engine" or name.startswith("generation.engine.")
+                )
             ]
 
     assert offenders == []
