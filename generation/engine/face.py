@@ -19,10 +19,14 @@ health can say an image holds several.
 
 **Bounded cost.** Whatever the input's size, landmarks and face chips are taken
 from a copy whose longest side is at most ``WORKING_SIDE``, and the detector
-scans a copy whose longest side, after dlib's own upsampling, is at most
-``HOG_SCAN_SIDE`` (HOG) or ``CNN_SCAN_SIDE`` (CNN): ``upsample`` finds smaller
-faces in small images and costs nothing extra on large ones. Boxes are mapped
-back to the input's pixels.
+scans a copy whose longest side, after dlib's own upsampling (each step
+doubles the sides), is at most ``HOG_SCAN_SIDE`` (HOG) or ``CNN_SCAN_SIDE``
+(CNN). By default (``upsample=None``) the image is upsampled as few times as
+brings it to that side, at most ``MAX_UPSAMPLE``: a 512-pixel output is
+upsampled once, a 160-pixel one twice, a 2000-pixel photo is shrunk to 1024
+and not upsampled. HOG's window is 80 pixels, so at the default the smallest
+face found is about 8% of the image's longest side (CNN: about 16%). Boxes
+are mapped back to the input's pixels.
 
 The embedding is dlib's face-recognition ResNet (99.38% on LFW) on the face
 chip that ``dlib.get_face_chip`` aligns from the 5-point landmarks (150x150
@@ -40,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from .face_models import cnn_detector, dlib_version, face_models
+from .identity import ReferenceFaces
 
 # The longest side of the copy landmarks and face chips are taken from.
 WORKING_SIDE = 1024
@@ -47,7 +52,6 @@ WORKING_SIDE = 1024
 # memory grows with the pixels: about 250 MB at 512, over 1 GB at 1024.
 HOG_SCAN_SIDE = 1024
 CNN_SCAN_SIDE = 512
-DEFAULT_UPSAMPLE = 1
 MAX_UPSAMPLE = 2
 # dlib's own default: a detection scoring below it is not returned.
 DEFAULT_THRESHOLD = 0.0
@@ -121,6 +125,16 @@ class FaceAnalysis:
         """How many faces score at least ``PERSONA_FACE_MIN_SCORE``."""
         return sum(face.score >= PERSONA_FACE_MIN_SCORE for face in self.faces)
 
+    def as_reference(self, key: str, *, face_role: bool) -> ReferenceFaces:
+        """What reference health needs of this analysis."""
+        return ReferenceFaces(
+            key=key,
+            face_role=face_role,
+            faces=len(self.faces),
+            strong_faces=self.strong_faces,
+            embedding=self.embedding,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (the embedding as 128 floats)."""
         return {
@@ -184,12 +198,12 @@ def detect_faces(
     image: Image.Image,
     *,
     detector: FaceDetector | str = FaceDetector.HOG,
-    upsample: int = DEFAULT_UPSAMPLE,
+    upsample: int | None = None,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> list[FaceBox]:
     """Every face in ``image`` with its box (input pixels) and score, largest
     first (ties to the higher score)."""
-    detector, upsample = _checked(detector, upsample)
+    detector = _checked(detector, upsample)
     rgb = image.convert("RGB")
     working = _shrunk(rgb, WORKING_SIDE)
     return _detect(rgb.size, working, detector, upsample, threshold)[0]
@@ -199,14 +213,16 @@ def analyse_faces(
     image: Image.Image,
     *,
     detector: FaceDetector | str = FaceDetector.HOG,
-    upsample: int = DEFAULT_UPSAMPLE,
+    upsample: int | None = None,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> FaceAnalysis:
     """Detect every face, choose the persona's and embed it."""
-    detector, upsample = _checked(detector, upsample)
+    detector = _checked(detector, upsample)
     rgb = image.convert("RGB")
     working = _shrunk(rgb, WORKING_SIDE)
-    faces, scanned_size = _detect(rgb.size, working, detector, upsample, threshold)
+    faces, scanned_size, upsample = _detect(
+        rgb.size, working, detector, upsample, threshold
+    )
     persona = persona_face_index(faces)
     embedding = landmarks = None
     if persona is not None:
@@ -239,14 +255,16 @@ def crop_face(image: Image.Image, *, margin: float = 0.4) -> tuple[Image.Image, 
     if margin < 0:
         raise ValueError(f"margin must not be negative, got {margin}")
     rgb = image.convert("RGB")
-    faces = detect_faces(rgb)
+    faces, _, upsample = _detect(
+        rgb.size, _shrunk(rgb, WORKING_SIDE), FaceDetector.HOG, None, 0.0
+    )
     persona = persona_face_index(faces)
     info: dict[str, Any] = {
         "face_found": persona is not None,
         "faces": len(faces),
         "detector": DETECTOR_NAMES[FaceDetector.HOG],
         "dlib": dlib_version(),
-        "upsample": DEFAULT_UPSAMPLE,
+        "upsample": upsample,
         "margin": margin,
         "box": None,
         "score": None,
@@ -272,7 +290,7 @@ def crop_face(image: Image.Image, *, margin: float = 0.4) -> tuple[Image.Image, 
     return rgb.crop(crop_box), info
 
 
-def _checked(detector: FaceDetector | str, upsample: int) -> tuple[FaceDetector, int]:
+def _checked(detector: FaceDetector | str, upsample: int | None) -> FaceDetector:
     try:
         detector = FaceDetector(detector)
     except ValueError:
@@ -280,11 +298,13 @@ def _checked(detector: FaceDetector | str, upsample: int) -> tuple[FaceDetector,
         raise ValueError(
             f"Unknown face detector {detector!r}: choose one of {choices}"
         ) from None
+    if upsample is None:
+        return detector
     if isinstance(upsample, bool) or not isinstance(upsample, int):
         raise ValueError(f"upsample must be a whole number, got {upsample!r}")
     if not 0 <= upsample <= MAX_UPSAMPLE:
         raise ValueError(f"upsample must be 0 to {MAX_UPSAMPLE}, got {upsample}")
-    return detector, upsample
+    return detector
 
 
 def _shrunk(image: Image.Image, longest: int) -> Image.Image:
@@ -302,11 +322,15 @@ def _detect(
     image_size: tuple[int, int],
     working: Image.Image,
     detector: FaceDetector,
-    upsample: int,
+    upsample: int | None,
     threshold: float,
-) -> tuple[list[FaceBox], tuple[int, int]]:
-    """Faces in input pixels, largest first, and the scanned copy's size."""
-    scanned = _shrunk(working, _SCAN_SIDES[detector] >> upsample)
+) -> tuple[list[FaceBox], tuple[int, int], int]:
+    """Faces in input pixels, largest first, the scanned copy's size and the
+    upsampling used."""
+    scan_side = _SCAN_SIDES[detector]
+    if upsample is None:
+        upsample = _default_upsample(max(working.size), scan_side)
+    scanned = _shrunk(working, scan_side >> upsample)
     pixels = np.ascontiguousarray(np.asarray(scanned, dtype=np.uint8))
     if detector is FaceDetector.HOG:
         rects, scores, _ = face_models().hog_detector.call(
@@ -337,7 +361,16 @@ def _detect(
                 FaceBox(left, top, right - left, bottom - top, score=float(score))
             )
     faces.sort(key=lambda face: (face.area, face.score), reverse=True)
-    return faces, scanned.size
+    return faces, scanned.size, upsample
+
+
+def _default_upsample(longest: int, scan_side: int) -> int:
+    """The fewest doublings that bring ``longest`` to ``scan_side``, at most
+    ``MAX_UPSAMPLE``."""
+    upsample = 0
+    while upsample < MAX_UPSAMPLE and longest << upsample < scan_side:
+        upsample += 1
+    return upsample
 
 
 def _embed(

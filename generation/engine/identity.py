@@ -400,16 +400,18 @@ def choose_method_by_identity(
     if len(trusted) < 2:
         return IdentityChoice(None, _rules_reason(records, minimum), tuple(records))
     best, *others = trusted
+    # The reason reads "ip_adapter kept identity best: 0.81 over 24 outputs,
+    # img2img 0.62 over 30".
+    outputs = "output" if best.outputs == 1 else "outputs"
     reason = (
-        f"{best.method} kept identity best: {_describe(best, named=False)}, "
-        + ", ".join(_describe(record) for record in others)
+        f"{best.method} kept identity best: {best.mean_similarity:.2f} over "
+        f"{best.outputs} {outputs}, "
+        + ", ".join(
+            f"{record.method} {record.mean_similarity:.2f} over {record.outputs}"
+            for record in others
+        )
     )
     return IdentityChoice(best.method, reason, tuple(records))
-
-
-def _describe(record: MethodRecord, *, named: bool = True) -> str:
-    text = f"{record.mean_similarity:.2f} over {record.outputs} outputs"
-    return f"{record.method} {text}" if named else text
 
 
 def _rules_reason(records: list[MethodRecord], minimum: int) -> str:

@@ -33,7 +33,6 @@ from generation.engine.identity import (
     SAME_PERSON_DISTANCE,
     HealthCode,
     IdentityStatus,
-    ReferenceFaces,
     embedding_distance,
     identity_score,
     reference_health,
@@ -141,7 +140,7 @@ def test_the_mission_patch_is_detected_too_but_is_not_the_persona(
     assert _centre(astronaut_analysis.persona_face)[1] < 200
 
 
-@pytest.mark.parametrize("upsample", [0, 1, 2])
+@pytest.mark.parametrize("upsample", [None, 0, 1, 2])
 @pytest.mark.parametrize("variant", ["original", *VARIANTS])
 def test_the_mission_patch_never_becomes_the_persona_face(astronaut, variant, upsample):
     image = astronaut if variant == "original" else VARIANTS[variant](astronaut)
@@ -216,6 +215,27 @@ def test_upsampling_finds_a_small_face(astronaut):
     assert detect_faces(small, upsample=0) == []
     assert detect_faces(small, upsample=1)
     assert WORKING_SIDE >= HOG_SCAN_SIDE >= CNN_SCAN_SIDE
+
+
+@pytest.mark.parametrize(
+    ("side", "upsample", "scanned"),
+    [(160, 2, 160), (256, 2, 256), (300, 2, 256), (512, 1, 512), (600, 1, 512)]
+    + [(1024, 0, 1024), (2000, 0, 1024)],
+)
+def test_by_default_the_image_is_upsampled_to_the_scan_side_and_no_further(
+    astronaut, side, upsample, scanned
+):
+    analysis = analyse_faces(astronaut.resize((side, side)))
+    assert analysis.upsample == upsample
+    assert analysis.scanned_size == (scanned, scanned)
+    assert scanned << upsample <= HOG_SCAN_SIDE
+    # The face is about 18% of the photo's side: found at every size.
+    assert analysis.face_found
+
+
+def test_a_thumbnail_face_is_found_for_the_ip_adapter_crop(astronaut):
+    _, info = crop_face(astronaut.resize((160, 160)))
+    assert info["face_found"] and info["upsample"] == 2
 
 
 def test_the_cnn_detector_finds_the_same_face(astronaut, astronaut_analysis):
@@ -342,14 +362,7 @@ def test_an_output_is_scored_against_the_mean_and_the_nearest_reference(
 
 
 def _reference(key: str, image: Image.Image, *, face_role: bool = True):
-    analysis = analyse_faces(image)
-    return ReferenceFaces(
-        key=key,
-        face_role=face_role,
-        faces=len(analysis.faces),
-        strong_faces=analysis.strong_faces,
-        embedding=analysis.embedding,
-    )
+    return analyse_faces(image).as_reference(key, face_role=face_role)
 
 
 def test_reference_health_flags_the_face_reference_of_another_person(astronaut, hopper):
