@@ -240,6 +240,15 @@ def analyse_faces(
     )
 
 
+def embed_face(
+    image: Image.Image, face: FaceBox
+) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """The 128-D embedding and the 5 landmarks (input pixels) of ``face``, a
+    box found in ``image`` by ``detect_faces``."""
+    rgb = image.convert("RGB")
+    return _embed(rgb.size, _shrunk(rgb, WORKING_SIDE), face)
+
+
 def crop_face(image: Image.Image, *, margin: float = 0.4) -> tuple[Image.Image, dict]:
     """Crop ``image`` to a square around the persona's face.
 

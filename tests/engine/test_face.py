@@ -26,6 +26,7 @@ from generation.engine.face import (
     analyse_faces,
     crop_face,
     detect_faces,
+    embed_face,
     persona_face_index,
 )
 from generation.engine.face_models import face_models
@@ -287,6 +288,20 @@ def test_a_grayscale_image_is_analysed_as_rgb(astronaut, astronaut_analysis):
 def test_bad_detection_options_are_clear_errors(astronaut, options, message):
     with pytest.raises(ValueError, match=message):
         analyse_faces(astronaut, **options)
+
+
+def test_any_detected_face_can_be_embedded(astronaut, hopper, hopper_analysis):
+    pair = two_people(astronaut, hopper)
+    faces = [face for face in detect_faces(pair) if face.score >= 0.5]
+    left = min(faces, key=lambda face: face.left)
+    embedding, landmarks = embed_face(pair, left)
+    assert len(landmarks) == 5
+    # The face on the left is the astronaut's, not the persona's (Hopper's).
+    assert embedding_distance(embedding, hopper_analysis.embedding) >= 0.6
+    assert (
+        embedding_distance(embed_face(pair, faces[0])[0], hopper_analysis.embedding)
+        < 0.6
+    )
 
 
 def test_an_analysis_survives_a_json_round_trip(astronaut_analysis):
