@@ -10,12 +10,12 @@ dark or blurred faces), ten to a hundred times slower on the CPU.
 one: the HOG detector also finds a "face" in the mission patch on the
 astronaut's suit in scikit-image's NASA portrait. Because HOG boxes come in
 pyramid steps, the patch's box is sometimes as large as the real face's, or
-larger (105 against 88 pixels after a JPEG recompression at upsample 0), while
-its score stays low (below 0.35, against 0.77 or more for the real face). So
-the rule is: the largest face scoring at least ``PERSONA_FACE_MIN_SCORE``,
-ties going to the higher score; only when no face reaches that score, the
-largest face found. The other faces are still reported, so that reference
-health can say an image holds several.
+larger (105 against 88 pixels after a JPEG recompression at upsample 0),
+while its score stays low. So the rule is: the largest face scoring at least
+``PERSONA_FACE_MIN_SCORE``, ties going to the higher score; only when no face
+reaches that score (a tilted head can score 0.34, the patch beside it 0.17
+in a larger box), the face of the highest score. The other faces are still
+reported, so that reference health can say an image holds several.
 
 **Bounded cost.** Whatever the input's size, landmarks and face chips are taken
 from a copy whose longest side is at most ``WORKING_SIDE``, and the detector
@@ -182,7 +182,8 @@ class FaceAnalysis:
 
 def persona_face_index(faces: tuple[FaceBox, ...] | list[FaceBox]) -> int | None:
     """The persona's face among ``faces``: the largest one scoring at least
-    ``PERSONA_FACE_MIN_SCORE`` (ties to the higher score), else the largest."""
+    ``PERSONA_FACE_MIN_SCORE`` (ties to the higher score); when none does,
+    the one of the highest score."""
     if not faces:
         return None
     strong = [
@@ -190,8 +191,9 @@ def persona_face_index(faces: tuple[FaceBox, ...] | list[FaceBox]) -> int | None
         for index, face in enumerate(faces)
         if face.score >= PERSONA_FACE_MIN_SCORE
     ]
-    candidates = strong or range(len(faces))
-    return max(candidates, key=lambda index: (faces[index].area, faces[index].score))
+    if strong:
+        return max(strong, key=lambda index: (faces[index].area, faces[index].score))
+    return max(range(len(faces)), key=lambda index: faces[index].score)
 
 
 def detect_faces(

@@ -96,7 +96,14 @@ def rotated(image: Image.Image, degrees: float) -> Image.Image:
 # The same person, changed the ways a photo changes.
 VARIANTS = {
     "mirrored": ImageOps.mirror,
-    "cropped": lambda image: image.crop((50, 30, image.width - 30, image.height - 60)),
+    "cropped and enlarged": lambda image: image.crop(
+        (
+            image.width // 10,
+            image.height // 20,
+            image.width * 17 // 20,
+            image.height * 4 // 5,
+        )
+    ).resize(image.size, Image.Resampling.BICUBIC),
     "brighter": lambda image: ImageEnhance.Brightness(image).enhance(1.4),
     "darker": lambda image: ImageEnhance.Brightness(image).enhance(0.6),
     "jpeg quality 40": lambda image: jpeg(image, 40),
@@ -160,7 +167,8 @@ def test_the_largest_strong_face_wins_over_a_larger_weak_one():
     face = FaceBox(180, 80, 88, 88, score=1.6)
     small_strong = FaceBox(10, 10, 40, 40, score=0.9)
     assert persona_face_index([patch, face, small_strong]) == 1
-    assert persona_face_index([patch, FaceBox(0, 0, 60, 60, score=0.3)]) == 0
+    # No face scores 0.5: the surest one, whatever its size.
+    assert persona_face_index([patch, FaceBox(0, 0, 60, 60, score=0.3)]) == 1
     # Equal boxes: the higher score.
     twin = FaceBox(486, 1312, 88, 88, score=0.6)
     assert persona_face_index([twin, face]) == 1
@@ -172,6 +180,15 @@ def two_people(astronaut: Image.Image, hopper: Image.Image) -> Image.Image:
     pair.paste(astronaut, (0, 44))
     pair.paste(hopper, (512, 0))
     return pair
+
+
+def test_a_weak_tilted_face_beats_a_weak_larger_patch(astronaut):
+    analysis = analyse_faces(rotated(astronaut, -14), upsample=2)
+    largest = analysis.faces[0]
+    # The case the score rule is for, as this dlib sees it.
+    assert all(face.score < PERSONA_FACE_MIN_SCORE for face in analysis.faces)
+    assert _centre(largest)[1] > 300, "the patch is no longer the largest box"
+    assert _centre(analysis.persona_face)[1] < 200
 
 
 def test_faces_are_listed_largest_first(astronaut, hopper):
