@@ -37,6 +37,8 @@ docs/identity.md for what the distances between embeddings mean.
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +182,7 @@ class FaceAnalysis:
         )
 
 
-def persona_face_index(faces: tuple[FaceBox, ...] | list[FaceBox]) -> int | None:
+def persona_face_index(faces: Sequence[FaceBox]) -> int | None:
     """The persona's face among ``faces``: the largest one scoring at least
     ``PERSONA_FACE_MIN_SCORE`` (ties to the higher score); when none does,
     the one of the highest score."""
@@ -205,7 +207,7 @@ def detect_faces(
 ) -> list[FaceBox]:
     """Every face in ``image`` with its box (input pixels) and score, largest
     first (ties to the higher score)."""
-    detector = _checked(detector, upsample)
+    detector = _checked(detector, upsample, threshold)
     rgb = image.convert("RGB")
     working = _shrunk(rgb, WORKING_SIDE)
     return _detect(rgb.size, working, detector, upsample, threshold)[0]
@@ -219,7 +221,7 @@ def analyse_faces(
     threshold: float = DEFAULT_THRESHOLD,
 ) -> FaceAnalysis:
     """Detect every face, choose the persona's and embed it."""
-    detector = _checked(detector, upsample)
+    detector = _checked(detector, upsample, threshold)
     rgb = image.convert("RGB")
     working = _shrunk(rgb, WORKING_SIDE)
     faces, scanned_size, upsample = _detect(
@@ -301,7 +303,9 @@ def crop_face(image: Image.Image, *, margin: float = 0.4) -> tuple[Image.Image, 
     return rgb.crop(crop_box), info
 
 
-def _checked(detector: FaceDetector | str, upsample: int | None) -> FaceDetector:
+def _checked(
+    detector: FaceDetector | str, upsample: int | None, threshold: float
+) -> FaceDetector:
     try:
         detector = FaceDetector(detector)
     except ValueError:
@@ -309,6 +313,10 @@ def _checked(detector: FaceDetector | str, upsample: int | None) -> FaceDetector
         raise ValueError(
             f"Unknown face detector {detector!r}: choose one of {choices}"
         ) from None
+    if isinstance(threshold, bool) or not (
+        isinstance(threshold, int | float) and math.isfinite(threshold)
+    ):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if upsample is None:
         return detector
     if isinstance(upsample, bool) or not isinstance(upsample, int):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -300,6 +301,7 @@ def test_a_grayscale_image_is_analysed_as_rgb(astronaut, astronaut_analysis):
         ({"upsample": 3}, "upsample must be 0 to 2"),
         ({"upsample": -1}, "upsample must be 0 to 2"),
         ({"upsample": 1.5}, "upsample must be a whole number"),
+        ({"threshold": float("nan")}, "threshold must be a finite number"),
     ],
 )
 def test_bad_detection_options_are_clear_errors(astronaut, options, message):
@@ -319,6 +321,14 @@ def test_any_detected_face_can_be_embedded(astronaut, hopper, hopper_analysis):
         embedding_distance(embed_face(pair, faces[0])[0], hopper_analysis.embedding)
         < 0.6
     )
+
+
+def test_threads_analysing_at_once_get_the_same_faces(astronaut, astronaut_analysis):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        analyses = list(pool.map(lambda _: analyse_faces(astronaut), range(4)))
+    for analysis in analyses:
+        assert analysis.faces == astronaut_analysis.faces
+        assert np.array_equal(analysis.embedding, astronaut_analysis.embedding)
 
 
 def test_an_analysis_survives_a_json_round_trip(astronaut_analysis):
