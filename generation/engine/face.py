@@ -4,7 +4,7 @@ and the face crop for the IP-Adapter plus-face adapter.
 Detection returns every face dlib finds, each with its box (image pixels) and
 its detector score, largest first. The default detector is dlib's HOG frontal
 face detector; its mmod CNN detector is an option for hard images (profiles,
-dark or blurred faces), ten to a hundred times slower on the CPU.
+dark or blurred faces), ten to fifty times slower on the CPU.
 
 **The persona's face is the largest face**, for an image may hold more than
 one: the HOG detector also finds a "face" in the mission patch on the
@@ -24,9 +24,10 @@ doubles the sides), is at most ``HOG_SCAN_SIDE`` (HOG) or ``CNN_SCAN_SIDE``
 (CNN). By default (``upsample=None``) the image is upsampled as few times as
 brings it to that side, at most ``MAX_UPSAMPLE``: a 512-pixel output is
 upsampled once, a 160-pixel one twice, a 2000-pixel photo is shrunk to 1024
-and not upsampled. HOG's window is 80 pixels, so at the default the smallest
-face found is about 8% of the image's longest side (CNN: about 16%). Boxes
-are mapped back to the input's pixels.
+and not upsampled. So the smallest face found is a share of the image's
+longest side: measured on the astronaut's face pasted small into a
+1024-pixel image, HOG finds it down to about 6% (57 pixels), the CNN down to
+about 12% (128 pixels). Boxes are mapped back to the input's pixels.
 
 The embedding is dlib's face-recognition ResNet (99.38% on LFW) on the face
 chip that ``dlib.get_face_chip`` aligns from the 5-point landmarks (150x150

@@ -257,6 +257,17 @@ def test_a_thumbnail_face_is_found_for_the_ip_adapter_crop(astronaut):
     assert info["face_found"] and info["upsample"] == 2
 
 
+@pytest.mark.parametrize(("side", "found"), [(200, False), (480, True)])
+def test_a_small_face_in_a_large_image_is_found_down_to_the_documented_share(
+    astronaut, side, found
+):
+    """docs/identity.md: HOG finds a face down to about 6% of the longest side
+    (here 3.5% and 8.3%)."""
+    canvas = Image.new("RGB", (1024, 1024), (90, 90, 90))
+    canvas.paste(astronaut.resize((side, side)), (100, 100))
+    assert analyse_faces(canvas).face_found is found
+
+
 def test_the_cnn_detector_finds_the_same_face(astronaut, astronaut_analysis):
     analysis = analyse_faces(astronaut, detector="cnn", upsample=0)
     assert analysis.detector == "cnn"
