@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from .face_models import cnn_detector, dlib_version, face_models
-from .identity import ReferenceFaces
+from .identity import IdentityScore, ReferenceFaces, identity_score
 
 # The longest side of the copy landmarks and face chips are taken from.
 WORKING_SIDE = 1024
@@ -243,6 +243,18 @@ def analyse_faces(
         image_size=rgb.size,
         scanned_size=scanned_size,
     )
+
+
+def score_identity(
+    image: Image.Image,
+    reference_embeddings: Sequence[Sequence[float] | np.ndarray],
+    *,
+    detector: FaceDetector | str = FaceDetector.HOG,
+) -> tuple[FaceAnalysis, IdentityScore]:
+    """Analyse an output and score its persona face against the persona's face
+    references' embeddings (``identity.identity_score``)."""
+    analysis = analyse_faces(image, detector=detector)
+    return analysis, identity_score(analysis.embedding, reference_embeddings)
 
 
 def embed_face(

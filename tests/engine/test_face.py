@@ -29,6 +29,7 @@ from generation.engine.face import (
     detect_faces,
     embed_face,
     persona_face_index,
+    score_identity,
 )
 from generation.engine.face_models import face_models
 from generation.engine.identity import (
@@ -394,6 +395,20 @@ def test_a_changed_photo_of_one_is_not_the_other(
     assert not identity_score(
         changed_hopper.embedding, [astronaut_analysis.embedding]
     ).same_person
+
+
+def test_an_output_image_is_analysed_and_scored_in_one_call(
+    astronaut, astronaut_analysis, hopper_analysis
+):
+    references = [astronaut_analysis.embedding]
+    analysis, score = score_identity(VARIANTS["darker"](astronaut), references)
+    assert analysis.face_found and score.same_person
+    _, other = score_identity(
+        VARIANTS["darker"](astronaut), [hopper_analysis.embedding]
+    )
+    assert other.scored and not other.same_person
+    nothing, none = score_identity(noise(), references)
+    assert not nothing.face_found and none.status is IdentityStatus.NO_FACE
 
 
 def test_an_output_is_scored_against_the_mean_and_the_nearest_reference(
