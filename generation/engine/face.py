@@ -56,6 +56,13 @@ WORKING_SIDE = 1024
 HOG_SCAN_SIDE = 1024
 CNN_SCAN_SIDE = 512
 MAX_UPSAMPLE = 2
+# An image whose scanned copy is thinner than this is not given to dlib: its
+# CNN detector crashes the process (a segmentation fault) on images under
+# about 10 pixels wide.
+MIN_SCAN_SHORT_SIDE = 16
+# Nor one thinner than this once upsampled: no face that small is ever found
+# (the smallest either detector found here was 57 pixels).
+MIN_FACE_SIDE = 40
 # dlib's own default: a detection scoring below it is not returned.
 DEFAULT_THRESHOLD = 0.0
 # The score the persona's face must reach to win over a weaker, larger one.
@@ -363,6 +370,9 @@ def _detect(
     if upsample is None:
         upsample = _default_upsample(max(working.size), scan_side)
     scanned = _shrunk(working, scan_side >> upsample)
+    shortest = min(scanned.size)
+    if shortest < MIN_SCAN_SHORT_SIDE or shortest << upsample < MIN_FACE_SIDE:
+        return [], scanned.size, upsample
     pixels = np.ascontiguousarray(np.asarray(scanned, dtype=np.uint8))
     if detector is FaceDetector.HOG:
         rects, scores, _ = face_models().hog_detector.call(

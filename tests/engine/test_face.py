@@ -295,8 +295,13 @@ def test_noise_has_no_face_and_no_score(detector):
     assert score.same_person is None
 
 
-def test_an_image_smaller_than_the_detector_window_has_no_face():
-    assert detect_faces(Image.new("RGB", (16, 40), (128, 128, 128))) == []
+@pytest.mark.parametrize("detector", ["hog", "cnn"])
+@pytest.mark.parametrize("size", [(16, 40), (1, 1), (9, 500), (500, 9), (3, 5000)])
+def test_an_image_too_thin_for_a_face_has_none_and_never_reaches_dlib(detector, size):
+    """dlib's CNN crashes the process on an image 9 pixels wide."""
+    image = Image.new("RGB", size, (128, 128, 128))
+    assert detect_faces(image, detector=detector) == []
+    assert detect_faces(image, detector=detector, upsample=0) == []
 
 
 def test_a_grayscale_image_is_analysed_as_rgb(astronaut, astronaut_analysis):
