@@ -289,7 +289,7 @@ def crop_face(image: Image.Image, *, margin: float = 0.4) -> tuple[Image.Image, 
         raise ValueError(f"margin must not be negative, got {margin}")
     rgb = image.convert("RGB")
     faces, _, upsample = _detect(
-        rgb.size, _shrunk(rgb, WORKING_SIDE), FaceDetector.HOG, None, 0.0
+        rgb.size, _shrunk(rgb, WORKING_SIDE), FaceDetector.HOG, None, DEFAULT_THRESHOLD
     )
     persona = persona_face_index(faces)
     info: dict[str, Any] = {
