@@ -57,6 +57,7 @@ from generation.parameters import (
     request_for_persona,
 )
 from generation.queues import get_queue, queue_name_for_model
+from generation.score_services import content_queue_scoring
 from personas.models import Persona
 from personas.services import persona_update, written_files_removed_on_failure
 from personas.uploads import encode_thumbnail
@@ -379,12 +380,12 @@ def content_store_result(
     content: Content,
     result: GenerationResult,
     before_image: Image.Image | None,
-    score: dict[str, Any] | None,
     inputs: dict[str, str],
     timings: dict[str, Any],
 ) -> bool:
     """Store a finished generation's files through the storage API and mark it
-    succeeded; False (nothing stored) when the row no longer belongs to this job."""
+    succeeded, its scoring queued on the CPU queue once this commits; False
+    (nothing stored) when the row no longer belongs to this job."""
     row = (
         Content.objects.select_for_update()
         .filter(
@@ -422,8 +423,7 @@ def content_store_result(
     row.notes = result.notes
     row.inputs = inputs
     row.timings = timings
-    row.consistency_score = None if score is None else score["score"]
-    row.score_detail = score or {}
+    content_queue_scoring(content=row)
     row.progress_step = row.progress_total = max(row.progress_total, 1)
     row.finished_at = timezone.now()
     row.error_code = row.error_message = row.error_detail = ""

@@ -24,6 +24,7 @@ from django.db.models import Max
 from django.db.models.fields.files import FieldFile
 from django.utils.text import slugify
 
+from personas.face_analysis import reference_queue_analysis
 from personas.lora import validate_lora_upload
 from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
 from personas.uploads import ValidatedImage, validate_image_upload
@@ -241,6 +242,7 @@ def reference_image_add(
             reference.is_primary = True
         reference.full_clean()
         reference.save()
+        reference_queue_analysis(reference=reference)
     return reference
 
 

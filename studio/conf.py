@@ -68,6 +68,9 @@ THUMBNAIL_SIZE: int = 256
 # RQ queue for generation jobs, and optional routes: model key -> queue.
 DEFAULT_QUEUE: str = "gpu"
 QUEUE_ROUTES: dict[str, str] = {}
+# RQ queue for CPU work that must never hold a GPU worker: face analysis of
+# references and the scoring of outputs (served by `studio_worker --queues cpu`).
+CPU_QUEUE: str = "cpu"
 # Job limits and retries.
 JOB_TIMEOUT: int = 3600
 MAX_ATTEMPTS: int = 3

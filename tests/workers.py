@@ -74,7 +74,10 @@ def use_queue(settings, name: str) -> None:
     """Route every generation of this test to queue ``name``."""
     settings.STUDIO_DEFAULT_QUEUE = name
     settings.STUDIO_QUEUE_ROUTES = {}
-    settings.RQ_QUEUES = {name: {"URL": settings.REDIS_URL, "DEFAULT_TIMEOUT": 600}}
+    settings.RQ_QUEUES = {
+        queue: {"URL": settings.REDIS_URL, "DEFAULT_TIMEOUT": 600}
+        for queue in (name, settings.STUDIO_CPU_QUEUE)
+    }
 
 
 def database_url() -> str:

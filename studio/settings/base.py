@@ -167,6 +167,7 @@ STUDIO_MAX_HEIGHT = env.int("STUDIO_MAX_HEIGHT", default=conf.MAX_HEIGHT)
 STUDIO_THUMBNAIL_SIZE = env.int("STUDIO_THUMBNAIL_SIZE", default=conf.THUMBNAIL_SIZE)
 STUDIO_DEFAULT_QUEUE = env.str("STUDIO_DEFAULT_QUEUE", default=conf.DEFAULT_QUEUE)
 STUDIO_QUEUE_ROUTES = env.json("STUDIO_QUEUE_ROUTES", default=conf.QUEUE_ROUTES)
+STUDIO_CPU_QUEUE = env.str("STUDIO_CPU_QUEUE", default=conf.CPU_QUEUE)
 STUDIO_JOB_TIMEOUT = env.int("STUDIO_JOB_TIMEOUT", default=conf.JOB_TIMEOUT)
 STUDIO_MAX_ATTEMPTS = env.int("STUDIO_MAX_ATTEMPTS", default=conf.MAX_ATTEMPTS)
 STUDIO_RETRY_BACKOFF_SECONDS = env.json("STUDIO_RETRY_BACKOFF_SECONDS", default=conf.RETRY_BACKOFF_SECONDS)
@@ -180,6 +181,7 @@ RQ_QUEUES = {
     for queue in {
         STUDIO_DEFAULT_QUEUE,
         *STUDIO_QUEUE_ROUTES.values(),
+        STUDIO_CPU_QUEUE,
     }
 }
 # No second copy of the dashboard inside the admin (where any staff could open
