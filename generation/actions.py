@@ -170,6 +170,7 @@ def _generate(persona: Persona, given: ActionInput) -> Any:
             seed=data.get("seed"),
         ),
         user=given.user,
+        keep_best=data.get("keep_best"),
     )
 
 

@@ -26,9 +26,11 @@ from django.utils import timezone
 
 from generation.engine.identity import (
     IdentityScore,
-    IdentityStatus as EngineIdentityStatus,
     below_threshold,
     best_by_identity,
+)
+from generation.engine.identity import (
+    IdentityStatus as EngineIdentityStatus,
 )
 from generation.models import (
     ACTIVE_STATUSES,

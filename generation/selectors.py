@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from generation.models import ACTIVE_STATUSES, Content, ContentStatus
+from generation.models import ACTIVE_STATUSES, Content, ContentStatus, IdentityStatus
 from personas.models import Persona
 
 
@@ -44,3 +44,18 @@ def content_should_stop(*, content: Content) -> bool:
 def content_active() -> QuerySet[Content]:
     """Rows that should have a live job: queued or running."""
     return Content.objects.filter(status__in=ACTIVE_STATUSES).order_by("id")
+
+
+def persona_identity_by_method(*, persona: Persona) -> dict[str, list[float]]:
+    """The identity similarities of ``persona``'s scored outputs, by the method
+    they were made with (what auto learns from)."""
+    by_method: dict[str, list[float]] = {}
+    rows = Content.objects.filter(
+        persona=persona,
+        status=ContentStatus.SUCCEEDED,
+        identity_status=IdentityStatus.SCORED,
+    ).values_list("method_used", "identity_similarity")
+    for method, similarity in rows:
+        if method and similarity is not None:
+            by_method.setdefault(method, []).append(similarity)
+    return by_method
