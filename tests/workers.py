@@ -272,3 +272,16 @@ def wait_finished(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
         what=f"content #{content.pk} to finish",
     )
     return Content.objects.get(pk=content.pk)
+
+
+def wait_scored(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
+    """Wait until ``content``'s scores have landed (a CPU worker scores it on
+    ``STUDIO_CPU_QUEUE``); return it fresh."""
+    wait_for(
+        lambda: Content.objects.filter(pk=content.pk)
+        .exclude(identity_status="pending")
+        .exists(),
+        timeout=timeout,
+        what=f"content #{content.pk} to be scored",
+    )
+    return Content.objects.get(pk=content.pk)
