@@ -147,6 +147,7 @@ class PersonaAdmin(admin.ModelAdmin):
                     "negative_prompt",
                     ("width", "height"),
                     "base_model",
+                    "identity_threshold",
                 )
             },
         ),
