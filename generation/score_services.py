@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -158,16 +159,21 @@ def content_fail_scoring(
 
 
 @transaction.atomic
-def content_rescore(*, content: Content) -> bool:
+def content_rescore(*, content: Content) -> Content:
     """Score a succeeded output again (its scoring failed, or the persona's face
-    references changed)."""
-    row = Content.objects.select_for_update().filter(pk=content.pk).first()
-    if row is None or row.status != ContentStatus.SUCCEEDED:
-        return False
+    references changed); the scores are cleared until the new ones land."""
+    row = Content.objects.select_for_update().get(pk=content.pk)
+    if row.status != ContentStatus.SUCCEEDED:
+        raise ValidationError(
+            "Only a generation that succeeded has an output to score; content "
+            "#%(id)s is %(status)s.",
+            code="not_scorable",
+            params={"id": row.pk, "status": row.get_status_display()},
+        )
     row.score_attempts = 0
     content_queue_scoring(content=row)
     row.save()
-    return True
+    return row
 
 
 def batch_apply_best_of(*, batch_id: int) -> bool:

@@ -487,3 +487,30 @@ def test_the_identity_page_draws_an_svg_chart_and_the_csv_has_the_rows(
     assert [int(row["id"]) for row in table] == [row.pk for row in rows]
     assert [row["identity_similarity"] for row in table] == ["0.9", "0.3", "0.6", ""]
     assert table[3]["identity_status"] == "no_face"
+
+
+def test_rescore_from_the_gallery_scores_again_after_a_new_face_reference(
+    queues, astronaut, admin_client, django_capture_on_commit_callbacks
+):
+    persona = _persona(method="img2img")
+    _upload(persona, Image.new("RGB", (64, 64), "red"), role=ReferenceRole.OTHER)
+    with django_capture_on_commit_callbacks(execute=True):
+        content = _stored_output(persona, astronaut)
+    run_cpu_jobs()
+    content.refresh_from_db()
+    assert content.identity_status == IdentityStatus.NO_IDENTITY  # no face ref yet
+    assert content.flagged_for_review is False  # nothing was measured
+
+    with django_capture_on_commit_callbacks(execute=True):
+        _upload(persona, ImageOps.mirror(astronaut), caption="astronaut")
+        page = admin_client.get(reverse("gallery:content", args=[content.pk]))
+        assert "Rescore identity" in page.content.decode()
+        admin_client.post(
+            reverse("gallery:content-action", args=[content.pk, "rescore"])
+        )
+    content.refresh_from_db()
+    assert content.identity_status == IdentityStatus.PENDING
+    run_cpu_jobs()
+    content.refresh_from_db()
+    assert content.identity_status == IdentityStatus.SCORED
+    assert content.identity_same_person is True
