@@ -24,7 +24,7 @@ from enum import Enum
 
 from PIL import Image
 
-from studio.conf import DEFAULTS
+from studio.conf import documented_defaults
 from tests import images
 from tests.images import (
     ORIENTATION_TAG,
@@ -244,7 +244,7 @@ def minimal_pdf() -> bytes:
 def image_corpus() -> list[HostileFile]:
     """Every image file, refused or neutralised."""
     good_png, good_jpeg, good_webp = png(), jpeg(), webp()
-    upload_limit = DEFAULTS["MAX_UPLOAD_BYTES"]
+    upload_limit = documented_defaults()["MAX_UPLOAD_BYTES"]
     refused = [
         (
             "oversized.png",
