@@ -3,7 +3,10 @@
 Everything that touches pixels (decoding, EXIF orientation, flattening to RGB,
 the PNG re-encode and the thumbnail) runs in a process forked from a small
 ``forkserver`` (Pillow and NumPy preloaded, no Django settings), with
-``RLIMIT_CPU`` and ``RLIMIT_AS`` set before the first byte is decoded. A file
+``RLIMIT_CPU`` and ``RLIMIT_AS`` set before the first byte is decoded. The
+check (decode, orientation, RGB) gets ``cpu_seconds``; the re-encode of an
+image that passed it gets ``encode_cpu_seconds`` more, which the caller sizes
+from the pixel count (hostile bytes cannot make it slower). A file
 that would take longer or more memory than the budget kills only that child:
 the web process waits, with a wall-clock deadline as well, and turns what
 happened into an :class:`Outcome`. Nothing here imports Django, so the
@@ -42,6 +45,7 @@ class Budget:
     """What one decode may spend, and Pillow's own pixel guard to apply."""
 
     cpu_seconds: int
+    encode_cpu_seconds: int
     memory_bytes: int
     thumbnail_side: int
     pillow_max_pixels: int | None
@@ -90,7 +94,8 @@ def decode_within_budget(data: bytes, image_format: str, budget: Budget) -> Outc
 
 
 def _await_child(child: Any, reader: Connection, budget: Budget) -> Outcome:
-    deadline = time.monotonic() + WALL_SECONDS_PER_CPU_SECOND * budget.cpu_seconds
+    cpu_seconds = budget.cpu_seconds + budget.encode_cpu_seconds
+    deadline = time.monotonic() + WALL_SECONDS_PER_CPU_SECOND * cpu_seconds
     if not reader.poll(max(0.0, deadline - time.monotonic())):
         child.kill()
         return Outcome("cpu")
@@ -157,8 +162,12 @@ def _send(writer: Connection, status: str, details: dict[str, Any]) -> None:
 
 
 def _limit_self(budget: Budget) -> None:
+    # The soft limit (SIGXCPU) covers the check; it is raised to the hard one
+    # for the re-encode (an unprivileged process may raise soft, never hard).
     cpu = max(1, budget.cpu_seconds)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(
+        resource.RLIMIT_CPU, (cpu, cpu + budget.encode_cpu_seconds + 1)
+    )
     # The address space already mapped (interpreter, Pillow, NumPy) is not
     # the file's to spend: the budget is on top of it.
     address_space = _mapped_bytes() + budget.memory_bytes
@@ -180,6 +189,9 @@ def _decode(data: bytes, image_format: str, budget: Budget) -> dict[str, Any]:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         rgb = to_rgb(image)
+    del image
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
     width, height = rgb.size
     thumbnail = encode_thumbnail(rgb, budget.thumbnail_side)
     png = encode_png_without_metadata(rgb)
