@@ -591,6 +591,21 @@ def raw_header(header: bytes, data: bytes = b"\x00" * 64) -> bytes:
     return struct.pack("<Q", len(header)) + header + data
 
 
+def lora_with_empty_tensors(count: int) -> bytes:
+    """A LoRA header describing ``count`` zero-size tensors (the probe's 89.6 MB
+    header held 1.4 million): sound JSON, nothing to load, costly to parse."""
+    entry = '{"dtype":"F16","shape":[0],"data_offsets":[0,0]}'
+    header = (
+        "{"
+        + ",".join(
+            f'"lora_unet_down_blocks_0_attentions_0_proj_in_{index}.alpha":{entry}'
+            for index in range(count)
+        )
+        + "}"
+    ).encode()
+    return struct.pack("<Q", len(header)) + header
+
+
 def lora_corpus() -> list[HostileFile]:
     """Every LoRA file: one sound file, and the hostile ones with their codes."""
     valid = safetensors_lora()
@@ -760,6 +775,39 @@ def lora_corpus() -> list[HostileFile]:
             raw_header(b'{"__metadata__": {}}', b""),
             "bad_header",
             "a header without tensors",
+        ),
+        (
+            "fp8-scales.safetensors",
+            safetensors_with_header(
+                {f"{LORA_KEY}.lora_A.weight": _tensor("F8_E8M0", [4, 16], 0, 64)},
+                b"\x7f" * 64,
+            ),
+            "unsupported_dtype",
+            "a LoRA weight in F8_E8M0 (a scale format diffusers cannot load)",
+        ),
+        (
+            "wide.safetensors",
+            safetensors_with_header(
+                {
+                    f"{LORA_KEY}.lora_A.weight": _tensor("F32", [16], 0, 64),
+                    f"{LORA_KEY}.lora_B.weight": _tensor("F32", [0, 1_000_000], 64, 64),
+                },
+                b"\x00" * 64,
+            ),
+            "bad_shape",
+            "a tensor 1,000,000 wide, wider than any layer of any family",
+        ),
+        (
+            "unknown-layer.safetensors",
+            safetensors_with_header(
+                {
+                    f"{LORA_KEY}.lora_A.weight": _tensor("F32", [8], 0, 32),
+                    "unet.no_such_block.0.lora_A.weight": _tensor("F32", [8], 32, 64),
+                },
+                b"\x00" * 64,
+            ),
+            "unknown_layer",
+            "a LoRA key that names no layer of the model",
         ),
         (
             "full-model.safetensors",

@@ -45,6 +45,7 @@ from tests.reliability.corpus import (
     Kind,
     corpus,
     costly_images,
+    lora_with_empty_tensors,
     progressive_jpeg_with_repeated_scan,
 )
 
@@ -429,3 +430,42 @@ def test_every_corpus_image_is_checked_within_one_second_and_256_mb(
                 web_peak_mb=round(worst.web_peak_bytes / 2**20, 1),
                 child_peak_mb=round(worst.child_peak_bytes / 2**20, 1),
             )
+
+
+class CountingFile(ContentFile):
+    """An upload that remembers how many bytes the validator read."""
+
+    bytes_read = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def test_the_probes_lora_header_is_refused_from_its_8_byte_length(figures):
+    import time
+
+    from personas.lora import validate_lora_upload
+
+    content = lora_with_empty_tensors(1_400_000)
+    assert len(content) > 89_000_000  # the probe's 89.6 MB header
+    file = CountingFile(content, name="zero-size.safetensors")
+    started = time.process_time()
+
+    with pytest.raises(UploadRejected) as refused:
+        validate_lora_upload(file)
+
+    cpu_seconds = time.process_time() - started
+    assert refused.value.code == "header_too_large"
+    assert file.bytes_read == 8
+    figures.record(
+        group="check cost: LoRA header",
+        item="zero-size.safetensors",
+        outcome=(
+            f"refused (header_too_large) after reading 8 of {len(content):,} bytes, "
+            f"{cpu_seconds:.3f} s CPU"
+        ),
+        bytes_read=file.bytes_read,
+        cpu_seconds=round(cpu_seconds, 4),
+    )
