@@ -669,8 +669,11 @@ class BatchAdmin(admin.ModelAdmin):
         self, request: HttpRequest, batch_id: int, content_id: int
     ) -> HttpResponse:
         """Make a sweep row's strength the persona's img2img strength."""
-        if not request.user.has_perm("personas.change_persona"):
-            raise PermissionDenied("You may not change personas.")
+        if not (
+            self.has_view_permission(request)
+            and request.user.has_perm("personas.change_persona")
+        ):
+            raise PermissionDenied("You may not see sweeps or change personas.")
         batch = get_object_or_404(Batch, pk=batch_id)
         content = get_object_or_404(Content, pk=content_id, batch=batch)
         strength = content.request["strength"]
