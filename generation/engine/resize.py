@@ -1,4 +1,11 @@
-"""Fit a reference or control image to the generation size.
+"""Fit an image to the size the model it goes to works at.
+
+Every image that reaches a model passes through here first (DESIGN.md decision
+14), so that no accepted upload, whatever its shape, makes a model allocate
+more than its working size: :func:`fit_to_size` for the generation size (the
+img2img init image the VAE encodes, the source of a control map, a ready-made
+control image), :func:`fit_for_image_encoder` for a CLIP image encoder (the
+consistency score, the IP-Adapter).
 
 The three modes are AUTOMATIC1111's (see :class:`ResizeMode`). Every mode returns
 an RGB image of exactly ``width`` x ``height``, so that an img2img init image and
@@ -7,9 +14,15 @@ a control map made from the same reference line up pixel for pixel.
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import Image, ImageOps
 
 from generation.engine.requests import ResizeMode
+
+# The input side of the CLIP image encoders the studio uses (ViT-H/14 and
+# ViT-bigG/14 of the IP-Adapters, ViT-L/14): 224 x 224.
+IMAGE_ENCODER_SIDE = 224
 
 
 def fit_to_size(
@@ -60,3 +73,26 @@ def _resize_and_fill(
         last_row = fitted.crop((0, fitted_height - 1, width, fitted_height))
         canvas.paste(last_row.resize((width, height - bottom)), (0, bottom))
     return canvas
+
+
+def image_encoder_side(image_processor: Any = None) -> int:
+    """The square input side of the encoder behind ``image_processor`` (a
+    ``CLIPImageProcessor``); :data:`IMAGE_ENCODER_SIDE` when it says nothing."""
+    crop_size = getattr(image_processor, "crop_size", None) or {}
+    side = crop_size.get("height") if isinstance(crop_size, dict) else crop_size
+    return int(side) if isinstance(side, int) and side > 0 else IMAGE_ENCODER_SIDE
+
+
+def fit_for_image_encoder(
+    image: Image.Image, side: int = IMAGE_ENCODER_SIDE
+) -> Image.Image:
+    """The centred square ``side`` x ``side`` RGB crop a CLIP image encoder sees.
+
+    CLIP's processor scales the shortest side to ``side`` and crops the centre;
+    this does the same in the other order, so the processor gets an image it
+    only has to normalise: a 12000 x 1200 reference becomes 224 x 224 here, not
+    2240 x 224 there (and 65535 x 1 would have asked for 14.7 million x 224).
+    """
+    return fit_to_size(
+        image, side, side, ResizeMode.CROP_AND_RESIZE, resample=Image.Resampling.BICUBIC
+    )
