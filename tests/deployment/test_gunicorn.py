@@ -63,16 +63,23 @@ def manage(environment: dict[str, str], *arguments: str) -> subprocess.Completed
     )
 
 
-@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "SECRET_KEY"])
-@pytest.mark.parametrize("value", [None, ""])
+# An empty SECRET_KEY is the system check studio.E050's case, not this one.
+@pytest.mark.parametrize(
+    ("missing", "value"),
+    [
+        ("DATABASE_URL", None),
+        ("DATABASE_URL", ""),
+        ("REDIS_URL", None),
+        ("REDIS_URL", ""),
+        ("SECRET_KEY", None),
+    ],
+)
 def test_production_refuses_to_start_without_its_services(
     tmp_path, redis_server, missing, value
 ):
     environment = production_environment(
         tmp_path, **{"REDIS_URL": redis_server.url, missing: value}
     )
-    if value == "" and missing == "SECRET_KEY":
-        pytest.skip("an empty SECRET_KEY is the system check studio.E050's case")
 
     result = manage(environment, "check")
 

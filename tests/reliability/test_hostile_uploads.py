@@ -469,3 +469,27 @@ def test_the_probes_lora_header_is_refused_from_its_8_byte_length(figures):
         bytes_read=file.bytes_read,
         cpu_seconds=round(cpu_seconds, 4),
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wide-65535x1.png",
+        "tall-1x65535.png",
+        "rescanned.jpg",
+        "empty-idat.png",
+        "grey16-at-limit.png",
+    ],
+)
+def test_the_probes_costly_files_are_refused_in_the_admin_request(
+    name, costly_files, client, superuser, persona, media_root, tmp_path
+):
+    file = costly_files[name]
+    client.force_login(superuser)
+    before = studio_state(media_root)
+
+    outcome = via_gallery_inline(client, persona, file, tmp_path)
+
+    assert file.code in {code for code, _ in outcome.refusals}, outcome.refusals
+    assert f'"{name}"' in outcome.shown
+    assert studio_state(media_root) == before
