@@ -26,11 +26,11 @@ order and refuses with an :class:`UploadRejected` carrying a ``code``:
     ``STUDIO_MAX_JPEG_SCANS``: each costs a pass of the decoder;
 ``too_many_pixels``
     width x height x frames, read from the header, past ``STUDIO_MAX_UPLOAD_PIXELS``;
+``animated``
+    more than one frame: a reference is a still image;
 ``side_too_long``, ``aspect_ratio``
     a side longer than ``STUDIO_MAX_UPLOAD_SIDE``, or the long side more than
     ``STUDIO_MAX_UPLOAD_ASPECT_RATIO`` times the short one (65535 x 1);
-``animated``
-    more than one frame: a reference is a still image;
 ``too_much_memory``
     the memory the checks need, estimated from the header (size, channels and
     bit depth), is past ``STUDIO_UPLOAD_CHECK_MEMORY_MB``; or the decoder ran
@@ -361,6 +361,7 @@ def _webp_structure(data: bytes) -> _Structure:
     if riff_end > len(data):
         raise _Malformed("it is shorter than its WebP header says", truncated=True)
     position, size, animated, animation_frames, chunks = 12, None, False, 0, 0
+    alpha = False
     while position + 8 <= riff_end:
         chunks += 1
         if chunks > _MAX_CHUNKS:
@@ -372,28 +373,32 @@ def _webp_structure(data: bytes) -> _Structure:
         if position + 8 + length > riff_end:
             raise _Malformed(f"the WebP chunk {chunk_type!r} runs past the file")
         if size is None:
-            size, animated = _webp_canvas(chunk_type, chunk)
+            size, animated, alpha = _webp_canvas(chunk_type, chunk)
         elif chunk_type == b"ANMF":
             animation_frames += 1
         position += 8 + length + (length & 1)
     if size is None:
         raise _Malformed("it has no WebP image data")
     frames = max(1, animation_frames) if animated else 1
-    return _Structure(size[0], size[1], frames, riff_end, alpha=True)
+    return _Structure(size[0], size[1], frames, riff_end, alpha=alpha)
 
 
-def _webp_canvas(chunk_type: bytes, chunk: bytes) -> tuple[tuple[int, int], bool]:
-    """The canvas size from the first WebP chunk, and whether it is animated."""
+def _webp_canvas(
+    chunk_type: bytes, chunk: bytes
+) -> tuple[tuple[int, int], bool, bool]:
+    """The canvas size from the first WebP chunk, whether it is animated, and
+    whether it has an alpha channel."""
     if chunk_type == b"VP8X" and len(chunk) >= 10:
         width = 1 + int.from_bytes(chunk[4:7], "little")
         height = 1 + int.from_bytes(chunk[7:10], "little")
-        return (width, height), bool(chunk[0] & 0x02)
+        return (width, height), bool(chunk[0] & 0x02), bool(chunk[0] & 0x10)
     if chunk_type == b"VP8 " and len(chunk) >= 10 and chunk[3:6] == b"\x9d\x01\x2a":
         width, height = struct.unpack("<HH", chunk[6:10])
-        return (width & 0x3FFF, height & 0x3FFF), False
+        return (width & 0x3FFF, height & 0x3FFF), False, False
     if chunk_type == b"VP8L" and len(chunk) >= 5 and chunk[0] == 0x2F:
         bits = int.from_bytes(chunk[1:5], "little")
-        return ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1), False
+        size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+        return size, False, bool(bits & (1 << 28))
     raise _Malformed("its first WebP chunk is not an image")
 
 
@@ -614,7 +619,7 @@ def _check_shape(structure: _Structure, name: str) -> None:
         )
 
 
-def check_memory_estimate(structure: _Structure) -> int:
+def _memory_estimate(structure: _Structure) -> int:
     """Bytes the decode, the conversion to RGB and the PNG re-encode need at
     their peak, from the header alone (channels and bit depth counted)."""
     per_pixel = 2 * structure.stored_bytes  # decoded, and an EXIF-rotated copy
@@ -628,7 +633,7 @@ def check_memory_estimate(structure: _Structure) -> int:
 
 def _check_memory(structure: _Structure, name: str) -> None:
     budget = settings.STUDIO_UPLOAD_CHECK_MEMORY_MB * decoding.MEBIBYTE
-    needed = check_memory_estimate(structure)
+    needed = _memory_estimate(structure)
     if needed > budget:
         raise UploadRejected(
             '"%(name)s" (%(width)s x %(height)s pixels) needs about %(needed)s MB '
