@@ -106,10 +106,13 @@ def _await_child(child: Any, reader: Connection, budget: Budget) -> Outcome:
             details["thumbnail"] = reader.recv_bytes()
     except (EOFError, OSError):
         child.join(5)
-        # SIGXCPU past the soft CPU limit, SIGKILL past the hard one.
+        # SIGXCPU past the soft CPU limit, SIGKILL past the hard one; exit
+        # status 1 when even the answer did not fit in the memory budget.
         if child.exitcode in (-signal.SIGXCPU, -signal.SIGKILL):
             return Outcome("cpu")
-        return Outcome("memory")
+        if child.exitcode == 1:
+            return Outcome("memory")
+        return Outcome("corrupt", error=f"the decoder stopped ({child.exitcode})")
     cost = details.pop("cost", None)
     return Outcome(status, cost=Cost(*cost) if cost else None, **details)
 
@@ -170,13 +173,20 @@ def _limit_self(budget: Budget) -> None:
     )
     # The address space already mapped (interpreter, Pillow, NumPy) is not
     # the file's to spend: the budget is on top of it.
-    address_space = _mapped_bytes() + budget.memory_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    mapped = _mapped_bytes()
+    if mapped is not None:
+        address_space = mapped + budget.memory_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
 
-def _mapped_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[0])
+def _mapped_bytes() -> int | None:
+    """The address space mapped now; None where /proc is missing (macOS, where
+    only the header's memory estimate and the CPU limit apply)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[0])
+    except OSError:
+        return None
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
