@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from generation.engine.requests import ResizeMode
@@ -83,16 +84,54 @@ def image_encoder_side(image_processor: Any = None) -> int:
     return int(side) if isinstance(side, int) and side > 0 else IMAGE_ENCODER_SIDE
 
 
+# Past this ratio the long side is cut to it (around the centre) before
+# scaling: the encoder only ever sees the central square.
+_ENCODER_MAX_RATIO = 4
+
+
 def fit_for_image_encoder(
     image: Image.Image, side: int = IMAGE_ENCODER_SIDE
 ) -> Image.Image:
-    """The centred square ``side`` x ``side`` RGB crop a CLIP image encoder sees.
+    """The centred ``side`` x ``side`` RGB square a CLIP image encoder sees.
 
-    CLIP's processor scales the shortest side to ``side`` and crops the centre;
-    this does the same in the other order, so the processor gets an image it
-    only has to normalise: a 12000 x 1200 reference becomes 224 x 224 here, not
-    2240 x 224 there (and 65535 x 1 would have asked for 14.7 million x 224).
+    The same pixels as CLIP's own processor makes (transformers' torchvision
+    backend: shortest side scaled to ``side``, bicubic with antialiasing, on
+    8-bit samples, then the centre cropped), so that the processor only
+    normalises what it gets and results equal raw diffusers'. The long side
+    is first cut to four times the short one, around the centre: a 12000 x
+    1200 reference is never scaled to 2240 x 224, and 65535 x 1 never to
+    14.7 million x 224 (what made the worker ask for 20 GB).
     """
-    return fit_to_size(
-        image, side, side, ResizeMode.CROP_AND_RESIZE, resample=Image.Resampling.BICUBIC
+    import torch
+    from torchvision.transforms.v2 import functional as tvF
+
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    short, long = min(width, height), max(width, height)
+    if long > _ENCODER_MAX_RATIO * short:
+        kept = _ENCODER_MAX_RATIO * short
+        start = (long - kept) // 2
+        box = (
+            (start, 0, start + kept, height)
+            if width > height
+            else (0, start, width, start + kept)
+        )
+        rgb = rgb.crop(box)
+        width, height = rgb.size
+        short, long = min(width, height), max(width, height)
+    # transformers' get_resize_output_image_size and center_crop.
+    scaled_long = int(side * long / short)
+    scaled_height, scaled_width = (
+        (scaled_long, side) if width <= height else (side, scaled_long)
     )
+    pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+    scaled = tvF.resize(
+        pixels,
+        [scaled_height, scaled_width],
+        interpolation=tvF.InterpolationMode.BICUBIC,
+        antialias=True,
+    )
+    top = int((scaled_height - side) / 2.0)
+    left = int((scaled_width - side) / 2.0)
+    square = scaled[:, top : top + side, left : left + side]
+    return Image.fromarray(square.permute(1, 2, 0).numpy(), "RGB")

@@ -52,6 +52,27 @@ def test_the_encoder_side_comes_from_its_processor(tiny_model_root):
     assert image_encoder_side(None) == IMAGE_ENCODER_SIDE
 
 
+@pytest.mark.parametrize("shape", [(80, 72), (300, 200), (100, 301), (64, 64)])
+def test_the_encoder_input_is_what_clips_own_processor_would_make(
+    tiny_model_root, shape
+):
+    import numpy as np
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor.from_pretrained(
+        tiny_model_root / "sd15" / "feature_extractor"
+    )
+    pixels = np.random.default_rng(0).integers(0, 256, (*shape[::-1], 3), np.uint8)
+    image = Image.fromarray(pixels)
+
+    direct = processor(images=[image], return_tensors="np").pixel_values
+    fitted = processor(
+        images=[fit_for_image_encoder(image)], return_tensors="np"
+    ).pixel_values
+
+    assert np.array_equal(direct, fitted)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: "x".join(map(str, shape)))
 def test_a_control_map_is_made_at_the_generation_size(shape):
     unit = ControlUnitInput(ControlType.CANNY)
