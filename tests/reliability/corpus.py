@@ -598,7 +598,7 @@ def lora_with_empty_tensors(count: int) -> bytes:
     header = (
         "{"
         + ",".join(
-            f'"lora_unet_down_blocks_0_attentions_0_proj_in_{index}.alpha":{entry}'
+            f'"lora_te_{index}.alpha":{entry}'
             for index in range(count)
         )
         + "}"
