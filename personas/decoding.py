@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 WHITE = (255, 255, 255, 255)
 # Under a heavily loaded machine a child may get little of a core; the CPU
 # limit is the real bound, the wall deadline only keeps a request from hanging.
-WALL_SECONDS_PER_CPU_SECOND = 20
+WALL_SECONDS_PER_CPU_SECOND = 10
 MEBIBYTE = 1024 * 1024
 
 _context_lock = threading.Lock()
