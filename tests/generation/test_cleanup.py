@@ -8,12 +8,17 @@ RQ's ``SimpleWorker`` on the real Redis (the kill test starts real workers).
 
 from __future__ import annotations
 
+import io
+import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.urls import reverse
 
 from generation import services
@@ -28,6 +33,12 @@ from personas.services import (
     reference_image_add,
 )
 from tests import images
+from tests.deployment.conftest import (  # noqa: F401 - fixtures
+    bucket_keys,
+    s3_endpoint,
+    s3_env,
+    s3_storage,
+)
 from tests.generation.faulty_storages import FAILING_FOLDER_ENV, KILL_FOLDER_ENV
 from tests.reliability.orphans import orphaned_files, stored_files
 from tests.workers import use_queue, wait_for
@@ -246,3 +257,83 @@ def test_a_retried_attempt_leaves_only_the_last_attempts_files(
     assert content.attempts == 2
     assert stored_files(media_root) == before | content_files(content)
     assert orphaned_files() == []
+
+
+# --- The sweep -----------------------------------------------------------------
+
+
+def plant(media_root: Path, name: str, *, age_seconds: float = 0) -> str:
+    """A file no row points to, last written ``age_seconds`` ago."""
+    path = media_root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"left behind")
+    if age_seconds:
+        stamp = time.time() - age_seconds
+        os.utime(path, (stamp, stamp))
+    return name
+
+
+def sweep(*arguments: str) -> list[str]:
+    out = io.StringIO()
+    call_command("studio_sweep_media", *arguments, stdout=out)
+    return out.getvalue().splitlines()
+
+
+def test_the_sweep_lists_then_deletes_orphans_and_keeps_referenced_and_young_files(
+    cleanup_settings, media_root
+):
+    persona = small_persona()
+    referenced = stored_files(media_root)
+    two_hours_ago = time.time() - 7200
+    for name in referenced:  # old too: kept because a row points to them
+        os.utime(media_root / name, (two_hours_ago, two_hours_ago))
+    orphans = [
+        plant(media_root, f"references/{persona.pk}/lost.png", age_seconds=7200),
+        plant(media_root, "generated/9/9-2026.png", age_seconds=7200),
+        plant(media_root, "thumbnails/generated/9/9-2026.webp", age_seconds=7200),
+    ]
+    young = plant(media_root, "generated/9/uploading.png")
+    outside = plant(media_root, "backups/studio.sql", age_seconds=7200)
+
+    listed = sweep()
+
+    assert sorted(listed[: len(orphans)]) == sorted(orphans)
+    assert "3 orphaned" in listed[len(orphans)]
+    assert "1 too young" in listed[len(orphans)]
+    assert stored_files(media_root) == referenced | {*orphans, young, outside}
+
+    limited = sweep("--delete", "--limit", "2")
+    assert "limit reached" in limited[2]
+    assert len(stored_files(media_root) & set(orphans)) == 1
+
+    sweep("--delete")
+    assert stored_files(media_root) == referenced | {young, outside}
+    assert "0 orphaned" in sweep()[-1]
+
+    # With no grace period the young file is an orphan too.
+    listed = sweep("--older-than", "0")
+    assert listed[0] == young and "1 orphaned" in listed[1]
+
+
+def test_the_sweep_refuses_a_folder_outside_the_studios(cleanup_settings):
+    with pytest.raises(CommandError, match="invalid choice"):
+        sweep("--folder", "backups")
+
+
+@pytest.mark.e2e
+def test_the_sweep_works_on_s3_through_the_storage_api(
+    s3_storage,  # noqa: F811
+):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    persona = small_persona()
+    orphan = default_storage.save("generated/9/orphan.png", ContentFile(b"lost"))
+    referenced = bucket_keys(s3_storage) - {orphan}
+    assert len(referenced) == 3  # the reference, its thumbnail, the control map
+
+    assert sweep("--older-than", "0")[0] == orphan
+    sweep("--older-than", "0", "--delete")
+
+    assert bucket_keys(s3_storage) == referenced
+    assert persona.references.get().image.name in referenced
