@@ -45,6 +45,8 @@ from personas.services import (
 
 LIST_THUMBNAIL_HEIGHT = 48
 INLINE_THUMBNAIL_HEIGHT = 96
+GALLERY_PAGE_SIZE = 24
+"""Gallery images on the persona's page; the reference list pages the rest."""
 
 
 def media_url(field_file: FieldFile) -> str:
@@ -63,10 +65,59 @@ def image_tag(field_file: FieldFile | None, *, height: int) -> str:
     )
 
 
+class GalleryPageFormSet(ReferenceImageFormSet):
+    """One page of the gallery on the persona's page: the primary image and the
+    newest others, ``page_size`` in all; the whole gallery, page by page, is the
+    reference image changelist (``gallery_url``).
+
+    A gallery of any size is saved this way: the page posts its own rows back
+    (a few fields each, far below ``DATA_UPLOAD_MAX_NUMBER_FIELDS``), and a
+    posted page is read back by the ids it posts, so that images added
+    meanwhile do not shift it.
+    """
+
+    page_size = GALLERY_PAGE_SIZE
+
+    def get_queryset(self) -> QuerySet[ReferenceImage]:
+        if not hasattr(self, "_page"):
+            gallery = super().get_queryset()
+            if self.is_bound:
+                page = gallery.filter(pk__in=self._posted_ids())
+            else:
+                page = gallery.order_by("-is_primary", "-uploaded_at", "-pk")[
+                    : self.page_size
+                ]
+            self._page = self._queryset = page
+        return self._page
+
+    @property
+    def gallery_size(self) -> int:
+        """How many images the persona has (the changelist's annotation, when
+        the persona came from it)."""
+        if not self.instance.pk:
+            return 0
+        annotated = getattr(self.instance, "gallery_count", None)
+        return annotated if annotated is not None else self.instance.references.count()
+
+    @property
+    def gallery_url(self) -> str:
+        changelist = reverse("admin:personas_referenceimage_changelist")
+        return f"{changelist}?persona__id__exact={self.instance.pk}"
+
+    def _posted_ids(self) -> list[int]:
+        ids = []
+        for index in range(min(self.initial_form_count(), self.page_size)):
+            value = self.data.get(f"{self.add_prefix(index)}-id", "")
+            if str(value).isdigit():
+                ids.append(int(value))
+        return ids
+
+
 class ReferenceImageInline(admin.TabularInline):
     model = ReferenceImage
     form = ReferenceImageForm
-    formset = ReferenceImageFormSet
+    formset = GalleryPageFormSet
+    template = "admin/personas/persona/gallery_inline.html"
     fields = (
         "thumbnail_preview",
         "image",
@@ -102,6 +153,8 @@ class ControlNetUnitInline(admin.StackedInline):
         "preprocessor_options",
     )
     readonly_fields = ("control_preview",)
+    # An id with a lookup, not a list of every image of a gallery of thousands.
+    raw_id_fields = ("reference",)
     extra = 0
 
     @admin.display(description="preview")
