@@ -350,6 +350,31 @@ class PersonaAdmin(admin.ModelAdmin):
         )
 
 
+class GalleryOfPersonaFilter(admin.SimpleListFilter):
+    """One persona's gallery (the link from the persona's page). It offers only
+    the persona chosen, with "All" to leave it, not a list of every persona."""
+
+    title = "persona"
+    parameter_name = "persona__id__exact"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin
+    ) -> list[tuple[str, str]]:
+        value = self.value() or ""
+        persona = Persona.objects.filter(pk=value).first() if value.isdigit() else None
+        return [] if persona is None else [(str(persona.pk), str(persona))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[ReferenceImage]
+    ) -> QuerySet[ReferenceImage]:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            return queryset.none()
+        return queryset.filter(persona_id=int(value))
+
+
 @admin.register(ReferenceImage)
 class ReferenceImageAdmin(admin.ModelAdmin):
     form = ReferenceImageAdminForm
@@ -364,8 +389,9 @@ class ReferenceImageAdmin(admin.ModelAdmin):
         "uploaded_at",
     )
     list_display_links = ("thumbnail_preview", "__str__")
-    list_filter = ("role", "is_primary")
+    list_filter = (GalleryOfPersonaFilter, "role", "is_primary")
     list_select_related = ("persona", "uploaded_by")
+    list_per_page = 100
     search_fields = ("caption", "original_filename", "sha256", "persona__name")
     readonly_fields = (
         "thumbnail_preview",

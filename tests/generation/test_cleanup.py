@@ -22,6 +22,7 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 
 from generation import services
+from generation.cleanup import content_attempt_files
 from generation.models import Content, ContentStatus
 from generation.parameters import GenerationOverrides
 from generation.queues import get_queue
@@ -30,6 +31,7 @@ from personas.services import (
     control_unit_save,
     persona_create,
     persona_delete,
+    persona_set_lora,
     reference_image_add,
 )
 from tests import images
@@ -191,7 +193,51 @@ def test_a_deletion_that_rolls_back_keeps_the_files(cleanup_settings, media_root
     assert Content.objects.filter(pk=content.pk).exists()
 
 
+def test_deleting_a_persona_removes_its_lora_weights_and_gallery(
+    cleanup_settings, media_root
+):
+    persona = small_persona()
+    persona_set_lora(
+        persona=persona,
+        file=SimpleUploadedFile("persona.safetensors", images.safetensors_lora()),
+    )
+    assert persona.lora_weights.name in stored_files(media_root)
+
+    persona_delete(persona=persona)
+
+    assert stored_files(media_root) == set()
+
+
 # --- Failed and retried stores -------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["cancel", "fail"])
+def test_a_row_that_ends_without_a_result_removes_what_an_attempt_left(
+    cleanup_settings, media_root, end
+):
+    from django.core.files.base import ContentFile
+
+    persona = small_persona()
+    (content,) = services.content_enqueue_batch(
+        persona=persona,
+        prompt="a portrait",
+        count=1,
+        overrides=GenerationOverrides(method="controlnet"),
+    ).contents.all()
+    before = stored_files(media_root)
+    # What a worker killed while storing leaves under the row's names.
+    left = [
+        storage.save(name, ContentFile(b"half a PNG"))
+        for storage, name in content_attempt_files(content)
+    ]
+    assert len(left) == 4 and set(left) <= stored_files(media_root)
+
+    if end == "cancel":
+        services.content_cancel(content=content)
+    else:
+        services.content_fail(content=content, code="worker_lost", message="gone")
+
+    assert stored_files(media_root) == before
 
 
 def test_a_store_that_fails_half_way_leaves_no_file(

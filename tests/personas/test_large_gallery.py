@@ -124,3 +124,6 @@ def test_the_whole_gallery_is_the_reference_list_page_by_page(
     assert len(changelist.result_list) == changelist.list_per_page
     actions = dict(response.context["action_form"].fields["action"].choices)
     assert "delete_selected" in actions
+    # The filter names the persona, with "All" to leave it.
+    assert f"?persona__id__exact={large_persona.pk}" in response.content.decode()
+    assert ">Crowd</a>" in response.content.decode()
