@@ -23,6 +23,8 @@ def content_file_stem(content: Content) -> str:
     left there first (``generation.cleanup``). The creation time keeps two
     databases that reuse ids on one storage apart.
     """
+    if content.pk is None or content.created_at is None:
+        raise ValueError("A content's files are named after its saved row.")
     return f"{content.pk}-{content.created_at:%Y%m%d%H%M%S%f}"
 
 

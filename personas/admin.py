@@ -10,13 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
@@ -28,6 +31,7 @@ from personas.forms import (
     ReferenceImageAdminForm,
     ReferenceImageForm,
     ReferenceImageFormSet,
+    ReferenceRoleForm,
 )
 from personas.models import ControlNetUnit, Persona, ReferenceImage
 from personas.selectors import persona_list
@@ -41,12 +45,14 @@ from personas.services import (
     reference_image_add,
     reference_image_delete,
     reference_update,
+    references_set_role,
 )
 
 LIST_THUMBNAIL_HEIGHT = 48
 INLINE_THUMBNAIL_HEIGHT = 96
 GALLERY_PAGE_SIZE = 24
 """Gallery images on the persona's page; the reference list pages the rest."""
+SET_ROLE_SAMPLE = 20
 
 
 def media_url(field_file: FieldFile) -> str:
@@ -392,6 +398,7 @@ class ReferenceImageAdmin(admin.ModelAdmin):
     list_filter = (GalleryOfPersonaFilter, "role", "is_primary")
     list_select_related = ("persona", "uploaded_by")
     list_per_page = 100
+    actions = ("set_role",)
     search_fields = ("caption", "original_filename", "sha256", "persona__name")
     readonly_fields = (
         "thumbnail_preview",
@@ -496,6 +503,50 @@ class ReferenceImageAdmin(admin.ModelAdmin):
             )
             return None
         return delete_selected(self, request, queryset)
+
+    @admin.action(permissions=["change"], description="Set the role…")
+    def set_role(
+        self, request: HttpRequest, queryset: QuerySet[ReferenceImage]
+    ) -> TemplateResponse | None:
+        """Give the selected images one role, after a page that asks which."""
+        form = ReferenceRoleForm(request.POST if "post" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            role = form.cleaned_data["role"]
+            changing = list(queryset.exclude(role=role).select_related("persona"))
+            changed = references_set_role(references=queryset, role=role)
+            LogEntry.objects.log_actions(
+                request.user.pk,
+                changing,
+                CHANGE,
+                change_message=[{"changed": {"fields": ["role"]}}],
+            )
+            self.message_user(
+                request,
+                ngettext(
+                    "Changed the role of %d image.",
+                    "Changed the role of %d images.",
+                    changed,
+                )
+                % changed,
+                messages.SUCCESS,
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Set the role of the selected images",
+            "opts": self.opts,
+            "form": form,
+            "count": queryset.count(),
+            "sample": queryset[:SET_ROLE_SAMPLE],
+            "select_across": request.POST.get("select_across") == "1",
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "action_name": request.POST["action"],
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/personas/referenceimage/set_role.html", context
+        )
 
     def delete_model(self, request: HttpRequest, obj: ReferenceImage) -> None:
         reference_image_delete(reference=obj)

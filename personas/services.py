@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 from django.utils.text import slugify
 
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
@@ -259,6 +259,19 @@ def reference_image_delete(*, reference: ReferenceImage) -> None:
     _lock_persona_row(reference.persona_id)
     reference_check_keeps_primary(reference=reference)
     reference.delete()
+
+
+@transaction.atomic
+def references_set_role(*, references: QuerySet[ReferenceImage], role: str) -> int:
+    """Give every reference of ``references`` the role ``role`` (one update,
+    for a gallery of any size); return how many were changed."""
+    if role not in ReferenceRole.values:
+        raise ValidationError(
+            "Unknown role %(role)s: choose one of %(roles)s.",
+            code="bad_role",
+            params={"role": role, "roles": ", ".join(ReferenceRole.values)},
+        )
+    return references.exclude(role=role).update(role=role)
 
 
 def _lock_persona_row(persona_id: int) -> None:

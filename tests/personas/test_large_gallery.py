@@ -15,7 +15,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-GALLERY_PAGE_SIZE = 24
+from personas.admin import GALLERY_PAGE_SIZE
 from personas.models import ControlNetUnit, ControlType, Persona, ReferenceImage
 from personas.services import persona_create, reference_image_add
 from tests import images
@@ -127,3 +127,32 @@ def test_the_whole_gallery_is_the_reference_list_page_by_page(
     # The filter names the persona, with "All" to leave it.
     assert f"?persona__id__exact={large_persona.pk}" in response.content.decode()
     assert ">Crowd</a>" in response.content.decode()
+
+
+def test_set_role_changes_the_whole_selected_gallery_from_the_list(
+    admin_client, large_persona
+):
+    from django.contrib.admin.models import LogEntry
+
+    url = (
+        reverse("admin:personas_referenceimage_changelist")
+        + f"?persona__id__exact={large_persona.pk}"
+    )
+    page = admin_client.get(url)
+    one_page = [ref.pk for ref in page.context["cl"].result_list]
+    chosen = {"action": "set_role", "select_across": "1", "index": "0"}
+
+    asked = admin_client.post(url, {**chosen, "_selected_action": one_page})
+    assert asked.status_code == 200
+    assert f"For {GALLERY_SIZE} images" in asked.content.decode()
+    # The page re-posts "all of them", not 5,000 ids.
+    assert asked.content.decode().count('name="_selected_action"') == len(one_page)
+
+    done = admin_client.post(
+        url,
+        {**chosen, "_selected_action": one_page, "post": "yes", "role": "face"},
+    )
+
+    assert done.status_code == 302
+    assert large_persona.references.exclude(role="face").count() == 0
+    assert LogEntry.objects.count() == GALLERY_SIZE
