@@ -7,6 +7,7 @@ from the ``studio-media`` view, never from a public URL.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib import admin, messages
@@ -14,6 +15,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.widgets import ForeignKeyRawIdWidget
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
@@ -147,6 +149,15 @@ class ReferenceImageInline(admin.TabularInline):
         return f"{reference.width} × {reference.height}" if reference.pk else ""
 
 
+def _gallery_lookup_parameters(
+    widget: ForeignKeyRawIdWidget, *, persona_id: int
+) -> dict[str, str]:
+    return {
+        **ForeignKeyRawIdWidget.url_parameters(widget),
+        GalleryOfPersonaFilter.parameter_name: str(persona_id),
+    }
+
+
 class ControlNetUnitInline(admin.StackedInline):
     model = ControlNetUnit
     form = ControlNetUnitForm
@@ -162,6 +173,18 @@ class ControlNetUnitInline(admin.StackedInline):
     # An id with a lookup, not a list of every image of a gallery of thousands.
     raw_id_fields = ("reference",)
     extra = 0
+
+    def get_formset(
+        self, request: HttpRequest, obj: Persona | None = None, **kwargs: Any
+    ) -> type:
+        """The reference lookup opens this persona's gallery only."""
+        formset = super().get_formset(request, obj, **kwargs)
+        widget = formset.form.base_fields["reference"].widget
+        if obj is not None and isinstance(widget, ForeignKeyRawIdWidget):
+            widget.url_parameters = functools.partial(
+                _gallery_lookup_parameters, widget, persona_id=obj.pk
+            )
+        return formset
 
     @admin.display(description="preview")
     def control_preview(self, unit: ControlNetUnit) -> str:

@@ -83,6 +83,8 @@ def test_the_change_page_of_a_large_gallery_shows_one_page_and_stays_small(
         + f"?persona__id__exact={large_persona.pk}"
     )
     assert full_list in page
+    # The ControlNet unit picks its reference by id, looked up in this gallery.
+    assert f"?_to_field=id&persona__id__exact={large_persona.pk}" in page
 
 
 def test_a_persona_with_5000_references_is_saved_through_its_change_form(
