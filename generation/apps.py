@@ -13,3 +13,7 @@ class GenerationConfig(AppConfig):
         for field in ("output_image", "output_thumbnail", "before_thumbnail"):
             register_media_owner(Content, field, permissions=see_content)
         register_media_owner(ContentControlImage, "image", permissions=see_content)
+
+        from generation import cleanup
+
+        cleanup.connect(self)  # the files of deleted rows (see its docstring)

@@ -21,3 +21,9 @@ class PersonasConfig(AppConfig):
         register_media_owner(
             Persona, "lora_weights", permissions=("personas.change_persona",)
         )
+
+        from personas.files import connect_file_cleanup
+
+        # The files of deleted references, units and personas (LoRA weights) go
+        # once the deletion commits, also when it cascades from a persona.
+        connect_file_cleanup(self)
