@@ -34,10 +34,13 @@ from generation.actions import StaffAction
 from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import uses_tiny_model
 from generation.models import Batch, Content
-from personas.face_analysis import persona_reference_health
+from personas.face_analysis import persona_gallery_health
 from personas.models import Persona
 
 ADMIN_CSS = {"all": ("generation/admin.css",)}
+# Reference-health warnings shown as messages on a persona's page (the panel
+# lists them all).
+HEALTH_MESSAGES = 10
 
 
 def admin_action(action: StaffAction) -> Callable[..., HttpResponse | None]:
@@ -136,9 +139,9 @@ class PersonaAdmin(StaffActionsAdmin, RegisteredPersonaAdmin):
         message for each problem found: no face, several faces, another
         person)."""
         persona = self.get_object(request, object_id)
-        health = [] if persona is None else persona_reference_health(persona=persona)
-        if request.method == "GET":
-            for entry in health:
+        health = None if persona is None else persona_gallery_health(persona=persona)
+        if request.method == "GET" and health is not None:
+            for entry in health.warned[:HEALTH_MESSAGES]:
                 for message in entry.messages:
                     messages.warning(
                         request, f"Reference #{entry.reference.pk}: {message}"

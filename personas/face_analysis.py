@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 from PIL import Image
 
@@ -28,6 +29,21 @@ logger = logging.getLogger(__name__)
 
 ANALYSE_JOB = "personas.jobs.reference_analyse"
 ANALYSE_JOB_TIMEOUT = 600
+# References judged on a persona's page (each is compared with every face one).
+HEALTH_MAX_REFERENCES = 500
+_HEALTH_FIELDS = (
+    "id",
+    "persona_id",
+    "role",
+    "caption",
+    "order",
+    "face_count",
+    "face_embedding",
+    "face_detector",
+    "face_detail",
+    "face_error",
+    "face_analysed_at",
+)
 
 
 # --- Writes ---------------------------------------------------------------------
@@ -155,10 +171,19 @@ def references_unanalysed(
 
 
 def persona_reference_health(*, persona: Persona) -> list[ReferenceHealth]:
-    """The health of each of ``persona``'s references, in gallery order
-    (``identity.reference_health``: no face, several faces, another person)."""
-    references = list(persona.references.order_by("order", "id"))
-    analysed = [reference for reference in references if reference.face_analysed]
+    """The health of ``persona``'s analysed references, in gallery order
+    (``identity.reference_health``: no face, several faces, another person).
+
+    At most ``HEALTH_MAX_REFERENCES`` are judged (the first in gallery order):
+    each is compared with every face reference, so a gallery of thousands
+    would cost the page seconds.
+    """
+    references = list(
+        persona.references.filter(face_analysed_at__isnull=False)
+        .only(*_HEALTH_FIELDS)
+        .order_by("order", "id")[:HEALTH_MAX_REFERENCES]
+    )
+    analysed = [reference for reference in references if not reference.face_error]
     reports = {
         report.key: report
         for report in reference_health(
@@ -178,6 +203,36 @@ def persona_reference_health(*, persona: Persona) -> list[ReferenceHealth]:
         ReferenceHealth(reference, reports.get(health_key(reference)))
         for reference in references
     ]
+
+
+@dataclass(frozen=True)
+class GalleryHealth:
+    """A persona page's health panel: the judged references with a warning,
+    and how much of the gallery was analysed."""
+
+    warned: list[ReferenceHealth]
+    references: int
+    analysed: int
+    judged: int
+
+    @property
+    def unanalysed(self) -> int:
+        return self.references - self.analysed
+
+
+def persona_gallery_health(*, persona: Persona) -> GalleryHealth:
+    """What the persona's admin page shows of its reference health."""
+    entries = persona_reference_health(persona=persona)
+    counts = persona.references.aggregate(
+        references=Count("id"),
+        analysed=Count("id", filter=Q(face_analysed_at__isnull=False)),
+    )
+    return GalleryHealth(
+        warned=[entry for entry in entries if entry.messages],
+        references=counts["references"],
+        analysed=counts["analysed"],
+        judged=len(entries),
+    )
 
 
 def persona_face_references(*, persona: Persona) -> list[ReferenceImage]:
