@@ -11,6 +11,9 @@ from typing import Any
 from generation.engine.identity import SAME_PERSON_DISTANCE, similarity_from_distance
 
 SAME_PERSON_SIMILARITY = similarity_from_distance(SAME_PERSON_DISTANCE)
+# The latest scored outputs drawn: an SVG of every one of 50,000 outputs would
+# weigh megabytes (the table and the CSV count them all).
+MAX_POINTS = 2_000
 
 
 def identity_chart_svg(
@@ -18,11 +21,12 @@ def identity_chart_svg(
 ) -> str:
     """Two panels: each scored output's identity over time, coloured by method,
     with dlib's same-person line and the persona's review threshold; and the
-    spread of identity per method. Returns the ``<svg>`` element."""
+    spread of identity per method, for the latest ``MAX_POINTS`` scored outputs
+    (``rows`` oldest first). Returns the ``<svg>`` element."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    scored = [row for row in rows if row["identity_status"] == "scored"]
+    scored = [row for row in rows if row["identity_status"] == "scored"][-MAX_POINTS:]
     methods = sorted({row["method_used"] for row in scored})
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     FigureCanvasAgg(figure)

@@ -41,7 +41,7 @@ from generation import actions, selectors
 from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import tiny_model_keys
 from generation.gallery import selectors as gallery_selectors
-from generation.gallery.charts import identity_chart_svg
+from generation.gallery.charts import MAX_POINTS, identity_chart_svg
 from generation.gallery.forms import GalleryFilterForm, content_ids
 from generation.models import Content
 
@@ -229,6 +229,7 @@ def persona_identity(request: HttpRequest, slug: str) -> HttpResponse:
             "chart": identity_chart_svg(
                 rows, threshold=persona.identity_threshold, title=persona.name
             ),
+            "chart_points": MAX_POINTS,
             "methods": gallery_selectors.identity_by_method(rows),
             "outputs": len(rows),
             "uses_tiny_model": persona.base_model in tiny_model_keys(),
