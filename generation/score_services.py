@@ -40,6 +40,7 @@ from generation.models import (
     ContentStatus,
     IdentityStatus,
 )
+from personas.face_analysis import references_queue_unanalysed
 from personas.models import ReferenceImage
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,8 @@ def reconcile_scoring(connection: Any) -> ScoringRepairs:
     """Every pending row whose scoring job is lost (Redis restarted or flushed,
     its CPU worker killed) or failed in RQ is enqueued again under a new job
     id, until ``STUDIO_MAX_ATTEMPTS`` scoring attempts; then it fails with a
-    reason. Best-of batches finished without a last score are settled too."""
+    reason. Best-of batches finished without a last score are settled too, and
+    references not analysed yet get their analysis job."""
     from rq.job import JobStatus
 
     from generation.reconcile import _executing, _fetch_job, _in_queue
@@ -258,6 +260,8 @@ def reconcile_scoring(connection: Any) -> ScoringRepairs:
             continue
         if _requeue_scoring(content):
             repairs.requeued.append(content.pk)
+    # References whose analysis job was lost (or never enqueued) too.
+    references_queue_unanalysed()
     unsettled = Batch.objects.filter(
         keep_best__isnull=False, best_of_applied_at__isnull=True
     ).values_list("pk", flat=True)

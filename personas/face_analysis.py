@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 ANALYSE_JOB = "personas.jobs.reference_analyse"
 ANALYSE_JOB_TIMEOUT = 600
+# References the reconciler enqueues for analysis at most per run.
+RECONCILE_BATCH = 100
 # References judged on a persona's page (each is compared with every face one).
 HEALTH_MAX_REFERENCES = 500
 _HEALTH_FIELDS = (
@@ -52,21 +54,54 @@ _HEALTH_FIELDS = (
 def reference_queue_analysis(*, reference: ReferenceImage) -> None:
     """Analyse ``reference``'s faces on the CPU queue once this transaction
     commits. With Redis down the reference stays unanalysed (logged), for the
-    command or the scoring job to analyse."""
+    reconciler (``references_queue_unanalysed``), the command or the scoring
+    job to analyse."""
     reference_id = reference.pk
+    transaction.on_commit(lambda: _enqueue_analysis(reference_id), robust=True)
 
-    def enqueue() -> None:
-        import django_rq
 
-        queue = django_rq.get_queue(settings.STUDIO_CPU_QUEUE, commit_mode="auto")
-        queue.enqueue(
-            ANALYSE_JOB,
-            args=(reference_id,),
-            job_timeout=ANALYSE_JOB_TIMEOUT,
-            description=f"analyse the faces of reference #{reference_id}",
-        )
+def references_queue_unanalysed(*, limit: int = RECONCILE_BATCH) -> list[int]:
+    """Enqueue the analysis of references not analysed yet whose job is not
+    waiting or running (lost with Redis, or never enqueued): at most ``limit``
+    per call. Each reference has one job id, so calling this again (every
+    worker's reconcile does) never queues a reference twice."""
+    from rq.job import Job, JobStatus
 
-    transaction.on_commit(enqueue, robust=True)
+    queued = []
+    waiting = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED)
+    connection = None
+    for reference_id in ReferenceImage.objects.filter(
+        face_analysed_at__isnull=True
+    ).values_list("pk", flat=True)[:limit]:
+        if connection is None:
+            connection = _cpu_queue().connection
+        job = Job.fetch_many([analysis_job_id(reference_id)], connection=connection)[0]
+        if job is not None and job.get_status(refresh=False) in waiting:
+            continue
+        _enqueue_analysis(reference_id)
+        queued.append(reference_id)
+    return queued
+
+
+def analysis_job_id(reference_id: int) -> str:
+    """The one RQ job id of a reference's analysis."""
+    return f"reference-faces-{reference_id}"
+
+
+def _cpu_queue():  # noqa: ANN202 - an rq.Queue, imported lazily
+    import django_rq
+
+    return django_rq.get_queue(settings.STUDIO_CPU_QUEUE, commit_mode="auto")
+
+
+def _enqueue_analysis(reference_id: int) -> None:
+    _cpu_queue().enqueue(
+        ANALYSE_JOB,
+        args=(reference_id,),
+        job_id=analysis_job_id(reference_id),
+        job_timeout=ANALYSE_JOB_TIMEOUT,
+        description=f"analyse the faces of reference #{reference_id}",
+    )
 
 
 def reference_analyse(*, reference: ReferenceImage) -> ReferenceImage:
@@ -74,7 +109,8 @@ def reference_analyse(*, reference: ReferenceImage) -> ReferenceImage:
 
     The HOG detector first; for a face-role reference where it finds no face,
     dlib's CNN detector too (slower, finds harder faces). An image that cannot
-    be read is recorded as the analysis's error, not raised.
+    be read, or an analysis that fails, is recorded as the analysis's error,
+    not raised (so that it is not retried for ever).
     """
     from generation.engine.face import DETECTOR_NAMES, FaceDetector, analyse_faces
 
@@ -90,9 +126,18 @@ def reference_analyse(*, reference: ReferenceImage) -> ReferenceImage:
             sha256,
             error=f"The image could not be read ({error}); upload it again.",
         )
-    analysis = analyse_faces(image, detector=FaceDetector.HOG)
-    if not analysis.face_found and reference.role == ReferenceRole.FACE:
-        analysis = analyse_faces(image, detector=FaceDetector.CNN)
+    try:
+        analysis = analyse_faces(image, detector=FaceDetector.HOG)
+        if not analysis.face_found and reference.role == ReferenceRole.FACE:
+            analysis = analyse_faces(image, detector=FaceDetector.CNN)
+    except Exception as error:  # noqa: BLE001 - recorded, not retried forever
+        logger.exception("Reference #%s: face analysis failed", reference.pk)
+        return _store(
+            reference,
+            sha256,
+            error=f"Face analysis failed ({error}); analyse it again with "
+            "studio_analyse_references --all, or report it.",
+        )
     detail = analysis.to_dict()
     embedding = detail.pop("embedding")
     persona_face = analysis.persona_face

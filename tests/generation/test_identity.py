@@ -197,6 +197,24 @@ def test_the_command_analyses_the_references_left_and_prints_the_warnings(
     assert "Nothing to analyse." in capsys.readouterr().out
 
 
+def test_the_reconciler_queues_references_left_unanalysed_once(queues, astronaut):
+    persona = _persona()
+    # Uploaded while Redis was unreachable, say: no analysis job was queued.
+    reference = _upload(persona, astronaut, primary=True)
+    queue = get_queue("cpu-identity")
+    assert queue.count == 0
+
+    reconcile()
+    reconcile()  # a second worker's reconcile: still one job
+    assert queue.count == 1
+
+    run_cpu_jobs()
+    reference.refresh_from_db()
+    assert reference.face_analysed_at is not None and reference.face_count >= 1
+    reconcile()
+    assert queue.count == 0
+
+
 # --- The scoring job ----------------------------------------------------------------
 
 

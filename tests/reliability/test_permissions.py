@@ -200,6 +200,8 @@ POLICY: dict[str, Rule] = {
     "gallery:index": staff_with("generation.view_content"),
     "gallery:progress": staff_with("generation.view_content"),
     "gallery:persona": staff_with("generation.view_content"),
+    "gallery:persona-identity": staff_with("generation.view_content"),
+    "gallery:persona-identity-csv": staff_with("generation.view_content"),
     "gallery:content": staff_with("generation.view_content"),
     "gallery:content-card": staff_with("generation.view_content"),
     "gallery:sweep": staff_with("generation.view_content"),
@@ -261,6 +263,7 @@ ACTION_PERMISSIONS = {
     ("generation.content", "retry"): GENERATE,
     ("generation.content", "approve"): REVIEW,
     ("generation.content", "reject"): REVIEW,
+    ("generation.content", "rescore"): GENERATE,
 }
 
 # --- The URLs, walked from the URLconf -----------------------------------------
