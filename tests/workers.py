@@ -2,6 +2,9 @@
 by tests/conftest.py): the tiny model, written once per session, personas with a
 reference, and real worker processes (``manage.py studio_worker``) on the real Redis.
 
+Nothing here imports torch, diffusers or transformers at collection: the tiny
+model is written by a fixture, so a test that needs no model never loads them.
+
 A worker is a separate process, so it sees only committed rows (tests use
 ``transactional_db``) in the same test database (a file for SQLite, see
 studio/settings/test.py; ``test_<name>`` for PostgreSQL), the same media folder
@@ -29,7 +32,6 @@ from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 
-from generation.engine.tiny_model import write_tiny_model
 from generation.models import ACTIVE_STATUSES, Content
 from personas.models import Persona
 from personas.services import persona_create, reference_image_add
@@ -41,9 +43,18 @@ JOB_TIMEOUT = 300
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model, written once per session into a temporary folder."""
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+def tiny_model_location(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session's tiny model is (or will be) written; what the settings
+    point to, so that a test that runs no model does not pay for writing it."""
+    return tmp_path_factory.mktemp("tiny-model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_location: Path) -> Path:
+    """The tiny model, written once per session (for workers and engine tests)."""
+    from generation.engine.tiny_model import write_tiny_model
+
+    return write_tiny_model(tiny_model_location)
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +67,15 @@ def shared_media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def studio_settings(
     settings,
     redis_server: EmbeddedRedis,
-    tiny_model_dir: Path,
+    tiny_model_location: Path,
     shared_media_root: Path,
 ):
-    """This process's settings, matching what the workers get by environment."""
+    """This process's settings, matching what the workers get by environment
+    (the tiny model is written only for tests that ask for ``tiny_model_dir``)."""
     settings.MEDIA_ROOT = shared_media_root
     settings.REDIS_URL = redis_server.url
     settings.STUDIO_MODELS = {}
-    settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_dir)
+    settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_location)
     settings.STUDIO_PROGRESS_INTERVAL_SECONDS = 0
     settings.STUDIO_RETRY_BACKOFF_SECONDS = [1]
     use_queue(settings, "gpu")
@@ -143,8 +155,11 @@ class WorkerFactory:
     # The workers' working folder: another one stands for another host.
     cwd: Path | None = None
 
-    def __call__(self, queue: str, **env: str) -> WorkerProcess:
-        """Start a worker on ``queue`` (where this test's generations go too)."""
+    def __call__(
+        self, queue: str, *, worker_class: str | None = None, **env: str
+    ) -> WorkerProcess:
+        """Start a worker on ``queue`` (where this test's generations go too),
+        of ``worker_class`` (a dotted path; default: the studio's)."""
         use_queue(self.settings, queue)
         name = f"test-{queue}-{uuid.uuid4().hex[:8]}"
         log_path = self.log_dir / f"{name}.log"
@@ -159,6 +174,8 @@ class WorkerFactory:
             "--job-monitoring-interval",
             "1",
         ]
+        if worker_class:
+            command += ["--worker-class", worker_class]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command,
@@ -237,9 +254,10 @@ def make_persona(*, slug: str = "ada", **fields) -> Persona:
 
 
 @pytest.fixture
-def persona(studio_settings) -> Persona:
-    """A persona with a reference (the test's ``django_db`` mark gives the
-    database)."""
+def persona_with_reference(studio_settings) -> Persona:
+    """A persona with a primary reference, sized for fast tiny-model runs, with
+    this process's settings matching the workers' (the test's ``django_db`` mark
+    gives the database)."""
     return make_persona()
 
 

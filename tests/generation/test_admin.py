@@ -49,7 +49,7 @@ def _actions(client, url: str) -> set[str]:
 
 
 def test_generation_actions_are_hidden_without_the_permission(
-    client, staff, persona, studio_settings
+    client, staff, persona_with_reference, studio_settings
 ):
     assert {"generate", "strength_sweep", "regenerate_latest"}.isdisjoint(
         _actions(client, PERSONAS)
@@ -69,10 +69,11 @@ def test_generation_actions_are_hidden_without_the_permission(
 
 
 def test_generate_asks_on_an_intermediate_page_first(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     response = admin_client.post(
-        PERSONAS, {"action": "generate", "_selected_action": [persona.pk]}
+        PERSONAS,
+        {"action": "generate", "_selected_action": [persona_with_reference.pk]},
     )
     assert response.status_code == 200
     assert "admin/generation/persona_action_form.html" in [
@@ -84,7 +85,7 @@ def test_generate_asks_on_an_intermediate_page_first(
         PERSONAS,
         {
             "action": "generate",
-            "_selected_action": [persona.pk],
+            "_selected_action": [persona_with_reference.pk],
             "post": "yes",
             "prompt": "",
             "count": "30",
@@ -98,7 +99,7 @@ def test_generate_asks_on_an_intermediate_page_first(
 
 def test_generate_confirmed_queues_the_rows_and_their_jobs(
     admin_client,
-    persona,
+    persona_with_reference,
     studio_settings,
     redis_connection,
     django_capture_on_commit_callbacks,
@@ -108,7 +109,7 @@ def test_generate_confirmed_queues_the_rows_and_their_jobs(
             PERSONAS,
             {
                 "action": "generate",
-                "_selected_action": [persona.pk],
+                "_selected_action": [persona_with_reference.pk],
                 "post": "yes",
                 "prompt": "in the rain",
                 "count": "3",
@@ -151,13 +152,13 @@ def test_a_refused_generation_shows_the_reason_where_staff_acted(
 
 
 def test_strength_sweep_queues_one_row_per_strength_and_its_contact_sheet(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     response = admin_client.post(
         PERSONAS,
         {
             "action": "strength_sweep",
-            "_selected_action": [persona.pk],
+            "_selected_action": [persona_with_reference.pk],
             "post": "yes",
             "prompt": "sweep",
             "strengths": "0.3, 0.5, 0.7, 0.9",
@@ -180,18 +181,18 @@ def test_strength_sweep_queues_one_row_per_strength_and_its_contact_sheet(
 
 
 def test_use_this_strength_saves_it_on_the_persona(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     batch = services.content_strength_sweep(
-        persona=persona, prompt="sweep", strengths=[0.3, 0.6]
+        persona=persona_with_reference, prompt="sweep", strengths=[0.3, 0.6]
     )
     chosen = batch.contents.get(request__strength=0.6)
     response = admin_client.post(
         f"/admin/generation/batch/{batch.pk}/use-strength/{chosen.pk}/"
     )
     assert response.status_code == 302
-    persona.refresh_from_db()
-    assert persona.img2img_strength == 0.6
+    persona_with_reference.refresh_from_db()
+    assert persona_with_reference.img2img_strength == 0.6
     assert (
         admin_client.get(
             f"/admin/generation/batch/{batch.pk}/use-strength/{chosen.pk}/"
@@ -201,25 +202,34 @@ def test_use_this_strength_saves_it_on_the_persona(
 
 
 def test_regenerate_latest_needs_a_generation_first(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     response = admin_client.post(
         PERSONAS,
-        {"action": "regenerate_latest", "_selected_action": [persona.pk]},
+        {
+            "action": "regenerate_latest",
+            "_selected_action": [persona_with_reference.pk],
+        },
         follow=True,
     )
     assert any(
         "no generation yet" in str(message) for message in response.context["messages"]
     )
-    original = services.content_enqueue(persona=persona, prompt="x")
+    original = services.content_enqueue(persona=persona_with_reference, prompt="x")
     admin_client.post(
-        PERSONAS, {"action": "regenerate_latest", "_selected_action": [persona.pk]}
+        PERSONAS,
+        {
+            "action": "regenerate_latest",
+            "_selected_action": [persona_with_reference.pk],
+        },
     )
     assert Content.objects.get(regenerated_from=original).seed != original.seed
 
 
-def test_cancel_and_retry_actions(admin_client, persona, studio_settings):
-    content = services.content_enqueue(persona=persona, prompt="x")
+def test_cancel_and_retry_actions(
+    admin_client, persona_with_reference, studio_settings
+):
+    content = services.content_enqueue(persona=persona_with_reference, prompt="x")
     admin_client.post(CONTENTS, {"action": "cancel", "_selected_action": [content.pk]})
     content.refresh_from_db()
     assert content.status == ContentStatus.CANCELLED
@@ -228,8 +238,12 @@ def test_cancel_and_retry_actions(admin_client, persona, studio_settings):
     assert content.status == ContentStatus.QUEUED
 
 
-def test_content_pages_render_for_queued_rows(admin_client, persona, studio_settings):
-    content = services.content_enqueue(persona=persona, prompt="a queued one")
+def test_content_pages_render_for_queued_rows(
+    admin_client, persona_with_reference, studio_settings
+):
+    content = services.content_enqueue(
+        persona=persona_with_reference, prompt="a queued one"
+    )
     changelist = admin_client.get(CONTENTS)
     assert changelist.status_code == 200
     body = changelist.content.decode()
@@ -241,16 +255,18 @@ def test_content_pages_render_for_queued_rows(admin_client, persona, studio_sett
 
 
 def test_the_changelist_runs_a_constant_number_of_queries(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     def queries() -> int:
         with CaptureQueriesContext(db_connection) as captured:
             assert admin_client.get(CONTENTS).status_code == 200
         return len(captured)
 
-    services.content_enqueue_batch(persona=persona, prompt="x", count=2)
+    services.content_enqueue_batch(persona=persona_with_reference, prompt="x", count=2)
     few = queries()
     for _ in range(3):
-        services.content_enqueue_batch(persona=persona, prompt="y", count=5)
+        services.content_enqueue_batch(
+            persona=persona_with_reference, prompt="y", count=5
+        )
     assert Content.objects.count() == 17
     assert queries() == few

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
@@ -45,3 +48,30 @@ def test_the_keepalive_renews_a_running_jobs_heartbeats(
         assert 0 < redis_connection.ttl(execution.key) <= 5 + 60
     finally:
         worker.register_death()
+
+
+def test_studio_worker_on_a_queue_not_configured_names_the_configured_ones(settings):
+    settings.RQ_QUEUES = {
+        "gpu": {"URL": "redis://127.0.0.1:1/0"},
+        "sdxl": {"URL": "redis://127.0.0.1:1/0"},
+    }
+
+    with pytest.raises(CommandError) as error:
+        call_command("studio_worker", "--queues", "gpu", "gpus")
+
+    assert str(error.value) == (
+        "Queue 'gpus' is not configured. Configured queues: gpu, sdxl (from "
+        "STUDIO_DEFAULT_QUEUE and STUDIO_QUEUE_ROUTES, docs/settings.md)."
+    )
+
+
+@pytest.mark.parametrize(
+    "path, says",
+    [
+        ("rq.worker.Worker", "is not a generation.worker.StudioWorker"),
+        ("generation.no_such.Worker", "cannot be imported"),
+    ],
+)
+def test_studio_worker_refuses_a_worker_class_that_is_not_the_studios(path, says):
+    with pytest.raises(CommandError, match=says):
+        call_command("studio_worker", "--queues", "gpu", "--worker-class", path)
