@@ -11,7 +11,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
+from rq.worker import WorkerStatus
 
+from generation import runtime
 from generation.queues import get_queue
 from generation.worker import StudioWorker
 from tests.workers import use_queue
@@ -75,3 +77,35 @@ def test_studio_worker_on_a_queue_not_configured_names_the_configured_ones(setti
 def test_studio_worker_refuses_a_worker_class_that_is_not_the_studios(path, says):
     with pytest.raises(CommandError, match=says):
         call_command("studio_worker", "--queues", "gpu", "--worker-class", path)
+
+
+def test_the_workers_device_goes_to_its_engine_configuration_not_the_settings(
+    settings,
+):
+    settings.STUDIO_DEVICE = ""
+    settings.STUDIO_MODELS = {}
+    # The factory returns the configuration it is given, as the engine to use.
+    runtime.start(device="cuda:1", factory=lambda config: config)
+    try:
+        assert runtime.engine().device == "cuda:1"
+        assert runtime.engine() is runtime.engine()
+        assert settings.STUDIO_DEVICE == ""
+    finally:
+        runtime.start()
+
+
+def test_a_stop_while_busy_asks_the_running_job_to_hand_back(studio_settings):
+    use_queue(studio_settings, "handback")
+    queue = get_queue("handback")
+    worker = StudioWorker([queue], connection=queue.connection)
+    runtime.start()
+    assert not runtime.handback_requested()
+
+    worker.set_state(WorkerStatus.IDLE)
+    worker.handle_warm_shutdown_request()
+    assert not runtime.handback_requested()
+
+    worker.set_state(WorkerStatus.BUSY)
+    worker.handle_warm_shutdown_request()
+    assert runtime.handback_requested()
+    runtime.start()
