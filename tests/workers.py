@@ -111,6 +111,7 @@ class WorkerProcess:
     process: subprocess.Popen
     log_path: Path
     connection: redis.Redis
+    stop_requested: bool = False
 
     def wait_ready(self) -> WorkerProcess:
         """Wait until the worker has registered itself in Redis (after preload and
@@ -134,8 +135,19 @@ class WorkerProcess:
         self.process.wait(timeout=30)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
+        """SIGTERM (a warm shutdown), and wait for the process to exit."""
+        self.request_stop()
+        return self.wait_stopped()
+
+    def request_stop(self) -> None:
+        """SIGTERM, once: a second one would be rq's cold shutdown."""
+        if self.process.poll() is None and not self.stop_requested:
+            self.stop_requested = True
             self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> int:
+        """Wait for a stopped worker to exit; SIGKILL it after 30 s."""
+        if self.process.poll() is None:
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -189,10 +201,12 @@ class WorkerFactory:
         return worker.wait_ready()
 
     def stop_all(self) -> None:
-        """Stop every worker; their logs go to the captured output, which pytest
-        shows when the test failed."""
+        """Stop every worker (all at once: each takes a moment to exit); their
+        logs go to the captured output, which pytest shows when the test failed."""
         for worker in self.started:
-            worker.stop()
+            worker.request_stop()
+        for worker in self.started:
+            worker.wait_stopped()
             print(f"--- log of worker {worker.name} ---\n{worker.log()}")
 
 
