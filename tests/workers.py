@@ -173,6 +173,12 @@ class WorkerFactory:
         """Start a worker on ``queue`` (where this test's generations go too),
         of ``worker_class`` (a dotted path; default: the studio's)."""
         use_queue(self.settings, queue)
+        return self.spawn(queue, worker_class=worker_class, **env)
+
+    def spawn(
+        self, queue: str, *, worker_class: str | None = None, **env: str
+    ) -> WorkerProcess:
+        """Start a worker on ``queue`` and wait until it is ready."""
         name = f"test-{queue}-{uuid.uuid4().hex[:8]}"
         log_path = self.log_dir / f"{name}.log"
         command = [
@@ -210,6 +216,28 @@ class WorkerFactory:
             print(f"--- log of worker {worker.name} ---\n{worker.log()}")
 
 
+def worker_environment(
+    redis_server: EmbeddedRedis, tiny_model_dir: Path, media_root: Path
+) -> dict[str, str]:
+    """The environment of a test worker: this session's database, Redis, media
+    folder and tiny model."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "studio.settings.test",
+        "DATABASE_URL": database_url(),
+        "MEDIA_ROOT": str(media_root),
+        "REDIS_URL": redis_server.url,
+        "STUDIO_TINY_MODEL_DIR": str(tiny_model_dir),
+        "STUDIO_PROGRESS_INTERVAL_SECONDS": "0",
+        "STUDIO_RETRY_BACKOFF_SECONDS": "[1]",
+        # Workers reconcile only at start here; the tests run reconcile themselves.
+        "STUDIO_RECONCILE_INTERVAL_SECONDS": "3600",
+        "PYTHONUNBUFFERED": "1",
+        # One thread per worker: test machines are small and shared.
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 @pytest.fixture
 def start_worker(
     studio_settings,
@@ -221,26 +249,57 @@ def start_worker(
 ) -> Iterator[WorkerFactory]:
     """``start_worker(queue, **env)`` starts a worker on ``queue`` and waits until
     it is ready; every worker started is stopped after the test."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "studio.settings.test",
-        "DATABASE_URL": database_url(),
-        "MEDIA_ROOT": str(shared_media_root),
-        "REDIS_URL": redis_server.url,
-        "STUDIO_TINY_MODEL_DIR": str(tiny_model_dir),
-        "STUDIO_PROGRESS_INTERVAL_SECONDS": "0",
-        "STUDIO_RETRY_BACKOFF_SECONDS": "[1]",
-        # Workers reconcile only at start here; the tests run reconcile themselves.
-        "STUDIO_RECONCILE_INTERVAL_SECONDS": "3600",
-        "PYTHONUNBUFFERED": "1",
-        # One thread per worker: test machines are small and shared.
-        "OMP_NUM_THREADS": "1",
-    }
     factory = WorkerFactory(
-        studio_settings, env, tmp_path, redis.Redis.from_url(redis_server.url)
+        studio_settings,
+        worker_environment(redis_server, tiny_model_dir, shared_media_root),
+        tmp_path,
+        redis.Redis.from_url(redis_server.url),
     )
     yield factory
     factory.stop_all()
+
+
+SHARED_QUEUE = "shared"
+
+
+@pytest.fixture(scope="session")
+def _shared_worker_process(
+    django_db_setup,
+    django_db_blocker,
+    redis_server: EmbeddedRedis,
+    tiny_model_dir: Path,
+    shared_media_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
+    """One worker for the whole session, started when a test first asks for it
+    and stopped before the test database goes."""
+    with django_db_blocker.unblock():
+        env = worker_environment(redis_server, tiny_model_dir, shared_media_root)
+
+    factory = WorkerFactory(
+        None,
+        env,
+        tmp_path_factory.mktemp("shared-worker"),
+        redis.Redis.from_url(redis_server.url),
+    )
+    worker = factory.spawn(SHARED_QUEUE)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def shared_worker(
+    studio_settings, transactional_db, _shared_worker_process: WorkerProcess
+) -> Iterator[WorkerProcess]:
+    """A worker on the session's shared queue, already warm, for tests that only
+    need their jobs run (not a fresh registry, a fault, or a worker to stop):
+    starting a worker costs seconds of imports and model loads."""
+    worker = _shared_worker_process
+    assert worker.process.poll() is None, f"the shared worker exited:\n{worker.log()}"
+    use_queue(studio_settings, SHARED_QUEUE)
+    log_start = len(worker.log())
+    yield worker
+    print(f"--- log of the shared worker, this test ---\n{worker.log()[log_start:]}")
 
 
 @pytest.fixture

@@ -133,9 +133,8 @@ def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
 
 
 def test_progress_is_seen_while_running_and_cancel_stops_the_run(
-    studio_settings, start_worker, redis_connection
+    studio_settings, shared_worker, redis_connection
 ):
-    start_worker("cancel")
     persona = make_persona(slug="slow", **SLOW)
     content = services.content_enqueue(
         persona=persona, prompt="slow", overrides=GenerationOverrides(method="text")
@@ -283,9 +282,8 @@ def test_redis_flushed_while_rows_are_queued_then_reconcile_completes_every_one(
 
 
 def test_studio_generate_waits_and_prints_final_statuses(
-    persona_with_reference, start_worker, capsys
+    persona_with_reference, shared_worker, capsys
 ):
-    start_worker("command")
     call_command(
         "studio_generate",
         "--persona",
@@ -307,9 +305,8 @@ def test_studio_generate_waits_and_prints_final_statuses(
 
 
 def test_a_controlnet_output_keeps_its_control_image_and_missing_weights_fail_at_once(
-    persona_with_reference, start_worker
+    persona_with_reference, shared_worker
 ):
-    start_worker("controlnet")
     unit = ControlNetUnit.objects.create(
         persona=persona_with_reference, control_type="canny"
     )
