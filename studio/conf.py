@@ -90,9 +90,6 @@ PROGRESS_INTERVAL_SECONDS: float = 0.5
 RECONCILE_INTERVAL_SECONDS: int = 60
 # Models a worker loads at start (keys of MODELS); empty means none.
 PRELOAD_MODELS: list[str] = []
-# Test-only fault injection: the first N attempts of every generation hit a
-# real out-of-memory error at a denoising step (generation/jobs.py). Keep 0.
-TEST_OOM_ATTEMPTS: int = 0
 
 
 def documented_defaults(var_dir: Path | str = VAR_DIR) -> dict[str, Any]:
