@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from generation.engine.families import Family, family
 from generation.engine.vocabulary import (
     TINY_MODEL_KEY,
     TINY_MODEL_LABEL,
+    TINY_SDXL_MODEL_KEY,
+    TINY_SDXL_MODEL_LABEL,
     ControlType,
     Footprint,
 )
@@ -27,6 +30,11 @@ TINY_SINGLE_FILE = "sd15.safetensors"
 TINY_CONTROLNET_DIR = "controlnet"
 TINY_IP_ADAPTER_DIR = "ip-adapter"
 TINY_LORA_FILE = "lora/persona.safetensors"
+# The tiny SDXL model beside it (``tiny_sdxl.write_tiny_sdxl``); its IP-Adapter
+# lies in TINY_IP_ADAPTER_DIR's ``sdxl_models/``, as in h94/IP-Adapter.
+TINY_SDXL_PIPELINE_DIR = "sdxl"
+TINY_SDXL_CONTROLNET_DIR = "controlnet-sdxl"
+TINY_SDXL_LORA_FILE = "lora/persona-sdxl.safetensors"
 
 
 @dataclass
@@ -39,6 +47,13 @@ class ModelSpec:
     component configs describe the checkpoint's architecture (None: the default
     SD 1.5 configs, which must then be in the Hugging Face cache when offline).
     ``tiny`` marks a model whose weights are random (``is_tiny`` asks).
+
+    ``family`` is the model family the configuration declares (a key of
+    ``families.FAMILIES``; None: detected from the model's files, see
+    ``PipelineRegistry.traits``); a declared family that the files contradict
+    is refused. ``controlnets`` and ``ip_adapter``, when given, replace the
+    engine-wide ones for this model (an SDXL model next to an SD 1.5 one needs
+    its own).
     """
 
     key: str
@@ -47,6 +62,13 @@ class ModelSpec:
     label: str = ""
     config: str | None = None
     tiny: bool = False
+    family: str | None = None
+    controlnets: dict[str, str] | None = None
+    ip_adapter: IPAdapterSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.family is not None:
+            family(self.family)  # an unknown key is refused at configuration
 
     @property
     def is_tiny(self) -> bool:
@@ -72,13 +94,16 @@ def model_catalog(
     models: Mapping[str, str | Mapping[str, Any]], *, tiny_model_dir: Path | str
 ) -> dict[str, ModelSpec]:
     """The base models a studio serves, from its ``STUDIO_MODELS`` mapping (key ->
-    source, or key -> {"source", "revision", "label", "config", "tiny"}); an
-    empty mapping serves the built-in tiny model from ``tiny_model_dir``."""
+    source, or key -> {"source", "revision", "label", "config", "tiny",
+    "family", "controlnets", "ip_adapter"}); an empty mapping serves the
+    built-in tiny models from ``tiny_model_dir`` (SD 1.5, and SDXL when it was
+    written)."""
     if not models:
-        return {TINY_MODEL_KEY: _tiny_model_spec(Path(tiny_model_dir))}
+        return tiny_model_specs(Path(tiny_model_dir))
     catalog = {}
     for key, spec in models.items():
         spec = {"source": spec} if isinstance(spec, str) else spec
+        ip_adapter = spec.get("ip_adapter")
         catalog[key] = ModelSpec(
             key=key,
             source=spec["source"],
@@ -86,17 +111,47 @@ def model_catalog(
             label=spec.get("label", key),
             config=spec.get("config"),
             tiny=bool(spec.get("tiny", False)),
+            family=spec.get("family"),
+            controlnets=spec.get("controlnets"),
+            ip_adapter=None
+            if ip_adapter is None
+            else IPAdapterSpec.for_family(spec.get("family"), **ip_adapter),
         )
     return catalog
 
 
-def _tiny_model_spec(root: Path) -> ModelSpec:
-    return ModelSpec(
-        key=TINY_MODEL_KEY,
-        source=str(root / TINY_PIPELINE_DIR),
-        label=TINY_MODEL_LABEL,
-        tiny=True,
-    )
+def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
+    """The tiny models written under ``root``: SD 1.5 always, SDXL if present."""
+    root = Path(root)
+    specs = {
+        TINY_MODEL_KEY: ModelSpec(
+            key=TINY_MODEL_KEY,
+            source=str(root / TINY_PIPELINE_DIR),
+            label=TINY_MODEL_LABEL,
+            tiny=True,
+            family="sd15",
+        )
+    }
+    if (root / TINY_SDXL_PIPELINE_DIR).is_dir():
+        specs[TINY_SDXL_MODEL_KEY] = ModelSpec(
+            key=TINY_SDXL_MODEL_KEY,
+            source=str(root / TINY_SDXL_PIPELINE_DIR),
+            label=TINY_SDXL_MODEL_LABEL,
+            tiny=True,
+            family="sdxl",
+            controlnets=_tiny_controlnets(root / TINY_SDXL_CONTROLNET_DIR),
+            ip_adapter=IPAdapterSpec.for_family(
+                "sdxl", source=str(root / TINY_IP_ADAPTER_DIR)
+            ),
+        )
+    return specs
+
+
+def _tiny_controlnets(folder: Path) -> dict[str, str]:
+    return {
+        control_type.value: str(folder / control_type.value)
+        for control_type in ControlType
+    }
 
 
 @dataclass
@@ -108,6 +163,15 @@ class IPAdapterSpec:
     weight_name: str = "ip-adapter_sd15.safetensors"
     face_weight_name: str = "ip-adapter-plus-face_sd15.safetensors"
     image_encoder_folder: str = "models/image_encoder"
+
+    @classmethod
+    def for_family(
+        cls, family_key: str | Family | None, **values: str
+    ) -> IPAdapterSpec:
+        """A spec whose unset fields are the family's ``h94/IP-Adapter`` layout
+        (SD 1.5's when the family is None)."""
+        layout = family(family_key or "sd15").ip_adapter
+        return cls(**{**vars(layout), **values})
 
 
 @dataclass
@@ -134,16 +198,30 @@ class EngineConfig(Footprint):
     memory_budget_mb: int | None = None
     offline: bool = True
 
+    def controlnets_for(self, model_key: str) -> dict[str, str]:
+        """Control type -> ControlNet source for one model (its own, else the
+        engine-wide ones)."""
+        spec = self.models.get(model_key)
+        if spec is not None and spec.controlnets is not None:
+            return spec.controlnets
+        return self.controlnets
+
+    def ip_adapter_for(self, model_key: str) -> IPAdapterSpec | None:
+        """The IP-Adapter of one model (its own, else the engine-wide one)."""
+        spec = self.models.get(model_key)
+        if spec is not None and spec.ip_adapter is not None:
+            return spec.ip_adapter
+        return self.ip_adapter
+
 
 def tiny_engine_config(root: Path) -> EngineConfig:
-    """A configuration serving the tiny model written by ``write_tiny_model(root)``."""
+    """A configuration serving the tiny models written by ``write_tiny_model(root)``
+    (the engine-wide ControlNets and IP-Adapter are SD 1.5's; the tiny SDXL model
+    carries its own)."""
     root = Path(root)
     return EngineConfig(
-        models={TINY_MODEL_KEY: _tiny_model_spec(root)},
+        models=tiny_model_specs(root),
         model_roots=[root],
-        controlnets={
-            control_type.value: str(root / TINY_CONTROLNET_DIR / control_type.value)
-            for control_type in ControlType
-        },
+        controlnets=_tiny_controlnets(root / TINY_CONTROLNET_DIR),
         ip_adapter=IPAdapterSpec(source=str(root / TINY_IP_ADAPTER_DIR)),
     )

@@ -197,6 +197,9 @@ def footprint_of(config: Footprint) -> Footprint:
 TINY_MODEL_KEY = "tiny-sd15"
 """The model key of the built-in tiny model."""
 TINY_MODEL_LABEL = "Built-in tiny model (random weights: images are noise)"
+TINY_SDXL_MODEL_KEY = "tiny-sdxl"
+"""The model key of the built-in tiny SDXL-architecture model."""
+TINY_SDXL_MODEL_LABEL = "Built-in tiny SDXL model (random weights: images are noise)"
 TINY_MODEL_NOTICE = (
     "Built-in tiny model (random weights: images are noise). Configure "
     "STUDIO_MODELS for real images."
