@@ -107,6 +107,9 @@ class Family:
     max_size: int = MAX_SIZE
     size_multiple: int = SIZE_MULTIPLE
 
+    def __repr__(self) -> str:
+        return f"Family({self.key!r})"
+
     def pipeline_class_name(self, method: Method) -> str:
         """The diffusers class that runs a base method, or a clear error."""
         try:
@@ -352,24 +355,20 @@ def ip_adapter_traits(header: Mapping[str, Any], name: str) -> tuple[int, int]:
 
 
 def check_ip_adapter_fits(
-    model: ModelTraits,
-    cross_attention_layers: int,
-    adapter: tuple[int, int],
-    model_name: str,
-    name: str,
+    model: ModelTraits, adapter: tuple[int, int], model_name: str, name: str
 ) -> None:
-    """Refuse an IP-Adapter made for another width or UNet layout."""
+    """Refuse an IP-Adapter made for another cross-attention width."""
     width, layers = adapter
-    if (width, layers) == (model.cross_attention_dim, cross_attention_layers):
+    if width == model.cross_attention_dim:
         return
+    layout = model.family.ip_adapter
     raise FamilyMismatch(
         f"The IP-Adapter {name} does not fit model {model_name!r} "
-        f"({model.family.label}): it was made for a UNet with cross-attention "
-        f"width {width} and {layers} cross-attention layers "
-        f"({_family_of_width(width)}); the model has width "
-        f"{model.cross_attention_dim} and {cross_attention_layers}. Configure the "
-        f"{model.family.label} IP-Adapter ({model.family.ip_adapter.subfolder}/"
-        f"{model.family.ip_adapter.weight_name} in h94/IP-Adapter)."
+        f"({model.family.label}): it was made for {_family_of_width(width)} "
+        f"(cross-attention width {width}, {layers} cross-attention layers); the "
+        f"model's width is {model.cross_attention_dim}. Configure its "
+        f"{model.family.label} IP-Adapter ({layout.subfolder}/{layout.weight_name} "
+        "in h94/IP-Adapter)."
     )
 
 
@@ -381,14 +380,15 @@ def lora_traits(header: Mapping[str, Any]) -> tuple[Family | None, int | None, s
     the width comes from a cross-attention ``to_k`` down projection.
     """
     keys = [key for key in header if key != "__metadata__"]
-    by_style = None
+    by_style, style = None, ""
     for row in FAMILIES.values():
-        if any(key.startswith(row.lora_text_encoder_prefixes) for key in keys):
-            by_style = row
+        for prefix in row.lora_text_encoder_prefixes:
+            if any(key.startswith(prefix) for key in keys):
+                by_style, style = row, f"kohya text-encoder keys {prefix}*"
     if any(key.startswith("text_encoder_2.") for key in keys):
-        by_style = SDXL
+        by_style, style = SDXL, "diffusers text-encoder keys text_encoder_2.*"
     elif by_style is None and any(key.startswith("text_encoder.") for key in keys):
-        by_style = SD15
+        by_style, style = SD15, "diffusers text-encoder keys text_encoder.* only"
     width = None
     for key in keys:
         if ("attn2_to_k" in key or "attn2.to_k" in key) and (
@@ -396,9 +396,7 @@ def lora_traits(header: Mapping[str, Any]) -> tuple[Family | None, int | None, s
         ):
             width = int(header[key]["shape"][-1])
             break
-    found = []
-    if by_style is not None:
-        found.append(f"{by_style.label} text-encoder keys")
+    found = [style] if style else []
     if width is not None:
         found.append(f"cross-attention width {width}")
     return by_style, width, ", ".join(found) or "no text-encoder or attention keys"

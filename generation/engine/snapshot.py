@@ -211,6 +211,7 @@ def build_snapshot(
         "base_method": plan.base.value,
         "method_reason": plan.reason,
         "pipeline_class": type(pipe).__name__,
+        "family": plan.family,
         "model": {"key": request.model, **model_fingerprint},
         "scheduler": {
             "class": type(pipe.scheduler).__name__,
