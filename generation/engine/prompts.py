@@ -161,7 +161,6 @@ def encode_long_prompt(
         "negative_prompt_tokens": len(ids[0, "negative"]),
         "chunks": chunks,
         "chunk_tokens": chunk_size(first_tokenizer),
-        "text_encoders": len(tokenizers),
         "truncated": False,
     }
     names = {"prompt": "prompt_embeds", "negative": "negative_prompt_embeds"}
