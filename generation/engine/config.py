@@ -123,28 +123,30 @@ def model_catalog(
 def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
     """The tiny models written under ``root``: SD 1.5 always, SDXL if present."""
     root = Path(root)
-    specs = {
-        TINY_MODEL_KEY: ModelSpec(
+    specs = [
+        ModelSpec(
             key=TINY_MODEL_KEY,
             source=str(root / TINY_PIPELINE_DIR),
             label=TINY_MODEL_LABEL,
             tiny=True,
             family="sd15",
         )
-    }
+    ]
     if (root / TINY_SDXL_PIPELINE_DIR).is_dir():
-        specs[TINY_SDXL_MODEL_KEY] = ModelSpec(
-            key=TINY_SDXL_MODEL_KEY,
-            source=str(root / TINY_SDXL_PIPELINE_DIR),
-            label=TINY_SDXL_MODEL_LABEL,
-            tiny=True,
-            family="sdxl",
-            controlnets=_tiny_controlnets(root / TINY_SDXL_CONTROLNET_DIR),
-            ip_adapter=IPAdapterSpec.for_family(
-                "sdxl", source=str(root / TINY_IP_ADAPTER_DIR)
-            ),
+        specs.append(
+            ModelSpec(
+                key=TINY_SDXL_MODEL_KEY,
+                source=str(root / TINY_SDXL_PIPELINE_DIR),
+                label=TINY_SDXL_MODEL_LABEL,
+                tiny=True,
+                family="sdxl",
+                controlnets=_tiny_controlnets(root / TINY_SDXL_CONTROLNET_DIR),
+                ip_adapter=IPAdapterSpec.for_family(
+                    "sdxl", source=str(root / TINY_IP_ADAPTER_DIR)
+                ),
+            )
         )
-    return specs
+    return {spec.key: spec for spec in specs}
 
 
 def _tiny_controlnets(folder: Path) -> dict[str, str]:

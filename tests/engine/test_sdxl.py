@@ -431,7 +431,7 @@ def test_regenerating_an_sdxl_snapshot_gives_identical_pixels(
     references = [ReferenceInput(noise_image(13), primary=True)]
     request = make_request(
         references=references,
-        control_units=[ControlUnitInput(ControlType.DEPTH)],
+        control_units=[ControlUnitInput(ControlType.CANNY)],
         appearance_locked=True,
         lora=LoraInput(weights=lora_bytes, scale=0.5),
     )
