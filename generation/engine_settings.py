@@ -21,6 +21,7 @@ from generation.engine.config import (
     model_catalog,
     tiny_engine_config,
 )
+from generation.engine.vocabulary import SafetyPolicy
 
 
 def configured_models() -> dict[str, ModelSpec]:
@@ -73,6 +74,8 @@ def engine_config() -> EngineConfig:
     config.device = settings.STUDIO_DEVICE or None
     config.dtype = settings.STUDIO_DTYPE or None
     config.memory_budget_mb = settings.STUDIO_MEMORY_BUDGET_MB or None
+    config.safety_policy = SafetyPolicy(settings.STUDIO_SAFETY_CHECKER)
+    config.safety_checker = settings.STUDIO_SAFETY_CHECKER_MODEL or None
     # The fields of ``vocabulary.Footprint``, each from the setting it names
     # (tests/engine/test_vocabulary.py keeps the two lists equal).
     config.cpu_offload = settings.STUDIO_CPU_OFFLOAD

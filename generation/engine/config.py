@@ -15,12 +15,14 @@ from typing import Any
 
 from generation.engine.families import Family, family
 from generation.engine.vocabulary import (
+    DEFAULT_SAFETY_POLICY,
     TINY_MODEL_KEY,
     TINY_MODEL_LABEL,
     TINY_SDXL_MODEL_KEY,
     TINY_SDXL_MODEL_LABEL,
     ControlType,
     Footprint,
+    SafetyPolicy,
 )
 
 # Layout of the built-in tiny model (written by ``tiny_model.write_tiny_model``).
@@ -187,6 +189,15 @@ class EngineConfig(Footprint):
     ``HF_HUB_OFFLINE=1``, which is honoured as well. The footprint switches
     (the fields of ``vocabulary.Footprint``, keyword-only) are applied to every
     base pipeline when it is loaded.
+
+    ``safety_policy`` says what happens to an output the safety checker flags
+    (``vocabulary.SafetyPolicy``; the pipelines themselves never blacken an
+    image: the engine runs the checker). ``safety_checker`` is where the checker
+    lives, in the diffusers pipeline layout (``safety_checker/`` and
+    ``feature_extractor/``; a Hub id such as
+    ``stable-diffusion-v1-5/stable-diffusion-v1-5`` or a folder); None: the
+    model's own, where its folder or Hub repo has one. So every model, however
+    installed and of whatever family, can be checked by one checker.
     """
 
     models: dict[str, ModelSpec]
@@ -199,6 +210,18 @@ class EngineConfig(Footprint):
     dtype: str | None = None
     memory_budget_mb: int | None = None
     offline: bool = True
+    safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
+    safety_checker: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.safety_policy = SafetyPolicy(self.safety_policy)
+        except ValueError:
+            choices = ", ".join(policy.value for policy in SafetyPolicy)
+            raise ValueError(
+                f"Unknown safety checker policy {self.safety_policy!r}; choose one "
+                f"of: {choices}."
+            ) from None
 
     def controlnets_for(self, model_key: str) -> dict[str, str]:
         """Control type -> ControlNet source for one model (its own, else the

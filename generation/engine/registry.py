@@ -22,6 +22,9 @@
 - Base pipelines, ControlNets and the IP-Adapter image encoder share one
   least-recently-used list: after each load, the oldest entries not used by the
   current call are dropped until the parameter bytes fit ``memory_budget_mb``.
+- The pipelines are loaded without their own safety checker (which would
+  blacken a flagged image silently); ``safety_checker`` gives the checker the
+  engine runs itself, the same for every model (``safety.py``).
 - Device and dtype default to cuda + float16, else mps, else cpu, in float32;
   both can be overridden. Footprint switches (CPU offload on CUDA, attention
   slicing, VAE tiling, channels-last, ``torch.compile``) apply to every base;
@@ -34,6 +37,7 @@ re-entrant lock, since the shared UNet cannot carry two jobs' adapters at once.
 from __future__ import annotations
 
 import gc
+import inspect
 import itertools
 import threading
 import time
@@ -75,9 +79,11 @@ from generation.engine.requests import (
     LoraInput,
     Method,
 )
+from generation.engine.safety import FEATURE_EXTRACTOR_FOLDER, SAFETY_CHECKER_FOLDER
 from generation.engine.sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
+    SourceKind,
     fingerprint,
     load_controlnet,
     load_pipeline,
@@ -413,6 +419,21 @@ class PipelineRegistry:
             self._entries.move_to_end(key)
             return entry.model, entry.extra["processor"]
 
+    def safety_checker(self, model_key: str) -> tuple[Any, Any, str] | None:
+        """The safety checker for a model's outputs (model, image processor,
+        source), loaded once; None when none is configured or the model has none.
+        """
+        source = self._safety_checker_source(model_key)
+        if source is None:
+            return None
+        with self._lock:
+            key = ("safety_checker", source.location, source.revision or "")
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._load_safety_checker(key, source)
+            self._entries.move_to_end(key)
+            return entry.model, entry.extra["processor"], source.location
+
     @contextmanager
     def job_state(
         self,
@@ -553,7 +574,10 @@ class PipelineRegistry:
         source = self.source(model_key)
         started = time.perf_counter()
         base_cls = pipeline_class(Method.TEXT, self.family(model_key))
-        pipe = load_pipeline(source, base_cls, self._dtype)
+        # The engine runs the safety checker itself (safety.py).
+        own_checker = "safety_checker" in inspect.signature(base_cls).parameters
+        components = {"safety_checker": None} if own_checker else {}
+        pipe = load_pipeline(source, base_cls, self._dtype, **components)
         self._apply_footprint(pipe)
         pipe.set_progress_bar_config(disable=True)
         self._counts["loads"] += 1
@@ -623,6 +647,52 @@ class PipelineRegistry:
             load_seconds=time.perf_counter() - started,
             # What diffusers' load_ip_adapter builds when a pipeline has none.
             extra={"processor": CLIPImageProcessor(size=size, crop_size=size)},
+        )
+        self._add(key, entry, {key})
+        return entry
+
+    def _safety_checker_source(self, model_key: str) -> ResolvedSource | None:
+        configured = self._config.safety_checker
+        required = f"{SAFETY_CHECKER_FOLDER}/{MODEL_CONFIG_FILE}"
+        if configured:
+            return resolve_source(configured, self._config, required_file=required)
+        source = self.source(model_key)
+        if (
+            source.kind is SourceKind.SINGLE_FILE
+            or read_config(source, required) is None
+        ):
+            return None
+        return source
+
+    def _load_safety_checker(
+        self, key: tuple[str, ...], source: ResolvedSource
+    ) -> _Entry:
+        from diffusers.pipelines.stable_diffusion.safety_checker import (
+            StableDiffusionSafetyChecker,
+        )
+
+        started = time.perf_counter()
+        options = {"revision": source.revision, "local_files_only": source.offline}
+        with model_loading(source.location):
+            checker = StableDiffusionSafetyChecker.from_pretrained(
+                source.location,
+                subfolder=SAFETY_CHECKER_FOLDER,
+                dtype=self._dtype,
+                **options,
+            )
+            processor = CLIPImageProcessor.from_pretrained(
+                source.location, subfolder=FEATURE_EXTRACTOR_FOLDER, **options
+            )
+        checker.to(self._device)
+        self._counts["safety_checker_loads"] += 1
+        entry = _Entry(
+            kind="safety_checker",
+            label="safety checker",
+            source=source,
+            model=checker,
+            nbytes=_parameter_bytes([checker]),
+            load_seconds=time.perf_counter() - started,
+            extra={"processor": processor},
         )
         self._add(key, entry, {key})
         return entry

@@ -48,8 +48,14 @@ from .requests import (
     Timings,
 )
 from .resize import fit_to_size
+from .safety import check_outputs
 from .snapshot import GENERATOR_DEVICE, build_snapshot, images_by_hash
-from .vocabulary import METHODS_WITH_CONTROL, METHODS_WITH_STRENGTH, TINY_MODEL_NOTICE
+from .vocabulary import (
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    TINY_MODEL_NOTICE,
+    SafetyPolicy,
+)
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -147,6 +153,14 @@ class Engine:
                 preprocess += time.perf_counter() - encoding
                 inference_started = time.perf_counter()
                 images = self._run(pipe, kwargs, on_step, should_cancel)
+                safety = check_outputs(
+                    images,
+                    self._config.safety_policy,
+                    None
+                    if self._config.safety_policy is SafetyPolicy.OFF
+                    else self._registry.safety_checker(request.model),
+                )
+                images = safety.images
                 inference = time.perf_counter() - inference_started
         except torch.OutOfMemoryError as error:
             self._registry.reduce_footprint()
@@ -161,7 +175,11 @@ class Engine:
                 f"The prompt was longer than the text encoder's window: it was "
                 f"encoded in {prompt_encoding['chunks']} chunks, not truncated."
             )
-        if self._config.models[request.model].is_tiny:
+        tiny = self._config.models[request.model].is_tiny
+        if not (tiny and safety.flagged is None):
+            # (The tiny model's notice already says its images mean nothing.)
+            notes.extend(safety.notes)
+        if tiny:
             notes.append(TINY_MODEL_NOTICE)
         snapshot = build_snapshot(
             request,
@@ -179,6 +197,7 @@ class Engine:
             outputs=images,
             device=str(self._registry.device),
             dtype=str(self._registry.dtype).removeprefix("torch."),
+            safety=safety.record,
         )
         return GenerationResult(
             images=images,
@@ -199,6 +218,7 @@ class Engine:
             ),
             registry_hit=hit,
             notes=notes,
+            flagged=safety.flagged,
             call_images=images_by_hash(kwargs),
         )
 

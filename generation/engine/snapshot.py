@@ -196,6 +196,7 @@ def build_snapshot(
     outputs: list[Image.Image],
     device: str,
     dtype: str,
+    safety: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that produced ``outputs``, JSON-serialisable.
 
@@ -270,6 +271,7 @@ def build_snapshot(
             "scale": request.lora.scale,
         },
         "outputs": [image_sha256(image) for image in outputs],
+        "safety": None if safety is None else _json_value(dict(safety)),
         "device": device,
         "dtype": dtype,
         "hardware": _hardware(device),

@@ -221,9 +221,15 @@ def _local_or_cached_file(source: ResolvedSource, filename: str) -> str | None:
 
 
 def load_pipeline(
-    source: ResolvedSource, pipeline_class: type[DiffusionPipeline], dtype: torch.dtype
+    source: ResolvedSource,
+    pipeline_class: type[DiffusionPipeline],
+    dtype: torch.dtype,
+    **components: Any,
 ) -> DiffusionPipeline:
-    """Load a pipeline from a resolved source, never downloading when offline."""
+    """Load a pipeline from a resolved source, never downloading when offline.
+
+    ``components`` replace the pipeline's own (``safety_checker=None``).
+    """
     with model_loading(source.location):
         if source.kind is SourceKind.SINGLE_FILE:
             assert source.config is not None
@@ -232,12 +238,14 @@ def load_pipeline(
                 config=source.config.location,
                 dtype=dtype,
                 local_files_only=source.offline,
+                **components,
             )
         return pipeline_class.from_pretrained(
             source.location,
             revision=source.revision,
             dtype=dtype,
             local_files_only=source.offline,
+            **components,
         )
 
 
