@@ -56,6 +56,12 @@ class ModelSpec:
     is refused. ``controlnets`` and ``ip_adapter``, when given, replace the
     engine-wide ones for this model (an SDXL model next to an SD 1.5 one needs
     its own).
+
+    ``variant`` loads a variant's files (``"fp16"``:
+    ``diffusion_pytorch_model.fp16.safetensors``), for repositories that hold
+    only those. ``vae`` replaces the model's VAE by another (a Hub id or a
+    folder with ``config.json``: ``stabilityai/sd-vae-ft-mse``,
+    ``madebyollin/sdxl-vae-fp16-fix`` for SDXL in half precision).
     """
 
     key: str
@@ -67,6 +73,8 @@ class ModelSpec:
     family: str | None = None
     controlnets: dict[str, str] | None = None
     ip_adapter: IPAdapterSpec | None = None
+    variant: str | None = None
+    vae: str | None = None
 
     def __post_init__(self) -> None:
         if self.family is not None:
@@ -97,9 +105,9 @@ def model_catalog(
 ) -> dict[str, ModelSpec]:
     """The base models a studio serves, from its ``STUDIO_MODELS`` mapping (key ->
     source, or key -> {"source", "revision", "label", "config", "tiny",
-    "family", "controlnets", "ip_adapter"}); an empty mapping serves the
-    built-in tiny models from ``tiny_model_dir`` (SD 1.5, and SDXL when it was
-    written)."""
+    "family", "controlnets", "ip_adapter", "variant", "vae"}); an empty mapping
+    serves the built-in tiny models from ``tiny_model_dir`` (SD 1.5, and SDXL
+    when it was written)."""
     if not models:
         return tiny_model_specs(Path(tiny_model_dir))
     catalog = {}
@@ -115,6 +123,8 @@ def model_catalog(
             tiny=bool(spec.get("tiny", False)),
             family=spec.get("family"),
             controlnets=spec.get("controlnets"),
+            variant=spec.get("variant"),
+            vae=spec.get("vae"),
             ip_adapter=None
             if ip_adapter is None
             else IPAdapterSpec.for_family(spec.get("family"), **ip_adapter),

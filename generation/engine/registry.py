@@ -87,6 +87,7 @@ from generation.engine.sources import (
     fingerprint,
     load_controlnet,
     load_pipeline,
+    load_vae,
     model_loading,
     model_traits,
     read_config,
@@ -284,8 +285,13 @@ class PipelineRegistry:
 
         Computed once per registry: hashing a local model reads all its files.
         """
-        source = self.source(model_key)
-        return self._fingerprint_of(source)
+        spec = self._spec(model_key)
+        result = dict(self._fingerprint_of(self.source(model_key)))
+        if spec.variant is not None:
+            result["variant"] = spec.variant
+        if spec.vae is not None:
+            result["vae"] = self._fingerprint_of(self._vae_source(spec))
+        return result
 
     def controlnet_fingerprint(
         self, control_type: ControlType, model_key: str | None = None
@@ -540,8 +546,13 @@ class PipelineRegistry:
             ) from None
 
     def _base_key(self, model_key: str) -> tuple[str, ...]:
-        source = self.source(model_key)
-        return ("base", source.location, source.revision or "")
+        source, spec = self.source(model_key), self._spec(model_key)
+        variant_and_vae = (spec.variant or "", spec.vae or "")
+        return ("base", source.location, source.revision or "", *variant_and_vae)
+
+    def _vae_source(self, spec: ModelSpec) -> ResolvedSource:
+        assert spec.vae is not None
+        return resolve_source(spec.vae, self._config, required_file=MODEL_CONFIG_FILE)
 
     def _controlnet_key(
         self, control_type: ControlType, model_key: str | None = None
@@ -576,8 +587,13 @@ class PipelineRegistry:
         base_cls = pipeline_class(Method.TEXT, self.family(model_key))
         # The engine runs the safety checker itself (safety.py).
         own_checker = "safety_checker" in inspect.signature(base_cls).parameters
-        components = {"safety_checker": None} if own_checker else {}
-        pipe = load_pipeline(source, base_cls, self._dtype, **components)
+        components: dict[str, Any] = {"safety_checker": None} if own_checker else {}
+        spec = self._spec(model_key)
+        if spec.vae is not None:
+            components["vae"] = load_vae(self._vae_source(spec), self._dtype)
+        pipe = load_pipeline(
+            source, base_cls, self._dtype, variant=spec.variant, **components
+        )
         self._apply_footprint(pipe)
         pipe.set_progress_bar_config(disable=True)
         self._counts["loads"] += 1

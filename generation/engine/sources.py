@@ -224,11 +224,15 @@ def load_pipeline(
     source: ResolvedSource,
     pipeline_class: type[DiffusionPipeline],
     dtype: torch.dtype,
+    *,
+    variant: str | None = None,
     **components: Any,
 ) -> DiffusionPipeline:
     """Load a pipeline from a resolved source, never downloading when offline.
 
-    ``components`` replace the pipeline's own (``safety_checker=None``).
+    ``variant`` names the weight files' variant (``fp16``: a folder or Hub repo's
+    ``*.fp16.safetensors``); ``components`` replace the pipeline's own
+    (``safety_checker=None``, an external ``vae``).
     """
     with model_loading(source.location):
         if source.kind is SourceKind.SINGLE_FILE:
@@ -245,6 +249,7 @@ def load_pipeline(
             revision=source.revision,
             dtype=dtype,
             local_files_only=source.offline,
+            variant=variant,
             **components,
         )
 
@@ -255,6 +260,19 @@ def load_controlnet(source: ResolvedSource, dtype: torch.dtype) -> ControlNetMod
 
     with model_loading(source.location):
         return ControlNetModel.from_pretrained(
+            source.location,
+            revision=source.revision,
+            dtype=dtype,
+            local_files_only=source.offline,
+        )
+
+
+def load_vae(source: ResolvedSource, dtype: torch.dtype) -> Any:
+    """Load an external VAE (``AutoencoderKL``) from a resolved folder or Hub id."""
+    from diffusers import AutoencoderKL
+
+    with model_loading(source.location):
+        return AutoencoderKL.from_pretrained(
             source.location,
             revision=source.revision,
             dtype=dtype,
