@@ -468,6 +468,10 @@ class PipelineRegistry:
                     self._set_ip_adapter(
                         pipe, ip_adapter, model_key or self._model_key_of(pipe)
                     )
+                    if self._offloading:
+                        # The image encoder came after the offload hooks were
+                        # set: hook every module again, the encoder included.
+                        pipe.enable_model_cpu_offload(device=self._device)
                 if lora is not None:
                     self._set_lora(pipe, lora)
                 yield pipe

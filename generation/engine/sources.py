@@ -116,6 +116,9 @@ def resolve_source(
     path = _local_path(source, config)
     if path is None:
         return _resolve_hub(source, revision, offline, required_file)
+    # The name as given, symlinks kept: a Hub-cache snapshot file is a link to a
+    # blob named by its hash, without the suffix that says how to read it.
+    named = Path(os.path.abspath(path))
     path = _inside_roots(path, config, source)
     if path.is_dir():
         if not (path / required_file).is_file():
@@ -129,16 +132,17 @@ def resolve_source(
             f"{path} is a file, but this model is loaded from a folder holding "
             f"{required_file} (or a Hub id)."
         )
-    if path.suffix != ".safetensors":
+    if named.suffix != ".safetensors":
         raise SourceRefused(
-            f"{path} is not a .safetensors checkpoint. Only .safetensors single files "
-            "are loaded: pickled .ckpt/.bin/.pt files can run arbitrary code."
+            f"{named} is not a .safetensors checkpoint. Only .safetensors single "
+            "files are loaded: pickled .ckpt/.bin/.pt files can run arbitrary code."
         )
     if single_file_config is None:
         single_file_config = single_file_family(path).default_single_file_config
     architecture = resolve_source(single_file_config, config)
+    # Loaded by its name (always read as safetensors, whatever it links to).
     return ResolvedSource(
-        SourceKind.SINGLE_FILE, str(path), revision, offline, config=architecture
+        SourceKind.SINGLE_FILE, str(named), revision, offline, config=architecture
     )
 
 
