@@ -35,6 +35,7 @@ TINY_LORA_FILE = "lora/persona.safetensors"
 # The tiny SDXL model beside it (``tiny_sdxl.write_tiny_sdxl``); its IP-Adapter
 # lies in TINY_IP_ADAPTER_DIR's ``sdxl_models/``, as in h94/IP-Adapter.
 TINY_SDXL_PIPELINE_DIR = "sdxl"
+TINY_SDXL_SINGLE_FILE = "sdxl.safetensors"
 TINY_SDXL_CONTROLNET_DIR = "controlnet-sdxl"
 TINY_SDXL_LORA_FILE = "lora/persona-sdxl.safetensors"
 

@@ -449,7 +449,11 @@ _RESNET_TO_LDM = {
 
 
 def _ldm_unet_key(key: str, unet: UNet2DConditionModel) -> str:
-    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    fixed = {
+        **DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"],
+        # SDXL's size and pooled-text conditioning (label_emb in the original).
+        **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"],
+    }
     if key in fixed:
         return fixed[key]
     per_block = unet.config.layers_per_block + 1

@@ -21,6 +21,12 @@ Written under the tiny model's root (``write_tiny_sdxl(root)``):
   ``ip-adapter-plus-face_sdxl_vit-h.safetensors`` in the ``h94/IP-Adapter``
   layout; they use ``ip-adapter/models/image_encoder`` (the ViT-H editions share
   SD 1.5's image encoder, as in h94/IP-Adapter);
+- ``sdxl.safetensors``: the same pipeline as one original-layout (SGM)
+  checkpoint, as ``sd_xl_base_1.0.safetensors`` is published: the UNet under
+  ``model.diffusion_model.``, the VAE under ``first_stage_model.``, the first
+  text encoder under ``conditioner.embedders.0.transformer.`` and the second in
+  OpenCLIP's layout under ``conditioner.embedders.1.model.``; read with
+  ``sdxl/`` as its config;
 - ``lora/persona-sdxl.safetensors``: a kohya-ss SDXL LoRA: ``lora_unet_*`` under
   the original (SGM) block names, ``lora_te1_*`` and ``lora_te2_*``.
 """
@@ -52,10 +58,12 @@ from generation.engine.config import (
     TINY_SDXL_CONTROLNET_DIR,
     TINY_SDXL_LORA_FILE,
     TINY_SDXL_PIPELINE_DIR,
+    TINY_SDXL_SINGLE_FILE,
 )
 from generation.engine.families import SDXL
 from generation.engine.tiny_model import (
     TINY,
+    _ldm_checkpoint,
     _seed_for,
     byte_level_tokenizer,
     ip_adapter_weights,
@@ -131,6 +139,7 @@ def write_tiny_sdxl(root: Path) -> dict[str, str]:
         shutil.rmtree(root / entry, ignore_errors=True)
     pipe = random_sdxl_pipeline(TINY_SDXL)
     pipe.save_pretrained(root / TINY_SDXL_PIPELINE_DIR, safe_serialization=True)
+    save_file(_sgm_checkpoint(pipe), root / TINY_SDXL_SINGLE_FILE)
     for control_type in ControlType:
         controlnet = random_controlnet(
             pipe.unet, TINY_SDXL, seed=_seed_for(f"sdxl-{control_type.value}")
@@ -159,6 +168,7 @@ def write_tiny_sdxl(root: Path) -> dict[str, str]:
     )
     return {
         "pipeline": TINY_SDXL_PIPELINE_DIR,
+        "single_file": TINY_SDXL_SINGLE_FILE,
         "controlnets": TINY_SDXL_CONTROLNET_DIR,
         "ip_adapter": f"{TINY_IP_ADAPTER_DIR}/{SDXL.ip_adapter.subfolder}",
         "lora": TINY_SDXL_LORA_FILE,
@@ -214,3 +224,53 @@ def _text_config(tokenizer: CLIPTokenizer, sizes: dict[str, Any]) -> CLIPTextCon
         pad_token_id=tokenizer.pad_token_id,
         **sizes,
     )
+
+
+def _sgm_checkpoint(pipe: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    """The pipeline's weights under the original SDXL (SGM) key names: the inverse
+    of diffusers' single-file conversion (``convert_ldm_*``,
+    ``convert_open_clip_checkpoint``)."""
+    first = "cond_stage_model.transformer."
+    checkpoint = {
+        key.replace(first, "conditioner.embedders.0.transformer.", 1): value
+        for key, value in _ldm_checkpoint(pipe).items()
+    }
+    checkpoint.update(_open_clip_weights(pipe.text_encoder_2))
+    return {key: value.contiguous() for key, value in checkpoint.items()}
+
+
+def _open_clip_weights(
+    text_encoder: CLIPTextModelWithProjection,
+) -> dict[str, torch.Tensor]:
+    """A ``CLIPTextModelWithProjection`` in OpenCLIP's layout, as SDXL's second
+    text encoder is stored (query, key and value in one ``in_proj``)."""
+    prefix = "conditioner.embedders.1.model."
+    state = text_encoder.state_dict()
+    weights = {
+        f"{prefix}token_embedding.weight": state[
+            "text_model.embeddings.token_embedding.weight"
+        ],
+        f"{prefix}positional_embedding": state[
+            "text_model.embeddings.position_embedding.weight"
+        ],
+        f"{prefix}ln_final.weight": state["text_model.final_layer_norm.weight"],
+        f"{prefix}ln_final.bias": state["text_model.final_layer_norm.bias"],
+        f"{prefix}text_projection": state["text_projection.weight"].T,
+    }
+    names = {
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "attn.out_proj": "self_attn.out_proj",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
+    for layer in range(text_encoder.config.num_hidden_layers):
+        source = f"text_model.encoder.layers.{layer}."
+        target = f"{prefix}transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            for original, ours in names.items():
+                weights[f"{target}{original}.{kind}"] = state[f"{source}{ours}.{kind}"]
+            weights[f"{target}attn.in_proj_{kind}"] = torch.cat(
+                [state[f"{source}self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            )
+    return weights

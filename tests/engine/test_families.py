@@ -21,6 +21,7 @@ from generation.engine.config import (
     ModelSpec,
     model_catalog,
 )
+from generation.engine.errors import ModelNotFound
 from generation.engine.families import (
     FAMILIES,
     SD15,
@@ -148,19 +149,33 @@ def test_a_cached_hub_model_is_detected_offline(
     assert traits.family is SDXL and traits.cross_attention_dim == 80
 
 
-def test_single_files_are_recognised_by_their_key_names(
-    tiny_model_root: Path, tmp_path: Path
-):
+def test_single_files_are_recognised_by_their_key_names(tiny_model_root: Path):
     assert single_file_family(tiny_model_root / "sd15.safetensors") is SD15
-    # The key names of an original SDXL checkpoint (tensors kept tiny).
-    sdxl_keys = {
-        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
-        "conditioner.embedders.1.model.ln_final.weight",
-        "model.diffusion_model.label_emb.0.0.weight",
-    }
-    path = tmp_path / "sd_xl_base_1.0.safetensors"
-    save_file({key: torch.zeros(1) for key in sdxl_keys}, path)
-    assert single_file_family(path) is SDXL
+    assert single_file_family(tiny_model_root / "sdxl.safetensors") is SDXL
+
+
+def test_a_single_sdxl_file_defaults_to_sdxls_configs(
+    engine_config: EngineConfig,
+    tiny_model_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = ModelSpec(key="file", source=str(tiny_model_root / "sdxl.safetensors"))
+    registry = PipelineRegistry(with_model(engine_config, spec))
+    with pytest.raises(ModelNotFound, match="stabilityai/stable-diffusion-xl-base-1.0"):
+        registry.source("file")
+
+
+def test_a_single_file_whose_config_is_of_another_family_is_refused(
+    engine_config: EngineConfig, tiny_model_root: Path
+):
+    spec = ModelSpec(
+        key="file", source=str(tiny_model_root / "sdxl.safetensors"), config="sd15"
+    )
+    registry = PipelineRegistry(with_model(engine_config, spec))
+    with pytest.raises(UnknownFamily, match="is a Stable Diffusion XL checkpoint"):
+        registry.traits("file")
 
 
 def test_a_single_file_of_no_served_family_is_refused_with_its_keys(tmp_path: Path):

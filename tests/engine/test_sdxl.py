@@ -26,7 +26,7 @@ from diffusers.models.controlnets import MultiControlNetModel
 from PIL import Image
 from skimage import data
 
-from generation.engine.config import tiny_engine_config
+from generation.engine.config import ModelSpec, tiny_engine_config
 from generation.engine.face import crop_face
 from generation.engine.families import SDXL
 from generation.engine.prompts import encode_long_prompt, prompt_token_ids
@@ -446,6 +446,20 @@ def test_regenerating_an_sdxl_snapshot_gives_identical_pixels(
     second = Engine(tiny_engine_config(tiny_model_root)).generate(again)
     assert_same_pixels(second.images, first.images)
     assert second.snapshot["outputs"] == first.snapshot["outputs"]
+
+
+def test_the_single_file_checkpoint_gives_the_folders_pixels(engine, tiny_model_root):
+    config = tiny_engine_config(tiny_model_root)
+    config.models["single"] = ModelSpec(
+        key="single",
+        source=str(tiny_model_root / "sdxl.safetensors"),
+        config=str(tiny_model_root / "sdxl"),
+    )
+    single = Engine(config).generate(make_request(model="single", method=Method.TEXT))
+    folder = engine.generate(make_request(method=Method.TEXT))
+    assert single.snapshot["model"]["kind"] == "single_file"
+    assert single.snapshot["family"] == "sdxl"
+    assert_same_pixels(single.images, folder.images)
 
 
 # --- Long prompts on both text encoders ------------------------------------------
