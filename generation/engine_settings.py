@@ -47,6 +47,35 @@ def uses_tiny_model() -> bool:
     return not settings.STUDIO_MODELS
 
 
+def model_family(key: str) -> str:
+    """The family key of a configured model (``sd15``, ``sdxl``), from its files
+    where they are on this host, else the family its entry declares.
+
+    Reads two small JSON files (or a checkpoint's header), never weights; raises
+    ``UnknownFamily`` for files of no served family and ``ModelNotFound`` when
+    neither the files nor a declared family tell.
+    """
+    from generation.engine.errors import ModelNotFound, SourceRefused
+    from generation.engine.sources import model_traits, resolve_source
+
+    spec = configured_models()[key]
+    config = engine_config()
+    try:
+        source = resolve_source(
+            spec.source,
+            config,
+            revision=spec.revision,
+            single_file=True,
+            single_file_config=spec.config,
+        )
+    except (ModelNotFound, SourceRefused):
+        if spec.family is None:
+            raise
+        return spec.family
+    where = f"Model {key!r} ({spec.source})"
+    return model_traits(source, declared=spec.family, where=where).family.key
+
+
 def tiny_model_dir() -> Path:
     return Path(settings.STUDIO_TINY_MODEL_DIR)
 

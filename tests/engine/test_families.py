@@ -272,3 +272,21 @@ def test_an_sd15_ip_adapter_on_sdxl_is_refused_with_the_reason(
     assert "models/ip-adapter_sd15.safetensors" in message
     assert "cross-attention width 32" in message
     assert "sdxl_models/ip-adapter_sdxl_vit-h.safetensors" in message
+
+
+def test_the_studio_settings_give_each_model_its_family_and_safety_policy(
+    settings, tiny_model_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from generation.engine_settings import engine_config, model_family
+
+    settings.STUDIO_MODELS = {}
+    settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_root)
+    settings.STUDIO_SAFETY_CHECKER = "black"
+    assert model_family(TINY_MODEL_KEY) == "sd15"
+    assert model_family(TINY_SDXL_MODEL_KEY) == "sdxl"
+    assert engine_config().safety_policy == "black"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    settings.STUDIO_MODELS = {
+        "xl": {"source": "stabilityai/stable-diffusion-xl-base-1.0", "family": "sdxl"}
+    }
+    assert model_family("xl") == "sdxl"  # declared: the weights are elsewhere
