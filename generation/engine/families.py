@@ -286,7 +286,11 @@ def unet_family(config: Mapping[str, Any]) -> Family | None:
     if "cross_attention_dim" not in config:
         return None
     kind = config.get("addition_embed_type")
-    matches = [f for f in FAMILIES.values() if f.addition_embed_type == kind]
+    matches = [
+        f
+        for f in FAMILIES.values()
+        if f.denoiser == "unet" and f.addition_embed_type == kind
+    ]
     return matches[0] if len(matches) == 1 else None
 
 

@@ -63,6 +63,7 @@ from generation.engine.errors import (
 )
 from generation.engine.families import (
     Family,
+    FamilyMismatch,
     ModelTraits,
     check_controlnet_fits,
     check_ip_adapter_fits,
@@ -235,6 +236,24 @@ class PipelineRegistry:
             )
         return resolve_source(configured, self._config, required_file=MODEL_CONFIG_FILE)
 
+    def ip_adapter_fits(self, model_key: str) -> bool:
+        """Whether the model's IP-Adapter is installed and made for its family
+        (True where the files cannot be read here): ``auto`` adds only one that
+        fits, an explicit request for one that does not is refused."""
+        if not self.ip_adapter_installed_for(model_key):
+            return False
+        try:
+            model = self.traits(model_key)
+            for face_crop in (False, True):
+                self._check_ip_adapter_fits(
+                    model, model_key, IPAdapterInput(face_crop=face_crop)
+                )
+        except (ModelNotFound, SourceRefused):
+            return True
+        except FamilyMismatch:
+            return False
+        return True
+
     def controlnet_types(self, model_key: str) -> list[str]:
         """The control types that have a ControlNet configured for a model."""
         return sorted(self._controlnets(model_key))
@@ -260,16 +279,7 @@ class PipelineRegistry:
                     model, controlnet_traits(config, name), model_key, name
                 )
         if plan.ip_adapter is not None:
-            spec = self._ip_adapter_spec(model_key)
-            source = self._ip_adapter_source(model_key)
-            if spec is not None and source is not None:
-                weight = f"{spec.subfolder}/{_ip_weight_name(spec, plan.ip_adapter)}"
-                header = read_safetensors_header(source, weight)
-                if header is not None:
-                    name = f"{weight} ({source.location})"
-                    check_ip_adapter_fits(
-                        model, ip_adapter_traits(header, name), model_key, name
-                    )
+            self._check_ip_adapter_fits(model, model_key, plan.ip_adapter)
         if lora is not None:
             try:
                 header = safetensors_header(lora.weights)
@@ -716,6 +726,21 @@ class PipelineRegistry:
         )
         self._add(key, entry, {key})
         return entry
+
+    def _check_ip_adapter_fits(
+        self, model: ModelTraits, model_key: str, settings: IPAdapterInput
+    ) -> None:
+        spec = self._ip_adapter_spec(model_key)
+        source = self._ip_adapter_source(model_key)
+        if spec is None or source is None:
+            return
+        weight = f"{spec.subfolder}/{_ip_weight_name(spec, settings)}"
+        header = read_safetensors_header(source, weight)
+        if header is not None:
+            name = f"{weight} ({source.location})"
+            check_ip_adapter_fits(
+                model, ip_adapter_traits(header, name), model_key, name
+            )
 
     def _ip_adapter_spec(self, model_key: str | None) -> IPAdapterSpec | None:
         if model_key is None:

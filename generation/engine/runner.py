@@ -99,7 +99,11 @@ class Engine:
             request,
             models=self._config.models,
             controlnets=self._registry.controlnet_types(request.model),
-            ip_adapter_installed=self._registry.ip_adapter_installed_for(request.model),
+            # auto adds only an IP-Adapter made for the model's family; an
+            # explicit one of another family is refused below, with the reason.
+            ip_adapter_installed=self._registry.ip_adapter_fits(request.model)
+            if request.method == Method.AUTO
+            else self._registry.ip_adapter_installed_for(request.model),
             model_family=self._registry.plan_family(request.model),
         )
         self._registry.check_fits(request.model, plan, request.lora)

@@ -41,6 +41,7 @@ from generation.engine.requests import (
     LoraInput,
     Method,
     ReferenceInput,
+    ReferenceRole,
 )
 from generation.engine.runner import Engine
 from generation.engine.vocabulary import (
@@ -290,3 +291,17 @@ def test_the_studio_settings_give_each_model_its_family_and_safety_policy(
         "xl": {"source": "stabilityai/stable-diffusion-xl-base-1.0", "family": "sdxl"}
     }
     assert model_family("xl") == "sdxl"  # declared: the weights are elsewhere
+
+
+def test_auto_adds_only_an_ip_adapter_of_the_models_family(
+    engine_config: EngineConfig,
+):
+    """The tiny SDXL model without an IP-Adapter of its own falls back to the
+    engine-wide one, which is SD 1.5's: auto leaves it out, it does not fail."""
+    sdxl = replace(engine_config.models[TINY_SDXL_MODEL_KEY], ip_adapter=None)
+    engine = Engine(with_model(engine_config, sdxl))
+    face = ReferenceInput(REFERENCE, role=ReferenceRole.FACE)
+    assert engine.plan(request(references=[face])).ip_adapter is None
+    assert engine.plan(request(TINY_MODEL_KEY, references=[face])).ip_adapter
+    with pytest.raises(FamilyMismatch):
+        engine.validate(request(method=Method.IP_ADAPTER, references=[face]))
