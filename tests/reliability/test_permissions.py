@@ -264,6 +264,7 @@ ACTION_PERMISSIONS = {
     ("generation.content", "approve"): REVIEW,
     ("generation.content", "reject"): REVIEW,
     ("generation.content", "rescore"): GENERATE,
+    ("personas.referenceimage", "set_role"): "personas.change_referenceimage",
 }
 
 # --- The URLs, walked from the URLconf -----------------------------------------
