@@ -104,6 +104,51 @@ def test_deriving_adds_no_parameter_bytes(registry: PipelineRegistry):
     assert registry.stats()["total_bytes"] == base_bytes
 
 
+def test_deriving_shares_modules_by_identity_and_copies_no_parameter(
+    registry: PipelineRegistry,
+):
+    text, _ = registry.pipeline(MODEL, Method.TEXT)
+    before = {
+        name: [(p, p.data_ptr(), p.dtype) for p in module.parameters()]
+        for name, module in text.components.items()
+        if isinstance(module, torch.nn.Module)
+    }
+
+    img2img, _ = registry.pipeline(MODEL, Method.IMG2IMG)
+    hybrid, _ = registry.pipeline(MODEL, Method.HYBRID, [ControlType.CANNY])
+
+    assert type(img2img) is StableDiffusionImg2ImgPipeline
+    assert type(hybrid) is StableDiffusionControlNetImg2ImgPipeline
+    for derived in (img2img, hybrid):
+        for name, parameters in before.items():
+            module = getattr(derived, name)
+            assert module is getattr(text, name)
+            after = [(p, p.data_ptr(), p.dtype) for p in module.parameters()]
+            assert len(after) == len(parameters)
+            for (old, old_ptr, old_dtype), (new, new_ptr, new_dtype) in zip(
+                parameters, after, strict=True
+            ):
+                assert new is old
+                assert (new_ptr, new_dtype) == (old_ptr, old_dtype)
+
+
+def test_a_derived_pipeline_without_the_cast_paints_what_from_pipe_paints(
+    registry: PipelineRegistry,
+):
+    text, _ = registry.pipeline(MODEL, Method.TEXT)
+    derived, _ = registry.pipeline(MODEL, Method.IMG2IMG)
+    plain = StableDiffusionImg2ImgPipeline.from_pipe(
+        text, dtype=torch.float32, scheduler=derived.scheduler
+    )
+    plain.set_progress_bar_config(disable=True)
+    start = Image.new("RGB", (64, 64), (120, 90, 60))
+
+    assert dict(derived.config) == dict(plain.config)
+    ours = generate(derived, image=start, strength=0.6)
+    theirs = generate(plain, image=start, strength=0.6)
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_each_call_gets_a_fresh_scheduler(registry: PipelineRegistry):
     first, _ = registry.pipeline(MODEL, Method.TEXT)
     second, _ = registry.pipeline(MODEL, Method.TEXT)
