@@ -7,8 +7,11 @@
    updated, timed until the worker publishes the result.
 
 All three are loaded and warmed up first, then run in turns, one run each per
-round, so that other work on the machine slows them alike; each figure is the
-median of the rounds. All three must produce the same pixels (same seed,
+round, the first of the round rotating (raw, engine, studio; then engine,
+studio, raw; ...), so that other work on the machine slows them alike; each path
+reports the median and the minimum of its rounds, the ratios are given both ways,
+and the spread rule (``stats.SPREAD_LIMIT``) says whether the rounds were steady
+enough to judge them. All three must produce the same pixels (same seed,
 scheduler and arguments), which the result checks: equal times for different
 work would prove nothing. The same sandboxed worker then drains the queue
 throughput's jobs (``throughput``).
@@ -27,7 +30,7 @@ from statistics import median
 from typing import Any
 
 from benchmarks.line_process import LineProcess
-from benchmarks.stats import summary
+from benchmarks.stats import SPREAD_LIMIT, judgeable, summary
 from benchmarks.studio_sandbox import StudioSandbox
 from benchmarks.workload import (
     VANILLA,
@@ -78,10 +81,15 @@ def measure_paths(
         if runs:
             raw.wait_ready()
             raw_runs, engine_runs, studio_jobs = [], [], []
-            for _ in range(runs):
-                raw_runs.append(raw.request("run"))
-                engine_runs.append(engine.run())
-                studio_jobs.append(studio.request("job"))
+            turns = [
+                lambda: raw_runs.append(raw.request("run")),
+                lambda: engine_runs.append(engine.run()),
+                lambda: studio_jobs.append(studio.request("job")),
+            ]
+            for round_index in range(runs):
+                first = round_index % len(turns)
+                for turn in turns[first:] + turns[:first]:
+                    turn()
             result["overhead"] = overhead_result(
                 {**_summary(raw_runs), "ready": raw.ready},
                 _summary(engine_runs),
@@ -136,6 +144,11 @@ def overhead_result(
         "studio": studio,
         "engine_ratio": engine["median"] / floor,
         "studio_ratio": studio["median"] / floor,
+        "engine_ratio_min": engine["min"] / raw["min"],
+        "studio_ratio_min": studio["min"] / raw["min"],
+        "max_spread": max(raw["spread"], engine["spread"], studio["spread"]),
+        "spread_limit": SPREAD_LIMIT,
+        "judgeable": judgeable([raw["spread"], engine["spread"], studio["spread"]]),
         "engine_overhead_ms": 1000 * (engine["median"] - floor),
         "studio_overhead_ms": 1000 * (studio["median"] - floor),
         # Everything the studio adds to an engine call, and its two parts: what

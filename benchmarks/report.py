@@ -77,41 +77,65 @@ def _overhead(section: dict[str, Any]) -> list[str]:
     raw, engine, studio = section["raw"], section["engine"], section["studio"]
     workload = section["workload"]
     rows = [
-        ["raw diffusers, bare process", raw, 1.0, 0.0],
+        ["raw diffusers, bare process", raw, 1.0, 1.0, 0.0],
         [
             "Engine.generate",
             engine,
             section["engine_ratio"],
+            section["engine_ratio_min"],
             section["engine_overhead_ms"],
         ],
         [
             "studio: enqueue, worker, stored, scored, row updated",
             studio,
             section["studio_ratio"],
+            section["studio_ratio_min"],
             section["studio_overhead_ms"],
         ],
     ]
+    verdict = (
+        f"spread (IQR / median) at most {_num(section['max_spread'])} on every "
+        f"path, within the {_num(section['spread_limit'])} limit: the ratios can "
+        "be judged"
+        if section["judgeable"]
+        else f"**spread too large to judge**: IQR / median up to "
+        f"{_num(section['max_spread'])} on a path, above the "
+        f"{_num(section['spread_limit'])} limit; neither ratio is a verdict"
+    )
     breakdown = studio["breakdown"]
     return [
         f"**Overhead** (txt2img {workload['width']}x{workload['height']}, "
         f"{workload['steps']} steps, seed {workload['seed']}; medians of "
-        f"{raw['runs']} runs after a warm-up; same image on all paths: "
-        f"{'yes' if section['same_image'] else '**no**'})",
+        f"{raw['runs']} runs after a warm-up, taking turns run by run; same image "
+        f"on all paths: {'yes' if section['same_image'] else '**no**'})",
         "",
         *_table(
-            ["path", "median s", "min s", "max s", "ratio to raw", "overhead ms"],
+            [
+                "path",
+                "median s",
+                "min s",
+                "max s",
+                "IQR / median",
+                "ratio of medians",
+                "ratio of minimums",
+                "overhead ms",
+            ],
             [
                 [
                     name,
                     _num(t["median"]),
                     _num(t["min"]),
                     _num(t["max"]),
+                    _num(t["spread"]),
                     _num(ratio),
+                    _num(ratio_min),
                     _num(ms),
                 ]
-                for name, t, ratio, ms in rows
+                for name, t, ratio, ratio_min, ms in rows
             ],
         ),
+        "",
+        f"Spread rule: {verdict}.",
         "",
         f"Studio minus engine: {_num(section['beyond_engine_ms'])} ms per job, of "
         f"which {_num(section['inside_engine_call_ms'])} ms inside the engine call "

@@ -31,6 +31,11 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         on_gpu = str(overhead["device"]).startswith("cuda")
         limit = STUDIO_RATIO_GPU if on_gpu else STUDIO_RATIO_CPU
         check("full studio path / raw diffusers", overhead["studio_ratio"], limit)
+        check(
+            "full studio path / raw diffusers, by minimums",
+            overhead["studio_ratio_min"],
+            limit,
+        )
         # Paired per job: the difference of two paths' medians carries their
         # noise, which on seconds-long jobs is larger than the limit.
         check(
