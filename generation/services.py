@@ -22,8 +22,9 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -417,7 +418,11 @@ def content_store_result(
         written.save(row.output_image, "output.png", ContentFile(_png(output)))
         written.save(row.output_thumbnail, "thumb.webp", _thumbnail(output))
         if before_image is not None:
-            written.save(row.before_thumbnail, "before.webp", _thumbnail(before_image))
+            written.save(
+                row.before_thumbnail,
+                "before.webp",
+                _before_thumbnail(content, before_image),
+            )
         for order, control in enumerate(result.control_images):
             control_row = ContentControlImage(
                 content=row, control_type=control.control_type.value, order=order
@@ -750,9 +755,31 @@ def _finish_active(
 
 
 def _png(image: Image.Image) -> bytes:
+    """PNG bytes at ``STUDIO_PNG_COMPRESS_LEVEL`` (0-9; docs/settings.md)."""
+    level = settings.STUDIO_PNG_COMPRESS_LEVEL
+    if not 0 <= level <= 9:
+        raise ImproperlyConfigured(
+            f"STUDIO_PNG_COMPRESS_LEVEL is {level}; set it to a zlib level from 0 "
+            "(no compression) to 9 (smallest, slowest)."
+        )
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=level)
     return buffer.getvalue()
+
+
+def _before_thumbnail(content: Content, before_image: Image.Image) -> ContentFile:
+    """The before reference's own stored thumbnail, copied through the storage
+    API (the same encoder and size made it); encoded afresh only when the
+    reference has none left."""
+    reference = content.before_reference
+    name = reference.thumbnail.name if reference is not None else ""
+    if name:
+        try:
+            with default_storage.open(name, "rb") as file:
+                return ContentFile(file.read())
+        except FileNotFoundError:
+            logger.warning("Content #%s: its reference's thumbnail is gone", content.pk)
+    return _thumbnail(before_image)
 
 
 def _thumbnail(image: Image.Image) -> ContentFile:
