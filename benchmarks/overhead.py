@@ -112,6 +112,9 @@ def studio_summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "beyond_engine_median": median(job["wall"] - job["engine"] for job in jobs),
         "breakdown": {
             "enqueue_and_queue": median(job["wall"] - job["in_worker"] for job in jobs),
+            # Of which the worker's pick-up: the row's enqueued_at to started_at
+            # (the job's ``queue_wait``), Redis BLPOP wake-up and job claim.
+            "pick_up": median(job["queue_wait"] for job in jobs),
             "job_before_and_after_engine": median(
                 job["job"] - job["engine"] for job in jobs
             ),

@@ -57,6 +57,7 @@ def test_the_overhead_section_reports_both_ratios_and_the_verdict():
         "beyond_engine_median": 0.01,
         "breakdown": {
             "enqueue_and_queue": 0.002,
+            "pick_up": 0.001,
             "job_before_and_after_engine": 0.001,
             "score": 0.0,
             "store_and_row_update": 0.007,
