@@ -273,3 +273,12 @@ class ContentControlImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_control_type_display()} for content #{self.content_id}"
+
+
+# Training runs live in their own module; imported here so Django finds them.
+from generation.training_models import (  # noqa: E402, F401
+    TRAINING_ACTIVE_STATUSES,
+    TrainingRun,
+    TrainingSample,
+    TrainingStatus,
+)

@@ -45,10 +45,17 @@ class ReconcileReport:
     requeued: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    # Training runs enqueued again, resumed or failed (run ids).
+    training: list[int] = field(default_factory=list)
 
     @property
     def repaired(self) -> int:
-        return len(self.requeued) + len(self.retried) + len(self.failed)
+        return (
+            len(self.requeued)
+            + len(self.retried)
+            + len(self.failed)
+            + len(self.training)
+        )
 
     def __str__(self) -> str:
         def ids(values: list[int]) -> str:
@@ -58,7 +65,8 @@ class ReconcileReport:
             f"checked {self.checked} active rows: {len(self.requeued)} lost jobs "
             f"enqueued again{ids(self.requeued)}, {len(self.retried)} abandoned "
             f"runs retried{ids(self.retried)}, {len(self.failed)} failed"
-            f"{ids(self.failed)}"
+            f"{ids(self.failed)}, {len(self.training)} training runs repaired"
+            f"{ids(self.training)}"
         )
 
 
@@ -73,6 +81,9 @@ def reconcile() -> ReconcileReport:
             _reconcile_queued(content, job, connection, report)
         else:
             _reconcile_running(content, job, connection, report)
+    from generation.training_jobs import reconcile_training_runs
+
+    reconcile_training_runs(connection, report)
     return report
 
 

@@ -284,14 +284,35 @@ SampleCallback = Callable[[int, list[ValidationSample]], None]
 
 def check_training(request: TrainingRequest) -> TrainingFamily:
     """Refuse a request that cannot work, with the reason; loads nothing."""
-    family = FAMILIES.get(request.family)
-    if family is None:
+    family = check_training_plan(
+        family=request.family,
+        settings=request.settings,
+        captions=[item.caption for item in request.images],
+        validation_prompts=request.validation_prompts,
+    )
+    for index, item in enumerate(request.images, start=1):
+        if min(item.image.size) < SIZE_MULTIPLE:
+            raise InvalidRequest(f"Image {index} is too small to train on.")
+    return family
+
+
+def check_training_plan(
+    *,
+    family: str,
+    settings: TrainingSettings,
+    captions: Sequence[str],
+    validation_prompts: Sequence[str] = (),
+) -> TrainingFamily:
+    """The checks that need no image: where a person starts a run (one caption
+    per chosen image) as well as in the worker."""
+    chosen = FAMILIES.get(family)
+    if chosen is None:
         raise InvalidRequest(
-            f"LoRA training is not available for the {request.family!r} family. "
+            f"LoRA training is not available for the {family!r} family. "
             f"Available: {', '.join(FAMILIES)}."
         )
-    s = request.settings
-    count = len(request.images)
+    s = settings
+    count = len(captions)
     if count < MIN_TRAINING_IMAGES:
         raise InvalidRequest(
             f"Training needs at least {MIN_TRAINING_IMAGES} images; {count} "
@@ -302,14 +323,14 @@ def check_training(request: TrainingRequest) -> TrainingFamily:
         raise InvalidRequest(
             f"Training takes at most {MAX_TRAINING_IMAGES} images; {count} were chosen."
         )
-    if s.resolution % SIZE_MULTIPLE:
+    if not isinstance(s.resolution, int) or s.resolution % SIZE_MULTIPLE:
         raise InvalidRequest(
             f"The resolution {s.resolution} is not a multiple of {SIZE_MULTIPLE}."
         )
-    if not family.min_resolution <= s.resolution <= family.max_resolution:
+    if not chosen.min_resolution <= s.resolution <= chosen.max_resolution:
         raise InvalidRequest(
-            f"The {family.name} family trains at {family.min_resolution} to "
-            f"{family.max_resolution} pixels; {s.resolution} was asked."
+            f"The {chosen.name} family trains at {chosen.min_resolution} to "
+            f"{chosen.max_resolution} pixels; {s.resolution} was asked."
         )
     _check_int("steps", s.steps, MIN_STEPS, MAX_STEPS)
     _check_int("rank", s.rank, MIN_RANK, MAX_RANK)
@@ -319,7 +340,10 @@ def check_training(request: TrainingRequest) -> TrainingFamily:
     _check_int("sample interval", s.sample_every, 0, MAX_STEPS)
     _check_int("sample steps", s.sample_steps, 1, 150)
     if not 0 < s.alpha <= 4 * MAX_RANK:
-        raise InvalidRequest(f"The alpha must be above 0; {s.alpha} was given.")
+        raise InvalidRequest(
+            f"The alpha must be above 0 and at most {4 * MAX_RANK}; {s.alpha} was "
+            "given."
+        )
     for label, rate in (
         ("learning rate", s.learning_rate),
         ("text encoder learning rate", s.text_encoder_learning_rate),
@@ -334,17 +358,15 @@ def check_training(request: TrainingRequest) -> TrainingFamily:
             f"The noise offset must be between 0 and {MAX_NOISE_OFFSET}; "
             f"{s.noise_offset} was given."
         )
-    for index, item in enumerate(request.images, start=1):
-        if not item.caption.strip():
+    for index, caption in enumerate(captions, start=1):
+        if not caption.strip():
             raise InvalidRequest(f"Image {index} has no caption.")
-        if len(item.caption) > MAX_PROMPT_LENGTH:
+        if len(caption) > MAX_PROMPT_LENGTH:
             raise InvalidRequest(f"The caption of image {index} is too long.")
-        if min(item.image.size) < 8:
-            raise InvalidRequest(f"Image {index} is too small to train on.")
-    for prompt in request.validation_prompts:
+    for prompt in validation_prompts:
         if not prompt.strip() or len(prompt) > MAX_PROMPT_LENGTH:
             raise InvalidRequest("A validation prompt is empty or too long.")
-    return family
+    return chosen
 
 
 def _check_int(label: str, value: Any, low: int, high: int) -> None:
