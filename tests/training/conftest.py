@@ -41,3 +41,28 @@ def training_images():
         TrainingImage(card(size, 30 * index), f"sks person, test card {index}")
         for index, size in enumerate(sizes)
     ]
+
+
+@pytest.fixture
+def training_persona(studio_settings):
+    """A persona with a face, a half-body and a full-body reference (and the
+    primary one of ``make_persona``, role other)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from personas.services import reference_image_add
+    from tests.images import encode
+    from tests.workers import make_persona
+
+    persona = make_persona(slug="ada")
+    for index, (role, size) in enumerate(
+        [("face", (64, 64)), ("half_body", (96, 64)), ("full_body", (64, 80))]
+    ):
+        reference_image_add(
+            persona=persona,
+            file=SimpleUploadedFile(
+                f"{role}.png", encode(card(size, 40 + 50 * index), "PNG")
+            ),
+            role=role,
+            caption=f"{role.replace('_', ' ')} view",
+        )
+    return persona
