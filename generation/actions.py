@@ -354,3 +354,76 @@ CONTENT_ACTIONS = (REGENERATE, REGENERATE_EXACTLY, CANCEL, RETRY, APPROVE, REJEC
 PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
 # On a tile of a contact sheet: its buttons.
 SHEET_ACTIONS = (USE_STRENGTH,)
+
+
+# --- LoRA training ------------------------------------------------------------------
+# The training page (``generation.admin.TrainingRunAdmin``) asks for its own
+# per-persona form, so these entries are not in PERSONA_ACTIONS: the admin action
+# "Train LoRA…" opens that page, whose post runs TRAIN_LORA through ``perform``.
+
+from generation.models import TrainingRun  # noqa: E402
+from personas.models import PersonaLoraVersion  # noqa: E402
+
+TRAIN = "generation.train_lora"
+ADMIN_PERMISSION_NAMES[TRAIN] = "train"
+
+
+def _train_lora(persona: Persona, given: ActionInput) -> Any:
+    from generation import training_services
+
+    data = given.data
+    return training_services.training_run_start(
+        persona=persona,
+        references=data["training_references"],
+        trigger_word=data["trigger_word"],
+        settings=data["training_settings"],
+        preset=data.get("preset", ""),
+        validation_prompts=data.get("training_prompts", ()),
+        user=given.user,
+    )
+
+
+def _cancel_training(run: TrainingRun, given: ActionInput) -> Any:
+    from generation import training_services
+
+    return training_services.training_run_cancel(run=run, user=given.user)
+
+
+def _activate_lora_version(version: PersonaLoraVersion, given: ActionInput) -> Any:
+    from generation import training_services
+
+    return training_services.lora_version_activate(version=version)
+
+
+TRAIN_LORA = StaffAction(
+    name="train_lora",
+    model=Persona,
+    permission=TRAIN,
+    description="Train LoRA…",
+    service=_train_lora,
+    done="Queued {result}; follow its loss, identity and samples on its page.",
+    done_many="Queued training for {count} persona(s).",
+    history="queued {result}.",
+)
+CANCEL_TRAINING = StaffAction(
+    name="cancel_training",
+    model=TrainingRun,
+    permission=TRAIN,
+    description="Cancel training",
+    service=_cancel_training,
+    done="Cancelled {result} (a running one stops before its next step).",
+    done_many="Cancelled {count} training run(s).",
+    history="cancelled {result}.",
+)
+ACTIVATE_LORA_VERSION = StaffAction(
+    name="activate_lora_version",
+    model=PersonaLoraVersion,
+    permission=CHANGE_PERSONA,
+    description="Make the active LoRA",
+    service=_activate_lora_version,
+    done="{result} is now the LoRA its persona's generations use.",
+    done_many="Activated {count} LoRA versions.",
+    history="made {result} the active LoRA.",
+)
+TRAINING_ACTIONS = (CANCEL_TRAINING,)
+LORA_VERSION_ACTIONS = (ACTIVATE_LORA_VERSION,)

@@ -47,6 +47,7 @@ from personas.models import (
     ReferenceImage,
     ReferenceRole,
 )
+from personas.services import persona_set_lora
 from personas.uploads import UploadRejected
 
 TRAINING_JOB_FUNCTION = "generation.training_jobs.training_run_job"
@@ -175,15 +176,20 @@ def training_run_cancel(
 
 @transaction.atomic
 def lora_version_activate(*, version: PersonaLoraVersion) -> PersonaLoraVersion:
-    """Make ``version`` the persona's active LoRA: the one generations use."""
+    """Make ``version`` the persona's active LoRA: the one generations use.
+
+    The persona gets its own copy of the weights through ``persona_set_lora``
+    (validated, the replaced file deleted on commit), so that replacing or
+    removing the persona's LoRA later never deletes a kept version's file.
+    """
     PersonaLoraVersion.objects.filter(persona_id=version.persona_id).exclude(
         pk=version.pk
     ).update(is_active=False)
     PersonaLoraVersion.objects.filter(pk=version.pk).update(is_active=True)
-    # The persona's weights point at the version's file, which the version owns.
-    Persona.objects.filter(pk=version.persona_id).update(
-        lora_weights=version.weights.name, lora_sha256=version.sha256
-    )
+    with version.weights.open("rb") as stored:
+        weights = stored.read()
+    name = f"{version.persona.slug}-lora-v{version.number}.safetensors"
+    persona_set_lora(persona=version.persona, file=ContentFile(weights, name=name))
     version.is_active = True
     return version
 

@@ -177,8 +177,9 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint_and_attaches_a_version
     assert version.source == LoraSource.TRAINED and version.is_active
     assert version.number == 1
     persona = Persona.objects.get(pk=training_persona.pk)
-    assert persona.lora_weights.name == version.weights.name
+    # The persona uses its own copy of the version's weights.
     assert persona.lora_sha256 == version.sha256
+    assert persona.lora_weights.name != version.weights.name
     assert default_storage.exists(version.weights.name)
     # Samples at every sample step, each with the identity verdict dlib gave
     # (the tiny model's noise holds no face, and the reason is kept).
