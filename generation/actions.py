@@ -365,7 +365,9 @@ from generation.models import TrainingRun  # noqa: E402
 from personas.models import PersonaLoraVersion  # noqa: E402
 
 TRAIN = "generation.train_lora"
+CHANGE_LORA_VERSION = "personas.change_personaloraversion"
 ADMIN_PERMISSION_NAMES[TRAIN] = "train"
+ADMIN_PERMISSION_NAMES[CHANGE_LORA_VERSION] = "change"
 
 
 def _train_lora(persona: Persona, given: ActionInput) -> Any:
@@ -418,7 +420,7 @@ CANCEL_TRAINING = StaffAction(
 ACTIVATE_LORA_VERSION = StaffAction(
     name="activate_lora_version",
     model=PersonaLoraVersion,
-    permission=CHANGE_PERSONA,
+    permission=CHANGE_LORA_VERSION,
     description="Make the active LoRA",
     service=_activate_lora_version,
     done="{result} is now the LoRA its persona's generations use.",

@@ -548,7 +548,4 @@ class PersonaLoraVersionAdmin(StaffActionsAdmin, admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        # "Make the active LoRA" is a change of the persona; the fields stay
-        # read-only.
-        return request.user.has_perm(actions.CHANGE_PERSONA)
+    # Change permission runs "Make the active LoRA"; every field stays read-only.

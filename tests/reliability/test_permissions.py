@@ -28,9 +28,14 @@ from rq.worker import SimpleWorker
 
 from generation import services
 from generation.gallery.views import CONTENT_ACTIONS
-from generation.models import Content, ContentControlImage, ContentStatus
+from generation.models import (
+    Content,
+    ContentControlImage,
+    ContentStatus,
+    TrainingRun,
+)
 from generation.queues import get_queue
-from personas.models import ControlNetUnit, Persona
+from personas.models import ControlNetUnit, Persona, PersonaLoraVersion
 from personas.services import control_unit_save, persona_set_lora
 from tests.images import encode, halves, safetensors_lora
 from tests.reliability.conftest import stored_names, studio_state
@@ -163,6 +168,9 @@ POLICY: dict[str, Rule] = {
         "generation.view_content", "personas.change_persona"
     ),
     "studio-media": studio_media,
+    "admin:generation_trainingrun_start": staff_with("generation.train_lora"),
+    "admin:generation_trainingrun_chart": staff_with("generation.view_trainingrun"),
+    "admin:generation_trainingrun_compare": staff_with("generation.view_trainingrun"),
 }
 # Unnamed routes, by regex: the root redirect, and the admin's old object URL
 # (a redirect to the guarded change page).
@@ -180,7 +188,12 @@ SKIPPED = {"admin:logout"}
 RQ_POLICY: Rule = superuser_only
 POLICY["django_rq:home_json"] = staff
 # Admins that refuse hand-made rows (generations start from actions).
-READ_ONLY_ADMINS = {"generation.content", "generation.batch"}
+READ_ONLY_ADMINS = {
+    "generation.content",
+    "generation.batch",
+    "generation.trainingrun",
+    "personas.personaloraversion",
+}
 MODEL_VIEWS = {
     "changelist": ("view", "change"),
     "change": ("view", "change"),
@@ -217,6 +230,11 @@ ACTION_PERMISSIONS = {
     ("generation.content", "retry"): GENERATE,
     ("generation.content", "approve"): REVIEW,
     ("generation.content", "reject"): REVIEW,
+    ("personas.persona", "train_lora"): "generation.train_lora",
+    ("generation.trainingrun", "cancel_training"): "generation.train_lora",
+    ("personas.personaloraversion", "activate_lora_version"): (
+        "personas.change_personaloraversion"
+    ),
 }
 
 # --- The URLs, walked from the URLconf -----------------------------------------
@@ -401,6 +419,15 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
     worker = SimpleWorker([queue], connection=queue.connection)
     worker.register_birth()
     Group.objects.create(name="editors")
+    run = TrainingRun.objects.create(
+        persona=persona,
+        model=persona.base_model,
+        hyperparameters={},
+        trigger_word="ada_person",
+        inputs=[],
+    )
+    version = PersonaLoraVersion(persona=persona, number=1, sha256="0" * 64)
+    version.weights.save("v1.safetensors", ContentFile(safetensors_lora()))
     admin_models = {
         f"object_id:{model._meta.label_lower}": [
             str(model._default_manager.order_by("pk").values_list("pk", flat=True)[0])
@@ -417,6 +444,8 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
         "app_label": sorted({model._meta.app_label for model in admin.site._registry}),
         "content_type_id": [str(ContentType.objects.get_for_model(Persona).pk)],
         "object_id": [str(persona.pk)],
+        "persona_id": [str(persona.pk)],
+        "run_id": [str(run.pk)],
         "slug": [persona.slug],
         "content_id": [str(content.pk)],
         "batch_id": [str(sweep.pk)],
