@@ -330,7 +330,7 @@ class BatchAdmin(admin.ModelAdmin):
 
 # --- LoRA training ----------------------------------------------------------------
 
-from django.core.exceptions import PermissionDenied  # noqa: E402
+from django.core.exceptions import PermissionDenied, ValidationError  # noqa: E402
 from django.http import HttpResponseRedirect  # noqa: E402
 from django.shortcuts import get_object_or_404  # noqa: E402
 from django.urls import path, reverse  # noqa: E402
@@ -345,6 +345,10 @@ from generation.actions import (  # noqa: E402
 from generation.models import TrainingRun, TrainingSample  # noqa: E402
 from generation.training_charts import training_chart_svg  # noqa: E402
 from generation.training_forms import TrainLoraForm  # noqa: E402
+from generation.training_services import (  # noqa: E402
+    lora_version_delete,
+    training_run_delete,
+)
 from personas.models import PersonaLoraVersion  # noqa: E402
 
 
@@ -422,6 +426,13 @@ class TrainingRunAdmin(StaffActionsAdmin, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def delete_model(self, request: HttpRequest, obj: TrainingRun) -> None:
+        _refusals_as_messages(self, request, training_run_delete, run=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for run in queryset:
+            _refusals_as_messages(self, request, training_run_delete, run=run)
 
     @admin.display(description="progress")
     def progress(self, run: TrainingRun) -> str:
@@ -515,6 +526,19 @@ class TrainingRunAdmin(StaffActionsAdmin, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra)
 
 
+def _refusals_as_messages(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    service: Callable[..., None],
+    **target: Any,
+) -> None:
+    """Run a delete service; its refusal becomes an error message, not a 500."""
+    try:
+        service(**target)
+    except ValidationError as refused:
+        model_admin.message_user(request, " ".join(refused.messages), level="error")
+
+
 def _samples_by_step(run: TrainingRun) -> list[tuple[int, list[TrainingSample]]]:
     grouped: dict[int, list[TrainingSample]] = {}
     for sample in run.samples.all():
@@ -549,3 +573,10 @@ class PersonaLoraVersionAdmin(StaffActionsAdmin, admin.ModelAdmin):
         return False
 
     # Change permission runs "Make the active LoRA"; every field stays read-only.
+
+    def delete_model(self, request: HttpRequest, obj: PersonaLoraVersion) -> None:
+        _refusals_as_messages(self, request, lora_version_delete, version=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for version in queryset:
+            _refusals_as_messages(self, request, lora_version_delete, version=version)

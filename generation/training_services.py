@@ -194,6 +194,37 @@ def lora_version_activate(*, version: PersonaLoraVersion) -> PersonaLoraVersion:
     return version
 
 
+@transaction.atomic
+def training_run_delete(*, run: TrainingRun) -> None:
+    """Delete a finished run with its checkpoint and sample files (its LoRA
+    version stays: it belongs to the persona). An active run is cancelled
+    first."""
+    if run.is_active:
+        raise ValidationError(
+            "Training #%(id)s is still %(status)s: cancel it first.",
+            code="active",
+            params={"id": run.pk, "status": run.get_status_display()},
+        )
+    names = [name for entry in run.checkpoints for name in entry["files"].values()]
+    names += [sample.image.name for sample in run.samples.all() if sample.image]
+    run.delete()
+    _delete_on_commit(names)
+
+
+@transaction.atomic
+def lora_version_delete(*, version: PersonaLoraVersion) -> None:
+    """Delete a LoRA version that is not the active one, with its file."""
+    if version.is_active:
+        raise ValidationError(
+            "%(version)s is the active LoRA: make another version active first.",
+            code="active",
+            params={"version": version},
+        )
+    name = version.weights.name
+    version.delete()
+    _delete_on_commit([name])
+
+
 # --- The job's writes ------------------------------------------------------------
 
 
@@ -432,6 +463,19 @@ def _finish_active(
             finished_at=timezone.now(),
         )
     )
+
+
+def _delete_on_commit(names: list[str]) -> None:
+    def delete() -> None:
+        for name in names:
+            try:
+                default_storage.delete(name)
+            except OSError:
+                # An undeletable file is an orphan for a sweep, not a failure of
+                # a deletion that has committed.
+                pass
+
+    transaction.on_commit(delete)
 
 
 def _png(image: Image.Image) -> bytes:

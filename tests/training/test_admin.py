@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
+from django.core.files.storage import default_storage
 
 from generation.training_models import TrainingRun, TrainingStatus
 from personas.models import Persona, PersonaLoraVersion
@@ -192,3 +193,25 @@ def test_staff_compare_two_versions_and_pick_the_active_one(
     assert PersonaLoraVersion.objects.get(is_active=True) == one
     persona = Persona.objects.get(pk=training_persona.pk)
     assert persona.lora_sha256 == one.sha256
+
+    # Deleting a run removes its checkpoints and samples; its version stays.
+    files = [n for c in first.checkpoints for n in c["files"].values()]
+    files += [s.image.name for s in first.samples.all()]
+    assert files and all(default_storage.exists(name) for name in files)
+    admin_client.post(
+        f"/admin/generation/trainingrun/{first.pk}/delete/", {"post": "yes"}
+    )
+    assert not TrainingRun.objects.filter(pk=first.pk).exists()
+    assert not any(default_storage.exists(name) for name in files)
+    assert PersonaLoraVersion.objects.filter(pk=one.pk).exists()
+    # The active version cannot be deleted; another one goes with its file.
+    admin_client.post(
+        f"/admin/personas/personaloraversion/{one.pk}/delete/", {"post": "yes"}
+    )
+    assert PersonaLoraVersion.objects.filter(pk=one.pk).exists()
+    two_file = two.weights.name
+    admin_client.post(
+        f"/admin/personas/personaloraversion/{two.pk}/delete/", {"post": "yes"}
+    )
+    assert not PersonaLoraVersion.objects.filter(pk=two.pk).exists()
+    assert not default_storage.exists(two_file)
