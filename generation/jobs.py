@@ -2,10 +2,10 @@
 
 It claims its row (a row that is not queued for this very job is left alone, so
 the job is idempotent), builds the engine request from the row (images read
-through the storage API), runs the worker's warm engine with progress reported
-every step (throttled, to the row and to ``job.meta``) and cancellation checked
-every step, then stores the output, thumbnails, control images, consistency
-score, snapshot and timings through the services.
+through the storage API), runs the process's warm engine (``generation.runtime``)
+with progress reported every step (throttled, to the row and to ``job.meta``) and
+cancellation checked every step, then stores the output, thumbnails, control
+images, consistency score, snapshot and timings through the services.
 
 Failures: a transient one (out of memory, a lost Redis or database connection)
 queues the row again after ``STUDIO_RETRY_BACKOFF_SECONDS`` until
@@ -30,7 +30,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from generation import services
+from generation import runtime, services
 from generation.engine.errors import EngineError, GenerationCancelled
 from generation.models import Content
 from generation.parameters import open_stored_image, request_from_row
@@ -138,13 +138,12 @@ def _claim(content_id: int, job: Job) -> bool:
 
 def _generate(content: Content, steps: _StepReporter) -> str:
     from generation.engine.scoring import consistency_score
-    from generation.worker import shared_engine
 
     started = time.perf_counter()
     request, inputs = request_from_row(
         content.request, replay_snapshot=content.replay_snapshot, inputs=content.inputs
     )
-    engine = shared_engine()
+    engine = runtime.engine()
     result = engine.generate(
         request, on_step=steps.on_step, should_cancel=steps.should_cancel
     )
@@ -234,7 +233,6 @@ class _StepReporter:
         self.handed_back = False
 
     def on_step(self, step: int, total: int) -> None:
-        _inject_test_fault(self.content)
         now = time.monotonic()
         if step < total and now - self.last_report < self.interval:
             return
@@ -251,23 +249,7 @@ class _StepReporter:
             )
 
     def should_cancel(self) -> bool:
-        from generation.worker import handback_requested
-
-        if handback_requested():
+        if runtime.handback_requested():
             self.handed_back = True
             return True
         return content_should_stop(content=self.content)
-
-
-def _inject_test_fault(content: Content) -> None:
-    """Test-only: ``STUDIO_TEST_OOM_ATTEMPTS`` = N makes the first N attempts of
-    every generation hit the device's real out-of-memory error at a denoising
-    step, so that the end-to-end tests exercise the engine's and the job's
-    recovery for real. It is 0 (off) everywhere else."""
-    if content.attempts <= settings.STUDIO_TEST_OOM_ATTEMPTS:
-        import torch
-
-        raise torch.OutOfMemoryError(
-            f"Injected out-of-memory error (STUDIO_TEST_OOM_ATTEMPTS), attempt "
-            f"{content.attempts}."
-        )

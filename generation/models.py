@@ -8,8 +8,6 @@ strength sweep, so that they can be compared side by side.
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
@@ -17,24 +15,37 @@ from django.urls import reverse
 from personas.models import ConsistencyMethod, ControlType, Persona, ReferenceImage
 
 
-def _random_name(folder: str, persona_id: int, extension: str) -> str:
-    return f"{folder}/{persona_id}/{uuid.uuid4().hex}{extension}"
+def content_file_stem(content: Content) -> str:
+    """The name every file of one content row is stored under, in its folder.
+
+    One name per row, not a random one per write: a retried attempt writes the
+    names the attempt it replaces wrote, so it can remove what a killed worker
+    left there first (``generation.cleanup``). The creation time keeps two
+    databases that reuse ids on one storage apart.
+    """
+    if content.pk is None or content.created_at is None:
+        raise ValueError("A content's files are named after its saved row.")
+    return f"{content.pk}-{content.created_at:%Y%m%d%H%M%S%f}"
 
 
 def output_upload_to(instance: Content, filename: str) -> str:
-    return _random_name("generated", instance.persona_id, ".png")
+    return f"generated/{instance.persona_id}/{content_file_stem(instance)}.png"
 
 
 def output_thumbnail_upload_to(instance: Content, filename: str) -> str:
-    return _random_name("thumbnails/generated", instance.persona_id, ".webp")
+    stem = content_file_stem(instance)
+    return f"thumbnails/generated/{instance.persona_id}/{stem}.webp"
 
 
 def before_thumbnail_upload_to(instance: Content, filename: str) -> str:
-    return _random_name("thumbnails/before", instance.persona_id, ".webp")
+    stem = content_file_stem(instance)
+    return f"thumbnails/before/{instance.persona_id}/{stem}.webp"
 
 
 def control_output_upload_to(instance: ContentControlImage, filename: str) -> str:
-    return _random_name("control/generated", instance.content.persona_id, ".png")
+    content = instance.content
+    stem = content_file_stem(content)
+    return f"control/generated/{content.persona_id}/{stem}-{instance.order}.png"
 
 
 class ContentStatus(models.TextChoices):

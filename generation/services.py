@@ -28,6 +28,7 @@ from django.db.models import F
 from django.utils import timezone
 from PIL import Image
 
+from generation.cleanup import content_attempt_files, content_attempt_files_remove
 from generation.engine.requests import GenerationResult
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
@@ -57,8 +58,9 @@ from generation.parameters import (
     request_for_persona,
 )
 from generation.queues import get_queue, queue_name_for_model
+from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.models import Persona
-from personas.services import persona_update, written_files_removed_on_failure
+from personas.services import persona_update
 from personas.uploads import encode_thumbnail
 from personas.validators import validate_prompt_text
 
@@ -261,6 +263,7 @@ def content_cancel(
         content.save(
             update_fields=["status", "finished_at", "error_code", "error_message"]
         )
+        files_delete_on_commit(content_attempt_files(content))
         queue_name, job_id = content.queue_name, content.rq_job_id
         transaction.on_commit(lambda: _cancel_job(queue_name, job_id), robust=True)
     elif content.status == ContentStatus.RUNNING:
@@ -328,23 +331,11 @@ def content_review(
 
 @transaction.atomic
 def content_delete(*, content: Content) -> None:
-    """Delete a generation and, once that commits, its files. A job still
-    running for it stops at its next step."""
-    files = [
-        content.output_image,
-        content.output_thumbnail,
-        content.before_thumbnail,
-        *(control.image for control in content.control_images.all()),
-    ]
-    names = [file.name for file in files if file]
-    storage = files[0].storage
+    """Delete a generation and, once that commits, its files (the receiver of
+    ``generation.cleanup`` removes them, for this row as for the rows a
+    persona's deletion takes along). A job still running for it stops at its
+    next step."""
     content.delete()
-
-    def delete_files() -> None:
-        for name in names:
-            storage.delete(name)
-
-    transaction.on_commit(delete_files, robust=True)
 
 
 # --- The job's and the reconciler's writes -------------------------------------
@@ -373,7 +364,6 @@ def content_report_progress(*, content: Content, step: int, total: int) -> None:
     )
 
 
-@transaction.atomic
 def content_store_result(
     *,
     content: Content,
@@ -384,50 +374,49 @@ def content_store_result(
     timings: dict[str, Any],
 ) -> bool:
     """Store a finished generation's files through the storage API and mark it
-    succeeded; False (nothing stored) when the row no longer belongs to this job."""
-    row = (
-        Content.objects.select_for_update()
-        .filter(
-            pk=content.pk, status=ContentStatus.RUNNING, rq_job_id=content.rq_job_id
-        )
-        .first()
-    )
-    if row is None:
-        return False
-    output = result.images[0]
-    # A failed write (a full disk, storage down) leaves no file behind.
-    with written_files_removed_on_failure() as written:
-        row.output_image.save("output.png", ContentFile(_png(output)), save=False)
-        written.append(row.output_image)
-        row.output_thumbnail.save("thumb.webp", _thumbnail(output), save=False)
-        written.append(row.output_thumbnail)
-        if before_image is not None:
-            row.before_thumbnail.save(
-                "before.webp", _thumbnail(before_image), save=False
+    succeeded; False (nothing stored) when the row no longer belongs to this job.
+
+    Whatever an earlier attempt left under the row's names (a worker killed
+    while storing) is removed first; a write or a commit that fails removes
+    what this one wrote, zero-byte files of a full disk included.
+    """
+    with written_files_removed_on_failure() as written, transaction.atomic():
+        row = (
+            Content.objects.select_for_update()
+            .filter(
+                pk=content.pk, status=ContentStatus.RUNNING, rq_job_id=content.rq_job_id
             )
-            written.append(row.before_thumbnail)
+            .first()
+        )
+        if row is None:
+            return False
+        content_attempt_files_remove(row)
+        output = result.images[0]
+        written.save(row.output_image, "output.png", ContentFile(_png(output)))
+        written.save(row.output_thumbnail, "thumb.webp", _thumbnail(output))
+        if before_image is not None:
+            written.save(row.before_thumbnail, "before.webp", _thumbnail(before_image))
         for order, control in enumerate(result.control_images):
             control_row = ContentControlImage(
                 content=row, control_type=control.control_type.value, order=order
             )
-            control_row.image.save(
-                "control.png", ContentFile(_png(control.image)), save=False
+            written.save(
+                control_row.image, "control.png", ContentFile(_png(control.image))
             )
-            written.append(control_row.image)
             control_row.save()
-    row.status = ContentStatus.SUCCEEDED
-    row.method_used = result.method.value
-    row.method_reason = result.method_reason
-    row.snapshot = result.snapshot
-    row.notes = result.notes
-    row.inputs = inputs
-    row.timings = timings
-    row.consistency_score = None if score is None else score["score"]
-    row.score_detail = score or {}
-    row.progress_step = row.progress_total = max(row.progress_total, 1)
-    row.finished_at = timezone.now()
-    row.error_code = row.error_message = row.error_detail = ""
-    row.save()
+        row.status = ContentStatus.SUCCEEDED
+        row.method_used = result.method.value
+        row.method_reason = result.method_reason
+        row.snapshot = result.snapshot
+        row.notes = result.notes
+        row.inputs = inputs
+        row.timings = timings
+        row.consistency_score = None if score is None else score["score"]
+        row.score_detail = score or {}
+        row.progress_step = row.progress_total = max(row.progress_total, 1)
+        row.finished_at = timezone.now()
+        row.error_code = row.error_message = row.error_detail = ""
+        row.save()
     return True
 
 
@@ -678,6 +667,7 @@ def _cancel_job(queue_name: str, job_id: str) -> None:
         pass
 
 
+@transaction.atomic
 def _finish_active(
     content: Content,
     *,
@@ -686,17 +676,23 @@ def _finish_active(
     error_message: str,
     error_detail: str,
 ) -> bool:
-    return bool(
-        Content.objects.filter(
-            pk=content.pk, status__in=ACTIVE_STATUSES, rq_job_id=content.rq_job_id
-        ).update(
-            status=status,
-            error_code=error_code,
-            error_message=error_message,
-            error_detail=error_detail,
-            finished_at=timezone.now(),
-        )
+    finished = Content.objects.filter(
+        pk=content.pk, status__in=ACTIVE_STATUSES, rq_job_id=content.rq_job_id
+    ).update(
+        status=status,
+        error_code=error_code,
+        error_message=error_message,
+        error_detail=error_detail,
+        finished_at=timezone.now(),
     )
+    if finished:
+        # A row that ends without a result owns no file: whatever an attempt
+        # left (a worker killed while storing) goes once this commits.
+        row = Content.objects.only("pk", "persona_id", "created_at", "request").get(
+            pk=content.pk
+        )
+        files_delete_on_commit(content_attempt_files(row))
+    return bool(finished)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -7,16 +7,21 @@ from the ``studio-media`` view, never from a public URL.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.widgets import ForeignKeyRawIdWidget
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
@@ -28,6 +33,7 @@ from personas.forms import (
     ReferenceImageAdminForm,
     ReferenceImageForm,
     ReferenceImageFormSet,
+    ReferenceRoleForm,
 )
 from personas.models import ControlNetUnit, Persona, ReferenceImage
 from personas.selectors import persona_list
@@ -41,10 +47,14 @@ from personas.services import (
     reference_image_add,
     reference_image_delete,
     reference_update,
+    references_set_role,
 )
 
 LIST_THUMBNAIL_HEIGHT = 48
 INLINE_THUMBNAIL_HEIGHT = 96
+GALLERY_PAGE_SIZE = 24
+"""Gallery images on the persona's page; the reference list pages the rest."""
+SET_ROLE_SAMPLE = 20
 
 
 def media_url(field_file: FieldFile) -> str:
@@ -63,10 +73,59 @@ def image_tag(field_file: FieldFile | None, *, height: int) -> str:
     )
 
 
+class GalleryPageFormSet(ReferenceImageFormSet):
+    """One page of the gallery on the persona's page: the primary image and the
+    newest others, ``page_size`` in all; the whole gallery, page by page, is the
+    reference image changelist (``gallery_url``).
+
+    A gallery of any size is saved this way: the page posts its own rows back
+    (a few fields each, far below ``DATA_UPLOAD_MAX_NUMBER_FIELDS``), and a
+    posted page is read back by the ids it posts, so that images added
+    meanwhile do not shift it.
+    """
+
+    page_size = GALLERY_PAGE_SIZE
+
+    def get_queryset(self) -> QuerySet[ReferenceImage]:
+        if not hasattr(self, "_page"):
+            gallery = super().get_queryset()
+            if self.is_bound:
+                page = gallery.filter(pk__in=self._posted_ids())
+            else:
+                page = gallery.order_by("-is_primary", "-uploaded_at", "-pk")[
+                    : self.page_size
+                ]
+            self._page = self._queryset = page
+        return self._page
+
+    @property
+    def gallery_size(self) -> int:
+        """How many images the persona has (the changelist's annotation, when
+        the persona came from it)."""
+        if not self.instance.pk:
+            return 0
+        annotated = getattr(self.instance, "gallery_count", None)
+        return annotated if annotated is not None else self.instance.references.count()
+
+    @property
+    def gallery_url(self) -> str:
+        changelist = reverse("admin:personas_referenceimage_changelist")
+        return f"{changelist}?persona__id__exact={self.instance.pk}"
+
+    def _posted_ids(self) -> list[int]:
+        ids = []
+        for index in range(min(self.initial_form_count(), self.page_size)):
+            value = self.data.get(f"{self.add_prefix(index)}-id", "")
+            if str(value).isdigit():
+                ids.append(int(value))
+        return ids
+
+
 class ReferenceImageInline(admin.TabularInline):
     model = ReferenceImage
     form = ReferenceImageForm
-    formset = ReferenceImageFormSet
+    formset = GalleryPageFormSet
+    template = "admin/personas/persona/gallery_inline.html"
     fields = (
         "thumbnail_preview",
         "image",
@@ -90,6 +149,15 @@ class ReferenceImageInline(admin.TabularInline):
         return f"{reference.width} × {reference.height}" if reference.pk else ""
 
 
+def _gallery_lookup_parameters(
+    widget: ForeignKeyRawIdWidget, *, persona_id: int
+) -> dict[str, str]:
+    return {
+        **ForeignKeyRawIdWidget.url_parameters(widget),
+        GalleryOfPersonaFilter.parameter_name: str(persona_id),
+    }
+
+
 class ControlNetUnitInline(admin.StackedInline):
     model = ControlNetUnit
     form = ControlNetUnitForm
@@ -102,7 +170,21 @@ class ControlNetUnitInline(admin.StackedInline):
         "preprocessor_options",
     )
     readonly_fields = ("control_preview",)
+    # An id with a lookup, not a list of every image of a gallery of thousands.
+    raw_id_fields = ("reference",)
     extra = 0
+
+    def get_formset(
+        self, request: HttpRequest, obj: Persona | None = None, **kwargs: Any
+    ) -> type:
+        """The reference lookup opens this persona's gallery only."""
+        formset = super().get_formset(request, obj, **kwargs)
+        widget = formset.form.base_fields["reference"].widget
+        if obj is not None and isinstance(widget, ForeignKeyRawIdWidget):
+            widget.url_parameters = functools.partial(
+                _gallery_lookup_parameters, widget, persona_id=obj.pk
+            )
+        return formset
 
     @admin.display(description="preview")
     def control_preview(self, unit: ControlNetUnit) -> str:
@@ -297,6 +379,31 @@ class PersonaAdmin(admin.ModelAdmin):
         )
 
 
+class GalleryOfPersonaFilter(admin.SimpleListFilter):
+    """One persona's gallery (the link from the persona's page). It offers only
+    the persona chosen, with "All" to leave it, not a list of every persona."""
+
+    title = "persona"
+    parameter_name = "persona__id__exact"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin
+    ) -> list[tuple[str, str]]:
+        value = self.value() or ""
+        persona = Persona.objects.filter(pk=value).first() if value.isdigit() else None
+        return [] if persona is None else [(str(persona.pk), str(persona))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[ReferenceImage]
+    ) -> QuerySet[ReferenceImage]:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            return queryset.none()
+        return queryset.filter(persona_id=int(value))
+
+
 @admin.register(ReferenceImage)
 class ReferenceImageAdmin(admin.ModelAdmin):
     form = ReferenceImageAdminForm
@@ -311,8 +418,10 @@ class ReferenceImageAdmin(admin.ModelAdmin):
         "uploaded_at",
     )
     list_display_links = ("thumbnail_preview", "__str__")
-    list_filter = ("role", "is_primary")
+    list_filter = (GalleryOfPersonaFilter, "role", "is_primary")
     list_select_related = ("persona", "uploaded_by")
+    list_per_page = 100
+    actions = ("set_role",)
     search_fields = ("caption", "original_filename", "sha256", "persona__name")
     readonly_fields = (
         "thumbnail_preview",
@@ -417,6 +526,50 @@ class ReferenceImageAdmin(admin.ModelAdmin):
             )
             return None
         return delete_selected(self, request, queryset)
+
+    @admin.action(permissions=["change"], description="Set the role…")
+    def set_role(
+        self, request: HttpRequest, queryset: QuerySet[ReferenceImage]
+    ) -> TemplateResponse | None:
+        """Give the selected images one role, after a page that asks which."""
+        form = ReferenceRoleForm(request.POST if "post" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            role = form.cleaned_data["role"]
+            changing = list(queryset.exclude(role=role).select_related("persona"))
+            changed = references_set_role(references=queryset, role=role)
+            LogEntry.objects.log_actions(
+                request.user.pk,
+                changing,
+                CHANGE,
+                change_message=[{"changed": {"fields": ["role"]}}],
+            )
+            self.message_user(
+                request,
+                ngettext(
+                    "Changed the role of %d image.",
+                    "Changed the role of %d images.",
+                    changed,
+                )
+                % changed,
+                messages.SUCCESS,
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Set the role of the selected images",
+            "opts": self.opts,
+            "form": form,
+            "count": queryset.count(),
+            "sample": queryset[:SET_ROLE_SAMPLE],
+            "select_across": request.POST.get("select_across") == "1",
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "action_name": request.POST["action"],
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/personas/referenceimage/set_role.html", context
+        )
 
     def delete_model(self, request: HttpRequest, obj: ReferenceImage) -> None:
         reference_image_delete(reference=obj)

@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db.models.fields.files import FieldFile
 
 from personas.lora import ValidatedLora, validate_lora_upload
-from personas.models import ControlNetUnit, Persona, ReferenceImage
+from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
 from personas.services import (
     control_unit_delete,
     control_unit_save,
@@ -361,3 +361,9 @@ class ControlNetUnitFormSet(_ServiceSavedFormSet):
 
     def delete_existing(self, obj: ControlNetUnit, commit: bool = True) -> None:
         control_unit_delete(unit=obj)
+
+
+class ReferenceRoleForm(forms.Form):
+    """The role to give the selected gallery images (a bulk action)."""
+
+    role = forms.ChoiceField(choices=ReferenceRole.choices)

@@ -6,8 +6,18 @@ length, a JSON header and the tensor data; the header is parsed and checked the
 way the safetensors library checks it (known dtypes, offsets inside the data,
 tensors contiguous without overlap, sizes matching shapes, data size matching
 the file) so that a lying header is refused here, not in a GPU worker.
+
+The cost of the check is bounded before anything is parsed: a header longer
+than ``STUDIO_MAX_LORA_HEADER_BYTES`` is refused from its 8-byte length alone,
+and one describing more than ``STUDIO_MAX_LORA_TENSORS`` tensors is refused
+before it is parsed. A sound file must then be a LoRA the pipelines can load:
+float dtypes only, shapes no wider than any layer of the supported families,
+and every key naming a layer in the kohya (``lora_unet_*``, ``lora_te*_*``) or
+the diffusers/PEFT (``unet.*``, ``text_encoder*.*``, ``transformer.*``) style.
+
 Rejection codes: ``empty``, ``too_large``, ``pickled``, ``extension_mismatch``,
-``bad_header``, ``not_lora``.
+``header_too_large``, ``too_many_tensors``, ``bad_header``, ``not_lora``,
+``unsupported_dtype``, ``bad_shape``, ``unknown_layer``.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from pathlib import PurePosixPath
 from typing import Any
@@ -30,11 +41,60 @@ DTYPE_SIZES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
+# What diffusers loads LoRA weights as; integer, boolean and 8-bit float
+# tensors (F8_E8M0 is a scale format, not weights) fail only at generation.
+ALLOWED_DTYPES = frozenset({"F16", "BF16", "F32"})
 PICKLE_EXTENSIONS = frozenset({".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"})
-# The safetensors library refuses headers past 100 MB; so do we.
-HEADER_LIMIT = 100_000_000
+# No layer of a supported family is wider than 21,504 (Flux's fused single
+# block projection, 3 x 3072 + 12288); a LoRA matrix is rank x width, a conv
+# LoRA rank x width x kernel x kernel.
+MAX_TENSOR_DIMENSION = 32_768
+MAX_TENSOR_DIMENSIONS = 4
 PICKLE_REASON = "loading pickled weights runs code; convert to .safetensors"
 TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+
+# The blocks each model part starts with, in diffusers names and in the
+# original (LDM, BFL) names kohya's scripts use.
+_UNET_BLOCKS = (
+    "down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out",
+    "time_embedding", "add_embedding", "input_blocks", "middle_block",
+    "output_blocks", "time_embed", "label_emb",
+)  # fmt: skip
+_TEXT_ENCODER_BLOCKS = ("text_model", "encoder", "shared", "model", "transformer")
+_TRANSFORMER_BLOCKS = (
+    "transformer_blocks", "single_transformer_blocks", "x_embedder",
+    "context_embedder", "time_text_embed", "norm_out", "proj_out", "img_in",
+    "txt_in", "double_blocks", "single_blocks", "final_layer", "time_in",
+    "vector_in", "guidance_in", "img_mlp", "txt_mlp", "txt_norm",
+)  # fmt: skip
+_PARTS = {
+    "unet": _UNET_BLOCKS,
+    "text_encoder": _TEXT_ENCODER_BLOCKS,
+    "text_encoder_2": _TEXT_ENCODER_BLOCKS,
+    "text_encoder_3": _TEXT_ENCODER_BLOCKS,
+    "transformer": _TRANSFORMER_BLOCKS,
+    "diffusion_model": _TRANSFORMER_BLOCKS + _UNET_BLOCKS,
+}
+_KOHYA_PARTS = {
+    "unet": _UNET_BLOCKS + _TRANSFORMER_BLOCKS,
+    "te": _TEXT_ENCODER_BLOCKS,
+    "te1": _TEXT_ENCODER_BLOCKS,
+    "te2": _TEXT_ENCODER_BLOCKS,
+    "te3": _TEXT_ENCODER_BLOCKS,
+    "transformer": _TRANSFORMER_BLOCKS,
+}
+# The LoRA part of a key: LoRA, LoCon and DoRA in either naming.
+_LORA_SUFFIX = (
+    r"(?:lora_(?:down|up|mid)\.weight|lora_[AB]\.weight|lora\.(?:down|up)\.weight"
+    r"|alpha|dora_scale|lora_magnitude_vector)"
+)
+_DIFFUSERS_KEY = re.compile(
+    rf"(?:base_model\.model\.)?(?P<part>{'|'.join(_PARTS)})\."
+    rf"(?P<path>[A-Za-z0-9_.]+?)\.{_LORA_SUFFIX}"
+)
+_KOHYA_KEY = re.compile(
+    rf"lora_(?P<part>{'|'.join(_KOHYA_PARTS)})_(?P<path>[A-Za-z0-9_]+?)\.{_LORA_SUFFIX}"
+)
 
 
 class ValidatedLora(File):
@@ -73,7 +133,7 @@ def validate_lora_upload(file: File, *, name: str = "") -> ValidatedLora:
             params={"name": name},
         )
     try:
-        tensor_names = _check_header(file, head, size)
+        header = _check_header(file, head, size, name)
     except _BadHeader as problem:
         raise UploadRejected(
             '"%(name)s" is not a valid safetensors file: %(problem)s. Save the '
@@ -81,6 +141,7 @@ def validate_lora_upload(file: File, *, name: str = "") -> ValidatedLora:
             code="bad_header",
             params={"name": name, "problem": problem},
         ) from None
+    tensor_names = list(header)
     if not any("lora" in tensor_name.lower() for tensor_name in tensor_names):
         raise UploadRejected(
             '"%(name)s" holds %(count)s tensors but none of them is a LoRA weight '
@@ -88,6 +149,7 @@ def validate_lora_upload(file: File, *, name: str = "") -> ValidatedLora:
             code="not_lora",
             params={"name": name, "count": len(tensor_names)},
         )
+    _check_tensors(header, name)
     sha256 = hashlib.sha256()
     for chunk in file.chunks():
         sha256.update(chunk)
@@ -112,17 +174,47 @@ def _refuse_pickles(head: bytes, extension: str, name: str) -> None:
     )
 
 
-def _check_header(file: File, head: bytes, size: int) -> list[str]:
-    """Parse and check the header; return the tensor names."""
+def _check_header(
+    file: File, head: bytes, size: int, name: str
+) -> dict[str, dict[str, Any]]:
+    """Parse and check the header; return its tensor entries by name."""
     if len(head) < 8:
         raise _BadHeader("it is too short to hold a header")
     (header_length,) = struct.unpack("<Q", head)
-    if header_length < 2 or header_length > min(size - 8, HEADER_LIMIT):
+    if header_length < 2 or header_length > size - 8:
         raise _BadHeader(
             f"its header length ({header_length:,} bytes) runs past the end of "
             f"the file ({size:,} bytes)"
         )
+    header_limit = settings.STUDIO_MAX_LORA_HEADER_BYTES
+    if header_length > header_limit:
+        raise UploadRejected(
+            '"%(name)s" has a %(length)s header, more than the %(limit)s the studio '
+            "reads (STUDIO_MAX_LORA_HEADER_BYTES); a LoRA's header is a few hundred "
+            "KB: save the LoRA again with safetensors and upload that.",
+            code="header_too_large",
+            params={
+                "name": name,
+                "length": _bytes_text(header_length),
+                "limit": _bytes_text(header_limit),
+            },
+        )
     raw_header = file.read(header_length)
+    # Every tensor entry names its offsets once: counting them bounds the parse.
+    described = raw_header.count(b'"data_offsets"')
+    tensor_limit = settings.STUDIO_MAX_LORA_TENSORS
+    if described > tensor_limit:
+        raise UploadRejected(
+            '"%(name)s" describes %(count)s tensors, more than the %(limit)s the '
+            "studio accepts in a LoRA (STUDIO_MAX_LORA_TENSORS): upload the LoRA "
+            "weights alone.",
+            code="too_many_tensors",
+            params={
+                "name": name,
+                "count": f"{described:,}",
+                "limit": f"{tensor_limit:,}",
+            },
+        )
     try:
         header = json.loads(raw_header.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -153,7 +245,76 @@ def _check_header(file: File, head: bytes, size: int) -> list[str]:
             f"its header describes {previous_end:,} bytes of tensor data but the "
             f"file holds {data_size:,}"
         )
-    return list(header)
+    return header
+
+
+def _bytes_text(size: int) -> str:
+    megabyte = 1024 * 1024
+    return f"{size / megabyte:,.1f} MB" if size >= megabyte else f"{size:,} bytes"
+
+
+def _check_tensors(header: dict[str, dict[str, Any]], name: str) -> None:
+    """Refuse what the pipelines cannot load: dtypes, shapes, unknown layers."""
+    for tensor_name, entry in header.items():
+        shown = tensor_name[:120]
+        if entry["dtype"] not in ALLOWED_DTYPES:
+            raise UploadRejected(
+                '"%(name)s" holds the tensor "%(tensor)s" in %(dtype)s; LoRA '
+                "weights must be %(allowed)s: save the LoRA again in float16 and "
+                "upload that.",
+                code="unsupported_dtype",
+                params={
+                    "name": name,
+                    "tensor": shown,
+                    "dtype": entry["dtype"],
+                    "allowed": ", ".join(sorted(ALLOWED_DTYPES)),
+                },
+            )
+        shape = entry["shape"]
+        if len(shape) > MAX_TENSOR_DIMENSIONS or any(
+            dimension > MAX_TENSOR_DIMENSION for dimension in shape
+        ):
+            raise UploadRejected(
+                '"%(name)s" holds the tensor "%(tensor)s" of shape %(shape)s; no '
+                "layer of the studio's model families is wider than %(limit)s or "
+                "has more than %(dimensions)s dimensions: upload a LoRA made for "
+                "one of them.",
+                code="bad_shape",
+                params={
+                    "name": name,
+                    "tensor": shown,
+                    "shape": "x".join(str(dimension) for dimension in shape[:8]),
+                    "limit": f"{MAX_TENSOR_DIMENSION:,}",
+                    "dimensions": MAX_TENSOR_DIMENSIONS,
+                },
+            )
+        if not names_a_layer(tensor_name):
+            raise UploadRejected(
+                '"%(name)s" holds the tensor "%(tensor)s", which names no layer a '
+                "LoRA can change (kohya lora_unet_.../lora_te_... or diffusers "
+                "unet.../text_encoder.../transformer... keys ending in lora_A, "
+                "lora_B, lora_down, lora_up or alpha): export the LoRA again in "
+                "one of those formats.",
+                code="unknown_layer",
+                params={"name": name, "tensor": shown},
+            )
+
+
+def names_a_layer(tensor_name: str) -> bool:
+    """Whether ``tensor_name`` is a LoRA weight of a layer of a known model
+    part, in the kohya or the diffusers/PEFT naming."""
+    for pattern, parts, separator in (
+        (_DIFFUSERS_KEY, _PARTS, "."),
+        (_KOHYA_KEY, _KOHYA_PARTS, "_"),
+    ):
+        found = pattern.fullmatch(tensor_name)
+        if found is not None:
+            path = found["path"]
+            return any(
+                path == block or path.startswith(block + separator)
+                for block in parts[found["part"]]
+            )
+    return False
 
 
 def _tensor_span(tensor_name: str, entry: Any) -> tuple[int, int]:

@@ -3,66 +3,29 @@
 Every upload goes through the one validation path (``uploads``, ``lora``). Files
 are written through the storage API inside the database transaction; if anything
 fails before it commits, the files written so far are deleted again, so a
-refused or failed upload leaves nothing behind. Files of deleted rows are
-removed once the deletion commits.
+refused or failed upload leaves nothing behind (``personas.files``). Files of
+deleted rows are removed once the deletion commits, by the receiver that
+``personas.apps`` connects: it also sees the rows a deletion cascades to.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.core.files.storage import Storage
 from django.db import transaction
-from django.db.models import Max
-from django.db.models.fields.files import FieldFile
+from django.db.models import Max, QuerySet
 from django.utils.text import slugify
 
+from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.lora import validate_lora_upload
 from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
 from personas.uploads import ValidatedImage, validate_image_upload
 
-logger = logging.getLogger(__name__)
-
 REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
-
-
-@contextmanager
-def written_files_removed_on_failure() -> Iterator[list[FieldFile]]:
-    """Collect files written during a block; delete them if the block fails."""
-    written: list[FieldFile] = []
-    try:
-        yield written
-    except BaseException:
-        for field_file in written:
-            _delete_quietly(field_file.storage, field_file.name)
-        raise
-
-
-def _delete_files_on_commit(field_files: list[FieldFile]) -> None:
-    """Delete these files once the transaction commits (names are taken now)."""
-    names = [(file.storage, file.name) for file in field_files if file]
-
-    def delete() -> None:
-        for storage, name in names:
-            _delete_quietly(storage, name)
-
-    transaction.on_commit(delete)
-
-
-def _delete_quietly(storage: Storage, name: str) -> None:
-    # A file that cannot be deleted now is an orphan to sweep later; it must not
-    # hide the error being reported or fail a deletion that has committed.
-    try:
-        storage.delete(name)
-    except Exception:  # noqa: BLE001 - any storage backend's error, logged
-        logger.warning("Could not delete %s from storage", name, exc_info=True)
 
 
 # --- Personas -----------------------------------------------------------------
@@ -156,13 +119,12 @@ def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
     """
     lora = None if file is None else validate_lora_upload(file)
     with written_files_removed_on_failure() as written, transaction.atomic():
-        _delete_files_on_commit([persona.lora_weights])
+        files_delete_on_commit([persona.lora_weights])
         if lora is None:
             persona.lora_weights = ""
             persona.lora_sha256 = ""
         else:
-            persona.lora_weights.save(lora.name, lora, save=False)
-            written.append(persona.lora_weights)
+            written.save(persona.lora_weights, lora.name, lora)
             persona.lora_sha256 = lora.sha256
         persona.save(update_fields=["lora_weights", "lora_sha256", "updated_at"])
     return persona
@@ -170,12 +132,8 @@ def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
 
 @transaction.atomic
 def persona_delete(*, persona: Persona) -> None:
-    """Delete a persona with its gallery and units, then their files."""
-    files: list[FieldFile] = [persona.lora_weights]
-    for reference in persona.references.all():
-        files += [reference.image, reference.thumbnail]
-    files += [unit.control_image for unit in persona.control_units.all()]
-    _delete_files_on_commit(files)
+    """Delete a persona with everything it owns (its gallery, units and
+    generations), then, once that commits, all their files."""
     persona.delete()
 
 
@@ -230,12 +188,10 @@ def reference_image_add(
             original_filename=image.original_name,
             uploaded_by=uploaded_by,
         )
-        reference.image.save(image.name, image, save=False)
-        written.append(reference.image)
-        reference.thumbnail.save(
-            "thumbnail.webp", ContentFile(image.thumbnail), save=False
+        written.save(reference.image, image.name, image)
+        written.save(
+            reference.thumbnail, "thumbnail.webp", ContentFile(image.thumbnail)
         )
-        written.append(reference.thumbnail)
         if is_primary:
             _demote_primary(persona=persona)
             reference.is_primary = True
@@ -302,8 +258,20 @@ def reference_image_delete(*, reference: ReferenceImage) -> None:
     """
     _lock_persona_row(reference.persona_id)
     reference_check_keeps_primary(reference=reference)
-    _delete_files_on_commit([reference.image, reference.thumbnail])
     reference.delete()
+
+
+@transaction.atomic
+def references_set_role(*, references: QuerySet[ReferenceImage], role: str) -> int:
+    """Give every reference of ``references`` the role ``role`` (one update,
+    for a gallery of any size); return how many were changed."""
+    if role not in ReferenceRole.values:
+        raise ValidationError(
+            "Unknown role %(role)s: choose one of %(roles)s.",
+            code="bad_role",
+            params={"role": role, "roles": ", ".join(ReferenceRole.values)},
+        )
+    return references.exclude(role=role).update(role=role)
 
 
 def _lock_persona_row(persona_id: int) -> None:
@@ -331,10 +299,9 @@ def control_unit_save(*, unit: ControlNetUnit) -> ControlNetUnit:
     with written_files_removed_on_failure() as written, transaction.atomic():
         if unit.control_image and not unit.control_image._committed:
             image = validate_image_upload(unit.control_image.file)
-            unit.control_image.save(image.name, image, save=False)
-            written.append(unit.control_image)
+            written.save(unit.control_image, image.name, image)
         if stored is not None and stored.control_image.name != unit.control_image.name:
-            _delete_files_on_commit([stored.control_image])
+            files_delete_on_commit([stored.control_image])
         unit.full_clean()
         unit.save()
     return unit
@@ -343,5 +310,4 @@ def control_unit_save(*, unit: ControlNetUnit) -> ControlNetUnit:
 @transaction.atomic
 def control_unit_delete(*, unit: ControlNetUnit) -> None:
     """Delete a ControlNet unit, then its ready-made control image."""
-    _delete_files_on_commit([unit.control_image])
     unit.delete()

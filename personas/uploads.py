@@ -20,15 +20,30 @@ order and refuses with an :class:`UploadRejected` carrying a ``code``:
     ZIP archive readable from the same bytes. Payloads hidden *inside*
     metadata (an HTML comment in a JPEG) are not refused: re-encoding drops
     every metadata chunk, so they never reach storage;
+``too_many_chunks``, ``too_many_scans``
+    more PNG chunks (of every kind, image data included) than
+    ``STUDIO_MAX_PNG_CHUNKS``, or more JPEG scans (SOS markers) than
+    ``STUDIO_MAX_JPEG_SCANS``: each costs a pass of the decoder;
 ``too_many_pixels``
     width x height x frames, read from the header, past ``STUDIO_MAX_UPLOAD_PIXELS``;
+``animated``
+    more than one frame: a reference is a still image;
+``side_too_long``, ``aspect_ratio``
+    a side longer than ``STUDIO_MAX_UPLOAD_SIDE``, or the long side more than
+    ``STUDIO_MAX_UPLOAD_ASPECT_RATIO`` times the short one (65535 x 1);
+``too_much_memory``
+    the memory the checks need, estimated from the header (size, channels and
+    bit depth), is past ``STUDIO_UPLOAD_CHECK_MEMORY_MB``; or the decoder ran
+    out of that memory;
 ``decompression_bomb``
     Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) fired: its warning is
     turned into an error here, so the effective limit is the lower of the two;
-``animated``
-    more than one frame: a reference is a still image.
+``too_slow``
+    decoding took more than ``STUDIO_UPLOAD_CHECK_CPU_SECONDS`` of CPU.
 
-An accepted image is decoded, turned upright (EXIF orientation), flattened to RGB
+Everything above ``too_much_memory`` reads headers only. An accepted image is
+then decoded in a child process under that CPU and memory budget
+(:mod:`personas.decoding`), turned upright (EXIF orientation), flattened to RGB
 (transparency composited on white; CMYK, 16-bit, palette and grey converted) and
 re-encoded as PNG without any metadata; the result carries the SHA-256 of those
 bytes and a WebP thumbnail. Storage names are random (``personas.models``).
@@ -38,27 +53,27 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 import struct
 import unicodedata
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import IO
 
-import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
-from PIL import Image, ImageOps
+from PIL import Image
+
+from personas import decoding
 
 PNG, JPEG, WEBP = "PNG", "JPEG", "WEBP"
 FORMAT_LABELS = {PNG: "PNG", JPEG: "JPEG", WEBP: "WebP"}
 FORMAT_EXTENSIONS = {PNG: (".png",), JPEG: (".jpg", ".jpeg"), WEBP: (".webp",)}
 ACCEPTED_CONTENT_TYPES = "image/png,image/jpeg,image/webp"
-WHITE = (255, 255, 255, 255)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF_MARKERS = frozenset(
@@ -72,14 +87,21 @@ _JPEG_MARKER = re.compile(rb"\xff+([^\xff])")
 _ZERO_PADDING = re.compile(rb"\x00*")
 _DISPLAY_NAME_LENGTH = 80
 # Structural limits far above real files: a crafted file made of millions of
-# tiny chunks, segments or fill bytes costs seconds of CPU in any parser.
+# tiny chunks, segments or fill bytes costs seconds of CPU in any parser. PNG
+# chunks and JPEG scans have their own settings.
 _MAX_CHUNKS = 1_000
 _MAX_JPEG_FILL_BYTES = 1_024
 _MAX_JPEG_IMAGES = 8
 
 
 class UploadRejected(ValidationError):
-    """An upload the studio refuses; ``code`` says why, the message what to do."""
+    """An upload the studio refuses; ``code`` says why, the message what to do.
+
+    ``check_cost`` is what the bounded decode spent (None when the file was
+    refused from its header alone).
+    """
+
+    check_cost: decoding.Cost | None = None
 
 
 def printable(text: str) -> str:
@@ -134,12 +156,20 @@ def _read_limited(file: File | IO[bytes], *, name: str, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class _Structure:
-    """What the container says before any decoder runs."""
+    """What the container says before any decoder runs.
+
+    ``stored_bytes`` is what one decoded pixel takes in Pillow (multi-band
+    modes take four bytes whatever their depth); ``sixteen_bit_grey`` and
+    ``alpha`` name the costlier conversions to RGB.
+    """
 
     width: int
     height: int
     frames: int
     end: int
+    stored_bytes: int = 4
+    sixteen_bit_grey: bool = False
+    alpha: bool = False
 
 
 class _Malformed(Exception):
@@ -148,6 +178,14 @@ class _Malformed(Exception):
     def __init__(self, problem: str, *, truncated: bool = False) -> None:
         super().__init__(problem)
         self.truncated = truncated
+
+
+class _TooComplex(Exception):
+    """The container is sound but has more parts than the studio decodes."""
+
+    def __init__(self, code: str, count: str, limit: int, setting: str) -> None:
+        super().__init__(count)
+        self.code, self.count, self.limit, self.setting = code, count, limit, setting
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -190,8 +228,19 @@ def _describe_unsupported(data: bytes) -> str:
 def _png_structure(data: bytes) -> _Structure:
     view = memoryview(data)
     position, size, frames = len(_PNG_SIGNATURE), None, 1
-    has_image_data, other_chunks = False, 0
+    has_image_data, chunks, other_chunks = False, 0, 0
+    chunk_limit = settings.STUDIO_MAX_PNG_CHUNKS
+    depth = colour = 0
+    transparency = False
     while True:
+        chunks += 1
+        if chunks > chunk_limit:
+            raise _TooComplex(
+                "too_many_chunks",
+                f"more than {chunk_limit:,} PNG chunks",
+                chunk_limit,
+                "STUDIO_MAX_PNG_CHUNKS",
+            )
         if position + 8 > len(data):
             raise _Malformed("it ends before the PNG's end chunk", truncated=True)
         length, chunk_type = struct.unpack(">I4s", data[position : position + 8])
@@ -208,6 +257,9 @@ def _png_structure(data: bytes) -> _Structure:
             if chunk_type != b"IHDR" or length != 13:
                 raise _Malformed("it does not start with a PNG header chunk")
             size = struct.unpack(">II", chunk[:8])
+            depth, colour = chunk[8], chunk[9]
+        elif chunk_type == b"tRNS":
+            transparency = True
         elif chunk_type == b"acTL" and length == 8:
             frames = max(1, struct.unpack(">I", chunk[:4])[0])
         elif chunk_type == b"IDAT":
@@ -215,7 +267,17 @@ def _png_structure(data: bytes) -> _Structure:
         elif chunk_type == b"IEND":
             if not has_image_data:
                 raise _Malformed("it has no PNG image data")
-            return _Structure(size[0], size[1], frames, data_end + 4)
+            grey = colour == 0
+            return _Structure(
+                size[0],
+                size[1],
+                frames,
+                data_end + 4,
+                # Grey and palette images keep one byte a pixel, 16-bit grey two.
+                stored_bytes=(2 if depth == 16 else 1) if colour in (0, 3) else 4,
+                sixteen_bit_grey=grey and depth == 16,
+                alpha=colour in (4, 6) or transparency,
+            )
         if chunk_type not in (b"IDAT", b"fdAT"):
             other_chunks += 1
             if other_chunks > _MAX_CHUNKS:
@@ -223,9 +285,12 @@ def _png_structure(data: bytes) -> _Structure:
         position = data_end + 4
 
 
-def _jpeg_end(data: bytes, start: int) -> tuple[int, tuple[int, int] | None]:
-    """Walk one JPEG from its SOI; return its end and the frame size."""
-    position, size = start + 2, None
+def _jpeg_end(
+    data: bytes, start: int
+) -> tuple[int, tuple[int, int] | None, int]:
+    """Walk one JPEG from its SOI; return its end, frame size and channels."""
+    position, size, channels, scans = start + 2, None, 1, 0
+    scan_limit = settings.STUDIO_MAX_JPEG_SCANS
     for _ in range(_MAX_CHUNKS):
         found = _JPEG_MARKER.match(data, position)
         if found is None:
@@ -236,7 +301,7 @@ def _jpeg_end(data: bytes, start: int) -> tuple[int, tuple[int, int] | None]:
             raise _Malformed("it has a run of JPEG fill bytes")
         marker, position = found[1][0], found.end()
         if marker == 0xD9:
-            return position, size
+            return position, size, channels
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             continue
         if marker == 0xD8:
@@ -253,9 +318,18 @@ def _jpeg_end(data: bytes, start: int) -> tuple[int, tuple[int, int] | None]:
             if length < 8:
                 raise _Malformed("the JPEG frame header is invalid")
             height, width = struct.unpack(">HH", data[position + 3 : position + 7])
-            size = (width, height)
+            size, channels = (width, height), data[position + 7]
         position = segment_end
         if marker == 0xDA:
+            # Each scan of a progressive JPEG is a pass over every pixel.
+            scans += 1
+            if scans > scan_limit:
+                raise _TooComplex(
+                    "too_many_scans",
+                    f"more than {scan_limit:,} JPEG scans",
+                    scan_limit,
+                    "STUDIO_MAX_JPEG_SCANS",
+                )
             if size is None:
                 raise _Malformed("the JPEG has image data before its frame header")
             next_marker = _JPEG_NEXT_MARKER.search(data, position)
@@ -266,16 +340,17 @@ def _jpeg_end(data: bytes, start: int) -> tuple[int, tuple[int, int] | None]:
 
 
 def _jpeg_structure(data: bytes) -> _Structure:
-    end, size = _jpeg_end(data, 0)
+    end, size, channels = _jpeg_end(data, 0)
     if size is None:
         raise _Malformed("the JPEG has no frame header")
+    stored_bytes = 1 if channels == 1 else 4
     # Multi-picture JPEGs (MPO, Ultra HDR gain maps) append whole JPEG images;
     # only the first is decoded, the others are walked so nothing else hides there.
     for _ in range(_MAX_JPEG_IMAGES):
         next_start = _ZERO_PADDING.match(data, end).end()
         if not data.startswith(b"\xff\xd8\xff", next_start):
-            return _Structure(size[0], size[1], 1, end)
-        end, _ = _jpeg_end(data, next_start)
+            return _Structure(size[0], size[1], 1, end, stored_bytes=stored_bytes)
+        end, _, _ = _jpeg_end(data, next_start)
     raise _Malformed(f"it holds more than {_MAX_JPEG_IMAGES} JPEG images")
 
 
@@ -286,6 +361,7 @@ def _webp_structure(data: bytes) -> _Structure:
     if riff_end > len(data):
         raise _Malformed("it is shorter than its WebP header says", truncated=True)
     position, size, animated, animation_frames, chunks = 12, None, False, 0, 0
+    alpha = False
     while position + 8 <= riff_end:
         chunks += 1
         if chunks > _MAX_CHUNKS:
@@ -297,28 +373,32 @@ def _webp_structure(data: bytes) -> _Structure:
         if position + 8 + length > riff_end:
             raise _Malformed(f"the WebP chunk {chunk_type!r} runs past the file")
         if size is None:
-            size, animated = _webp_canvas(chunk_type, chunk)
+            size, animated, alpha = _webp_canvas(chunk_type, chunk)
         elif chunk_type == b"ANMF":
             animation_frames += 1
         position += 8 + length + (length & 1)
     if size is None:
         raise _Malformed("it has no WebP image data")
     frames = max(1, animation_frames) if animated else 1
-    return _Structure(size[0], size[1], frames, riff_end)
+    return _Structure(size[0], size[1], frames, riff_end, alpha=alpha)
 
 
-def _webp_canvas(chunk_type: bytes, chunk: bytes) -> tuple[tuple[int, int], bool]:
-    """The canvas size from the first WebP chunk, and whether it is animated."""
+def _webp_canvas(
+    chunk_type: bytes, chunk: bytes
+) -> tuple[tuple[int, int], bool, bool]:
+    """The canvas size from the first WebP chunk, whether it is animated, and
+    whether it has an alpha channel."""
     if chunk_type == b"VP8X" and len(chunk) >= 10:
         width = 1 + int.from_bytes(chunk[4:7], "little")
         height = 1 + int.from_bytes(chunk[7:10], "little")
-        return (width, height), bool(chunk[0] & 0x02)
+        return (width, height), bool(chunk[0] & 0x02), bool(chunk[0] & 0x10)
     if chunk_type == b"VP8 " and len(chunk) >= 10 and chunk[3:6] == b"\x9d\x01\x2a":
         width, height = struct.unpack("<HH", chunk[6:10])
-        return (width & 0x3FFF, height & 0x3FFF), False
+        return (width & 0x3FFF, height & 0x3FFF), False, False
     if chunk_type == b"VP8L" and len(chunk) >= 5 and chunk[0] == 0x2F:
         bits = int.from_bytes(chunk[1:5], "little")
-        return ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1), False
+        size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+        return size, False, bool(bits & (1 << 28))
     raise _Malformed("its first WebP chunk is not an image")
 
 
@@ -333,43 +413,9 @@ def _is_zip_archive(data: bytes) -> bool:
         return False
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Flatten any decoded mode to RGB; transparency is composited on white."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        image = _sixteen_bit_grey_to_la(image)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        background = Image.new("RGBA", image.size, WHITE)
-        background.alpha_composite(image.convert("RGBA"))
-        image = background
-    return image.convert("RGB")
-
-
-def _sixteen_bit_grey_to_la(image: Image.Image) -> Image.Image:
-    # Pillow's own conversion clips 16-bit grey at 255 instead of scaling it.
-    values = np.asarray(image, dtype=np.int64).clip(0, 65535)
-    grey = Image.fromarray((values // 257).astype(np.uint8), "L")
-    transparent_value = image.info.get("transparency")
-    alpha = np.where(values == transparent_value, 0, 255).astype(np.uint8)
-    return Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
-
-
-def _encode_png_without_metadata(image: Image.Image) -> bytes:
-    # Emptying ``info`` is what keeps ICC, EXIF, text and transparency chunks out.
-    image.info = {}
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def encode_thumbnail(image: Image.Image) -> bytes:
     """A WebP thumbnail, longest side ``STUDIO_THUMBNAIL_SIZE``, no metadata."""
-    side = settings.STUDIO_THUMBNAIL_SIZE
-    thumbnail = image.convert("RGB")
-    thumbnail.info = {}
-    thumbnail.thumbnail((side, side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    thumbnail.save(buffer, "WEBP", quality=80)
-    return buffer.getvalue()
+    return decoding.encode_thumbnail(image, settings.STUDIO_THUMBNAIL_SIZE)
 
 
 class ValidatedImage(ContentFile):
@@ -387,8 +433,10 @@ class ValidatedImage(ContentFile):
         width: int,
         height: int,
         thumbnail: bytes,
+        check_cost: decoding.Cost | None = None,
     ) -> None:
         super().__init__(content, name=f"{PurePosixPath(original_name).stem}.png")
+        self.check_cost = check_cost
         self.original_name = original_name
         self.source_format = source_format
         self.width = width
@@ -411,15 +459,17 @@ def validate_image_upload(file: File | IO[bytes], *, name: str = "") -> Validate
     _check_extension(image_format, name)
     structure = _read_structure(data, image_format, name)
     _check_pixels(structure, name)
-    upright = _decode_upright(data, image_format, name)
-    rgb = _to_rgb(upright)
+    _check_shape(structure, name)
+    _check_memory(structure, name)
+    decoded = _decode_within_budget(data, image_format, name, structure)
     return ValidatedImage(
-        _encode_png_without_metadata(rgb),
+        decoded.png,
         original_name=name,
         source_format=image_format,
-        width=rgb.width,
-        height=rgb.height,
-        thumbnail=encode_thumbnail(rgb),
+        width=decoded.width,
+        height=decoded.height,
+        thumbnail=decoded.thumbnail,
+        check_cost=decoded.cost,
     )
 
 
@@ -457,6 +507,19 @@ def _check_extension(image_format: str, name: str) -> None:
 def _read_structure(data: bytes, image_format: str, name: str) -> _Structure:
     try:
         structure = _STRUCTURE_READERS[image_format](data)
+    except _TooComplex as problem:
+        raise UploadRejected(
+            '"%(name)s" has %(count)s; the studio decodes at most %(limit)s '
+            "(%(setting)s): re-save it in an image editor (as a baseline JPEG or a "
+            "plain PNG) and upload that.",
+            code=problem.code,
+            params={
+                "name": name,
+                "count": problem.count,
+                "limit": f"{problem.limit:,}",
+                "setting": problem.setting,
+            },
+        ) from None
     except _Malformed as problem:
         code = "truncated" if problem.truncated else "corrupt"
         advice = (
@@ -526,33 +589,125 @@ def _check_pixels(structure: _Structure, name: str) -> None:
         )
 
 
-def _decode_upright(data: bytes, image_format: str, name: str) -> Image.Image:
-    """Decode the first frame and apply EXIF orientation; bombs become errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=[image_format]) as image:
-                return ImageOps.exif_transpose(image)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-            raise UploadRejected(
-                '"%(name)s" is too large to decode safely (a possible decompression '
-                "bomb): scale it down and upload it again.",
-                code="decompression_bomb",
-                params={"name": name},
-            ) from None
-        # Hostile bytes can make a decoder raise anything; none may escape as a
-        # traceback, and a real bug here still shows up as a refusal in tests.
-        except Exception as error:  # noqa: BLE001
-            raise UploadRejected(
-                '"%(name)s" could not be decoded as %(format)s (%(error)s): re-save '
-                "it in an image editor and upload it again.",
-                code="corrupt",
-                params={
-                    "name": name,
-                    "format": FORMAT_LABELS[image_format],
-                    # Pillow's own text for this one names a Python object.
-                    "error": "the decoder does not recognise its header"
-                    if isinstance(error, Image.UnidentifiedImageError)
-                    else error,
-                },
-            ) from None
+def _check_shape(structure: _Structure, name: str) -> None:
+    """Refuse a side past the limit, or a shape too thin for any model input."""
+    side_limit = settings.STUDIO_MAX_UPLOAD_SIDE
+    long_side = max(structure.width, structure.height)
+    short_side = min(structure.width, structure.height)
+    params = {"name": name, "width": structure.width, "height": structure.height}
+    if long_side > side_limit:
+        raise UploadRejected(
+            '"%(name)s" is %(width)s x %(height)s pixels; the studio accepts sides '
+            "of at most %(limit)s pixels (STUDIO_MAX_UPLOAD_SIDE): scale it down "
+            "and upload it again.",
+            code="side_too_long",
+            params={**params, "limit": f"{side_limit:,}"},
+        )
+    ratio_limit = settings.STUDIO_MAX_UPLOAD_ASPECT_RATIO
+    if long_side > ratio_limit * short_side:
+        raise UploadRejected(
+            '"%(name)s" is %(width)s x %(height)s pixels, %(ratio)s times longer '
+            "than it is wide; the studio accepts at most %(limit)s to 1 "
+            "(STUDIO_MAX_UPLOAD_ASPECT_RATIO): crop it closer to a square and "
+            "upload it again.",
+            code="aspect_ratio",
+            params={
+                **params,
+                "ratio": f"{long_side / short_side:,.0f}",
+                "limit": f"{ratio_limit:g}",
+            },
+        )
+
+
+def _memory_estimate(structure: _Structure) -> int:
+    """Bytes the decode, the conversion to RGB and the PNG re-encode need at
+    their peak, from the header alone (channels and bit depth counted)."""
+    per_pixel = 2 * structure.stored_bytes  # decoded, and an EXIF-rotated copy
+    if structure.sixteen_bit_grey:
+        per_pixel += 2 + 1  # the 16-bit samples as an array, then 8-bit grey
+    if structure.alpha:
+        per_pixel += 4 + 4  # composited on a white RGBA background
+    per_pixel += 4 + 3  # the RGB result and its PNG bytes
+    return structure.width * structure.height * per_pixel
+
+
+def _check_memory(structure: _Structure, name: str) -> None:
+    budget = settings.STUDIO_UPLOAD_CHECK_MEMORY_MB * decoding.MEBIBYTE
+    needed = _memory_estimate(structure)
+    if needed > budget:
+        raise UploadRejected(
+            '"%(name)s" (%(width)s x %(height)s pixels) needs about %(needed)s MB '
+            "to check, more than the %(limit)s MB the studio allows "
+            "(STUDIO_UPLOAD_CHECK_MEMORY_MB): scale it down, or save it as 8-bit "
+            "RGB, and upload it again.",
+            code="too_much_memory",
+            params={
+                "name": name,
+                "width": structure.width,
+                "height": structure.height,
+                "needed": f"{needed / decoding.MEBIBYTE:,.0f}",
+                "limit": f"{budget // decoding.MEBIBYTE:,}",
+            },
+        )
+
+
+# The PNG re-encode of an accepted image costs 0.06 to 0.11 s of CPU a megapixel
+# (measured on the studio's 2-core CI machine, zlib level 1); it is given
+# about 2.5 times that: one second per started block of 4 megapixels.
+_ENCODE_PIXELS_PER_CPU_SECOND = 4_000_000
+
+
+def _decode_within_budget(
+    data: bytes, image_format: str, name: str, structure: _Structure
+) -> decoding.Outcome:
+    """Decode, orient, flatten and re-encode in a bounded child process."""
+    pixels = structure.width * structure.height
+    budget = decoding.Budget(
+        cpu_seconds=settings.STUDIO_UPLOAD_CHECK_CPU_SECONDS,
+        encode_cpu_seconds=math.ceil(pixels / _ENCODE_PIXELS_PER_CPU_SECOND),
+        memory_bytes=settings.STUDIO_UPLOAD_CHECK_MEMORY_MB * decoding.MEBIBYTE,
+        thumbnail_side=settings.STUDIO_THUMBNAIL_SIZE,
+        pillow_max_pixels=Image.MAX_IMAGE_PIXELS,
+    )
+    outcome = decoding.decode_within_budget(data, image_format, budget)
+    if outcome.status == "ok":
+        return outcome
+    label = FORMAT_LABELS[image_format]
+    refusals = {
+        "bomb": (
+            "decompression_bomb",
+            '"%(name)s" is too large to decode safely (a possible decompression '
+            "bomb): scale it down and upload it again.",
+        ),
+        "corrupt": (
+            "corrupt",
+            '"%(name)s" could not be decoded as %(format)s (%(error)s): re-save '
+            "it in an image editor and upload it again.",
+        ),
+        "memory": (
+            "too_much_memory",
+            '"%(name)s" needed more than the %(memory)s MB the studio allows for '
+            "checking an image (STUDIO_UPLOAD_CHECK_MEMORY_MB): scale it down and "
+            "upload it again.",
+        ),
+        "cpu": (
+            "too_slow",
+            '"%(name)s" took more than %(cpu)s s of CPU to decode '
+            "(STUDIO_UPLOAD_CHECK_CPU_SECONDS): scale it down, or re-save it as a "
+            "plain PNG or baseline JPEG, and upload it again.",
+        ),
+    }
+    code, message = refusals[outcome.status]
+    refusal = UploadRejected(
+        message,
+        code=code,
+        params={
+            "name": name,
+            "format": label,
+            "error": outcome.error,
+            "memory": f"{budget.memory_bytes // decoding.MEBIBYTE:,}",
+            "cpu": budget.cpu_seconds,
+        },
+    )
+    refusal.check_cost = outcome.cost
+    raise refusal

@@ -59,6 +59,17 @@ TORCH_COMPILE: bool = False
 MAX_UPLOAD_BYTES: int = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS: int = 40_000_000
 MAX_LORA_BYTES: int = 512 * 1024 * 1024
+# Checks before any pixel is decoded (decision 14): sides, shape, structure.
+MAX_UPLOAD_SIDE: int = 12_000
+MAX_UPLOAD_ASPECT_RATIO: float = 10.0
+MAX_PNG_CHUNKS: int = 10_000
+MAX_JPEG_SCANS: int = 32
+# The decode runs in a child process under this CPU and memory budget.
+UPLOAD_CHECK_CPU_SECONDS: int = 1
+UPLOAD_CHECK_MEMORY_MB: int = 256
+# LoRA headers are read only up to this size, with at most this many tensors.
+MAX_LORA_HEADER_BYTES: int = 8 * 1024 * 1024
+MAX_LORA_TENSORS: int = 20_000
 # Largest generation size staff may ask for: at most the engine's MAX_SIZE
 # (generation.engine.vocabulary), which is the default.
 MAX_WIDTH: int = 2048
@@ -76,9 +87,6 @@ PROGRESS_INTERVAL_SECONDS: float = 0.5
 RECONCILE_INTERVAL_SECONDS: int = 60
 # Models a worker loads at start (keys of MODELS); empty means none.
 PRELOAD_MODELS: list[str] = []
-# Test-only fault injection: the first N attempts of every generation hit a
-# real out-of-memory error at a denoising step (generation/jobs.py). Keep 0.
-TEST_OOM_ATTEMPTS: int = 0
 
 
 def documented_defaults(var_dir: Path | str = VAR_DIR) -> dict[str, Any]:

@@ -51,6 +51,9 @@ SEG_PREPROCESSOR = "seg"
 # The smallest detection resolution controlnet-aux can work at: it rounds the
 # working size to multiples of 64.
 MIN_DETECT_RESOLUTION = 64
+# The largest: annotators are trained at 512; past the largest generation side
+# a map gains nothing and the detector's memory grows with the square.
+MAX_DETECT_RESOLUTION = 2048
 
 
 @dataclass(frozen=True)
@@ -319,9 +322,10 @@ def _checked_options(unit: ControlUnitInput) -> tuple[str, dict[str, Any]]:
             continue
         if key == "detect_resolution" and key in common:
             options[key] = _converted(name, key, value, int)
-            if options[key] < MIN_DETECT_RESOLUTION:
+            if not MIN_DETECT_RESOLUTION <= options[key] <= MAX_DETECT_RESOLUTION:
                 raise InvalidRequest(
-                    f"detect_resolution must be at least {MIN_DETECT_RESOLUTION}."
+                    f"detect_resolution must be at least {MIN_DETECT_RESOLUTION} "
+                    f"and at most {MAX_DETECT_RESOLUTION}, not {options[key]}."
                 )
         elif key in allowed:
             options[key] = _converted(name, key, value, allowed[key].kind)

@@ -41,7 +41,7 @@ from .requests import (
     Method,
     Timings,
 )
-from .resize import fit_to_size
+from .resize import fit_for_image_encoder, fit_to_size
 from .snapshot import GENERATOR_DEVICE, build_snapshot, images_by_hash
 from .vocabulary import METHODS_WITH_CONTROL, METHODS_WITH_STRENGTH, TINY_MODEL_NOTICE
 
@@ -224,7 +224,7 @@ class Engine:
                             f"No face found in reference {index}: the IP-Adapter "
                             "saw the whole image."
                         )
-                inputs.ip_adapter_images.append(image.convert("RGB"))
+                inputs.ip_adapter_images.append(fit_for_image_encoder(image))
         return inputs
 
     def _call_kwargs(

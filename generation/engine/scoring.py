@@ -23,7 +23,11 @@ import torch
 from PIL import Image
 
 from generation.engine.requests import ResizeMode
-from generation.engine.resize import fit_to_size
+from generation.engine.resize import (
+    fit_for_image_encoder,
+    fit_to_size,
+    image_encoder_side,
+)
 
 CLIP_WEIGHT = 0.75
 SSIM_SIDE = 256
@@ -68,8 +72,10 @@ def clip_cosine(
     image_processor: Any,
 ) -> float:
     """Cosine similarity (-1..1) of the two images' CLIP image embeddings."""
+    side = image_encoder_side(image_processor)
     pixels = image_processor(
-        images=[reference.convert("RGB"), output.convert("RGB")], return_tensors="pt"
+        images=[fit_for_image_encoder(image, side) for image in (reference, output)],
+        return_tensors="pt",
     ).pixel_values
     parameter = next(image_encoder.parameters())
     with torch.no_grad():

@@ -198,3 +198,42 @@ def test_a_validated_image_is_not_validated_twice():
 )
 def test_display_names_are_safe_to_print(name, shown):
     assert display_name(name) == shown
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "code"),
+    [
+        ("STUDIO_MAX_UPLOAD_SIDE", 63, "side_too_long"),
+        ("STUDIO_MAX_UPLOAD_ASPECT_RATIO", 1.3, "aspect_ratio"),
+        ("STUDIO_MAX_PNG_CHUNKS", 2, "too_many_chunks"),
+        ("STUDIO_UPLOAD_CHECK_MEMORY_MB", 0, "too_much_memory"),
+    ],
+)
+def test_the_header_limits_come_from_their_settings(settings, setting, value, code):
+    setattr(settings, setting, value)
+
+    with pytest.raises(UploadRejected) as refused:
+        validate("ada.png", images.png())  # 64 x 48, three chunks
+
+    assert refused.value.code == code
+    assert setting in refused.value.messages[0]
+    assert refused.value.check_cost is None  # nothing was decoded
+
+
+def test_the_jpeg_scan_limit_counts_progressive_scans(settings):
+    progressive = images.jpeg(progressive=True)
+    settings.STUDIO_MAX_JPEG_SCANS = progressive.count(b"\xff\xda") - 1
+
+    with pytest.raises(UploadRejected) as refused:
+        validate("ada.jpg", progressive)
+
+    assert refused.value.code == "too_many_scans"
+    settings.STUDIO_MAX_JPEG_SCANS += 1
+    assert validate("ada.jpg", progressive).width == 64
+
+
+def test_an_accepted_image_reports_what_its_bounded_decode_cost():
+    image = validate("ada.png", images.png())
+
+    assert 0 < image.check_cost.cpu_seconds < 1
+    assert image.check_cost.peak_rss_bytes > 0

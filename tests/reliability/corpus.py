@@ -24,7 +24,7 @@ from enum import Enum
 
 from PIL import Image
 
-from studio.conf import DEFAULTS
+from studio.conf import documented_defaults
 from tests import images
 from tests.images import (
     ORIENTATION_TAG,
@@ -244,7 +244,7 @@ def minimal_pdf() -> bytes:
 def image_corpus() -> list[HostileFile]:
     """Every image file, refused or neutralised."""
     good_png, good_jpeg, good_webp = png(), jpeg(), webp()
-    upload_limit = DEFAULTS["MAX_UPLOAD_BYTES"]
+    upload_limit = documented_defaults()["MAX_UPLOAD_BYTES"]
     refused = [
         (
             "oversized.png",
@@ -458,6 +458,117 @@ def image_corpus() -> list[HostileFile]:
     ]
 
 
+# --- Files cheap to send and expensive to check (issue 13) -------------------------
+
+
+def grey_png(width: int, height: int, *, depth: int = 8) -> bytes:
+    """A real grey PNG of ``width`` x ``height`` (all black), written row by row
+    so that even a 40 MP one costs the test little memory."""
+    row = b"\x00" + b"\x00" * (width * depth // 8)
+    compressor = zlib.compressobj(9)
+    rows_per_block = max(1, 1_000_000 // len(row))
+    idat = b"".join(
+        compressor.compress(row * min(rows_per_block, height - start))
+        for start in range(0, height, rows_per_block)
+    ) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
+    return _png_from_chunks([(b"IHDR", header), (b"IDAT", idat), (b"IEND", b"")])
+
+
+def png_with_empty_image_chunks(count: int) -> bytes:
+    """A valid 64 x 48 PNG followed, before its end, by ``count`` empty IDAT
+    chunks (12 bytes each: 1.6 million make 19 MB)."""
+    chunks = _png_chunks(png())
+    empty = png_chunk(b"IDAT", b"")
+    head = _png_from_chunks(chunks[:-1])
+    return head + empty * count + png_chunk(b"IEND", b"")
+
+
+def progressive_jpeg_with_repeated_scan(side: int, repeats: int) -> bytes:
+    """A progressive JPEG of ``side`` x ``side`` whose last scan is repeated
+    ``repeats`` more times: each copy is another pass over every pixel."""
+    image = Image.new("RGB", (side, side), (90, 120, 150))
+    data = encode(image, "JPEG", progressive=True, quality=50)
+    last_scan = data.rindex(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * repeats + data[end:]
+
+
+def costly_images() -> list[HostileFile]:
+    """The probe's reproductions, and the largest files the checks accept.
+
+    Built on demand (not part of :func:`corpus`, which every collection of
+    the suite builds): the progressive JPEG costs the test a second to make.
+    """
+    pixel_limit = documented_defaults()["MAX_UPLOAD_PIXELS"]
+    width = 8_000
+    refused = [
+        (
+            "wide-65535x1.png",
+            grey_png(65_535, 1),
+            "side_too_long",
+            "a PNG of 65535 x 1 pixels (141 bytes; the probe's was 272)",
+        ),
+        (
+            "tall-1x65535.png",
+            grey_png(1, 65_535),
+            "side_too_long",
+            "a PNG of 1 x 65535 pixels",
+        ),
+        (
+            "strip-10000x1.png",
+            grey_png(10_000, 1),
+            "aspect_ratio",
+            "a PNG of 10000 x 1 pixels (every side allowed, the shape not)",
+        ),
+        (
+            "rescanned.jpg",
+            progressive_jpeg_with_repeated_scan(6_000, 990),
+            "too_many_scans",
+            "a progressive JPEG of 6000 x 6000 with its last scan repeated 990 times",
+        ),
+        (
+            "empty-idat.png",
+            png_with_empty_image_chunks(1_600_000),
+            "too_many_chunks",
+            "a 19 MB PNG of 1.6 million empty IDAT chunks",
+        ),
+        (
+            "grey16-at-limit.png",
+            grey_png(width, pixel_limit // width, depth=16),
+            "too_much_memory",
+            "a 16-bit grey PNG at the 40 MP pixel limit",
+        ),
+    ]
+    accepted = [
+        (
+            "grey16-12mp.png",
+            grey_png(4_000, 3_000, depth=16),
+            "a 16-bit grey PNG of 12 megapixels",
+        ),
+        (
+            "photo-12mp.jpg",
+            encode(images.halves((4_032, 3_024)), "JPEG", quality=90),
+            "a 12 MP JPEG, a phone photo's size",
+        ),
+        (
+            "strip-1000x100.png",
+            grey_png(1_000, 100),
+            "a PNG of 1000 x 100 pixels, the widest shape accepted",
+        ),
+    ]
+    return [
+        *(
+            HostileFile(Kind.IMAGE, name, content, code, description)
+            for name, content, code, description in refused
+        ),
+        *(
+            HostileFile(Kind.IMAGE, name, content, None, description)
+            for name, content, description in accepted
+        ),
+    ]
+
+
 # --- LoRA builders ----------------------------------------------------------------
 
 
@@ -478,6 +589,21 @@ def lying_safetensors(**tensors: dict) -> bytes:
 
 def raw_header(header: bytes, data: bytes = b"\x00" * 64) -> bytes:
     return struct.pack("<Q", len(header)) + header + data
+
+
+def lora_with_empty_tensors(count: int) -> bytes:
+    """A LoRA header describing ``count`` zero-size tensors (the probe's 89.6 MB
+    header held 1.4 million): sound JSON, nothing to load, costly to parse."""
+    entry = '{"dtype":"F16","shape":[0],"data_offsets":[0,0]}'
+    header = (
+        "{"
+        + ",".join(
+            f'"lora_te_{index}.alpha":{entry}'
+            for index in range(count)
+        )
+        + "}"
+    ).encode()
+    return struct.pack("<Q", len(header)) + header
 
 
 def lora_corpus() -> list[HostileFile]:
@@ -649,6 +775,39 @@ def lora_corpus() -> list[HostileFile]:
             raw_header(b'{"__metadata__": {}}', b""),
             "bad_header",
             "a header without tensors",
+        ),
+        (
+            "fp8-scales.safetensors",
+            safetensors_with_header(
+                {f"{LORA_KEY}.lora_A.weight": _tensor("F8_E8M0", [4, 16], 0, 64)},
+                b"\x7f" * 64,
+            ),
+            "unsupported_dtype",
+            "a LoRA weight in F8_E8M0 (a scale format diffusers cannot load)",
+        ),
+        (
+            "wide.safetensors",
+            safetensors_with_header(
+                {
+                    f"{LORA_KEY}.lora_A.weight": _tensor("F32", [16], 0, 64),
+                    f"{LORA_KEY}.lora_B.weight": _tensor("F32", [0, 1_000_000], 64, 64),
+                },
+                b"\x00" * 64,
+            ),
+            "bad_shape",
+            "a tensor 1,000,000 wide, wider than any layer of any family",
+        ),
+        (
+            "unknown-layer.safetensors",
+            safetensors_with_header(
+                {
+                    f"{LORA_KEY}.lora_A.weight": _tensor("F32", [8], 0, 32),
+                    "unet.no_such_block.0.lora_A.weight": _tensor("F32", [8], 32, 64),
+                },
+                b"\x00" * 64,
+            ),
+            "unknown_layer",
+            "a LoRA key that names no layer of the model",
         ),
         (
             "full-model.safetensors",

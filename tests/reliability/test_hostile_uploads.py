@@ -39,7 +39,15 @@ from tests.reliability.admin_forms import (
     page_errors,
 )
 from tests.reliability.conftest import stored_files, studio_state
-from tests.reliability.corpus import LORA_TEST_LIMIT, HostileFile, Kind, corpus
+from tests.reliability.corpus import (
+    LORA_TEST_LIMIT,
+    HostileFile,
+    Kind,
+    corpus,
+    costly_images,
+    lora_with_empty_tensors,
+    progressive_jpeg_with_repeated_scan,
+)
 
 pytestmark = [
     pytest.mark.reliability,
@@ -259,3 +267,229 @@ def test_corpus_file_is_refused_cleanly_or_stored_neutralised(
         assert reference.original_filename.isprintable()
         assert "/" not in reference.original_filename
     figures.record(group=entry.name, item=file.name, outcome="stored neutralised")
+
+
+# --- Bounded cost (issue 13): every check within 1 s of CPU and 256 MB ---------
+
+CPU_TARGET_SECONDS = 1.0
+MEMORY_TARGET_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CheckCost:
+    """What validating one file cost: the web process (CPU, Python allocations
+    at their peak) and the decoding child (CPU, peak resident memory)."""
+
+    file: HostileFile
+    code: str | None
+    web_cpu_seconds: float
+    web_peak_bytes: int
+    child_cpu_seconds: float
+    child_peak_bytes: int
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.web_cpu_seconds + self.child_cpu_seconds
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.web_peak_bytes, self.child_peak_bytes)
+
+
+def check_cost(file: HostileFile) -> CheckCost:
+    import time
+    import tracemalloc
+
+    upload_file = ContentFile(file.content, name=Path(file.name).name)
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        validated = validate_image_upload(upload_file)
+    except UploadRejected as refusal:
+        code, cost = refusal.code, refusal.check_cost
+    else:
+        code, cost = None, validated.check_cost
+    web_cpu = time.process_time() - started
+    _, web_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return CheckCost(
+        file,
+        code,
+        web_cpu,
+        web_peak,
+        cost.cpu_seconds if cost else 0.0,
+        cost.peak_rss_bytes if cost else 0,
+    )
+
+
+@pytest.fixture(scope="module")
+def costly_files() -> dict[str, HostileFile]:
+    return {file.name: file for file in costly_images()}
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("wide-65535x1.png", "side_too_long"),
+        ("tall-1x65535.png", "side_too_long"),
+        ("strip-10000x1.png", "aspect_ratio"),
+        ("rescanned.jpg", "too_many_scans"),
+        ("empty-idat.png", "too_many_chunks"),
+        ("grey16-at-limit.png", "too_much_memory"),
+    ],
+)
+def test_a_file_costly_to_check_is_refused_from_its_header(
+    costly_files, name, code, db
+):
+    cost = check_cost(costly_files[name])
+
+    assert cost.code == code
+    # Refused before any decoder ran: no child was started.
+    assert cost.child_cpu_seconds == 0 and cost.child_peak_bytes == 0
+
+
+def test_the_probes_thin_pngs_are_as_small_as_it_said(costly_files):
+    assert len(costly_files["wide-65535x1.png"].content) < 300
+    assert len(costly_files["empty-idat.png"].content) > 19_000_000
+    with Image.open(io.BytesIO(costly_files["rescanned.jpg"].content)) as image:
+        assert image.size == (6_000, 6_000)
+
+
+def test_decoding_past_the_cpu_budget_is_refused_as_too_slow(settings):
+    # With the scan and memory limits lifted, 900 repeated scans (within the
+    # 1,000 segments any JPEG may have) reach the decoder, about 20 s of CPU
+    # in one process: the child's CPU limit stops it.
+    settings.STUDIO_MAX_JPEG_SCANS = 10_000
+    settings.STUDIO_UPLOAD_CHECK_MEMORY_MB = 2_048
+    file = HostileFile(
+        Kind.IMAGE,
+        "rescanned.jpg",
+        progressive_jpeg_with_repeated_scan(6_000, 900),
+        "too_slow",
+        "900 repeated scans",
+    )
+
+    cost = check_cost(file)
+
+    assert cost.code == "too_slow"
+    assert cost.child_cpu_seconds == 0  # killed, it reported nothing
+    assert cost.web_cpu_seconds < CPU_TARGET_SECONDS
+
+
+def test_decoding_past_the_memory_budget_is_refused(costly_files):
+    from personas import decoding
+
+    budget = decoding.Budget(
+        cpu_seconds=5,
+        encode_cpu_seconds=5,
+        memory_bytes=16 * 1024 * 1024,
+        thumbnail_side=256,
+        pillow_max_pixels=None,
+    )
+
+    outcome = decoding.decode_within_budget(
+        costly_files["photo-12mp.jpg"].content, "JPEG", budget
+    )
+
+    assert outcome.status == "memory"
+
+
+def test_every_corpus_image_is_checked_within_one_second_and_256_mb(
+    costly_files, settings, figures
+):
+    images_to_check = [
+        file for file in corpus() if file.kind is Kind.IMAGE
+    ] + list(costly_files.values())
+
+    costs = [check_cost(file) for file in images_to_check]
+
+    for cost in costs:
+        assert cost.code == cost.file.code, cost.file.description
+        assert cost.cpu_seconds <= CPU_TARGET_SECONDS, cost
+        assert cost.peak_bytes <= MEMORY_TARGET_BYTES, cost
+    for label, chosen in (
+        ("accepted", [cost for cost in costs if cost.code is None]),
+        ("refused", [cost for cost in costs if cost.code is not None]),
+    ):
+        for measure, key in (
+            ("CPU", lambda cost: cost.cpu_seconds),
+            ("memory", lambda cost: cost.peak_bytes),
+        ):
+            worst = max(chosen, key=key)
+            figures.record(
+                group=f"check cost: worst {label} file by {measure}",
+                item=worst.file.name,
+                outcome=(
+                    f"worst {label} by {measure}: {worst.file.name} "
+                    f"({worst.file.description}), {worst.cpu_seconds:.3f} s CPU, "
+                    f"{worst.peak_bytes / 2**20:.0f} MB peak"
+                ),
+                files=len(chosen),
+                web_cpu_seconds=round(worst.web_cpu_seconds, 3),
+                child_cpu_seconds=round(worst.child_cpu_seconds, 3),
+                web_peak_mb=round(worst.web_peak_bytes / 2**20, 1),
+                child_peak_mb=round(worst.child_peak_bytes / 2**20, 1),
+            )
+
+
+class CountingFile(ContentFile):
+    """An upload that remembers how many bytes the validator read."""
+
+    bytes_read = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def test_the_probes_lora_header_is_refused_from_its_8_byte_length(figures):
+    import time
+
+    from personas.lora import validate_lora_upload
+
+    content = lora_with_empty_tensors(1_400_000)
+    assert len(content) > 89_000_000  # the probe's 89.6 MB header
+    file = CountingFile(content, name="zero-size.safetensors")
+    started = time.process_time()
+
+    with pytest.raises(UploadRejected) as refused:
+        validate_lora_upload(file)
+
+    cpu_seconds = time.process_time() - started
+    assert refused.value.code == "header_too_large"
+    assert file.bytes_read == 8
+    figures.record(
+        group="check cost: LoRA header",
+        item="zero-size.safetensors",
+        outcome=(
+            f"refused (header_too_large) after reading 8 of {len(content):,} bytes, "
+            f"{cpu_seconds:.3f} s CPU"
+        ),
+        bytes_read=file.bytes_read,
+        cpu_seconds=round(cpu_seconds, 4),
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wide-65535x1.png",
+        "tall-1x65535.png",
+        "rescanned.jpg",
+        "empty-idat.png",
+        "grey16-at-limit.png",
+    ],
+)
+def test_the_probes_costly_files_are_refused_in_the_admin_request(
+    name, costly_files, client, superuser, persona, media_root, tmp_path
+):
+    file = costly_files[name]
+    client.force_login(superuser)
+    before = studio_state(media_root)
+
+    outcome = via_gallery_inline(client, persona, file, tmp_path)
+
+    assert file.code in {code for code, _ in outcome.refusals}, outcome.refusals
+    assert f'"{name}"' in outcome.shown
+    assert studio_state(media_root) == before

@@ -93,6 +93,29 @@ ROLES = [
     Role("reviewer", staff=True, permissions=(*VIEW_PERMISSIONS, REVIEW)),
     Role("generator", staff=True, permissions=(*VIEW_PERMISSIONS, GENERATE)),
     Role("superuser", staff=True, superuser=True),
+    # Single-app and single-model roles: media follows the row that owns it.
+    Role(
+        "staff with the personas app only",
+        staff=True,
+        permissions=tuple(
+            name for name in EVERY_STUDIO_PERMISSION if name.startswith("personas.")
+        ),
+    ),
+    Role(
+        "staff with the generation app only",
+        staff=True,
+        permissions=tuple(
+            name for name in EVERY_STUDIO_PERMISSION if name.startswith("generation.")
+        ),
+    ),
+    Role("persona viewer only", staff=True, permissions=("personas.view_persona",)),
+    Role(
+        "reference viewer only",
+        staff=True,
+        permissions=("personas.view_referenceimage",),
+    ),
+    Role("content viewer only", staff=True, permissions=("generation.view_content",)),
+    Role("persona editor only", staff=True, permissions=("personas.change_persona",)),
 ]
 
 # --- The policy -----------------------------------------------------------------
@@ -127,10 +150,32 @@ def admin_app_list(role: Role, endpoint: Endpoint) -> bool:
     return role.is_staff and role.has_any(endpoint.kwargs["app_label"])
 
 
+# Media by storage folder (first match): any one of these permissions sees it.
+SEE_REFERENCE = ("personas.view_referenceimage", "personas.view_persona")
+MEDIA_PERMISSIONS = [
+    ("references/", SEE_REFERENCE),
+    ("thumbnails/references/", SEE_REFERENCE),
+    ("control/generated/", ("generation.view_content",)),
+    ("control/", ("personas.view_controlnetunit", "personas.view_persona")),
+    ("loras/", ("personas.change_persona",)),
+    ("generated/", ("generation.view_content",)),
+    ("thumbnails/", ("generation.view_content",)),
+]
+# Folders under the media URL: nobody gets a listing (nor a 500).
+MEDIA_FOLDERS = ["generated/", "thumbnails/references/"]
+
+
 def studio_media(role: Role, endpoint: Endpoint) -> bool:
-    """Media: staff who may see something of the studio (DESIGN.md decision 6,
-    narrowed: a staff account for, say, user management sees no persona)."""
-    return role.is_staff and (role.has_any("personas") or role.has_any("generation"))
+    """Media: staff who may see the row that owns the file (DESIGN.md decision
+    6, per model: a reference viewer sees no output, nor its LoRA)."""
+    path = endpoint.kwargs["path"]
+    if path in MEDIA_FOLDERS:
+        return False
+    permissions = next(
+        permissions for folder, permissions in MEDIA_PERMISSIONS
+        if path.startswith(folder)
+    )
+    return role.is_staff and any(role.has(name) for name in permissions)
 
 
 def gallery_action(role: Role, endpoint: Endpoint) -> bool:
@@ -182,11 +227,10 @@ UNNAMED: list[tuple[str, Rule]] = [
 # Not requested: logging out would end the session the matrix runs in.
 SKIPPED = {"admin:logout"}
 # The RQ dashboard lists every job and can empty queues and stop jobs: only
-# superusers reach it (studio/urls.py); its statistics JSON keeps django_rq's
-# own check (staff, or an API token). django_rq's copy inside the admin
+# superusers reach it (studio/urls.py), its statistics JSON (host, port, queue
+# names) too, or an API token. django_rq's copy inside the admin
 # (RQ_SHOW_ADMIN_LINK) is off; turned on, its pages fall under this rule too.
 RQ_POLICY: Rule = superuser_only
-POLICY["django_rq:home_json"] = staff
 # Admins that refuse hand-made rows (generations start from actions).
 READ_ONLY_ADMINS = {
     "generation.content",
@@ -450,7 +494,7 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
         "content_id": [str(content.pk)],
         "batch_id": [str(sweep.pk)],
         "action": sorted(CONTENT_ACTIONS),
-        "path": stored_names(),
+        "path": stored_names() + MEDIA_FOLDERS,
         "queue_index": ["0"],
         "job_id": [job.id],
         "result_id": ["0"],

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation.bench.random_model import BenchModel, write_random_model
-from generation.engine.bench_registry import SD15_SIZES
+from benchmarks.random_model import BenchModel, write_random_model
+from benchmarks.registry import SD15_SIZES
 from generation.engine.config import EngineConfig, tiny_engine_config
 from generation.engine.tiny_model import Architecture, write_tiny_model
 
