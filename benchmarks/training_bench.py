@@ -48,7 +48,7 @@ def measure(
     import torch
     from PIL import Image
 
-    from generation.bench.presets import PRESETS
+    from benchmarks.presets import PRESETS
     from generation.engine.runner import Engine
     from generation.engine.training import (
         Trainer,

@@ -27,6 +27,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from generation import runtime
 from generation import training_services as services
 from generation.engine.errors import EngineError, GenerationCancelled
 from generation.engine.training import (
@@ -106,10 +107,8 @@ def training_request_from_run(run: TrainingRun) -> TrainingRequest:
 
 
 def _train(run: TrainingRun, reporter: _Reporter) -> str:
-    from generation.worker import shared_engine
-
     request = training_request_from_run(run)
-    trainer = Trainer(shared_engine())
+    trainer = Trainer(runtime.engine())
     trainer.check(request)
     with tempfile.TemporaryDirectory(prefix=f"training-{run.pk}-") as work:
         resume_from = services.training_run_last_checkpoint(
@@ -180,9 +179,7 @@ class _Reporter:
             logger.warning("Training #%s: progress not mirrored to Redis", self.run.pk)
 
     def should_cancel(self) -> bool:
-        from generation.worker import handback_requested
-
-        if handback_requested():
+        if runtime.handback_requested():
             self.handed_back = True
             return True
         return (
