@@ -205,7 +205,8 @@ def _record(content: Any) -> dict[str, Any]:
         "queue_wait": timings["queue_wait"],
         "engine": timings["engine_total"],
         "inference": timings["inference"],
-        "score": timings["score"],
+        # Scoring left the GPU job for the CPU queue: it adds nothing here.
+        "score": timings.get("score", 0.0),
         "job": timings["job_total"],
         "registry_hit": timings["registry_hit"],
         "started_at": content.started_at.timestamp(),

@@ -31,7 +31,7 @@ from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils.text import capfirst
 
-from generation import selectors, services
+from generation import score_services, selectors, services
 from generation.forms import GenerateForm, SweepForm
 from generation.models import Content, ReviewState
 from generation.parameters import GenerationOverrides
@@ -170,6 +170,7 @@ def _generate(persona: Persona, given: ActionInput) -> Any:
             seed=data.get("seed"),
         ),
         user=given.user,
+        keep_best=data.get("keep_best"),
     )
 
 
@@ -219,6 +220,10 @@ def _review(state: str) -> Service:
         )
 
     return review
+
+
+def _rescore(content: Content, given: ActionInput) -> Content:
+    return score_services.content_rescore(content=content)
 
 
 def _use_strength(content: Content, given: ActionInput) -> Persona:
@@ -335,6 +340,17 @@ REJECT = StaffAction(
     done_many="Marked {count} generation(s) rejected.",
     history="rejected.",
 )
+RESCORE = StaffAction(
+    name="rescore",
+    model=Content,
+    permission=GENERATE,
+    description="Rescore identity",
+    service=_rescore,
+    done="Queued the scoring of {target} again (identity and consistency, on "
+    "the CPU queue).",
+    done_many="Queued the scoring of {count} generation(s) again.",
+    history="scoring queued again.",
+)
 USE_STRENGTH = StaffAction(
     name="use_strength",
     model=Content,
@@ -349,7 +365,15 @@ USE_STRENGTH = StaffAction(
 )
 
 # On a content: the content changelist's actions and the content page's buttons.
-CONTENT_ACTIONS = (REGENERATE, REGENERATE_EXACTLY, CANCEL, RETRY, APPROVE, REJECT)
+CONTENT_ACTIONS = (
+    REGENERATE,
+    REGENERATE_EXACTLY,
+    CANCEL,
+    RETRY,
+    APPROVE,
+    REJECT,
+    RESCORE,
+)
 # On a persona: the persona changelist's actions.
 PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
 # On a tile of a contact sheet: its buttons.

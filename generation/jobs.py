@@ -5,7 +5,8 @@ the job is idempotent), builds the engine request from the row (images read
 through the storage API), runs the process's warm engine (``generation.runtime``)
 with progress reported every step (throttled, to the row and to ``job.meta``) and
 cancellation checked every step, then stores the output, thumbnails, control
-images, consistency score, snapshot and timings through the services.
+images, snapshot and timings through the services; the scores follow on the
+CPU queue (``generation.scoring_jobs``).
 
 Failures: a transient one (out of memory, a lost Redis or database connection)
 queues the row again after ``STUDIO_RETRY_BACKOFF_SECONDS`` until
@@ -137,8 +138,6 @@ def _claim(content_id: int, job: Job) -> bool:
 
 
 def _generate(content: Content, steps: _StepReporter) -> str:
-    from generation.engine.scoring import consistency_score
-
     started = time.perf_counter()
     request, inputs = request_from_row(
         content.request, replay_snapshot=content.replay_snapshot, inputs=content.inputs
@@ -147,18 +146,9 @@ def _generate(content: Content, steps: _StepReporter) -> str:
     result = engine.generate(
         request, on_step=steps.on_step, should_cancel=steps.should_cancel
     )
-    scoring = time.perf_counter()
+    # Scores are measured by the CPU queue's scoring job once the output is
+    # stored (generation.score_services): the GPU never waits for them.
     before = _before_image(content)
-    score = None
-    if before is not None:
-        encoder = engine.registry.image_encoder()
-        image_encoder, image_processor = encoder if encoder else (None, None)
-        score = consistency_score(
-            before,
-            result.images[0],
-            image_encoder=image_encoder,
-            image_processor=image_processor,
-        )
     timings = {
         "queue_wait": max(
             0.0, (content.started_at - content.enqueued_at).total_seconds()
@@ -167,7 +157,6 @@ def _generate(content: Content, steps: _StepReporter) -> str:
         "preprocess": result.timings.preprocess,
         "inference": result.timings.inference,
         "engine_total": result.timings.total,
-        "score": time.perf_counter() - scoring,
         "job_total": time.perf_counter() - started,
         "attempt": content.attempts,
         "registry_hit": result.registry_hit,
@@ -178,7 +167,6 @@ def _generate(content: Content, steps: _StepReporter) -> str:
         content=content,
         result=result,
         before_image=before,
-        score=score,
         inputs=inputs,
         timings=timings,
     )
@@ -186,7 +174,7 @@ def _generate(content: Content, steps: _StepReporter) -> str:
 
 
 def _before_image(content: Content) -> Image.Image | None:
-    """The reference the output is shown beside and scored against, if any left."""
+    """The reference the output is shown beside, if any left."""
     reference = content.before_reference
     if reference is None:
         return None

@@ -11,7 +11,9 @@ restarts or is flushed (jobs lost), a worker is killed mid-job (its row stays
   RQ's reason;
 - ``running`` whose job is no longer executed by a live worker (the worker's key
   expired, or its process is gone on this host, or it runs something else):
-  queued again while ``STUDIO_MAX_ATTEMPTS`` allows, else failed with a reason.
+  queued again while ``STUDIO_MAX_ATTEMPTS`` allows, else failed with a reason;
+- ``pending`` scores whose scoring job is lost: enqueued again on the CPU queue
+  (``score_services.reconcile_scoring``).
 
 It runs from ``studio_reconcile``, when every worker starts, and every
 ``STUDIO_RECONCILE_INTERVAL_SECONDS`` in every worker. Concurrent runs are safe:
@@ -31,7 +33,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.worker import BaseWorker, SimpleWorker
 
-from generation import services
+from generation import score_services, services
 from generation.models import Content, ContentStatus
 from generation.queues import redis_connection
 from generation.selectors import content_active
@@ -45,6 +47,9 @@ class ReconcileReport:
     requeued: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    # Scoring jobs (generation.score_services.reconcile_scoring).
+    scoring_requeued: list[int] = field(default_factory=list)
+    scoring_failed: list[int] = field(default_factory=list)
     # Training runs enqueued again, resumed or failed (run ids).
     training: list[int] = field(default_factory=list)
 
@@ -54,6 +59,8 @@ class ReconcileReport:
             len(self.requeued)
             + len(self.retried)
             + len(self.failed)
+            + len(self.scoring_requeued)
+            + len(self.scoring_failed)
             + len(self.training)
         )
 
@@ -65,8 +72,10 @@ class ReconcileReport:
             f"checked {self.checked} active rows: {len(self.requeued)} lost jobs "
             f"enqueued again{ids(self.requeued)}, {len(self.retried)} abandoned "
             f"runs retried{ids(self.retried)}, {len(self.failed)} failed"
-            f"{ids(self.failed)}, {len(self.training)} training runs repaired"
-            f"{ids(self.training)}"
+            f"{ids(self.failed)}; {len(self.scoring_requeued)} lost scoring jobs "
+            f"enqueued again{ids(self.scoring_requeued)}, "
+            f"{len(self.scoring_failed)} scorings failed{ids(self.scoring_failed)}; "
+            f"{len(self.training)} training runs repaired{ids(self.training)}"
         )
 
 
@@ -81,6 +90,8 @@ def reconcile() -> ReconcileReport:
             _reconcile_queued(content, job, connection, report)
         else:
             _reconcile_running(content, job, connection, report)
+    scoring = score_services.reconcile_scoring(connection)
+    report.scoring_requeued, report.scoring_failed = scoring.requeued, scoring.failed
     from generation.training_jobs import reconcile_training_runs
 
     reconcile_training_runs(connection, report)

@@ -16,6 +16,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from django.db.models import F
 from django.utils import timezone
 from PIL import Image
 
+from generation import selectors
 from generation.cleanup import content_attempt_files, content_attempt_files_remove
 from generation.engine.requests import GenerationResult
 from generation.engine.vocabulary import (
@@ -58,6 +60,7 @@ from generation.parameters import (
     request_for_persona,
 )
 from generation.queues import get_queue, queue_name_for_model
+from generation.score_services import content_queue_scoring
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.models import Persona
 from personas.services import persona_update
@@ -101,12 +104,27 @@ def content_enqueue_batch(
     negative_prompt: str = "",
     overrides: GenerationOverrides | None = None,
     user: AbstractBaseUser | None = None,
+    keep_best: int | None = None,
 ) -> Batch:
     """Queue ``count`` generations of one prompt, grouped in a batch.
 
     With a seed (overridden, or the persona's fixed one) the rows get that seed
     and the next ones (seed, seed + 1, ...); otherwise each gets a random seed.
+    ``keep_best`` (best K of N): once all are scored, the outputs not among the
+    ``keep_best`` of highest identity are marked "not kept"
+    (``score_services.batch_apply_best_of``).
     """
+    if keep_best is not None and not 1 <= keep_best < count:
+        raise ValidationError(
+            {
+                "keep_best": ValidationError(
+                    "Keep between 1 and %(most)s of %(count)s outputs (fewer than "
+                    "you generate); got %(keep)s.",
+                    code="keep_best_out_of_range",
+                    params={"most": count - 1, "count": count, "keep": keep_best},
+                )
+            }
+        )
     if not 1 <= count <= MAX_BATCH_COUNT:
         raise ValidationError(
             {
@@ -120,7 +138,11 @@ def content_enqueue_batch(
     overrides = overrides or GenerationOverrides()
     with transaction.atomic():
         batch = Batch.objects.create(
-            persona=persona, kind=BatchKind.BATCH, prompt=prompt, created_by=user
+            persona=persona,
+            kind=BatchKind.BATCH,
+            prompt=prompt,
+            created_by=user,
+            keep_best=keep_best,
         )
         _create_contents(
             persona=persona,
@@ -369,12 +391,12 @@ def content_store_result(
     content: Content,
     result: GenerationResult,
     before_image: Image.Image | None,
-    score: dict[str, Any] | None,
     inputs: dict[str, str],
     timings: dict[str, Any],
 ) -> bool:
     """Store a finished generation's files through the storage API and mark it
-    succeeded; False (nothing stored) when the row no longer belongs to this job.
+    succeeded, its scoring queued on the CPU queue once this commits; False
+    (nothing stored) when the row no longer belongs to this job.
 
     Whatever an earlier attempt left under the row's names (a worker killed
     while storing) is removed first; a write or a commit that fails removes
@@ -406,13 +428,16 @@ def content_store_result(
             control_row.save()
         row.status = ContentStatus.SUCCEEDED
         row.method_used = result.method.value
-        row.method_reason = result.method_reason
+        # Auto's choice by identity, made when the row was created, then the
+        # engine's.
+        row.method_reason = "; ".join(
+            reason for reason in (row.method_reason, result.method_reason) if reason
+        )
         row.snapshot = result.snapshot
         row.notes = result.notes
         row.inputs = inputs
         row.timings = timings
-        row.consistency_score = None if score is None else score["score"]
-        row.score_detail = score or {}
+        content_queue_scoring(content=row)
         row.progress_step = row.progress_total = max(row.progress_total, 1)
         row.finished_at = timezone.now()
         row.error_code = row.error_message = row.error_detail = ""
@@ -499,6 +524,9 @@ def _create_contents(
     _validate_prompts(prompt=prompt, negative_prompt=negative_prompt)
     method = overrides.method or persona.method
     _check_can_generate(persona, method)
+    method_reason = ""
+    if method == Method.AUTO:
+        overrides, method_reason = _auto_by_identity(persona, overrides)
     before = before_reference(persona)
     contents = []
     for seed in seeds:
@@ -518,6 +546,7 @@ def _create_contents(
             seed=seed,
             request=request,
             before_reference=before,
+            method_reason=method_reason,
             created_by=user,
         )
         _queue_row(content, delay_seconds=0)
@@ -554,6 +583,31 @@ def _copy_content(
     copy.save()
     copy.references.set(content.references.all())
     return copy
+
+
+def _auto_by_identity(
+    persona: Persona, overrides: GenerationOverrides
+) -> tuple[GenerationOverrides, str]:
+    """Auto that learns: with enough scored outputs per method, the method whose
+    outputs kept ``persona``'s identity best (``identity.choose_method_by_identity``)
+    replaces ``auto`` in the request; otherwise the engine's rules choose. The
+    reason says which, with the numbers, either way."""
+    from generation.engine.identity import choose_method_by_identity
+
+    choice = choose_method_by_identity(
+        selectors.persona_identity_by_method(persona=persona)
+    )
+    if choice.method is None:
+        return overrides, choice.reason
+    try:
+        _check_can_generate(persona, choice.method)
+    except ValidationError as error:
+        return overrides, (
+            f"the rules apply: {choice.reason}, but {choice.method} cannot run now "
+            f"({' '.join(error.messages)})"
+        )
+    reason = f"auto by identity: {choice.reason}"
+    return replace(overrides, method=choice.method), reason
 
 
 def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:

@@ -229,6 +229,7 @@ class PersonaAdmin(admin.ModelAdmin):
                     "negative_prompt",
                     ("width", "height"),
                     "base_model",
+                    "identity_threshold",
                 )
             },
         ),

@@ -105,6 +105,7 @@ class PersonaForm(forms.ModelForm):
             "seed_policy",
             "seed",
             "lora_scale",
+            "identity_threshold",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

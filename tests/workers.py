@@ -86,7 +86,10 @@ def use_queue(settings, name: str) -> None:
     """Route every generation of this test to queue ``name``."""
     settings.STUDIO_DEFAULT_QUEUE = name
     settings.STUDIO_QUEUE_ROUTES = {}
-    settings.RQ_QUEUES = {name: {"URL": settings.REDIS_URL, "DEFAULT_TIMEOUT": 600}}
+    settings.RQ_QUEUES = {
+        queue: {"URL": settings.REDIS_URL, "DEFAULT_TIMEOUT": 600}
+        for queue in (name, settings.STUDIO_CPU_QUEUE)
+    }
 
 
 def database_url() -> str:
@@ -358,5 +361,18 @@ def wait_finished(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
         ),
         timeout=timeout,
         what=f"content #{content.pk} to finish",
+    )
+    return Content.objects.get(pk=content.pk)
+
+
+def wait_scored(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
+    """Wait until ``content``'s scores have landed (a CPU worker scores it on
+    ``STUDIO_CPU_QUEUE``); return it fresh."""
+    wait_for(
+        lambda: Content.objects.filter(pk=content.pk)
+        .exclude(identity_status="pending")
+        .exists(),
+        timeout=timeout,
+        what=f"content #{content.pk} to be scored",
     )
     return Content.objects.get(pk=content.pk)

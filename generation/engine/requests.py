@@ -150,3 +150,6 @@ class GenerationResult:
     # Every image handed to the pipeline (fitted init image, control images,
     # IP-Adapter images) by pixel hash, as the snapshot's ``call`` names them.
     call_images: dict[str, Image.Image] = field(default_factory=dict)
+    # Per image, whether the safety checker flagged it; None: not checked
+    # (policy off, or no checker for this model). See ``safety.py``.
+    flagged: list[bool] | None = None

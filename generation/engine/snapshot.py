@@ -196,6 +196,7 @@ def build_snapshot(
     outputs: list[Image.Image],
     device: str,
     dtype: str,
+    safety: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that produced ``outputs``, JSON-serialisable.
 
@@ -211,6 +212,7 @@ def build_snapshot(
         "base_method": plan.base.value,
         "method_reason": plan.reason,
         "pipeline_class": type(pipe).__name__,
+        "family": plan.family,
         "model": {"key": request.model, **model_fingerprint},
         "scheduler": {
             "class": type(pipe.scheduler).__name__,
@@ -269,6 +271,7 @@ def build_snapshot(
             "scale": request.lora.scale,
         },
         "outputs": [image_sha256(image) for image in outputs],
+        "safety": None if safety is None else _json_value(dict(safety)),
         "device": device,
         "dtype": dtype,
         "hardware": _hardware(device),

@@ -10,6 +10,16 @@ urlpatterns = [
     path("", views.gallery_index, name="index"),
     path("progress/", views.content_progress, name="progress"),
     path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
+    path(
+        "personas/<slug:slug>/identity/",
+        views.persona_identity,
+        name="persona-identity",
+    ),
+    path(
+        "personas/<slug:slug>/identity.csv",
+        views.persona_identity_csv,
+        name="persona-identity-csv",
+    ),
     path("content/<int:content_id>/", views.content_detail, name="content"),
     path("content/<int:content_id>/card/", views.content_card, name="content-card"),
     path(

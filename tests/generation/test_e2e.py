@@ -23,7 +23,7 @@ from generation.parameters import GenerationOverrides
 from generation.reconcile import reconcile
 from personas.models import ControlNetUnit
 from tests.faulty_workers import OUT_OF_MEMORY_ATTEMPTS_ENV
-from tests.workers import make_persona, wait_finished, wait_for
+from tests.workers import make_persona, wait_finished, wait_for, wait_scored
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -51,6 +51,7 @@ def _running_with_progress(content: Content) -> Content:
 def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
     admin_client, persona_with_reference, start_worker
 ):
+    start_worker("cpu")  # scores on STUDIO_CPU_QUEUE, off the GPU worker
     start_worker("generate")
     response = admin_client.post(
         "/admin/personas/persona/",
@@ -84,6 +85,7 @@ def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
             assert default_storage.exists(file.name)
         with default_storage.open(content.output_image.name, "rb") as file:
             assert Image.open(file).size == (64, 64)
+        content = wait_scored(content)
         assert 0.0 <= content.consistency_score <= 1.0
         assert content.score_detail["ssim"] is not None
         assert content.method_used == "img2img"

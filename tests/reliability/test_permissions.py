@@ -205,6 +205,8 @@ POLICY: dict[str, Rule] = {
     "gallery:index": staff_with("generation.view_content"),
     "gallery:progress": staff_with("generation.view_content"),
     "gallery:persona": staff_with("generation.view_content"),
+    "gallery:persona-identity": staff_with("generation.view_content"),
+    "gallery:persona-identity-csv": staff_with("generation.view_content"),
     "gallery:content": staff_with("generation.view_content"),
     "gallery:content-card": staff_with("generation.view_content"),
     "gallery:sweep": staff_with("generation.view_content"),
@@ -274,6 +276,8 @@ ACTION_PERMISSIONS = {
     ("generation.content", "retry"): GENERATE,
     ("generation.content", "approve"): REVIEW,
     ("generation.content", "reject"): REVIEW,
+    ("generation.content", "rescore"): GENERATE,
+    ("personas.referenceimage", "set_role"): "personas.change_referenceimage",
     ("personas.persona", "train_lora"): "generation.train_lora",
     ("generation.trainingrun", "cancel_training"): "generation.train_lora",
     ("personas.personaloraversion", "activate_lora_version"): (

@@ -3,7 +3,8 @@
 It migrates, creates an admin account when there is none (its random password
 is saved under ``var/``), starts the embedded Redis when ``REDIS_URL`` is unset,
 writes the tiny model on the first run when no real model is configured, then
-runs one ``studio_worker`` and the web server at http://127.0.0.1:8000/ as child
+runs one ``studio_worker``, one CPU worker (``studio_worker --queues cpu``:
+face analysis and scoring) and the web server at http://127.0.0.1:8000/ as child
 processes. Ctrl-C or SIGTERM stops them all (the worker hands a running job back
 to the queue first); if one of them dies, the others are stopped too.
 """
@@ -61,6 +62,20 @@ class Command(BaseCommand):
         children = {
             "the worker": subprocess.Popen(
                 [*manage, "studio_worker"], start_new_session=True
+            ),
+            # Face analysis and scoring, on the CPU: never on the GPU worker
+            # (no model preloaded, no GPU touched).
+            "the CPU worker": subprocess.Popen(
+                [
+                    *manage,
+                    "studio_worker",
+                    "--queues",
+                    settings.STUDIO_CPU_QUEUE,
+                    "--device",
+                    "cpu",
+                    "--preload",
+                ],
+                start_new_session=True,
             ),
             "the web server": subprocess.Popen(
                 [*manage, "runserver", address, "--noreload"], start_new_session=True

@@ -9,8 +9,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0001_initial'),
-        ('personas', '0002_persona_lora_version'),
+        ('generation', '0002_identity'),
+        ('personas', '0003_persona_lora_version'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
