@@ -14,7 +14,7 @@ from typing import Any
 from django import forms
 
 from generation import training_services as services
-from generation.engine.errors import InvalidRequest
+from generation.engine.errors import EngineError
 from generation.engine.training import (
     DEFAULT_PRESET,
     MAX_NOISE_OFFSET,
@@ -23,6 +23,7 @@ from generation.engine.training import (
     check_training_plan,
     preset_settings,
 )
+from generation.engine_settings import model_family
 from personas.models import Persona
 
 SETTING_FIELDS = (
@@ -147,15 +148,14 @@ class TrainLoraForm(forms.Form):
         ]
         try:
             check_training_plan(
-                family="sd15",
+                family=model_family(self.persona.base_model),
                 settings=settings,
                 captions=captions,
                 validation_prompts=prompts,
             )
-        except InvalidRequest as error:
+        except EngineError as error:
             raise forms.ValidationError(str(error), code="training_refused") from None
         data["training_references"] = list(zip(references, captions, strict=True))
         data["training_settings"] = settings
         data["training_prompts"] = prompts
         return data
-

@@ -24,13 +24,14 @@ from django.db.models import F, Max
 from django.utils import timezone
 from PIL import Image
 
-from generation.engine.errors import InvalidRequest
+from generation.engine.errors import EngineError
 from generation.engine.training import (
     TrainingResult,
     TrainingSettings,
     ValidationSample,
     check_training_plan,
 )
+from generation.engine_settings import model_family
 from generation.queues import get_queue, queue_name_for_model
 from generation.training_models import (
     TRAINING_ACTIVE_STATUSES,
@@ -119,18 +120,19 @@ def training_run_start(
             )
     prompts = list(validation_prompts) or [trigger_word]
     try:
+        family = model_family(persona.base_model)
         check_training_plan(
-            family="sd15",
+            family=family,
             settings=settings,
             captions=[caption for _, caption in references],
             validation_prompts=prompts,
         )
-    except InvalidRequest as error:
+    except EngineError as error:
         raise ValidationError(str(error), code="training_refused") from None
     run = TrainingRun(
         persona=persona,
         model=persona.base_model,
-        family="sd15",
+        family=family,
         preset=preset,
         hyperparameters=settings.to_dict(),
         trigger_word=trigger_word,

@@ -33,7 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import (
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import convert_state_dict_to_kohya
 from PIL import Image, ImageOps
 from safetensors.torch import load_file, save, save_file
@@ -199,6 +203,11 @@ class TrainingFamily:
     max_resolution: int
     base_model_version: str
     encode: Callable[[Any, list[str]], dict[str, torch.Tensor]]
+    """Captions -> conditioning tensors (one row per caption), cacheable."""
+    unet_kwargs: Callable[
+        [Any, dict[str, torch.Tensor], tuple[int, int]], dict[str, Any]
+    ] = lambda pipe, conditioning, size: dict(conditioning)
+    """Conditioning of a batch and its bucket (width, height) -> UNet kwargs."""
 
 
 def _encode_sd15(pipe: Any, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -212,6 +221,38 @@ def _encode_sd15(pipe: Any, captions: list[str]) -> dict[str, torch.Tensor]:
     return {"encoder_hidden_states": pipe.text_encoder(tokens)[0]}
 
 
+def _encode_sdxl(pipe: Any, captions: list[str]) -> dict[str, torch.Tensor]:
+    # The pipeline's own encoding: both encoders' penultimate layers, pooled.
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        captions,
+        device=pipe.text_encoder_2.device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=False,
+    )
+    return {"encoder_hidden_states": embeds, "text_embeds": pooled}
+
+
+def _sdxl_unet_kwargs(
+    pipe: Any, conditioning: dict[str, torch.Tensor], size: tuple[int, int]
+) -> dict[str, Any]:
+    width, height = size
+    pooled = conditioning["text_embeds"]
+    time_ids = pipe._get_add_time_ids(
+        (height, width),
+        (0, 0),
+        (height, width),
+        dtype=pooled.dtype,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+    ).to(pooled.device)
+    return {
+        "encoder_hidden_states": conditioning["encoder_hidden_states"],
+        "added_cond_kwargs": {
+            "text_embeds": pooled,
+            "time_ids": time_ids.repeat(pooled.shape[0], 1),
+        },
+    }
+
+
 SD15 = TrainingFamily(
     name="sd15",
     pipeline_class=StableDiffusionPipeline,
@@ -222,7 +263,21 @@ SD15 = TrainingFamily(
     base_model_version="sd_v1",
     encode=_encode_sd15,
 )
-FAMILIES: dict[str, TrainingFamily] = {SD15.name: SD15}
+SDXL = TrainingFamily(
+    name="sdxl",
+    pipeline_class=StableDiffusionXLPipeline,
+    text_encoders=(
+        TextEncoderSlot("text_encoder", "tokenizer", "lora_te1"),
+        TextEncoderSlot("text_encoder_2", "tokenizer_2", "lora_te2"),
+    ),
+    # 64 is the tiny SDXL model's size; real SDXL trains at 1024.
+    min_resolution=64,
+    max_resolution=2048,
+    base_model_version="sdxl_base_v1-0",
+    encode=_encode_sdxl,
+    unet_kwargs=_sdxl_unet_kwargs,
+)
+FAMILIES: dict[str, TrainingFamily] = {SD15.name: SD15, SDXL.name: SDXL}
 
 
 # --- Requests and results --------------------------------------------------------
@@ -242,7 +297,8 @@ class TrainingRequest:
     model: str
     images: list[TrainingImage]
     settings: TrainingSettings = field(default_factory=TrainingSettings)
-    family: str = SD15.name
+    family: str | None = None
+    """A key of ``FAMILIES``; None: the model's own family (``Trainer.check``)."""
     validation_prompts: list[str] = field(default_factory=list)
     validation_seeds: list[int] = field(default_factory=lambda: [0])
     output_name: str = "persona"
@@ -285,7 +341,7 @@ SampleCallback = Callable[[int, list[ValidationSample]], None]
 def check_training(request: TrainingRequest) -> TrainingFamily:
     """Refuse a request that cannot work, with the reason; loads nothing."""
     family = check_training_plan(
-        family=request.family,
+        family=request.family or SD15.name,
         settings=request.settings,
         captions=[item.caption for item in request.images],
         validation_prompts=request.validation_prompts,
@@ -436,9 +492,10 @@ class Trainer:
 
     def check(self, request: TrainingRequest) -> TrainingFamily:
         """``check_training`` plus the model: it must be configured."""
-        family = check_training(request)
         self.registry.source(request.model)
-        return family
+        if request.family is None:
+            request.family = self.registry.family(request.model).key
+        return check_training(request)
 
     def train(
         self,
@@ -594,7 +651,9 @@ class Trainer:
                     for name in embeddings[captions[0]]
                 }
             prediction = model.pipe.unet(
-                noisy.to(model.weight_dtype), timesteps, **conditioning
+                noisy.to(model.weight_dtype),
+                timesteps,
+                **model.family.unet_kwargs(model.pipe, conditioning, bucket),
             ).sample
         loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
         optimizer.zero_grad(set_to_none=True)

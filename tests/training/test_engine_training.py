@@ -282,3 +282,85 @@ def test_the_snapshot_names_inputs_model_and_libraries(trained, training_images)
     assert all(len(image["sha256"]) == 64 for image in snapshot["images"])
     assert snapshot["model_fingerprint"]
     assert snapshot["libraries"]["peft"]
+
+
+# --- SDXL ------------------------------------------------------------------------
+
+
+def sdxl_request(images, **settings) -> TrainingRequest:
+    return TrainingRequest(
+        model="tiny-sdxl", images=images, settings=replace(LEARNING, **settings)
+    )
+
+
+def test_a_tiny_sdxl_lora_with_both_text_encoders_loads_and_changes_the_output(
+    engine, training_images, tiny_model_dir, tmp_path
+):
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+
+    from generation.engine.requests import GenerationRequest, LoraInput, Method
+
+    request = sdxl_request(training_images, train_text_encoder=True)
+    result = Trainer(engine).train(request, work_dir=tmp_path / "work")
+    assert request.family == "sdxl"  # taken from the model's files
+    quarter = len(result.losses) // 4
+    assert statistics.mean(result.losses[-quarter:]) < statistics.mean(
+        result.losses[:quarter]
+    )
+    prefixes = {key.split("_text_model_")[0] for key in _keys(result.lora)}
+    assert {"lora_te1", "lora_te2"} <= prefixes
+    assert any(key.startswith("lora_unet_") for key in _keys(result.lora))
+    validate_lora_upload(
+        ContentFile(result.lora, name="ada.safetensors"), name="ada.safetensors"
+    )
+
+    path = tmp_path / "ada-sdxl.safetensors"
+    path.write_bytes(result.lora)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir / "sdxl")
+    pipe.load_lora_weights(path, adapter_name="ada")
+    assert pipe.get_list_adapters() == {
+        "unet": ["ada"],
+        "text_encoder": ["ada"],
+        "text_encoder_2": ["ada"],
+    }
+
+    def generate(lora):
+        request = GenerationRequest(
+            model="tiny-sdxl",
+            prompt="sks person",
+            method=Method.TEXT,
+            seed=3,
+            steps=2,
+            width=64,
+            height=64,
+            lora=lora,
+        )
+        return np.asarray(engine.generate(request).images[0], dtype=np.int16)
+
+    assert np.abs(generate(LoraInput(weights=result.lora)) - generate(None)).max()
+
+
+def test_a_tiny_sdxl_run_resumes_exactly_and_cancels_at_the_next_step(
+    engine, training_images, tmp_path
+):
+    request = sdxl_request(training_images, steps=4, checkpoint_every=2)
+    trainer = Trainer(engine)
+    whole = trainer.train(request, work_dir=tmp_path / "whole")
+    seen: list[int] = []
+    with pytest.raises(TrainingCancelled, match="before step 4 of 4"):
+        trainer.train(
+            request,
+            work_dir=tmp_path / "cut",
+            on_step=lambda step, total, loss: seen.append(step),
+            should_cancel=lambda: len(seen) == 3,
+        )
+    assert seen == [1, 2, 3]
+    resumed = trainer.train(
+        request,
+        work_dir=tmp_path / "cut",
+        resume_from=latest_checkpoint(tmp_path / "cut"),
+    )
+    assert resumed.resumed_from == 2 and resumed.losses == whole.losses
+    mine, theirs = _tensors(resumed.lora), _tensors(whole.lora)
+    assert all(mine[key].equal(theirs[key]) for key in theirs)
