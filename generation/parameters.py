@@ -19,7 +19,13 @@ from django.core.files.storage import default_storage
 from PIL import Image
 
 from generation.engine.errors import InvalidRequest
-from generation.engine.requests import GenerationRequest
+from generation.engine.requests import (
+    ControlUnitInput,
+    GenerationRequest,
+    IPAdapterInput,
+    LoraInput,
+    ReferenceInput,
+)
 from generation.engine.vocabulary import (
     MAX_FRACTION,
     MAX_GUIDANCE_SCALE,
@@ -226,6 +232,65 @@ def request_from_row(
     if built.lora is not None:
         keys[lora_key(built.lora)] = request["lora"]["weights"]
     return built, keys
+
+
+def request_outline(request: Mapping[str, Any]) -> GenerationRequest:
+    """A row's request as the plan check sees it (``engine/plan.py``), read
+    cheaply: images are not opened (the check asks only which exist), and the
+    LoRA is the header of its file, the only part the check reads."""
+    references = [
+        ReferenceInput(
+            image=_NOT_OPENED,
+            role=data["role"],
+            sha256=data["sha256"],
+            primary=data["primary"],
+        )
+        for data in request["references"]
+    ]
+    units = [
+        ControlUnitInput(
+            **{
+                **data,
+                "control_image": None if data["control_image"] is None else _NOT_OPENED,
+            }
+        )
+        for data in request["control_units"]
+    ]
+    lora = request["lora"]
+    return GenerationRequest(
+        **{
+            **request,
+            "references": references,
+            "control_units": units,
+            "ip_adapter": None
+            if request["ip_adapter"] is None
+            else IPAdapterInput(**request["ip_adapter"]),
+            "lora": None
+            if lora is None
+            else LoraInput(**{**lora, "weights": _stored_header(lora["weights"])}),
+        }
+    )
+
+
+# What the outline carries for an image it did not open: the plan check asks
+# only whether a unit has a control image, never looks at one.
+_NOT_OPENED = Image.new("RGB", (1, 1))
+
+
+def _stored_header(name: str) -> bytes:
+    """The header of a stored ``.safetensors`` file (its length, then the JSON
+    header; the upload check bounds it), without reading its tensors."""
+    from generation.engine.plan import lora_header_bytes
+
+    try:
+        with default_storage.open(name, "rb") as file:
+            head = file.read(8)
+            return head + file.read(lora_header_bytes(head) - len(head))
+    except FileNotFoundError:
+        raise InvalidRequest(
+            f"The file {name} is no longer in storage (were the persona's LoRA "
+            "weights replaced?); generate again from the persona."
+        ) from None
 
 
 def open_stored_image(name: str) -> Image.Image:

@@ -29,6 +29,8 @@ from django.utils import timezone
 from PIL import Image
 
 from generation.cleanup import content_attempt_files, content_attempt_files_remove
+from generation.engine.errors import EngineError
+from generation.engine.plan import Problem, plan_problems
 from generation.engine.requests import GenerationResult
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
@@ -42,7 +44,7 @@ from generation.engine.vocabulary import (
     Method,
     SeedPolicy,
 )
-from generation.engine_settings import configured_models
+from generation.engine_settings import configured_models, engine_config
 from generation.models import (
     ACTIVE_STATUSES,
     Batch,
@@ -56,6 +58,7 @@ from generation.parameters import (
     GenerationOverrides,
     before_reference,
     request_for_persona,
+    request_outline,
 )
 from generation.queues import get_queue, queue_name_for_model
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
@@ -290,6 +293,7 @@ def content_retry(*, content: Content, user: AbstractBaseUser | None = None) -> 
             code="not_retryable",
             params={"id": content.pk, "status": content.get_status_display()},
         )
+    check_request(content.request)
     content.attempts = 0
     content.cancel_requested = False
     content.error_code = content.error_message = content.error_detail = ""
@@ -509,6 +513,8 @@ def _create_contents(
             overrides=overrides,
             seed=seed,
         )
+        if not contents:  # the rows differ only by their seed
+            check_request(request)
         content = Content(
             persona=persona,
             batch=batch,
@@ -537,6 +543,7 @@ def _copy_content(
     inputs: dict[str, str],
     user: AbstractBaseUser | None,
 ) -> Content:
+    check_request(content.request)
     copy = Content(
         persona=content.persona,
         regenerated_from=content,
@@ -554,6 +561,47 @@ def _copy_content(
     copy.save()
     copy.references.set(content.references.all())
     return copy
+
+
+def check_request(request: dict[str, Any]) -> None:
+    """Refuse, before anything is queued, a request the engine's plan check
+    finds sure to fail (``engine/plan.py``), with the engine's message."""
+    problems = request_problems(request)
+    if problems:
+        raise ValidationError(
+            [
+                ValidationError(problem.message, code=problem.code)
+                for problem in problems
+            ]
+        )
+
+
+def request_problems(request: dict[str, Any]) -> list[Problem]:
+    """The plan check's problems for a row's request (JSON form)."""
+    try:
+        outline = request_outline(request)
+    except EngineError as error:
+        return [Problem(code=error.code, message=str(error), error=type(error))]
+    return plan_problems(outline, engine_config())
+
+
+def persona_plan_warnings(*, persona: Persona) -> list[str]:
+    """What would make the persona's next generation fail, as warnings for the
+    page where it was saved (its prompt is not known yet: the check is of its
+    settings)."""
+    if persona.base_model not in configured_models():
+        return [
+            f"The base model {persona.base_model} is not configured in this studio; "
+            "choose another one."
+        ]
+    request, _ = request_for_persona(
+        persona,
+        prompt="",
+        negative_prompt="",
+        overrides=GenerationOverrides(),
+        seed=0,
+    )
+    return [str(problem) for problem in request_problems(request)]
 
 
 def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:
