@@ -604,6 +604,14 @@ def persona_plan_warnings(*, persona: Persona) -> list[str]:
     return [str(problem) for problem in request_problems(request)]
 
 
+def persona_plan_warnings_received(*, persona: Persona, **_: Any) -> list[str]:
+    """``personas.signals.persona_saved``: the plan warnings, said as such."""
+    return [
+        f"Generations of {persona} are sure to fail with these settings: {warning}"
+        for warning in persona_plan_warnings(persona=persona)
+    ]
+
+
 def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:
     """The prompts' length and characters (every entry point, the command line
     included, comes through here)."""
