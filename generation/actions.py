@@ -29,6 +29,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from generation import selectors, services
@@ -84,6 +86,9 @@ class StaffAction:
     # The history entry goes on the result (the persona a sheet's tile changed)
     # rather than on the target.
     logs_result: bool = False
+    # Where the person follows the result: the success message links there.
+    result_url: Callable[[Any], str] | None = None
+    result_link: str = ""
 
     @property
     def slug(self) -> str:
@@ -135,7 +140,15 @@ def perform(
             done.append((target, result))
     if len(done) == 1:
         ((target, result),) = done
-        messages.success(request, action.done.format(target=target, result=result))
+        message = action.done.format(target=target, result=result)
+        if action.result_url is not None:
+            message = format_html(
+                '{} <a href="{}">{}</a>',
+                message,
+                action.result_url(result),
+                action.result_link,
+            )
+        messages.success(request, message)
     elif done:
         messages.success(request, action.done_many.format(count=len(done)))
     return [result for _, result in done]
@@ -164,11 +177,7 @@ def _generate(persona: Persona, given: ActionInput) -> Any:
         prompt=data["prompt"],
         negative_prompt=data.get("negative_prompt", ""),
         count=data["count"],
-        overrides=GenerationOverrides(
-            method=data.get("method") or None,
-            strength=data.get("strength"),
-            seed=data.get("seed"),
-        ),
+        overrides=GenerationOverrides.from_data(data),
         user=given.user,
     )
 
@@ -242,7 +251,9 @@ GENERATE_ACTION = StaffAction(
     description="Generate…",
     service=_generate,
     form=GenerateForm,
-    done="Queued {result}; follow its generations under Contents.",
+    done="Queued {result}.",
+    result_url=lambda batch: reverse("gallery:batch", args=[batch.pk]),
+    result_link="Follow its generations.",
     done_many="Queued generations for {count} persona(s); follow them under Contents.",
     history="queued {result}.",
 )

@@ -502,7 +502,13 @@ def _create_contents(
     overrides.validate()
     _validate_prompts(prompt=prompt, negative_prompt=negative_prompt)
     method = overrides.method or persona.method
-    _check_can_generate(persona, method)
+    if persona.base_model not in configured_models():
+        raise ValidationError(
+            "The persona's base model %(model)s is not configured in this studio; "
+            "choose another one on the persona.",
+            code="unknown_model",
+            params={"model": persona.base_model},
+        )
     before = before_reference(persona)
     contents = []
     for seed in seeds:
@@ -514,6 +520,7 @@ def _create_contents(
             seed=seed,
         )
         if not contents:  # the rows differ only by their seed
+            _check_can_generate(persona, method, request)
             check_request(request)
         content = Content(
             persona=persona,
@@ -625,31 +632,21 @@ def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:
         raise ValidationError(errors)
 
 
-def _check_can_generate(persona: Persona, method: str) -> None:
-    """The person-caused problems that are cheap to see before queueing (the
-    engine checks everything else when the job runs)."""
-    if persona.base_model not in configured_models():
-        raise ValidationError(
-            "The persona's base model %(model)s is not configured in this studio; "
-            "choose another one on the persona.",
-            code="unknown_model",
-            params={"model": persona.base_model},
-        )
+def _check_can_generate(persona: Persona, method: str, request: dict[str, Any]) -> None:
+    """What the method needs from the persona, said in the persona's terms
+    (the plan check then says everything else in the engine's)."""
     label = Method(method).label
-    if method in METHODS_NEEDING_REFERENCE and not persona.references.exists():
+    if method in METHODS_NEEDING_REFERENCE and not request["references"]:
         raise ValidationError(
             "%(method)s needs a reference image: add one to %(persona)s's gallery "
             "first, or choose the text method.",
             code="needs_reference",
             params={"method": label, "persona": persona},
         )
-    if (
-        method in METHODS_WITH_CONTROL
-        and not persona.control_units.filter(enabled=True).exists()
-    ):
+    if method in METHODS_WITH_CONTROL and not request["control_units"]:
         raise ValidationError(
             "%(method)s needs an enabled ControlNet unit: add one to %(persona)s "
-            "first.",
+            "first, or turn one on.",
             code="needs_control_unit",
             params={"method": label, "persona": persona},
         )
@@ -659,7 +656,10 @@ def _seeds(
     persona: Persona, overrides: GenerationOverrides, *, count: int
 ) -> list[int]:
     base = overrides.seed
-    if base is None and persona.seed_policy == SeedPolicy.FIXED:
+    policy = overrides.seed_policy or persona.seed_policy
+    if policy == SeedPolicy.RANDOM and overrides.seed_policy == SeedPolicy.RANDOM:
+        base = None
+    elif base is None and policy == SeedPolicy.FIXED:
         base = persona.seed
     if base is None:
         return [_random_seed() for _ in range(count)]

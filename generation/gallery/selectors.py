@@ -277,6 +277,24 @@ def sweep_contents(*, batch: Batch) -> list[Content]:
     return contents
 
 
+def batch_get(*, batch_id: int) -> Batch:
+    """A batch (or sweep) with its persona; raises ``Batch.DoesNotExist``."""
+    return Batch.objects.select_related("persona").get(pk=batch_id)
+
+
+def batch_contents(*, batch: Batch) -> list[Content]:
+    """A batch's outputs in the order they were queued, as grid cards."""
+    return list(_light(Content.objects.filter(batch=batch)).order_by("pk"))
+
+
+def persona_for_generate(*, slug: str) -> Persona:
+    """A persona with its gallery and units, for its generate page; raises
+    ``Persona.DoesNotExist``."""
+    return Persona.objects.prefetch_related("references", "control_units").get(
+        slug=slug
+    )
+
+
 def content_progress(*, content_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """Status and progress of up to ``MAX_PROGRESS_IDS`` outputs, by id; unknown
     ids are left out."""

@@ -10,6 +10,8 @@ urlpatterns = [
     path("", views.gallery_index, name="index"),
     path("progress/", views.content_progress, name="progress"),
     path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
+    path("personas/<slug:slug>/generate/", views.persona_generate, name="generate"),
+    path("batches/<int:batch_id>/", views.batch_page, name="batch"),
     path("content/<int:content_id>/", views.content_detail, name="content"),
     path("content/<int:content_id>/card/", views.content_card, name="content-card"),
     path(

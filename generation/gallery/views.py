@@ -39,6 +39,7 @@ from django.views.decorators.http import require_GET, require_POST
 from generation import actions, selectors
 from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import tiny_model_keys
+from generation.forms import PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.forms import GalleryFilterForm, content_ids
 from generation.models import Content
@@ -136,6 +137,7 @@ def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
             "page": page,
             "filter_query": _query(request, drop=("after", "before")),
             "batches": gallery_selectors.persona_recent_batches(persona=persona),
+            "can_generate": actions.GENERATE_ACTION.allows(request.user),
             "uses_tiny_model": persona.base_model in tiny
             or any(content.model_key in tiny for content in page.contents),
         },
@@ -164,8 +166,7 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
             "control_images": list(content.control_images.all()),
             "parameters": _parameters(content),
             "snapshot_text": json.dumps(content.snapshot, indent=2, sort_keys=True),
-            "uses_tiny_model": content.request.get("model")
-            in tiny_model_keys(),
+            "uses_tiny_model": content.request.get("model") in tiny_model_keys(),
         },
     )
 
@@ -203,8 +204,60 @@ def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
             "batch": batch,
             "persona": batch.persona,
             "contents": contents,
-            "uses_tiny_model": batch.persona.base_model
-            in tiny_model_keys(),
+            "uses_tiny_model": batch.persona.base_model in tiny_model_keys(),
+        },
+    )
+
+
+@gallery_view
+def persona_generate(request: HttpRequest, slug: str) -> HttpResponse:
+    """A persona's generate page: every per-run override, the persona's values
+    as defaults; a valid POST queues a batch through the action table's
+    "Generate…" and opens the batch's page, where its contents progress."""
+    action = actions.GENERATE_ACTION
+    action.check_allowed(request.user)
+    persona = _found(
+        lambda: gallery_selectors.persona_for_generate(slug=slug), "No such persona."
+    )
+    form = PersonaGenerateForm(request.POST or None, persona=persona)
+    if request.method == "POST" and form.is_valid():
+        results = actions.perform(
+            action, [persona], request=request, data=form.cleaned_data
+        )
+        if results:
+            return HttpResponseRedirect(reverse("gallery:batch", args=[results[0].pk]))
+    return _render(
+        request,
+        "gallery/generate.html",
+        {
+            "title": f"Generate – {persona}",
+            "persona": persona,
+            "form": form,
+            "uses_tiny_model": persona.base_model in tiny_model_keys(),
+        },
+    )
+
+
+@require_GET
+@gallery_view
+def batch_page(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """A batch's contents as cards with live progress (where the generate page
+    and the "Generate…" message lead)."""
+    batch = _found(
+        lambda: gallery_selectors.batch_get(batch_id=batch_id), "No such batch."
+    )
+    contents = gallery_selectors.batch_contents(batch=batch)
+    return _render(
+        request,
+        "gallery/batch.html",
+        {
+            "title": f"Batch #{batch.pk} of {batch.persona}",
+            "batch": batch,
+            "persona": batch.persona,
+            "contents": contents,
+            "uses_tiny_model": any(
+                content.model_key in tiny_model_keys() for content in contents
+            ),
         },
     )
 
