@@ -218,6 +218,10 @@ def _retry(content: Content, given: ActionInput) -> Content:
     return services.content_retry(content=content, user=given.user)
 
 
+def _retry_with_current(content: Content, given: ActionInput) -> Content:
+    return services.content_retry_with_current(content=content, user=given.user)
+
+
 def _review(state: str) -> Service:
     def review(content: Content, given: ActionInput) -> Content:
         return services.content_review(
@@ -319,12 +323,24 @@ RETRY = StaffAction(
     name="retry",
     model=Content,
     permission=GENERATE,
-    description="Retry",
+    description="Retry as it was",
     service=_retry,
     costly=True,
-    done="Queued {target} again.",
-    done_many="Queued {count} generation(s) again.",
-    history="queued again (retry).",
+    done="Queued {target} again, as it was.",
+    done_many="Queued {count} generation(s) again, as they were.",
+    history="queued again as it was (retry).",
+)
+RETRY_WITH_CURRENT = StaffAction(
+    name="retry_with_current",
+    model=Content,
+    permission=GENERATE,
+    description="Retry with the persona's current settings",
+    service=_retry_with_current,
+    costly=True,
+    done="Queued {target} again with its persona's current settings.",
+    done_many="Queued {count} generation(s) again with their personas' current "
+    "settings.",
+    history="queued again with the persona's current settings (retry).",
 )
 APPROVE = StaffAction(
     name="approve",
@@ -360,7 +376,15 @@ USE_STRENGTH = StaffAction(
 )
 
 # On a content: the content changelist's actions and the content page's buttons.
-CONTENT_ACTIONS = (REGENERATE, REGENERATE_EXACTLY, CANCEL, RETRY, APPROVE, REJECT)
+CONTENT_ACTIONS = (
+    REGENERATE,
+    REGENERATE_EXACTLY,
+    CANCEL,
+    RETRY,
+    RETRY_WITH_CURRENT,
+    APPROVE,
+    REJECT,
+)
 # On a persona: the persona changelist's actions.
 PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
 # On a tile of a contact sheet: its buttons.

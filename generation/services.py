@@ -284,7 +284,44 @@ def content_cancel(
 
 @transaction.atomic
 def content_retry(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
-    """Run a failed or cancelled generation again, with a fresh attempt budget."""
+    """Run a failed or cancelled generation again as it was (its frozen
+    request), with a fresh attempt budget."""
+    content = _retryable(content)
+    check_request(content.request)
+    return _requeue_for_retry(content)
+
+
+@transaction.atomic
+def content_retry_with_current(
+    *, content: Content, user: AbstractBaseUser | None = None
+) -> Content:
+    """Run a failed or cancelled generation again with its persona's settings
+    as they are now: the request is rebuilt from the persona (the prompt, the
+    negative prompt, the requested method and the seed stay; the run's other
+    overrides are the persona's now), so a fix on the persona takes effect."""
+    content = _retryable(content)
+    persona = content.persona
+    method = content.method_requested
+    request, references = request_for_persona(
+        persona,
+        prompt=content.prompt,
+        negative_prompt=content.negative_prompt,
+        overrides=GenerationOverrides(method=method),
+        seed=content.seed,
+    )
+    _check_can_generate(persona, method, request)
+    check_request(request)
+    content.request = request
+    content.replay_snapshot = None
+    content.inputs = {}
+    content.before_reference = before_reference(persona)
+    _requeue_for_retry(content)
+    content.references.set(references)
+    return content
+
+
+def _retryable(content: Content) -> Content:
+    """The row, locked, when it failed or was cancelled; else a refusal."""
     content = Content.objects.select_for_update().get(pk=content.pk)
     if content.status not in (ContentStatus.FAILED, ContentStatus.CANCELLED):
         raise ValidationError(
@@ -293,7 +330,10 @@ def content_retry(*, content: Content, user: AbstractBaseUser | None = None) -> 
             code="not_retryable",
             params={"id": content.pk, "status": content.get_status_display()},
         )
-    check_request(content.request)
+    return content
+
+
+def _requeue_for_retry(content: Content) -> Content:
     content.attempts = 0
     content.cancel_requested = False
     content.error_code = content.error_message = content.error_detail = ""
