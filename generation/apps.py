@@ -17,8 +17,3 @@ class GenerationConfig(AppConfig):
         from generation import cleanup
 
         cleanup.connect(self)  # the files of deleted rows (see its docstring)
-
-        from generation.services import persona_plan_warnings_received
-        from personas.signals import persona_saved
-
-        persona_saved.connect(persona_plan_warnings_received)

@@ -452,7 +452,7 @@ def content_store_result(
         row.method_used = result.method.value
         row.method_reason = result.method_reason
         row.snapshot = result.snapshot
-        row.notes = result.notes
+        row.notes = [*result.notes, *_replay_notes(row, result)]
         row.inputs = inputs
         row.timings = timings
         row.consistency_score = None if score is None else score["score"]
@@ -462,6 +462,22 @@ def content_store_result(
         row.error_code = row.error_message = row.error_detail = ""
         row.save()
     return True
+
+
+def _replay_notes(row: Content, result: GenerationResult) -> list[str]:
+    """For an exact regeneration: whether its pixels are the original's (the
+    snapshots' output hashes compared)."""
+    original = row.regenerated_from
+    if row.replay_snapshot is None or original is None:
+        return []
+    before = (original.snapshot or {}).get("outputs") or []
+    after = result.snapshot.get("outputs") or []
+    if before and before == after:
+        return [f"Pixel-identical to #{original.pk}."]
+    return [
+        f"Not pixel-identical to #{original.pk}: same snapshot, different pixels "
+        "(other hardware or library versions; compare the snapshots)."
+    ]
 
 
 def content_mark_cancelled(*, content: Content) -> bool:
@@ -649,14 +665,6 @@ def persona_plan_warnings(*, persona: Persona) -> list[str]:
         seed=0,
     )
     return [str(problem) for problem in request_problems(request)]
-
-
-def persona_plan_warnings_received(*, persona: Persona, **_: Any) -> list[str]:
-    """``personas.signals.persona_saved``: the plan warnings, said as such."""
-    return [
-        f"Generations of {persona} are sure to fail with these settings: {warning}"
-        for warning in persona_plan_warnings(persona=persona)
-    ]
 
 
 def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:

@@ -49,7 +49,6 @@ from personas.services import (
     reference_update,
     references_set_role,
 )
-from personas.signals import persona_saved
 
 LIST_THUMBNAIL_HEIGHT = 48
 INLINE_THUMBNAIL_HEIGHT = 96
@@ -300,9 +299,6 @@ class PersonaAdmin(admin.ModelAdmin):
         elif form.cleaned_data.get("lora_remove"):
             persona_set_lora(persona=persona, file=None)
         super().save_related(request, form, formsets, change)
-        for _, warnings in persona_saved.send(sender=Persona, persona=persona):
-            for warning in warnings or ():
-                messages.warning(request, warning)
 
     def delete_model(self, request: HttpRequest, obj: Persona) -> None:
         persona_delete(persona=obj)

@@ -180,7 +180,11 @@ def persona_contents(*, persona: Persona, filters: GalleryFilters) -> QuerySet[C
     if filters.status:
         contents = contents.filter(status=filters.status)
     if filters.review_state:
-        contents = contents.filter(review_state=filters.review_state)
+        # Only a succeeded generation is reviewed: a failed or cancelled one is
+        # in no review state (the counts say the same, ``_personas_with_counts``).
+        contents = contents.filter(
+            review_state=filters.review_state, status=ContentStatus.SUCCEEDED
+        )
     if filters.method:
         contents = contents.filter(effective_method=filters.method)
     if filters.date_from:
@@ -275,6 +279,40 @@ def sweep_contents(*, batch: Batch) -> list[Content]:
     )
     contents.sort(key=lambda content: (content.strength is None, content.strength))
     return contents
+
+
+def content_next_pending(*, content: Content) -> Content | None:
+    """The persona's next succeeded output waiting for review after
+    ``content`` (the newest first, as the grid shows them), else the first."""
+    pending = Content.objects.filter(
+        persona_id=content.persona_id,
+        status=ContentStatus.SUCCEEDED,
+        review_state=ReviewState.PENDING,
+    ).exclude(pk=content.pk)
+    return (
+        pending.filter(pk__lt=content.pk).order_by("-pk").first()
+        or pending.order_by("-pk").first()
+    )
+
+
+def content_compare_sources(*, content: Content, extra: str = "") -> list[Content]:
+    """Other outputs to put on the compare slider's left: the one it
+    regenerates, its regenerations, and ``extra`` (an id typed by the person),
+    each a succeeded output."""
+    ids = {
+        content.regenerated_from_id,
+        *content.regenerations.values_list("pk", flat=True),
+    }
+    if extra.isdigit():
+        ids.add(int(extra))
+    ids.discard(None)
+    ids.discard(content.pk)
+    return list(
+        Content.objects.filter(pk__in=ids, status=ContentStatus.SUCCEEDED)
+        .exclude(output_image="")
+        .only("pk", "output_image")
+        .order_by("pk")
+    )
 
 
 def batch_get(*, batch_id: int) -> Batch:

@@ -37,7 +37,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from generation import actions, selectors
-from generation.engine.vocabulary import TINY_MODEL_NOTICE
+from generation.engine.vocabulary import (
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    TINY_MODEL_NOTICE,
+)
 from generation.engine_settings import tiny_model_keys
 from generation.forms import PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
@@ -153,6 +157,16 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
     previous, following = gallery_selectors.content_neighbours(
         content=content, filters=form.gallery_filters()
     )
+    pending = gallery_selectors.content_next_pending(content=content)
+    query = _query(request, drop=("after", "before", "compare"))
+    review_next = (
+        reverse("gallery:content", args=[pending.pk]) + (f"?{query}" if query else "")
+        if pending is not None
+        else request.get_full_path()
+    )
+    compare_with = gallery_selectors.content_compare_sources(
+        content=content, extra=request.GET.get("compare", "")
+    )
     return _render(
         request,
         "gallery/content.html",
@@ -163,6 +177,16 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
             "next": following,
             "filter_query": _query(request, drop=("after", "before")),
             "regenerations": gallery_selectors.content_regenerations(content=content),
+            "review_next": review_next,
+            "compare_with": compare_with,
+            "compare_chosen": next(
+                (
+                    other
+                    for other in compare_with
+                    if str(other.pk) == request.GET.get("compare")
+                ),
+                None,
+            ),
             "control_images": list(content.control_images.all()),
             "parameters": _parameters(content),
             "snapshot_text": json.dumps(content.snapshot, indent=2, sort_keys=True),
@@ -359,32 +383,43 @@ def _next_url(request: HttpRequest, content: Content) -> str:
 
 
 def _parameters(content: Content) -> list[tuple[str, Any]]:
-    """The request's parameters worth reading, as (label, value) rows."""
-    request = content.request
+    """The parameters worth reading, as (label, value) rows: those the run used
+    (its snapshot: what ``auto`` chose, without a strength or an IP-Adapter it
+    did not use), else, before it ran, those requested (marked so)."""
+    snapshot = content.snapshot or {}
+    used = snapshot.get("request")
+    request = used or content.request
+    asked = "" if used else " (asked)"
+    base = snapshot.get("base_method") or request.get("method")
     rows: list[tuple[str, Any]] = [
         ("Model", request.get("model")),
         ("Seed", content.seed),
-        ("Steps", request.get("steps")),
-        ("Guidance scale", request.get("guidance_scale")),
-        ("Size", f"{request.get('width')} × {request.get('height')}"),
-        ("img2img strength", request.get("strength")),
+        ("Steps" + asked, request.get("steps")),
+        ("Guidance scale" + asked, request.get("guidance_scale")),
+        ("Size" + asked, f"{request.get('width')} × {request.get('height')}"),
     ]
-    rows.extend(
-        (
-            f"ControlNet {unit['control_type']}",
-            f"scale {unit['conditioning_scale']}, steps "
-            f"{unit['guidance_start']}–{unit['guidance_end']}",
+    if not used or base in METHODS_WITH_STRENGTH:
+        rows.append(("img2img strength" + asked, request.get("strength")))
+    if not used or base in METHODS_WITH_CONTROL:
+        rows.extend(
+            (
+                f"ControlNet {unit['control_type']}{asked}",
+                f"scale {unit['conditioning_scale']}, steps "
+                f"{unit['guidance_start']}–{unit['guidance_end']}",
+            )
+            for unit in request.get("control_units") or []
         )
-        for unit in request.get("control_units") or []
-    )
-    if request.get("ip_adapter"):
-        rows.append(("IP-Adapter scale", request["ip_adapter"].get("scale")))
-    if request.get("lora"):
-        rows.append(("LoRA scale", request["lora"].get("scale")))
-    snapshot = content.snapshot or {}
+    ip_adapter = snapshot.get("ip_adapter") if used else request.get("ip_adapter")
+    if ip_adapter:
+        rows.append(("IP-Adapter scale" + asked, ip_adapter.get("scale")))
+    lora = snapshot.get("lora") if used else request.get("lora")
+    if lora:
+        rows.append(("LoRA scale" + asked, lora.get("scale")))
     if snapshot:
         rows.append(("Pipeline", snapshot.get("pipeline_class")))
         rows.append(("Scheduler", (snapshot.get("scheduler") or {}).get("class")))
+    elif request.get("scheduler"):
+        rows.append(("Scheduler (asked)", request["scheduler"]))
     rows.append(("Attempts", content.attempts))
     seconds = [
         f"{name.replace('_', ' ')} {value:.2f}"
