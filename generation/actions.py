@@ -218,6 +218,10 @@ def _retry(content: Content, given: ActionInput) -> Content:
     return services.content_retry(content=content, user=given.user)
 
 
+def _move_to_front(content: Content, given: ActionInput) -> Content:
+    return services.content_move_to_front(content=content, user=given.user)
+
+
 def _retry_with_current(content: Content, given: ActionInput) -> Content:
     return services.content_retry_with_current(content=content, user=given.user)
 
@@ -328,7 +332,7 @@ RETRY = StaffAction(
     costly=True,
     done="Queued {target} again, as it was.",
     done_many="Queued {count} generation(s) again, as they were.",
-    history="queued again as it was (retry).",
+    history="queued again (retry).",
 )
 RETRY_WITH_CURRENT = StaffAction(
     name="retry_with_current",
@@ -341,6 +345,16 @@ RETRY_WITH_CURRENT = StaffAction(
     done_many="Queued {count} generation(s) again with their personas' current "
     "settings.",
     history="queued again with the persona's current settings (retry).",
+)
+MOVE_TO_FRONT = StaffAction(
+    name="move_to_front",
+    model=Content,
+    permission=GENERATE,
+    description="Move to the front of its queue",
+    service=_move_to_front,
+    done="Moved {target} to the front of its queue.",
+    done_many="Moved {count} generation(s) to the front of their queues.",
+    history="moved to the front of its queue.",
 )
 APPROVE = StaffAction(
     name="approve",
@@ -385,6 +399,8 @@ CONTENT_ACTIONS = (
     APPROVE,
     REJECT,
 )
+# On the queue page: its buttons (cancel is CANCEL above).
+QUEUE_ACTIONS = (MOVE_TO_FRONT, CANCEL)
 # On a persona: the persona changelist's actions.
 PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
 # On a tile of a contact sheet: its buttons.

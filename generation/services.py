@@ -282,6 +282,34 @@ def content_cancel(
     return content
 
 
+def content_move_to_front(
+    *, content: Content, user: AbstractBaseUser | None = None
+) -> Content:
+    """Put a queued generation's job at the front of its RQ queue, so the next
+    free worker of that queue takes it (RQ stays the engine: its own list,
+    its own ``push_job_id(at_front=True)``)."""
+    content = Content.objects.get(pk=content.pk)
+    if content.status != ContentStatus.QUEUED:
+        raise ValidationError(
+            "Only a queued generation can move up; content #%(id)s is %(status)s.",
+            code="not_queued",
+            params={"id": content.pk, "status": content.get_status_display()},
+        )
+    queue = get_queue(content.queue_name)
+    if content.rq_job_id not in queue.get_job_ids():
+        raise ValidationError(
+            "Content #%(id)s is not waiting in the %(queue)s queue (it is due "
+            "later, or the reconciler is about to enqueue it again).",
+            code="not_in_queue",
+            params={"id": content.pk, "queue": content.queue_name},
+        )
+    with queue.connection.pipeline() as pipe:
+        queue.remove(content.rq_job_id, pipeline=pipe)
+        queue.push_job_id(content.rq_job_id, pipeline=pipe, at_front=True)
+        pipe.execute()
+    return content
+
+
 @transaction.atomic
 def content_retry(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
     """Run a failed or cancelled generation again as it was (its frozen

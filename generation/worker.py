@@ -19,6 +19,7 @@ decision 3). ``StudioWorker`` builds on RQ's ``SimpleWorker`` instead:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _handback = threading.Event()
+
+
+WARM_MODELS_FIELD = "studio_warm_models"
+"""The worker hash's field listing the base models it has loaded (JSON)."""
 
 
 @functools.cache
@@ -98,6 +103,17 @@ class StudioWorker(SimpleWorker):
         finally:
             self._background.stop()
 
+    def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        super().register_birth(*args, **kwargs)
+        self.publish_warm_models()
+
+    def publish_warm_models(self) -> None:
+        """Write the models this worker has loaded into its worker hash (field
+        ``WARM_MODELS_FIELD``, JSON) for the staff's queue page."""
+        loaded = shared_engine().registry.stats()["loaded"]
+        warm = [entry["label"] for entry in loaded if entry["kind"] == "base"]
+        self.connection.hset(self.key, WARM_MODELS_FIELD, json.dumps(warm))
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run ``job`` in this process while the background thread keeps it alive.
 
@@ -112,6 +128,7 @@ class StudioWorker(SimpleWorker):
             except redis.exceptions.ConnectionError:
                 self.log.warning("Lost Redis while finishing job %s; waiting", job.id)
                 self._wait_for_redis()
+        self.publish_warm_models()
         self.set_state(WorkerStatus.IDLE)
 
     def _wait_for_redis(self) -> None:

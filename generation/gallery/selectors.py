@@ -315,6 +315,87 @@ def content_compare_sources(*, content: Content, extra: str = "") -> list[Conten
     )
 
 
+@dataclass(frozen=True)
+class QueuedRow:
+    """A queued content and its place: 1 is next, None when its job is not in
+    the queue's list (due later, or lost until the reconciler runs)."""
+
+    content: Content
+    position: int | None
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    name: str
+    queues: list[str]
+    state: str
+    current_job_id: str | None
+    current_content: Content | None
+    warm_models: list[str]
+
+
+@dataclass(frozen=True)
+class QueueView:
+    name: str
+    rows: list[QueuedRow]
+    workers: list[WorkerRow]
+
+
+def queue_overview() -> list[QueueView]:
+    """Every generation queue in RQ's order, with the workers listening on it."""
+    from rq import Worker
+
+    from generation.queues import all_queue_names, get_queue
+    from generation.worker import WARM_MODELS_FIELD
+
+    queued = {
+        row.rq_job_id: row
+        for row in _light(
+            Content.objects.filter(status=ContentStatus.QUEUED)
+        ).select_related("persona")
+    }
+    running = {
+        row.rq_job_id: row
+        for row in Content.objects.filter(status=ContentStatus.RUNNING).only(
+            "pk", "rq_job_id", "progress_step", "progress_total", "status"
+        )
+    }
+    views = []
+    for name in all_queue_names():
+        queue = get_queue(name)
+        positions = {
+            job_id: index for index, job_id in enumerate(queue.get_job_ids(), 1)
+        }
+        rows = sorted(
+            (
+                QueuedRow(content=row, position=positions.get(job_id))
+                for job_id, row in queued.items()
+                if row.queue_name == name
+            ),
+            key=lambda item: (
+                item.position is None,
+                item.position or 0,
+                item.content.pk,
+            ),
+        )
+        workers = []
+        for worker in Worker.all(queue=queue):
+            job_id = worker.get_current_job_id()
+            warm = queue.connection.hget(worker.key, WARM_MODELS_FIELD)
+            workers.append(
+                WorkerRow(
+                    name=worker.name,
+                    queues=worker.queue_names(),
+                    state=str(getattr(worker.get_state(), "value", "")),
+                    current_job_id=job_id,
+                    current_content=running.get(job_id) if job_id else None,
+                    warm_models=json.loads(warm) if warm else [],
+                )
+            )
+        views.append(QueueView(name=name, rows=rows, workers=workers))
+    return views
+
+
 def batch_get(*, batch_id: int) -> Batch:
     """A batch (or sweep) with its persona; raises ``Batch.DoesNotExist``."""
     return Batch.objects.select_related("persona").get(pk=batch_id)

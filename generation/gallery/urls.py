@@ -12,6 +12,7 @@ urlpatterns = [
     path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
     path("personas/<slug:slug>/generate/", views.persona_generate, name="generate"),
     path("batches/<int:batch_id>/", views.batch_page, name="batch"),
+    path("queue/", views.queue_page, name="queue"),
     path("content/<int:content_id>/", views.content_detail, name="content"),
     path("content/<int:content_id>/card/", views.content_card, name="content-card"),
     path(

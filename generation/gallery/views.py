@@ -51,6 +51,7 @@ from generation.models import Content
 VIEW = "generation.view_content"
 # The buttons of a content's page, by their name in the URL.
 CONTENT_ACTIONS = {action.slug: action for action in actions.CONTENT_ACTIONS}
+QUEUE_ACTIONS = {action.slug: action for action in actions.QUEUE_ACTIONS}
 
 View = Callable[..., HttpResponse]
 Found = TypeVar("Found")
@@ -282,6 +283,48 @@ def batch_page(request: HttpRequest, batch_id: int) -> HttpResponse:
             "uses_tiny_model": any(
                 content.model_key in tiny_model_keys() for content in contents
             ),
+        },
+    )
+
+
+@gallery_view
+def queue_page(request: HttpRequest) -> HttpResponse:
+    """Each generation queue in RQ's order (position, move to the front, bulk
+    cancel through the action table) and what each of its workers runs and
+    has warm. A POST names an action of ``QUEUE_ACTIONS`` and the contents."""
+    if request.method == "POST":
+        act = QUEUE_ACTIONS.get(request.POST.get("action", ""))
+        if act is None:
+            raise Http404("No such queue action.")
+        act.check_allowed(request.user)
+        try:
+            ids = content_ids(",".join(request.POST.getlist("content")))
+        except ValidationError as refused:
+            messages.error(request, " ".join(refused.messages))
+            ids = []
+        chosen = list(Content.objects.filter(pk__in=ids).order_by("pk"))
+        if chosen:
+            actions.perform(act, chosen, request=request)
+        elif not ids:
+            messages.error(request, "Tick the generations to act on first.")
+        return HttpResponseRedirect(reverse("gallery:queue"))
+    from redis.exceptions import ConnectionError as RedisDown
+
+    try:
+        queues = gallery_selectors.queue_overview()
+    except RedisDown:
+        queues = None
+    return _render(
+        request,
+        "gallery/queue.html",
+        {
+            "title": "Queue",
+            "queues": queues,
+            "queue_actions": {
+                action.name: action
+                for action in QUEUE_ACTIONS.values()
+                if action.allows(request.user)
+            },
         },
     )
 

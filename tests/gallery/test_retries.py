@@ -74,7 +74,7 @@ def test_retry_as_it_was_replays_the_frozen_request(dora, failed, staff):
     assert failed.status == ContentStatus.QUEUED
     assert (failed.request["steps"], failed.request["guidance_scale"]) == (12, 7.5)
     assert "as it was" in response.content.decode()
-    assert LogEntry.objects.get().change_message == "Queued again as it was (retry)."
+    assert LogEntry.objects.get().change_message == "Queued again (retry)."
 
 
 def test_retry_with_current_settings_rebuilds_the_request(dora, failed, staff):
