@@ -381,12 +381,13 @@ def queue_overview() -> list[QueueView]:
         workers = []
         for worker in Worker.all(queue=queue):
             job_id = worker.get_current_job_id()
+            state = worker.get_state()  # a WorkerStatus, or its value
             warm = queue.connection.hget(worker.key, WARM_MODELS_FIELD)
             workers.append(
                 WorkerRow(
                     name=worker.name,
                     queues=worker.queue_names(),
-                    state=str(getattr(worker.get_state(), "value", "")),
+                    state=str(getattr(state, "value", state)),
                     current_job_id=job_id,
                     current_content=running.get(job_id) if job_id else None,
                     warm_models=json.loads(warm) if warm else [],
