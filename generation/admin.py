@@ -196,6 +196,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
         IdentityFilter,
         "status",
         "review_state",
+        "flagged",
         "method_used",
         "method_requested",
         "persona",

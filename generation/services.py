@@ -435,6 +435,8 @@ def content_store_result(
         )
         row.snapshot = result.snapshot
         row.notes = result.notes
+        # The stored output is the first image; None: not checked.
+        row.flagged = bool(result.flagged and result.flagged[0])
         row.inputs = inputs
         row.timings = timings
         content_queue_scoring(content=row)

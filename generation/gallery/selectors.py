@@ -93,6 +93,8 @@ class GalleryFilters:
     date_from: date | None = None
     date_to: date | None = None
     identity: str = ""
+    # "yes": only outputs the safety checker flagged; "no": only the others.
+    flagged: str = ""
     sort: str = GallerySort.NEWEST
 
 
@@ -200,6 +202,8 @@ def persona_contents(*, persona: Persona, filters: GalleryFilters) -> QuerySet[C
         contents = contents.filter(created_at__date__lte=filters.date_to)
     if filters.identity:
         contents = content_identity_filter(contents, filters.identity)
+    if filters.flagged:
+        contents = contents.filter(flagged=filters.flagged == "yes")
     return contents.order_by(*_ordering(filters.sort, forward=True))
 
 
