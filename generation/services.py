@@ -44,7 +44,7 @@ from generation.engine.vocabulary import (
     Method,
     SeedPolicy,
 )
-from generation.engine_settings import configured_models
+from generation.engine_settings import configured_models, engine_config
 from generation.models import (
     ACTIVE_STATUSES,
     Batch,
@@ -57,6 +57,7 @@ from generation.models import (
 from generation.parameters import (
     GenerationOverrides,
     before_reference,
+    read_stored_bytes,
     request_for_persona,
 )
 from generation.queues import get_queue, queue_name_for_model
@@ -249,6 +250,15 @@ def content_regenerate_exactly(
             "“Regenerate” for a new seed, or “Retry”.",
             code="no_snapshot",
         )
+    changed = snapshot_changes(content.snapshot, inputs=content.inputs)
+    if changed:
+        raise ValidationError(
+            "Cannot regenerate exactly: %(changed)s since this output was made, so "
+            "the replay would give other pixels. Use “Regenerate” for a new "
+            "generation on what is configured now.",
+            code="inputs_changed",
+            params={"changed": "; ".join(changed)},
+        )
     return _copy_content(
         content,
         seed=content.seed,
@@ -256,6 +266,175 @@ def content_regenerate_exactly(
         inputs=content.inputs,
         user=user,
     )
+
+
+def snapshot_changes(
+    snapshot: dict[str, Any], *, inputs: dict[str, str]
+) -> list[str]:
+    """What differs now from the weights a snapshot recorded: the model (and
+    its VAE), each ControlNet, the IP-Adapter and the LoRA, each named with the
+    recorded and the current fingerprint; [] when all are the same (what the
+    snapshot did not record is not verified).
+
+    A local model's fingerprint hashes all its files (``sources.fingerprint``),
+    as the worker's registry does once per process; a Hub model's is its commit.
+    """
+    from generation.engine.errors import EngineError
+    from generation.engine.snapshot import bytes_sha256
+
+    changes = []
+    config = engine_config()
+    recorded_model = dict(snapshot.get("model") or {})
+    key = recorded_model.pop("key", None)
+    spec = config.models.get(key)
+    if not recorded_model:
+        pass  # no fingerprint recorded: nothing to verify
+    elif spec is None:
+        changes.append(f"the model {key!r} is no longer configured")
+    else:
+        try:
+            current = _model_fingerprint(config, spec)
+        except EngineError as error:
+            changes.append(f"the model {key!r} cannot be found ({error})")
+        else:
+            changes += _fingerprint_changes(
+                f"the model {key!r}", recorded_model, current
+            )
+    for unit in snapshot.get("control_units") or []:
+        control_type = unit["control_type"]
+        what = f"the {control_type!r} ControlNet"
+        try:
+            current = _controlnet_fingerprint(config, control_type, key)
+        except EngineError as error:
+            changes.append(f"{what} cannot be found ({error})")
+        else:
+            changes += _fingerprint_changes(what, unit.get("controlnet") or {}, current)
+    adapter = snapshot.get("ip_adapter")
+    if adapter:
+        changes += _ip_adapter_changes(config, key, adapter)
+    lora = snapshot.get("lora")
+    if lora:
+        lora_input = (snapshot.get("request") or {}).get("lora") or {}
+        name = inputs.get(lora_input.get("weights", ""))
+        try:
+            weights = read_stored_bytes(name) if name else None
+        except EngineError:
+            weights = None
+        if weights is None:
+            changes.append(f"the LoRA {lora['name']!r} is no longer in storage")
+        elif bytes_sha256(weights) != lora["sha256"]:
+            changes.append(
+                f"the LoRA {lora['name']!r} changed (sha256 {lora['sha256'][:12]} "
+                f"then, {bytes_sha256(weights)[:12]} now)"
+            )
+    return changes
+
+
+_FINGERPRINT_FIELDS = ("source", "revision", "variant", "commit", "sha256")
+
+
+def _fingerprint_changes(
+    what: str, recorded: dict[str, Any], current: dict[str, Any]
+) -> list[str]:
+    changes = []
+    for field in _FINGERPRINT_FIELDS:
+        then, now = recorded.get(field), current.get(field)
+        if then != now:
+            if field in ("commit", "sha256"):
+                then, now = (value and value[:12] for value in (then, now))
+            changes.append(f"{what} changed ({field} {then} then, {now} now)")
+            break  # one line per input: the first field that differs
+    for part in ("config", "vae"):
+        if recorded.get(part) or current.get(part):
+            changes += _fingerprint_changes(
+                f"{what}'s {part}", recorded.get(part) or {}, current.get(part) or {}
+            )
+    return changes
+
+
+def _model_fingerprint(config: Any, spec: Any) -> dict[str, Any]:
+    from generation.engine.sources import (
+        MODEL_CONFIG_FILE,
+        fingerprint,
+        resolve_source,
+    )
+
+    result = dict(
+        fingerprint(
+            resolve_source(
+                spec.source,
+                config,
+                revision=spec.revision,
+                single_file=True,
+                single_file_config=spec.config,
+            )
+        )
+    )
+    if spec.variant is not None:
+        result["variant"] = spec.variant
+    if spec.vae is not None:
+        result["vae"] = fingerprint(
+            resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
+        )
+    return result
+
+
+def _controlnet_fingerprint(
+    config: Any, control_type: str, model_key: str | None
+) -> dict[str, Any]:
+    from generation.engine.errors import ModelNotFound
+    from generation.engine.sources import (
+        MODEL_CONFIG_FILE,
+        fingerprint,
+        resolve_source,
+    )
+
+    source = config.controlnets_for(model_key).get(control_type)
+    if source is None:
+        raise ModelNotFound(f"no ControlNet is configured for {control_type!r}")
+    return fingerprint(resolve_source(source, config, required_file=MODEL_CONFIG_FILE))
+
+
+def _ip_adapter_changes(
+    config: Any, model_key: str | None, recorded: dict[str, Any]
+) -> list[str]:
+    """The IP-Adapter's source and files, and its fingerprint where the
+    snapshot recorded one."""
+    from generation.engine.errors import EngineError
+    from generation.engine.sources import fingerprint, resolve_source
+
+    spec = config.ip_adapter_for(model_key)
+    if spec is None:
+        return ["the IP-Adapter is no longer configured"]
+    current = {
+        "source": spec.source,
+        "subfolder": spec.subfolder,
+        "image_encoder_folder": spec.image_encoder_folder,
+    }
+    for field, now in current.items():
+        if recorded.get(field) != now:
+            return [
+                f"the IP-Adapter changed ({field} {recorded.get(field)} then, "
+                f"{now} now)"
+            ]
+    if recorded.get("weight_name") not in (spec.weight_name, spec.face_weight_name):
+        return [
+            f"the IP-Adapter's weights {recorded.get('weight_name')} are no longer "
+            "configured"
+        ]
+    if "fingerprint" in recorded:
+        try:
+            now = fingerprint(
+                resolve_source(
+                    spec.source,
+                    config,
+                    required_file=f"{spec.subfolder}/{recorded['weight_name']}",
+                )
+            )
+        except EngineError as error:
+            return [f"the IP-Adapter cannot be found ({error})"]
+        return _fingerprint_changes("the IP-Adapter", recorded["fingerprint"], now)
+    return []
 
 
 def persona_save_strength(

@@ -309,6 +309,13 @@ class PipelineRegistry:
         """The same for the ControlNet of a control type (of a model)."""
         return self._fingerprint_of(self.controlnet_source(control_type, model_key))
 
+    def ip_adapter_fingerprint(self, model_key: str | None = None) -> dict[str, Any]:
+        """The same for the IP-Adapter of a model (its folder or Hub commit)."""
+        source = self._ip_adapter_source(model_key)
+        if source is None:
+            raise ModelNotFound("No IP-Adapter is installed: configure its weights.")
+        return self._fingerprint_of(source)
+
     # Pipelines -------------------------------------------------------------------
 
     def pipeline(

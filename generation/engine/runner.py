@@ -377,6 +377,8 @@ class Engine:
             if plan.ip_adapter.face_crop
             else spec.weight_name,
             "image_encoder_folder": spec.image_encoder_folder,
+            # Verified by "regenerate exactly" (generation.services).
+            "fingerprint": self._registry.ip_adapter_fingerprint(model_key),
         }
 
 
