@@ -218,6 +218,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             {
                 "fields": (
                     "status_display",
+                    "flagged",
                     "method_display",
                     "method_reason",
                     "attempts",

@@ -96,6 +96,11 @@ def test_a_flagged_output_is_stored_flagged_and_shown(
     assert "Flagged by the safety checker" in page.content.decode()
     card = admin_client.get(reverse("gallery:content-card", args=[content.pk]))
     assert "Flagged by the safety checker" in card.content.decode()
+    change = admin_client.get(
+        reverse("admin:generation_content_change", args=[content.pk])
+    )
+    assert change.context["adminform"].form.instance.flagged is True
+    assert "field-flagged" in change.content.decode()
 
 
 def test_an_output_the_checker_passes_is_not_flagged_and_the_filters_tell_apart(
