@@ -10,6 +10,7 @@ traceback, no process left.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -43,6 +44,12 @@ def _answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def _read(url: str) -> str:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(url, timeout=5) as response:
+        return response.read().decode()
 
 
 def test_studio_run_starts_everything_and_ctrl_c_stops_it_all(
@@ -92,6 +99,11 @@ def test_studio_run_starts_everything_and_ctrl_c_stops_it_all(
         output = log_path.read_text()
         password = (var / "admin-password.txt").read_text().strip()
         assert f"as 'admin' with password {password}" in output
+        # Every page names a favicon that is served (no 404 in the log).
+        login = _read(f"http://127.0.0.1:{port}/admin/login/")
+        icon = re.search(r'<link rel="icon" href="([^"]+)"', login)
+        assert icon, login
+        assert _answers(f"http://127.0.0.1:{port}{icon.group(1)}")
 
         studio.send_signal(signal.SIGINT)
         assert studio.wait(timeout=60) == 0, log_path.read_text()
