@@ -391,6 +391,13 @@ class Engine:
             call_images=call_images,
         )
 
+    def detail(self, request: Any) -> Any:
+        """The face detailer pass of a ``detailer.DetailerRequest`` (a
+        ``DetailerResult``): each face redrawn through ``inpaint``."""
+        from .detailer import detail_faces  # detailer builds on this module
+
+        return detail_faces(self, request)
+
     def _call_kwargs(
         self,
         request: GenerationRequest,

@@ -67,8 +67,18 @@ def make_request(**overrides: Any) -> InpaintRequest:
     return InpaintRequest(**{**values, **overrides})
 
 
-def raw_inpaint(root: Path, model: str, image, mask, width: int, height: int):
-    """The inpaint call a person would make with diffusers alone."""
+def raw_inpaint(
+    root: Path,
+    model: str,
+    image,
+    mask,
+    width: int,
+    height: int,
+    setup: Any = None,
+    **extra: Any,
+):
+    """The inpaint call a person would make with diffusers alone (``setup``
+    may load adapters on the pipeline first)."""
     import diffusers
     import torch
 
@@ -77,9 +87,10 @@ def raw_inpaint(root: Path, model: str, image, mask, width: int, height: int):
         root / FOLDERS[model], dtype=torch.float32
     )
     pipe.set_progress_bar_config(disable=True)
-    extra: dict[str, Any] = {}
+    if setup is not None:
+        setup(pipe)
     if row.size_conditioning:
-        extra = {
+        extra |= {
             "original_size": (height, width),
             "target_size": (height, width),
             "crops_coords_top_left": (0, 0),
