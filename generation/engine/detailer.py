@@ -17,12 +17,21 @@ Framework free: PIL images in and out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw
 
-from .face import PERSONA_FACE_MIN_SCORE, FaceBox, detect_faces, persona_face_index
+from .face import (
+    PERSONA_FACE_MIN_SCORE,
+    FaceBox,
+    detect_faces,
+    persona_face_index,
+    score_identity,
+)
+from .identity import IdentityScore
 from .requests import (
     InpaintRequest,
     InpaintResult,
@@ -62,6 +71,9 @@ class DetailerRequest:
     ip_adapter: IPAdapterInput | None = None
     lora: LoraInput | None = None
     scheduler: str | None = None
+    reference_embeddings: Sequence[Sequence[float] | np.ndarray] = ()
+    """The persona's face embeddings: when given, the identity of the image
+    before and after the pass is scored against them."""
 
 
 @dataclass
@@ -76,6 +88,8 @@ class DetailerResult:
     passes: list[InpaintResult]
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    identity_before: IdentityScore | None = None
+    identity_after: IdentityScore | None = None
 
     @property
     def snapshot(self) -> dict[str, Any]:
@@ -83,6 +97,12 @@ class DetailerResult:
         return {
             "kind": "detailer",
             "reason": self.reason,
+            "identity_before": None
+            if self.identity_before is None
+            else self.identity_before.to_dict(),
+            "identity_after": None
+            if self.identity_after is None
+            else self.identity_after.to_dict(),
             "faces": [
                 {"box": face.as_list(), "score": face.score, "inpaint": run.snapshot}
                 for face, run in zip(self.faces, self.passes, strict=True)
@@ -112,8 +132,17 @@ def detail_faces(engine: Engine, request: DetailerRequest) -> DetailerResult:
     """Run the face detailer pass of ``request`` with ``engine``."""
     before = request.image.convert("RGB")
     faces = faces_to_detail(before)
+    identity_before = _identity(before, request)
     if not faces:
-        return DetailerResult(before, before, [], [], reason=NO_FACE_REASON)
+        return DetailerResult(
+            before,
+            before,
+            [],
+            [],
+            reason=NO_FACE_REASON,
+            identity_before=identity_before,
+            identity_after=identity_before,
+        )
     image = before
     passes: list[InpaintResult] = []
     notes: list[str] = []
@@ -142,4 +171,18 @@ def detail_faces(engine: Engine, request: DetailerRequest) -> DetailerResult:
         passes.append(result)
         notes.extend(note for note in result.notes if note not in notes)
         image = result.image
-    return DetailerResult(image, before, faces, passes, notes=notes)
+    return DetailerResult(
+        image,
+        before,
+        faces,
+        passes,
+        notes=notes,
+        identity_before=identity_before,
+        identity_after=_identity(image, request),
+    )
+
+
+def _identity(image: Image.Image, request: DetailerRequest) -> IdentityScore | None:
+    if not len(request.reference_embeddings):
+        return None
+    return score_identity(image, request.reference_embeddings)[1]

@@ -171,6 +171,24 @@ def test_detailer_with_plus_face_and_lora_equals_raw_diffusers_and_resets(
     assert not np.array_equal(pixels(plain.image), pixels(result.image))
 
 
+def test_detailer_scores_the_identity_before_and_after(engine, astronaut):
+    from generation.engine.face import analyse_faces
+
+    embedding = analyse_faces(astronaut).embedding
+    assert embedding is not None
+    result = engine.detail(
+        detailer_request(astronaut, reference_embeddings=[embedding])
+    )
+    before, after = result.identity_before, result.identity_after
+    # The photo is its own reference: before the pass the distance is zero.
+    assert before.scored and before.distance == pytest.approx(0.0, abs=1e-6)
+    # The tiny model's noise face may or may not still be found; whatever the
+    # detector says is recorded, never made up.
+    assert after is not None
+    assert result.snapshot["identity_before"]["status"] == "scored"
+    assert result.snapshot["identity_after"]["status"] == after.status.value
+
+
 def test_detailer_without_a_face_returns_the_image_unchanged_with_the_reason(
     engine,
 ):
