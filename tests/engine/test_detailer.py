@@ -23,7 +23,7 @@ from generation.engine.requests import (
 )
 from generation.engine.resize import fit_for_image_encoder
 from generation.engine.runner import Engine
-from generation.engine.vocabulary import TINY_MODEL_KEY
+from generation.engine.vocabulary import TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY
 from tests.engine.test_inpaint import (
     GUIDANCE,
     NEGATIVE,
@@ -88,17 +88,20 @@ def expected_paste(astronaut, box, feathered, raw) -> Image.Image:
     return expected
 
 
-def raw_detail(root, astronaut, run, feathered, **kwargs) -> Image.Image:
+def raw_detail(
+    root, astronaut, run, feathered, model=TINY_MODEL_KEY, **kwargs
+) -> Image.Image:
     crop = astronaut.crop(run.box).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
     crop_mask = feathered.crop(run.box).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
-    raw = raw_inpaint(root, TINY_MODEL_KEY, crop, crop_mask, SIZE, SIZE, **kwargs)
+    raw = raw_inpaint(root, model, crop, crop_mask, SIZE, SIZE, **kwargs)
     return expected_paste(astronaut, run.box, feathered, raw)
 
 
+@pytest.mark.parametrize("model", [TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY])
 def test_detailer_redraws_the_astronauts_face_only_as_raw_diffusers_would(
-    engine, tiny_model_root, astronaut
+    engine, tiny_model_root, astronaut, model
 ):
-    result = engine.detail(detailer_request(astronaut))
+    result = engine.detail(detailer_request(astronaut, model=model))
 
     assert result.reason is None
     assert len(result.faces) == 1 == len(result.passes)
@@ -116,7 +119,7 @@ def test_detailer_redraws_the_astronauts_face_only_as_raw_diffusers_would(
     left, top, right, bottom = run.box
     assert right - left == bottom - top
     assert left <= face.left - PADDING and top <= face.top - PADDING
-    expected = raw_detail(tiny_model_root, astronaut, run, feathered)
+    expected = raw_detail(tiny_model_root, astronaut, run, feathered, model)
     assert np.array_equal(pixels(result.image), pixels(expected))
     assert result.snapshot["faces"][0]["box"] == face.as_list()
 
