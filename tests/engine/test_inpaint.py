@@ -249,3 +249,16 @@ def test_bad_inpaint_requests_are_refused_with_the_reason(engine, overrides, mes
 
     with pytest.raises((InvalidRequest, ModelNotFound), match=message):
         engine.inpaint(make_request(**{"model": TINY_MODEL_KEY, **overrides}))
+
+
+@pytest.mark.parametrize("model", [TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY])
+def test_inpaint_pipeline_shares_the_loaded_base_modules(engine, model):
+    from generation.engine.vocabulary import Method
+
+    registry = engine.registry
+    text, _ = registry.pipeline(model, Method.TEXT)
+    inpaint, hit = registry.inpaint_pipeline(model)
+    assert hit
+    assert type(inpaint).__name__ == FAMILIES[FOLDERS[model]].inpaint_pipeline_class
+    assert inpaint.unet is text.unet and inpaint.vae is text.vae
+    assert inpaint.scheduler is not text.scheduler
