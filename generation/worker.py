@@ -140,11 +140,18 @@ class StudioWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """A short TTL, as rq's forking ``Worker`` gives (``SimpleWorker`` gives the
         whole job timeout), since the keepalive renews it: a killed worker's job
-        then looks abandoned within a minute or two."""
+        then looks abandoned within a minute or two.
+
+        It is generous against the keepalive's beat (every
+        ``job_monitoring_interval``): at least three beats, and a minute more
+        than one, so that a slow beat never lets a held job look abandoned. The
+        keepalive thread beats while the main thread blocks in a call that
+        releases the GIL (file reads, ``time.sleep``, torch kernels, decoding)."""
         interval = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
             interval = min(job.timeout - working_time, interval)
-        return int(interval) + HEARTBEAT_GRACE_SECONDS
+        interval = max(int(interval), 1)
+        return max(interval + HEARTBEAT_GRACE_SECONDS, 3 * interval)
 
     def handle_warm_shutdown_request(self) -> None:
         """Stop signal: hand a running job back at its next step, then exit."""
