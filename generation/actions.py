@@ -33,7 +33,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import capfirst
 
-from generation import selectors, services
+from generation import score_services, selectors, services
 from generation.forms import GenerateForm, SweepForm
 from generation.models import Content, ReviewState
 from generation.parameters import GenerationOverrides
@@ -179,6 +179,7 @@ def _generate(persona: Persona, given: ActionInput) -> Any:
         count=data["count"],
         overrides=GenerationOverrides.from_data(data),
         user=given.user,
+        keep_best=data.get("keep_best"),
     )
 
 
@@ -236,6 +237,10 @@ def _review(state: str) -> Service:
         )
 
     return review
+
+
+def _rescore(content: Content, given: ActionInput) -> Content:
+    return score_services.content_rescore(content=content)
 
 
 def _use_strength(content: Content, given: ActionInput) -> Persona:
@@ -376,6 +381,17 @@ REJECT = StaffAction(
     done_many="Marked {count} generation(s) rejected.",
     history="rejected.",
 )
+RESCORE = StaffAction(
+    name="rescore",
+    model=Content,
+    permission=GENERATE,
+    description="Rescore identity",
+    service=_rescore,
+    done="Queued the scoring of {target} again (identity and consistency, on "
+    "the CPU queue).",
+    done_many="Queued the scoring of {count} generation(s) again.",
+    history="scoring queued again.",
+)
 USE_STRENGTH = StaffAction(
     name="use_strength",
     model=Content,
@@ -398,6 +414,7 @@ CONTENT_ACTIONS = (
     RETRY_WITH_CURRENT,
     APPROVE,
     REJECT,
+    RESCORE,
 )
 # On the queue page: its buttons (cancel is CANCEL above).
 QUEUE_ACTIONS = (MOVE_TO_FRONT, CANCEL)

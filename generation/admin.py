@@ -24,19 +24,23 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 
-from generation import actions, services
+from generation import actions, selectors, services
 from generation.actions import StaffAction
 from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import uses_tiny_model
 from generation.models import Batch, Content, ContentStatus, ReviewState
+from personas.face_analysis import persona_gallery_health
 from personas.models import Persona
 
 ADMIN_CSS = {"all": ("generation/admin.css",)}
+# Reference-health warnings shown as messages on a persona's page (the panel
+# lists them all).
+HEALTH_MESSAGES = 10
 
 
 def admin_action(action: StaffAction) -> Callable[..., HttpResponse | None]:
@@ -137,8 +141,49 @@ class PersonaAdmin(StaffActionsAdmin, RegisteredPersonaAdmin):
             )
 
 
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The persona's page with its reference health (a panel, and a warning
+        message for each problem found: no face, several faces, another
+        person)."""
+        persona = self.get_object(request, object_id)
+        health = None if persona is None else persona_gallery_health(persona=persona)
+        if request.method == "GET" and health is not None:
+            for entry in health.warned[:HEALTH_MESSAGES]:
+                for message in entry.messages:
+                    messages.warning(
+                        request, f"Reference #{entry.reference.pk}: {message}"
+                    )
+        return super().change_view(
+            request,
+            object_id,
+            form_url,
+            {**(extra_context or {}), "reference_health": health},
+        )
+
+
 admin.site.unregister(Persona)
 admin.site.register(Persona, PersonaAdmin)
+
+
+class IdentityFilter(admin.SimpleListFilter):
+    """The identity filters of docs/identity.md: below 0.5 (dlib's same-person
+    threshold), not the same person, no face, and the scoring states."""
+
+    title = "identity"
+    parameter_name = "identity"
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            (value, label) for value, (label, _) in selectors.IDENTITY_FILTERS.items()
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return selectors.content_identity_filter(queryset, self.value() or "")
 
 
 # --- Content --------------------------------------------------------------------------
@@ -172,14 +217,17 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
         "persona",
         "status_display",
         "method_display",
+        "identity_display",
         "score_display",
         "review_display",
         "created_at",
     )
     list_display_links = ("id",)
     list_filter = (
+        IdentityFilter,
         "status",
         ReviewStateFilter,
+        "flagged",
         "method_used",
         "method_requested",
         "persona",
@@ -201,6 +249,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             {
                 "fields": (
                     "status_display",
+                    "flagged",
                     "method_display",
                     "method_reason",
                     "attempts",
@@ -214,6 +263,20 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
                     "enqueued_at",
                     "started_at",
                     "finished_at",
+                )
+            },
+        ),
+        (
+            "Identity",
+            {
+                "fields": (
+                    "identity_display",
+                    "identity_distance",
+                    "identity_nearest_reference",
+                    "identity_nearest_distance",
+                    "identity_detail_display",
+                    "score_job_id",
+                    "score_attempts",
                 )
             },
         ),
@@ -237,6 +300,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
     )
     before_after_template = "admin/generation/content/before_after.html"
     status_template = "admin/generation/content/status.html"
+    identity_template = "admin/generation/content/identity.html"
     preview_template = "admin/generation/content/preview.html"
     detail_template = "admin/generation/detail.html"
 
@@ -297,6 +361,16 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             return "–"
         return content.get_review_state_display()
 
+    @admin.display(
+        description="identity", ordering=F("identity_similarity").desc(nulls_last=True)
+    )
+    def identity_display(self, content: Content) -> str:
+        return render_to_string(self.identity_template, {"content": content})
+
+    @admin.display(description="identity detail")
+    def identity_detail_display(self, content: Content) -> str:
+        return self._detail(content.identity_detail)
+
     @admin.display(description="score", ordering="consistency_score")
     def score_display(self, content: Content) -> str:
         if content.consistency_score is None:
@@ -353,7 +427,16 @@ class BatchAdmin(admin.ModelAdmin):
     list_filter = ("kind", "persona")
     list_select_related = ("persona",)
     search_fields = ("prompt", "persona__name")
-    fields = ("persona", "kind", "prompt", "strengths", "created_by", "created_at")
+    fields = (
+        "persona",
+        "kind",
+        "prompt",
+        "strengths",
+        "keep_best",
+        "best_of_applied_at",
+        "created_by",
+        "created_at",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:

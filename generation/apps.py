@@ -6,6 +6,7 @@ class GenerationConfig(AppConfig):
     verbose_name = "Generation"
 
     def ready(self) -> None:
+        """Register media owners, file cleanup and generation's system checks."""
         from generation.models import Content, ContentControlImage
         from studio.media import register_media_owner
 
@@ -17,3 +18,7 @@ class GenerationConfig(AppConfig):
         from generation import cleanup
 
         cleanup.connect(self)  # the files of deleted rows (see its docstring)
+
+        from generation import checks
+
+        checks.register()

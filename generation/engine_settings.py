@@ -21,6 +21,7 @@ from generation.engine.config import (
     model_catalog,
     tiny_engine_config,
 )
+from generation.engine.vocabulary import SafetyPolicy
 
 
 def configured_models() -> dict[str, ModelSpec]:
@@ -44,6 +45,35 @@ def tiny_model_keys() -> frozenset[str]:
 def uses_tiny_model() -> bool:
     """True when no real model is configured, so the built-in tiny model is served."""
     return not settings.STUDIO_MODELS
+
+
+def model_family(key: str) -> str:
+    """The family key of a configured model (``sd15``, ``sdxl``), from its files
+    where they are on this host, else the family its entry declares.
+
+    Reads two small JSON files (or a checkpoint's header), never weights; raises
+    ``UnknownFamily`` for files of no served family and ``ModelNotFound`` when
+    neither the files nor a declared family tell.
+    """
+    from generation.engine.errors import ModelNotFound, SourceRefused
+    from generation.engine.sources import model_traits, resolve_source
+
+    spec = configured_models()[key]
+    config = engine_config()
+    try:
+        source = resolve_source(
+            spec.source,
+            config,
+            revision=spec.revision,
+            single_file=True,
+            single_file_config=spec.config,
+        )
+    except (ModelNotFound, SourceRefused):
+        if spec.family is None:
+            raise
+        return spec.family
+    where = f"Model {key!r} ({spec.source})"
+    return model_traits(source, declared=spec.family, where=where).family.key
 
 
 def tiny_model_dir() -> Path:
@@ -73,6 +103,8 @@ def engine_config() -> EngineConfig:
     config.device = settings.STUDIO_DEVICE or None
     config.dtype = settings.STUDIO_DTYPE or None
     config.memory_budget_mb = settings.STUDIO_MEMORY_BUDGET_MB or None
+    config.safety_policy = SafetyPolicy(settings.STUDIO_SAFETY_CHECKER)
+    config.safety_checker = settings.STUDIO_SAFETY_CHECKER_MODEL or None
     # The fields of ``vocabulary.Footprint``, each from the setting it names
     # (tests/engine/test_vocabulary.py keeps the two lists equal).
     config.cpu_offload = settings.STUDIO_CPU_OFFLOAD

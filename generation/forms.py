@@ -64,6 +64,28 @@ class GenerateForm(forms.Form):
         help_text="img2img strength; empty keeps the persona's.",
     )
     seed = _seed_field(help_text="Empty follows the seed policy.")
+    keep_best = forms.IntegerField(
+        label="keep the best",
+        required=False,
+        min_value=1,
+        max_value=MAX_BATCH_COUNT - 1,
+        help_text="Best K of N by identity: once all are scored, the others are "
+        "kept but marked 'not kept'. Empty keeps every one.",
+    )
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        keep, count = cleaned.get("keep_best"), cleaned.get("count")
+        if keep is not None and count is not None and keep >= count:
+            self.add_error(
+                "keep_best",
+                ValidationError(
+                    "Keep fewer than you generate (%(count)s), or leave it empty.",
+                    code="keep_best_out_of_range",
+                    params={"count": count},
+                ),
+            )
+        return cleaned
 
 
 class SweepForm(forms.Form):

@@ -2,10 +2,11 @@
 
 It claims its row (a row that is not queued for this very job is left alone, so
 the job is idempotent), builds the engine request from the row (images read
-through the storage API), runs the worker's warm engine with progress reported
-every step (throttled, to the row and to ``job.meta``) and cancellation checked
-every step, then stores the output, thumbnails, control images, consistency
-score, snapshot and timings through the services.
+through the storage API), runs the process's warm engine (``generation.runtime``)
+with progress reported every step (throttled, to the row and to ``job.meta``) and
+cancellation checked every step, then stores the output, thumbnails, control
+images, snapshot and timings through the services; the scores follow on the
+CPU queue (``generation.scoring_jobs``).
 
 Failures: a transient one (out of memory, a lost Redis or database connection)
 queues the row again after ``STUDIO_RETRY_BACKOFF_SECONDS`` until
@@ -30,7 +31,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from generation import services
+from generation import runtime, services
 from generation.engine.errors import EngineError, GenerationCancelled
 from generation.models import Content
 from generation.parameters import open_stored_image, request_from_row
@@ -137,29 +138,17 @@ def _claim(content_id: int, job: Job) -> bool:
 
 
 def _generate(content: Content, steps: _StepReporter) -> str:
-    from generation.engine.scoring import consistency_score
-    from generation.worker import shared_engine
-
     started = time.perf_counter()
     request, inputs = request_from_row(
         content.request, replay_snapshot=content.replay_snapshot, inputs=content.inputs
     )
-    engine = shared_engine()
+    engine = runtime.engine()
     result = engine.generate(
         request, on_step=steps.on_step, should_cancel=steps.should_cancel
     )
-    scoring = time.perf_counter()
+    # Scores are measured by the CPU queue's scoring job once the output is
+    # stored (generation.score_services): the GPU never waits for them.
     before = _before_image(content)
-    score = None
-    if before is not None:
-        encoder = engine.registry.image_encoder()
-        image_encoder, image_processor = encoder if encoder else (None, None)
-        score = consistency_score(
-            before,
-            result.images[0],
-            image_encoder=image_encoder,
-            image_processor=image_processor,
-        )
     timings = {
         "queue_wait": max(
             0.0, (content.started_at - content.enqueued_at).total_seconds()
@@ -168,7 +157,6 @@ def _generate(content: Content, steps: _StepReporter) -> str:
         "preprocess": result.timings.preprocess,
         "inference": result.timings.inference,
         "engine_total": result.timings.total,
-        "score": time.perf_counter() - scoring,
         "job_total": time.perf_counter() - started,
         "attempt": content.attempts,
         "registry_hit": result.registry_hit,
@@ -179,7 +167,6 @@ def _generate(content: Content, steps: _StepReporter) -> str:
         content=content,
         result=result,
         before_image=before,
-        score=score,
         inputs=inputs,
         timings=timings,
     )
@@ -187,7 +174,7 @@ def _generate(content: Content, steps: _StepReporter) -> str:
 
 
 def _before_image(content: Content) -> Image.Image | None:
-    """The reference the output is shown beside and scored against, if any left."""
+    """The reference the output is shown beside, if any left."""
     reference = content.before_reference
     if reference is None:
         return None
@@ -234,7 +221,6 @@ class _StepReporter:
         self.handed_back = False
 
     def on_step(self, step: int, total: int) -> None:
-        _inject_test_fault(self.content)
         now = time.monotonic()
         if step < total and now - self.last_report < self.interval:
             return
@@ -251,23 +237,7 @@ class _StepReporter:
             )
 
     def should_cancel(self) -> bool:
-        from generation.worker import handback_requested
-
-        if handback_requested():
+        if runtime.handback_requested():
             self.handed_back = True
             return True
         return content_should_stop(content=self.content)
-
-
-def _inject_test_fault(content: Content) -> None:
-    """Test-only: ``STUDIO_TEST_OOM_ATTEMPTS`` = N makes the first N attempts of
-    every generation hit the device's real out-of-memory error at a denoising
-    step, so that the end-to-end tests exercise the engine's and the job's
-    recovery for real. It is 0 (off) everywhere else."""
-    if content.attempts <= settings.STUDIO_TEST_OOM_ATTEMPTS:
-        import torch
-
-        raise torch.OutOfMemoryError(
-            f"Injected out-of-memory error (STUDIO_TEST_OOM_ATTEMPTS), attempt "
-            f"{content.attempts}."
-        )

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from generation.engine.identity import IdentityStatus as EngineIdentityStatus
 from personas.models import ConsistencyMethod, ControlType, Persona, ReferenceImage
 
 
@@ -70,6 +71,20 @@ class ReviewState(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
+class IdentityStatus(models.TextChoices):
+    """Where an output's identity score stands. The engine's three outcomes
+    (``generation.engine.identity.IdentityStatus``) plus the two of the
+    scoring job: ``pending`` while it waits or runs ("scoring…"), ``failed``
+    when it could not run; empty before there is an output to score."""
+
+    NOT_YET = "", "No output yet"
+    PENDING = "pending", "Scoring…"
+    SCORED = EngineIdentityStatus.SCORED.value, "Scored"
+    NO_FACE = EngineIdentityStatus.NO_FACE.value, "No face found"
+    NO_IDENTITY = EngineIdentityStatus.NO_IDENTITY.value, "No face reference"
+    FAILED = "failed", "Scoring failed"
+
+
 class BatchKind(models.TextChoices):
     BATCH = "batch", "Batch"
     SWEEP = "sweep", "Strength sweep"
@@ -88,6 +103,13 @@ class Batch(models.Model):
     strengths = models.JSONField(
         default=list, blank=True, help_text="The img2img strengths of a sweep."
     )
+    keep_best = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Best of N: keep the best this many outputs by identity; the "
+        "others are kept too, but marked 'not kept'.",
+    )
+    best_of_applied_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -190,6 +212,13 @@ class Content(models.Model):
         "inference and storing; whether the pipeline registry was warm.",
     )
     notes = models.JSONField(default=list, blank=True, editable=False)
+    flagged = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="The safety checker flagged the output "
+        "(STUDIO_SAFETY_CHECKER): kept as generated under 'flag', black under "
+        "'black'.",
+    )
     # What came out
     output_image = models.ImageField(upload_to=output_upload_to, blank=True)
     output_thumbnail = models.ImageField(
@@ -205,6 +234,49 @@ class Content(models.Model):
         "generation.engine.scoring); meaningless on the tiny model.",
     )
     score_detail = models.JSONField(default=dict, blank=True, editable=False)
+    # Identity (generation.scoring_jobs, on the CPU queue; docs/identity.md)
+    identity_status = models.CharField(
+        max_length=16,
+        choices=IdentityStatus.choices,
+        default=IdentityStatus.NOT_YET,
+        blank=True,
+    )
+    identity_similarity = models.FloatField(
+        "identity",
+        null=True,
+        blank=True,
+        help_text="0..1 likeness of the output's face to the persona's face "
+        "references (0.5 is dlib's same-person threshold); empty without a face.",
+    )
+    identity_distance = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Distance of the output's face embedding to the mean of the "
+        "persona's face references' (dlib: the same person under 0.6).",
+    )
+    identity_same_person = models.BooleanField("same person", null=True, blank=True)
+    identity_nearest_reference = models.ForeignKey(
+        ReferenceImage,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The face reference nearest to the output's face.",
+    )
+    identity_nearest_distance = models.FloatField(null=True, blank=True)
+    identity_detail = models.JSONField(default=dict, blank=True, editable=False)
+    score_job_id = models.CharField("scoring job id", max_length=64, blank=True)
+    score_attempts = models.PositiveSmallIntegerField(default=0)
+    flagged_for_review = models.BooleanField(
+        default=False,
+        help_text="Set when its identity falls below the persona's threshold "
+        "or it shows no face.",
+    )
+    not_kept = models.BooleanField(
+        default=False,
+        help_text="Best of N: not among the best by identity of its batch (kept, "
+        "but marked).",
+    )
     # Review
     review_state = models.CharField(
         max_length=16, choices=ReviewState.choices, default=ReviewState.PENDING
@@ -246,6 +318,8 @@ class Content(models.Model):
             models.Index(fields=["status"], name="content_status"),
             models.Index(fields=["review_state"], name="content_review_state"),
             models.Index(fields=["consistency_score"], name="content_score"),
+            models.Index(fields=["identity_similarity"], name="content_identity"),
+            models.Index(fields=["identity_status"], name="content_identity_status"),
             models.Index(fields=["rq_job_id"], name="content_rq_job"),
         ]
 
@@ -258,6 +332,11 @@ class Content(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    @property
+    def scoring(self) -> bool:
+        """Its scores have not landed yet ("scoring…")."""
+        return self.identity_status == IdentityStatus.PENDING
 
     @property
     def progress_percent(self) -> int:

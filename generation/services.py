@@ -16,6 +16,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from django.db.models import F
 from django.utils import timezone
 from PIL import Image
 
+from generation import selectors
 from generation.cleanup import content_attempt_files, content_attempt_files_remove
 from generation.engine.errors import EngineError
 from generation.engine.plan import Problem, plan_problems
@@ -57,10 +59,12 @@ from generation.models import (
 from generation.parameters import (
     GenerationOverrides,
     before_reference,
+    read_stored_bytes,
     request_for_persona,
     request_outline,
 )
 from generation.queues import get_queue, queue_name_for_model
+from generation.score_services import content_queue_scoring
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.models import Persona
 from personas.services import persona_update
@@ -104,12 +108,27 @@ def content_enqueue_batch(
     negative_prompt: str = "",
     overrides: GenerationOverrides | None = None,
     user: AbstractBaseUser | None = None,
+    keep_best: int | None = None,
 ) -> Batch:
     """Queue ``count`` generations of one prompt, grouped in a batch.
 
     With a seed (overridden, or the persona's fixed one) the rows get that seed
     and the next ones (seed, seed + 1, ...); otherwise each gets a random seed.
+    ``keep_best`` (best K of N): once all are scored, the outputs not among the
+    ``keep_best`` of highest identity are marked "not kept"
+    (``score_services.batch_apply_best_of``).
     """
+    if keep_best is not None and not 1 <= keep_best < count:
+        raise ValidationError(
+            {
+                "keep_best": ValidationError(
+                    "Keep between 1 and %(most)s of %(count)s outputs (fewer than "
+                    "you generate); got %(keep)s.",
+                    code="keep_best_out_of_range",
+                    params={"most": count - 1, "count": count, "keep": keep_best},
+                )
+            }
+        )
     if not 1 <= count <= MAX_BATCH_COUNT:
         raise ValidationError(
             {
@@ -123,7 +142,11 @@ def content_enqueue_batch(
     overrides = overrides or GenerationOverrides()
     with transaction.atomic():
         batch = Batch.objects.create(
-            persona=persona, kind=BatchKind.BATCH, prompt=prompt, created_by=user
+            persona=persona,
+            kind=BatchKind.BATCH,
+            prompt=prompt,
+            created_by=user,
+            keep_best=keep_best,
         )
         _create_contents(
             persona=persona,
@@ -230,6 +253,15 @@ def content_regenerate_exactly(
             "“Regenerate” for a new seed, or “Retry”.",
             code="no_snapshot",
         )
+    changed = snapshot_changes(content.snapshot, inputs=content.inputs)
+    if changed:
+        raise ValidationError(
+            "Cannot regenerate exactly: %(changed)s since this output was made, so "
+            "the replay would give other pixels. Use “Regenerate” for a new "
+            "generation on what is configured now.",
+            code="inputs_changed",
+            params={"changed": "; ".join(changed)},
+        )
     return _copy_content(
         content,
         seed=content.seed,
@@ -237,6 +269,175 @@ def content_regenerate_exactly(
         inputs=content.inputs,
         user=user,
     )
+
+
+def snapshot_changes(
+    snapshot: dict[str, Any], *, inputs: dict[str, str]
+) -> list[str]:
+    """What differs now from the weights a snapshot recorded: the model (and
+    its VAE), each ControlNet, the IP-Adapter and the LoRA, each named with the
+    recorded and the current fingerprint; [] when all are the same (what the
+    snapshot did not record is not verified).
+
+    A local model's fingerprint hashes all its files (``sources.fingerprint``),
+    as the worker's registry does once per process; a Hub model's is its commit.
+    """
+    from generation.engine.errors import EngineError
+    from generation.engine.snapshot import bytes_sha256
+
+    changes = []
+    config = engine_config()
+    recorded_model = dict(snapshot.get("model") or {})
+    key = recorded_model.pop("key", None)
+    spec = config.models.get(key)
+    if not recorded_model:
+        pass  # no fingerprint recorded: nothing to verify
+    elif spec is None:
+        changes.append(f"the model {key!r} is no longer configured")
+    else:
+        try:
+            current = _model_fingerprint(config, spec)
+        except EngineError as error:
+            changes.append(f"the model {key!r} cannot be found ({error})")
+        else:
+            changes += _fingerprint_changes(
+                f"the model {key!r}", recorded_model, current
+            )
+    for unit in snapshot.get("control_units") or []:
+        control_type = unit["control_type"]
+        what = f"the {control_type!r} ControlNet"
+        try:
+            current = _controlnet_fingerprint(config, control_type, key)
+        except EngineError as error:
+            changes.append(f"{what} cannot be found ({error})")
+        else:
+            changes += _fingerprint_changes(what, unit.get("controlnet") or {}, current)
+    adapter = snapshot.get("ip_adapter")
+    if adapter:
+        changes += _ip_adapter_changes(config, key, adapter)
+    lora = snapshot.get("lora")
+    if lora:
+        lora_input = (snapshot.get("request") or {}).get("lora") or {}
+        name = inputs.get(lora_input.get("weights", ""))
+        try:
+            weights = read_stored_bytes(name) if name else None
+        except EngineError:
+            weights = None
+        if weights is None:
+            changes.append(f"the LoRA {lora['name']!r} is no longer in storage")
+        elif bytes_sha256(weights) != lora["sha256"]:
+            changes.append(
+                f"the LoRA {lora['name']!r} changed (sha256 {lora['sha256'][:12]} "
+                f"then, {bytes_sha256(weights)[:12]} now)"
+            )
+    return changes
+
+
+_FINGERPRINT_FIELDS = ("source", "revision", "variant", "commit", "sha256")
+
+
+def _fingerprint_changes(
+    what: str, recorded: dict[str, Any], current: dict[str, Any]
+) -> list[str]:
+    changes = []
+    for field in _FINGERPRINT_FIELDS:
+        then, now = recorded.get(field), current.get(field)
+        if then != now:
+            if field in ("commit", "sha256"):
+                then, now = (value and value[:12] for value in (then, now))
+            changes.append(f"{what} changed ({field} {then} then, {now} now)")
+            break  # one line per input: the first field that differs
+    for part in ("config", "vae"):
+        if recorded.get(part) or current.get(part):
+            changes += _fingerprint_changes(
+                f"{what}'s {part}", recorded.get(part) or {}, current.get(part) or {}
+            )
+    return changes
+
+
+def _model_fingerprint(config: Any, spec: Any) -> dict[str, Any]:
+    from generation.engine.sources import (
+        MODEL_CONFIG_FILE,
+        fingerprint,
+        resolve_source,
+    )
+
+    result = dict(
+        fingerprint(
+            resolve_source(
+                spec.source,
+                config,
+                revision=spec.revision,
+                single_file=True,
+                single_file_config=spec.config,
+            )
+        )
+    )
+    if spec.variant is not None:
+        result["variant"] = spec.variant
+    if spec.vae is not None:
+        result["vae"] = fingerprint(
+            resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
+        )
+    return result
+
+
+def _controlnet_fingerprint(
+    config: Any, control_type: str, model_key: str | None
+) -> dict[str, Any]:
+    from generation.engine.errors import ModelNotFound
+    from generation.engine.sources import (
+        MODEL_CONFIG_FILE,
+        fingerprint,
+        resolve_source,
+    )
+
+    source = config.controlnets_for(model_key).get(control_type)
+    if source is None:
+        raise ModelNotFound(f"no ControlNet is configured for {control_type!r}")
+    return fingerprint(resolve_source(source, config, required_file=MODEL_CONFIG_FILE))
+
+
+def _ip_adapter_changes(
+    config: Any, model_key: str | None, recorded: dict[str, Any]
+) -> list[str]:
+    """The IP-Adapter's source and files, and its fingerprint where the
+    snapshot recorded one."""
+    from generation.engine.errors import EngineError
+    from generation.engine.sources import fingerprint, resolve_source
+
+    spec = config.ip_adapter_for(model_key)
+    if spec is None:
+        return ["the IP-Adapter is no longer configured"]
+    current = {
+        "source": spec.source,
+        "subfolder": spec.subfolder,
+        "image_encoder_folder": spec.image_encoder_folder,
+    }
+    for field, now in current.items():
+        if recorded.get(field) != now:
+            return [
+                f"the IP-Adapter changed ({field} {recorded.get(field)} then, "
+                f"{now} now)"
+            ]
+    if recorded.get("weight_name") not in (spec.weight_name, spec.face_weight_name):
+        return [
+            f"the IP-Adapter's weights {recorded.get('weight_name')} are no longer "
+            "configured"
+        ]
+    if "fingerprint" in recorded:
+        try:
+            now = fingerprint(
+                resolve_source(
+                    spec.source,
+                    config,
+                    required_file=f"{spec.subfolder}/{recorded['weight_name']}",
+                )
+            )
+        except EngineError as error:
+            return [f"the IP-Adapter cannot be found ({error})"]
+        return _fingerprint_changes("the IP-Adapter", recorded["fingerprint"], now)
+    return []
 
 
 def persona_save_strength(
@@ -441,12 +642,12 @@ def content_store_result(
     content: Content,
     result: GenerationResult,
     before_image: Image.Image | None,
-    score: dict[str, Any] | None,
     inputs: dict[str, str],
     timings: dict[str, Any],
 ) -> bool:
     """Store a finished generation's files through the storage API and mark it
-    succeeded; False (nothing stored) when the row no longer belongs to this job.
+    succeeded, its scoring queued on the CPU queue once this commits; False
+    (nothing stored) when the row no longer belongs to this job.
 
     Whatever an earlier attempt left under the row's names (a worker killed
     while storing) is removed first; a write or a commit that fails removes
@@ -478,13 +679,18 @@ def content_store_result(
             control_row.save()
         row.status = ContentStatus.SUCCEEDED
         row.method_used = result.method.value
-        row.method_reason = result.method_reason
+        # Auto's choice by identity, made when the row was created, then the
+        # engine's.
+        row.method_reason = "; ".join(
+            reason for reason in (row.method_reason, result.method_reason) if reason
+        )
         row.snapshot = result.snapshot
         row.notes = [*result.notes, *_replay_notes(row, result)]
+        # The stored output is the first image; None: not checked.
+        row.flagged = bool(result.flagged and result.flagged[0])
         row.inputs = inputs
         row.timings = timings
-        row.consistency_score = None if score is None else score["score"]
-        row.score_detail = score or {}
+        content_queue_scoring(content=row)
         row.progress_step = row.progress_total = max(row.progress_total, 1)
         row.finished_at = timezone.now()
         row.error_code = row.error_message = row.error_detail = ""
@@ -593,6 +799,9 @@ def _create_contents(
             code="unknown_model",
             params={"model": persona.base_model},
         )
+    method_reason = ""
+    if method == Method.AUTO:
+        overrides, method_reason = _auto_by_identity(persona, overrides)
     before = before_reference(persona)
     contents = []
     for seed in seeds:
@@ -615,6 +824,7 @@ def _create_contents(
             seed=seed,
             request=request,
             before_reference=before,
+            method_reason=method_reason,
             created_by=user,
         )
         _queue_row(content, delay_seconds=0)
@@ -693,6 +903,34 @@ def persona_plan_warnings(*, persona: Persona) -> list[str]:
         seed=0,
     )
     return [str(problem) for problem in request_problems(request)]
+
+
+def _auto_by_identity(
+    persona: Persona, overrides: GenerationOverrides
+) -> tuple[GenerationOverrides, str]:
+    """Auto that learns: with enough scored outputs per method, the method whose
+    outputs kept ``persona``'s identity best (``identity.choose_method_by_identity``)
+    replaces ``auto`` in the request; otherwise the engine's rules choose. The
+    reason says which, with the numbers, either way."""
+    from generation.engine.identity import choose_method_by_identity
+
+    choice = choose_method_by_identity(
+        selectors.persona_identity_by_method(persona=persona)
+    )
+    if choice.method is None:
+        return overrides, choice.reason
+    chosen = replace(overrides, method=choice.method)
+    request, _ = request_for_persona(
+        persona, prompt="", negative_prompt="", overrides=chosen, seed=0
+    )
+    try:
+        _check_can_generate(persona, choice.method, request)
+    except ValidationError as error:
+        return overrides, (
+            f"the rules apply: {choice.reason}, but {choice.method} cannot run now "
+            f"({' '.join(error.messages)})"
+        )
+    return chosen, f"auto by identity: {choice.reason}"
 
 
 def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:

@@ -5,7 +5,8 @@ dies with the job and CUDA cannot be initialised in the child (DESIGN.md
 decision 3). ``StudioWorker`` builds on RQ's ``SimpleWorker`` instead:
 
 - jobs run in the worker's own process, one at a time, on one engine whose
-  pipeline registry stays warm across jobs (``shared_engine``);
+  pipeline registry stays warm across jobs (``generation.runtime`` holds it, on
+  the device given to this worker);
 - the models to serve are preloaded before the first job;
 - a background thread keeps the started job's heartbeat alive during long jobs
   (``SimpleWorker`` alone would give each job one long TTL), runs RQ's scheduler
@@ -14,11 +15,14 @@ decision 3). ``StudioWorker`` builds on RQ's ``SimpleWorker`` instead:
 - SIGTERM or Ctrl-C while a job runs hands the job back: it stops at its next
   denoising step, its row is queued again, and the worker exits. When idle the
   worker exits at once.
+
+It overrides only rq's documented hooks (``work``, ``execute_job``,
+``get_heartbeat_ttl``, ``handle_warm_shutdown_request``) and calls rq's public
+methods. ``manage.py studio_worker`` builds it with ``django_rq.get_worker``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -33,35 +37,22 @@ from django.db import close_old_connections, connection
 from rq.job import Job
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
-from rq.worker import BaseWorker, SimpleWorker, WorkerStatus
+from rq.worker import SimpleWorker, WorkerStatus
 
-from generation.engine_settings import engine_config
+from generation import runtime
 from generation.reconcile import reconcile
 
 if TYPE_CHECKING:
+    from generation.engine.config import EngineConfig
     from generation.engine.runner import Engine
 
 logger = logging.getLogger(__name__)
 
-_handback = threading.Event()
-
-
 WARM_MODELS_FIELD = "studio_warm_models"
 """The worker hash's field listing the base models it has loaded (JSON)."""
 
-
-@functools.cache
-def shared_engine() -> Engine:
-    """The process's engine; its pipeline registry stays warm across jobs."""
-    from generation.engine.runner import Engine
-
-    return Engine(engine_config())
-
-
-def handback_requested() -> bool:
-    """True once the worker was asked to stop while a job runs: the job should
-    stop at its next step and hand its row back to the queue."""
-    return _handback.is_set()
+HEARTBEAT_GRACE_SECONDS = 60
+"""What rq's forking worker adds to the monitoring interval for a job's TTL."""
 
 
 class StudioWorker(SimpleWorker):
@@ -73,6 +64,7 @@ class StudioWorker(SimpleWorker):
         *args: Any,
         preload_models: Sequence[str] | None = None,
         reconcile_interval: float | None = None,
+        device: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -86,15 +78,25 @@ class StudioWorker(SimpleWorker):
             if reconcile_interval is None
             else reconcile_interval
         )
+        self.device = device or None
+        self._stopping = threading.Event()
         self._background = _Background(self)
         self._current: tuple[Job, Any] | None = None
 
+    def make_engine(self, config: EngineConfig) -> Engine:
+        """The engine this worker's jobs run on (a test worker class may return
+        one that injects a fault through the engine's step callback)."""
+        from generation.engine.runner import Engine
+
+        return Engine(config)
+
     def work(self, *args: Any, **kwargs: Any) -> bool:
         """Preload the models, reconcile, then work with the background thread."""
-        _handback.clear()
+        self._stopping.clear()
+        runtime.start(device=self.device, factory=self.make_engine)
         if self.preload_models:
             self.log.info("Preloading models: %s", ", ".join(self.preload_models))
-            shared_engine().registry.preload(self.preload_models)
+            runtime.engine().registry.preload(self.preload_models)
         self.log.info("Reconciling at start: %s", reconcile())
         close_old_connections()
         self._background.start()
@@ -104,13 +106,15 @@ class StudioWorker(SimpleWorker):
             self._background.stop()
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        # Not a documented hook, but the first moment the worker's hash exists:
+        # writing to it earlier would make rq take us for a live namesake.
         super().register_birth(*args, **kwargs)
         self.publish_warm_models()
 
     def publish_warm_models(self) -> None:
         """Write the models this worker has loaded into its worker hash (field
         ``WARM_MODELS_FIELD``, JSON) for the staff's queue page."""
-        loaded = shared_engine().registry.stats()["loaded"]
+        loaded = runtime.engine().registry.stats()["loaded"]
         warm = [entry["label"] for entry in loaded if entry["kind"] == "base"]
         self.connection.hset(self.key, WARM_MODELS_FIELD, json.dumps(warm))
 
@@ -132,7 +136,7 @@ class StudioWorker(SimpleWorker):
         self.set_state(WorkerStatus.IDLE)
 
     def _wait_for_redis(self) -> None:
-        while not self._stop_requested:
+        while not self._stopping.is_set():
             try:
                 self.connection.ping()
             except redis.exceptions.ConnectionError:
@@ -152,17 +156,28 @@ class StudioWorker(SimpleWorker):
         self.register_birth()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        """A short TTL (RQ's forking worker's), since the keepalive renews it: a
-        killed worker's job then looks abandoned within a minute or two, not after
-        the whole job timeout that ``SimpleWorker`` would give it."""
-        return BaseWorker.get_heartbeat_ttl(self, job, working_time)
+        """A short TTL, as rq's forking ``Worker`` gives (``SimpleWorker`` gives the
+        whole job timeout), since the keepalive renews it: a killed worker's job
+        then looks abandoned within a minute or two.
+
+        It is generous against the keepalive's beat (every
+        ``job_monitoring_interval``): at least three beats, and a minute more
+        than one, so that a slow beat never lets a held job look abandoned. The
+        keepalive thread beats while the main thread blocks in a call that
+        releases the GIL (file reads, ``time.sleep``, torch kernels, decoding)."""
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = min(job.timeout - working_time, interval)
+        interval = max(int(interval), 1)
+        return max(interval + HEARTBEAT_GRACE_SECONDS, 3 * interval)
 
     def handle_warm_shutdown_request(self) -> None:
         """Stop signal: hand a running job back at its next step, then exit."""
         super().handle_warm_shutdown_request()
+        self._stopping.set()
         if self.get_state() == WorkerStatus.BUSY:
             self.log.info("Handing the current job back to the queue before exiting")
-            _handback.set()
+            runtime.request_handback()
 
     def keep_current_job_alive(self) -> None:
         """Renew the worker's, the job's and the execution's heartbeats."""
@@ -186,6 +201,10 @@ class _Background:
     thread runs the same ``RQScheduler`` steps (lock, heartbeat, enqueue due
     jobs) in process instead.
     """
+
+    # rq has no hook for any of this: ``SimpleWorker`` heartbeats only between
+    # jobs, its scheduler forks, and it never registers again a worker that
+    # Redis forgot; so a thread does the three, through rq's public methods.
 
     tick_seconds = 1.0
 

@@ -71,6 +71,11 @@ ReferenceRole = text_choices("ReferenceRole", vocabulary.ReferenceRole)
 ControlType = text_choices("ControlType", vocabulary.ControlType)
 
 
+# An output below this identity similarity is flagged for review: 0.5 is
+# dlib's same-person distance, 0.6 (generation.engine.identity).
+DEFAULT_IDENTITY_THRESHOLD = 0.5
+
+
 def _fraction_validators() -> list:
     return [
         MinValueValidator(vocabulary.MIN_FRACTION),
@@ -177,6 +182,13 @@ class Persona(models.Model):
         default=vocabulary.DEFAULT_LORA_SCALE,
         validators=_weight_validators(),
     )
+    identity_threshold = models.FloatField(
+        default=DEFAULT_IDENTITY_THRESHOLD,
+        validators=_fraction_validators(),
+        help_text="Outputs whose identity similarity (0..1) falls below this, or "
+        "that show no face, are flagged for review; 0.5 is dlib's same-person "
+        "threshold (docs/identity.md).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -241,6 +253,36 @@ class ReferenceImage(models.Model):
         editable=False,
     )
     uploaded_at = models.DateTimeField(auto_now_add=True)
+    # Face analysis (personas.jobs, on the CPU queue); all empty until analysed.
+    face_count = models.PositiveSmallIntegerField(
+        "faces found",
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Every face the detector found; empty until analysed.",
+    )
+    face_box = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The persona's face (the largest): left, top, width, height.",
+    )
+    face_embedding = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="dlib's 128-D embedding of the persona's face.",
+    )
+    face_detector = models.CharField(max_length=64, blank=True, editable=False)
+    face_detail = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="The analysis: every face with its box and score, the "
+        "landmarks, the sizes scanned (no embedding).",
+    )
+    face_error = models.TextField(blank=True, editable=False)
+    face_analysed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["order", "id"]
@@ -262,6 +304,20 @@ class ReferenceImage(models.Model):
 
     def __str__(self) -> str:
         return self.caption or f"{self.get_role_display()} reference #{self.pk}"
+
+    @property
+    def face_analysed(self) -> bool:
+        return self.face_analysed_at is not None and not self.face_error
+
+    @property
+    def face_strong_count(self) -> int:
+        """Faces scoring at least the persona-face score (reference health)."""
+        from generation.engine.face import PERSONA_FACE_MIN_SCORE
+
+        return sum(
+            face["score"] >= PERSONA_FACE_MIN_SCORE
+            for face in self.face_detail.get("faces", [])
+        )
 
 
 class ControlNetUnit(models.Model):

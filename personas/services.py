@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils.text import slugify
 
+from personas.face_analysis import reference_queue_analysis
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.lora import validate_lora_upload
 from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
@@ -197,6 +198,7 @@ def reference_image_add(
             reference.is_primary = True
         reference.full_clean()
         reference.save()
+        reference_queue_analysis(reference=reference)
     return reference
 
 

@@ -7,11 +7,11 @@ class StudioConfig(AppConfig):
     verbose_name = "Persona Studio"
 
     def ready(self) -> None:
-        """Register the studio's system checks (ids in docs/deployment.md)."""
+        """Register the project's system checks (ids in docs/deployment.md);
+        generation registers its own."""
         from studio import checks as studio_checks
 
         for configuration_check in (
-            studio_checks.check_worker_class,
             studio_checks.check_storage,
             studio_checks.check_production_basics,
         ):
@@ -22,14 +22,8 @@ class StudioConfig(AppConfig):
             checks.Tags.security,
             deploy=True,
         )
-        for runtime_check in (
-            studio_checks.check_redis_reachable,
-            studio_checks.check_storage_reachable,
-        ):
-            checks.register(runtime_check, studio_checks.RUNTIME_TAG, deploy=True)
         checks.register(
-            studio_checks.check_models_available,
+            studio_checks.check_storage_reachable,
             studio_checks.RUNTIME_TAG,
-            studio_checks.MODELS_TAG,
             deploy=True,
         )

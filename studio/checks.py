@@ -1,17 +1,17 @@
-"""System checks for a studio deployment (``python manage.py check``).
+"""The project's system checks (``python manage.py check``): storage, private
+media, production basics. ``StudioConfig.ready()`` registers them; the checks
+that concern generation (worker class, Redis, models) live in
+``generation/checks.py`` and are registered by generation's ``AppConfig``.
 
-Each misconfiguration that would otherwise show up as a broken worker, lost
-media or a leaked image gets an id and a hint. ``StudioConfig.ready()`` registers
-them in three groups:
+Each misconfiguration that would otherwise show up as lost media or a leaked
+image gets an id and a hint, in three groups:
 
 - configuration checks run on every ``manage.py`` command: they only read
   settings and the local file system;
 - deployment checks (``check --deploy``) look for media served publicly;
 - runtime checks (``check --deploy``, or only them with
-  ``check --deploy --tag studio_runtime``) talk to Redis and S3 with short
-  timeouts, and look for the configured models (also ``--tag studio_models``).
-  A web host holds no model weights: it silences the model ids with
-  ``SILENCED_SYSTEM_CHECKS``.
+  ``check --deploy --tag studio_runtime``) talk to S3 (and, in generation's
+  checks, to Redis and the model folders) with short timeouts.
 
 The ids and what they mean are listed in docs/deployment.md.
 """
@@ -19,26 +19,19 @@ The ids and what they mean are listed in docs/deployment.md.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.urls import URLPattern, URLResolver, get_resolver
-from django.utils.module_loading import import_string
-
-if TYPE_CHECKING:
-    from generation.engine.config import EngineConfig
 
 RUNTIME_TAG = "studio_runtime"
-"""Tag of the checks that reach Redis, S3 and the model folders."""
-
-MODELS_TAG = "studio_models"
-"""Tag of the model check alone: what a worker host needs and a web host lacks."""
+"""Tag of the checks that reach Redis, S3 and the model folders (these checks and
+generation's)."""
 
 NETWORK_TIMEOUT_SECONDS = 2.0
 """How long a runtime check waits for Redis or S3 before it reports them down."""
@@ -46,97 +39,9 @@ NETWORK_TIMEOUT_SECONDS = 2.0
 PUBLIC_ACLS = ("public-read", "public-read-write", "authenticated-read")
 
 
-def _reason(error: BaseException) -> str:
+def error_reason(error: BaseException) -> str:
     """An exception as the end of a sentence in a check message."""
     return str(error).rstrip(". ") + "."
-
-
-# --- Worker class (DESIGN.md decision 3) ------------------------------------
-
-
-def check_worker_class(**kwargs: Any) -> list[checks.CheckMessage]:
-    """A worker that forks per job loses the warm registry and cannot use CUDA."""
-    from rq.worker import SimpleWorker
-
-    path = getattr(settings, "RQ", {}).get("WORKER_CLASS")
-    if path is None:
-        return [
-            checks.Warning(
-                "django-rq has no RQ['WORKER_CLASS']: `manage.py rqworker` would "
-                "start RQ's default Worker, which forks a process for every job.",
-                hint="Set RQ = {'WORKER_CLASS': 'generation.worker.StudioWorker'} "
-                "and start workers with `manage.py studio_worker`.",
-                id="studio.W001",
-            )
-        ]
-    try:
-        worker_class = import_string(path) if isinstance(path, str) else path
-    except ImportError as error:
-        return [
-            checks.Error(
-                f"RQ['WORKER_CLASS'] {path!r} cannot be imported: {_reason(error)}",
-                hint="Use 'generation.worker.StudioWorker'.",
-                id="studio.E002",
-            )
-        ]
-    if not (isinstance(worker_class, type) and issubclass(worker_class, SimpleWorker)):
-        return [
-            checks.Error(
-                f"RQ['WORKER_CLASS'] {path!r} is not a SimpleWorker: it runs each "
-                "job in a new process, so the loaded models die with every job and "
-                "CUDA cannot be initialised in a forked child.",
-                hint="Use 'generation.worker.StudioWorker' (built on rq's "
-                "SimpleWorker), one process per GPU.",
-                id="studio.E001",
-            )
-        ]
-    return []
-
-
-# --- Redis --------------------------------------------------------------------
-
-
-def check_redis_reachable(**kwargs: Any) -> list[checks.CheckMessage]:
-    """Every Redis server the RQ queues use answers a PING within the timeout."""
-    import redis
-    from django_rq.connection_utils import get_redis_connection
-
-    messages: list[checks.CheckMessage] = []
-    seen: set[str] = set()
-    for queue, config in sorted(getattr(settings, "RQ_QUEUES", {}).items()):
-        key = repr(sorted(config.items()))
-        if key in seen:
-            continue
-        seen.add(key)
-        connection = get_redis_connection(config)
-        connection.connection_pool.connection_kwargs.update(
-            socket_connect_timeout=NETWORK_TIMEOUT_SECONDS,
-            socket_timeout=NETWORK_TIMEOUT_SECONDS,
-        )
-        try:
-            connection.ping()
-        except redis.RedisError as error:
-            messages.append(_redis_down(queue, error))
-        finally:
-            connection.close()
-    return messages
-
-
-def _redis_down(queue: str, error: Exception) -> checks.CheckMessage:
-    if getattr(settings, "STUDIO_EMBEDDED_REDIS", False):
-        return checks.Warning(
-            f"The studio's embedded Redis (queue {queue!r}) is not running: "
-            f"{_reason(error)}",
-            hint="`make run` (or `manage.py studio_run`) starts it; "
-            "or set REDIS_URL to a running Redis.",
-            id="studio.W010",
-        )
-    return checks.Error(
-        f"Redis for queue {queue!r} does not answer: {_reason(error)}",
-        hint="Check REDIS_URL (redis://host:6379/0), that the server runs and "
-        "that this host may reach it; workers and web servers share one Redis.",
-        id="studio.E010",
-    )
 
 
 # --- Storage --------------------------------------------------------------------
@@ -162,7 +67,7 @@ def check_storage(**kwargs: Any) -> list[checks.CheckMessage]:
     except (ImproperlyConfigured, ImportError, TypeError) as error:
         return [
             checks.Error(
-                f"The default storage cannot be created: {_reason(error)}",
+                f"The default storage cannot be created: {error_reason(error)}",
                 hint="See the storage variables in docs/settings.md.",
                 id="studio.E030",
             )
@@ -260,7 +165,7 @@ def check_storage_reachable(**kwargs: Any) -> list[checks.CheckMessage]:
         return [
             checks.Error(
                 f"S3 bucket {storage.bucket_name!r} at {where} cannot be reached: "
-                f"{_reason(error)}",
+                f"{error_reason(error)}",
                 hint="Check that the bucket exists and that the credentials may "
                 "use it; for an S3-compatible server (MinIO, Ceph, ...) set "
                 "AWS_S3_ENDPOINT_URL.",
@@ -391,101 +296,3 @@ def check_production_basics(**kwargs: Any) -> list[checks.CheckMessage]:
             )
         )
     return messages
-
-
-# --- Models (DESIGN.md decision 5) ------------------------------------------------
-
-
-def check_models_available(**kwargs: Any) -> list[checks.CheckMessage]:
-    """Every configured model, ControlNet and IP-Adapter can be found offline."""
-    from generation.engine.errors import EngineError
-    from generation.engine_settings import (
-        engine_config,
-        tiny_model_dir,
-        tiny_model_written,
-        uses_tiny_model,
-    )
-
-    if uses_tiny_model() and not tiny_model_written():
-        return [
-            checks.Warning(
-                f"No model is configured and the built-in tiny model is not "
-                f"written yet in {tiny_model_dir()}.",
-                hint="Run `manage.py studio_tiny_model` (`make run` does it), or "
-                "configure real models with STUDIO_MODELS (docs/models.md).",
-                id="studio.W020",
-            )
-        ]
-    try:
-        config = engine_config()
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        return [
-            checks.Error(
-                f"The model settings cannot be read: {error!r}.",
-                hint="Compare STUDIO_MODELS, STUDIO_CONTROLNETS and "
-                "STUDIO_IP_ADAPTER with the JSON examples in docs/models.md.",
-                id="studio.E022",
-            )
-        ]
-    messages: list[checks.CheckMessage] = []
-    for what, resolve in _configured_sources(config):
-        try:
-            resolve()
-        except EngineError as error:
-            messages.append(
-                checks.Error(
-                    f"{what} cannot be loaded: {_reason(error)}",
-                    hint="Download it, fix its path or its entry; docs/models.md "
-                    "shows each layout and the offline set-up.",
-                    id="studio.E020",
-                )
-            )
-    annotators_dir = settings.STUDIO_ANNOTATORS_DIR
-    if annotators_dir and not Path(annotators_dir).is_dir():
-        messages.append(
-            checks.Error(
-                f"STUDIO_ANNOTATORS_DIR {annotators_dir} is not a folder.",
-                hint="Download lllyasviel/Annotators into it (docs/models.md), or "
-                "unset it to use the Hugging Face cache.",
-                id="studio.E021",
-            )
-        )
-    return messages
-
-
-def _configured_sources(
-    config: EngineConfig,
-) -> Iterator[tuple[str, Callable[[], Any]]]:
-    """(what, resolve) for each model the configuration names, resolved lazily."""
-    from generation.engine.sources import MODEL_CONFIG_FILE, resolve_source
-
-    for key, spec in config.models.items():
-        yield (
-            f"Model {key!r} ({spec.source})",
-            partial(
-                resolve_source,
-                spec.source,
-                config,
-                revision=spec.revision,
-                single_file=True,
-                single_file_config=spec.config,
-            ),
-        )
-    for control_type, source in sorted(config.controlnets.items()):
-        yield (
-            f"ControlNet {control_type!r} ({source})",
-            partial(resolve_source, source, config, required_file=MODEL_CONFIG_FILE),
-        )
-    adapter = config.ip_adapter
-    if adapter is not None:
-        for required_file in (
-            f"{adapter.subfolder}/{adapter.weight_name}",
-            f"{adapter.subfolder}/{adapter.face_weight_name}",
-            f"{adapter.image_encoder_folder}/{MODEL_CONFIG_FILE}",
-        ):
-            yield (
-                f"IP-Adapter {required_file} ({adapter.source})",
-                partial(
-                    resolve_source, adapter.source, config, required_file=required_file
-                ),
-            )

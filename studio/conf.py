@@ -45,6 +45,12 @@ SEG_MODEL: str = ""
 # Inference device and dtype; empty chooses (CUDA fp16, MPS, CPU fp32).
 DEVICE: str = ""
 DTYPE: str = ""
+# What happens to an output the safety checker flags: "off" (no check), "flag"
+# (keep it, mark it flagged) or "black" (replace it by black, mark it flagged).
+SAFETY_CHECKER: str = "flag"
+# Where the safety checker lives (diffusers pipeline layout, e.g.
+# stable-diffusion-v1-5/stable-diffusion-v1-5); empty: the model's own, if any.
+SAFETY_CHECKER_MODEL: str = ""
 # Base models kept loaded until this many MiB of weights; 0 means no limit.
 MEMORY_BUDGET_MB: int = 0
 # Footprint options for small or fast GPUs: the fields of
@@ -79,6 +85,9 @@ THUMBNAIL_SIZE: int = 256
 # RQ queue for generation jobs, and optional routes: model key -> queue.
 DEFAULT_QUEUE: str = "gpu"
 QUEUE_ROUTES: dict[str, str] = {}
+# RQ queue for CPU work that must never hold a GPU worker: face analysis of
+# references and the scoring of outputs (served by `studio_worker --queues cpu`).
+CPU_QUEUE: str = "cpu"
 # Job limits and retries.
 JOB_TIMEOUT: int = 3600
 MAX_ATTEMPTS: int = 3
@@ -87,9 +96,6 @@ PROGRESS_INTERVAL_SECONDS: float = 0.5
 RECONCILE_INTERVAL_SECONDS: int = 60
 # Models a worker loads at start (keys of MODELS); empty means none.
 PRELOAD_MODELS: list[str] = []
-# Test-only fault injection: the first N attempts of every generation hit a
-# real out-of-memory error at a denoising step (generation/jobs.py). Keep 0.
-TEST_OOM_ATTEMPTS: int = 0
 
 
 def documented_defaults(var_dir: Path | str = VAR_DIR) -> dict[str, Any]:

@@ -1,12 +1,23 @@
-"""Fixtures shared by every test: a temporary media folder and a real Redis."""
+"""Fixtures shared by every test: a temporary media folder and a real Redis.
+
+Torch runs on one thread in the test process, as in the workers: the test
+machines are small and shared, and a tiny model's run is several times faster on
+one thread than on two contended ones. It is set before anything imports torch
+(which reads it once); torch itself is imported only by the fixtures and tests
+that need it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from studio.redis_embedded import EmbeddedRedis
+
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
 # The tiny model, worker processes and their helpers, shared by every suite.
 pytest_plugins = ["tests.workers"]

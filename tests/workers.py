@@ -2,6 +2,9 @@
 by tests/conftest.py): the tiny model, written once per session, personas with a
 reference, and real worker processes (``manage.py studio_worker``) on the real Redis.
 
+Nothing here imports torch, diffusers or transformers at collection: the tiny
+model is written by a fixture, so a test that needs no model never loads them.
+
 A worker is a separate process, so it sees only committed rows (tests use
 ``transactional_db``) in the same test database (a file for SQLite, see
 studio/settings/test.py; ``test_<name>`` for PostgreSQL), the same media folder
@@ -29,7 +32,6 @@ from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 
-from generation.engine.tiny_model import write_tiny_model
 from generation.models import ACTIVE_STATUSES, Content
 from personas.models import Persona
 from personas.services import persona_create, reference_image_add
@@ -41,9 +43,18 @@ JOB_TIMEOUT = 300
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model, written once per session into a temporary folder."""
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+def tiny_model_location(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session's tiny model is (or will be) written; what the settings
+    point to, so that a test that runs no model does not pay for writing it."""
+    return tmp_path_factory.mktemp("tiny-model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_location: Path) -> Path:
+    """The tiny model, written once per session (for workers and engine tests)."""
+    from generation.engine.tiny_model import write_tiny_model
+
+    return write_tiny_model(tiny_model_location)
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +67,15 @@ def shared_media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def studio_settings(
     settings,
     redis_server: EmbeddedRedis,
-    tiny_model_dir: Path,
+    tiny_model_location: Path,
     shared_media_root: Path,
 ):
-    """This process's settings, matching what the workers get by environment."""
+    """This process's settings, matching what the workers get by environment
+    (the tiny model is written only for tests that ask for ``tiny_model_dir``)."""
     settings.MEDIA_ROOT = shared_media_root
     settings.REDIS_URL = redis_server.url
     settings.STUDIO_MODELS = {}
-    settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_dir)
+    settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_location)
     settings.STUDIO_PROGRESS_INTERVAL_SECONDS = 0
     settings.STUDIO_RETRY_BACKOFF_SECONDS = [1]
     use_queue(settings, "gpu")
@@ -74,7 +86,10 @@ def use_queue(settings, name: str) -> None:
     """Route every generation of this test to queue ``name``."""
     settings.STUDIO_DEFAULT_QUEUE = name
     settings.STUDIO_QUEUE_ROUTES = {}
-    settings.RQ_QUEUES = {name: {"URL": settings.REDIS_URL, "DEFAULT_TIMEOUT": 600}}
+    settings.RQ_QUEUES = {
+        queue: {"URL": settings.REDIS_URL, "DEFAULT_TIMEOUT": 600}
+        for queue in (name, settings.STUDIO_CPU_QUEUE)
+    }
 
 
 def database_url() -> str:
@@ -99,6 +114,7 @@ class WorkerProcess:
     process: subprocess.Popen
     log_path: Path
     connection: redis.Redis
+    stop_requested: bool = False
 
     def wait_ready(self) -> WorkerProcess:
         """Wait until the worker has registered itself in Redis (after preload and
@@ -122,8 +138,19 @@ class WorkerProcess:
         self.process.wait(timeout=30)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
+        """SIGTERM (a warm shutdown), and wait for the process to exit."""
+        self.request_stop()
+        return self.wait_stopped()
+
+    def request_stop(self) -> None:
+        """SIGTERM, once: a second one would be rq's cold shutdown."""
+        if self.process.poll() is None and not self.stop_requested:
+            self.stop_requested = True
             self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> int:
+        """Wait for a stopped worker to exit; SIGKILL it after 30 s."""
+        if self.process.poll() is None:
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -143,9 +170,18 @@ class WorkerFactory:
     # The workers' working folder: another one stands for another host.
     cwd: Path | None = None
 
-    def __call__(self, queue: str, **env: str) -> WorkerProcess:
-        """Start a worker on ``queue`` (where this test's generations go too)."""
+    def __call__(
+        self, queue: str, *, worker_class: str | None = None, **env: str
+    ) -> WorkerProcess:
+        """Start a worker on ``queue`` (where this test's generations go too),
+        of ``worker_class`` (a dotted path; default: the studio's)."""
         use_queue(self.settings, queue)
+        return self.spawn(queue, worker_class=worker_class, **env)
+
+    def spawn(
+        self, queue: str, *, worker_class: str | None = None, **env: str
+    ) -> WorkerProcess:
+        """Start a worker on ``queue`` and wait until it is ready."""
         name = f"test-{queue}-{uuid.uuid4().hex[:8]}"
         log_path = self.log_dir / f"{name}.log"
         command = [
@@ -159,6 +195,8 @@ class WorkerFactory:
             "--job-monitoring-interval",
             "1",
         ]
+        if worker_class:
+            command += ["--worker-class", worker_class]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command,
@@ -172,11 +210,35 @@ class WorkerFactory:
         return worker.wait_ready()
 
     def stop_all(self) -> None:
-        """Stop every worker; their logs go to the captured output, which pytest
-        shows when the test failed."""
+        """Stop every worker (all at once: each takes a moment to exit); their
+        logs go to the captured output, which pytest shows when the test failed."""
         for worker in self.started:
-            worker.stop()
+            worker.request_stop()
+        for worker in self.started:
+            worker.wait_stopped()
             print(f"--- log of worker {worker.name} ---\n{worker.log()}")
+
+
+def worker_environment(
+    redis_server: EmbeddedRedis, tiny_model_dir: Path, media_root: Path
+) -> dict[str, str]:
+    """The environment of a test worker: this session's database, Redis, media
+    folder and tiny model."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "studio.settings.test",
+        "DATABASE_URL": database_url(),
+        "MEDIA_ROOT": str(media_root),
+        "REDIS_URL": redis_server.url,
+        "STUDIO_TINY_MODEL_DIR": str(tiny_model_dir),
+        "STUDIO_PROGRESS_INTERVAL_SECONDS": "0",
+        "STUDIO_RETRY_BACKOFF_SECONDS": "[1]",
+        # Workers reconcile only at start here; the tests run reconcile themselves.
+        "STUDIO_RECONCILE_INTERVAL_SECONDS": "3600",
+        "PYTHONUNBUFFERED": "1",
+        # One thread per worker: test machines are small and shared.
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @pytest.fixture
@@ -190,26 +252,57 @@ def start_worker(
 ) -> Iterator[WorkerFactory]:
     """``start_worker(queue, **env)`` starts a worker on ``queue`` and waits until
     it is ready; every worker started is stopped after the test."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "studio.settings.test",
-        "DATABASE_URL": database_url(),
-        "MEDIA_ROOT": str(shared_media_root),
-        "REDIS_URL": redis_server.url,
-        "STUDIO_TINY_MODEL_DIR": str(tiny_model_dir),
-        "STUDIO_PROGRESS_INTERVAL_SECONDS": "0",
-        "STUDIO_RETRY_BACKOFF_SECONDS": "[1]",
-        # Workers reconcile only at start here; the tests run reconcile themselves.
-        "STUDIO_RECONCILE_INTERVAL_SECONDS": "3600",
-        "PYTHONUNBUFFERED": "1",
-        # One thread per worker: test machines are small and shared.
-        "OMP_NUM_THREADS": "1",
-    }
     factory = WorkerFactory(
-        studio_settings, env, tmp_path, redis.Redis.from_url(redis_server.url)
+        studio_settings,
+        worker_environment(redis_server, tiny_model_dir, shared_media_root),
+        tmp_path,
+        redis.Redis.from_url(redis_server.url),
     )
     yield factory
     factory.stop_all()
+
+
+SHARED_QUEUE = "shared"
+
+
+@pytest.fixture(scope="session")
+def _shared_worker_process(
+    django_db_setup,
+    django_db_blocker,
+    redis_server: EmbeddedRedis,
+    tiny_model_dir: Path,
+    shared_media_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
+    """One worker for the whole session, started when a test first asks for it
+    and stopped before the test database goes."""
+    with django_db_blocker.unblock():
+        env = worker_environment(redis_server, tiny_model_dir, shared_media_root)
+
+    factory = WorkerFactory(
+        None,
+        env,
+        tmp_path_factory.mktemp("shared-worker"),
+        redis.Redis.from_url(redis_server.url),
+    )
+    worker = factory.spawn(SHARED_QUEUE)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def shared_worker(
+    studio_settings, transactional_db, _shared_worker_process: WorkerProcess
+) -> Iterator[WorkerProcess]:
+    """A worker on the session's shared queue, already warm, for tests that only
+    need their jobs run (not a fresh registry, a fault, or a worker to stop):
+    starting a worker costs seconds of imports and model loads."""
+    worker = _shared_worker_process
+    assert worker.process.poll() is None, f"the shared worker exited:\n{worker.log()}"
+    use_queue(studio_settings, SHARED_QUEUE)
+    log_start = len(worker.log())
+    yield worker
+    print(f"--- log of the shared worker, this test ---\n{worker.log()[log_start:]}")
 
 
 @pytest.fixture
@@ -237,9 +330,10 @@ def make_persona(*, slug: str = "ada", **fields) -> Persona:
 
 
 @pytest.fixture
-def persona(studio_settings) -> Persona:
-    """A persona with a reference (the test's ``django_db`` mark gives the
-    database)."""
+def persona_with_reference(studio_settings) -> Persona:
+    """A persona with a primary reference, sized for fast tiny-model runs, with
+    this process's settings matching the workers' (the test's ``django_db`` mark
+    gives the database)."""
     return make_persona()
 
 
@@ -267,5 +361,18 @@ def wait_finished(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
         ),
         timeout=timeout,
         what=f"content #{content.pk} to finish",
+    )
+    return Content.objects.get(pk=content.pk)
+
+
+def wait_scored(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
+    """Wait until ``content``'s scores have landed (a CPU worker scores it on
+    ``STUDIO_CPU_QUEUE``); return it fresh."""
+    wait_for(
+        lambda: Content.objects.filter(pk=content.pk)
+        .exclude(identity_status="pending")
+        .exists(),
+        timeout=timeout,
+        what=f"content #{content.pk} to be scored",
     )
     return Content.objects.get(pk=content.pk)

@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from generation.engine.families import Family, family
 from generation.engine.vocabulary import (
+    DEFAULT_SAFETY_POLICY,
     TINY_MODEL_KEY,
     TINY_MODEL_LABEL,
+    TINY_SDXL_MODEL_KEY,
+    TINY_SDXL_MODEL_LABEL,
     ControlType,
     Footprint,
+    SafetyPolicy,
 )
 
 # Layout of the built-in tiny model (written by ``tiny_model.write_tiny_model``).
@@ -27,6 +32,12 @@ TINY_SINGLE_FILE = "sd15.safetensors"
 TINY_CONTROLNET_DIR = "controlnet"
 TINY_IP_ADAPTER_DIR = "ip-adapter"
 TINY_LORA_FILE = "lora/persona.safetensors"
+# The tiny SDXL model beside it (``tiny_sdxl.write_tiny_sdxl``); its IP-Adapter
+# lies in TINY_IP_ADAPTER_DIR's ``sdxl_models/``, as in h94/IP-Adapter.
+TINY_SDXL_PIPELINE_DIR = "sdxl"
+TINY_SDXL_SINGLE_FILE = "sdxl.safetensors"
+TINY_SDXL_CONTROLNET_DIR = "controlnet-sdxl"
+TINY_SDXL_LORA_FILE = "lora/persona-sdxl.safetensors"
 
 
 @dataclass
@@ -39,6 +50,19 @@ class ModelSpec:
     component configs describe the checkpoint's architecture (None: the default
     SD 1.5 configs, which must then be in the Hugging Face cache when offline).
     ``tiny`` marks a model whose weights are random (``is_tiny`` asks).
+
+    ``family`` is the model family the configuration declares (a key of
+    ``families.FAMILIES``; None: detected from the model's files, see
+    ``PipelineRegistry.traits``); a declared family that the files contradict
+    is refused. ``controlnets`` and ``ip_adapter``, when given, replace the
+    engine-wide ones for this model (an SDXL model next to an SD 1.5 one needs
+    its own).
+
+    ``variant`` loads a variant's files (``"fp16"``:
+    ``diffusion_pytorch_model.fp16.safetensors``), for repositories that hold
+    only those. ``vae`` replaces the model's VAE by another (a Hub id or a
+    folder with ``config.json``: ``stabilityai/sd-vae-ft-mse``,
+    ``madebyollin/sdxl-vae-fp16-fix`` for SDXL in half precision).
     """
 
     key: str
@@ -47,6 +71,15 @@ class ModelSpec:
     label: str = ""
     config: str | None = None
     tiny: bool = False
+    family: str | None = None
+    controlnets: dict[str, str] | None = None
+    ip_adapter: IPAdapterSpec | None = None
+    variant: str | None = None
+    vae: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family is not None:
+            family(self.family)  # an unknown key is refused at configuration
 
     @property
     def is_tiny(self) -> bool:
@@ -72,13 +105,16 @@ def model_catalog(
     models: Mapping[str, str | Mapping[str, Any]], *, tiny_model_dir: Path | str
 ) -> dict[str, ModelSpec]:
     """The base models a studio serves, from its ``STUDIO_MODELS`` mapping (key ->
-    source, or key -> {"source", "revision", "label", "config", "tiny"}); an
-    empty mapping serves the built-in tiny model from ``tiny_model_dir``."""
+    source, or key -> {"source", "revision", "label", "config", "tiny",
+    "family", "controlnets", "ip_adapter", "variant", "vae"}); an empty mapping
+    serves the built-in tiny models from ``tiny_model_dir`` (SD 1.5, and SDXL
+    when it was written)."""
     if not models:
-        return {TINY_MODEL_KEY: _tiny_model_spec(Path(tiny_model_dir))}
+        return tiny_model_specs(Path(tiny_model_dir))
     catalog = {}
     for key, spec in models.items():
         spec = {"source": spec} if isinstance(spec, str) else spec
+        ip_adapter = spec.get("ip_adapter")
         catalog[key] = ModelSpec(
             key=key,
             source=spec["source"],
@@ -86,17 +122,51 @@ def model_catalog(
             label=spec.get("label", key),
             config=spec.get("config"),
             tiny=bool(spec.get("tiny", False)),
+            family=spec.get("family"),
+            controlnets=spec.get("controlnets"),
+            variant=spec.get("variant"),
+            vae=spec.get("vae"),
+            ip_adapter=None
+            if ip_adapter is None
+            else IPAdapterSpec.for_family(spec.get("family"), **ip_adapter),
         )
     return catalog
 
 
-def _tiny_model_spec(root: Path) -> ModelSpec:
-    return ModelSpec(
-        key=TINY_MODEL_KEY,
-        source=str(root / TINY_PIPELINE_DIR),
-        label=TINY_MODEL_LABEL,
-        tiny=True,
-    )
+def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
+    """The tiny models written under ``root``: SD 1.5 always, SDXL if present."""
+    root = Path(root)
+    specs = [
+        ModelSpec(
+            key=TINY_MODEL_KEY,
+            source=str(root / TINY_PIPELINE_DIR),
+            label=TINY_MODEL_LABEL,
+            tiny=True,
+            family="sd15",
+        )
+    ]
+    if (root / TINY_SDXL_PIPELINE_DIR).is_dir():
+        specs.append(
+            ModelSpec(
+                key=TINY_SDXL_MODEL_KEY,
+                source=str(root / TINY_SDXL_PIPELINE_DIR),
+                label=TINY_SDXL_MODEL_LABEL,
+                tiny=True,
+                family="sdxl",
+                controlnets=_tiny_controlnets(root / TINY_SDXL_CONTROLNET_DIR),
+                ip_adapter=IPAdapterSpec.for_family(
+                    "sdxl", source=str(root / TINY_IP_ADAPTER_DIR)
+                ),
+            )
+        )
+    return {spec.key: spec for spec in specs}
+
+
+def _tiny_controlnets(folder: Path) -> dict[str, str]:
+    return {
+        control_type.value: str(folder / control_type.value)
+        for control_type in ControlType
+    }
 
 
 @dataclass
@@ -108,6 +178,15 @@ class IPAdapterSpec:
     weight_name: str = "ip-adapter_sd15.safetensors"
     face_weight_name: str = "ip-adapter-plus-face_sd15.safetensors"
     image_encoder_folder: str = "models/image_encoder"
+
+    @classmethod
+    def for_family(
+        cls, family_key: str | Family | None, **values: str
+    ) -> IPAdapterSpec:
+        """A spec whose unset fields are the family's ``h94/IP-Adapter`` layout
+        (SD 1.5's when the family is None)."""
+        layout = family(family_key or "sd15").ip_adapter
+        return cls(**{**vars(layout), **values})
 
 
 @dataclass
@@ -121,6 +200,15 @@ class EngineConfig(Footprint):
     ``HF_HUB_OFFLINE=1``, which is honoured as well. The footprint switches
     (the fields of ``vocabulary.Footprint``, keyword-only) are applied to every
     base pipeline when it is loaded.
+
+    ``safety_policy`` says what happens to an output the safety checker flags
+    (``vocabulary.SafetyPolicy``; the pipelines themselves never blacken an
+    image: the engine runs the checker). ``safety_checker`` is where the checker
+    lives, in the diffusers pipeline layout (``safety_checker/`` and
+    ``feature_extractor/``; a Hub id such as
+    ``stable-diffusion-v1-5/stable-diffusion-v1-5`` or a folder); None: the
+    model's own, where its folder or Hub repo has one. So every model, however
+    installed and of whatever family, can be checked by one checker.
     """
 
     models: dict[str, ModelSpec]
@@ -133,17 +221,43 @@ class EngineConfig(Footprint):
     dtype: str | None = None
     memory_budget_mb: int | None = None
     offline: bool = True
+    safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
+    safety_checker: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.safety_policy = SafetyPolicy(self.safety_policy)
+        except ValueError:
+            choices = ", ".join(policy.value for policy in SafetyPolicy)
+            raise ValueError(
+                f"Unknown safety checker policy {self.safety_policy!r}; choose one "
+                f"of: {choices}."
+            ) from None
+
+    def controlnets_for(self, model_key: str) -> dict[str, str]:
+        """Control type -> ControlNet source for one model (its own, else the
+        engine-wide ones)."""
+        spec = self.models.get(model_key)
+        if spec is not None and spec.controlnets is not None:
+            return spec.controlnets
+        return self.controlnets
+
+    def ip_adapter_for(self, model_key: str) -> IPAdapterSpec | None:
+        """The IP-Adapter of one model (its own, else the engine-wide one)."""
+        spec = self.models.get(model_key)
+        if spec is not None and spec.ip_adapter is not None:
+            return spec.ip_adapter
+        return self.ip_adapter
 
 
 def tiny_engine_config(root: Path) -> EngineConfig:
-    """A configuration serving the tiny model written by ``write_tiny_model(root)``."""
+    """A configuration serving the tiny models written by ``write_tiny_model(root)``
+    (the engine-wide ControlNets and IP-Adapter are SD 1.5's; the tiny SDXL model
+    carries its own)."""
     root = Path(root)
     return EngineConfig(
-        models={TINY_MODEL_KEY: _tiny_model_spec(root)},
+        models=tiny_model_specs(root),
         model_roots=[root],
-        controlnets={
-            control_type.value: str(root / TINY_CONTROLNET_DIR / control_type.value)
-            for control_type in ControlType
-        },
+        controlnets=_tiny_controlnets(root / TINY_CONTROLNET_DIR),
         ip_adapter=IPAdapterSpec(source=str(root / TINY_IP_ADAPTER_DIR)),
     )

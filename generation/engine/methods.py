@@ -4,9 +4,12 @@ Pure rules, no torch work: ``plan_method`` checks a request before anything is
 loaded (DESIGN.md: awkward requests fail before any GPU work) and resolves it to a
 ``MethodPlan``: the base pipeline, the references each part uses, and whether an
 IP-Adapter is layered on top. ``pipeline_class`` maps a base method to its
-diffusers class, the way diffusers' ``auto_pipeline`` maps tasks to classes.
+diffusers class for the model's family (``families``: each family row holds the
+mapping, the way diffusers' ``auto_pipeline`` maps tasks to classes); the rules
+below are the same for every family.
 
-Base methods and their pipelines:
+Base methods and their pipelines (SD 1.5's; SDXL's are the
+``StableDiffusionXL...`` classes of the same names):
 
 =========== ========================================= ==========================
 method      diffusers pipeline                        needs
@@ -59,13 +62,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from .errors import InvalidRequest, ModelNotFound
+from .families import DEFAULT_FAMILY, Family, family
 from .requests import GenerationRequest, IPAdapterInput
 from .vocabulary import (
     MAX_FRACTION,
     MAX_GUIDANCE_SCALE,
     MAX_IMAGES,
     MAX_SEED,
-    MAX_SIZE,
     MAX_STEPS,
     MAX_WEIGHT,
     METHODS_NEEDING_REFERENCE,
@@ -74,23 +77,16 @@ from .vocabulary import (
     MIN_FRACTION,
     MIN_GUIDANCE_SCALE,
     MIN_SEED,
-    MIN_SIZE,
     MIN_STEPS,
     MIN_WEIGHT,
-    SIZE_MULTIPLE,
     ControlType,
     Method,
     ReferenceRole,
 )
 
-PIPELINE_CLASS_NAMES: dict[Method, str] = {
-    Method.TEXT: "StableDiffusionPipeline",
-    Method.IMG2IMG: "StableDiffusionImg2ImgPipeline",
-    Method.CONTROLNET: "StableDiffusionControlNetPipeline",
-    Method.HYBRID: "StableDiffusionControlNetImg2ImgPipeline",
-}
-"""Base method -> diffusers pipeline class name (auto and ip_adapter resolve to
-one of these first)."""
+PIPELINE_CLASS_NAMES: dict[Method, str] = dict(DEFAULT_FAMILY.pipeline_classes)
+"""Base method -> diffusers pipeline class name of the default family (SD 1.5);
+each family's own mapping is ``Family.pipeline_classes``."""
 
 
 @dataclass(frozen=True)
@@ -111,23 +107,25 @@ class MethodPlan:
     control_types: tuple[ControlType, ...] = ()
     unit_references: tuple[int | None, ...] = ()
     ip_adapter_references: tuple[int, ...] = ()
+    family: str = DEFAULT_FAMILY.key
 
     @property
     def pipeline_class_name(self) -> str:
-        return PIPELINE_CLASS_NAMES[self.base]
+        return family(self.family).pipeline_class_name(self.base)
 
 
-def pipeline_class(method: Method) -> type:
-    """The diffusers pipeline class that runs a base method."""
-    try:
-        name = PIPELINE_CLASS_NAMES[Method(method)]
-    except (KeyError, ValueError):
-        bases = ", ".join(m.value for m in PIPELINE_CLASS_NAMES)
+def pipeline_class(method: Method, model_family: Family | str = DEFAULT_FAMILY) -> type:
+    """The diffusers pipeline class that runs a base method for a family."""
+    row = family(model_family)
+    if method not in row.pipeline_classes:
+        bases = ", ".join(m.value for m in row.pipeline_classes)
         raise InvalidRequest(
             f"No pipeline runs method {method!r} directly; the base methods are "
             f"{bases} (auto and ip_adapter resolve to one of them first)."
-        ) from None
-    return getattr(importlib.import_module("diffusers"), name)
+        )
+    return getattr(
+        importlib.import_module("diffusers"), row.pipeline_class_name(method)
+    )
 
 
 def primary_reference(request: GenerationRequest) -> int | None:
@@ -149,20 +147,23 @@ def plan_method(
     models: Collection[str],
     controlnets: Collection[str],
     ip_adapter_installed: bool,
+    model_family: Family | str = DEFAULT_FAMILY,
 ) -> MethodPlan:
     """Check ``request`` and resolve its method; raise before any model work.
 
     ``models`` are the configured model keys, ``controlnets`` the control types
-    (their values) that have a ControlNet configured.
+    (their values) that have a ControlNet configured for the model,
+    ``model_family`` the model's family (its sizes and pipeline classes).
     """
     if request.model not in models:
         known = ", ".join(sorted(models)) or "none"
         raise ModelNotFound(
             f"Unknown model {request.model!r}; the configured models are: {known}."
         )
-    _check_numbers(request)
+    row = family(model_family)
+    _check_numbers(request, row)
     method, base, reason, use_ip_adapter = _choose(request, ip_adapter_installed)
-    plan = MethodPlan(method=method, base=base, reason=reason)
+    plan = MethodPlan(method=method, base=base, reason=reason, family=row.key)
     if base in METHODS_WITH_CONTROL:
         plan = replace(
             plan,
@@ -277,8 +278,9 @@ def _choose_auto(
     return method, base, reason, True
 
 
-def _check_numbers(request: GenerationRequest) -> None:
-    """Ranges, whole numbers and multiples of 8 (the VAE's downscale factor)."""
+def _check_numbers(request: GenerationRequest, row: Family) -> None:
+    """Ranges, whole numbers and multiples of 8 (the VAE's downscale factor); the
+    sizes are the family's."""
     for name in ("steps", "num_images", "seed", "width", "height"):
         value = getattr(request, name)
         if not isinstance(value, int) or isinstance(value, bool):
@@ -293,14 +295,15 @@ def _check_numbers(request: GenerationRequest) -> None:
         MAX_GUIDANCE_SCALE,
     )
     _check_range("strength", request.strength, MIN_FRACTION, MAX_FRACTION)
+    multiple = row.size_multiple
     for name in ("width", "height"):
         value = getattr(request, name)
-        _check_range(name, value, MIN_SIZE, MAX_SIZE)
-        if value % SIZE_MULTIPLE:
-            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+        _check_range(name, value, row.min_size, row.max_size)
+        if value % multiple:
+            lower = value // multiple * multiple
             raise InvalidRequest(
-                f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; use {lower} "
-                f"or {lower + SIZE_MULTIPLE}."
+                f"{name} {value} is not a multiple of {multiple}; use {lower} "
+                f"or {lower + multiple}."
             )
     if not isinstance(request.prompt, str) or not isinstance(
         request.negative_prompt, str

@@ -1,22 +1,30 @@
 """The pipeline registry: loaded models kept warm and shared (DESIGN.md 3 and 4).
 
-- One base ``StableDiffusionPipeline`` per model, keyed by source and revision
-  (the registry has one dtype and one device). Every job's pipeline, text,
-  img2img, ControlNet or hybrid, is derived from it with ``from_pipe``, so all of
-  them share its UNet, VAE and text encoder: deriving copies no weights. The dtype
+- One base pipeline per model (its family's text pipeline:
+  ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``), keyed by source and
+  revision (the registry has one dtype and one device). The model's family is
+  detected from its files before anything loads (``traits``). Every job's
+  pipeline, text, img2img, ControlNet or hybrid, is the family's class for the
+  method (``families``), derived from the base with ``from_pipe``, so all of them
+  share its UNet, VAE and text encoder(s): deriving copies no weights. The dtype
   is passed explicitly, since ``from_pipe`` otherwise casts the shared modules to
   float32.
 - Every derived pipeline gets a fresh scheduler built from the base's config (or a
   compatible scheduler class asked for by name), so no scheduler state survives
   a job.
 - ControlNets are cached by source; several control types become one
-  ``MultiControlNetModel``.
+  ``MultiControlNetModel``. A model's ControlNets and IP-Adapter are its own
+  (``ModelSpec.controlnets``, ``ip_adapter``) or the engine-wide ones; one made
+  for another family or width is refused before loading (``check_fits``).
 - IP-Adapter and LoRA change the shared UNet (attention processors, adapter
   layers). ``job_state`` sets them for one job and undoes them afterwards, even
   when the job fails, so that no job changes another's output.
 - Base pipelines, ControlNets and the IP-Adapter image encoder share one
   least-recently-used list: after each load, the oldest entries not used by the
   current call are dropped until the parameter bytes fit ``memory_budget_mb``.
+- The pipelines are loaded without their own safety checker (which would
+  blacken a flagged image silently); ``safety_checker`` gives the checker the
+  engine runs itself, the same for every model (``safety.py``).
 - Device and dtype default to cuda + float16, else mps, else cpu, in float32;
   both can be overridden. Footprint switches (CPU offload on CUDA, attention
   slicing, VAE tiling, channels-last, ``torch.compile``) apply to every base;
@@ -29,6 +37,8 @@ re-entrant lock, since the shared UNet cannot carry two jobs' adapters at once.
 from __future__ import annotations
 
 import gc
+import importlib
+import inspect
 import itertools
 import threading
 import time
@@ -40,27 +50,50 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline
+from diffusers import ControlNetModel, DiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.controlnets import MultiControlNetModel
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from generation.engine.config import EngineConfig, ModelSpec
-from generation.engine.errors import EngineError, InvalidRequest, ModelNotFound
-from generation.engine.methods import pipeline_class
+from generation.engine.config import EngineConfig, IPAdapterSpec, ModelSpec
+from generation.engine.errors import (
+    EngineError,
+    InvalidRequest,
+    ModelNotFound,
+    SourceRefused,
+)
+from generation.engine.families import (
+    Family,
+    FamilyMismatch,
+    ModelTraits,
+    check_controlnet_fits,
+    check_ip_adapter_fits,
+    check_lora_fits,
+    controlnet_traits,
+    family,
+    ip_adapter_traits,
+    safetensors_header,
+)
+from generation.engine.methods import MethodPlan, pipeline_class
 from generation.engine.requests import (
     ControlType,
     IPAdapterInput,
     LoraInput,
     Method,
 )
+from generation.engine.safety import FEATURE_EXTRACTOR_FOLDER, SAFETY_CHECKER_FOLDER
 from generation.engine.sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
+    SourceKind,
     fingerprint,
     load_controlnet,
     load_pipeline,
+    load_vae,
     model_loading,
+    model_traits,
+    read_config,
+    read_safetensors_header,
     resolve_source,
 )
 from generation.engine.vocabulary import (
@@ -126,6 +159,7 @@ class PipelineRegistry:
         self._footprint = footprint_of(config)
         self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
         self._sources: dict[str, ResolvedSource] = {}
+        self._traits: dict[str, ModelTraits] = {}
         self._fingerprints: dict[str, dict[str, Any]] = {}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
@@ -162,28 +196,126 @@ class PipelineRegistry:
             )
         return self._sources[model_key]
 
-    def controlnet_source(self, control_type: ControlType) -> ResolvedSource:
-        """The checked source of the ControlNet configured for a control type."""
+    def traits(self, model_key: str) -> ModelTraits:
+        """A configured model's family and cross-attention width, from its files
+        (read once; no weights). Raises ``UnknownFamily`` with what was found."""
+        if model_key not in self._traits:
+            spec = self._spec(model_key)
+            self._traits[model_key] = model_traits(
+                self.source(model_key),
+                declared=spec.family,
+                where=f"Model {model_key!r} ({spec.source})",
+            )
+        return self._traits[model_key]
+
+    def family(self, model_key: str) -> Family:
+        """The family of a configured model (see ``traits``)."""
+        return self.traits(model_key).family
+
+    def plan_family(self, model_key: str) -> Family:
+        """The family a request for this model is planned with: detected where its
+        files are here; else the declared one, else SD 1.5 (a web host may hold
+        no weights; the worker, which has them, plans again)."""
+        try:
+            return self.family(model_key)
+        except (ModelNotFound, SourceRefused):
+            declared = self._config.models[model_key].family
+            return family(declared or "sd15")
+
+    def controlnet_source(
+        self, control_type: ControlType, model_key: str | None = None
+    ) -> ResolvedSource:
+        """The checked source of the ControlNet configured for a control type
+        (the model's own ControlNets when ``model_key`` has some)."""
         control_type = ControlType(control_type)
-        configured = self._config.controlnets.get(control_type.value)
+        controlnets = self._controlnets(model_key)
+        configured = controlnets.get(control_type.value)
         if configured is None:
             raise ModelNotFound(
                 f"No ControlNet is configured for {control_type.value!r}. Configured: "
-                f"{', '.join(sorted(self._config.controlnets)) or 'none'}."
+                f"{', '.join(sorted(controlnets)) or 'none'}."
             )
         return resolve_source(configured, self._config, required_file=MODEL_CONFIG_FILE)
+
+    def ip_adapter_fits(self, model_key: str) -> bool:
+        """Whether the model's IP-Adapter is installed and made for its family
+        (True where the files cannot be read here): ``auto`` adds only one that
+        fits, an explicit request for one that does not is refused."""
+        if not self.ip_adapter_installed_for(model_key):
+            return False
+        try:
+            model = self.traits(model_key)
+            for face_crop in (False, True):
+                self._check_ip_adapter_fits(
+                    model, model_key, IPAdapterInput(face_crop=face_crop)
+                )
+        except (ModelNotFound, SourceRefused):
+            return True
+        except FamilyMismatch:
+            return False
+        return True
+
+    def controlnet_types(self, model_key: str) -> list[str]:
+        """The control types that have a ControlNet configured for a model."""
+        return sorted(self._controlnets(model_key))
+
+    def check_fits(
+        self, model_key: str, plan: MethodPlan, lora: LoraInput | None = None
+    ) -> None:
+        """Refuse, with the reason, the plan's ControlNets, IP-Adapter and the
+        LoRA where one was made for another family; reads no weights.
+
+        Skipped where the model's files are not here (see ``plan_family``).
+        """
+        try:
+            model = self.traits(model_key)
+        except (ModelNotFound, SourceRefused):
+            return
+        for control_type in dict.fromkeys(plan.control_types):
+            source = self.controlnet_source(control_type, model_key)
+            config = read_config(source, MODEL_CONFIG_FILE)
+            if config is not None:
+                name = f"{ControlType(control_type).value!r} ({source.location})"
+                check_controlnet_fits(
+                    model, controlnet_traits(config, name), model_key, name
+                )
+        if plan.ip_adapter is not None:
+            self._check_ip_adapter_fits(model, model_key, plan.ip_adapter)
+        if lora is not None:
+            try:
+                header = safetensors_header(lora.weights)
+            except InvalidRequest as error:
+                raise InvalidRequest(
+                    f"The LoRA {lora.name!r} is not a readable .safetensors file: "
+                    f"{error}"
+                ) from error
+            check_lora_fits(model, header, model_key, lora.name)
 
     def fingerprint(self, model_key: str) -> dict[str, Any]:
         """Source, revision and commit or content hash of a model, for snapshots.
 
         Computed once per registry: hashing a local model reads all its files.
         """
-        source = self.source(model_key)
-        return self._fingerprint_of(source)
+        spec = self._spec(model_key)
+        result = dict(self._fingerprint_of(self.source(model_key)))
+        if spec.variant is not None:
+            result["variant"] = spec.variant
+        if spec.vae is not None:
+            result["vae"] = self._fingerprint_of(self._vae_source(spec))
+        return result
 
-    def controlnet_fingerprint(self, control_type: ControlType) -> dict[str, Any]:
-        """The same for the ControlNet of a control type."""
-        return self._fingerprint_of(self.controlnet_source(control_type))
+    def controlnet_fingerprint(
+        self, control_type: ControlType, model_key: str | None = None
+    ) -> dict[str, Any]:
+        """The same for the ControlNet of a control type (of a model)."""
+        return self._fingerprint_of(self.controlnet_source(control_type, model_key))
+
+    def ip_adapter_fingerprint(self, model_key: str | None = None) -> dict[str, Any]:
+        """The same for the IP-Adapter of a model (its folder or Hub commit)."""
+        source = self._ip_adapter_source(model_key)
+        if source is None:
+            raise ModelNotFound("No IP-Adapter is installed: configure its weights.")
+        return self._fingerprint_of(source)
 
     # Pipelines -------------------------------------------------------------------
 
@@ -203,7 +335,7 @@ class PipelineRegistry:
         model (None: the model's own). The pipeline is new, with a new scheduler;
         its modules are the base's own objects.
         """
-        pipeline_cls = pipeline_class(method)
+        pipeline_cls = pipeline_class(method, self.family(model_key))
         method = Method(method)
         control_types = [ControlType(t) for t in control_types]
         if (method in METHODS_WITH_CONTROL) != bool(control_types):
@@ -214,13 +346,17 @@ class PipelineRegistry:
             )
         with self._lock:
             base_key = self._base_key(model_key)
-            pinned = {base_key} | {self._controlnet_key(t) for t in set(control_types)}
+            pinned = {base_key} | {
+                self._controlnet_key(t, model_key) for t in set(control_types)
+            }
             base, hit = self._base(model_key, pinned)
             components: dict[str, Any] = {
                 "scheduler": self._fresh_scheduler(base, scheduler)
             }
             if control_types:
-                controlnets = [self._controlnet(t, pinned) for t in control_types]
+                controlnets = [
+                    self._controlnet(t, pinned, model_key) for t in control_types
+                ]
                 components["controlnet"] = (
                     controlnets[0]
                     if len(controlnets) == 1
@@ -232,11 +368,37 @@ class PipelineRegistry:
             pipe.set_progress_bar_config(disable=True)
             return pipe, hit
 
-    def controlnet(self, control_type: ControlType) -> ControlNetModel:
-        """The cached ControlNet of a control type, loaded on first use."""
+    def inpaint_pipeline(
+        self, model_key: str, *, scheduler: str | None = None
+    ) -> tuple[DiffusionPipeline, bool]:
+        """The family's inpaint pipeline for one job, derived from the base with
+        ``from_pipe`` (its modules are the base's own, its scheduler new), and
+        whether the base was already loaded."""
+        pipeline_cls = getattr(
+            importlib.import_module("diffusers"),
+            self.family(model_key).inpaint_pipeline_class,
+        )
         with self._lock:
-            key = self._controlnet_key(control_type)
-            return self._controlnet(control_type, {key})
+            base_key = self._base_key(model_key)
+            base, hit = self._base(model_key, {base_key})
+            pipe = pipeline_cls.from_pipe(
+                base,
+                dtype=self._dtype,
+                scheduler=self._fresh_scheduler(base, scheduler),
+            )
+            if self._offloading:
+                pipe.enable_model_cpu_offload(device=self._device)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe, hit
+
+    def controlnet(
+        self, control_type: ControlType, model_key: str | None = None
+    ) -> ControlNetModel:
+        """The cached ControlNet of a control type (of a model), loaded on first
+        use."""
+        with self._lock:
+            key = self._controlnet_key(control_type, model_key)
+            return self._controlnet(control_type, {key}, model_key)
 
     def preload(self, model_keys: Sequence[str]) -> None:
         """Load base models ahead of the first job (the worker does this at start),
@@ -267,29 +429,57 @@ class PipelineRegistry:
 
     @property
     def ip_adapter_installed(self) -> bool:
-        """Whether the configured IP-Adapter weights can be found."""
+        """Whether the engine-wide IP-Adapter weights can be found."""
+        return self.ip_adapter_installed_for(None)
+
+    def ip_adapter_installed_for(self, model_key: str | None) -> bool:
+        """Whether the IP-Adapter weights of a model (None: the engine-wide
+        IP-Adapter) can be found."""
         try:
-            return self._ip_adapter_source() is not None
+            return self._ip_adapter_source(model_key) is not None
         except EngineError:
             return False
 
     def image_encoder(
-        self,
+        self, model_key: str | None = None
     ) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessor] | None:
         """The IP-Adapter's CLIP image encoder and its preprocessing, or None.
 
-        Loaded once and shared by every IP-Adapter job (and by scoring).
+        Loaded once per encoder and shared by every IP-Adapter job (and by
+        scoring); ``model_key`` chooses that model's IP-Adapter.
         """
-        if not self.ip_adapter_installed:
+        if not self.ip_adapter_installed_for(model_key):
             return None
-        source = self._ip_adapter_source()
+        source = self._ip_adapter_source(model_key)
+        spec = self._ip_adapter_spec(model_key)
+        assert source is not None and spec is not None
         with self._lock:
-            key = ("image_encoder", source.location, source.revision or "")
+            key = (
+                "image_encoder",
+                source.location,
+                source.revision or "",
+                spec.image_encoder_folder,
+            )
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._load_image_encoder(key, source)
+                entry = self._load_image_encoder(key, source, spec)
             self._entries.move_to_end(key)
             return entry.model, entry.extra["processor"]
+
+    def safety_checker(self, model_key: str) -> tuple[Any, Any, str] | None:
+        """The safety checker for a model's outputs (model, image processor,
+        source), loaded once; None when none is configured or the model has none.
+        """
+        source = self._safety_checker_source(model_key)
+        if source is None:
+            return None
+        with self._lock:
+            key = ("safety_checker", source.location, source.revision or "")
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._load_safety_checker(key, source)
+            self._entries.move_to_end(key)
+            return entry.model, entry.extra["processor"], source.location
 
     @contextmanager
     def job_state(
@@ -298,8 +488,12 @@ class PipelineRegistry:
         *,
         ip_adapter: IPAdapterInput | None = None,
         lora: LoraInput | None = None,
+        model_key: str | None = None,
     ) -> Iterator[DiffusionPipeline]:
         """Set a job's IP-Adapter and LoRA on ``pipe``; undo both on exit.
+
+        ``model_key`` names the model whose IP-Adapter is loaded (None: the
+        model whose base ``pipe`` was derived from).
 
         The IP-Adapter is plus-face when ``ip_adapter.face_crop`` is on. Its
         loading replaces every attention processor of the shared UNet (attention
@@ -312,7 +506,13 @@ class PipelineRegistry:
             processors = unet.attn_processors
             try:
                 if ip_adapter is not None:
-                    self._set_ip_adapter(pipe, ip_adapter)
+                    self._set_ip_adapter(
+                        pipe, ip_adapter, model_key or self._model_key_of(pipe)
+                    )
+                    if self._offloading:
+                        # The image encoder came after the offload hooks were
+                        # set: hook every module again, the encoder included.
+                        pipe.enable_model_cpu_offload(device=self._device)
                 if lora is not None:
                     self._set_lora(pipe, lora)
                 yield pipe
@@ -391,12 +591,31 @@ class PipelineRegistry:
             ) from None
 
     def _base_key(self, model_key: str) -> tuple[str, ...]:
-        source = self.source(model_key)
-        return ("base", source.location, source.revision or "")
+        source, spec = self.source(model_key), self._spec(model_key)
+        variant_and_vae = (spec.variant or "", spec.vae or "")
+        return ("base", source.location, source.revision or "", *variant_and_vae)
 
-    def _controlnet_key(self, control_type: ControlType) -> tuple[str, ...]:
-        source = self.controlnet_source(control_type)
+    def _vae_source(self, spec: ModelSpec) -> ResolvedSource:
+        assert spec.vae is not None
+        return resolve_source(spec.vae, self._config, required_file=MODEL_CONFIG_FILE)
+
+    def _controlnet_key(
+        self, control_type: ControlType, model_key: str | None = None
+    ) -> tuple[str, ...]:
+        source = self.controlnet_source(control_type, model_key)
         return ("controlnet", source.location, source.revision or "")
+
+    def _controlnets(self, model_key: str | None) -> dict[str, str]:
+        if model_key is None:
+            return self._config.controlnets
+        return self._config.controlnets_for(model_key)
+
+    def _model_key_of(self, pipe: DiffusionPipeline) -> str | None:
+        """The model whose loaded base shares ``pipe``'s UNet."""
+        for entry in self._entries.values():
+            if entry.kind == "base" and entry.model.unet is pipe.unet:
+                return entry.label
+        return None
 
     def _base(
         self, model_key: str, pinned: set[tuple[str, ...]]
@@ -410,7 +629,16 @@ class PipelineRegistry:
         self._counts["misses"] += 1
         source = self.source(model_key)
         started = time.perf_counter()
-        pipe = load_pipeline(source, StableDiffusionPipeline, self._dtype)
+        base_cls = pipeline_class(Method.TEXT, self.family(model_key))
+        # The engine runs the safety checker itself (safety.py).
+        own_checker = "safety_checker" in inspect.signature(base_cls).parameters
+        components: dict[str, Any] = {"safety_checker": None} if own_checker else {}
+        spec = self._spec(model_key)
+        if spec.vae is not None:
+            components["vae"] = load_vae(self._vae_source(spec), self._dtype)
+        pipe = load_pipeline(
+            source, base_cls, self._dtype, variant=spec.variant, **components
+        )
         self._apply_footprint(pipe)
         pipe.set_progress_bar_config(disable=True)
         self._counts["loads"] += 1
@@ -429,12 +657,15 @@ class PipelineRegistry:
         return pipe, False
 
     def _controlnet(
-        self, control_type: ControlType, pinned: set[tuple[str, ...]]
+        self,
+        control_type: ControlType,
+        pinned: set[tuple[str, ...]],
+        model_key: str | None = None,
     ) -> ControlNetModel:
-        key = self._controlnet_key(control_type)
+        key = self._controlnet_key(control_type, model_key)
         entry = self._entries.get(key)
         if entry is None:
-            source = self.controlnet_source(control_type)
+            source = self.controlnet_source(control_type, model_key)
             started = time.perf_counter()
             model = load_controlnet(source, self._dtype)
             if not self._offloading:
@@ -453,10 +684,8 @@ class PipelineRegistry:
         return entry.model
 
     def _load_image_encoder(
-        self, key: tuple[str, ...], source: ResolvedSource
+        self, key: tuple[str, ...], source: ResolvedSource, spec: IPAdapterSpec
     ) -> _Entry:
-        spec = self._config.ip_adapter
-        assert spec is not None
         started = time.perf_counter()
         with model_loading(source.location):
             encoder = CLIPVisionModelWithProjection.from_pretrained(
@@ -483,8 +712,74 @@ class PipelineRegistry:
         self._add(key, entry, {key})
         return entry
 
-    def _ip_adapter_source(self) -> ResolvedSource | None:
-        spec = self._config.ip_adapter
+    def _safety_checker_source(self, model_key: str) -> ResolvedSource | None:
+        configured = self._config.safety_checker
+        required = f"{SAFETY_CHECKER_FOLDER}/{MODEL_CONFIG_FILE}"
+        if configured:
+            return resolve_source(configured, self._config, required_file=required)
+        source = self.source(model_key)
+        if (
+            source.kind is SourceKind.SINGLE_FILE
+            or read_config(source, required) is None
+        ):
+            return None
+        return source
+
+    def _load_safety_checker(
+        self, key: tuple[str, ...], source: ResolvedSource
+    ) -> _Entry:
+        from diffusers.pipelines.stable_diffusion.safety_checker import (
+            StableDiffusionSafetyChecker,
+        )
+
+        started = time.perf_counter()
+        options = {"revision": source.revision, "local_files_only": source.offline}
+        with model_loading(source.location):
+            checker = StableDiffusionSafetyChecker.from_pretrained(
+                source.location,
+                subfolder=SAFETY_CHECKER_FOLDER,
+                dtype=self._dtype,
+                **options,
+            )
+            processor = CLIPImageProcessor.from_pretrained(
+                source.location, subfolder=FEATURE_EXTRACTOR_FOLDER, **options
+            )
+        checker.to(self._device)
+        self._counts["safety_checker_loads"] += 1
+        entry = _Entry(
+            kind="safety_checker",
+            label="safety checker",
+            source=source,
+            model=checker,
+            nbytes=_parameter_bytes([checker]),
+            load_seconds=time.perf_counter() - started,
+            extra={"processor": processor},
+        )
+        self._add(key, entry, {key})
+        return entry
+
+    def _check_ip_adapter_fits(
+        self, model: ModelTraits, model_key: str, settings: IPAdapterInput
+    ) -> None:
+        spec = self._ip_adapter_spec(model_key)
+        source = self._ip_adapter_source(model_key)
+        if spec is None or source is None:
+            return
+        weight = f"{spec.subfolder}/{_ip_weight_name(spec, settings)}"
+        header = read_safetensors_header(source, weight)
+        if header is not None:
+            name = f"{weight} ({source.location})"
+            check_ip_adapter_fits(
+                model, ip_adapter_traits(header, name), model_key, name
+            )
+
+    def _ip_adapter_spec(self, model_key: str | None) -> IPAdapterSpec | None:
+        if model_key is None:
+            return self._config.ip_adapter
+        return self._config.ip_adapter_for(model_key)
+
+    def _ip_adapter_source(self, model_key: str | None = None) -> ResolvedSource | None:
+        spec = self._ip_adapter_spec(model_key)
         if spec is None:
             return None
         return resolve_source(
@@ -494,13 +789,16 @@ class PipelineRegistry:
         )
 
     def _set_ip_adapter(
-        self, pipe: DiffusionPipeline, settings: IPAdapterInput
+        self,
+        pipe: DiffusionPipeline,
+        settings: IPAdapterInput,
+        model_key: str | None,
     ) -> None:
-        spec = self._config.ip_adapter
-        image_encoder = self.image_encoder()
+        spec = self._ip_adapter_spec(model_key)
+        image_encoder = self.image_encoder(model_key)
         if spec is None or image_encoder is None:
             raise ModelNotFound("No IP-Adapter is installed: configure its weights.")
-        source = self._ip_adapter_source()
+        source = self._ip_adapter_source(model_key)
         assert source is not None
         # The shared encoder, loaded once: load_ip_adapter only loads one when the
         # pipeline has none.
@@ -512,9 +810,7 @@ class PipelineRegistry:
             pipe.load_ip_adapter(
                 source.location,
                 subfolder=spec.subfolder,
-                weight_name=(
-                    spec.face_weight_name if settings.face_crop else spec.weight_name
-                ),
+                weight_name=_ip_weight_name(spec, settings),
                 image_encoder_folder=spec.image_encoder_folder,
                 revision=source.revision,
                 local_files_only=source.offline,
@@ -611,6 +907,11 @@ class PipelineRegistry:
             torch.cuda.empty_cache()
         elif self._device.type == "mps":
             torch.mps.empty_cache()
+
+
+def _ip_weight_name(spec: IPAdapterSpec, settings: IPAdapterInput) -> str:
+    """The plus-face weights when faces are cropped, else the plain ones."""
+    return spec.face_weight_name if settings.face_crop else spec.weight_name
 
 
 def _parameter_bytes(modules: Any) -> int:

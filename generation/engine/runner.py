@@ -8,9 +8,14 @@ from the registry, set the job's IP-Adapter and LoRA for the call only
 (``PipelineRegistry.job_state``), call the pipeline with the same arguments a
 person would give raw diffusers, and record a snapshot (``snapshot.py``).
 
+The pipeline classes, the prompt encoding and the size micro-conditioning are
+the model family's (``families``): the same code runs SD 1.5 and SDXL.
+
 The call matches raw diffusers on purpose: a prompt that fits the text encoder
-goes in as ``prompt=``; our conditioning scale is always passed (the hybrid
-pipeline's default differs from plain ControlNet's); the seed seeds a CPU
+goes in as ``prompt=``; SDXL's size micro-conditioning is passed with the
+pipeline's own defaults (the output size, no crop), so the snapshot shows it;
+our conditioning scale is always passed (the hybrid pipeline's default differs
+from plain ControlNet's); the seed seeds a CPU
 ``torch.Generator`` (see ``snapshot.GENERATOR_DEVICE``); images come back as PIL.
 """
 
@@ -25,25 +30,42 @@ import torch
 from PIL import Image
 
 from .config import EngineConfig
-from .errors import GenerationCancelled, OutOfMemory
+from .errors import GenerationCancelled, InvalidRequest, ModelNotFound, OutOfMemory
 from .face import crop_face
+from .families import family
+from .inpaint import check_inpaint_request, inpaint_region, paste_back
 from .methods import (
     MethodPlan,
     plan_method,
 )
 from .preprocessors import make_control_image
-from .prompts import encode_prompt_chunks, needs_chunking
+from .prompts import encode_long_prompt, needs_chunking_for
 from .registry import PipelineRegistry
 from .requests import (
     ControlImageOutput,
     GenerationRequest,
     GenerationResult,
+    InpaintRequest,
+    InpaintResult,
     Method,
+    ReferenceInput,
     Timings,
 )
 from .resize import fit_for_image_encoder, fit_to_size
-from .snapshot import GENERATOR_DEVICE, build_snapshot, images_by_hash
-from .vocabulary import METHODS_WITH_CONTROL, METHODS_WITH_STRENGTH, TINY_MODEL_NOTICE
+from .safety import check_outputs
+from .snapshot import (
+    GENERATOR_DEVICE,
+    build_inpaint_snapshot,
+    build_snapshot,
+    images_by_hash,
+)
+from .vocabulary import (
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    TINY_MODEL_NOTICE,
+    ReferenceRole,
+    SafetyPolicy,
+)
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -74,13 +96,28 @@ class Engine:
         return self._registry
 
     def plan(self, request: GenerationRequest) -> MethodPlan:
-        """Check ``request`` and resolve its method (see ``methods``)."""
-        return plan_method(
+        """Check ``request`` and resolve its method (see ``methods``), then check
+        that its ControlNets, IP-Adapter and LoRA fit the model's family."""
+        if request.model not in self._config.models:
+            return plan_method(
+                request,
+                models=self._config.models,
+                controlnets=self._config.controlnets,
+                ip_adapter_installed=self._registry.ip_adapter_installed,
+            )
+        plan = plan_method(
             request,
             models=self._config.models,
-            controlnets=self._config.controlnets,
-            ip_adapter_installed=self._registry.ip_adapter_installed,
+            controlnets=self._registry.controlnet_types(request.model),
+            # auto adds only an IP-Adapter made for the model's family; an
+            # explicit one of another family is refused below, with the reason.
+            ip_adapter_installed=self._registry.ip_adapter_fits(request.model)
+            if request.method == Method.AUTO
+            else self._registry.ip_adapter_installed_for(request.model),
+            model_family=self._registry.plan_family(request.model),
         )
+        self._registry.check_fits(request.model, plan, request.lora)
+        return plan
 
     def validate(self, request: GenerationRequest) -> None:
         """Raise ``InvalidRequest`` or ``ModelNotFound`` for a request that cannot
@@ -119,7 +156,10 @@ class Engine:
                 scheduler=request.scheduler,
             )
             with self._registry.job_state(
-                pipe, ip_adapter=plan.ip_adapter, lora=request.lora
+                pipe,
+                ip_adapter=plan.ip_adapter,
+                lora=request.lora,
+                model_key=request.model,
             ):
                 load = time.perf_counter() - loading
                 encoding = time.perf_counter()
@@ -127,6 +167,14 @@ class Engine:
                 preprocess += time.perf_counter() - encoding
                 inference_started = time.perf_counter()
                 images = self._run(pipe, kwargs, on_step, should_cancel)
+                safety = check_outputs(
+                    images,
+                    self._config.safety_policy,
+                    None
+                    if self._config.safety_policy is SafetyPolicy.OFF
+                    else self._registry.safety_checker(request.model),
+                )
+                images = safety.images
                 inference = time.perf_counter() - inference_started
         except torch.OutOfMemoryError as error:
             self._registry.reduce_footprint()
@@ -141,7 +189,11 @@ class Engine:
                 f"The prompt was longer than the text encoder's window: it was "
                 f"encoded in {prompt_encoding['chunks']} chunks, not truncated."
             )
-        if self._config.models[request.model].is_tiny:
+        tiny = self._config.models[request.model].is_tiny
+        if not (tiny and safety.flagged is None):
+            # (The tiny model's notice already says its images mean nothing.)
+            notes.extend(safety.notes)
+        if tiny:
             notes.append(TINY_MODEL_NOTICE)
         snapshot = build_snapshot(
             request,
@@ -150,15 +202,16 @@ class Engine:
             call_kwargs=kwargs,
             model_fingerprint=self._registry.fingerprint(request.model),
             controlnet_fingerprints=[
-                self._registry.controlnet_fingerprint(control_type)
+                self._registry.controlnet_fingerprint(control_type, request.model)
                 for control_type in plan.control_types
             ],
-            ip_adapter_weights=self._ip_adapter_weights(plan),
+            ip_adapter_weights=self._ip_adapter_weights(request.model, plan),
             face_crops=inputs.face_crops,
             prompt_encoding=prompt_encoding,
             outputs=images,
             device=str(self._registry.device),
             dtype=str(self._registry.dtype).removeprefix("torch."),
+            safety=safety.record,
         )
         return GenerationResult(
             images=images,
@@ -179,6 +232,7 @@ class Engine:
             ),
             registry_hit=hit,
             notes=notes,
+            flagged=safety.flagged,
             call_images=images_by_hash(kwargs),
         )
 
@@ -214,18 +268,135 @@ class Engine:
                 )
             )
         if plan.ip_adapter is not None:
-            for index in plan.ip_adapter_references:
-                image = request.references[index].image
-                if plan.ip_adapter.face_crop:
-                    image, info = crop_face(image)
-                    inputs.face_crops.append({"reference": index, **info})
-                    if not info["face_found"]:
-                        notes.append(
-                            f"No face found in reference {index}: the IP-Adapter "
-                            "saw the whole image."
-                        )
-                inputs.ip_adapter_images.append(fit_for_image_encoder(image))
+            inputs.ip_adapter_images, inputs.face_crops = _ip_adapter_images(
+                request.references,
+                plan.ip_adapter_references,
+                plan.ip_adapter.face_crop,
+                notes,
+            )
         return inputs
+
+    def inpaint(
+        self,
+        request: InpaintRequest,
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> InpaintResult:
+        """Redraw the masked region of ``request.image`` with the family's inpaint
+        pipeline (``inpaint`` has the geometry) and paste it back."""
+        started = time.perf_counter()
+        if request.model not in self._config.models:
+            raise ModelNotFound(
+                f"Unknown model {request.model!r}; configured: "
+                f"{', '.join(self._config.models) or 'none'}."
+            )
+        check_inpaint_request(request)
+        row = self._registry.family(request.model)
+        # The same fit checks as generation (its IP-Adapter and LoRA).
+        adapters = MethodPlan(
+            Method.TEXT,
+            Method.TEXT,
+            "inpaint",
+            ip_adapter=request.ip_adapter,
+            family=row.key,
+        )
+        self._registry.check_fits(request.model, adapters, request.lora)
+        region = inpaint_region(request, row.default_size)
+        notes: list[str] = []
+        ip_images: list[Image.Image] = []
+        face_crops: list[dict[str, Any]] = []
+        indexes = _inpaint_ip_references(request)
+        if request.ip_adapter is not None:
+            ip_images, face_crops = _ip_adapter_images(
+                request.references, indexes, request.ip_adapter.face_crop, notes
+            )
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "image": region.image,
+            "mask_image": region.mask,
+            "strength": request.strength,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "width": region.width,
+            "height": region.height,
+            "generator": torch.Generator(GENERATOR_DEVICE).manual_seed(request.seed),
+            "output_type": "pil",
+        }
+        if row.size_conditioning:
+            size = (region.height, region.width)
+            kwargs["original_size"] = size
+            kwargs["target_size"] = size
+            kwargs["crops_coords_top_left"] = (0, 0)
+        if ip_images:
+            kwargs["ip_adapter_image"] = [ip_images]
+        preprocess = time.perf_counter() - started
+        loading = time.perf_counter()
+        try:
+            pipe, hit = self._registry.inpaint_pipeline(
+                request.model, scheduler=request.scheduler
+            )
+            with self._registry.job_state(
+                pipe,
+                ip_adapter=request.ip_adapter,
+                lora=request.lora,
+                model_key=request.model,
+            ):
+                load = time.perf_counter() - loading
+                inference_started = time.perf_counter()
+                output = self._run(pipe, kwargs, on_step, should_cancel)[0]
+                inference = time.perf_counter() - inference_started
+        except torch.OutOfMemoryError as error:
+            self._registry.reduce_footprint()
+            raise OutOfMemory(
+                "The device ran out of memory while inpainting; attention slicing "
+                "and VAE tiling are now on, so a retry may fit."
+            ) from error
+        image = paste_back(request.image, output, region.box, region.feathered)
+        if self._config.models[request.model].is_tiny:
+            notes.append(TINY_MODEL_NOTICE)
+        ip_weights = self._ip_adapter_weights(request.model, adapters)
+        snapshot = build_inpaint_snapshot(
+            request,
+            pipe=pipe,
+            family_key=row.key,
+            call_kwargs=kwargs,
+            box=region.box,
+            feathered=region.feathered,
+            model_fingerprint=self._registry.fingerprint(request.model),
+            ip_adapter_weights=ip_weights,
+            ip_adapter_references=indexes,
+            face_crops=face_crops,
+            output=image,
+            device=str(self._registry.device),
+            dtype=str(self._registry.dtype).removeprefix("torch."),
+        )
+        call_images = images_by_hash(kwargs)
+        call_images.update(images_by_hash({"feathered": region.feathered}))
+        return InpaintResult(
+            image=image,
+            before=request.image.convert("RGB"),
+            box=region.box,
+            feathered_mask=region.feathered,
+            snapshot=snapshot,
+            timings=Timings(
+                load=load,
+                preprocess=preprocess,
+                inference=inference,
+                total=time.perf_counter() - started,
+            ),
+            registry_hit=hit,
+            notes=notes,
+            call_images=call_images,
+        )
+
+    def detail(self, request: Any) -> Any:
+        """The face detailer pass of a ``detailer.DetailerRequest`` (a
+        ``DetailerResult``): each face redrawn through ``inpaint``."""
+        from .detailer import detail_faces  # detailer builds on this module
+
+        return detail_faces(self, request)
 
     def _call_kwargs(
         self,
@@ -242,19 +413,20 @@ class Engine:
             "generator": torch.Generator(GENERATOR_DEVICE).manual_seed(request.seed),
             "output_type": "pil",
         }
-        tokenizer = pipe.tokenizer
-        if needs_chunking(tokenizer, request.prompt) or needs_chunking(
-            tokenizer, request.negative_prompt
+        row = family(plan.family)
+        encoding = row.text_encoding
+        if needs_chunking_for(pipe, encoding, request.prompt) or needs_chunking_for(
+            pipe, encoding, request.negative_prompt
         ):
-            prompt_embeds, negative_embeds, prompt_encoding = encode_prompt_chunks(
+            embeds, prompt_encoding = encode_long_prompt(
                 pipe,
+                encoding,
                 request.prompt,
                 request.negative_prompt,
                 pipe._execution_device,
                 _uses_classifier_free_guidance(pipe, request.guidance_scale),
             )
-            kwargs["prompt_embeds"] = prompt_embeds
-            kwargs["negative_prompt_embeds"] = negative_embeds
+            kwargs.update(embeds)
         else:
             kwargs["prompt"] = request.prompt
             kwargs["negative_prompt"] = request.negative_prompt
@@ -266,6 +438,12 @@ class Engine:
             # The img2img pipeline takes its size from the init image.
             kwargs["width"] = request.width
             kwargs["height"] = request.height
+        if row.size_conditioning:
+            # The pipelines' defaults for an output of this size, made explicit.
+            size = (request.height, request.width)
+            kwargs["original_size"] = size
+            kwargs["target_size"] = size
+            kwargs["crops_coords_top_left"] = (0, 0)
         if plan.base in METHODS_WITH_CONTROL:
             units = request.control_units
             several = len(units) > 1
@@ -312,9 +490,11 @@ class Engine:
 
         return pipe(**kwargs, callback_on_step_end=step_end).images
 
-    def _ip_adapter_weights(self, plan: MethodPlan) -> dict[str, Any] | None:
+    def _ip_adapter_weights(
+        self, model_key: str, plan: MethodPlan
+    ) -> dict[str, Any] | None:
         """Which IP-Adapter files the job loaded (for the snapshot)."""
-        spec = self._config.ip_adapter
+        spec = self._config.ip_adapter_for(model_key)
         if plan.ip_adapter is None or spec is None:
             return None
         return {
@@ -324,7 +504,55 @@ class Engine:
             if plan.ip_adapter.face_crop
             else spec.weight_name,
             "image_encoder_folder": spec.image_encoder_folder,
+            # Verified by "regenerate exactly" (generation.services).
+            "fingerprint": self._registry.ip_adapter_fingerprint(model_key),
         }
+
+
+def _inpaint_ip_references(request: InpaintRequest) -> tuple[int, ...]:
+    """The references an inpaint's IP-Adapter sees: the chosen ones, else the
+    face references, else the first."""
+    if request.ip_adapter is None:
+        return ()
+    if request.ip_adapter.reference_indexes is not None:
+        indexes = tuple(request.ip_adapter.reference_indexes)
+    else:
+        indexes = tuple(
+            index
+            for index, reference in enumerate(request.references)
+            if reference.role == ReferenceRole.FACE
+        ) or (0,)
+    for index in indexes:
+        if not 0 <= index < len(request.references):
+            raise InvalidRequest(
+                f"IP-Adapter: reference index {index} is out of range; the inpaint "
+                f"request has {len(request.references)} reference image(s)."
+            )
+    return indexes
+
+
+def _ip_adapter_images(
+    references: list[ReferenceInput],
+    indexes: tuple[int, ...],
+    face_crop: bool,
+    notes: list[str],
+) -> tuple[list[Image.Image], list[dict[str, Any]]]:
+    """The IP-Adapter's images (each reference cropped to its face for
+    plus-face) and the face crops made, for the snapshot."""
+    images: list[Image.Image] = []
+    face_crops: list[dict[str, Any]] = []
+    for index in indexes:
+        image = references[index].image
+        if face_crop:
+            image, info = crop_face(image)
+            face_crops.append({"reference": index, **info})
+            if not info["face_found"]:
+                notes.append(
+                    f"No face found in reference {index}: the IP-Adapter saw the "
+                    "whole image."
+                )
+        images.append(fit_for_image_encoder(image))
+    return images, face_crops
 
 
 def _uses_classifier_free_guidance(pipe: Any, guidance_scale: float) -> bool:

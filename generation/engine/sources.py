@@ -15,8 +15,13 @@ are read:
   is ever downloaded (``local_files_only``).
 
 Single-file checkpoints carry weights but no component configs: those come from
-``ModelSpec.config`` (a local diffusers folder or a Hub id), by default
-Stable Diffusion 1.5's, resolved by the same rules.
+``ModelSpec.config`` (a local diffusers folder or a Hub id), by default the
+configs of the checkpoint's family (SD 1.5's or SDXL's base model, recognised
+by the checkpoint's key names), resolved by the same rules.
+
+``model_traits`` tells a resolved model's family from its small files
+(``families``); ``read_config`` and ``read_safetensors_header`` read a
+ControlNet's config or an adapter's tensor names without loading weights.
 
 ``load_pipeline`` and ``load_controlnet`` open a resolved source through diffusers
 (``model_loading`` turns loading errors into ``ModelNotFound``); ``fingerprint``
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -38,12 +44,21 @@ from typing import TYPE_CHECKING, Any
 
 from generation.engine.config import EngineConfig
 from generation.engine.errors import ModelNotFound, SourceRefused
+from generation.engine.families import (
+    DEFAULT_FAMILY,
+    ModelTraits,
+    UnknownFamily,
+    family,
+    file_safetensors_header,
+    single_file_family,
+    traits_from_configs,
+)
 
 if TYPE_CHECKING:
     import torch
     from diffusers import ControlNetModel, DiffusionPipeline
 
-DEFAULT_SINGLE_FILE_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_SINGLE_FILE_CONFIG = DEFAULT_FAMILY.default_single_file_config
 PIPELINE_CONFIG_FILE = "model_index.json"
 MODEL_CONFIG_FILE = "config.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -101,6 +116,9 @@ def resolve_source(
     path = _local_path(source, config)
     if path is None:
         return _resolve_hub(source, revision, offline, required_file)
+    # The name as given, symlinks kept: a Hub-cache snapshot file is a link to a
+    # blob named by its hash, without the suffix that says how to read it.
+    named = Path(os.path.abspath(path))
     path = _inside_roots(path, config, source)
     if path.is_dir():
         if not (path / required_file).is_file():
@@ -114,23 +132,112 @@ def resolve_source(
             f"{path} is a file, but this model is loaded from a folder holding "
             f"{required_file} (or a Hub id)."
         )
-    if path.suffix != ".safetensors":
+    if named.suffix != ".safetensors":
         raise SourceRefused(
-            f"{path} is not a .safetensors checkpoint. Only .safetensors single files "
-            "are loaded: pickled .ckpt/.bin/.pt files can run arbitrary code."
+            f"{named} is not a .safetensors checkpoint. Only .safetensors single "
+            "files are loaded: pickled .ckpt/.bin/.pt files can run arbitrary code."
         )
-    architecture = resolve_source(
-        single_file_config or DEFAULT_SINGLE_FILE_CONFIG, config
-    )
+    if single_file_config is None:
+        single_file_config = single_file_family(path).default_single_file_config
+    architecture = resolve_source(single_file_config, config)
+    # Loaded by its name (always read as safetensors, whatever it links to).
     return ResolvedSource(
-        SourceKind.SINGLE_FILE, str(path), revision, offline, config=architecture
+        SourceKind.SINGLE_FILE, str(named), revision, offline, config=architecture
     )
+
+
+def model_traits(
+    source: ResolvedSource, *, declared: str | None = None, where: str = ""
+) -> ModelTraits:
+    """A resolved base model's family and cross-attention width, from its files.
+
+    A folder or Hub snapshot is read through its ``model_index.json`` and UNet
+    config; a single file through its key names, then its config source. A
+    ``declared`` family (``ModelSpec.family``) must agree. Raises
+    ``UnknownFamily`` with what was found.
+    """
+    where = where or source.location
+    if source.kind is SourceKind.SINGLE_FILE:
+        assert source.config is not None
+        by_keys = single_file_family(Path(source.location))
+        traits = model_traits(source.config, where=f"{where} (config)")
+        if traits.family is not by_keys:
+            raise UnknownFamily(
+                f"{where} is a {by_keys.label} checkpoint (by its key names), but "
+                f"its config {source.config.location} describes a "
+                f"{traits.family.label} model ({traits.found}). Point the model's "
+                "config at a folder or Hub id of the same family."
+            )
+    else:
+        unet_config = None
+        for denoiser in ("unet", "transformer"):
+            unet_config = read_config(source, f"{denoiser}/{MODEL_CONFIG_FILE}")
+            if unet_config is not None:
+                break
+        traits = traits_from_configs(
+            read_config(source, PIPELINE_CONFIG_FILE), unet_config, where
+        )
+    if declared is not None and family(declared) is not traits.family:
+        raise UnknownFamily(
+            f"{where} is configured as {family(declared).label} but its files say "
+            f"{traits.family.label} ({traits.found}). Correct the model's family "
+            "or its source."
+        )
+    return traits
+
+
+def read_config(source: ResolvedSource, filename: str) -> dict[str, Any] | None:
+    """A JSON file of a folder or Hub repo (from the cache when offline), or None."""
+    path = _local_or_cached_file(source, filename)
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_safetensors_header(
+    source: ResolvedSource, filename: str
+) -> dict[str, Any] | None:
+    """Tensor names, dtypes and shapes of a ``.safetensors`` file of a folder or
+    Hub repo, reading only its header; None when it is absent."""
+    path = _local_or_cached_file(source, filename)
+    return None if path is None else file_safetensors_header(Path(path))
+
+
+def _local_or_cached_file(source: ResolvedSource, filename: str) -> str | None:
+    if source.kind is SourceKind.FOLDER:
+        path = Path(source.location) / filename
+        return str(path) if path.is_file() else None
+    if source.kind is SourceKind.HUB:
+        cached = _cached_file(source, filename)
+        if cached is not None or source.offline:
+            return cached
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return hf_hub_download(source.location, filename, revision=source.revision)
+        except EntryNotFoundError:
+            return None
+    return None
 
 
 def load_pipeline(
-    source: ResolvedSource, pipeline_class: type[DiffusionPipeline], dtype: torch.dtype
+    source: ResolvedSource,
+    pipeline_class: type[DiffusionPipeline],
+    dtype: torch.dtype,
+    *,
+    variant: str | None = None,
+    **components: Any,
 ) -> DiffusionPipeline:
-    """Load a pipeline from a resolved source, never downloading when offline."""
+    """Load a pipeline from a resolved source, never downloading when offline.
+
+    ``variant`` names the weight files' variant (``fp16``: a folder or Hub repo's
+    ``*.fp16.safetensors``); ``components`` replace the pipeline's own
+    (``safety_checker=None``, an external ``vae``).
+    """
     with model_loading(source.location):
         if source.kind is SourceKind.SINGLE_FILE:
             assert source.config is not None
@@ -139,12 +246,15 @@ def load_pipeline(
                 config=source.config.location,
                 dtype=dtype,
                 local_files_only=source.offline,
+                **components,
             )
         return pipeline_class.from_pretrained(
             source.location,
             revision=source.revision,
             dtype=dtype,
             local_files_only=source.offline,
+            variant=variant,
+            **components,
         )
 
 
@@ -154,6 +264,19 @@ def load_controlnet(source: ResolvedSource, dtype: torch.dtype) -> ControlNetMod
 
     with model_loading(source.location):
         return ControlNetModel.from_pretrained(
+            source.location,
+            revision=source.revision,
+            dtype=dtype,
+            local_files_only=source.offline,
+        )
+
+
+def load_vae(source: ResolvedSource, dtype: torch.dtype) -> Any:
+    """Load an external VAE (``AutoencoderKL``) from a resolved folder or Hub id."""
+    from diffusers import AutoencoderKL
+
+    with model_loading(source.location):
+        return AutoencoderKL.from_pretrained(
             source.location,
             revision=source.revision,
             dtype=dtype,

@@ -113,7 +113,7 @@ TINY = Architecture(
 )
 IMAGE_ENCODER_HIDDEN = 32
 LORA_RANK = 4
-MARKER_VERSION = 1
+MARKER_VERSION = 2  # 2: the tiny SDXL model beside the SD 1.5 one
 
 
 def write_tiny_model(root: Path) -> Path:
@@ -150,11 +150,16 @@ def write_tiny_model(root: Path) -> Path:
     lora_path = root / TINY_LORA_FILE
     lora_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(
-        _kohya_lora(pipe.unet, pipe.text_encoder),
+        kohya_lora(
+            "lora", unet=pipe.unet, text_encoders={"lora_te": pipe.text_encoder}
+        ),
         lora_path,
         # One entry only: safetensors writes several in a random order.
         metadata={"ss_network_module": "networks.lora"},
     )
+    from generation.engine.tiny_sdxl import write_tiny_sdxl  # it builds on this
+
+    sdxl = write_tiny_sdxl(root)
     marker.write_text(
         json.dumps(
             {
@@ -166,6 +171,7 @@ def write_tiny_model(root: Path) -> Path:
                 "controlnets": [t.value for t in ControlType],
                 "ip_adapter": TINY_IP_ADAPTER_DIR,
                 "lora": TINY_LORA_FILE,
+                "sdxl": sdxl,
             },
             indent=2,
         )
@@ -185,7 +191,7 @@ def random_pipeline(architecture: Architecture) -> StableDiffusionPipeline:
     unet = UNet2DConditionModel(in_channels=4, out_channels=4, **architecture.unet)
     torch.manual_seed(_seed_for("vae"))
     vae = AutoencoderKL(in_channels=3, out_channels=3, **architecture.vae)
-    tokenizer = _byte_level_tokenizer()
+    tokenizer = byte_level_tokenizer()
     torch.manual_seed(_seed_for("text_encoder"))
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -207,6 +213,10 @@ def random_pipeline(architecture: Architecture) -> StableDiffusionPipeline:
         skip_prk_steps=True,
         steps_offset=1,
     )
+    # As SD 1.5's scheduler_config.json does: a DDIM or DDPM scheduler built from
+    # this config then has clip_sample off, and the pipeline has no deprecated
+    # default to warn about and patch at every job.
+    scheduler.register_to_config(clip_sample=False)
     return StableDiffusionPipeline(
         unet=unet,
         vae=vae,
@@ -220,32 +230,36 @@ def random_pipeline(architecture: Architecture) -> StableDiffusionPipeline:
     )
 
 
-def _byte_level_tokenizer() -> CLIPTokenizer:
+def byte_level_tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
     """CLIP's byte-level vocabulary without any merges: one token per character.
 
     The ids follow the layout of CLIP's vocabulary (the 256 byte characters, the
     same with ``</w>``, then the special tokens), so prompts tokenize the way
     CLIP's would before merging; a prompt of a few dozen words already exceeds
-    the 77-token window.
+    the 77-token window. ``pad_token`` replaces the default padding token (the
+    end of text), as SDXL's second tokenizer pads with ``!``.
     """
     characters = sorted(ByteLevel.alphabet())
     tokens = [*characters, *(c + "</w>" for c in characters)]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
+    padding = {} if pad_token is None else {"pad_token": pad_token}
     return CLIPTokenizer(
         vocab={token: index for index, token in enumerate(tokens)},
         merges=[],
         model_max_length=77,
+        **padding,
     )
 
 
 def random_controlnet(
-    unet: UNet2DConditionModel, architecture: Architecture, *, seed: int
+    unet: UNet2DConditionModel, architecture: Any, *, seed: int
 ) -> ControlNetModel:
     """A ControlNet initialised from ``unet`` as in training, then made random
     where training starts from zero.
 
     A fresh ControlNet has zero output convolutions and so no effect at all; a
-    trained one has, which is what the tests must see.
+    trained one has, which is what the tests must see. ``architecture`` gives
+    the ``controlnet_conditioning_channels`` (any family's architecture).
     """
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(
@@ -277,22 +291,35 @@ def _write_ip_adapter(models_dir: Path, unet: UNet2DConditionModel) -> None:
         )
     )
     image_encoder.save_pretrained(models_dir / "image_encoder")
-    generator = torch.Generator().manual_seed(_seed_for("ip-adapter"))
-    plain = {
-        "image_proj.proj.weight": _random(
-            generator, 4 * CROSS_ATTENTION_DIM, IMAGE_ENCODER_HIDDEN
-        ),
-        "image_proj.proj.bias": _random(generator, 4 * CROSS_ATTENTION_DIM),
-        **_layer_norm("image_proj.norm", CROSS_ATTENTION_DIM),
-        **ip_attention_weights(unet, generator),
-    }
+    plain, plus_face = ip_adapter_weights(unet, "")
     save_file(plain, models_dir / "ip-adapter_sd15.safetensors")
-    generator = torch.Generator().manual_seed(_seed_for("ip-adapter-plus-face"))
-    plus_face = {
-        **_resampler_weights(generator),
+    save_file(plus_face, models_dir / "ip-adapter-plus-face_sd15.safetensors")
+
+
+def ip_adapter_weights(
+    unet: UNet2DConditionModel, family_prefix: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The plain and plus-face IP-Adapters of a tiny UNet of any family, in the
+    ``h94/IP-Adapter`` key layout, for the tiny image encoder.
+
+    Their token width is the UNet's cross-attention width; ``family_prefix``
+    seeds them apart ("" for SD 1.5, whose seeds came first).
+    """
+    width = unet.config.cross_attention_dim
+    seed = f"{family_prefix}-ip-adapter" if family_prefix else "ip-adapter"
+    generator = torch.Generator().manual_seed(_seed_for(seed))
+    plain = {
+        "image_proj.proj.weight": _random(generator, 4 * width, IMAGE_ENCODER_HIDDEN),
+        "image_proj.proj.bias": _random(generator, 4 * width),
+        **_layer_norm("image_proj.norm", width),
         **ip_attention_weights(unet, generator),
     }
-    save_file(plus_face, models_dir / "ip-adapter-plus-face_sd15.safetensors")
+    generator = torch.Generator().manual_seed(_seed_for(f"{seed}-plus-face"))
+    plus_face = {
+        **_resampler_weights(generator, width),
+        **ip_attention_weights(unet, generator),
+    }
+    return plain, plus_face
 
 
 def ip_attention_weights(
@@ -318,16 +345,19 @@ def ip_attention_weights(
     return weights
 
 
-def _resampler_weights(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The plus-face Resampler in its original key layout (depth 4, 64-dim heads)."""
+def _resampler_weights(
+    generator: torch.Generator, output_width: int
+) -> dict[str, torch.Tensor]:
+    """The plus-face Resampler in its original key layout (depth 4, 64-dim heads),
+    giving tokens of ``output_width`` (the UNet's cross-attention width)."""
     width, queries, head_width, ff_width = IMAGE_ENCODER_HIDDEN, 4, 64, 4 * 32
     weights = {
         "image_proj.latents": _random(generator, 1, queries, width),
         "image_proj.proj_in.weight": _random(generator, width, IMAGE_ENCODER_HIDDEN),
         "image_proj.proj_in.bias": _random(generator, width),
-        "image_proj.proj_out.weight": _random(generator, CROSS_ATTENTION_DIM, width),
-        "image_proj.proj_out.bias": _random(generator, CROSS_ATTENTION_DIM),
-        **_layer_norm("image_proj.norm_out", CROSS_ATTENTION_DIM),
+        "image_proj.proj_out.weight": _random(generator, output_width, width),
+        "image_proj.proj_out.bias": _random(generator, output_width),
+        **_layer_norm("image_proj.norm_out", output_width),
     }
     for layer in range(4):
         prefix = f"image_proj.layers.{layer}"
@@ -346,17 +376,34 @@ def _resampler_weights(generator: torch.Generator) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _kohya_lora(
-    unet: UNet2DConditionModel, text_encoder: CLIPTextModel
+def kohya_lora(
+    seed: str,
+    *,
+    unet: UNet2DConditionModel,
+    text_encoders: dict[str, CLIPTextModel],
+    original_unet_names: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """A rank-4 LoRA on every attention projection, in kohya-ss naming."""
-    generator = torch.Generator().manual_seed(_seed_for("lora"))
+    """A rank-4 LoRA on every attention projection, in kohya-ss naming.
+
+    ``text_encoders`` maps each kohya prefix (``lora_te``; ``lora_te1`` and
+    ``lora_te2`` for SDXL) to its encoder. ``original_unet_names`` names the
+    UNet's layers by the original (SGM) blocks, as kohya's SDXL LoRAs do
+    (``input_blocks_4_1_...``); SD 1.x ones use diffusers' names.
+    """
+    generator = torch.Generator().manual_seed(_seed_for(seed))
     targets = [
-        ("lora_unet", name, module)
+        (
+            "lora_unet",
+            _ldm_unet_key(f"{name}.weight", unet).removesuffix(".weight")
+            if original_unet_names
+            else name,
+            module,
+        )
         for name, module in unet.named_modules()
         if ".attn" in name and name.endswith(("to_q", "to_k", "to_v", "to_out.0"))
     ] + [
-        ("lora_te", name, module)
+        (prefix, name, module)
+        for prefix, text_encoder in text_encoders.items()
         for name, module in text_encoder.named_modules()
         if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj"))
     ]
@@ -406,7 +453,11 @@ _RESNET_TO_LDM = {
 
 
 def _ldm_unet_key(key: str, unet: UNet2DConditionModel) -> str:
-    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    fixed = {
+        **DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"],
+        # SDXL's size and pooled-text conditioning (label_emb in the original).
+        **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"],
+    }
     if key in fixed:
         return fixed[key]
     per_block = unet.config.layers_per_block + 1

@@ -75,6 +75,17 @@ class ReferenceRole(_Vocabulary):
     OTHER = "other", "Other"
 
 
+class SafetyPolicy(_Vocabulary):
+    """What the engine does with an output the safety checker flags
+    (``STUDIO_SAFETY_CHECKER``). A flagged output is never a silent black image:
+    under ``flag`` and ``black`` the result and its snapshot say it was flagged.
+    """
+
+    OFF = "off", "Off: no safety checker runs"
+    FLAG = "flag", "Flag: keep the image as generated and mark it flagged"
+    BLACK = "black", "Black: replace a flagged image by black and mark it flagged"
+
+
 class SeedPolicy(_Vocabulary):
     RANDOM = "random", "Random for every generation"
     FIXED = "fixed", "Fixed seed"
@@ -140,6 +151,23 @@ DEFAULT_IP_ADAPTER_SCALE = 0.6
 DEFAULT_LORA_SCALE = 0.8
 DEFAULT_CONDITIONING_SCALE = 1.0
 DEFAULT_SEED_POLICY = SeedPolicy.RANDOM
+DEFAULT_SAFETY_POLICY = SafetyPolicy.FLAG
+"""Check every output where a safety checker is available, keep it, say so."""
+
+# Inpainting and the face detailer (AUTOMATIC1111's and ADetailer's defaults).
+DEFAULT_INPAINT_STRENGTH = 0.75
+"""Denoising strength of a manual inpaint: how far the masked region may move."""
+MAX_MASK_BLUR = 64
+DEFAULT_MASK_BLUR = 4
+"""Gaussian blur radius (pixels) of the mask: the feathered edge of the paste."""
+MAX_ONLY_MASKED_PADDING = 512
+DEFAULT_ONLY_MASKED_PADDING = 32
+""""Only masked": the pixels of context kept around the mask's bounding box; the
+region is inpainted at the model's native size and pasted back."""
+DEFAULT_DETAILER_STRENGTH = 0.4
+"""Denoising strength of the face detailer: redraws the face, keeps its layout."""
+DEFAULT_DETAILER_PADDING = 32
+DEFAULT_DETAILER_PROMPT = "detailed face, sharp focus"
 
 
 # --- Footprint options -----------------------------------------------------------
@@ -197,6 +225,9 @@ def footprint_of(config: Footprint) -> Footprint:
 TINY_MODEL_KEY = "tiny-sd15"
 """The model key of the built-in tiny model."""
 TINY_MODEL_LABEL = "Built-in tiny model (random weights: images are noise)"
+TINY_SDXL_MODEL_KEY = "tiny-sdxl"
+"""The model key of the built-in tiny SDXL-architecture model."""
+TINY_SDXL_MODEL_LABEL = "Built-in tiny SDXL model (random weights: images are noise)"
 TINY_MODEL_NOTICE = (
     "Built-in tiny model (random weights: images are noise). Configure "
     "STUDIO_MODELS for real images."

@@ -9,6 +9,7 @@ from django.db import connection
 
 from generation.gallery.selectors import GalleryFilters, GallerySort
 from generation.models import Content, ContentStatus, ReviewState
+from generation.selectors import IDENTITY_FILTERS
 from personas.models import ConsistencyMethod
 
 
@@ -32,6 +33,19 @@ class GalleryFilterForm(forms.Form):
     date_to = forms.DateField(
         label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
+    identity = forms.ChoiceField(
+        choices=_with_any(
+            [(name, label) for name, (label, _) in IDENTITY_FILTERS.items()]
+        ),
+        required=False,
+    )
+    flagged = forms.ChoiceField(
+        label="Safety checker",
+        choices=_with_any(
+            [("yes", "Flagged by the safety checker"), ("no", "Not flagged")]
+        ),
+        required=False,
+    )
     sort = forms.ChoiceField(choices=GallerySort.choices, required=False)
 
     def gallery_filters(self) -> GalleryFilters:
@@ -45,6 +59,8 @@ class GalleryFilterForm(forms.Form):
             review_state=cleaned.get("review_state") or "",
             date_from=cleaned.get("date_from"),
             date_to=cleaned.get("date_to"),
+            identity=cleaned.get("identity") or "",
+            flagged=cleaned.get("flagged") or "",
             sort=cleaned.get("sort") or GallerySort.NEWEST,
         )
 

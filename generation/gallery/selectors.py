@@ -45,6 +45,7 @@ from generation.models import (
     ContentStatus,
     ReviewState,
 )
+from generation.selectors import content_identity_filter
 from personas.models import Persona, ReferenceImage
 
 GALLERY_PAGE_SIZE = 48
@@ -61,6 +62,7 @@ _HEAVY_FIELDS = (
     "inputs",
     "timings",
     "score_detail",
+    "identity_detail",
     "notes",
     "error_detail",
 )
@@ -71,6 +73,14 @@ class GallerySort(TextChoices):
 
     NEWEST = "newest", "Newest first"
     SCORE = "score", "Best consistency score first"
+    IDENTITY = "identity", "Best identity first"
+
+
+# Sorts on a value that can be empty (sorted last).
+_NULLABLE_SORTS = {
+    GallerySort.SCORE: "consistency_score",
+    GallerySort.IDENTITY: "identity_similarity",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +92,9 @@ class GalleryFilters:
     review_state: str = ""
     date_from: date | None = None
     date_to: date | None = None
+    identity: str = ""
+    # "yes": only outputs the safety checker flagged; "no": only the others.
+    flagged: str = ""
     sort: str = GallerySort.NEWEST
 
 
@@ -191,6 +204,10 @@ def persona_contents(*, persona: Persona, filters: GalleryFilters) -> QuerySet[C
         contents = contents.filter(created_at__date__gte=filters.date_from)
     if filters.date_to:
         contents = contents.filter(created_at__date__lte=filters.date_to)
+    if filters.identity:
+        contents = content_identity_filter(contents, filters.identity)
+    if filters.flagged:
+        contents = contents.filter(flagged=filters.flagged == "yes")
     return contents.order_by(*_ordering(filters.sort, forward=True))
 
 
@@ -420,16 +437,18 @@ def content_progress(*, content_ids: Iterable[int]) -> dict[int, dict[str, Any]]
     ids are left out."""
     ids = list(dict.fromkeys(content_ids))[:MAX_PROGRESS_IDS]
     rows = Content.objects.filter(pk__in=ids).only(
-        "status", "progress_step", "progress_total"
+        "status", "progress_step", "progress_total", "identity_status"
     )
+    # A succeeded output is not finished until its scores land ("scoring…"),
+    # so that its card is fetched again with them.
     return {
         row.pk: {
             "status": row.status,
             "step": row.progress_step,
             "total": row.progress_total,
             "percent": row.progress_percent,
-            "label": row.get_status_display(),
-            "finished": row.is_finished,
+            "label": "Scoring…" if row.scoring else row.get_status_display(),
+            "finished": row.is_finished and not row.scoring,
         }
         for row in rows
     }
@@ -465,26 +484,24 @@ def _light(contents: QuerySet[Content]) -> QuerySet[Content]:
 
 
 def _sort_field(sort: str) -> str:
-    if sort == GallerySort.SCORE:
-        return "consistency_score"
-    return "created_at"
+    return _NULLABLE_SORTS.get(sort, "created_at")
 
 
 def _ordering(sort: str, *, forward: bool) -> list[Any]:
     """``forward``: the grid's order, highest key first and empty scores last;
     otherwise the exact reverse (to read the page before a cursor)."""
     field = F(_sort_field(sort))
-    # Only the score can be empty; a plain order on created_at keeps its index.
-    nulls = {"nulls_last": True} if sort == GallerySort.SCORE else {}
+    # Only the scores can be empty; a plain order on created_at keeps its index.
+    nulls = {"nulls_last": True} if sort in _NULLABLE_SORTS else {}
     if forward:
         return [field.desc(**nulls), F("id").desc()]
-    nulls = {"nulls_first": True} if sort == GallerySort.SCORE else {}
+    nulls = {"nulls_first": True} if sort in _NULLABLE_SORTS else {}
     return [field.asc(**nulls), F("id").asc()]
 
 
 def _beyond(sort: str, key: tuple[Any, int], *, forward: bool) -> Q:
     """Rows strictly after ``key`` (value, id) in the grid's order, or strictly
-    before it when not ``forward``. Only the score can be empty (sorted last)."""
+    before it when not ``forward``. Only the scores can be empty (sorted last)."""
     value, pk = key
     name = _sort_field(sort)
     if forward:
@@ -530,3 +547,76 @@ def _decode(sort: str, cursor: str) -> tuple[Any, int]:
     except (binascii.Error, ValueError, TypeError) as error:
         raise BadCursor(cursor) from error
     return value, pk
+
+
+# --- A persona's identity page ------------------------------------------------------
+
+IDENTITY_COLUMNS = (
+    "id",
+    "created_at",
+    "method_used",
+    "identity_status",
+    "identity_similarity",
+    "identity_distance",
+    "identity_same_person",
+    "identity_nearest_reference_id",
+    "identity_nearest_distance",
+    "consistency_score",
+    "review_state",
+    "flagged_for_review",
+    "not_kept",
+)
+
+
+@dataclass(frozen=True)
+class MethodIdentity:
+    """How one method kept a persona's identity: counts, the mean similarity
+    of its scored outputs, the share judged the same person, approvals."""
+
+    method: str
+    outputs: int
+    scored: int
+    no_face: int
+    mean_similarity: float | None
+    same_person_share: float | None
+    approved: int
+    flagged: int
+
+
+def persona_identity_rows(*, persona: Persona) -> list[dict[str, Any]]:
+    """Every succeeded output of ``persona``, oldest first, with its identity
+    numbers (the identity page's chart and CSV), in one query."""
+    return list(
+        Content.objects.filter(persona=persona, status=ContentStatus.SUCCEEDED)
+        .order_by("created_at", "id")
+        .values(*IDENTITY_COLUMNS)
+    )
+
+
+def identity_by_method(rows: Iterable[dict[str, Any]]) -> list[MethodIdentity]:
+    """``persona_identity_rows`` summed up per method, by name."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_method.setdefault(row["method_used"] or "unknown", []).append(row)
+    summary = []
+    for method, method_rows in sorted(by_method.items()):
+        scored = [row for row in method_rows if row["identity_status"] == "scored"]
+        similarities = [row["identity_similarity"] for row in scored]
+        same = sum(bool(row["identity_same_person"]) for row in scored)
+        summary.append(
+            MethodIdentity(
+                method=method,
+                outputs=len(method_rows),
+                scored=len(scored),
+                no_face=sum(row["identity_status"] == "no_face" for row in method_rows),
+                mean_similarity=sum(similarities) / len(similarities)
+                if similarities
+                else None,
+                same_person_share=same / len(scored) if scored else None,
+                approved=sum(
+                    row["review_state"] == ReviewState.APPROVED for row in method_rows
+                ),
+                flagged=sum(row["flagged_for_review"] for row in method_rows),
+            )
+        )
+    return summary

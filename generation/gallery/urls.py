@@ -13,6 +13,16 @@ urlpatterns = [
     path("personas/<slug:slug>/generate/", views.persona_generate, name="generate"),
     path("batches/<int:batch_id>/", views.batch_page, name="batch"),
     path("queue/", views.queue_page, name="queue"),
+    path(
+        "personas/<slug:slug>/identity/",
+        views.persona_identity,
+        name="persona-identity",
+    ),
+    path(
+        "personas/<slug:slug>/identity.csv",
+        views.persona_identity_csv,
+        name="persona-identity-csv",
+    ),
     path("content/<int:content_id>/", views.content_detail, name="content"),
     path("content/<int:content_id>/card/", views.content_card, name="content-card"),
     path(

@@ -11,6 +11,7 @@ Every page needs a staff login (others go to the admin login) and
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from functools import wraps
@@ -45,6 +46,7 @@ from generation.engine.vocabulary import (
 from generation.engine_settings import tiny_model_keys
 from generation.forms import PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
+from generation.gallery.charts import MAX_POINTS, identity_chart_svg
 from generation.gallery.forms import GalleryFilterForm, content_ids
 from generation.models import Content
 
@@ -331,6 +333,52 @@ def queue_page(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @gallery_view
+def persona_identity(request: HttpRequest, slug: str) -> HttpResponse:
+    """How a persona's identity holds over time and by method: a chart, the
+    counts, approvals and the share of "same person" per method."""
+    persona = _found(
+        lambda: gallery_selectors.persona_with_counts(slug=slug), "No such persona."
+    )
+    rows = gallery_selectors.persona_identity_rows(persona=persona)
+    return _render(
+        request,
+        "gallery/identity.html",
+        {
+            "title": f"{persona} – identity",
+            "persona": persona,
+            "chart": identity_chart_svg(
+                rows, threshold=persona.identity_threshold, title=persona.name
+            ),
+            "chart_points": MAX_POINTS,
+            "methods": gallery_selectors.identity_by_method(rows),
+            "outputs": len(rows),
+            "uses_tiny_model": persona.base_model in tiny_model_keys(),
+        },
+    )
+
+
+@require_GET
+@gallery_view
+def persona_identity_csv(request: HttpRequest, slug: str) -> HttpResponse:
+    """The identity page's numbers, one row per succeeded output."""
+    persona = _found(
+        lambda: gallery_selectors.persona_with_counts(slug=slug), "No such persona."
+    )
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="{persona.slug}-identity.csv"'
+    )
+    writer = csv.writer(response)
+    writer.writerow(gallery_selectors.IDENTITY_COLUMNS)
+    for row in gallery_selectors.persona_identity_rows(persona=persona):
+        writer.writerow(
+            [_csv_value(row[name]) for name in gallery_selectors.IDENTITY_COLUMNS]
+        )
+    return response
+
+
+@require_GET
+@gallery_view
 def content_progress(request: HttpRequest) -> JsonResponse:
     """``?ids=1,2,3`` -> ``{"contents": {"1": {"status", "step", "total",
     "percent", "finished"}}}``; unknown ids are left out."""
@@ -410,6 +458,12 @@ def _query(request: HttpRequest, *, drop: tuple[str, ...]) -> str:
     for name in drop:
         query.pop(name, None)
     return query.urlencode()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def _next_url(request: HttpRequest, content: Content) -> str:

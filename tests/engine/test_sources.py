@@ -18,6 +18,7 @@ from generation.engine.sources import (
     fingerprint,
     is_offline,
     load_pipeline,
+    model_traits,
     resolve_source,
 )
 
@@ -198,3 +199,31 @@ def test_a_folder_fingerprint_follows_its_content(
     assert len(original["sha256"]) == 64
     assert same["sha256"] == original["sha256"]
     assert changed["sha256"] != original["sha256"]
+
+
+def test_a_single_file_by_its_hub_cache_snapshot_path_loads(
+    engine_config: EngineConfig, tiny_model_root: Path, tmp_path: Path
+):
+    """``hf download`` leaves a link named like the file, to a blob named by its
+    hash (no suffix): the link's name decides, the blob must lie under a root."""
+    repo = tmp_path / "hub" / "models--someone--finetune"
+    (repo / "blobs").mkdir(parents=True)
+    blob = repo / "blobs" / "3f2a9c"
+    shutil.copy(tiny_model_root / "sd15.safetensors", blob)
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot / "finetune.safetensors").symlink_to(Path("../../blobs/3f2a9c"))
+    config = replace(engine_config, model_roots=[tiny_model_root, tmp_path])
+
+    source = resolve_source(
+        str(snapshot / "finetune.safetensors"),
+        config,
+        single_file=True,
+        single_file_config="sd15",
+    )
+    pipe = load_pipeline(source, StableDiffusionPipeline, torch.float32)
+
+    assert source.kind is SourceKind.SINGLE_FILE
+    assert source.location.endswith("finetune.safetensors")
+    assert model_traits(source).family.key == "sd15"
+    assert list(pipe.unet.config.block_out_channels) == [32, 64]

@@ -59,7 +59,7 @@ def _actions(client, url: str) -> set[str]:
 
 
 def test_generation_actions_are_hidden_without_the_permission(
-    client, staff, persona, studio_settings
+    client, staff, persona_with_reference, studio_settings
 ):
     assert {"generate", "strength_sweep", "regenerate_latest"}.isdisjoint(
         _actions(client, PERSONAS)
@@ -79,10 +79,11 @@ def test_generation_actions_are_hidden_without_the_permission(
 
 
 def test_generate_asks_on_an_intermediate_page_first(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     response = admin_client.post(
-        PERSONAS, {"action": "generate", "_selected_action": [persona.pk]}
+        PERSONAS,
+        {"action": "generate", "_selected_action": [persona_with_reference.pk]},
     )
     assert response.status_code == 200
     assert "admin/generation/action_form.html" in [
@@ -94,7 +95,7 @@ def test_generate_asks_on_an_intermediate_page_first(
         PERSONAS,
         {
             "action": "generate",
-            "_selected_action": [persona.pk],
+            "_selected_action": [persona_with_reference.pk],
             "post": "yes",
             "prompt": "",
             "count": "30",
@@ -108,7 +109,7 @@ def test_generate_asks_on_an_intermediate_page_first(
 
 def test_generate_confirmed_queues_the_rows_and_their_jobs(
     admin_client,
-    persona,
+    persona_with_reference,
     studio_settings,
     redis_connection,
     django_capture_on_commit_callbacks,
@@ -118,7 +119,7 @@ def test_generate_confirmed_queues_the_rows_and_their_jobs(
             PERSONAS,
             {
                 "action": "generate",
-                "_selected_action": [persona.pk],
+                "_selected_action": [persona_with_reference.pk],
                 "post": "yes",
                 "prompt": "in the rain",
                 "count": "3",
@@ -161,13 +162,13 @@ def test_a_refused_generation_shows_the_reason_where_staff_acted(
 
 
 def test_strength_sweep_queues_one_row_per_strength_and_its_contact_sheet(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     response = admin_client.post(
         PERSONAS,
         {
             "action": "strength_sweep",
-            "_selected_action": [persona.pk],
+            "_selected_action": [persona_with_reference.pk],
             "post": "yes",
             "prompt": "sweep",
             "strengths": "0.3, 0.5, 0.7, 0.9",
@@ -194,50 +195,52 @@ def test_strength_sweep_queues_one_row_per_strength_and_its_contact_sheet(
 
 
 def test_use_this_strength_saves_it_on_the_persona_with_a_history_entry(
-    admin_client, admin_user, persona, studio_settings
+    admin_client, admin_user, persona_with_reference, studio_settings
 ):
     batch = services.content_strength_sweep(
-        persona=persona, prompt="sweep", strengths=[0.3, 0.6]
+        persona=persona_with_reference, prompt="sweep", strengths=[0.3, 0.6]
     )
     Content.objects.filter(batch=batch).update(status=ContentStatus.SUCCEEDED)
     chosen = batch.contents.get(request__strength=0.6)
     url = reverse("gallery:sweep-use-strength", args=[batch.pk])
     response = admin_client.post(url, {"content": chosen.pk})
     assert response.status_code == 302
-    persona.refresh_from_db()
-    assert persona.img2img_strength == 0.6
+    persona_with_reference.refresh_from_db()
+    assert persona_with_reference.img2img_strength == 0.6
     assert admin_client.get(url).status_code == 405
-    entry = LogEntry.objects.get(object_id=str(persona.pk))
+    entry = LogEntry.objects.get(object_id=str(persona_with_reference.pk))
     assert entry.user == admin_user
     assert entry.action_flag == CHANGE
-    assert entry.get_edited_object() == persona
+    assert entry.get_edited_object() == persona_with_reference
     assert "img2img strength to 0.6" in entry.get_change_message()
     assert f"content #{chosen.pk}" in entry.get_change_message()
     history = admin_client.get(
-        reverse("admin:personas_persona_history", args=[persona.pk])
+        reverse("admin:personas_persona_history", args=[persona_with_reference.pk])
     )
     assert "img2img strength to 0.6" in history.content.decode()
 
 
 def test_regenerate_latest_needs_a_generation_first(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     confirmed = {
         "action": "regenerate_latest",
-        "_selected_action": [persona.pk],
+        "_selected_action": [persona_with_reference.pk],
         "post": "yes",
     }
     response = admin_client.post(PERSONAS, confirmed, follow=True)
     assert any(
         "no generation yet" in str(message) for message in response.context["messages"]
     )
-    original = services.content_enqueue(persona=persona, prompt="x")
+    original = services.content_enqueue(persona=persona_with_reference, prompt="x")
     admin_client.post(PERSONAS, confirmed)
     assert Content.objects.get(regenerated_from=original).seed != original.seed
 
 
-def test_cancel_and_retry_actions(admin_client, persona, studio_settings):
-    content = services.content_enqueue(persona=persona, prompt="x")
+def test_cancel_and_retry_actions(
+    admin_client, persona_with_reference, studio_settings
+):
+    content = services.content_enqueue(persona=persona_with_reference, prompt="x")
     admin_client.post(CONTENTS, {"action": "cancel", "_selected_action": [content.pk]})
     content.refresh_from_db()
     assert content.status == ContentStatus.CANCELLED
@@ -253,8 +256,12 @@ def test_cancel_and_retry_actions(admin_client, persona, studio_settings):
     ]
 
 
-def test_content_pages_render_for_queued_rows(admin_client, persona, studio_settings):
-    content = services.content_enqueue(persona=persona, prompt="a queued one")
+def test_content_pages_render_for_queued_rows(
+    admin_client, persona_with_reference, studio_settings
+):
+    content = services.content_enqueue(
+        persona=persona_with_reference, prompt="a queued one"
+    )
     changelist = admin_client.get(CONTENTS)
     assert changelist.status_code == 200
     body = changelist.content.decode()
@@ -266,26 +273,28 @@ def test_content_pages_render_for_queued_rows(admin_client, persona, studio_sett
 
 
 def test_the_changelist_runs_a_constant_number_of_queries(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     def queries() -> int:
         with CaptureQueriesContext(db_connection) as captured:
             assert admin_client.get(CONTENTS).status_code == 200
         return len(captured)
 
-    services.content_enqueue_batch(persona=persona, prompt="x", count=2)
+    services.content_enqueue_batch(persona=persona_with_reference, prompt="x", count=2)
     few = queries()
     for _ in range(3):
-        services.content_enqueue_batch(persona=persona, prompt="y", count=5)
+        services.content_enqueue_batch(
+            persona=persona_with_reference, prompt="y", count=5
+        )
     assert Content.objects.count() == 17
     assert queries() == few
 
 
 def test_a_bulk_regenerate_asks_for_confirmation_before_it_queues_anything(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
-    first = services.content_enqueue(persona=persona, prompt="one")
-    second = services.content_enqueue(persona=persona, prompt="two")
+    first = services.content_enqueue(persona=persona_with_reference, prompt="one")
+    second = services.content_enqueue(persona=persona_with_reference, prompt="two")
     selected = {"action": "regenerate", "_selected_action": [first.pk, second.pk]}
 
     response = admin_client.post(CONTENTS, selected)
@@ -310,8 +319,10 @@ def test_a_bulk_regenerate_asks_for_confirmation_before_it_queues_anything(
         )
 
 
-def test_review_actions_leave_history_entries(admin_client, persona, studio_settings):
-    content = services.content_enqueue(persona=persona, prompt="x")
+def test_review_actions_leave_history_entries(
+    admin_client, persona_with_reference, studio_settings
+):
+    content = services.content_enqueue(persona=persona_with_reference, prompt="x")
     Content.objects.filter(pk=content.pk).update(status=ContentStatus.SUCCEEDED)
     admin_client.post(CONTENTS, {"action": "approve", "_selected_action": [content.pk]})
     admin_client.post(CONTENTS, {"action": "reject", "_selected_action": [content.pk]})
@@ -326,9 +337,9 @@ def test_review_actions_leave_history_entries(admin_client, persona, studio_sett
 
 
 def test_a_refused_action_leaves_no_history_entry(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
-    content = services.content_enqueue(persona=persona, prompt="x")
+    content = services.content_enqueue(persona=persona_with_reference, prompt="x")
     response = admin_client.post(
         CONTENTS, {"action": "approve", "_selected_action": [content.pk]}, follow=True
     )
@@ -340,30 +351,32 @@ def test_a_refused_action_leaves_no_history_entry(
 
 
 def test_generate_writes_the_history_of_each_persona(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     admin_client.post(
         PERSONAS,
         {
             "action": "generate",
-            "_selected_action": [persona.pk],
+            "_selected_action": [persona_with_reference.pk],
             "post": "yes",
             "prompt": "in the rain",
             "count": "2",
         },
     )
     batch = Batch.objects.get()
-    (entry,) = _history(persona)
+    (entry,) = _history(persona_with_reference)
     assert entry.get_change_message() == f"Queued {batch}."
 
 
 def test_content_page_shows_reference_control_and_output_from_templates(
-    admin_client, persona, studio_settings
+    admin_client, persona_with_reference, studio_settings
 ):
     from generation.models import ContentControlImage
     from tests.gallery.conftest import finish
 
-    content = finish(services.content_enqueue(persona=persona, prompt="x"))
+    content = finish(
+        services.content_enqueue(persona=persona_with_reference, prompt="x")
+    )
     control = ContentControlImage(content=content, control_type="canny")
     control.image.save("control.png", content.output_image.file, save=True)
 

@@ -3,7 +3,8 @@
 Rows are created through the admin or the services in this process; workers
 (``manage.py studio_worker``) run the jobs in theirs. Faults are real: a worker
 killed with SIGKILL or stopped with SIGTERM, Redis flushed, and a real
-out-of-memory error raised at a denoising step (``STUDIO_TEST_OOM_ATTEMPTS``).
+out-of-memory error raised at a denoising step (by the engine of a test worker
+class, ``tests.faulty_workers.OutOfMemoryWorker``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from generation.models import Content, ContentStatus
 from generation.parameters import GenerationOverrides
 from generation.reconcile import reconcile
 from personas.models import ControlNetUnit
-from tests.workers import make_persona, wait_finished, wait_for
+from tests.faulty_workers import OUT_OF_MEMORY_ATTEMPTS_ENV
+from tests.workers import make_persona, wait_finished, wait_for, wait_scored
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 # Many steps: a run to watch, cancel or kill at an early step (about a second on
 # an idle machine) that still completes fast when retried.
 SLOW = {"steps": 100}
+OUT_OF_MEMORY_WORKER = "tests.faulty_workers.OutOfMemoryWorker"
 
 
 def _pixels(content: Content) -> bytes:
@@ -46,14 +49,15 @@ def _running_with_progress(content: Content) -> Content:
 
 
 def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
-    admin_client, persona, start_worker
+    admin_client, persona_with_reference, start_worker
 ):
+    start_worker("cpu")  # scores on STUDIO_CPU_QUEUE, off the GPU worker
     start_worker("generate")
     response = admin_client.post(
         "/admin/personas/persona/",
         {
             "action": "generate",
-            "_selected_action": [persona.pk],
+            "_selected_action": [persona_with_reference.pk],
             "post": "yes",
             "prompt": "a portrait",
             "negative_prompt": "",
@@ -64,7 +68,9 @@ def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
         },
     )
     assert response.status_code == 302
-    first, second = Content.objects.filter(persona=persona).order_by("id")
+    first, second = Content.objects.filter(persona=persona_with_reference).order_by(
+        "id"
+    )
     assert [first.seed, second.seed] == [7, 8]
     assert first.batch_id == second.batch_id is not None
 
@@ -79,6 +85,7 @@ def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
             assert default_storage.exists(file.name)
         with default_storage.open(content.output_image.name, "rb") as file:
             assert Image.open(file).size == (64, 64)
+        content = wait_scored(content)
         assert 0.0 <= content.consistency_score <= 1.0
         assert content.score_detail["ssim"] is not None
         assert content.method_used == "img2img"
@@ -128,9 +135,8 @@ def test_generate_action_reaches_succeeded_with_files_score_and_a_warm_registry(
 
 
 def test_progress_is_seen_while_running_and_cancel_stops_the_run(
-    studio_settings, start_worker, redis_connection
+    studio_settings, shared_worker, redis_connection
 ):
-    start_worker("cancel")
     persona = make_persona(slug="slow", **SLOW)
     content = services.content_enqueue(
         persona=persona, prompt="slow", overrides=GenerationOverrides(method="text")
@@ -150,9 +156,15 @@ def test_progress_is_seen_while_running_and_cancel_stops_the_run(
     assert not cancelled.output_image
 
 
-def test_a_transient_out_of_memory_error_is_retried_and_succeeds(persona, start_worker):
-    start_worker("oom", STUDIO_TEST_OOM_ATTEMPTS="1")
-    content = services.content_enqueue(persona=persona, prompt="retry me")
+def test_a_transient_out_of_memory_error_is_retried_and_succeeds(
+    persona_with_reference, start_worker
+):
+    start_worker(
+        "oom", worker_class=OUT_OF_MEMORY_WORKER, **{OUT_OF_MEMORY_ATTEMPTS_ENV: "1"}
+    )
+    content = services.content_enqueue(
+        persona=persona_with_reference, prompt="retry me"
+    )
 
     content = wait_finished(content)
     assert content.status == ContentStatus.SUCCEEDED, content.error_detail
@@ -164,10 +176,17 @@ def test_a_transient_out_of_memory_error_is_retried_and_succeeds(persona, start_
 
 
 def test_a_transient_error_on_every_attempt_fails_with_a_message(
-    persona, start_worker, settings
+    persona_with_reference, start_worker, settings
 ):
-    start_worker("oom-always", STUDIO_TEST_OOM_ATTEMPTS="99", STUDIO_MAX_ATTEMPTS="2")
-    content = services.content_enqueue(persona=persona, prompt="never fits")
+    start_worker(
+        "oom-always",
+        worker_class=OUT_OF_MEMORY_WORKER,
+        STUDIO_MAX_ATTEMPTS="2",
+        **{OUT_OF_MEMORY_ATTEMPTS_ENV: "99"},
+    )
+    content = services.content_enqueue(
+        persona=persona_with_reference, prompt="never fits"
+    )
 
     content = wait_finished(content)
     assert content.status == ContentStatus.FAILED
@@ -239,12 +258,14 @@ def test_sigterm_hands_the_running_job_back_and_another_worker_completes_it(
 
 
 def test_redis_flushed_while_rows_are_queued_then_reconcile_completes_every_one(
-    studio_settings, start_worker, persona, redis_connection
+    studio_settings, start_worker, persona_with_reference, redis_connection
 ):
     from tests.workers import use_queue
 
     use_queue(studio_settings, "flush")
-    batch = services.content_enqueue_batch(persona=persona, prompt="lost", count=3)
+    batch = services.content_enqueue_batch(
+        persona=persona_with_reference, prompt="lost", count=3
+    )
     contents = list(batch.contents.order_by("id"))
     assert all(
         Job.exists(content.rq_job_id, connection=redis_connection)
@@ -262,12 +283,13 @@ def test_redis_flushed_while_rows_are_queued_then_reconcile_completes_every_one(
         assert content.status == ContentStatus.SUCCEEDED, content.error_detail
 
 
-def test_studio_generate_waits_and_prints_final_statuses(persona, start_worker, capsys):
-    start_worker("command")
+def test_studio_generate_waits_and_prints_final_statuses(
+    persona_with_reference, shared_worker, capsys
+):
     call_command(
         "studio_generate",
         "--persona",
-        persona.slug,
+        persona_with_reference.slug,
         "--prompt",
         "from the shell",
         "--count",
@@ -285,12 +307,13 @@ def test_studio_generate_waits_and_prints_final_statuses(persona, start_worker, 
 
 
 def test_a_controlnet_output_keeps_its_control_image_and_missing_weights_fail_at_once(
-    persona, start_worker
+    persona_with_reference, shared_worker
 ):
-    start_worker("controlnet")
-    unit = ControlNetUnit.objects.create(persona=persona, control_type="canny")
+    unit = ControlNetUnit.objects.create(
+        persona=persona_with_reference, control_type="canny"
+    )
     content = services.content_enqueue(
-        persona=persona,
+        persona=persona_with_reference,
         prompt="edges",
         overrides=GenerationOverrides(method="controlnet"),
     )
@@ -306,7 +329,7 @@ def test_a_controlnet_output_keeps_its_control_image_and_missing_weights_fail_at
     unit.control_type = "seg"
     unit.save()
     content = services.content_enqueue(
-        persona=persona,
+        persona=persona_with_reference,
         prompt="labels",
         overrides=GenerationOverrides(method="controlnet"),
     )

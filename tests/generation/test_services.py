@@ -28,11 +28,11 @@ def connection(redis_connection, studio_settings):
 
 
 def test_enqueue_creates_the_row_first_and_the_job_on_commit(
-    persona, connection, django_capture_on_commit_callbacks
+    persona_with_reference, connection, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         content = services.content_enqueue(
-            persona=persona,
+            persona=persona_with_reference,
             prompt="on a beach",
             overrides=GenerationOverrides(method="img2img", strength=0.4, seed=11),
         )
@@ -46,29 +46,36 @@ def test_enqueue_creates_the_row_first_and_the_job_on_commit(
     assert content.request["method"] == "img2img"
     assert content.request["strength"] == 0.4
     assert content.seed == content.request["seed"] == 11
-    assert content.before_reference == persona.references.get()
-    assert list(content.references.all()) == [persona.references.get()]
+    assert content.before_reference == persona_with_reference.references.get()
+    assert list(content.references.all()) == [persona_with_reference.references.get()]
 
 
 def test_the_text_method_gives_the_engine_no_reference_but_keeps_the_before(
-    persona, connection
+    persona_with_reference, connection
 ):
     content = services.content_enqueue(
-        persona=persona, prompt="x", overrides=GenerationOverrides(method="text")
+        persona=persona_with_reference,
+        prompt="x",
+        overrides=GenerationOverrides(method="text"),
     )
     assert content.request["references"] == []
-    assert content.before_reference == persona.references.get()
+    assert content.before_reference == persona_with_reference.references.get()
 
 
 def test_a_row_whose_enqueue_failed_is_enqueued_by_reconcile(
-    persona, connection, studio_settings, django_capture_on_commit_callbacks
+    persona_with_reference,
+    connection,
+    studio_settings,
+    django_capture_on_commit_callbacks,
 ):
     live_queues = studio_settings.RQ_QUEUES
     studio_settings.RQ_QUEUES = {
         "gpu": {"URL": "unix:///nonexistent/redis.sock", "DEFAULT_TIMEOUT": 60}
     }
     with django_capture_on_commit_callbacks(execute=True):
-        content = services.content_enqueue(persona=persona, prompt="redis is down")
+        content = services.content_enqueue(
+            persona=persona_with_reference, prompt="redis is down"
+        )
     content.refresh_from_db()
     assert content.status == ContentStatus.QUEUED
 
@@ -90,11 +97,13 @@ def test_a_row_whose_enqueue_failed_is_enqueued_by_reconcile(
     ],
 )
 def test_out_of_range_overrides_are_refused_with_a_message(
-    persona, connection, overrides, field
+    persona_with_reference, connection, overrides, field
 ):
     with pytest.raises(ValidationError) as error:
         services.content_enqueue(
-            persona=persona, prompt="x", overrides=GenerationOverrides(**overrides)
+            persona=persona_with_reference,
+            prompt="x",
+            overrides=GenerationOverrides(**overrides),
         )
     assert field in error.value.message_dict
 
@@ -111,10 +120,12 @@ def test_a_method_that_needs_a_reference_is_refused_without_one(
     assert "gallery" in error.value.messages[0]
 
 
-def test_controlnet_without_a_unit_is_refused(persona, connection):
+def test_controlnet_without_a_unit_is_refused(persona_with_reference, connection):
     with pytest.raises(ValidationError) as error:
         services.content_enqueue(
-            persona=persona, prompt="x", overrides=GenerationOverrides(method="hybrid")
+            persona=persona_with_reference,
+            prompt="x",
+            overrides=GenerationOverrides(method="hybrid"),
         )
     assert error.value.code == "needs_control_unit"
 
@@ -127,15 +138,17 @@ def test_a_batch_with_a_fixed_seed_counts_up_from_it(studio_settings, connection
     assert batch.kind == BatchKind.BATCH
 
 
-def test_a_batch_count_is_bounded(persona, connection):
+def test_a_batch_count_is_bounded(persona_with_reference, connection):
     with pytest.raises(ValidationError) as error:
-        services.content_enqueue_batch(persona=persona, prompt="x", count=0)
+        services.content_enqueue_batch(
+            persona=persona_with_reference, prompt="x", count=0
+        )
     assert "count" in error.value.message_dict
 
 
-def test_a_strength_sweep_varies_only_the_strength(persona, connection):
+def test_a_strength_sweep_varies_only_the_strength(persona_with_reference, connection):
     batch = services.content_strength_sweep(
-        persona=persona, prompt="x", strengths=[0.3, 0.5, 0.7, 0.9]
+        persona=persona_with_reference, prompt="x", strengths=[0.3, 0.5, 0.7, 0.9]
     )
     contents = list(batch.contents.order_by("id"))
     assert batch.kind == BatchKind.SWEEP
@@ -144,16 +157,20 @@ def test_a_strength_sweep_varies_only_the_strength(persona, connection):
     assert {content.request["method"] for content in contents} == {"img2img"}
 
 
-def test_a_sweep_refuses_strengths_outside_zero_to_one(persona, connection):
+def test_a_sweep_refuses_strengths_outside_zero_to_one(
+    persona_with_reference, connection
+):
     with pytest.raises(ValidationError):
-        services.content_strength_sweep(persona=persona, prompt="x", strengths=[1.2])
+        services.content_strength_sweep(
+            persona=persona_with_reference, prompt="x", strengths=[1.2]
+        )
 
 
 def test_cancel_a_queued_row_cancels_it_and_its_job(
-    persona, connection, django_capture_on_commit_callbacks
+    persona_with_reference, connection, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        content = services.content_enqueue(persona=persona, prompt="x")
+        content = services.content_enqueue(persona=persona_with_reference, prompt="x")
         content = services.content_cancel(content=content)
     assert content.status == ContentStatus.CANCELLED
     job = Job.fetch(content.rq_job_id, connection=connection)
@@ -165,9 +182,9 @@ def test_cancel_a_queued_row_cancels_it_and_its_job(
 
 
 def test_retry_queues_a_cancelled_row_under_a_new_job(
-    persona, connection, django_capture_on_commit_callbacks
+    persona_with_reference, connection, django_capture_on_commit_callbacks
 ):
-    content = services.content_enqueue(persona=persona, prompt="x")
+    content = services.content_enqueue(persona=persona_with_reference, prompt="x")
     content = services.content_cancel(content=content)
     old_job = content.rq_job_id
     with django_capture_on_commit_callbacks(execute=True):
@@ -182,9 +199,9 @@ def test_retry_queues_a_cancelled_row_under_a_new_job(
 
 
 def test_only_succeeded_content_can_be_reviewed_or_replayed(
-    persona, connection, admin_user
+    persona_with_reference, connection, admin_user
 ):
-    content = services.content_enqueue(persona=persona, prompt="x")
+    content = services.content_enqueue(persona=persona_with_reference, prompt="x")
     with pytest.raises(ValidationError) as error:
         services.content_review(
             content=content, state=ReviewState.APPROVED, user=admin_user
@@ -195,9 +212,13 @@ def test_only_succeeded_content_can_be_reviewed_or_replayed(
     assert error.value.code == "no_snapshot"
 
 
-def test_regenerate_keeps_the_request_and_changes_the_seed(persona, connection):
+def test_regenerate_keeps_the_request_and_changes_the_seed(
+    persona_with_reference, connection
+):
     original = services.content_enqueue(
-        persona=persona, prompt="x", overrides=GenerationOverrides(seed=5)
+        persona=persona_with_reference,
+        prompt="x",
+        overrides=GenerationOverrides(seed=5),
     )
     copy = services.content_regenerate(content=original)
     assert copy.regenerated_from == original
@@ -205,8 +226,10 @@ def test_regenerate_keeps_the_request_and_changes_the_seed(persona, connection):
     assert {**copy.request, "seed": 5} == original.request
 
 
-def test_a_job_that_is_not_the_rows_current_one_cannot_claim_it(persona, connection):
-    content = services.content_enqueue(persona=persona, prompt="x")
+def test_a_job_that_is_not_the_rows_current_one_cannot_claim_it(
+    persona_with_reference, connection
+):
+    content = services.content_enqueue(persona=persona_with_reference, prompt="x")
     assert not services.content_claim(
         content_id=content.pk, job_id="some-other-job", worker_name="w"
     )
@@ -219,9 +242,9 @@ def test_a_job_that_is_not_the_rows_current_one_cannot_claim_it(persona, connect
     )
 
 
-def test_persona_save_strength_checks_the_range(persona):
-    services.persona_save_strength(persona=persona, strength=0.35)
-    persona.refresh_from_db()
-    assert persona.img2img_strength == 0.35
+def test_persona_save_strength_checks_the_range(persona_with_reference):
+    services.persona_save_strength(persona=persona_with_reference, strength=0.35)
+    persona_with_reference.refresh_from_db()
+    assert persona_with_reference.img2img_strength == 0.35
     with pytest.raises(ValidationError):
-        services.persona_save_strength(persona=persona, strength=1.4)
+        services.persona_save_strength(persona=persona_with_reference, strength=1.4)

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
+from rq.worker import WorkerStatus
 
+from generation import runtime
 from generation.queues import get_queue
 from generation.worker import StudioWorker
 from tests.workers import use_queue
@@ -45,3 +50,62 @@ def test_the_keepalive_renews_a_running_jobs_heartbeats(
         assert 0 < redis_connection.ttl(execution.key) <= 5 + 60
     finally:
         worker.register_death()
+
+
+def test_studio_worker_on_a_queue_not_configured_names_the_configured_ones(settings):
+    settings.RQ_QUEUES = {
+        "gpu": {"URL": "redis://127.0.0.1:1/0"},
+        "sdxl": {"URL": "redis://127.0.0.1:1/0"},
+    }
+
+    with pytest.raises(CommandError) as error:
+        call_command("studio_worker", "--queues", "gpu", "gpus")
+
+    assert str(error.value) == (
+        "Queue 'gpus' is not configured. Configured queues: gpu, sdxl (from "
+        "STUDIO_DEFAULT_QUEUE and STUDIO_QUEUE_ROUTES, docs/settings.md)."
+    )
+
+
+@pytest.mark.parametrize(
+    "path, says",
+    [
+        ("rq.worker.Worker", "is not a generation.worker.StudioWorker"),
+        ("generation.no_such.Worker", "cannot be imported"),
+    ],
+)
+def test_studio_worker_refuses_a_worker_class_that_is_not_the_studios(path, says):
+    with pytest.raises(CommandError, match=says):
+        call_command("studio_worker", "--queues", "gpu", "--worker-class", path)
+
+
+def test_the_workers_device_goes_to_its_engine_configuration_not_the_settings(
+    settings,
+):
+    settings.STUDIO_DEVICE = ""
+    settings.STUDIO_MODELS = {}
+    # The factory returns the configuration it is given, as the engine to use.
+    runtime.start(device="cuda:1", factory=lambda config: config)
+    try:
+        assert runtime.engine().device == "cuda:1"
+        assert runtime.engine() is runtime.engine()
+        assert settings.STUDIO_DEVICE == ""
+    finally:
+        runtime.start()
+
+
+def test_a_stop_while_busy_asks_the_running_job_to_hand_back(studio_settings):
+    use_queue(studio_settings, "handback")
+    queue = get_queue("handback")
+    worker = StudioWorker([queue], connection=queue.connection)
+    runtime.start()
+    assert not runtime.handback_requested()
+
+    worker.set_state(WorkerStatus.IDLE)
+    worker.handle_warm_shutdown_request()
+    assert not runtime.handback_requested()
+
+    worker.set_state(WorkerStatus.BUSY)
+    worker.handle_warm_shutdown_request()
+    assert runtime.handback_requested()
+    runtime.start()

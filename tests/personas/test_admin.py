@@ -57,6 +57,7 @@ def persona_data(**overrides: Any) -> dict[str, Any]:
         "seed_policy": "random",
         "seed": "",
         "lora_scale": "0.8",
+        "identity_threshold": "0.5",
         **management("references", 0),
         **management("control_units", 0),
     }

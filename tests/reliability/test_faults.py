@@ -5,16 +5,20 @@ load, and the device running out of memory.
 Every test queues several rows, injects its fault with real processes (a real
 ``studio_worker``, a real ``redis-server``, a real database server) and then
 lets the studio recover on its own: no test calls the reconciler itself, a
-worker does (at start, or periodically). The target (issue 9): every row ends
-retried-and-succeeded or failed with a reason a person can read, none is lost
-or stuck, and recovery takes less than a minute once a worker is available.
-The figures (rows, rows ended correctly, recovery seconds) go to the report.
+worker does (at start, or periodically). Every test asserts the mechanism: every
+row ends retried-and-succeeded or failed with a reason a person can read, none is
+lost or stuck, and the row the fault hit was recovered by the path meant for it
+(the reconciler's abandon rule, a hand-back, a lost job enqueued again, a retry)
+with the attempts and reason expected. How long recovery took is a figure, not an
+assertion (a loaded machine is slower): the target (issue 9) is under a minute
+once a worker is available, and the report shows each time against it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,10 +36,12 @@ from generation import services
 from generation.models import ACTIVE_STATUSES, Content, ContentStatus
 from personas.models import Persona
 from studio.redis_embedded import EmbeddedRedis
+from tests.faulty_workers import OUT_OF_MEMORY_ATTEMPTS_ENV
 from tests.reliability.conftest import stored_files
 from tests.reliability.faulty_storage import FAILING_FOLDERS_ENV
 from tests.workers import (
     WorkerFactory,
+    WorkerProcess,
     make_persona,
     wait_for,
 )
@@ -43,8 +49,10 @@ from tests.workers import (
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 
 RECOVERY_TARGET_SECONDS = 60
+"""The recovery target, reported beside each measured time (never asserted)."""
 # Enough denoising steps that a run can be caught in the middle (about a second
-# or two here), few enough that a retried run finishes quickly.
+# or two here), few enough that a retried run finishes quickly. Only the row the
+# fault hits is slow; the others queued with it are fast.
 SLOW_STEPS = 100
 ROWS = 4
 
@@ -53,6 +61,13 @@ def queue_rows(persona: Persona, count: int = ROWS) -> list[Content]:
     """``count`` generations of ``persona``, through the service the admin uses."""
     batch = services.content_enqueue_batch(persona=persona, prompt="fault", count=count)
     return list(batch.contents.order_by("id"))
+
+
+def queue_slow_then_fast(slow: Persona, fast: Persona) -> list[Content]:
+    """A slow generation (the one the fault hits), then ``ROWS - 1`` fast ones
+    queued behind it."""
+    first = services.content_enqueue(persona=slow, prompt="fault")
+    return [first, *queue_rows(fast, count=ROWS - 1)]
 
 
 def running(contents: list[Content]) -> Content:
@@ -82,6 +97,24 @@ def finish_all(contents: list[Content], *, timeout: float = 240) -> tuple[float,
     return time.monotonic() - started, list(Content.objects.filter(pk__in=ids))
 
 
+def queued_now(contents: list[Content]) -> set[int]:
+    return set(
+        Content.objects.filter(
+            pk__in=[content.pk for content in contents], status=ContentStatus.QUEUED
+        ).values_list("pk", flat=True)
+    )
+
+
+def reconciled(worker: WorkerProcess, repair: str) -> set[int]:
+    """The rows ``worker``'s reconcile runs reported as ``repair`` ("lost jobs
+    enqueued again", "abandoned runs retried" or "failed"), from its log."""
+    return {
+        int(row)
+        for ids in re.findall(rf"\d+ {repair} \(([^)]*)\)", worker.log())
+        for row in re.findall(r"#(\d+)", ids)
+    }
+
+
 def ended_correctly(row: Content) -> bool:
     """Succeeded with its output stored, or failed with a message and a code."""
     if row.status == ContentStatus.SUCCEEDED:
@@ -107,6 +140,7 @@ def record(figures, fault: str, rows: list[Content], recovery: float, **more) ->
         ended_correctly=sum(ended_correctly(row) for row in rows),
         lost_or_stuck=sum(row.status in ACTIVE_STATUSES for row in rows),
         recovery_seconds=round(recovery, 2),
+        recovery_target_seconds=RECOVERY_TARGET_SECONDS,
         **more,
     )
 
@@ -120,30 +154,44 @@ def slow_persona(studio_settings) -> Persona:
 
 
 def test_worker_killed_mid_job_loses_nothing(
-    studio_settings, start_worker, slow_persona, figures
+    studio_settings, start_worker, slow_persona, persona_factory, figures
 ):
     killed = start_worker("sigkill")
-    contents = queue_rows(slow_persona)
+    contents = queue_slow_then_fast(slow_persona, persona_factory())
     victim = running(contents)
 
     killed.kill()
-    start_worker("sigkill")
+    replacement = start_worker("sigkill")
+    # The new worker's reconcile at start (before it took any job) applied the
+    # abandon rule to the killed worker's row, and only to it.
+    assert reconciled(replacement, "abandoned runs retried") == {victim.pk}
+    victim.refresh_from_db()
+    assert f"The worker running it ({killed.name}) stopped" in victim.error_message, (
+        victim.error_message
+    )
+    assert "queued again after attempt 1" in victim.error_message
     recovery, rows = finish_all(contents)
 
     assert all(row.status == ContentStatus.SUCCEEDED for row in rows), [
         (row.pk, row.status, row.error_message) for row in rows
     ]
-    victim_row = next(row for row in rows if row.pk == victim.pk)
-    assert victim_row.attempts == 2
-    assert recovery < RECOVERY_TARGET_SECONDS
-    record(figures, "worker SIGKILL mid-job", rows, recovery)
+    assert {row.pk: row.attempts for row in rows} == {
+        row.pk: 2 if row.pk == victim.pk else 1 for row in rows
+    }
+    record(
+        figures,
+        "worker SIGKILL mid-job",
+        rows,
+        recovery,
+        recovered_by="abandon rule at the next worker's start",
+    )
 
 
 def test_worker_stopped_mid_job_hands_its_job_back(
-    studio_settings, start_worker, slow_persona, figures
+    studio_settings, start_worker, slow_persona, persona_factory, figures
 ):
     stopping = start_worker("sigterm")
-    contents = queue_rows(slow_persona)
+    contents = queue_slow_then_fast(slow_persona, persona_factory())
     victim = running(contents)
 
     signalled = time.monotonic()
@@ -152,16 +200,22 @@ def test_worker_stopped_mid_job_hands_its_job_back(
     victim.refresh_from_db()
     assert victim.status == ContentStatus.QUEUED
     assert victim.attempts == 0  # handing back is not the generation's fault
-    start_worker("sigterm")
+    assert victim.error_message == (
+        "Handed back by a worker that was stopping; queued again."
+    )
+    replacement = start_worker("sigterm")
+    # Handed back, not abandoned: nothing was left for the reconciler.
+    assert reconciled(replacement, "abandoned runs retried") == set()
     recovery, rows = finish_all(contents)
 
     assert all(row.status == ContentStatus.SUCCEEDED for row in rows)
-    assert recovery < RECOVERY_TARGET_SECONDS
+    assert all(row.attempts == 1 for row in rows), [row.attempts for row in rows]
     record(
         figures,
         "worker SIGTERM mid-job",
         rows,
         recovery,
+        recovered_by="hand-back at the next denoising step",
         shutdown_seconds=round(shutdown, 2),
     )
 
@@ -198,12 +252,13 @@ def private_workers(
 
 
 def test_redis_restarted_and_flushed_with_jobs_queued_and_running(
-    private_workers, private_redis, slow_persona, figures
+    private_workers, private_redis, slow_persona, persona_factory, figures
 ):
     worker = private_workers("redis-restart")
-    contents = queue_rows(slow_persona)
+    contents = queue_slow_then_fast(slow_persona, persona_factory())
     running(contents)
 
+    waiting = queued_now(contents)
     private_redis.process.send_signal(signal.SIGKILL)  # no save, no goodbye
     private_redis.process.wait()
     private_redis.process = None
@@ -213,6 +268,8 @@ def test_redis_restarted_and_flushed_with_jobs_queued_and_running(
     assert (
         private_redis.is_up() and redis.Redis.from_url(private_redis.url).dbsize() == 0
     )
+    # Queued before the kill and still queued now: their jobs are gone with Redis.
+    waiting &= queued_now(contents)
 
     try:
         _, rows = finish_all(contents)
@@ -224,12 +281,16 @@ def test_redis_restarted_and_flushed_with_jobs_queued_and_running(
     assert all(row.status == ContentStatus.SUCCEEDED for row in rows), [
         (row.pk, row.status, row.error_message) for row in rows
     ]
-    assert recovery < RECOVERY_TARGET_SECONDS
+    # Only the worker's periodic reconcile could bring back the rows whose jobs
+    # Redis lost while they waited: it enqueued each of them again.
+    assert waiting and waiting <= reconciled(worker, "lost jobs enqueued again")
+    assert all(row.attempts == 1 for row in rows if row.pk in waiting)
     record(
         figures,
         "Redis killed and restarted empty (jobs queued and running)",
         rows,
         recovery,
+        recovered_by="periodic reconcile: lost jobs enqueued again",
     )
 
 
@@ -261,9 +322,19 @@ def test_postgresql_restarted_while_a_job_runs(
     assert all(row.status == ContentStatus.SUCCEEDED for row in rows), [
         (row.pk, row.status, row.error_message) for row in rows
     ]
-    assert next(row for row in rows if row.pk == victim.pk).finished_at is not None
-    assert recovery < RECOVERY_TARGET_SECONDS
-    record(figures, "PostgreSQL restarted while a job runs", rows, recovery)
+    victim_row = next(row for row in rows if row.pk == victim.pk)
+    assert victim_row.finished_at is not None
+    # The broken run was retried (by the job's transient-error rule or the
+    # periodic reconcile's abandon rule): a second attempt, no third.
+    assert victim_row.attempts == 2
+    assert all(row.attempts == 1 for row in rows if row.pk != victim.pk)
+    record(
+        figures,
+        "PostgreSQL restarted while a job runs",
+        rows,
+        recovery,
+        recovered_by="transient-error retry or periodic reconcile",
+    )
 
 
 # --- Storage, model and device ----------------------------------------------------
@@ -361,8 +432,9 @@ def test_cuda_out_of_memory_is_retried_then_given_up(
     persona = persona_factory()
     start_worker(
         f"oom-{oom_attempts}",
-        STUDIO_TEST_OOM_ATTEMPTS=str(oom_attempts),
+        worker_class="tests.faulty_workers.OutOfMemoryWorker",
         STUDIO_MAX_ATTEMPTS="3",
+        **{OUT_OF_MEMORY_ATTEMPTS_ENV: str(oom_attempts)},
     )
     studio_settings.STUDIO_MAX_ATTEMPTS = 3
     contents = queue_rows(persona, count=3)

@@ -39,8 +39,9 @@ BIDI = "a portrait \u202e of someone"
 
 
 @pytest.fixture
-def persona(studio_settings, transactional_db) -> Persona:
-    # A queue of this test's own, so that "nothing was enqueued" means this test.
+def persona_on_own_queue(studio_settings, transactional_db) -> Persona:
+    """A persona with a reference whose generations go to a queue of this test's
+    own, so that "nothing was enqueued" means this test."""
     use_queue(studio_settings, f"hostile-{uuid.uuid4().hex[:8]}")
     return make_persona(slug="target")
 
@@ -146,12 +147,15 @@ def assert_form_refused(response, field: str) -> str:
     "field, value, description", HOSTILE_GENERATE, ids=[c[2] for c in HOSTILE_GENERATE]
 )
 def test_generate_page_refuses_hostile_parameter(
-    staff_client, persona, media_root, field, value, description, figures
+    staff_client, persona_on_own_queue, media_root, field, value, description, figures
 ):
     before = studio_state()
 
     response = action_page(
-        staff_client, persona, "generate", {**GENERATE_DEFAULTS, field: value}
+        staff_client,
+        persona_on_own_queue,
+        "generate",
+        {**GENERATE_DEFAULTS, field: value},
     )
 
     message = assert_form_refused(response, field)
@@ -164,13 +168,13 @@ def test_generate_page_refuses_hostile_parameter(
     "field, value, description", HOSTILE_SWEEP, ids=[c[2] for c in HOSTILE_SWEEP]
 )
 def test_sweep_page_refuses_hostile_parameter(
-    staff_client, persona, media_root, field, value, description, figures
+    staff_client, persona_on_own_queue, media_root, field, value, description, figures
 ):
     before = studio_state()
 
     response = action_page(
         staff_client,
-        persona,
+        persona_on_own_queue,
         "strength_sweep",
         {"prompt": "a portrait", "strengths": "0.3, 0.7", "seed": "", field: value},
     )
@@ -187,9 +191,9 @@ def test_sweep_page_refuses_hostile_parameter(
     "field, value, description", HOSTILE_PERSONA, ids=[c[2] for c in HOSTILE_PERSONA]
 )
 def test_persona_form_refuses_hostile_setting(
-    staff_client, persona, media_root, field, value, description, figures
+    staff_client, persona_on_own_queue, media_root, field, value, description, figures
 ):
-    url = reverse("admin:personas_persona_change", args=[persona.pk])
+    url = reverse("admin:personas_persona_change", args=[persona_on_own_queue.pk])
     data = change_form_data(staff_client.get(url))
     data.update({field: value, "seed_policy": "fixed" if field == "seed" else "random"})
     before = studio_state()
@@ -203,18 +207,20 @@ def test_persona_form_refuses_hostile_setting(
     assert field in errors, (field, page_errors(response))
     assert studio_state() == before
     figures.record(
-        group="admin persona form", item=description, outcome=" ".join(errors[field])
+        group="admin persona_on_own_queue form",
+        item=description,
+        outcome=" ".join(errors[field]),
     )
 
 
 def test_a_request_body_past_djangos_limit_is_a_400_not_a_500(
-    staff_client, persona, media_root, figures
+    staff_client, persona_on_own_queue, media_root, figures
 ):
     before = studio_state()
 
     response = action_page(
         staff_client,
-        persona,
+        persona_on_own_queue,
         "generate",
         {**GENERATE_DEFAULTS, "prompt": "x" * 6_000_000},
     )
@@ -229,12 +235,14 @@ def test_a_request_body_past_djangos_limit_is_a_400_not_a_500(
     )
 
 
-def test_a_sound_generate_request_is_queued(staff_client, persona):
+def test_a_sound_generate_request_is_queued(staff_client, persona_on_own_queue):
     """The control case: the same page with sound values does enqueue."""
-    response = action_page(staff_client, persona, "generate", GENERATE_DEFAULTS)
+    response = action_page(
+        staff_client, persona_on_own_queue, "generate", GENERATE_DEFAULTS
+    )
 
     assert response.status_code == 302
-    assert persona.contents.count() == 1
+    assert persona_on_own_queue.contents.count() == 1
     assert queued_jobs() == 1
 
 
@@ -260,7 +268,7 @@ HOSTILE_COMMAND = [
     "arguments, description", HOSTILE_COMMAND, ids=[c[1] for c in HOSTILE_COMMAND]
 )
 def test_studio_generate_refuses_hostile_arguments(
-    persona, media_root, arguments, description, figures
+    persona_on_own_queue, media_root, arguments, description, figures
 ):
     options = {"--persona": "target", "--prompt": "a portrait"}
     options.update(zip(arguments[::2], arguments[1::2], strict=True))
@@ -292,9 +300,11 @@ HOSTILE_NOTES = [
     "note, description", HOSTILE_NOTES, ids=[c[1] for c in HOSTILE_NOTES]
 )
 def test_gallery_reject_refuses_a_hostile_note(
-    staff_client, persona, note, description, figures
+    staff_client, persona_on_own_queue, note, description, figures
 ):
-    content = services.content_enqueue(persona=persona, prompt="a portrait")
+    content = services.content_enqueue(
+        persona=persona_on_own_queue, prompt="a portrait"
+    )
     Content.objects.filter(pk=content.pk).update(status=ContentStatus.SUCCEEDED)
     before = studio_state()
 

@@ -200,6 +200,8 @@ POLICY: dict[str, Rule] = {
     "gallery:index": staff_with("generation.view_content"),
     "gallery:progress": staff_with("generation.view_content"),
     "gallery:persona": staff_with("generation.view_content"),
+    "gallery:persona-identity": staff_with("generation.view_content"),
+    "gallery:persona-identity-csv": staff_with("generation.view_content"),
     "gallery:content": staff_with("generation.view_content"),
     "gallery:content-card": staff_with("generation.view_content"),
     "gallery:sweep": staff_with("generation.view_content"),
@@ -267,6 +269,8 @@ ACTION_PERMISSIONS = {
     ("generation.content", "retry_with_current"): GENERATE,
     ("generation.content", "approve"): REVIEW,
     ("generation.content", "reject"): REVIEW,
+    ("generation.content", "rescore"): GENERATE,
+    ("personas.referenceimage", "set_role"): "personas.change_referenceimage",
 }
 
 # --- The URLs, walked from the URLconf -----------------------------------------

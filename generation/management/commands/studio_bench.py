@@ -1,4 +1,8 @@
-"""``python manage.py studio_bench``: measure the studio against raw diffusers."""
+"""``python manage.py studio_bench``: measure the studio against raw diffusers.
+
+The benchmark itself is the top-level ``benchmarks`` package, outside the
+product's import graph: only this command imports it, when it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,6 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.bench.presets import PRESETS
-from generation.bench.suite import SECTIONS
-
 
 class Command(BaseCommand):
     help = (
@@ -23,6 +24,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: Any) -> None:
+        from benchmarks.presets import PRESETS
+        from benchmarks.suite import SECTIONS
+
         parser.add_argument(
             "--preset",
             choices=sorted(PRESETS),
@@ -62,8 +66,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from generation.bench.report import render_markdown
-        from generation.bench.suite import BenchOptions, run_bench
+        from benchmarks.presets import PRESETS
+        from benchmarks.report import render_markdown
+        from benchmarks.suite import SECTIONS, BenchOptions, run_bench
 
         sections = [name.strip() for name in options["only"].split(",") if name.strip()]
         if not sections:
@@ -101,6 +106,8 @@ class Command(BaseCommand):
 
 def _command_arguments(options: dict[str, Any]) -> list[str]:
     """The options given, as a command line that reproduces the run."""
+    from benchmarks.suite import SECTIONS
+
     arguments = [f"--preset {options['preset']}"]
     for name in ("runs", "only", "queue_jobs", "device"):
         if options[name] is not None and not (

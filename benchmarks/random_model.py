@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,6 @@ from generation.engine.config import (
 from generation.engine.requests import ControlType
 from generation.engine.tiny_model import (
     Architecture,
-    _layer_norm,
-    _random,
-    _seed_for,
     ip_attention_weights,
     random_controlnet,
     random_pipeline,
@@ -81,7 +79,7 @@ def write_random_model(model: BenchModel, root: Path) -> Path:
     pipe = random_pipeline(model.architecture)
     for control_type in CONTROL_TYPES:
         controlnet = random_controlnet(
-            pipe.unet, model.architecture, seed=_seed_for(control_type.value)
+            pipe.unet, model.architecture, seed=_seed(control_type.value)
         )
         _cast(controlnet, dtype).save_pretrained(
             root / TINY_CONTROLNET_DIR / control_type.value
@@ -105,27 +103,37 @@ def _write_ip_adapter(
 ) -> None:
     """The plain SD 1.5 IP-Adapter (``ip-adapter_sd15.safetensors``, original key
     layout) and its CLIP image encoder, sized for ``model``."""
-    torch.manual_seed(_seed_for("bench-image-encoder"))
+    torch.manual_seed(_seed("image-encoder"))
     encoder_config = CLIPVisionConfig(
         image_size=224, patch_size=14, **model.image_encoder
     )
     image_encoder = CLIPVisionModelWithProjection(encoder_config)
     _cast(image_encoder, dtype).save_pretrained(models_dir / "image_encoder")
     del image_encoder
-    generator = torch.Generator().manual_seed(_seed_for("bench-ip-adapter"))
+    generator = torch.Generator().manual_seed(_seed("ip-adapter"))
     cross = model.architecture.unet["cross_attention_dim"]
+    projection = encoder_config.projection_dim
+    # The image projection as freshly initialised: normal weights scaled by the
+    # fan-in, zero bias, an identity layer norm.
     weights = {
-        "image_proj.proj.weight": _random(
-            generator, IP_ADAPTER_TOKENS * cross, encoder_config.projection_dim
-        ),
-        "image_proj.proj.bias": _random(generator, IP_ADAPTER_TOKENS * cross),
-        **_layer_norm("image_proj.norm", cross),
+        "image_proj.proj.weight": torch.randn(
+            IP_ADAPTER_TOKENS * cross, projection, generator=generator
+        )
+        / projection**0.5,
+        "image_proj.proj.bias": torch.zeros(IP_ADAPTER_TOKENS * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
         **ip_attention_weights(unet, generator),
     }
     save_file(
         {key: value.to(dtype) for key, value in weights.items()},
         models_dir / "ip-adapter_sd15.safetensors",
     )
+
+
+def _seed(name: str) -> int:
+    """A stable seed per benchmark component, whatever order they are built in."""
+    return zlib.crc32(f"bench-{name}".encode())
 
 
 def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

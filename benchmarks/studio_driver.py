@@ -1,6 +1,6 @@
 """Drives the full studio path inside a sandbox (``studio_sandbox``) and times it.
 
-Run as ``python -m generation.bench.studio_driver PLAN.json`` with the sandbox's
+Run as ``python -m benchmarks.studio_driver PLAN.json`` with the sandbox's
 environment; it speaks ``line_process``'s protocol. It migrates the sandbox
 database, starts the embedded Redis and one real ``manage.py studio_worker``
 process (which preloads the model), creates a persona with a primary
@@ -44,7 +44,7 @@ def main(plan_path: str) -> None:
     django.setup()
     from django.core.management import call_command
 
-    from generation.bench.line_process import send_reply
+    from benchmarks.line_process import send_reply
     from studio.redis_embedded import ensure_embedded_redis
 
     plan = json.loads(Path(plan_path).read_text())
@@ -188,7 +188,7 @@ def _record(content: Any) -> dict[str, Any]:
     hash; raises when the generation did not succeed."""
     from PIL import Image
 
-    from generation.bench.workload import pixels_sha256
+    from benchmarks.workload import pixels_sha256
     from generation.models import ContentStatus
 
     if content.status != ContentStatus.SUCCEEDED:
@@ -205,7 +205,8 @@ def _record(content: Any) -> dict[str, Any]:
         "queue_wait": timings["queue_wait"],
         "engine": timings["engine_total"],
         "inference": timings["inference"],
-        "score": timings["score"],
+        # Scoring left the GPU job for the CPU queue: it adds nothing here.
+        "score": timings.get("score", 0.0),
         "job": timings["job_total"],
         "registry_hit": timings["registry_hit"],
         "started_at": content.started_at.timestamp(),

@@ -1,4 +1,4 @@
-"""The registry's economics, from the registry benchmark (``engine.bench_registry``).
+"""The registry's economics, from the registry benchmark (``benchmarks.registry``).
 
 That benchmark measures, in a fresh process so that resident memory counts only
 what the registry holds: a cold load, a warm hit, deriving img2img, ControlNet
@@ -34,7 +34,7 @@ def measure_registry(model_root: Path, *, device: str, runs: int) -> dict[str, A
         [
             sys.executable,
             "-m",
-            "generation.engine.bench_registry",
+            "benchmarks.registry",
             "--measure",
             str(model_root),
             "--repeat",

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation.bench.random_model import BenchModel, write_random_model
-from generation.engine.bench_registry import SD15_SIZES
+from benchmarks.random_model import BenchModel, write_random_model
+from benchmarks.registry import SD15_SIZES
 from generation.engine.config import EngineConfig, tiny_engine_config
 from generation.engine.tiny_model import Architecture, write_tiny_model
+from generation.engine.vocabulary import TINY_MODEL_KEY
 
 # Stable Diffusion 1.5's configurations, as the registry benchmark writes them
 # (the text encoder keeps the tiny model's byte-level vocabulary: a smaller
@@ -108,7 +109,7 @@ class Preset:
         else:
             write_random_model(self.model, root)
         config = tiny_engine_config(root)
-        (spec,) = config.models.values()
+        spec = config.models[TINY_MODEL_KEY]  # the SD 1.5 layout (not tiny-sdxl)
         spec.key, spec.label = self.model_key, self.summary
         config.models = {self.model_key: spec}
         config.controlnets = {

@@ -26,10 +26,10 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from generation.bench.line_process import LineProcess
-from generation.bench.stats import summary
-from generation.bench.studio_sandbox import StudioSandbox
-from generation.bench.workload import (
+from benchmarks.line_process import LineProcess
+from benchmarks.stats import summary
+from benchmarks.studio_sandbox import StudioSandbox
+from benchmarks.workload import (
     VANILLA,
     SpeedOptions,
     Workload,

@@ -3,7 +3,8 @@
 It migrates, creates an admin account when there is none (its random password
 is saved under ``var/``), starts the embedded Redis when ``REDIS_URL`` is unset,
 writes the tiny model on the first run when no real model is configured, then
-runs one ``studio_worker`` and the web server at http://127.0.0.1:8000/ as child
+runs one ``studio_worker``, one CPU worker (``studio_worker --queues cpu``:
+face analysis and scoring) and the web server at http://127.0.0.1:8000/ as child
 processes. Ctrl-C or SIGTERM stops them all (the worker hands a running job back
 to the queue first); if one of them dies, the others are stopped too.
 """
@@ -62,6 +63,21 @@ class Command(BaseCommand):
             "the worker": subprocess.Popen(
                 [*manage, "studio_worker"], start_new_session=True
             ),
+            # Face analysis and scoring, on the CPU: never on the GPU worker
+            # (no model preloaded, no GPU touched).
+            "the CPU worker": subprocess.Popen(
+                [
+                    *manage,
+                    "studio_worker",
+                    "--queues",
+                    settings.STUDIO_CPU_QUEUE,
+                    "--device",
+                    "cpu",
+                    "--preload",
+                ],
+                start_new_session=True,
+            ),
+            # Last: _stop stops the workers before it.
             "the web server": subprocess.Popen(
                 [*manage, "runserver", address, "--noreload"], start_new_session=True
             ),
@@ -117,13 +133,18 @@ class Command(BaseCommand):
         )
 
     def _stop(self, children: list[subprocess.Popen]) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        """Stop the children in order, each group before the next: the workers
+        first (they hand a running job back through Redis and the database),
+        then the web server; Redis is stopped last, by the caller."""
+        workers, rest = children[:-1], children[-1:]
+        for group in (workers, rest):
+            for child in group:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+            for child in group:
+                try:
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()

@@ -24,9 +24,9 @@ from typing import Any
 
 from PIL import Image
 
-from generation.bench.presets import Preset
-from generation.bench.stats import line_fit
-from generation.bench.workload import Workload
+from benchmarks.presets import Preset
+from benchmarks.stats import line_fit
+from benchmarks.workload import Workload
 from generation.engine.config import EngineConfig
 from generation.engine.requests import (
     ControlType,

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from generation.bench.line_process import LineProcess
-from generation.bench.workload import SpeedOptions
+from benchmarks.line_process import LineProcess
+from benchmarks.workload import SpeedOptions
 from generation.engine.config import EngineConfig
 from studio.conf import BASE_DIR
 
@@ -91,7 +91,7 @@ class StudioSandbox:
         plan_path = self.root / "plan.json"
         plan_path.write_text(json.dumps(plan))
         return LineProcess(
-            [sys.executable, "-m", "generation.bench.studio_driver", str(plan_path)],
+            [sys.executable, "-m", "benchmarks.studio_driver", str(plan_path)],
             env=self.environment(speed),
             cwd=BASE_DIR,
             log_path=self.root / "driver.log",

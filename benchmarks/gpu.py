@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from generation.bench.overhead import measure_paths
-from generation.bench.studio_sandbox import StudioSandbox
-from generation.bench.workload import SpeedOptions, Workload
+from benchmarks.overhead import measure_paths
+from benchmarks.studio_sandbox import StudioSandbox
+from benchmarks.workload import SpeedOptions, Workload
 from generation.engine.config import EngineConfig
 
 SPEED_OPTIONS = (

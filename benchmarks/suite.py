@@ -17,16 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from generation.bench.gpu import measure_gpu
-from generation.bench.growth import measure_growth
-from generation.bench.overhead import measure_paths
-from generation.bench.presets import Preset
-from generation.bench.registry_economics import measure_registry
-from generation.bench.report import machine_info
-from generation.bench.studio_sandbox import StudioSandbox
-from generation.bench.targets import evaluate_targets
-from generation.bench.throughput import queue_result
-from generation.bench.workload import Workload
+from benchmarks.gpu import measure_gpu
+from benchmarks.growth import measure_growth
+from benchmarks.overhead import measure_paths
+from benchmarks.presets import Preset
+from benchmarks.registry_economics import measure_registry
+from benchmarks.report import machine_info
+from benchmarks.studio_sandbox import StudioSandbox
+from benchmarks.targets import evaluate_targets
+from benchmarks.throughput import queue_result
+from benchmarks.workload import Workload
 from generation.engine.registry import choose_device, choose_dtype
 
 SECTIONS = ("overhead", "registry", "growth", "queue", "gpu")

@@ -1,6 +1,6 @@
 """Benchmark of the pipeline registry: cold load, hit, derivation, memory.
 
-    python -m generation.engine.bench_registry [--sizes tiny sd15] [--repeat 5]
+    python -m benchmarks.registry [--sizes tiny sd15] [--repeat 5]
 
 For each size it writes a random model (``tiny``: the built-in tiny model;
 ``sd15``: Stable Diffusion 1.5's full sizes, about 1.4 billion parameters with

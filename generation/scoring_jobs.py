@@ -1,0 +1,128 @@
+"""The RQ job of the CPU queue that scores a stored output:
+``content_score(content_id)``.
+
+It claims its row (pending for this very job, else a no-op), analyses the
+persona's face references not analysed yet, finds the output's faces with
+dlib and scores the persona's face against the persona's identity
+(``face.score_identity``; "no face found" is said as such), computes the
+CLIP/SSIM consistency score against the before reference on the CPU, and
+stores both through ``score_services``. It runs in a ``studio_worker --queues
+cpu`` process, so a GPU worker never waits for it (DESIGN.md decision 11).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+from rq import get_current_job
+
+from generation import score_services
+from generation.models import Content
+from generation.parameters import open_stored_image
+from personas.face_analysis import (
+    persona_face_references,
+    references_analyse,
+    references_unanalysed,
+)
+from personas.models import ReferenceRole
+
+if TYPE_CHECKING:
+    from generation.engine.registry import PipelineRegistry
+
+logger = logging.getLogger(__name__)
+
+
+def content_score(content_id: int) -> str:
+    """Score row ``content_id``; return what became of it."""
+    job = get_current_job()
+    content = score_services.content_claim_scoring(
+        content_id=content_id, job_id=job.id
+    )
+    if content is None:
+        return "skipped"
+    try:
+        scores = measure(content)
+    except Exception as error:
+        logger.exception("Content #%s could not be scored", content_id)
+        score_services.content_fail_scoring(
+            content=content,
+            job_id=job.id,
+            message=f"Scoring failed ({error}); rescore it, or report it if it "
+            "fails again.",
+            detail=traceback.format_exc(),
+        )
+        return "failed"
+    stored = score_services.content_store_scores(
+        content=content, job_id=job.id, scores=scores
+    )
+    return scores.identity.message if stored else "superseded"
+
+
+def measure(content: Content) -> score_services.Scores:
+    """The identity and consistency scores of ``content``'s stored output."""
+    from generation.engine.face import score_identity
+    from generation.engine.scoring import consistency_score
+
+    started = time.perf_counter()
+    output = open_stored_image(content.output_image.name)
+    unanalysed = [
+        reference
+        for reference in references_unanalysed(persona=content.persona)
+        if reference.role == ReferenceRole.FACE
+    ]
+    references_analyse(references=unanalysed)
+    face_references = persona_face_references(persona=content.persona)
+    analysed = time.perf_counter()
+    analysis, identity = score_identity(
+        output, [reference.face_embedding for reference in face_references]
+    )
+    identified = time.perf_counter()
+    consistency = None
+    before = content.before_reference
+    if before is not None:
+        encoder = scoring_registry().image_encoder()
+        image_encoder, image_processor = encoder if encoder else (None, None)
+        consistency = consistency_score(
+            open_stored_image(before.image.name),
+            output,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
+        )
+    finished = time.perf_counter()
+    detail = analysis.to_dict()
+    detail.pop("embedding")
+    nearest = (
+        None
+        if identity.nearest_reference is None
+        else face_references[identity.nearest_reference]
+    )
+    return score_services.Scores(
+        identity=identity,
+        nearest_reference=nearest,
+        analysis=detail,
+        references=[reference.pk for reference in face_references],
+        consistency=consistency,
+        timings={
+            "references": analysed - started,
+            "identity": identified - analysed,
+            "consistency": finished - identified,
+            "total": finished - started,
+        },
+    )
+
+
+@functools.cache
+def scoring_registry() -> PipelineRegistry:
+    """This process's registry for scoring: the CLIP image encoder only, always
+    on the CPU in float32, whatever device the studio's GPU workers use."""
+    from generation.engine.registry import PipelineRegistry
+    from generation.engine_settings import engine_config
+
+    config = engine_config()
+    config.device = "cpu"
+    config.dtype = "float32"
+    return PipelineRegistry(config)
