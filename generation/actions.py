@@ -29,6 +29,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from generation import score_services, selectors, services
@@ -84,6 +86,9 @@ class StaffAction:
     # The history entry goes on the result (the persona a sheet's tile changed)
     # rather than on the target.
     logs_result: bool = False
+    # Where the person follows the result: the success message links there.
+    result_url: Callable[[Any], str] | None = None
+    result_link: str = ""
 
     @property
     def slug(self) -> str:
@@ -135,7 +140,15 @@ def perform(
             done.append((target, result))
     if len(done) == 1:
         ((target, result),) = done
-        messages.success(request, action.done.format(target=target, result=result))
+        message = action.done.format(target=target, result=result)
+        if action.result_url is not None:
+            message = format_html(
+                '{} <a href="{}">{}</a>',
+                message,
+                action.result_url(result),
+                action.result_link,
+            )
+        messages.success(request, message)
     elif done:
         messages.success(request, action.done_many.format(count=len(done)))
     return [result for _, result in done]
@@ -164,11 +177,7 @@ def _generate(persona: Persona, given: ActionInput) -> Any:
         prompt=data["prompt"],
         negative_prompt=data.get("negative_prompt", ""),
         count=data["count"],
-        overrides=GenerationOverrides(
-            method=data.get("method") or None,
-            strength=data.get("strength"),
-            seed=data.get("seed"),
-        ),
+        overrides=GenerationOverrides.from_data(data),
         user=given.user,
         keep_best=data.get("keep_best"),
     )
@@ -210,6 +219,14 @@ def _retry(content: Content, given: ActionInput) -> Content:
     return services.content_retry(content=content, user=given.user)
 
 
+def _move_to_front(content: Content, given: ActionInput) -> Content:
+    return services.content_move_to_front(content=content, user=given.user)
+
+
+def _retry_with_current(content: Content, given: ActionInput) -> Content:
+    return services.content_retry_with_current(content=content, user=given.user)
+
+
 def _review(state: str) -> Service:
     def review(content: Content, given: ActionInput) -> Content:
         return services.content_review(
@@ -247,7 +264,9 @@ GENERATE_ACTION = StaffAction(
     description="Generate…",
     service=_generate,
     form=GenerateForm,
-    done="Queued {result}; follow its generations under Contents.",
+    done="Queued {result}.",
+    result_url=lambda batch: reverse("gallery:batch", args=[batch.pk]),
+    result_link="Follow its generations.",
     done_many="Queued generations for {count} persona(s); follow them under Contents.",
     history="queued {result}.",
 )
@@ -313,12 +332,34 @@ RETRY = StaffAction(
     name="retry",
     model=Content,
     permission=GENERATE,
-    description="Retry",
+    description="Retry as it was",
     service=_retry,
     costly=True,
-    done="Queued {target} again.",
-    done_many="Queued {count} generation(s) again.",
+    done="Queued {target} again, as it was.",
+    done_many="Queued {count} generation(s) again, as they were.",
     history="queued again (retry).",
+)
+RETRY_WITH_CURRENT = StaffAction(
+    name="retry_with_current",
+    model=Content,
+    permission=GENERATE,
+    description="Retry with the persona's current settings",
+    service=_retry_with_current,
+    costly=True,
+    done="Queued {target} again with its persona's current settings.",
+    done_many="Queued {count} generation(s) again with their personas' current "
+    "settings.",
+    history="queued again with the persona's current settings (retry).",
+)
+MOVE_TO_FRONT = StaffAction(
+    name="move_to_front",
+    model=Content,
+    permission=GENERATE,
+    description="Move to the front of its queue",
+    service=_move_to_front,
+    done="Moved {target} to the front of its queue.",
+    done_many="Moved {count} generation(s) to the front of their queues.",
+    history="moved to the front of its queue.",
 )
 APPROVE = StaffAction(
     name="approve",
@@ -370,10 +411,13 @@ CONTENT_ACTIONS = (
     REGENERATE_EXACTLY,
     CANCEL,
     RETRY,
+    RETRY_WITH_CURRENT,
     APPROVE,
     REJECT,
     RESCORE,
 )
+# On the queue page: its buttons (cancel is CANCEL above).
+QUEUE_ACTIONS = (MOVE_TO_FRONT, CANCEL)
 # On a persona: the persona changelist's actions.
 PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
 # On a tile of a contact sheet: its buttons.

@@ -33,7 +33,7 @@ from generation import actions, selectors, services
 from generation.actions import StaffAction
 from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import uses_tiny_model
-from generation.models import Batch, Content
+from generation.models import Batch, Content, ContentStatus, ReviewState
 from personas.face_analysis import persona_gallery_health
 from personas.models import Persona
 
@@ -127,6 +127,19 @@ class PersonaAdmin(StaffActionsAdmin, RegisteredPersonaAdmin):
         *(admin_action(action) for action in actions.PERSONA_ACTIONS),
     ]
 
+    def save_related(
+        self, request: HttpRequest, form: Any, formsets: list, change: bool
+    ) -> None:
+        """Save, then warn of what would make the persona's next generation
+        fail (the plan check; its gallery and units are saved by now)."""
+        super().save_related(request, form, formsets, change)
+        for warning in services.persona_plan_warnings(persona=form.instance):
+            messages.warning(
+                request,
+                f"Generations of {form.instance} are sure to fail with these "
+                f"settings: {warning}",
+            )
+
 
     def change_view(
         self,
@@ -176,6 +189,24 @@ class IdentityFilter(admin.SimpleListFilter):
 # --- Content --------------------------------------------------------------------------
 
 
+class ReviewStateFilter(admin.SimpleListFilter):
+    """Review states of succeeded generations only (a failed or cancelled one
+    is in none), as the gallery's filter and counts."""
+
+    title = "review state"
+    parameter_name = "review_state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Any:
+        return ReviewState.choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() in ReviewState.values:
+            return queryset.filter(
+                review_state=self.value(), status=ContentStatus.SUCCEEDED
+            )
+        return queryset
+
+
 @admin.register(Content)
 class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
     """Generations: read-only records, changed only through their actions."""
@@ -188,14 +219,15 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
         "method_display",
         "identity_display",
         "score_display",
-        "review_state",
+        "review_display",
         "created_at",
     )
     list_display_links = ("id",)
     list_filter = (
         IdentityFilter,
         "status",
-        "review_state",
+        ReviewStateFilter,
+        "flagged",
         "method_used",
         "method_requested",
         "persona",
@@ -217,6 +249,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             {
                 "fields": (
                     "status_display",
+                    "flagged",
                     "method_display",
                     "method_reason",
                     "attempts",
@@ -321,6 +354,12 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
         if content.method_used:
             return content.get_method_used_display()
         return f"{content.get_method_requested_display()} (asked)"
+
+    @admin.display(description="review", ordering="review_state")
+    def review_display(self, content: Content) -> str:
+        if content.status != ContentStatus.SUCCEEDED:
+            return "–"
+        return content.get_review_state_display()
 
     @admin.display(
         description="identity", ordering=F("identity_similarity").desc(nulls_last=True)

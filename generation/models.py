@@ -212,6 +212,13 @@ class Content(models.Model):
         "inference and storing; whether the pipeline registry was warm.",
     )
     notes = models.JSONField(default=list, blank=True, editable=False)
+    flagged = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="The safety checker flagged the output "
+        "(STUDIO_SAFETY_CHECKER): kept as generated under 'flag', black under "
+        "'black'.",
+    )
     # What came out
     output_image = models.ImageField(upload_to=output_upload_to, blank=True)
     output_thumbnail = models.ImageField(

@@ -210,6 +210,11 @@ POLICY: dict[str, Rule] = {
     "gallery:content": staff_with("generation.view_content"),
     "gallery:content-card": staff_with("generation.view_content"),
     "gallery:sweep": staff_with("generation.view_content"),
+    "gallery:batch": staff_with("generation.view_content"),
+    "gallery:queue": staff_with("generation.view_content"),
+    "gallery:generate": staff_with(
+        "generation.view_content", "generation.generate_content"
+    ),
     "gallery:content-action": gallery_action,
     "gallery:sweep-use-strength": staff_with(
         "generation.view_content", "personas.change_persona"
@@ -274,6 +279,7 @@ ACTION_PERMISSIONS = {
     ("generation.content", "regenerate_exactly"): GENERATE,
     ("generation.content", "cancel"): GENERATE,
     ("generation.content", "retry"): GENERATE,
+    ("generation.content", "retry_with_current"): GENERATE,
     ("generation.content", "approve"): REVIEW,
     ("generation.content", "reject"): REVIEW,
     ("generation.content", "rescore"): GENERATE,
