@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0002_identity'),
+        ('generation', '0003_content_flagged'),
         ('personas', '0003_persona_lora_version'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
