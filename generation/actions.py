@@ -29,6 +29,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from generation import score_services, selectors, services
@@ -84,6 +86,9 @@ class StaffAction:
     # The history entry goes on the result (the persona a sheet's tile changed)
     # rather than on the target.
     logs_result: bool = False
+    # Where the person follows the result: the success message links there.
+    result_url: Callable[[Any], str] | None = None
+    result_link: str = ""
 
     @property
     def slug(self) -> str:
@@ -135,7 +140,15 @@ def perform(
             done.append((target, result))
     if len(done) == 1:
         ((target, result),) = done
-        messages.success(request, action.done.format(target=target, result=result))
+        message = action.done.format(target=target, result=result)
+        if action.result_url is not None:
+            message = format_html(
+                '{} <a href="{}">{}</a>',
+                message,
+                action.result_url(result),
+                action.result_link,
+            )
+        messages.success(request, message)
     elif done:
         messages.success(request, action.done_many.format(count=len(done)))
     return [result for _, result in done]
@@ -164,11 +177,7 @@ def _generate(persona: Persona, given: ActionInput) -> Any:
         prompt=data["prompt"],
         negative_prompt=data.get("negative_prompt", ""),
         count=data["count"],
-        overrides=GenerationOverrides(
-            method=data.get("method") or None,
-            strength=data.get("strength"),
-            seed=data.get("seed"),
-        ),
+        overrides=GenerationOverrides.from_data(data),
         user=given.user,
         keep_best=data.get("keep_best"),
     )
@@ -210,6 +219,14 @@ def _retry(content: Content, given: ActionInput) -> Content:
     return services.content_retry(content=content, user=given.user)
 
 
+def _move_to_front(content: Content, given: ActionInput) -> Content:
+    return services.content_move_to_front(content=content, user=given.user)
+
+
+def _retry_with_current(content: Content, given: ActionInput) -> Content:
+    return services.content_retry_with_current(content=content, user=given.user)
+
+
 def _review(state: str) -> Service:
     def review(content: Content, given: ActionInput) -> Content:
         return services.content_review(
@@ -247,7 +264,9 @@ GENERATE_ACTION = StaffAction(
     description="Generate…",
     service=_generate,
     form=GenerateForm,
-    done="Queued {result}; follow its generations under Contents.",
+    done="Queued {result}.",
+    result_url=lambda batch: reverse("gallery:batch", args=[batch.pk]),
+    result_link="Follow its generations.",
     done_many="Queued generations for {count} persona(s); follow them under Contents.",
     history="queued {result}.",
 )
@@ -313,12 +332,34 @@ RETRY = StaffAction(
     name="retry",
     model=Content,
     permission=GENERATE,
-    description="Retry",
+    description="Retry as it was",
     service=_retry,
     costly=True,
-    done="Queued {target} again.",
-    done_many="Queued {count} generation(s) again.",
+    done="Queued {target} again, as it was.",
+    done_many="Queued {count} generation(s) again, as they were.",
     history="queued again (retry).",
+)
+RETRY_WITH_CURRENT = StaffAction(
+    name="retry_with_current",
+    model=Content,
+    permission=GENERATE,
+    description="Retry with the persona's current settings",
+    service=_retry_with_current,
+    costly=True,
+    done="Queued {target} again with its persona's current settings.",
+    done_many="Queued {count} generation(s) again with their personas' current "
+    "settings.",
+    history="queued again with the persona's current settings (retry).",
+)
+MOVE_TO_FRONT = StaffAction(
+    name="move_to_front",
+    model=Content,
+    permission=GENERATE,
+    description="Move to the front of its queue",
+    service=_move_to_front,
+    done="Moved {target} to the front of its queue.",
+    done_many="Moved {count} generation(s) to the front of their queues.",
+    history="moved to the front of its queue.",
 )
 APPROVE = StaffAction(
     name="approve",
@@ -370,11 +411,89 @@ CONTENT_ACTIONS = (
     REGENERATE_EXACTLY,
     CANCEL,
     RETRY,
+    RETRY_WITH_CURRENT,
     APPROVE,
     REJECT,
     RESCORE,
 )
+# On the queue page: its buttons (cancel is CANCEL above).
+QUEUE_ACTIONS = (MOVE_TO_FRONT, CANCEL)
 # On a persona: the persona changelist's actions.
 PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
 # On a tile of a contact sheet: its buttons.
 SHEET_ACTIONS = (USE_STRENGTH,)
+
+
+# --- LoRA training ------------------------------------------------------------------
+# The training page (``generation.admin.TrainingRunAdmin``) asks for its own
+# per-persona form, so these entries are not in PERSONA_ACTIONS: the admin action
+# "Train LoRA…" opens that page, whose post runs TRAIN_LORA through ``perform``.
+
+from generation.models import TrainingRun  # noqa: E402
+from personas.models import PersonaLoraVersion  # noqa: E402
+
+TRAIN = "generation.train_lora"
+CHANGE_LORA_VERSION = "personas.change_personaloraversion"
+ADMIN_PERMISSION_NAMES[TRAIN] = "train"
+ADMIN_PERMISSION_NAMES[CHANGE_LORA_VERSION] = "change"
+
+
+def _train_lora(persona: Persona, given: ActionInput) -> Any:
+    from generation import training_services
+
+    data = given.data
+    return training_services.training_run_start(
+        persona=persona,
+        references=data["training_references"],
+        trigger_word=data["trigger_word"],
+        settings=data["training_settings"],
+        preset=data.get("preset", ""),
+        validation_prompts=data.get("training_prompts", ()),
+        user=given.user,
+    )
+
+
+def _cancel_training(run: TrainingRun, given: ActionInput) -> Any:
+    from generation import training_services
+
+    return training_services.training_run_cancel(run=run, user=given.user)
+
+
+def _activate_lora_version(version: PersonaLoraVersion, given: ActionInput) -> Any:
+    from generation import training_services
+
+    return training_services.lora_version_activate(version=version)
+
+
+TRAIN_LORA = StaffAction(
+    name="train_lora",
+    model=Persona,
+    permission=TRAIN,
+    description="Train LoRA…",
+    service=_train_lora,
+    done="Queued {result}; follow its loss, identity and samples on its page.",
+    done_many="Queued training for {count} persona(s).",
+    history="queued {result}.",
+)
+CANCEL_TRAINING = StaffAction(
+    name="cancel_training",
+    model=TrainingRun,
+    permission=TRAIN,
+    description="Cancel training",
+    service=_cancel_training,
+    done="Cancelled {result} (a running one stops before its next step).",
+    done_many="Cancelled {count} training run(s).",
+    history="cancelled {result}.",
+)
+ACTIVATE_LORA_VERSION = StaffAction(
+    name="activate_lora_version",
+    model=PersonaLoraVersion,
+    permission=CHANGE_LORA_VERSION,
+    description="Make the active LoRA",
+    service=_activate_lora_version,
+    done="{result} is now the LoRA its persona's generations use.",
+    done_many="Activated {count} LoRA versions.",
+    history="made {result} the active LoRA.",
+)
+TRAINING_ACTIONS = (CANCEL_TRAINING,)
+LORA_VERSION_ACTIONS = (ACTIVATE_LORA_VERSION,)

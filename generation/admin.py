@@ -33,7 +33,7 @@ from generation import actions, selectors, services
 from generation.actions import StaffAction
 from generation.engine.vocabulary import TINY_MODEL_NOTICE
 from generation.engine_settings import uses_tiny_model
-from generation.models import Batch, Content
+from generation.models import Batch, Content, ContentStatus, ReviewState
 from personas.face_analysis import persona_gallery_health
 from personas.models import Persona
 
@@ -127,6 +127,19 @@ class PersonaAdmin(StaffActionsAdmin, RegisteredPersonaAdmin):
         *(admin_action(action) for action in actions.PERSONA_ACTIONS),
     ]
 
+    def save_related(
+        self, request: HttpRequest, form: Any, formsets: list, change: bool
+    ) -> None:
+        """Save, then warn of what would make the persona's next generation
+        fail (the plan check; its gallery and units are saved by now)."""
+        super().save_related(request, form, formsets, change)
+        for warning in services.persona_plan_warnings(persona=form.instance):
+            messages.warning(
+                request,
+                f"Generations of {form.instance} are sure to fail with these "
+                f"settings: {warning}",
+            )
+
 
     def change_view(
         self,
@@ -176,6 +189,24 @@ class IdentityFilter(admin.SimpleListFilter):
 # --- Content --------------------------------------------------------------------------
 
 
+class ReviewStateFilter(admin.SimpleListFilter):
+    """Review states of succeeded generations only (a failed or cancelled one
+    is in none), as the gallery's filter and counts."""
+
+    title = "review state"
+    parameter_name = "review_state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Any:
+        return ReviewState.choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() in ReviewState.values:
+            return queryset.filter(
+                review_state=self.value(), status=ContentStatus.SUCCEEDED
+            )
+        return queryset
+
+
 @admin.register(Content)
 class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
     """Generations: read-only records, changed only through their actions."""
@@ -188,14 +219,15 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
         "method_display",
         "identity_display",
         "score_display",
-        "review_state",
+        "review_display",
         "created_at",
     )
     list_display_links = ("id",)
     list_filter = (
         IdentityFilter,
         "status",
-        "review_state",
+        ReviewStateFilter,
+        "flagged",
         "method_used",
         "method_requested",
         "persona",
@@ -217,6 +249,7 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             {
                 "fields": (
                     "status_display",
+                    "flagged",
                     "method_display",
                     "method_reason",
                     "attempts",
@@ -322,6 +355,12 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             return content.get_method_used_display()
         return f"{content.get_method_requested_display()} (asked)"
 
+    @admin.display(description="review", ordering="review_state")
+    def review_display(self, content: Content) -> str:
+        if content.status != ContentStatus.SUCCEEDED:
+            return "–"
+        return content.get_review_state_display()
+
     @admin.display(
         description="identity", ordering=F("identity_similarity").desc(nulls_last=True)
     )
@@ -407,3 +446,257 @@ class BatchAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: Batch | None = None
     ) -> bool:
         return False
+
+
+# --- LoRA training ----------------------------------------------------------------
+
+from django.core.exceptions import PermissionDenied, ValidationError  # noqa: E402
+from django.http import HttpResponseRedirect  # noqa: E402
+from django.shortcuts import get_object_or_404  # noqa: E402
+from django.urls import path, reverse  # noqa: E402
+
+from generation.actions import (  # noqa: E402
+    CANCEL_TRAINING,
+    LORA_VERSION_ACTIONS,
+    TRAIN_LORA,
+    TRAINING_ACTIONS,
+    perform,
+)
+from generation.models import TrainingRun, TrainingSample  # noqa: E402
+from generation.training_charts import training_chart_svg  # noqa: E402
+from generation.training_forms import TrainLoraForm  # noqa: E402
+from generation.training_services import (  # noqa: E402
+    lora_version_delete,
+    training_run_delete,
+)
+from personas.models import PersonaLoraVersion  # noqa: E402
+
+
+class TrainingPersonaAdmin(PersonaAdmin):
+    """The persona admin plus "Train LoRA…": the action (one persona) and the
+    button on the persona page open the training page of ``TrainingRunAdmin``."""
+
+    actions = [*PersonaAdmin.actions, "train_lora"]
+    change_form_template = "admin/generation/training/persona_change_form.html"
+
+    def has_train_permission(self, request: HttpRequest) -> bool:
+        return TRAIN_LORA.allows(request.user)
+
+    @admin.action(permissions=["train"], description=TRAIN_LORA.description)
+    def train_lora(
+        self, request: HttpRequest, queryset: QuerySet
+    ) -> HttpResponse | None:
+        if queryset.count() != 1:
+            self.message_user(
+                request,
+                "Train a LoRA for one persona at a time: select only one.",
+                level="error",
+            )
+            return None
+        return HttpResponseRedirect(
+            reverse("admin:generation_trainingrun_start", args=[queryset.get().pk])
+        )
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        context["can_train_lora"] = TRAIN_LORA.allows(request.user)
+        return super().render_change_form(request, context, *args, **kwargs)
+
+
+admin.site.unregister(Persona)
+admin.site.register(Persona, TrainingPersonaAdmin)
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(StaffActionsAdmin, admin.ModelAdmin):
+    """Training runs: read-only records with a page that shows status, progress,
+    the loss and identity chart and the samples; started from a persona."""
+
+    list_display = ("__str__", "persona", "status", "progress", "created_at")
+    list_filter = ("status", "persona")
+    list_select_related = ("persona",)
+    change_form_template = "admin/generation/training/run_change_form.html"
+    start_template = "admin/generation/training/start.html"
+    compare_template = "admin/generation/training/compare.html"
+    actions = [admin_action(action) for action in TRAINING_ACTIONS]
+    fields = (
+        "persona",
+        "status",
+        "model",
+        "trigger_word",
+        "preset",
+        "hyperparameters",
+        "inputs",
+        "checkpoints",
+        "snapshot",
+        "lora_version",
+        "error_message",
+        "error_detail",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+
+    def has_train_permission(self, request: HttpRequest) -> bool:
+        return TRAIN_LORA.allows(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: TrainingRun) -> None:
+        _refusals_as_messages(self, request, training_run_delete, run=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for run in queryset:
+            _refusals_as_messages(self, request, training_run_delete, run=run)
+
+    @admin.display(description="progress")
+    def progress(self, run: TrainingRun) -> str:
+        return f"{run.progress_step} / {run.progress_total}"
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "start/<int:persona_id>/",
+                wrap(self.start_view),
+                name="generation_trainingrun_start",
+            ),
+            path(
+                "<int:run_id>/chart.svg",
+                wrap(self.chart_view),
+                name="generation_trainingrun_chart",
+            ),
+            path(
+                "compare/<int:persona_id>/",
+                wrap(self.compare_view),
+                name="generation_trainingrun_compare",
+            ),
+            *super().get_urls(),
+        ]
+
+    def start_view(self, request: HttpRequest, persona_id: int) -> HttpResponse:
+        """The "Train LoRA…" page: references, captions, trigger word, preset and
+        hyperparameters; its post runs the table's TRAIN_LORA entry."""
+        TRAIN_LORA.check_allowed(request.user)
+        persona = get_object_or_404(Persona, pk=persona_id)
+        posted = request.method == "POST"
+        form = TrainLoraForm(request.POST if posted else None, persona=persona)
+        if posted and "apply_preset" in request.POST:
+            form.set_preset(request.POST.get("preset", ""))
+            form = TrainLoraForm(form.data, persona=persona)
+            form.errors.clear()
+        elif posted and form.is_valid():
+            started = perform(
+                TRAIN_LORA, [persona], request=request, data=form.cleaned_data
+            )
+            if started:
+                return HttpResponseRedirect(started[0].get_absolute_url())
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Train a LoRA for {persona}",
+            "persona": persona,
+            "form": form,
+            "opts": self.model._meta,
+            "tiny_model_note": TINY_MODEL_NOTICE if uses_tiny_model() else "",
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.start_template, context)
+
+    def chart_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        run = get_object_or_404(TrainingRun, pk=run_id)
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        return HttpResponse(training_chart_svg(run), content_type="image/svg+xml")
+
+    def compare_view(self, request: HttpRequest, persona_id: int) -> HttpResponse:
+        """Two LoRA versions' samples side by side (``?a=&b=`` version ids)."""
+        persona = get_object_or_404(Persona, pk=persona_id)
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        versions = list(persona.lora_versions.select_related("training_run"))
+        chosen = [
+            next((v for v in versions if str(v.pk) == request.GET.get(key)), None)
+            for key in ("a", "b")
+        ]
+        columns = [_version_samples(version) for version in chosen if version]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Compare LoRA versions of {persona}",
+            "persona": persona,
+            "versions": versions,
+            "chosen": [v.pk if v else None for v in chosen],
+            "columns": columns,
+            "opts": self.model._meta,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.compare_template, context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = self.get_object(request, object_id)
+        extra = {**(extra_context or {})}
+        if run is not None:
+            extra["run"] = run
+            extra["samples_by_step"] = _samples_by_step(run)
+            extra["can_cancel"] = run.is_active and CANCEL_TRAINING.allows(request.user)
+        return super().change_view(request, object_id, form_url, extra)
+
+
+def _refusals_as_messages(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    service: Callable[..., None],
+    **target: Any,
+) -> None:
+    """Run a delete service; its refusal becomes an error message, not a 500."""
+    try:
+        service(**target)
+    except ValidationError as refused:
+        model_admin.message_user(request, " ".join(refused.messages), level="error")
+
+
+def _samples_by_step(run: TrainingRun) -> list[tuple[int, list[TrainingSample]]]:
+    grouped: dict[int, list[TrainingSample]] = {}
+    for sample in run.samples.all():
+        grouped.setdefault(sample.step, []).append(sample)
+    return sorted(grouped.items())
+
+
+def _version_samples(version: PersonaLoraVersion) -> dict[str, Any]:
+    """A version and the samples of its last sample step (uploaded versions have
+    none, and the page says so)."""
+    run = getattr(version, "training_run", None)
+    samples = _samples_by_step(run) if run is not None else []
+    return {
+        "version": version,
+        "run": run,
+        "samples": samples[-1][1] if samples else [],
+    }
+
+
+@admin.register(PersonaLoraVersion)
+class PersonaLoraVersionAdmin(StaffActionsAdmin, admin.ModelAdmin):
+    """LoRA versions of each persona; staff choose the active one."""
+
+    list_display = ("__str__", "persona", "source", "is_active", "created_at")
+    list_filter = ("source", "is_active", "persona")
+    list_select_related = ("persona",)
+    actions = [admin_action(action) for action in LORA_VERSION_ACTIONS]
+    fields = ("persona", "number", "source", "label", "sha256", "is_active")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    # Change permission runs "Make the active LoRA"; every field stays read-only.
+
+    def delete_model(self, request: HttpRequest, obj: PersonaLoraVersion) -> None:
+        _refusals_as_messages(self, request, lora_version_delete, version=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for version in queryset:
+            _refusals_as_messages(self, request, lora_version_delete, version=version)

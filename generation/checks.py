@@ -6,7 +6,8 @@ of the queues, and the configured models (decision 5).
 - the Redis and model checks are runtime checks (``check --deploy``, or only them
   with ``check --deploy --tag studio_runtime``); the model check alone has the tag
   ``studio_models``. A web host holds no model weights: it silences the model
-  ids with ``SILENCED_SYSTEM_CHECKS``.
+  ids with ``SILENCED_SYSTEM_CHECKS``. A model must also have a detectable family
+  (``sources.model_traits``) and its weight files, not only its configs.
 
 The ids (``studio.*``, one list for the whole studio) are in docs/deployment.md.
 """
@@ -164,13 +165,25 @@ def check_models_available(**kwargs: Any) -> list[checks.CheckMessage]:
     messages: list[checks.CheckMessage] = []
     for what, resolve in _configured_sources(config):
         try:
-            resolve()
+            missing = resolve()
         except EngineError as error:
             messages.append(
                 checks.Error(
                     f"{what} cannot be loaded: {error_reason(error)}",
                     hint="Download it, fix its path or its entry; docs/models.md "
                     "shows each layout and the offline set-up.",
+                    id="studio.E020",
+                )
+            )
+            continue
+        if missing:
+            messages.append(
+                checks.Error(
+                    f"{what} has its configs but not its weights: missing "
+                    f"{', '.join(missing)}.",
+                    hint="Download the weight files too (a download filtered to "
+                    "*.json leaves only the configs); for fp16-only files set the "
+                    "entry's variant (docs/models.md).",
                     id="studio.E020",
                 )
             )
@@ -191,24 +204,19 @@ def _configured_sources(
     config: EngineConfig,
 ) -> Iterator[tuple[str, Callable[[], Any]]]:
     """(what, resolve) for each model the configuration names, resolved lazily."""
-    from generation.engine.sources import MODEL_CONFIG_FILE, resolve_source
+    from generation.engine.sources import MODEL_CONFIG_FILE
 
     for key, spec in config.models.items():
-        yield (
-            f"Model {key!r} ({spec.source})",
-            partial(
-                resolve_source,
-                spec.source,
-                config,
-                revision=spec.revision,
-                single_file=True,
-                single_file_config=spec.config,
-            ),
-        )
-    for control_type, source in sorted(config.controlnets.items()):
+        where = f"Model {key!r} ({spec.source})"
+        yield where, partial(_check_model, config, spec, where)
+    # The engine-wide ControlNets and each model's own.
+    controlnets = set(config.controlnets.items())
+    for spec in config.models.values():
+        controlnets.update(config.controlnets_for(spec.key).items())
+    for control_type, source in sorted(controlnets):
         yield (
             f"ControlNet {control_type!r} ({source})",
-            partial(resolve_source, source, config, required_file=MODEL_CONFIG_FILE),
+            partial(_check_controlnet, config, source),
         )
     adapter = config.ip_adapter
     if adapter is not None:
@@ -219,7 +227,103 @@ def _configured_sources(
         ):
             yield (
                 f"IP-Adapter {required_file} ({adapter.source})",
-                partial(
-                    resolve_source, adapter.source, config, required_file=required_file
-                ),
+                partial(_nothing_missing, adapter.source, config, required_file),
             )
+
+
+# Components of a pipeline folder whose weights a generation loads.
+WEIGHTED_COMPONENTS = frozenset(
+    {"unet", "transformer", "vae", "text_encoder", "text_encoder_2"}
+)
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".safetensors.index.json",
+    ".bin.index.json",
+)
+
+
+def _check_model(config: EngineConfig, spec: Any, where: str) -> list[str]:
+    """Resolve a model, detect its family (``UnknownFamily`` with what was
+    found), and list its weight files that are missing."""
+    from generation.engine.sources import (
+        PIPELINE_CONFIG_FILE,
+        SourceKind,
+        model_traits,
+        read_config,
+        resolve_source,
+    )
+
+    source = resolve_source(
+        spec.source,
+        config,
+        revision=spec.revision,
+        single_file=True,
+        single_file_config=spec.config,
+    )
+    model_traits(source, declared=spec.family, where=where)
+    if source.kind is SourceKind.SINGLE_FILE:
+        return []
+    folder = _source_folder(source, PIPELINE_CONFIG_FILE)
+    index = read_config(source, PIPELINE_CONFIG_FILE) or {}
+    components = sorted(
+        name
+        for name, entry in index.items()
+        if name in WEIGHTED_COMPONENTS
+        and isinstance(entry, list)
+        and entry[-1:] != [None]
+    )
+    if folder is None:
+        return []
+    return [
+        missing
+        for name in components
+        for missing in _missing_weights(folder / name, spec.variant, name)
+    ]
+
+
+def _check_controlnet(config: EngineConfig, source: str) -> list[str]:
+    """Resolve a ControlNet and list its weight file if it is missing (any
+    variant counts: a ControlNet's variant is set per entry elsewhere)."""
+    from generation.engine.sources import (
+        MODEL_CONFIG_FILE,
+        SourceKind,
+        resolve_source,
+    )
+
+    resolved = resolve_source(source, config, required_file=MODEL_CONFIG_FILE)
+    if resolved.kind is SourceKind.SINGLE_FILE:
+        return []
+    folder = _source_folder(resolved, MODEL_CONFIG_FILE)
+    return [] if folder is None else _missing_weights(folder, None, "")
+
+
+def _nothing_missing(
+    source: str, config: EngineConfig, required_file: str
+) -> list[str]:
+    from generation.engine.sources import resolve_source
+
+    resolve_source(source, config, required_file=required_file)
+    return []
+
+
+def _source_folder(source: Any, config_file: str) -> Path | None:
+    """The local folder (a Hub cache snapshot for a Hub id) holding
+    ``config_file``; None when it is not on this host."""
+    from generation.engine.sources import _local_or_cached_file
+
+    path = _local_or_cached_file(source, config_file)
+    return None if path is None else Path(path).parent
+
+
+def _missing_weights(folder: Path, variant: str | None, name: str) -> list[str]:
+    """``[name/expected weight file]`` when ``folder`` holds no weight file (of
+    ``variant``, when one is set); [] when it holds one."""
+    files = [path.name for path in folder.iterdir()] if folder.is_dir() else []
+    infix = f".{variant}." if variant else ""
+    for file in files:
+        if file.endswith(_WEIGHT_SUFFIXES) and (not infix or infix in file):
+            return []
+    stem = "model" if name.startswith("text_encoder") else "diffusion_pytorch_model"
+    expected = f"{stem}{'.' + variant if variant else ''}.safetensors"
+    return [f"{folder.parent.name + '/' if not name else ''}{folder.name}/{expected}"]

@@ -6,18 +6,30 @@ again, so a form only shapes the input and writes its errors beside the field.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.core.exceptions import ValidationError
 
 from generation import services
+from generation.engine.plan import SCHEDULER_NAMES
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
     MAX_FRACTION,
+    MAX_GUIDANCE_SCALE,
     MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MAX_WEIGHT,
     MIN_FRACTION,
+    MIN_GUIDANCE_SCALE,
     MIN_SEED,
+    MIN_SIZE,
+    MIN_STEPS,
+    MIN_WEIGHT,
 )
-from personas.models import ConsistencyMethod
+from generation.parameters import UnitOverride
+from personas.models import ConsistencyMethod, Persona, SeedPolicy
 from personas.validators import validate_prompt_text
 
 
@@ -98,3 +110,164 @@ class SweepForm(forms.Form):
             ) from None
         services.validate_sweep_strengths(strengths)
         return strengths
+
+
+class PersonaGenerateForm(forms.Form):
+    """The generate page of one persona: every per-run override, the persona's
+    values as the defaults (``cleaned_data`` holds ``GenerationOverrides``'
+    field names, and ``control_units`` per unit id)."""
+
+    prompt = _prompt_field(rows=3)
+    negative_prompt = _prompt_field(rows=2, required=False)
+    count = forms.IntegerField(min_value=1, max_value=MAX_BATCH_COUNT, initial=1)
+    method = forms.ChoiceField(choices=ConsistencyMethod.choices)
+    strength = forms.FloatField(
+        min_value=MIN_FRACTION,
+        max_value=MAX_FRACTION,
+        help_text="img2img strength (img2img and hybrid).",
+    )
+    width = forms.IntegerField(min_value=MIN_SIZE, max_value=MAX_SIZE, step_size=8)
+    height = forms.IntegerField(min_value=MIN_SIZE, max_value=MAX_SIZE, step_size=8)
+    steps = forms.IntegerField(min_value=MIN_STEPS, max_value=MAX_STEPS)
+    guidance_scale = forms.FloatField(
+        min_value=MIN_GUIDANCE_SCALE, max_value=MAX_GUIDANCE_SCALE
+    )
+    scheduler = forms.ChoiceField(
+        required=False,
+        choices=[("", "The model's own"), *((name, name) for name in SCHEDULER_NAMES)],
+    )
+    seed_policy = forms.ChoiceField(choices=SeedPolicy.choices)
+    seed = _seed_field(
+        help_text="With a fixed seed: the first image's (the next ones count up); "
+        "empty uses the persona's."
+    )
+    ip_adapter_scale = forms.FloatField(
+        min_value=MIN_WEIGHT,
+        max_value=MAX_WEIGHT,
+        label="IP-Adapter scale",
+        help_text="Automatic and IP-Adapter methods.",
+    )
+    ip_adapter_references = forms.TypedMultipleChoiceField(
+        required=False,
+        coerce=int,
+        label="IP-Adapter references",
+        help_text="None chosen: every face reference, else the primary one.",
+        widget=forms.CheckboxSelectMultiple,
+    )
+    lora_scale = forms.FloatField(
+        required=False, min_value=MIN_WEIGHT, max_value=MAX_WEIGHT, label="LoRA scale"
+    )
+
+    def __init__(self, *args: Any, persona: Persona, **kwargs: Any) -> None:
+        initial = {
+            "method": persona.method,
+            "strength": persona.img2img_strength,
+            "width": persona.width,
+            "height": persona.height,
+            "steps": persona.steps,
+            "guidance_scale": persona.guidance_scale,
+            "seed_policy": persona.seed_policy,
+            "seed": persona.seed,
+            "ip_adapter_scale": persona.ip_adapter_scale,
+            "lora_scale": persona.lora_scale,
+            **kwargs.pop("initial", {}),
+        }
+        super().__init__(*args, initial=initial, **kwargs)
+        self.persona = persona
+        self.fields["ip_adapter_references"].choices = [
+            (reference.pk, str(reference)) for reference in persona.references.all()
+        ]
+        if not persona.lora_weights:
+            del self.fields["lora_scale"]
+        self.units = list(persona.control_units.all())
+        for unit in self.units:
+            prefix = f"unit_{unit.pk}"
+            label = f"{unit.get_control_type_display()} unit"
+            self.fields[f"{prefix}_enabled"] = forms.BooleanField(
+                required=False, initial=unit.enabled, label=f"{label}: on"
+            )
+            self.fields[f"{prefix}_scale"] = forms.FloatField(
+                min_value=MIN_WEIGHT,
+                max_value=MAX_WEIGHT,
+                initial=unit.conditioning_scale,
+                label=f"{label}: scale",
+            )
+            self.fields[f"{prefix}_start"] = forms.FloatField(
+                min_value=MIN_FRACTION,
+                max_value=MAX_FRACTION,
+                initial=unit.guidance_start,
+                label=f"{label}: from",
+            )
+            self.fields[f"{prefix}_end"] = forms.FloatField(
+                min_value=MIN_FRACTION,
+                max_value=MAX_FRACTION,
+                initial=unit.guidance_end,
+                label=f"{label}: to",
+            )
+
+    GROUPS = (
+        ("Prompt", ("prompt", "negative_prompt", "count")),
+        (
+            "Method and sampling",
+            (
+                "method",
+                "strength",
+                "width",
+                "height",
+                "steps",
+                "guidance_scale",
+                "scheduler",
+                "seed_policy",
+                "seed",
+            ),
+        ),
+        ("Identity", ("ip_adapter_scale", "ip_adapter_references", "lora_scale")),
+    )
+
+    def groups(self) -> list[tuple[str, list[forms.BoundField]]]:
+        """The fields by section, for the template (units: ``unit_fields``)."""
+        return [
+            (title, [self[name] for name in names if name in self.fields])
+            for title, names in self.GROUPS
+        ]
+
+    def unit_fields(self) -> list[tuple[Any, list[forms.BoundField]]]:
+        """Each unit with its four fields, for the template."""
+        return [
+            (
+                unit,
+                [
+                    self[f"unit_{unit.pk}_{name}"]
+                    for name in ("enabled", "scale", "start", "end")
+                ],
+            )
+            for unit in self.units
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        units = {}
+        for unit in self.units:
+            prefix = f"unit_{unit.pk}"
+            values = [
+                data.get(f"{prefix}_{name}") for name in ("scale", "start", "end")
+            ]
+            if None in values:
+                continue  # the field's own error says why
+            scale, start, end = values
+            if start >= end:
+                self.add_error(f"{prefix}_end", "The window must end after it starts.")
+                continue
+            units[unit.pk] = UnitOverride(
+                enabled=bool(data.get(f"{prefix}_enabled")),
+                conditioning_scale=scale,
+                guidance_start=start,
+                guidance_end=end,
+            )
+        data["control_units"] = units
+        data["ip_adapter_references"] = (
+            tuple(data.get("ip_adapter_references") or ()) or None
+        )
+        if data.get("seed_policy") != SeedPolicy.FIXED:
+            data["seed"] = None
+        return data

@@ -212,6 +212,13 @@ class Content(models.Model):
         "inference and storing; whether the pipeline registry was warm.",
     )
     notes = models.JSONField(default=list, blank=True, editable=False)
+    flagged = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="The safety checker flagged the output "
+        "(STUDIO_SAFETY_CHECKER): kept as generated under 'flag', black under "
+        "'black'.",
+    )
     # What came out
     output_image = models.ImageField(upload_to=output_upload_to, blank=True)
     output_thumbnail = models.ImageField(
@@ -356,3 +363,12 @@ class ContentControlImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_control_type_display()} for content #{self.content_id}"
+
+
+# Training runs live in their own module; imported here so Django finds them.
+from generation.training_models import (  # noqa: E402, F401
+    TRAINING_ACTIVE_STATUSES,
+    TrainingRun,
+    TrainingSample,
+    TrainingStatus,
+)

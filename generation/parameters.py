@@ -11,7 +11,7 @@ snapshot instead, whose content keys ``Content.inputs`` maps to storage names.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -19,12 +19,20 @@ from django.core.files.storage import default_storage
 from PIL import Image
 
 from generation.engine.errors import InvalidRequest
-from generation.engine.requests import GenerationRequest
+from generation.engine.plan import SCHEDULER_NAMES
+from generation.engine.requests import (
+    ControlUnitInput,
+    GenerationRequest,
+    IPAdapterInput,
+    LoraInput,
+    ReferenceInput,
+)
 from generation.engine.vocabulary import (
     MAX_FRACTION,
     MAX_GUIDANCE_SCALE,
     MAX_SEED,
     MAX_STEPS,
+    MAX_WEIGHT,
     METHODS_TAKING_CONTROL_UNITS,
     METHODS_TAKING_IP_ADAPTER,
     METHODS_TAKING_REFERENCES,
@@ -32,16 +40,35 @@ from generation.engine.vocabulary import (
     MIN_GUIDANCE_SCALE,
     MIN_SEED,
     MIN_STEPS,
+    MIN_WEIGHT,
     Method,
+    SeedPolicy,
 )
 from personas.models import Persona, ReferenceImage
 from personas.validators import validate_height, validate_width
 
 
 @dataclass(frozen=True, kw_only=True)
+class UnitOverride:
+    """One ControlNet unit of the persona for one generation: on or off, its
+    conditioning scale and its guidance window (fractions of the steps)."""
+
+    enabled: bool
+    conditioning_scale: float
+    guidance_start: float
+    guidance_end: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerationOverrides:
     """Values that replace the persona's settings for one generation; None keeps
-    the persona's."""
+    the persona's.
+
+    ``seed_policy`` random ignores the persona's fixed seed; fixed needs a seed
+    (``seed``, else the persona's). ``control_units`` maps a unit's id to its
+    override (units left out keep their settings); ``ip_adapter_references``
+    are reference ids (None: the engine's choice, ``engine/methods.py``).
+    """
 
     method: str | None = None
     strength: float | None = None
@@ -50,30 +77,66 @@ class GenerationOverrides:
     width: int | None = None
     height: int | None = None
     seed: int | None = None
+    seed_policy: str | None = None
+    scheduler: str | None = None
+    control_units: Mapping[int, UnitOverride] | None = None
+    ip_adapter_scale: float | None = None
+    ip_adapter_references: tuple[int, ...] | None = None
+    lora_scale: float | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> GenerationOverrides:
+        """The overrides among a form's cleaned data (other keys are ignored; an
+        empty value keeps the persona's)."""
+        return cls(
+            **{
+                name: None if data[name] in ("", None) else data[name]
+                for name in (field.name for field in fields(cls))
+                if name in data
+            }
+        )
 
     def validate(self) -> None:
         """Raise ``ValidationError`` (per field, with a code) for values out of
         range."""
         errors: dict[str, ValidationError] = {}
-        methods = [method.value for method in Method]
-        if self.method is not None and self.method not in methods:
-            errors["method"] = ValidationError(
-                "Unknown method %(value)s; choose one of %(choices)s.",
-                code="unknown_method",
-                params={"value": self.method, "choices": ", ".join(methods)},
-            )
-        for name, low, high in (
+        for name, choices in (
+            ("method", [method.value for method in Method]),
+            ("seed_policy", [policy.value for policy in SeedPolicy]),
+            ("scheduler", list(SCHEDULER_NAMES)),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                errors[name] = ValidationError(
+                    "Unknown %(name)s %(value)s; choose one of %(choices)s.",
+                    code=f"unknown_{name}",
+                    params={
+                        "name": name.replace("_", " "),
+                        "value": value,
+                        "choices": ", ".join(choices),
+                    },
+                )
+        ranges = [
             ("strength", MIN_FRACTION, MAX_FRACTION),
             ("steps", MIN_STEPS, MAX_STEPS),
             ("guidance_scale", MIN_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE),
             ("seed", MIN_SEED, MAX_SEED),
-        ):
-            value = getattr(self, name)
-            if value is not None and not low <= value <= high:
-                errors[name] = ValidationError(
-                    "%(name)s must be between %(low)s and %(high)s; got %(value)s.",
-                    code="out_of_range",
-                    params={"name": name, "low": low, "high": high, "value": value},
+            ("ip_adapter_scale", MIN_WEIGHT, MAX_WEIGHT),
+            ("lora_scale", MIN_WEIGHT, MAX_WEIGHT),
+        ]
+        for name, low, high in ranges:
+            _check_range(errors, name, getattr(self, name), low, high)
+        for unit_id, unit in (self.control_units or {}).items():
+            key = f"unit_{unit_id}"
+            _check_range(errors, key, unit.conditioning_scale, MIN_WEIGHT, MAX_WEIGHT)
+            _check_range(errors, key, unit.guidance_start, MIN_FRACTION, MAX_FRACTION)
+            _check_range(errors, key, unit.guidance_end, MIN_FRACTION, MAX_FRACTION)
+            if key not in errors and unit.guidance_start >= unit.guidance_end:
+                errors[key] = ValidationError(
+                    "The guidance window must start before it ends; got "
+                    "%(start)s to %(end)s.",
+                    code="bad_window",
+                    params={"start": unit.guidance_start, "end": unit.guidance_end},
                 )
         for name, validator in (("width", validate_width), ("height", validate_height)):
             value = getattr(self, name)
@@ -85,6 +148,32 @@ class GenerationOverrides:
                 errors[name] = error
         if errors:
             raise ValidationError(errors)
+
+
+def _check_range(
+    errors: dict[str, ValidationError],
+    name: str,
+    value: float | None,
+    low: float,
+    high: float,
+) -> None:
+    if value is None or name in errors:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        valid = False
+    else:
+        valid = low <= value <= high  # False for NaN
+    if not valid:
+        errors[name] = ValidationError(
+            "%(name)s must be between %(low)s and %(high)s; got %(value)s.",
+            code="out_of_range",
+            params={
+                "name": name.replace("_", " "),
+                "low": low,
+                "high": high,
+                "value": value,
+            },
+        )
 
 
 def compose_prompt(persona: Persona, prompt: str) -> str:
@@ -129,9 +218,16 @@ def request_for_persona(
     )
     positions = {reference.pk: index for index, reference in enumerate(references)}
     units = (
-        [unit for unit in persona.control_units.all() if unit.enabled]
+        _units_for_run(persona, overrides.control_units or {})
         if method in METHODS_TAKING_CONTROL_UNITS
         else []
+    )
+    ip_adapter_references = (
+        None
+        if overrides.ip_adapter_references is None
+        else [
+            positions[pk] for pk in overrides.ip_adapter_references if pk in positions
+        ]
     )
     request = {
         "model": persona.base_model,
@@ -159,33 +255,50 @@ def request_for_persona(
         "control_units": [
             {
                 "control_type": unit.control_type,
-                "conditioning_scale": unit.conditioning_scale,
-                "guidance_start": unit.guidance_start,
-                "guidance_end": unit.guidance_end,
+                "conditioning_scale": run.conditioning_scale,
+                "guidance_start": run.guidance_start,
+                "guidance_end": run.guidance_end,
                 "preprocessor_options": dict(unit.preprocessor_options),
                 "control_image": unit.control_image.name or None,
                 "reference_index": positions.get(unit.reference_id),
             }
-            for unit in units
+            for unit, run in units
         ],
         "ip_adapter": {
-            "scale": persona.ip_adapter_scale,
+            "scale": _override(overrides.ip_adapter_scale, persona.ip_adapter_scale),
             "face_crop": persona.ip_adapter_face_crop,
-            "reference_indexes": None,
+            "reference_indexes": ip_adapter_references or None,
         }
         if method in METHODS_TAKING_IP_ADAPTER
         else None,
         "lora": {
             "weights": persona.lora_weights.name,
-            "scale": persona.lora_scale,
+            "scale": _override(overrides.lora_scale, persona.lora_scale),
             "name": "persona",
             "sha256": persona.lora_sha256,
         }
         if persona.lora_weights
         else None,
-        "scheduler": None,
+        "scheduler": overrides.scheduler,
     }
     return request, references
+
+
+def _units_for_run(
+    persona: Persona, overrides: Mapping[int, UnitOverride]
+) -> list[tuple[Any, UnitOverride]]:
+    """The persona's units that run, each with the settings it runs with."""
+    runs = []
+    for unit in persona.control_units.all():
+        run = overrides.get(unit.pk) or UnitOverride(
+            enabled=unit.enabled,
+            conditioning_scale=unit.conditioning_scale,
+            guidance_start=unit.guidance_start,
+            guidance_end=unit.guidance_end,
+        )
+        if run.enabled:
+            runs.append((unit, run))
+    return runs
 
 
 def request_from_row(
@@ -226,6 +339,65 @@ def request_from_row(
     if built.lora is not None:
         keys[lora_key(built.lora)] = request["lora"]["weights"]
     return built, keys
+
+
+def request_outline(request: Mapping[str, Any]) -> GenerationRequest:
+    """A row's request as the plan check sees it (``engine/plan.py``), read
+    cheaply: images are not opened (the check asks only which exist), and the
+    LoRA is the header of its file, the only part the check reads."""
+    references = [
+        ReferenceInput(
+            image=_NOT_OPENED,
+            role=data["role"],
+            sha256=data["sha256"],
+            primary=data["primary"],
+        )
+        for data in request["references"]
+    ]
+    units = [
+        ControlUnitInput(
+            **{
+                **data,
+                "control_image": None if data["control_image"] is None else _NOT_OPENED,
+            }
+        )
+        for data in request["control_units"]
+    ]
+    lora = request["lora"]
+    return GenerationRequest(
+        **{
+            **request,
+            "references": references,
+            "control_units": units,
+            "ip_adapter": None
+            if request["ip_adapter"] is None
+            else IPAdapterInput(**request["ip_adapter"]),
+            "lora": None
+            if lora is None
+            else LoraInput(**{**lora, "weights": _stored_header(lora["weights"])}),
+        }
+    )
+
+
+# What the outline carries for an image it did not open: the plan check asks
+# only whether a unit has a control image, never looks at one.
+_NOT_OPENED = Image.new("RGB", (1, 1))
+
+
+def _stored_header(name: str) -> bytes:
+    """The header of a stored ``.safetensors`` file (its length, then the JSON
+    header; the upload check bounds it), without reading its tensors."""
+    from generation.engine.plan import lora_header_bytes
+
+    try:
+        with default_storage.open(name, "rb") as file:
+            head = file.read(8)
+            return head + file.read(lora_header_bytes(head) - len(head))
+    except FileNotFoundError:
+        raise InvalidRequest(
+            f"The file {name} is no longer in storage (were the persona's LoRA "
+            "weights replaced?); generate again from the persona."
+        ) from None
 
 
 def open_stored_image(name: str) -> Image.Image:

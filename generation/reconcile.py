@@ -10,7 +10,9 @@ restarts or is flushed (jobs lost), a worker is killed mid-job (its row stays
 - ``queued`` whose job RQ already failed before it could start: failed, with
   RQ's reason;
 - ``running`` whose job is no longer executed by a live worker (the worker's key
-  expired, or its process is gone on this host, or it runs something else):
+  expired, or its process is gone on this host, or it runs something else; a
+  live worker busy with the job still holds it even when the job's execution
+  heartbeat expired):
   queued again while ``STUDIO_MAX_ATTEMPTS`` allows, else failed with a reason;
 - ``pending`` scores whose scoring job is lost: enqueued again on the CPU queue
   (``score_services.reconcile_scoring``).
@@ -31,7 +33,7 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.worker import BaseWorker, SimpleWorker
+from rq.worker import BaseWorker, SimpleWorker, WorkerStatus
 
 from generation import score_services, services
 from generation.models import Content, ContentStatus
@@ -50,6 +52,8 @@ class ReconcileReport:
     # Scoring jobs (generation.score_services.reconcile_scoring).
     scoring_requeued: list[int] = field(default_factory=list)
     scoring_failed: list[int] = field(default_factory=list)
+    # Training runs enqueued again, resumed or failed (run ids).
+    training: list[int] = field(default_factory=list)
 
     @property
     def repaired(self) -> int:
@@ -59,6 +63,7 @@ class ReconcileReport:
             + len(self.failed)
             + len(self.scoring_requeued)
             + len(self.scoring_failed)
+            + len(self.training)
         )
 
     def __str__(self) -> str:
@@ -71,7 +76,8 @@ class ReconcileReport:
             f"runs retried{ids(self.retried)}, {len(self.failed)} failed"
             f"{ids(self.failed)}; {len(self.scoring_requeued)} lost scoring jobs "
             f"enqueued again{ids(self.scoring_requeued)}, "
-            f"{len(self.scoring_failed)} scorings failed{ids(self.scoring_failed)}"
+            f"{len(self.scoring_failed)} scorings failed{ids(self.scoring_failed)}; "
+            f"{len(self.training)} training runs repaired{ids(self.training)}"
         )
 
 
@@ -88,6 +94,9 @@ def reconcile() -> ReconcileReport:
             _reconcile_running(content, job, connection, report)
     scoring = score_services.reconcile_scoring(connection)
     report.scoring_requeued, report.scoring_failed = scoring.requeued, scoring.failed
+    from generation.training_jobs import reconcile_training_runs
+
+    reconcile_training_runs(connection, report)
     return report
 
 
@@ -176,9 +185,18 @@ def _executing(job: Job, content: Content, connection: Redis) -> bool:
     if worker.hostname == socket.gethostname() and worker.pid:
         if not _process_alive(worker.pid):
             return False
-    return any(
-        execution.job_id == job.id
-        for execution in worker.get_current_executions(refresh=True)
+    executions = worker.get_current_executions(refresh=True)
+    if any(execution.job_id == job.id for execution in executions):
+        return True
+    # The execution's key can expire while its worker, alive and registered,
+    # still runs the job (a long step held back the keepalive): a worker busy
+    # with nothing else, named by the started job, still holds it; taking the
+    # job for abandoned would have its own worker run it a second time.
+    return (
+        not executions
+        and worker.get_state() == WorkerStatus.BUSY
+        and job.worker_name == name
+        and job.get_status(refresh=True) == JobStatus.STARTED
     )
 
 

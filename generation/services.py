@@ -32,6 +32,8 @@ from PIL import Image
 
 from generation import selectors
 from generation.cleanup import content_attempt_files, content_attempt_files_remove
+from generation.engine.errors import EngineError
+from generation.engine.plan import Problem, plan_problems
 from generation.engine.requests import GenerationResult
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
@@ -45,7 +47,7 @@ from generation.engine.vocabulary import (
     Method,
     SeedPolicy,
 )
-from generation.engine_settings import configured_models
+from generation.engine_settings import configured_models, engine_config
 from generation.models import (
     ACTIVE_STATUSES,
     Batch,
@@ -58,7 +60,9 @@ from generation.models import (
 from generation.parameters import (
     GenerationOverrides,
     before_reference,
+    read_stored_bytes,
     request_for_persona,
+    request_outline,
 )
 from generation.queues import get_queue, queue_name_for_model
 from generation.score_services import content_queue_scoring
@@ -250,6 +254,15 @@ def content_regenerate_exactly(
             "“Regenerate” for a new seed, or “Retry”.",
             code="no_snapshot",
         )
+    changed = snapshot_changes(content.snapshot, inputs=content.inputs)
+    if changed:
+        raise ValidationError(
+            "Cannot regenerate exactly: %(changed)s since this output was made, so "
+            "the replay would give other pixels. Use “Regenerate” for a new "
+            "generation on what is configured now.",
+            code="inputs_changed",
+            params={"changed": "; ".join(changed)},
+        )
     return _copy_content(
         content,
         seed=content.seed,
@@ -257,6 +270,175 @@ def content_regenerate_exactly(
         inputs=content.inputs,
         user=user,
     )
+
+
+def snapshot_changes(
+    snapshot: dict[str, Any], *, inputs: dict[str, str]
+) -> list[str]:
+    """What differs now from the weights a snapshot recorded: the model (and
+    its VAE), each ControlNet, the IP-Adapter and the LoRA, each named with the
+    recorded and the current fingerprint; [] when all are the same (what the
+    snapshot did not record is not verified).
+
+    A local model's fingerprint hashes all its files (``sources.fingerprint``),
+    as the worker's registry does once per process; a Hub model's is its commit.
+    """
+    from generation.engine.errors import EngineError
+    from generation.engine.snapshot import bytes_sha256
+
+    changes = []
+    config = engine_config()
+    recorded_model = dict(snapshot.get("model") or {})
+    key = recorded_model.pop("key", None)
+    spec = config.models.get(key)
+    if not recorded_model:
+        pass  # no fingerprint recorded: nothing to verify
+    elif spec is None:
+        changes.append(f"the model {key!r} is no longer configured")
+    else:
+        try:
+            current = _model_fingerprint(config, spec)
+        except EngineError as error:
+            changes.append(f"the model {key!r} cannot be found ({error})")
+        else:
+            changes += _fingerprint_changes(
+                f"the model {key!r}", recorded_model, current
+            )
+    for unit in snapshot.get("control_units") or []:
+        control_type = unit["control_type"]
+        what = f"the {control_type!r} ControlNet"
+        try:
+            current = _controlnet_fingerprint(config, control_type, key)
+        except EngineError as error:
+            changes.append(f"{what} cannot be found ({error})")
+        else:
+            changes += _fingerprint_changes(what, unit.get("controlnet") or {}, current)
+    adapter = snapshot.get("ip_adapter")
+    if adapter:
+        changes += _ip_adapter_changes(config, key, adapter)
+    lora = snapshot.get("lora")
+    if lora:
+        lora_input = (snapshot.get("request") or {}).get("lora") or {}
+        name = inputs.get(lora_input.get("weights", ""))
+        try:
+            weights = read_stored_bytes(name) if name else None
+        except EngineError:
+            weights = None
+        if weights is None:
+            changes.append(f"the LoRA {lora['name']!r} is no longer in storage")
+        elif bytes_sha256(weights) != lora["sha256"]:
+            changes.append(
+                f"the LoRA {lora['name']!r} changed (sha256 {lora['sha256'][:12]} "
+                f"then, {bytes_sha256(weights)[:12]} now)"
+            )
+    return changes
+
+
+_FINGERPRINT_FIELDS = ("source", "revision", "variant", "commit", "sha256")
+
+
+def _fingerprint_changes(
+    what: str, recorded: dict[str, Any], current: dict[str, Any]
+) -> list[str]:
+    changes = []
+    for field in _FINGERPRINT_FIELDS:
+        then, now = recorded.get(field), current.get(field)
+        if then != now:
+            if field in ("commit", "sha256"):
+                then, now = (value and value[:12] for value in (then, now))
+            changes.append(f"{what} changed ({field} {then} then, {now} now)")
+            break  # one line per input: the first field that differs
+    for part in ("config", "vae"):
+        if recorded.get(part) or current.get(part):
+            changes += _fingerprint_changes(
+                f"{what}'s {part}", recorded.get(part) or {}, current.get(part) or {}
+            )
+    return changes
+
+
+def _model_fingerprint(config: Any, spec: Any) -> dict[str, Any]:
+    from generation.engine.sources import (
+        MODEL_CONFIG_FILE,
+        fingerprint,
+        resolve_source,
+    )
+
+    result = dict(
+        fingerprint(
+            resolve_source(
+                spec.source,
+                config,
+                revision=spec.revision,
+                single_file=True,
+                single_file_config=spec.config,
+            )
+        )
+    )
+    if spec.variant is not None:
+        result["variant"] = spec.variant
+    if spec.vae is not None:
+        result["vae"] = fingerprint(
+            resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
+        )
+    return result
+
+
+def _controlnet_fingerprint(
+    config: Any, control_type: str, model_key: str | None
+) -> dict[str, Any]:
+    from generation.engine.errors import ModelNotFound
+    from generation.engine.sources import (
+        MODEL_CONFIG_FILE,
+        fingerprint,
+        resolve_source,
+    )
+
+    source = config.controlnets_for(model_key).get(control_type)
+    if source is None:
+        raise ModelNotFound(f"no ControlNet is configured for {control_type!r}")
+    return fingerprint(resolve_source(source, config, required_file=MODEL_CONFIG_FILE))
+
+
+def _ip_adapter_changes(
+    config: Any, model_key: str | None, recorded: dict[str, Any]
+) -> list[str]:
+    """The IP-Adapter's source and files, and its fingerprint where the
+    snapshot recorded one."""
+    from generation.engine.errors import EngineError
+    from generation.engine.sources import fingerprint, resolve_source
+
+    spec = config.ip_adapter_for(model_key)
+    if spec is None:
+        return ["the IP-Adapter is no longer configured"]
+    current = {
+        "source": spec.source,
+        "subfolder": spec.subfolder,
+        "image_encoder_folder": spec.image_encoder_folder,
+    }
+    for field, now in current.items():
+        if recorded.get(field) != now:
+            return [
+                f"the IP-Adapter changed ({field} {recorded.get(field)} then, "
+                f"{now} now)"
+            ]
+    if recorded.get("weight_name") not in (spec.weight_name, spec.face_weight_name):
+        return [
+            f"the IP-Adapter's weights {recorded.get('weight_name')} are no longer "
+            "configured"
+        ]
+    if "fingerprint" in recorded:
+        try:
+            now = fingerprint(
+                resolve_source(
+                    spec.source,
+                    config,
+                    required_file=f"{spec.subfolder}/{recorded['weight_name']}",
+                )
+            )
+        except EngineError as error:
+            return [f"the IP-Adapter cannot be found ({error})"]
+        return _fingerprint_changes("the IP-Adapter", recorded["fingerprint"], now)
+    return []
 
 
 def persona_save_strength(
@@ -302,9 +484,74 @@ def content_cancel(
     return content
 
 
+def content_move_to_front(
+    *, content: Content, user: AbstractBaseUser | None = None
+) -> Content:
+    """Put a queued generation's job at the front of its RQ queue, so the next
+    free worker of that queue takes it (RQ stays the engine: its own list,
+    its own ``push_job_id(at_front=True)``)."""
+    content = Content.objects.get(pk=content.pk)
+    if content.status != ContentStatus.QUEUED:
+        raise ValidationError(
+            "Only a queued generation can move up; content #%(id)s is %(status)s.",
+            code="not_queued",
+            params={"id": content.pk, "status": content.get_status_display()},
+        )
+    queue = get_queue(content.queue_name)
+    if content.rq_job_id not in queue.get_job_ids():
+        raise ValidationError(
+            "Content #%(id)s is not waiting in the %(queue)s queue (it is due "
+            "later, or the reconciler is about to enqueue it again).",
+            code="not_in_queue",
+            params={"id": content.pk, "queue": content.queue_name},
+        )
+    with queue.connection.pipeline() as pipe:
+        queue.remove(content.rq_job_id, pipeline=pipe)
+        queue.push_job_id(content.rq_job_id, pipeline=pipe, at_front=True)
+        pipe.execute()
+    return content
+
+
 @transaction.atomic
 def content_retry(*, content: Content, user: AbstractBaseUser | None = None) -> Content:
-    """Run a failed or cancelled generation again, with a fresh attempt budget."""
+    """Run a failed or cancelled generation again as it was (its frozen
+    request), with a fresh attempt budget."""
+    content = _retryable(content)
+    check_request(content.request)
+    return _requeue_for_retry(content)
+
+
+@transaction.atomic
+def content_retry_with_current(
+    *, content: Content, user: AbstractBaseUser | None = None
+) -> Content:
+    """Run a failed or cancelled generation again with its persona's settings
+    as they are now: the request is rebuilt from the persona (the prompt, the
+    negative prompt, the requested method and the seed stay; the run's other
+    overrides are the persona's now), so a fix on the persona takes effect."""
+    content = _retryable(content)
+    persona = content.persona
+    method = content.method_requested
+    request, references = request_for_persona(
+        persona,
+        prompt=content.prompt,
+        negative_prompt=content.negative_prompt,
+        overrides=GenerationOverrides(method=method),
+        seed=content.seed,
+    )
+    _check_can_generate(persona, method, request)
+    check_request(request)
+    content.request = request
+    content.replay_snapshot = None
+    content.inputs = {}
+    content.before_reference = before_reference(persona)
+    _requeue_for_retry(content)
+    content.references.set(references)
+    return content
+
+
+def _retryable(content: Content) -> Content:
+    """The row, locked, when it failed or was cancelled; else a refusal."""
     content = Content.objects.select_for_update().get(pk=content.pk)
     if content.status not in (ContentStatus.FAILED, ContentStatus.CANCELLED):
         raise ValidationError(
@@ -313,6 +560,10 @@ def content_retry(*, content: Content, user: AbstractBaseUser | None = None) -> 
             code="not_retryable",
             params={"id": content.pk, "status": content.get_status_display()},
         )
+    return content
+
+
+def _requeue_for_retry(content: Content) -> Content:
     content.attempts = 0
     content.cancel_requested = False
     content.error_code = content.error_message = content.error_detail = ""
@@ -439,7 +690,9 @@ def content_store_result(
             reason for reason in (row.method_reason, result.method_reason) if reason
         )
         row.snapshot = result.snapshot
-        row.notes = result.notes
+        row.notes = [*result.notes, *_replay_notes(row, result)]
+        # The stored output is the first image; None: not checked.
+        row.flagged = bool(result.flagged and result.flagged[0])
         row.inputs = inputs
         row.timings = timings
         content_queue_scoring(content=row)
@@ -448,6 +701,22 @@ def content_store_result(
         row.error_code = row.error_message = row.error_detail = ""
         row.save()
     return True
+
+
+def _replay_notes(row: Content, result: GenerationResult) -> list[str]:
+    """For an exact regeneration: whether its pixels are the original's (the
+    snapshots' output hashes compared)."""
+    original = row.regenerated_from
+    if row.replay_snapshot is None or original is None:
+        return []
+    before = (original.snapshot or {}).get("outputs") or []
+    after = result.snapshot.get("outputs") or []
+    if before and before == after:
+        return [f"Pixel-identical to #{original.pk}."]
+    return [
+        f"Not pixel-identical to #{original.pk}: same snapshot, different pixels "
+        "(other hardware or library versions; compare the snapshots)."
+    ]
 
 
 def content_mark_cancelled(*, content: Content) -> bool:
@@ -528,7 +797,13 @@ def _create_contents(
     overrides.validate()
     _validate_prompts(prompt=prompt, negative_prompt=negative_prompt)
     method = overrides.method or persona.method
-    _check_can_generate(persona, method)
+    if persona.base_model not in configured_models():
+        raise ValidationError(
+            "The persona's base model %(model)s is not configured in this studio; "
+            "choose another one on the persona.",
+            code="unknown_model",
+            params={"model": persona.base_model},
+        )
     method_reason = ""
     if method == Method.AUTO:
         overrides, method_reason = _auto_by_identity(persona, overrides)
@@ -542,6 +817,9 @@ def _create_contents(
             overrides=overrides,
             seed=seed,
         )
+        if not contents:  # the rows differ only by their seed
+            _check_can_generate(persona, method, request)
+            check_request(request)
         content = Content(
             persona=persona,
             batch=batch,
@@ -571,6 +849,7 @@ def _copy_content(
     inputs: dict[str, str],
     user: AbstractBaseUser | None,
 ) -> Content:
+    check_request(content.request)
     copy = Content(
         persona=content.persona,
         regenerated_from=content,
@@ -590,6 +869,47 @@ def _copy_content(
     return copy
 
 
+def check_request(request: dict[str, Any]) -> None:
+    """Refuse, before anything is queued, a request the engine's plan check
+    finds sure to fail (``engine/plan.py``), with the engine's message."""
+    problems = request_problems(request)
+    if problems:
+        raise ValidationError(
+            [
+                ValidationError(problem.message, code=problem.code)
+                for problem in problems
+            ]
+        )
+
+
+def request_problems(request: dict[str, Any]) -> list[Problem]:
+    """The plan check's problems for a row's request (JSON form)."""
+    try:
+        outline = request_outline(request)
+    except EngineError as error:
+        return [Problem(code=error.code, message=str(error), error=type(error))]
+    return plan_problems(outline, engine_config())
+
+
+def persona_plan_warnings(*, persona: Persona) -> list[str]:
+    """What would make the persona's next generation fail, as warnings for the
+    page where it was saved (its prompt is not known yet: the check is of its
+    settings)."""
+    if persona.base_model not in configured_models():
+        return [
+            f"The base model {persona.base_model} is not configured in this studio; "
+            "choose another one."
+        ]
+    request, _ = request_for_persona(
+        persona,
+        prompt="",
+        negative_prompt="",
+        overrides=GenerationOverrides(),
+        seed=0,
+    )
+    return [str(problem) for problem in request_problems(request)]
+
+
 def _auto_by_identity(
     persona: Persona, overrides: GenerationOverrides
 ) -> tuple[GenerationOverrides, str]:
@@ -604,15 +924,18 @@ def _auto_by_identity(
     )
     if choice.method is None:
         return overrides, choice.reason
+    chosen = replace(overrides, method=choice.method)
+    request, _ = request_for_persona(
+        persona, prompt="", negative_prompt="", overrides=chosen, seed=0
+    )
     try:
-        _check_can_generate(persona, choice.method)
+        _check_can_generate(persona, choice.method, request)
     except ValidationError as error:
         return overrides, (
             f"the rules apply: {choice.reason}, but {choice.method} cannot run now "
             f"({' '.join(error.messages)})"
         )
-    reason = f"auto by identity: {choice.reason}"
-    return replace(overrides, method=choice.method), reason
+    return chosen, f"auto by identity: {choice.reason}"
 
 
 def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:
@@ -628,31 +951,21 @@ def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:
         raise ValidationError(errors)
 
 
-def _check_can_generate(persona: Persona, method: str) -> None:
-    """The person-caused problems that are cheap to see before queueing (the
-    engine checks everything else when the job runs)."""
-    if persona.base_model not in configured_models():
-        raise ValidationError(
-            "The persona's base model %(model)s is not configured in this studio; "
-            "choose another one on the persona.",
-            code="unknown_model",
-            params={"model": persona.base_model},
-        )
+def _check_can_generate(persona: Persona, method: str, request: dict[str, Any]) -> None:
+    """What the method needs from the persona, said in the persona's terms
+    (the plan check then says everything else in the engine's)."""
     label = Method(method).label
-    if method in METHODS_NEEDING_REFERENCE and not persona.references.exists():
+    if method in METHODS_NEEDING_REFERENCE and not request["references"]:
         raise ValidationError(
             "%(method)s needs a reference image: add one to %(persona)s's gallery "
             "first, or choose the text method.",
             code="needs_reference",
             params={"method": label, "persona": persona},
         )
-    if (
-        method in METHODS_WITH_CONTROL
-        and not persona.control_units.filter(enabled=True).exists()
-    ):
+    if method in METHODS_WITH_CONTROL and not request["control_units"]:
         raise ValidationError(
             "%(method)s needs an enabled ControlNet unit: add one to %(persona)s "
-            "first.",
+            "first, or turn one on.",
             code="needs_control_unit",
             params={"method": label, "persona": persona},
         )
@@ -662,7 +975,10 @@ def _seeds(
     persona: Persona, overrides: GenerationOverrides, *, count: int
 ) -> list[int]:
     base = overrides.seed
-    if base is None and persona.seed_policy == SeedPolicy.FIXED:
+    policy = overrides.seed_policy or persona.seed_policy
+    if policy == SeedPolicy.RANDOM and overrides.seed_policy == SeedPolicy.RANDOM:
+        base = None
+    elif base is None and policy == SeedPolicy.FIXED:
         base = persona.seed
     if base is None:
         return [_random_seed() for _ in range(count)]

@@ -23,6 +23,7 @@ methods. ``manage.py studio_worker`` builds it with ``django_rq.get_worker``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from generation.engine.runner import Engine
 
 logger = logging.getLogger(__name__)
+
+WARM_MODELS_FIELD = "studio_warm_models"
+"""The worker hash's field listing the base models it has loaded (JSON)."""
 
 HEARTBEAT_GRACE_SECONDS = 60
 """What rq's forking worker adds to the monitoring interval for a job's TTL."""
@@ -101,6 +105,19 @@ class StudioWorker(SimpleWorker):
         finally:
             self._background.stop()
 
+    def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        # Not a documented hook, but the first moment the worker's hash exists:
+        # writing to it earlier would make rq take us for a live namesake.
+        super().register_birth(*args, **kwargs)
+        self.publish_warm_models()
+
+    def publish_warm_models(self) -> None:
+        """Write the models this worker has loaded into its worker hash (field
+        ``WARM_MODELS_FIELD``, JSON) for the staff's queue page."""
+        loaded = runtime.engine().registry.stats()["loaded"]
+        warm = [entry["label"] for entry in loaded if entry["kind"] == "base"]
+        self.connection.hset(self.key, WARM_MODELS_FIELD, json.dumps(warm))
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run ``job`` in this process while the background thread keeps it alive.
 
@@ -115,6 +132,7 @@ class StudioWorker(SimpleWorker):
             except redis.exceptions.ConnectionError:
                 self.log.warning("Lost Redis while finishing job %s; waiting", job.id)
                 self._wait_for_redis()
+        self.publish_warm_models()
         self.set_state(WorkerStatus.IDLE)
 
     def _wait_for_redis(self) -> None:
@@ -140,11 +158,18 @@ class StudioWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """A short TTL, as rq's forking ``Worker`` gives (``SimpleWorker`` gives the
         whole job timeout), since the keepalive renews it: a killed worker's job
-        then looks abandoned within a minute or two."""
+        then looks abandoned within a minute or two.
+
+        It is generous against the keepalive's beat (every
+        ``job_monitoring_interval``): at least three beats, and a minute more
+        than one, so that a slow beat never lets a held job look abandoned. The
+        keepalive thread beats while the main thread blocks in a call that
+        releases the GIL (file reads, ``time.sleep``, torch kernels, decoding)."""
         interval = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
             interval = min(job.timeout - working_time, interval)
-        return int(interval) + HEARTBEAT_GRACE_SECONDS
+        interval = max(int(interval), 1)
+        return max(interval + HEARTBEAT_GRACE_SECONDS, 3 * interval)
 
     def handle_warm_shutdown_request(self) -> None:
         """Stop signal: hand a running job back at its next step, then exit."""

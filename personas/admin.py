@@ -158,18 +158,43 @@ def _gallery_lookup_parameters(
     }
 
 
+def controlnet_readiness(control_type: str, base_model: str) -> str:
+    """Whether a ControlNet is configured for ``control_type`` and the base
+    model, and its files found: "Ready: <source>" or what to fix."""
+    from generation.engine.errors import EngineError
+    from generation.engine.sources import MODEL_CONFIG_FILE, resolve_source
+    from personas.lora import engine_config_from_settings
+
+    config = engine_config_from_settings()
+    controlnets = config.controlnets_for(base_model)
+    source = controlnets.get(control_type)
+    if source is None:
+        return (
+            f"Not configured: no ControlNet for {control_type!r} on model "
+            f"{base_model!r} (configured: {', '.join(sorted(controlnets)) or 'none'});"
+            " add one to STUDIO_CONTROLNETS or the model's controlnets "
+            "(docs/models.md)."
+        )
+    try:
+        resolve_source(source, config, required_file=MODEL_CONFIG_FILE)
+    except EngineError as error:
+        return f"Configured as {source}, but not usable here: {error}"
+    return f"Ready: {source}"
+
+
 class ControlNetUnitInline(admin.StackedInline):
     model = ControlNetUnit
     form = ControlNetUnitForm
     formset = ControlNetUnitFormSet
     fields = (
         ("control_type", "enabled", "order"),
+        "controlnet_ready",
         ("conditioning_scale", "guidance_start", "guidance_end"),
         "reference",
         ("control_image", "control_preview"),
         "preprocessor_options",
     )
-    readonly_fields = ("control_preview",)
+    readonly_fields = ("control_preview", "controlnet_ready")
     # An id with a lookup, not a list of every image of a gallery of thousands.
     raw_id_fields = ("reference",)
     extra = 0
@@ -185,6 +210,12 @@ class ControlNetUnitInline(admin.StackedInline):
                 _gallery_lookup_parameters, widget, persona_id=obj.pk
             )
         return formset
+
+    @admin.display(description="ControlNet")
+    def controlnet_ready(self, unit: ControlNetUnit) -> str:
+        if not unit.control_type:
+            return admin.site.empty_value_display
+        return controlnet_readiness(unit.control_type, unit.persona.base_model)
 
     @admin.display(description="preview")
     def control_preview(self, unit: ControlNetUnit) -> str:

@@ -15,8 +15,19 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db.models.fields.files import FieldFile
 
-from personas.lora import ValidatedLora, validate_lora_upload
-from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
+from personas.lora import (
+    ValidatedLora,
+    base_model_traits,
+    check_lora_fits_base_model,
+    validate_lora_upload,
+)
+from personas.models import (
+    ControlNetUnit,
+    Persona,
+    ReferenceImage,
+    ReferenceRole,
+    base_model_choices,
+)
 from personas.services import (
     control_unit_delete,
     control_unit_save,
@@ -53,6 +64,27 @@ class ImageUploadField(forms.FileField):
             return data
         file = super().to_python(data)
         return None if file is None else validate_image_upload(file)
+
+
+def base_model_choices_with_family() -> list[tuple[str, str]]:
+    """The base-model choices, each label followed by the model's family
+    ("Tiny SDXL (sdxl)"), or by why the family is not known."""
+    from generation.engine.families import UnknownFamily
+
+    choices = []
+    for key, label in base_model_choices():
+        try:
+            traits = base_model_traits(key)
+        except UnknownFamily:
+            family = "family unknown: see the system check"
+        else:
+            family = (
+                "family unknown: its files are not on this host"
+                if traits is None
+                else traits.family.key
+            )
+        choices.append((key, f"{label} ({family})"))
+    return choices
 
 
 class LoraUploadField(forms.FileField):
@@ -114,9 +146,18 @@ class PersonaForm(forms.ModelForm):
         for name in ("appearance", "negative_prompt"):
             if name in self.fields:
                 self.fields[name].validators.append(validate_prompt_text)
+        if "base_model" in self.fields:
+            self.fields["base_model"].choices = base_model_choices_with_family()
 
     def clean(self) -> dict[str, Any]:
         cleaned_data = super().clean()
+        lora = cleaned_data.get("lora_upload")
+        base_model = cleaned_data.get("base_model") or self.instance.base_model
+        if lora and base_model:
+            try:
+                check_lora_fits_base_model(lora, base_model)
+            except ValidationError as error:
+                self.add_error("lora_upload", error)
         if cleaned_data.get("lora_upload") and cleaned_data.get("lora_remove"):
             self.add_error(
                 "lora_remove",

@@ -17,7 +17,8 @@ the diffusers/PEFT (``unet.*``, ``text_encoder*.*``, ``transformer.*``) style.
 
 Rejection codes: ``empty``, ``too_large``, ``pickled``, ``extension_mismatch``,
 ``header_too_large``, ``too_many_tensors``, ``bad_header``, ``not_lora``,
-``unsupported_dtype``, ``bad_shape``, ``unknown_layer``.
+``unsupported_dtype``, ``bad_shape``, ``unknown_layer``; and at save, against
+the persona's base model (``check_lora_fits_base_model``), ``wrong_family``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import math
 import re
 import struct
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from django.conf import settings
@@ -100,10 +101,20 @@ _KOHYA_KEY = re.compile(
 class ValidatedLora(File):
     """An accepted LoRA upload, with its SHA-256 and tensor count."""
 
-    def __init__(self, file: File, *, name: str, sha256: str, tensor_count: int):
+    def __init__(
+        self,
+        file: File,
+        *,
+        name: str,
+        sha256: str,
+        tensor_count: int,
+        header: dict[str, Any] | None = None,
+    ):
         super().__init__(file, name=name)
         self.sha256 = sha256
         self.tensor_count = tensor_count
+        # The safetensors header's tensor entries (names, dtypes, shapes).
+        self.header = header or {}
 
 
 class _BadHeader(Exception):
@@ -154,8 +165,98 @@ def validate_lora_upload(file: File, *, name: str = "") -> ValidatedLora:
     for chunk in file.chunks():
         sha256.update(chunk)
     return ValidatedLora(
-        file, name=name, sha256=sha256.hexdigest(), tensor_count=len(tensor_names)
+        file,
+        name=name,
+        sha256=sha256.hexdigest(),
+        tensor_count=len(tensor_names),
+        header=header,
     )
+
+
+# ``ModelTraits.found`` of a base model known only by its declared family.
+DECLARED = "the family its entry declares (its files are not on this host)"
+
+
+def check_lora_fits_base_model(lora: ValidatedLora, base_model: str) -> None:
+    """Refuse (``wrong_family``) a LoRA made for another family or
+    cross-attention width than the base model ``base_model``, with the engine's
+    reason (``families.check_lora_fits``). A base model whose files are not on
+    this host and that declares no family cannot be checked here: the system
+    check (``check --tag studio_models``) reports it."""
+    from generation.engine.families import (
+        FamilyMismatch,
+        ModelTraits,
+        check_lora_fits,
+        lora_traits,
+    )
+
+    traits = base_model_traits(base_model)
+    if traits is None:
+        return
+    if traits.found == DECLARED:
+        # Without the model's files its width is not known: the family alone.
+        width = lora_traits(lora.header)[1] or traits.cross_attention_dim
+        traits = ModelTraits(traits.family, width, DECLARED)
+    try:
+        check_lora_fits(traits, lora.header, base_model, lora.name)
+    except FamilyMismatch as error:
+        raise UploadRejected(
+            "%(reason)s", code="wrong_family", params={"reason": str(error)}
+        ) from None
+
+
+def base_model_traits(key: str) -> Any:
+    """The ``families.ModelTraits`` of a configured base model, from its files
+    (as ``generation.engine_settings.model_family`` reads them) or, without
+    them, from the family its entry declares; None when neither tells.
+    ``UnknownFamily`` for files of no served family."""
+    from generation.engine.errors import ModelNotFound, SourceRefused
+    from generation.engine.families import ModelTraits, family
+    from generation.engine.sources import model_traits, resolve_source
+
+    config = engine_config_from_settings()
+    spec = config.models.get(key)
+    if spec is None:
+        return None
+    try:
+        source = resolve_source(
+            spec.source,
+            config,
+            revision=spec.revision,
+            single_file=True,
+            single_file_config=spec.config,
+        )
+    except (ModelNotFound, SourceRefused):
+        if spec.family is None:
+            return None
+        declared = family(spec.family)
+        return ModelTraits(declared, declared.cross_attention_dim, DECLARED)
+    where = f"Model {key!r} ({spec.source})"
+    return model_traits(source, declared=spec.family, where=where)
+
+
+def engine_config_from_settings() -> Any:
+    """The engine's view of the configured models and ControlNets, read from
+    the settings as ``generation.engine_settings.engine_config`` reads them
+    (personas imports nothing of generation but the framework-free engine)."""
+    from generation.engine.config import (
+        EngineConfig,
+        model_catalog,
+        tiny_engine_config,
+    )
+
+    if not settings.STUDIO_MODELS:
+        config = tiny_engine_config(Path(settings.STUDIO_TINY_MODEL_DIR))
+    else:
+        config = EngineConfig(
+            models=model_catalog(
+                settings.STUDIO_MODELS, tiny_model_dir=settings.STUDIO_TINY_MODEL_DIR
+            ),
+            model_roots=[Path(root) for root in settings.STUDIO_MODEL_ROOTS],
+        )
+    if settings.STUDIO_CONTROLNETS:
+        config.controlnets = dict(settings.STUDIO_CONTROLNETS)
+    return config
 
 
 def _refuse_pickles(head: bytes, extension: str, name: str) -> None:

@@ -381,3 +381,55 @@ class ControlNetUnit(models.Model):
                     code="options_not_object",
                 )}
             )
+
+
+class LoraSource(models.TextChoices):
+    UPLOADED = "uploaded", "Uploaded"
+    TRAINED = "trained", "Trained in the studio"
+
+
+class PersonaLoraVersion(models.Model):
+    """One LoRA file of a persona: uploaded, or trained from its gallery (the
+    training run that made it points here). Earlier versions are kept; at most one
+    is active, and the active one is the persona's ``lora_weights``."""
+
+    persona = models.ForeignKey(
+        Persona, on_delete=models.CASCADE, related_name="lora_versions"
+    )
+    number = models.PositiveIntegerField(editable=False)
+    weights = models.FileField(upload_to=lora_upload_to)
+    sha256 = models.CharField(max_length=64, editable=False)
+    source = models.CharField(
+        max_length=8, choices=LoraSource.choices, default=LoraSource.UPLOADED
+    )
+    label = models.CharField(max_length=120, blank=True)
+    is_active = models.BooleanField("active", default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["persona", "-number"]
+        verbose_name = "LoRA version"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["persona", "number"], name="unique_lora_version_number"
+            ),
+            models.UniqueConstraint(
+                fields=["persona"],
+                condition=Q(is_active=True),
+                name="one_active_lora_version_per_persona",
+                violation_error_message="A persona has one active LoRA version.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.persona} LoRA v{self.number}" + (
+            f" ({self.label})" if self.label else ""
+        )

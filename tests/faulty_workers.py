@@ -58,3 +58,52 @@ class OutOfMemoryWorker(StudioWorker):
                 )
 
         return OutOfMemoryEngine(config)
+
+
+BLOCK_SECONDS_ENV = "TEST_BLOCK_SECONDS"
+"""How long the first denoising step of every run blocks the main thread."""
+
+SHORT_HEARTBEAT_TTL_ENV = "TEST_HEARTBEAT_TTL"
+"""The job's heartbeat TTL (seconds) of ``BlockingStepWorker``."""
+
+
+class BlockingStepWorker(StudioWorker):
+    """A worker whose first denoising step blocks the main thread for
+    ``TEST_BLOCK_SECONDS`` (as loading a large file or a long decode would),
+    with a job heartbeat TTL of only ``TEST_HEARTBEAT_TTL`` seconds: the job
+    stays alive only if the keepalive thread beats while the main thread is
+    blocked."""
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        return int(os.environ[SHORT_HEARTBEAT_TTL_ENV])
+
+    def make_engine(self, config: EngineConfig) -> Engine:
+        import time
+
+        from generation.engine.runner import Engine
+
+        block_seconds = float(os.environ[BLOCK_SECONDS_ENV])
+
+        class BlockingEngine(Engine):
+            def generate(self, request, *, on_step=None, should_cancel=None):
+                def blocking_step(step: int, total: int) -> None:
+                    if on_step is not None:
+                        on_step(step, total)
+                    if step == 1:
+                        time.sleep(block_seconds)  # a blocking call, in C
+
+                return super().generate(
+                    request, on_step=blocking_step, should_cancel=should_cancel
+                )
+
+        return BlockingEngine(config)
+
+
+class ExpiredExecutionWorker(BlockingStepWorker):
+    """A ``BlockingStepWorker`` whose keepalive renews only the worker's own key,
+    not the job's execution: the execution expires while the worker, alive and
+    registered, still runs the job (as when a step outlives the execution's
+    heartbeat TTL), so only reconcile's check of the worker can keep it."""
+
+    def keep_current_job_alive(self) -> None:
+        self.heartbeat(self.job_monitoring_interval + 60)

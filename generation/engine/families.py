@@ -102,6 +102,9 @@ class Family:
     lora_text_encoder_prefixes: tuple[str, ...]
     """kohya-ss key prefixes of the text encoder(s) of a LoRA of this family."""
     ip_adapter: IPAdapterLayout
+    inpaint_pipeline_class: str
+    """The diffusers inpaint class; derived from the base with ``from_pipe``, it
+    takes the ordinary 4-channel UNet (the mask is blended in latent space)."""
     denoiser: str = "unet"
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
@@ -157,6 +160,7 @@ SD15 = Family(
         face_weight_name="ip-adapter-plus-face_sd15.safetensors",
         image_encoder_folder="models/image_encoder",
     ),
+    inpaint_pipeline_class="StableDiffusionInpaintPipeline",
 )
 
 SDXL = Family(
@@ -207,6 +211,7 @@ SDXL = Family(
         face_weight_name="ip-adapter-plus-face_sdxl_vit-h.safetensors",
         image_encoder_folder="models/image_encoder",
     ),
+    inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
 )
 
 FAMILIES: dict[str, Family] = {family.key: family for family in (SD15, SDXL)}

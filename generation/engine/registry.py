@@ -39,6 +39,7 @@ re-entrant lock, since the shared UNet cannot carry two jobs' adapters at once.
 from __future__ import annotations
 
 import gc
+import importlib
 import inspect
 import itertools
 import threading
@@ -314,6 +315,13 @@ class PipelineRegistry:
         """The same for the ControlNet of a control type (of a model)."""
         return self._fingerprint_of(self.controlnet_source(control_type, model_key))
 
+    def ip_adapter_fingerprint(self, model_key: str | None = None) -> dict[str, Any]:
+        """The same for the IP-Adapter of a model (its folder or Hub commit)."""
+        source = self._ip_adapter_source(model_key)
+        if source is None:
+            raise ModelNotFound("No IP-Adapter is installed: configure its weights.")
+        return self._fingerprint_of(source)
+
     # Pipelines -------------------------------------------------------------------
 
     def pipeline(
@@ -360,6 +368,29 @@ class PipelineRegistry:
                     else MultiControlNetModel(controlnets)
                 )
             pipe = self._derive(pipeline_cls, base, components)
+            if self._offloading:
+                pipe.enable_model_cpu_offload(device=self._device)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe, hit
+
+    def inpaint_pipeline(
+        self, model_key: str, *, scheduler: str | None = None
+    ) -> tuple[DiffusionPipeline, bool]:
+        """The family's inpaint pipeline for one job, derived from the base with
+        ``from_pipe`` (its modules are the base's own, its scheduler new), and
+        whether the base was already loaded."""
+        pipeline_cls = getattr(
+            importlib.import_module("diffusers"),
+            self.family(model_key).inpaint_pipeline_class,
+        )
+        with self._lock:
+            base_key = self._base_key(model_key)
+            base, hit = self._base(model_key, {base_key})
+            pipe = pipeline_cls.from_pipe(
+                base,
+                dtype=self._dtype,
+                scheduler=self._fresh_scheduler(base, scheduler),
+            )
             if self._offloading:
                 pipe.enable_model_cpu_offload(device=self._device)
             pipe.set_progress_bar_config(disable=True)

@@ -16,9 +16,12 @@ from PIL import Image
 from .vocabulary import (
     DEFAULT_CONDITIONING_SCALE,
     DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INPAINT_STRENGTH,
     DEFAULT_IP_ADAPTER_SCALE,
     DEFAULT_LORA_SCALE,
+    DEFAULT_MASK_BLUR,
     DEFAULT_METHOD,
+    DEFAULT_ONLY_MASKED_PADDING,
     DEFAULT_RESIZE_MODE,
     DEFAULT_SIZE,
     DEFAULT_STEPS,
@@ -37,6 +40,8 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "IPAdapterInput",
+    "InpaintRequest",
+    "InpaintResult",
     "LoraInput",
     "Method",
     "ReferenceInput",
@@ -153,3 +158,54 @@ class GenerationResult:
     # Per image, whether the safety checker flagged it; None: not checked
     # (policy off, or no checker for this model). See ``safety.py``.
     flagged: list[bool] | None = None
+
+
+@dataclass
+class InpaintRequest:
+    """Redraw the white part of ``mask`` (an image of ``image``'s size) of ``image``.
+
+    ``mask_blur`` feathers the mask (a Gaussian radius in pixels); the output is
+    the original wherever the feathered mask is black. With ``only_masked`` the
+    mask's bounding box, plus ``only_masked_padding`` pixels of context, is
+    inpainted at ``size`` (None: the model family's native size) and pasted back;
+    otherwise the whole image is inpainted at its own size (sides in steps of 8).
+    ``ip_adapter`` and ``lora`` apply for this call only, as in generation; the
+    IP-Adapter sees ``references`` (by its rules: face references first).
+    """
+
+    model: str
+    image: Image.Image
+    mask: Image.Image
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    strength: float = DEFAULT_INPAINT_STRENGTH
+    mask_blur: int = DEFAULT_MASK_BLUR
+    only_masked: bool = True
+    only_masked_padding: int = DEFAULT_ONLY_MASKED_PADDING
+    size: int | None = None
+    references: list[ReferenceInput] = field(default_factory=list)
+    ip_adapter: IPAdapterInput | None = None
+    lora: LoraInput | None = None
+    scheduler: str | None = None
+
+
+@dataclass
+class InpaintResult:
+    """The inpainted image, the image before, and where the pipeline worked.
+
+    ``box`` is the region (left, top, right, bottom) that was inpainted and
+    pasted back; ``feathered_mask`` is the mask the paste used (black: kept).
+    """
+
+    image: Image.Image
+    before: Image.Image
+    box: tuple[int, int, int, int]
+    feathered_mask: Image.Image
+    snapshot: dict[str, Any]
+    timings: Timings
+    registry_hit: bool
+    notes: list[str] = field(default_factory=list)
+    call_images: dict[str, Image.Image] = field(default_factory=dict)

@@ -30,9 +30,10 @@ import torch
 from PIL import Image
 
 from .config import EngineConfig
-from .errors import GenerationCancelled, OutOfMemory
+from .errors import GenerationCancelled, InvalidRequest, ModelNotFound, OutOfMemory
 from .face import crop_face
 from .families import family
+from .inpaint import check_inpaint_request, inpaint_region, paste_back
 from .methods import (
     MethodPlan,
     plan_method,
@@ -44,16 +45,25 @@ from .requests import (
     ControlImageOutput,
     GenerationRequest,
     GenerationResult,
+    InpaintRequest,
+    InpaintResult,
     Method,
+    ReferenceInput,
     Timings,
 )
 from .resize import fit_for_image_encoder, fit_to_size
 from .safety import check_outputs
-from .snapshot import GENERATOR_DEVICE, build_snapshot, images_by_hash
+from .snapshot import (
+    GENERATOR_DEVICE,
+    build_inpaint_snapshot,
+    build_snapshot,
+    images_by_hash,
+)
 from .vocabulary import (
     METHODS_WITH_CONTROL,
     METHODS_WITH_STRENGTH,
     TINY_MODEL_NOTICE,
+    ReferenceRole,
     SafetyPolicy,
 )
 
@@ -258,18 +268,135 @@ class Engine:
                 )
             )
         if plan.ip_adapter is not None:
-            for index in plan.ip_adapter_references:
-                image = request.references[index].image
-                if plan.ip_adapter.face_crop:
-                    image, info = crop_face(image)
-                    inputs.face_crops.append({"reference": index, **info})
-                    if not info["face_found"]:
-                        notes.append(
-                            f"No face found in reference {index}: the IP-Adapter "
-                            "saw the whole image."
-                        )
-                inputs.ip_adapter_images.append(fit_for_image_encoder(image))
+            inputs.ip_adapter_images, inputs.face_crops = _ip_adapter_images(
+                request.references,
+                plan.ip_adapter_references,
+                plan.ip_adapter.face_crop,
+                notes,
+            )
         return inputs
+
+    def inpaint(
+        self,
+        request: InpaintRequest,
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> InpaintResult:
+        """Redraw the masked region of ``request.image`` with the family's inpaint
+        pipeline (``inpaint`` has the geometry) and paste it back."""
+        started = time.perf_counter()
+        if request.model not in self._config.models:
+            raise ModelNotFound(
+                f"Unknown model {request.model!r}; configured: "
+                f"{', '.join(self._config.models) or 'none'}."
+            )
+        check_inpaint_request(request)
+        row = self._registry.family(request.model)
+        # The same fit checks as generation (its IP-Adapter and LoRA).
+        adapters = MethodPlan(
+            Method.TEXT,
+            Method.TEXT,
+            "inpaint",
+            ip_adapter=request.ip_adapter,
+            family=row.key,
+        )
+        self._registry.check_fits(request.model, adapters, request.lora)
+        region = inpaint_region(request, row.default_size)
+        notes: list[str] = []
+        ip_images: list[Image.Image] = []
+        face_crops: list[dict[str, Any]] = []
+        indexes = _inpaint_ip_references(request)
+        if request.ip_adapter is not None:
+            ip_images, face_crops = _ip_adapter_images(
+                request.references, indexes, request.ip_adapter.face_crop, notes
+            )
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "image": region.image,
+            "mask_image": region.mask,
+            "strength": request.strength,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "width": region.width,
+            "height": region.height,
+            "generator": torch.Generator(GENERATOR_DEVICE).manual_seed(request.seed),
+            "output_type": "pil",
+        }
+        if row.size_conditioning:
+            size = (region.height, region.width)
+            kwargs["original_size"] = size
+            kwargs["target_size"] = size
+            kwargs["crops_coords_top_left"] = (0, 0)
+        if ip_images:
+            kwargs["ip_adapter_image"] = [ip_images]
+        preprocess = time.perf_counter() - started
+        loading = time.perf_counter()
+        try:
+            pipe, hit = self._registry.inpaint_pipeline(
+                request.model, scheduler=request.scheduler
+            )
+            with self._registry.job_state(
+                pipe,
+                ip_adapter=request.ip_adapter,
+                lora=request.lora,
+                model_key=request.model,
+            ):
+                load = time.perf_counter() - loading
+                inference_started = time.perf_counter()
+                output = self._run(pipe, kwargs, on_step, should_cancel)[0]
+                inference = time.perf_counter() - inference_started
+        except torch.OutOfMemoryError as error:
+            self._registry.reduce_footprint()
+            raise OutOfMemory(
+                "The device ran out of memory while inpainting; attention slicing "
+                "and VAE tiling are now on, so a retry may fit."
+            ) from error
+        image = paste_back(request.image, output, region.box, region.feathered)
+        if self._config.models[request.model].is_tiny:
+            notes.append(TINY_MODEL_NOTICE)
+        ip_weights = self._ip_adapter_weights(request.model, adapters)
+        snapshot = build_inpaint_snapshot(
+            request,
+            pipe=pipe,
+            family_key=row.key,
+            call_kwargs=kwargs,
+            box=region.box,
+            feathered=region.feathered,
+            model_fingerprint=self._registry.fingerprint(request.model),
+            ip_adapter_weights=ip_weights,
+            ip_adapter_references=indexes,
+            face_crops=face_crops,
+            output=image,
+            device=str(self._registry.device),
+            dtype=str(self._registry.dtype).removeprefix("torch."),
+        )
+        call_images = images_by_hash(kwargs)
+        call_images.update(images_by_hash({"feathered": region.feathered}))
+        return InpaintResult(
+            image=image,
+            before=request.image.convert("RGB"),
+            box=region.box,
+            feathered_mask=region.feathered,
+            snapshot=snapshot,
+            timings=Timings(
+                load=load,
+                preprocess=preprocess,
+                inference=inference,
+                total=time.perf_counter() - started,
+            ),
+            registry_hit=hit,
+            notes=notes,
+            call_images=call_images,
+        )
+
+    def detail(self, request: Any) -> Any:
+        """The face detailer pass of a ``detailer.DetailerRequest`` (a
+        ``DetailerResult``): each face redrawn through ``inpaint``."""
+        from .detailer import detail_faces  # detailer builds on this module
+
+        return detail_faces(self, request)
 
     def _call_kwargs(
         self,
@@ -377,7 +504,55 @@ class Engine:
             if plan.ip_adapter.face_crop
             else spec.weight_name,
             "image_encoder_folder": spec.image_encoder_folder,
+            # Verified by "regenerate exactly" (generation.services).
+            "fingerprint": self._registry.ip_adapter_fingerprint(model_key),
         }
+
+
+def _inpaint_ip_references(request: InpaintRequest) -> tuple[int, ...]:
+    """The references an inpaint's IP-Adapter sees: the chosen ones, else the
+    face references, else the first."""
+    if request.ip_adapter is None:
+        return ()
+    if request.ip_adapter.reference_indexes is not None:
+        indexes = tuple(request.ip_adapter.reference_indexes)
+    else:
+        indexes = tuple(
+            index
+            for index, reference in enumerate(request.references)
+            if reference.role == ReferenceRole.FACE
+        ) or (0,)
+    for index in indexes:
+        if not 0 <= index < len(request.references):
+            raise InvalidRequest(
+                f"IP-Adapter: reference index {index} is out of range; the inpaint "
+                f"request has {len(request.references)} reference image(s)."
+            )
+    return indexes
+
+
+def _ip_adapter_images(
+    references: list[ReferenceInput],
+    indexes: tuple[int, ...],
+    face_crop: bool,
+    notes: list[str],
+) -> tuple[list[Image.Image], list[dict[str, Any]]]:
+    """The IP-Adapter's images (each reference cropped to its face for
+    plus-face) and the face crops made, for the snapshot."""
+    images: list[Image.Image] = []
+    face_crops: list[dict[str, Any]] = []
+    for index in indexes:
+        image = references[index].image
+        if face_crop:
+            image, info = crop_face(image)
+            face_crops.append({"reference": index, **info})
+            if not info["face_found"]:
+                notes.append(
+                    f"No face found in reference {index}: the IP-Adapter saw the "
+                    "whole image."
+                )
+        images.append(fit_for_image_encoder(image))
+    return images, face_crops
 
 
 def _uses_classifier_free_guidance(pipe: Any, guidance_scale: float) -> bool:

@@ -38,6 +38,7 @@ from .requests import (
     ControlType,
     ControlUnitInput,
     GenerationRequest,
+    InpaintRequest,
     IPAdapterInput,
     LoraInput,
     Method,
@@ -272,6 +273,91 @@ def build_snapshot(
         },
         "outputs": [image_sha256(image) for image in outputs],
         "safety": None if safety is None else _json_value(dict(safety)),
+        "device": device,
+        "dtype": dtype,
+        "hardware": _hardware(device),
+        "versions": library_versions(),
+    }
+
+
+def build_inpaint_snapshot(
+    request: InpaintRequest,
+    *,
+    pipe: Any,
+    family_key: str,
+    call_kwargs: Mapping[str, Any],
+    box: tuple[int, int, int, int],
+    feathered: Image.Image,
+    model_fingerprint: Mapping[str, Any],
+    ip_adapter_weights: Mapping[str, Any] | None,
+    ip_adapter_references: tuple[int, ...],
+    face_crops: list[dict[str, Any]],
+    output: Image.Image,
+    device: str,
+    dtype: str,
+) -> dict[str, Any]:
+    """Everything that produced an inpaint's ``output``, JSON-serialisable.
+
+    The ``call`` names the region and mask the pipeline saw by pixel hash;
+    ``paste`` says where its output went back and through which feathered mask
+    (by hash), so the pipeline call and the paste replay exactly.
+    """
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "kind": "inpaint",
+        "pipeline_class": type(pipe).__name__,
+        "family": family_key,
+        "model": {"key": request.model, **model_fingerprint},
+        "scheduler": {
+            "class": type(pipe.scheduler).__name__,
+            "config": _json_value(dict(pipe.scheduler.config)),
+        },
+        "generator": {"device": GENERATOR_DEVICE, "seed": request.seed},
+        "call": _json_value(
+            {
+                name: value
+                for name, value in call_kwargs.items()
+                if name != "callback_on_step_end"
+            }
+        ),
+        "inpaint": {
+            "image_pixel_sha256": image_sha256(request.image.convert("RGB")),
+            "mask_pixel_sha256": image_sha256(request.mask.convert("L")),
+            "strength": request.strength,
+            "mask_blur": request.mask_blur,
+            "only_masked": request.only_masked,
+            "only_masked_padding": request.only_masked_padding,
+            "size": request.size,
+        },
+        "paste": {
+            "box": list(box),
+            "feathered_mask": _json_value(feathered),
+        },
+        "ip_adapter": None
+        if request.ip_adapter is None
+        else {
+            **(ip_adapter_weights or {}),
+            "scale": request.ip_adapter.scale,
+            "face_crop": request.ip_adapter.face_crop,
+            "references": list(ip_adapter_references),
+            "face_crops": _json_value(face_crops),
+        },
+        "references": [
+            {
+                "key": reference_key(reference),
+                "pixel_sha256": image_sha256(reference.image),
+                "role": ReferenceRole(reference.role).value,
+            }
+            for reference in request.references
+        ],
+        "lora": None
+        if request.lora is None
+        else {
+            "name": request.lora.name,
+            "sha256": bytes_sha256(request.lora.weights),
+            "scale": request.lora.scale,
+        },
+        "outputs": [image_sha256(output)],
         "device": device,
         "dtype": dtype,
         "hardware": _hardware(device),

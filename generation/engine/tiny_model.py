@@ -213,6 +213,10 @@ def random_pipeline(architecture: Architecture) -> StableDiffusionPipeline:
         skip_prk_steps=True,
         steps_offset=1,
     )
+    # As SD 1.5's scheduler_config.json does: a DDIM or DDPM scheduler built from
+    # this config then has clip_sample off, and the pipeline has no deprecated
+    # default to warn about and patch at every job.
+    scheduler.register_to_config(clip_sample=False)
     return StableDiffusionPipeline(
         unet=unet,
         vae=vae,

@@ -154,6 +154,21 @@ DEFAULT_SEED_POLICY = SeedPolicy.RANDOM
 DEFAULT_SAFETY_POLICY = SafetyPolicy.FLAG
 """Check every output where a safety checker is available, keep it, say so."""
 
+# Inpainting and the face detailer (AUTOMATIC1111's and ADetailer's defaults).
+DEFAULT_INPAINT_STRENGTH = 0.75
+"""Denoising strength of a manual inpaint: how far the masked region may move."""
+MAX_MASK_BLUR = 64
+DEFAULT_MASK_BLUR = 4
+"""Gaussian blur radius (pixels) of the mask: the feathered edge of the paste."""
+MAX_ONLY_MASKED_PADDING = 512
+DEFAULT_ONLY_MASKED_PADDING = 32
+""""Only masked": the pixels of context kept around the mask's bounding box; the
+region is inpainted at the model's native size and pasted back."""
+DEFAULT_DETAILER_STRENGTH = 0.4
+"""Denoising strength of the face detailer: redraws the face, keeps its layout."""
+DEFAULT_DETAILER_PADDING = 32
+DEFAULT_DETAILER_PROMPT = "detailed face, sharp focus"
+
 
 # --- Footprint options -----------------------------------------------------------
 

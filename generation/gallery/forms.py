@@ -39,6 +39,13 @@ class GalleryFilterForm(forms.Form):
         ),
         required=False,
     )
+    flagged = forms.ChoiceField(
+        label="Safety checker",
+        choices=_with_any(
+            [("yes", "Flagged by the safety checker"), ("no", "Not flagged")]
+        ),
+        required=False,
+    )
     sort = forms.ChoiceField(choices=GallerySort.choices, required=False)
 
     def gallery_filters(self) -> GalleryFilters:
@@ -53,6 +60,7 @@ class GalleryFilterForm(forms.Form):
             date_from=cleaned.get("date_from"),
             date_to=cleaned.get("date_to"),
             identity=cleaned.get("identity") or "",
+            flagged=cleaned.get("flagged") or "",
             sort=cleaned.get("sort") or GallerySort.NEWEST,
         )
 

@@ -93,6 +93,8 @@ class GalleryFilters:
     date_from: date | None = None
     date_to: date | None = None
     identity: str = ""
+    # "yes": only outputs the safety checker flagged; "no": only the others.
+    flagged: str = ""
     sort: str = GallerySort.NEWEST
 
 
@@ -191,7 +193,11 @@ def persona_contents(*, persona: Persona, filters: GalleryFilters) -> QuerySet[C
     if filters.status:
         contents = contents.filter(status=filters.status)
     if filters.review_state:
-        contents = contents.filter(review_state=filters.review_state)
+        # Only a succeeded generation is reviewed: a failed or cancelled one is
+        # in no review state (the counts say the same, ``_personas_with_counts``).
+        contents = contents.filter(
+            review_state=filters.review_state, status=ContentStatus.SUCCEEDED
+        )
     if filters.method:
         contents = contents.filter(effective_method=filters.method)
     if filters.date_from:
@@ -200,6 +206,8 @@ def persona_contents(*, persona: Persona, filters: GalleryFilters) -> QuerySet[C
         contents = contents.filter(created_at__date__lte=filters.date_to)
     if filters.identity:
         contents = content_identity_filter(contents, filters.identity)
+    if filters.flagged:
+        contents = contents.filter(flagged=filters.flagged == "yes")
     return contents.order_by(*_ordering(filters.sort, forward=True))
 
 
@@ -288,6 +296,140 @@ def sweep_contents(*, batch: Batch) -> list[Content]:
     )
     contents.sort(key=lambda content: (content.strength is None, content.strength))
     return contents
+
+
+def content_next_pending(*, content: Content) -> Content | None:
+    """The persona's next succeeded output waiting for review after
+    ``content`` (the newest first, as the grid shows them), else the first."""
+    pending = Content.objects.filter(
+        persona_id=content.persona_id,
+        status=ContentStatus.SUCCEEDED,
+        review_state=ReviewState.PENDING,
+    ).exclude(pk=content.pk)
+    return (
+        pending.filter(pk__lt=content.pk).order_by("-pk").first()
+        or pending.order_by("-pk").first()
+    )
+
+
+def content_compare_sources(*, content: Content, extra: str = "") -> list[Content]:
+    """Other outputs to put on the compare slider's left: the one it
+    regenerates, its regenerations, and ``extra`` (an id typed by the person),
+    each a succeeded output."""
+    ids = {
+        content.regenerated_from_id,
+        *content.regenerations.values_list("pk", flat=True),
+    }
+    if extra.isdigit():
+        ids.add(int(extra))
+    ids.discard(None)
+    ids.discard(content.pk)
+    return list(
+        Content.objects.filter(pk__in=ids, status=ContentStatus.SUCCEEDED)
+        .exclude(output_image="")
+        .only("pk", "output_image")
+        .order_by("pk")
+    )
+
+
+@dataclass(frozen=True)
+class QueuedRow:
+    """A queued content and its place: 1 is next, None when its job is not in
+    the queue's list (due later, or lost until the reconciler runs)."""
+
+    content: Content
+    position: int | None
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    name: str
+    queues: list[str]
+    state: str
+    current_job_id: str | None
+    current_content: Content | None
+    warm_models: list[str]
+
+
+@dataclass(frozen=True)
+class QueueView:
+    name: str
+    rows: list[QueuedRow]
+    workers: list[WorkerRow]
+
+
+def queue_overview() -> list[QueueView]:
+    """Every generation queue in RQ's order, with the workers listening on it."""
+    from rq import Worker
+
+    from generation.queues import all_queue_names, get_queue
+    from generation.worker import WARM_MODELS_FIELD
+
+    queued = {
+        row.rq_job_id: row
+        for row in _light(
+            Content.objects.filter(status=ContentStatus.QUEUED)
+        ).select_related("persona")
+    }
+    running = {
+        row.rq_job_id: row
+        for row in Content.objects.filter(status=ContentStatus.RUNNING).only(
+            "pk", "rq_job_id", "progress_step", "progress_total", "status"
+        )
+    }
+    views = []
+    for name in all_queue_names():
+        queue = get_queue(name)
+        positions = {
+            job_id: index for index, job_id in enumerate(queue.get_job_ids(), 1)
+        }
+        rows = sorted(
+            (
+                QueuedRow(content=row, position=positions.get(job_id))
+                for job_id, row in queued.items()
+                if row.queue_name == name
+            ),
+            key=lambda item: (
+                item.position is None,
+                item.position or 0,
+                item.content.pk,
+            ),
+        )
+        workers = []
+        for worker in Worker.all(queue=queue):
+            job_id = worker.get_current_job_id()
+            state = worker.get_state()  # a WorkerStatus, or its value
+            warm = queue.connection.hget(worker.key, WARM_MODELS_FIELD)
+            workers.append(
+                WorkerRow(
+                    name=worker.name,
+                    queues=worker.queue_names(),
+                    state=str(getattr(state, "value", state)),
+                    current_job_id=job_id,
+                    current_content=running.get(job_id) if job_id else None,
+                    warm_models=json.loads(warm) if warm else [],
+                )
+            )
+        views.append(QueueView(name=name, rows=rows, workers=workers))
+    return views
+
+
+def batch_get(*, batch_id: int) -> Batch:
+    """A batch (or sweep) with its persona; raises ``Batch.DoesNotExist``."""
+    return Batch.objects.select_related("persona").get(pk=batch_id)
+
+
+def batch_contents(*, batch: Batch) -> list[Content]:
+    """A batch's outputs in the order they were queued, as grid cards."""
+    return list(_light(Content.objects.filter(batch=batch)).order_by("pk"))
+
+
+def persona_for_generate(*, slug: str) -> Persona:
+    """A persona with its gallery and units, for its generate page; raises
+    ``Persona.DoesNotExist``."""
+    return Persona.objects.prefetch_related("references", "control_units").get(
+        slug=slug
+    )
 
 
 def content_progress(*, content_ids: Iterable[int]) -> dict[int, dict[str, Any]]:

@@ -10,6 +10,9 @@ urlpatterns = [
     path("", views.gallery_index, name="index"),
     path("progress/", views.content_progress, name="progress"),
     path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
+    path("personas/<slug:slug>/generate/", views.persona_generate, name="generate"),
+    path("batches/<int:batch_id>/", views.batch_page, name="batch"),
+    path("queue/", views.queue_page, name="queue"),
     path(
         "personas/<slug:slug>/identity/",
         views.persona_identity,

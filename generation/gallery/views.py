@@ -38,8 +38,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from generation import actions, selectors
-from generation.engine.vocabulary import TINY_MODEL_NOTICE
+from generation.engine.vocabulary import (
+    METHODS_WITH_CONTROL,
+    METHODS_WITH_STRENGTH,
+    TINY_MODEL_NOTICE,
+)
 from generation.engine_settings import tiny_model_keys
+from generation.forms import PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.charts import MAX_POINTS, identity_chart_svg
 from generation.gallery.forms import GalleryFilterForm, content_ids
@@ -48,6 +53,7 @@ from generation.models import Content
 VIEW = "generation.view_content"
 # The buttons of a content's page, by their name in the URL.
 CONTENT_ACTIONS = {action.slug: action for action in actions.CONTENT_ACTIONS}
+QUEUE_ACTIONS = {action.slug: action for action in actions.QUEUE_ACTIONS}
 
 View = Callable[..., HttpResponse]
 Found = TypeVar("Found")
@@ -138,6 +144,7 @@ def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
             "page": page,
             "filter_query": _query(request, drop=("after", "before")),
             "batches": gallery_selectors.persona_recent_batches(persona=persona),
+            "can_generate": actions.GENERATE_ACTION.allows(request.user),
             "uses_tiny_model": persona.base_model in tiny
             or any(content.model_key in tiny for content in page.contents),
         },
@@ -153,6 +160,16 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
     previous, following = gallery_selectors.content_neighbours(
         content=content, filters=form.gallery_filters()
     )
+    pending = gallery_selectors.content_next_pending(content=content)
+    query = _query(request, drop=("after", "before", "compare"))
+    review_next = (
+        reverse("gallery:content", args=[pending.pk]) + (f"?{query}" if query else "")
+        if pending is not None
+        else request.get_full_path()
+    )
+    compare_with = gallery_selectors.content_compare_sources(
+        content=content, extra=request.GET.get("compare", "")
+    )
     return _render(
         request,
         "gallery/content.html",
@@ -163,11 +180,20 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
             "next": following,
             "filter_query": _query(request, drop=("after", "before")),
             "regenerations": gallery_selectors.content_regenerations(content=content),
+            "review_next": review_next,
+            "compare_with": compare_with,
+            "compare_chosen": next(
+                (
+                    other
+                    for other in compare_with
+                    if str(other.pk) == request.GET.get("compare")
+                ),
+                None,
+            ),
             "control_images": list(content.control_images.all()),
             "parameters": _parameters(content),
             "snapshot_text": json.dumps(content.snapshot, indent=2, sort_keys=True),
-            "uses_tiny_model": content.request.get("model")
-            in tiny_model_keys(),
+            "uses_tiny_model": content.request.get("model") in tiny_model_keys(),
         },
     )
 
@@ -205,8 +231,102 @@ def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
             "batch": batch,
             "persona": batch.persona,
             "contents": contents,
-            "uses_tiny_model": batch.persona.base_model
-            in tiny_model_keys(),
+            "uses_tiny_model": batch.persona.base_model in tiny_model_keys(),
+        },
+    )
+
+
+@gallery_view
+def persona_generate(request: HttpRequest, slug: str) -> HttpResponse:
+    """A persona's generate page: every per-run override, the persona's values
+    as defaults; a valid POST queues a batch through the action table's
+    "Generate…" and opens the batch's page, where its contents progress."""
+    action = actions.GENERATE_ACTION
+    action.check_allowed(request.user)
+    persona = _found(
+        lambda: gallery_selectors.persona_for_generate(slug=slug), "No such persona."
+    )
+    form = PersonaGenerateForm(request.POST or None, persona=persona)
+    if request.method == "POST" and form.is_valid():
+        results = actions.perform(
+            action, [persona], request=request, data=form.cleaned_data
+        )
+        if results:
+            return HttpResponseRedirect(reverse("gallery:batch", args=[results[0].pk]))
+    return _render(
+        request,
+        "gallery/generate.html",
+        {
+            "title": f"Generate – {persona}",
+            "persona": persona,
+            "form": form,
+            "uses_tiny_model": persona.base_model in tiny_model_keys(),
+        },
+    )
+
+
+@require_GET
+@gallery_view
+def batch_page(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """A batch's contents as cards with live progress (where the generate page
+    and the "Generate…" message lead)."""
+    batch = _found(
+        lambda: gallery_selectors.batch_get(batch_id=batch_id), "No such batch."
+    )
+    contents = gallery_selectors.batch_contents(batch=batch)
+    return _render(
+        request,
+        "gallery/batch.html",
+        {
+            "title": f"Batch #{batch.pk} of {batch.persona}",
+            "batch": batch,
+            "persona": batch.persona,
+            "contents": contents,
+            "uses_tiny_model": any(
+                content.model_key in tiny_model_keys() for content in contents
+            ),
+        },
+    )
+
+
+@gallery_view
+def queue_page(request: HttpRequest) -> HttpResponse:
+    """Each generation queue in RQ's order (position, move to the front, bulk
+    cancel through the action table) and what each of its workers runs and
+    has warm. A POST names an action of ``QUEUE_ACTIONS`` and the contents."""
+    if request.method == "POST":
+        act = QUEUE_ACTIONS.get(request.POST.get("action", ""))
+        if act is None:
+            raise Http404("No such queue action.")
+        act.check_allowed(request.user)
+        try:
+            ids = content_ids(",".join(request.POST.getlist("content")))
+        except ValidationError as refused:
+            messages.error(request, " ".join(refused.messages))
+            ids = []
+        chosen = list(Content.objects.filter(pk__in=ids).order_by("pk"))
+        if chosen:
+            actions.perform(act, chosen, request=request)
+        elif not ids:
+            messages.error(request, "Tick the generations to act on first.")
+        return HttpResponseRedirect(reverse("gallery:queue"))
+    from redis.exceptions import ConnectionError as RedisDown
+
+    try:
+        queues = gallery_selectors.queue_overview()
+    except RedisDown:
+        queues = None
+    return _render(
+        request,
+        "gallery/queue.html",
+        {
+            "title": "Queue",
+            "queues": queues,
+            "queue_actions": {
+                action.name: action
+                for action in QUEUE_ACTIONS.values()
+                if action.allows(request.user)
+            },
         },
     )
 
@@ -360,32 +480,43 @@ def _next_url(request: HttpRequest, content: Content) -> str:
 
 
 def _parameters(content: Content) -> list[tuple[str, Any]]:
-    """The request's parameters worth reading, as (label, value) rows."""
-    request = content.request
+    """The parameters worth reading, as (label, value) rows: those the run used
+    (its snapshot: what ``auto`` chose, without a strength or an IP-Adapter it
+    did not use), else, before it ran, those requested (marked so)."""
+    snapshot = content.snapshot or {}
+    used = snapshot.get("request")
+    request = used or content.request
+    asked = "" if used else " (asked)"
+    base = snapshot.get("base_method") or request.get("method")
     rows: list[tuple[str, Any]] = [
         ("Model", request.get("model")),
         ("Seed", content.seed),
-        ("Steps", request.get("steps")),
-        ("Guidance scale", request.get("guidance_scale")),
-        ("Size", f"{request.get('width')} × {request.get('height')}"),
-        ("img2img strength", request.get("strength")),
+        ("Steps" + asked, request.get("steps")),
+        ("Guidance scale" + asked, request.get("guidance_scale")),
+        ("Size" + asked, f"{request.get('width')} × {request.get('height')}"),
     ]
-    rows.extend(
-        (
-            f"ControlNet {unit['control_type']}",
-            f"scale {unit['conditioning_scale']}, steps "
-            f"{unit['guidance_start']}–{unit['guidance_end']}",
+    if not used or base in METHODS_WITH_STRENGTH:
+        rows.append(("img2img strength" + asked, request.get("strength")))
+    if not used or base in METHODS_WITH_CONTROL:
+        rows.extend(
+            (
+                f"ControlNet {unit['control_type']}{asked}",
+                f"scale {unit['conditioning_scale']}, steps "
+                f"{unit['guidance_start']}–{unit['guidance_end']}",
+            )
+            for unit in request.get("control_units") or []
         )
-        for unit in request.get("control_units") or []
-    )
-    if request.get("ip_adapter"):
-        rows.append(("IP-Adapter scale", request["ip_adapter"].get("scale")))
-    if request.get("lora"):
-        rows.append(("LoRA scale", request["lora"].get("scale")))
-    snapshot = content.snapshot or {}
+    ip_adapter = snapshot.get("ip_adapter") if used else request.get("ip_adapter")
+    if ip_adapter:
+        rows.append(("IP-Adapter scale" + asked, ip_adapter.get("scale")))
+    lora = snapshot.get("lora") if used else request.get("lora")
+    if lora:
+        rows.append(("LoRA scale" + asked, lora.get("scale")))
     if snapshot:
         rows.append(("Pipeline", snapshot.get("pipeline_class")))
         rows.append(("Scheduler", (snapshot.get("scheduler") or {}).get("class")))
+    elif request.get("scheduler"):
+        rows.append(("Scheduler (asked)", request["scheduler"]))
     rows.append(("Attempts", content.attempts))
     seconds = [
         f"{name.replace('_', ' ')} {value:.2f}"

@@ -230,3 +230,23 @@ def test_every_control_type_has_a_controlnet_that_fits_the_unet(
         for model in controlnets.values()
     )
     assert not np.array_equal(image, generate(pipe))
+
+
+def test_a_ddim_or_ddpm_scheduler_from_its_config_needs_no_clip_sample_patch(
+    pipe: StableDiffusionPipeline,
+):
+    import warnings
+
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    for scheduler_cls in (DDIMScheduler, DDPMScheduler):
+        scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+        assert scheduler.config.clip_sample is False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            StableDiffusionPipeline.from_pipe(pipe, scheduler=scheduler)
+        assert [
+            str(warning.message)
+            for warning in caught
+            if "clip_sample" in str(warning.message)
+        ] == []

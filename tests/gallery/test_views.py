@@ -362,7 +362,7 @@ def test_use_this_strength_saves_it_on_the_persona(persona, sweep, make_user):
 def test_use_this_strength_refuses_a_content_of_another_batch(
     persona, sweep, make_content, make_user
 ):
-    stranger = make_content(strength=0.1)
+    stranger = make_content(strength=0.25)
     response = _client(make_user(VIEW, CHANGE_PERSONA)).post(
         reverse("gallery:sweep-use-strength", args=[sweep.pk]),
         {"content": stranger.pk},

@@ -4,8 +4,10 @@ and by calling it."""
 
 from __future__ import annotations
 
+import json
 import socket
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -111,13 +113,45 @@ def test_redis_is_only_checked_with_deploy_or_its_tag():
 # --- models ---------------------------------------------------------------------
 
 
+# Stand-ins with the real layout's file names and the config keys the family
+# detection reads (SD 1.5: StableDiffusionPipeline, a UNet of width 768); the
+# weight files are empty (the check reads no weights).
+SD15_FILES = {
+    "model_index.json": json.dumps(
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "PNDMScheduler"],
+            "safety_checker": [None, None],
+        }
+    ),
+    "unet/config.json": json.dumps({"cross_attention_dim": 768}),
+    "unet/diffusion_pytorch_model.safetensors": "",
+    "vae/config.json": "{}",
+    "vae/diffusion_pytorch_model.safetensors": "",
+    "text_encoder/config.json": "{}",
+    "text_encoder/model.safetensors": "",
+}
+
+
+def write_files(folder: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+    return folder
+
+
 @pytest.fixture
 def model_root(settings, tmp_path):
     """A model root holding the files the check looks for in each layout."""
     root = tmp_path / "models"
+    write_files(root / "sd15", SD15_FILES)
     for relative in (
-        "sd15/model_index.json",
         "controlnet-canny/config.json",
+        "controlnet-canny/diffusion_pytorch_model.safetensors",
         "ip-adapter/models/ip-adapter_sd15.safetensors",
         "ip-adapter/models/ip-adapter-plus-face_sd15.safetensors",
         "ip-adapter/models/image_encoder/config.json",
@@ -132,15 +166,13 @@ def model_root(settings, tmp_path):
     return root
 
 
-def hub_cache_with(cache, repo_id: str, filename: str) -> None:
-    """Lay out ``filename`` of ``repo_id`` as ``hf download`` leaves it."""
+def hub_cache_with(cache, repo_id: str, files: dict[str, str]) -> Path:
+    """Lay out ``files`` of ``repo_id`` as ``hf download`` leaves them."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit / filename
-    snapshot.parent.mkdir(parents=True)
-    snapshot.write_text("{}")
+    return write_files(repo / "snapshots" / commit, files)
 
 
 def test_configured_models_that_are_present_pass(model_root):
@@ -188,9 +220,7 @@ def test_a_hub_model_must_be_in_the_offline_cache(
     assert ids(messages) == ["studio.E020"]
     assert "not in the Hugging Face cache" in messages[0].msg
 
-    hub_cache_with(
-        cache, "stable-diffusion-v1-5/stable-diffusion-v1-5", "model_index.json"
-    )
+    hub_cache_with(cache, "stable-diffusion-v1-5/stable-diffusion-v1-5", SD15_FILES)
     assert checks.check_models_available() == []
 
 
@@ -235,3 +265,85 @@ def test_a_web_host_without_weights_silences_the_model_check(settings, model_roo
         stdout=StringIO(),
         stderr=StringIO(),
     )
+
+
+def test_a_model_of_no_served_family_is_an_error_saying_what_was_found(
+    settings, model_root
+):
+    (model_root / "sd15" / "model_index.json").write_text(
+        json.dumps({"_class_name": "FluxPipeline"})
+    )
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E020"]
+    assert "Model 'sd15'" in messages[0].msg
+    assert "model_index.json _class_name 'FluxPipeline'" in messages[0].msg
+
+
+def test_a_model_whose_family_cannot_be_told_is_an_error(settings, model_root):
+    (model_root / "sd15" / "model_index.json").write_text("{}")
+    (model_root / "sd15" / "unet" / "config.json").unlink()
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E020"]
+    assert "cannot tell its model family" in messages[0].msg
+
+
+def test_configs_without_weights_fail_the_model_check_naming_the_files(
+    settings, model_root, tmp_path, monkeypatch
+):
+    """A Hub download filtered to ``*.json`` (configs only) and a ControlNet
+    folder without its weights."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    configs_only = {
+        name: text for name, text in SD15_FILES.items() if name.endswith(".json")
+    }
+    hub_cache_with(cache, "stable-diffusion-v1-5/stable-diffusion-v1-5", configs_only)
+    settings.STUDIO_MODELS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+    (model_root / "controlnet-canny/diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(SystemCheckError) as raised:
+        call_command(
+            "check",
+            deploy=True,
+            tags=[checks.MODELS_TAG],
+            stdout=StringIO(),
+            stderr=StringIO(),
+        )
+    text = str(raised.value)
+    assert "ControlNet 'canny'" in text
+    assert "controlnet-canny/diffusion_pytorch_model.safetensors" in text
+    assert "Model 'sd15'" in text and "not its weights" in text
+    for missing in (
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ):
+        assert missing in text
+
+
+def test_an_fp16_variant_needs_its_variant_files(settings, model_root):
+    settings.STUDIO_MODELS = {
+        "sd15": {"source": str(model_root / "sd15"), "variant": "fp16"}
+    }
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E020"]
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in messages[0].msg
+    for weights in (
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "text_encoder/model.fp16.safetensors",
+    ):
+        (model_root / "sd15" / weights).write_text("")
+    assert checks.check_models_available() == []
+
+
+def test_the_tiny_models_as_written_pass_the_model_check(settings, tiny_model_dir):
+    """Both tiny models (SD 1.5 and SDXL, with their ControlNets and IP-Adapter)
+    have a detectable family and every weight file."""
+    settings.STUDIO_MODELS = {}
+    settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_dir)
+    settings.STUDIO_CONTROLNETS = {}
+    settings.STUDIO_IP_ADAPTER = {}
+    settings.STUDIO_ANNOTATORS_DIR = ""
+    assert checks.check_models_available() == []

@@ -28,9 +28,14 @@ from rq.worker import SimpleWorker
 
 from generation import services
 from generation.gallery.views import CONTENT_ACTIONS
-from generation.models import Content, ContentControlImage, ContentStatus
+from generation.models import (
+    Content,
+    ContentControlImage,
+    ContentStatus,
+    TrainingRun,
+)
 from generation.queues import get_queue
-from personas.models import ControlNetUnit, Persona
+from personas.models import ControlNetUnit, Persona, PersonaLoraVersion
 from personas.services import control_unit_save, persona_set_lora
 from tests.images import encode, halves, safetensors_lora
 from tests.reliability.conftest import stored_names, studio_state
@@ -205,11 +210,19 @@ POLICY: dict[str, Rule] = {
     "gallery:content": staff_with("generation.view_content"),
     "gallery:content-card": staff_with("generation.view_content"),
     "gallery:sweep": staff_with("generation.view_content"),
+    "gallery:batch": staff_with("generation.view_content"),
+    "gallery:queue": staff_with("generation.view_content"),
+    "gallery:generate": staff_with(
+        "generation.view_content", "generation.generate_content"
+    ),
     "gallery:content-action": gallery_action,
     "gallery:sweep-use-strength": staff_with(
         "generation.view_content", "personas.change_persona"
     ),
     "studio-media": studio_media,
+    "admin:generation_trainingrun_start": staff_with("generation.train_lora"),
+    "admin:generation_trainingrun_chart": staff_with("generation.view_trainingrun"),
+    "admin:generation_trainingrun_compare": staff_with("generation.view_trainingrun"),
 }
 # Unnamed routes, by regex: the root redirect, and the admin's old object URL
 # (a redirect to the guarded change page).
@@ -226,7 +239,12 @@ SKIPPED = {"admin:logout"}
 # (RQ_SHOW_ADMIN_LINK) is off; turned on, its pages fall under this rule too.
 RQ_POLICY: Rule = superuser_only
 # Admins that refuse hand-made rows (generations start from actions).
-READ_ONLY_ADMINS = {"generation.content", "generation.batch"}
+READ_ONLY_ADMINS = {
+    "generation.content",
+    "generation.batch",
+    "generation.trainingrun",
+    "personas.personaloraversion",
+}
 MODEL_VIEWS = {
     "changelist": ("view", "change"),
     "change": ("view", "change"),
@@ -261,10 +279,16 @@ ACTION_PERMISSIONS = {
     ("generation.content", "regenerate_exactly"): GENERATE,
     ("generation.content", "cancel"): GENERATE,
     ("generation.content", "retry"): GENERATE,
+    ("generation.content", "retry_with_current"): GENERATE,
     ("generation.content", "approve"): REVIEW,
     ("generation.content", "reject"): REVIEW,
     ("generation.content", "rescore"): GENERATE,
     ("personas.referenceimage", "set_role"): "personas.change_referenceimage",
+    ("personas.persona", "train_lora"): "generation.train_lora",
+    ("generation.trainingrun", "cancel_training"): "generation.train_lora",
+    ("personas.personaloraversion", "activate_lora_version"): (
+        "personas.change_personaloraversion"
+    ),
 }
 
 # --- The URLs, walked from the URLconf -----------------------------------------
@@ -449,6 +473,15 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
     worker = SimpleWorker([queue], connection=queue.connection)
     worker.register_birth()
     Group.objects.create(name="editors")
+    run = TrainingRun.objects.create(
+        persona=persona,
+        model=persona.base_model,
+        hyperparameters={},
+        trigger_word="ada_person",
+        inputs=[],
+    )
+    version = PersonaLoraVersion(persona=persona, number=1, sha256="0" * 64)
+    version.weights.save("v1.safetensors", ContentFile(safetensors_lora()))
     admin_models = {
         f"object_id:{model._meta.label_lower}": [
             str(model._default_manager.order_by("pk").values_list("pk", flat=True)[0])
@@ -465,6 +498,8 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
         "app_label": sorted({model._meta.app_label for model in admin.site._registry}),
         "content_type_id": [str(ContentType.objects.get_for_model(Persona).pk)],
         "object_id": [str(persona.pk)],
+        "persona_id": [str(persona.pk)],
+        "run_id": [str(run.pk)],
         "slug": [persona.slug],
         "content_id": [str(content.pk)],
         "batch_id": [str(sweep.pk)],

@@ -77,6 +77,7 @@ class Command(BaseCommand):
                 ],
                 start_new_session=True,
             ),
+            # Last: _stop stops the workers before it.
             "the web server": subprocess.Popen(
                 [*manage, "runserver", address, "--noreload"], start_new_session=True
             ),
@@ -132,13 +133,18 @@ class Command(BaseCommand):
         )
 
     def _stop(self, children: list[subprocess.Popen]) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        """Stop the children in order, each group before the next: the workers
+        first (they hand a running job back through Redis and the database),
+        then the web server; Redis is stopped last, by the caller."""
+        workers, rest = children[:-1], children[-1:]
+        for group in (workers, rest):
+            for child in group:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+            for child in group:
+                try:
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()

@@ -1,0 +1,486 @@
+"""Writes of LoRA training: start, cancel and retry a run; the job's and the
+reconciler's bookkeeping; LoRA versions (DESIGN.md decisions 1 and 12).
+
+A run is a row first: ``training_run_start`` checks the settings with the
+engine's plan check (nothing sure to fail is queued), saves the row ``queued``
+and enqueues its job when the transaction commits. Checkpoints, samples and the
+result go through Django's storage API.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
+from PIL import Image
+
+from generation.engine.errors import EngineError
+from generation.engine.training import (
+    TrainingResult,
+    TrainingSettings,
+    ValidationSample,
+    check_training_plan,
+)
+from generation.engine_settings import model_family
+from generation.queues import get_queue, queue_name_for_model
+from generation.training_models import (
+    TRAINING_ACTIVE_STATUSES,
+    TrainingRun,
+    TrainingSample,
+    TrainingStatus,
+    training_file_name,
+)
+from personas.lora import validate_lora_upload
+from personas.models import (
+    LoraSource,
+    Persona,
+    PersonaLoraVersion,
+    ReferenceImage,
+    ReferenceRole,
+)
+from personas.services import persona_set_lora
+from personas.uploads import UploadRejected
+
+TRAINING_JOB_FUNCTION = "generation.training_jobs.training_run_job"
+TRAINING_JOB_TIMEOUT = 48 * 3600
+"""A training job may run for hours; the worker's heartbeat keeps it alive, and
+this bounds one that hangs (RQ kills it, the reconciler then sees it)."""
+DEFAULT_TRAINING_ROLES = (
+    ReferenceRole.FACE,
+    ReferenceRole.HALF_BODY,
+    ReferenceRole.FULL_BODY,
+)
+DEFAULT_VALIDATION_SEEDS = (1, 2)
+
+
+# --- Defaults for the start page -------------------------------------------------
+
+
+def training_default_references(*, persona: Persona) -> list[ReferenceImage]:
+    """The references a run uses unless staff choose others: the face, half-body
+    and full-body ones."""
+    return [
+        reference
+        for reference in persona.references.all()
+        if reference.role in DEFAULT_TRAINING_ROLES
+    ]
+
+
+def training_caption(*, trigger_word: str, caption: str, appearance: str) -> str:
+    """A training caption: trigger word, the image's caption, the base appearance."""
+    parts = (trigger_word.strip(), caption.strip(), appearance.strip())
+    return ", ".join(part for part in parts if part)
+
+
+def training_default_trigger(*, persona: Persona) -> str:
+    return f"{persona.slug.replace('-', '')}_person"
+
+
+# --- Starting and acting on a run ------------------------------------------------
+
+
+@transaction.atomic
+def training_run_start(
+    *,
+    persona: Persona,
+    references: Sequence[tuple[ReferenceImage, str]],
+    trigger_word: str,
+    settings: TrainingSettings,
+    preset: str = "",
+    validation_prompts: Sequence[str] = (),
+    validation_seeds: Sequence[int] = DEFAULT_VALIDATION_SEEDS,
+    user: AbstractBaseUser | None = None,
+) -> TrainingRun:
+    """Create a run (queued) on ``references`` with their full captions, and
+    enqueue its job on commit. Settings that cannot work raise ValidationError
+    with the engine's reason, before anything is saved."""
+    trigger_word = trigger_word.strip()
+    if not trigger_word or len(trigger_word) > 64 or "," in trigger_word:
+        raise ValidationError(
+            "Enter a trigger word (one short token without commas, up to 64 "
+            "characters) that the LoRA will answer to.",
+            code="trigger_word",
+        )
+    for reference, _ in references:
+        if reference.persona_id != persona.pk:
+            raise ValidationError(
+                "Reference #%(id)s is not in this persona's gallery.",
+                code="foreign_reference",
+                params={"id": reference.pk},
+            )
+    prompts = list(validation_prompts) or [trigger_word]
+    try:
+        family = model_family(persona.base_model)
+        check_training_plan(
+            family=family,
+            settings=settings,
+            captions=[caption for _, caption in references],
+            validation_prompts=prompts,
+        )
+    except EngineError as error:
+        raise ValidationError(str(error), code="training_refused") from None
+    run = TrainingRun(
+        persona=persona,
+        model=persona.base_model,
+        family=family,
+        preset=preset,
+        hyperparameters=settings.to_dict(),
+        trigger_word=trigger_word,
+        inputs=[
+            {"reference": ref.pk, "sha256": ref.sha256, "caption": caption}
+            for ref, caption in references
+        ],
+        validation_prompts=prompts,
+        validation_seeds=list(validation_seeds),
+        progress_total=settings.steps,
+        created_by=user,
+    )
+    run.full_clean()
+    _queue_run(run, delay_seconds=0)
+    run.save()
+    return run
+
+
+@transaction.atomic
+def training_run_cancel(
+    *, run: TrainingRun, user: AbstractBaseUser | None = None
+) -> TrainingRun:
+    """Cancel a run: a queued one at once, a running one before its next step."""
+    run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+    if run.status == TrainingStatus.QUEUED:
+        run.status = TrainingStatus.CANCELLED
+        run.finished_at = timezone.now()
+        run.error_code = "cancelled"
+        run.error_message = "Cancelled before it started."
+        run.save()
+    elif run.status == TrainingStatus.RUNNING:
+        run.cancel_requested = True
+        run.save(update_fields=["cancel_requested"])
+    else:
+        raise ValidationError(
+            "Training #%(id)s has already finished (%(status)s); there is nothing "
+            "to cancel.",
+            code="not_active",
+            params={"id": run.pk, "status": run.get_status_display()},
+        )
+    return run
+
+
+@transaction.atomic
+def lora_version_activate(*, version: PersonaLoraVersion) -> PersonaLoraVersion:
+    """Make ``version`` the persona's active LoRA: the one generations use.
+
+    The persona gets its own copy of the weights through ``persona_set_lora``
+    (validated, the replaced file deleted on commit), so that replacing or
+    removing the persona's LoRA later never deletes a kept version's file.
+    """
+    PersonaLoraVersion.objects.filter(persona_id=version.persona_id).exclude(
+        pk=version.pk
+    ).update(is_active=False)
+    PersonaLoraVersion.objects.filter(pk=version.pk).update(is_active=True)
+    with version.weights.open("rb") as stored:
+        weights = stored.read()
+    name = f"{version.persona.slug}-lora-v{version.number}.safetensors"
+    persona_set_lora(persona=version.persona, file=ContentFile(weights, name=name))
+    version.is_active = True
+    return version
+
+
+@transaction.atomic
+def training_run_delete(*, run: TrainingRun) -> None:
+    """Delete a finished run with its checkpoint and sample files (its LoRA
+    version stays: it belongs to the persona). An active run is cancelled
+    first."""
+    if run.is_active:
+        raise ValidationError(
+            "Training #%(id)s is still %(status)s: cancel it first.",
+            code="active",
+            params={"id": run.pk, "status": run.get_status_display()},
+        )
+    names = [name for entry in run.checkpoints for name in entry["files"].values()]
+    names += [sample.image.name for sample in run.samples.all() if sample.image]
+    run.delete()
+    _delete_on_commit(names)
+
+
+@transaction.atomic
+def lora_version_delete(*, version: PersonaLoraVersion) -> None:
+    """Delete a LoRA version that is not the active one, with its file."""
+    if version.is_active:
+        raise ValidationError(
+            "%(version)s is the active LoRA: make another version active first.",
+            code="active",
+            params={"version": version},
+        )
+    name = version.weights.name
+    version.delete()
+    _delete_on_commit([name])
+
+
+# --- The job's writes ------------------------------------------------------------
+
+
+def training_run_claim(*, run_id: int, job_id: str, worker_name: str) -> bool:
+    """Mark a queued run running for job ``job_id``; False when it is not queued
+    for that job (idempotent jobs)."""
+    return bool(
+        TrainingRun.objects.filter(
+            pk=run_id, status=TrainingStatus.QUEUED, rq_job_id=job_id
+        ).update(
+            status=TrainingStatus.RUNNING,
+            worker_name=worker_name,
+            attempts=F("attempts") + 1,
+            started_at=timezone.now(),
+        )
+    )
+
+
+def training_run_report_progress(
+    *,
+    run: TrainingRun,
+    step: int,
+    total: int,
+    losses: list[list[float]],
+    eta_seconds: float | None,
+    steps_per_second: float | None,
+) -> None:
+    """Progress and the loss history so far (the whole list: it is small)."""
+    TrainingRun.objects.filter(pk=run.pk, rq_job_id=run.rq_job_id).update(
+        progress_step=step,
+        progress_total=total,
+        loss_history=losses,
+        eta_seconds=eta_seconds,
+        steps_per_second=steps_per_second,
+    )
+
+
+def training_run_add_checkpoint(
+    *, run: TrainingRun, step: int, folder: Path
+) -> dict[str, object]:
+    """Store a checkpoint folder's files; record their storage names."""
+    files = {}
+    for path in sorted(Path(folder).iterdir()):
+        name = training_file_name(run.pk, f"step-{step:06d}", path.name)
+        files[path.name] = default_storage.save(name, ContentFile(path.read_bytes()))
+    entry = {"step": step, "files": files}
+    run.checkpoints = [*run.checkpoints, entry]
+    TrainingRun.objects.filter(pk=run.pk, rq_job_id=run.rq_job_id).update(
+        checkpoints=run.checkpoints
+    )
+    return entry
+
+
+def training_run_last_checkpoint(*, run: TrainingRun, into: Path) -> Path | None:
+    """Copy the run's last stored checkpoint into folder ``into``; None when it
+    has none (or its files are gone)."""
+    for entry in reversed(run.checkpoints):
+        folder = Path(into) / f"step-{entry['step']:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for filename, name in entry["files"].items():
+                with default_storage.open(name, "rb") as stored:
+                    (folder / filename).write_bytes(stored.read())
+        except FileNotFoundError:
+            continue
+        return folder
+    return None
+
+
+def training_run_add_samples(
+    *,
+    run: TrainingRun,
+    samples: Sequence[ValidationSample],
+    scores: Sequence[dict[str, object]],
+) -> list[TrainingSample]:
+    """Store validation samples with their identity scores (a repeat of a step
+    after a resume replaces nothing: the first one stays)."""
+    stored = []
+    for sample, score in zip(samples, scores, strict=True):
+        row, created = TrainingSample.objects.get_or_create(
+            run=run,
+            step=sample.step,
+            prompt=sample.prompt,
+            seed=sample.seed,
+            defaults={
+                "image": ContentFile(_png(sample.image), name="sample.png"),
+                "identity_status": score["status"],
+                "identity_similarity": score.get("similarity"),
+                "identity_distance": score.get("distance"),
+            },
+        )
+        stored.append(row)
+    return stored
+
+
+@transaction.atomic
+def training_run_succeed(
+    *, run: TrainingRun, result: TrainingResult
+) -> PersonaLoraVersion | None:
+    """Check the LoRA with the studio's own upload checks, attach it to the
+    persona as a new version (made active), and finish the run. None when the run
+    no longer belongs to this job."""
+    row = (
+        TrainingRun.objects.select_for_update()
+        .filter(pk=run.pk, rq_job_id=run.rq_job_id, status=TrainingStatus.RUNNING)
+        .first()
+    )
+    if row is None:
+        return None
+    name = f"{row.persona.slug}-training-{row.pk}.safetensors"
+    try:
+        checked = validate_lora_upload(ContentFile(result.lora, name=name), name=name)
+    except UploadRejected as error:
+        _finish(
+            row,
+            TrainingStatus.FAILED,
+            "lora_rejected",
+            f"The trained LoRA failed the studio's LoRA checks: {error.messages[0]}",
+        )
+        return None
+    number = (
+        PersonaLoraVersion.objects.filter(persona_id=row.persona_id).aggregate(
+            Max("number")
+        )["number__max"]
+        or 0
+    ) + 1
+    version = PersonaLoraVersion(
+        persona_id=row.persona_id,
+        number=number,
+        sha256=checked.sha256,
+        source=LoraSource.TRAINED,
+        label=f"trained, run #{row.pk}, {row.trigger_word}",
+        created_by=row.created_by,
+    )
+    version.weights.save(name, ContentFile(result.lora), save=False)
+    version.save()
+    lora_version_activate(version=version)
+    row.lora_version = version
+    row.snapshot = {**result.snapshot, "resumed_from": result.resumed_from}
+    row.progress_step = result.steps
+    row.loss_history = [[i + 1, loss] for i, loss in enumerate(result.losses)]
+    row.eta_seconds = 0
+    row.steps_per_second = result.steps_per_second
+    _finish(row, TrainingStatus.SUCCEEDED, "", "")
+    return version
+
+
+def training_run_fail(
+    *, run: TrainingRun, code: str, message: str, detail: str = ""
+) -> bool:
+    return _finish_active(run, TrainingStatus.FAILED, code, message, detail)
+
+
+def training_run_mark_cancelled(*, run: TrainingRun) -> bool:
+    return _finish_active(
+        run, TrainingStatus.CANCELLED, "cancelled", "Cancelled while running.", ""
+    )
+
+
+@transaction.atomic
+def training_run_requeue(
+    *,
+    run: TrainingRun,
+    reason: str,
+    delay_seconds: float = 0,
+    refund_attempt: bool = False,
+) -> bool:
+    """Queue an active run again under a new job id; it resumes from its last
+    checkpoint. False when the row changed since ``run`` was read."""
+    row = (
+        TrainingRun.objects.select_for_update()
+        .filter(pk=run.pk, status=run.status, rq_job_id=run.rq_job_id)
+        .first()
+    )
+    if row is None or row.status not in TRAINING_ACTIVE_STATUSES:
+        return False
+    if refund_attempt and row.attempts:
+        row.attempts -= 1
+    row.error_message = reason
+    _queue_run(row, delay_seconds=delay_seconds)
+    row.save()
+    return True
+
+
+# --- Internals -------------------------------------------------------------------
+
+
+def _queue_run(run: TrainingRun, *, delay_seconds: float) -> None:
+    """Set ``run`` queued under a new job id; enqueue that job on commit (the
+    caller saves the row in the same transaction)."""
+    run.status = TrainingStatus.QUEUED
+    run.rq_job_id = uuid.uuid4().hex
+    run.queue_name = queue_name_for_model(run.model)
+    run.worker_name = ""
+    run.enqueued_at = timezone.now() + timedelta(seconds=delay_seconds)
+    job_id, queue_name = run.rq_job_id, run.queue_name
+
+    def enqueue_on_commit() -> None:
+        # A failure (Redis down) leaves the row queued for the reconciler.
+        queue = get_queue(queue_name)
+        options = {
+            "args": (run.pk,),
+            "job_id": job_id,
+            "job_timeout": TRAINING_JOB_TIMEOUT,
+            "description": f"train LoRA, run #{run.pk}",
+        }
+        if delay_seconds > 0:
+            queue.enqueue_in(
+                timedelta(seconds=delay_seconds), TRAINING_JOB_FUNCTION, **options
+            )
+        else:
+            queue.enqueue(TRAINING_JOB_FUNCTION, **options)
+
+    transaction.on_commit(enqueue_on_commit, robust=True)
+
+
+def _finish(row: TrainingRun, status: str, code: str, message: str) -> None:
+    row.status = status
+    row.error_code = code
+    row.error_message = message
+    row.finished_at = timezone.now()
+    row.save()
+
+
+def _finish_active(
+    run: TrainingRun, status: str, code: str, message: str, detail: str
+) -> bool:
+    return bool(
+        TrainingRun.objects.filter(
+            pk=run.pk, status__in=TRAINING_ACTIVE_STATUSES, rq_job_id=run.rq_job_id
+        ).update(
+            status=status,
+            error_code=code,
+            error_message=message,
+            error_detail=detail,
+            finished_at=timezone.now(),
+        )
+    )
+
+
+def _delete_on_commit(names: list[str]) -> None:
+    def delete() -> None:
+        for name in names:
+            try:
+                default_storage.delete(name)
+            except OSError:
+                # An undeletable file is an orphan for a sweep, not a failure of
+                # a deletion that has committed.
+                pass
+
+    transaction.on_commit(delete)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
