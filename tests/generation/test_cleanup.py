@@ -54,7 +54,9 @@ QUEUE = "cleanup"
 
 
 @pytest.fixture
-def cleanup_settings(studio_settings, media_root: Path, redis_connection):
+def cleanup_settings(
+    studio_settings, tiny_model_dir, media_root: Path, redis_connection
+):
     """The studio's test settings on this test's own media folder and queue."""
     studio_settings.MEDIA_ROOT = media_root
     use_queue(studio_settings, QUEUE)
