@@ -43,13 +43,13 @@ def finish(content: Content, *, score: float | None = 0.5) -> Content:
 
 
 @pytest.fixture
-def persona(db, settings) -> Persona:
+def gallery_persona(db, settings) -> Persona:
     settings.STUDIO_MODELS = {}
     return make_persona(slug="ada", method="img2img")
 
 
 @pytest.fixture
-def make_content(persona: Persona) -> Callable[..., Content]:
+def make_content(gallery_persona: Persona) -> Callable[..., Content]:
     """``make_content(status=..., score=..., **overrides)``: a row queued through
     ``content_enqueue``, then moved to ``status``."""
 
@@ -60,7 +60,7 @@ def make_content(persona: Persona) -> Callable[..., Content]:
         **overrides: object,
     ) -> Content:
         content = services.content_enqueue(
-            persona=persona,
+            persona=gallery_persona,
             prompt="a portrait",
             overrides=GenerationOverrides(**overrides),
         )
@@ -76,10 +76,10 @@ def make_content(persona: Persona) -> Callable[..., Content]:
 
 
 @pytest.fixture
-def sweep(persona: Persona) -> Batch:
+def sweep(gallery_persona: Persona) -> Batch:
     """A strength sweep whose outputs all succeeded."""
     batch = services.content_strength_sweep(
-        persona=persona, prompt="a portrait", strengths=[0.9, 0.3, 0.5]
+        persona=gallery_persona, prompt="a portrait", strengths=[0.9, 0.3, 0.5]
     )
     for content in batch.contents.all():
         finish(content, score=1.0 - content.request["strength"])

@@ -32,7 +32,7 @@ def carla(db, settings, tiny_model_dir: Path) -> Persona:
     tiny model, which is installed (so the whole plan check runs)."""
     settings.STUDIO_MODELS = {}
     settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_dir)
-    persona = persona_create(
+    gallery_persona = persona_create(
         name="Carla",
         appearance="a card",
         method="auto",
@@ -43,15 +43,18 @@ def carla(db, settings, tiny_model_dir: Path) -> Persona:
     )
     for index, size in enumerate(((64, 64), (48, 64))):
         reference_image_add(
-            persona=persona,
+            persona=gallery_persona,
             file=SimpleUploadedFile(f"ref{index}.png", encode(halves(size), "PNG")),
             is_primary=index == 0,
         )
-    control_unit_save(unit=ControlNetUnit(persona=persona, control_type="canny"))
-    persona_set_lora(
-        persona=persona, file=SimpleUploadedFile("me.safetensors", lora_file(32))
+    control_unit_save(
+        unit=ControlNetUnit(persona=gallery_persona, control_type="canny")
     )
-    return persona
+    persona_set_lora(
+        persona=gallery_persona,
+        file=SimpleUploadedFile("me.safetensors", lora_file(32)),
+    )
+    return gallery_persona
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def _queries(client: Client, url: str) -> int:
 
 
 def test_persona_gallery_and_overview_run_the_same_queries_for_5_and_50_rows(
-    persona, make_content, make_user
+    gallery_persona, make_content, make_user
 ):
     client = Client()
     client.force_login(make_user(VIEW))
@@ -57,8 +57,9 @@ def test_persona_gallery_and_overview_run_the_same_queries_for_5_and_50_rows(
     _copies(finished, 2, review_state=ReviewState.APPROVED)
     _copies(running, 1)
     urls = [
-        reverse("gallery:persona", args=[persona.slug]),
-        reverse("gallery:persona", args=[persona.slug]) + "?sort=score&method=img2img",
+        reverse("gallery:persona", args=[gallery_persona.slug]),
+        reverse("gallery:persona", args=[gallery_persona.slug])
+        + "?sort=score&method=img2img",
         reverse("gallery:index"),
     ]
     for url in urls:
@@ -66,16 +67,20 @@ def test_persona_gallery_and_overview_run_the_same_queries_for_5_and_50_rows(
     with_5 = [_queries(client, url) for url in urls]
     _copies(finished, 30, review_state=ReviewState.REJECTED)
     _copies(running, 15)
-    assert Content.objects.filter(persona=persona).count() == 50
+    assert Content.objects.filter(persona=gallery_persona).count() == 50
     with_50 = [_queries(client, url) for url in urls]
     assert with_50 == with_5
 
 
-def _walk(persona, filters: GalleryFilters, size: int) -> tuple[list[int], list]:
+def _walk(
+    gallery_persona, filters: GalleryFilters, size: int
+) -> tuple[list[int], list]:
     """Every id page by page forward, and the pages seen."""
     ids, pages, cursor = [], [], ""
     while True:
-        page = content_page(persona=persona, filters=filters, after=cursor, size=size)
+        page = content_page(
+            persona=gallery_persona, filters=filters, after=cursor, size=size
+        )
         pages.append(page)
         ids.extend(content.pk for content in page.contents)
         if not page.next_cursor:
@@ -85,7 +90,7 @@ def _walk(persona, filters: GalleryFilters, size: int) -> tuple[list[int], list]
 
 @pytest.mark.parametrize("sort", [GallerySort.NEWEST, GallerySort.SCORE])
 def test_seek_pagination_visits_every_row_once_in_order_both_ways(
-    persona, make_content, sort
+    gallery_persona, make_content, sort
 ):
     first = make_content()
     # Ties on the sort key (equal times, equal scores) and empty scores.
@@ -97,8 +102,10 @@ def test_seek_pagination_visits_every_row_once_in_order_both_ways(
         consistency_score=lambda index: None if index % 5 == 0 else (index % 4) / 4,
     )
     filters = GalleryFilters(sort=sort)
-    expected = [row.pk for row in persona_contents(persona=persona, filters=filters)]
-    ids, pages = _walk(persona, filters, size=7)
+    expected = [
+        row.pk for row in persona_contents(persona=gallery_persona, filters=filters)
+    ]
+    ids, pages = _walk(gallery_persona, filters, size=7)
     assert ids == expected
     assert len(pages) == 6 and all(page.total == 41 for page in pages)
     assert pages[0].previous_cursor is None
@@ -108,7 +115,10 @@ def test_seek_pagination_visits_every_row_once_in_order_both_ways(
     page = pages[-1]
     while page.previous_cursor:
         page = content_page(
-            persona=persona, filters=filters, before=page.previous_cursor, size=7
+            persona=gallery_persona,
+            filters=filters,
+            before=page.previous_cursor,
+            size=7,
         )
         back.append(page.contents)
     assert [content.pk for contents in reversed(back) for content in contents] == (
@@ -116,14 +126,18 @@ def test_seek_pagination_visits_every_row_once_in_order_both_ways(
     )
 
 
-def test_score_sort_puts_the_best_first_and_unscored_last(persona, make_content):
+def test_score_sort_puts_the_best_first_and_unscored_last(
+    gallery_persona, make_content
+):
     low, high = make_content(score=0.2), make_content(score=0.9)
     unscored = make_content(score=None)
-    page = content_page(persona=persona, filters=GalleryFilters(sort=GallerySort.SCORE))
+    page = content_page(
+        persona=gallery_persona, filters=GalleryFilters(sort=GallerySort.SCORE)
+    )
     assert [content.pk for content in page.contents] == [high.pk, low.pk, unscored.pk]
 
 
-def test_filters_by_status_method_review_state_and_date(persona, make_content):
+def test_filters_by_status_method_review_state_and_date(gallery_persona, make_content):
     approved = make_content(method="img2img")
     approved.review_state = ReviewState.APPROVED
     approved.save()
@@ -136,7 +150,9 @@ def test_filters_by_status_method_review_state_and_date(persona, make_content):
     )
 
     def ids(**filters: object) -> set[int]:
-        found = persona_contents(persona=persona, filters=GalleryFilters(**filters))
+        found = persona_contents(
+            persona=gallery_persona, filters=GalleryFilters(**filters)
+        )
         return {content.pk for content in found}
 
     assert ids(status="failed") == {failed.pk}
@@ -150,13 +166,13 @@ def test_filters_by_status_method_review_state_and_date(persona, make_content):
 
 
 def test_grid_page_follows_its_next_link_and_keeps_the_filters(
-    persona, make_content, make_user
+    gallery_persona, make_content, make_user
 ):
     first = make_content()
     _copies(first, 60)
     client = Client()
     client.force_login(make_user(VIEW))
-    url = reverse("gallery:persona", args=[persona.slug])
+    url = reverse("gallery:persona", args=[gallery_persona.slug])
     page_1 = client.get(url + "?status=succeeded")
     assert page_1.context["page"].total == 61
     assert len(page_1.context["page"].contents) == 48
@@ -168,12 +184,12 @@ def test_grid_page_follows_its_next_link_and_keeps_the_filters(
 
 
 def test_a_tampered_cursor_shows_the_first_page_with_a_warning(
-    persona, make_content, make_user
+    gallery_persona, make_content, make_user
 ):
     make_content()
     client = Client()
     client.force_login(make_user(VIEW))
-    url = reverse("gallery:persona", args=[persona.slug])
+    url = reverse("gallery:persona", args=[gallery_persona.slug])
     for cursor in ("garbage", "WyJzY29yZSIsICJ4IiwgMV0"):  # the 2nd: a text score
         response = client.get(url + f"?after={cursor}")
         assert response.status_code == 200
@@ -181,19 +197,24 @@ def test_a_tampered_cursor_shows_the_first_page_with_a_warning(
         assert len(response.context["page"].contents) == 1
 
 
-def test_bad_filter_values_are_ignored_and_reported(persona, make_content, make_user):
+def test_bad_filter_values_are_ignored_and_reported(
+    gallery_persona, make_content, make_user
+):
     make_content()
     client = Client()
     client.force_login(make_user(VIEW))
     response = client.get(
-        reverse("gallery:persona", args=[persona.slug]) + "?status=nonsense&sort=x"
+        reverse("gallery:persona", args=[gallery_persona.slug])
+        + "?status=nonsense&sort=x"
     )
     assert response.status_code == 200
     assert "Some filters were not valid" in response.content.decode()
     assert response.context["page"].total == 1
 
 
-def test_neighbours_follow_the_grid_order_under_its_filters(persona, make_content):
+def test_neighbours_follow_the_grid_order_under_its_filters(
+    gallery_persona, make_content
+):
     oldest, middle, newest = make_content(), make_content(), make_content()
     failed = make_content(ContentStatus.FAILED)
     assert content_neighbours(content=middle, filters=GalleryFilters()) == (
@@ -206,7 +227,7 @@ def test_neighbours_follow_the_grid_order_under_its_filters(persona, make_conten
     assert content_neighbours(content=newest, filters=GalleryFilters())[0] == failed
 
 
-def test_ten_thousand_rows_page_fast_at_any_depth(persona, make_content):
+def test_ten_thousand_rows_page_fast_at_any_depth(gallery_persona, make_content):
     first = make_content()
     start = timezone.now()
     for _ in range(10):
@@ -218,19 +239,21 @@ def test_ten_thousand_rows_page_fast_at_any_depth(persona, make_content):
         )
     finish(first)
     filters = GalleryFilters(sort=GallerySort.NEWEST)
-    deep = content_page(persona=persona, filters=filters, size=48)
+    deep = content_page(persona=gallery_persona, filters=filters, size=48)
     for _ in range(3):
         deep = content_page(
-            persona=persona, filters=filters, after=deep.next_cursor, size=48
+            persona=gallery_persona, filters=filters, after=deep.next_cursor, size=48
         )
     with CaptureQueriesContext(connection) as captured:
-        content_page(persona=persona, filters=filters, after=deep.next_cursor, size=48)
+        content_page(
+            persona=gallery_persona, filters=filters, after=deep.next_cursor, size=48
+        )
     assert len(captured) == 2  # a count and the page, whatever the depth
     assert "OFFSET" not in captured[-1]["sql"].upper()
 
 
 def test_overview_shows_each_personas_latest_outputs_in_constant_queries(
-    persona, make_content, make_user
+    gallery_persona, make_content, make_user
 ):
     client = Client()
     client.force_login(make_user(VIEW))
@@ -245,9 +268,12 @@ def test_overview_shows_each_personas_latest_outputs_in_constant_queries(
     assert with_5 == with_1
 
     page = client.get(reverse("gallery:index")).context["page"]
-    latest = {persona.slug: persona.latest_contents for persona in page.object_list}
+    latest = {
+        gallery_persona.slug: gallery_persona.latest_contents
+        for gallery_persona in page.object_list
+    }
     newest_of_ada = list(
-        Content.objects.filter(persona=persona).order_by("-created_at", "-id")[
+        Content.objects.filter(persona=gallery_persona).order_by("-created_at", "-id")[
             :LATEST_PER_PERSONA
         ]
     )

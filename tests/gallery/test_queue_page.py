@@ -41,15 +41,15 @@ def queues(studio_settings, redis_connection):
 
 @pytest.fixture
 def fay(queues) -> Persona:
-    persona = persona_create(
+    gallery_persona = persona_create(
         name="Fay", appearance="a card", method="text", width=64, height=64, steps=4
     )
     reference_image_add(
-        persona=persona,
+        persona=gallery_persona,
         file=SimpleUploadedFile("ref.png", encode(halves((64, 64)), "PNG")),
         is_primary=True,
     )
-    return persona
+    return gallery_persona
 
 
 @pytest.fixture
@@ -59,9 +59,9 @@ def staff(make_user) -> Client:
     return client
 
 
-def queue_three(persona: Persona) -> list[Content]:
+def queue_three(gallery_persona: Persona) -> list[Content]:
     return [
-        services.content_enqueue(persona=persona, prompt=f"portrait {number}")
+        services.content_enqueue(persona=gallery_persona, prompt=f"portrait {number}")
         for number in range(3)
     ]
 

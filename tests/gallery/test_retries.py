@@ -24,15 +24,15 @@ GENERATE = "generation.generate_content"
 @pytest.fixture
 def dora(db, settings) -> Persona:
     settings.STUDIO_MODELS = {}
-    persona = persona_create(
+    gallery_persona = persona_create(
         name="Dora", appearance="a card", method="img2img", width=64, height=64
     )
     reference_image_add(
-        persona=persona,
+        persona=gallery_persona,
         file=SimpleUploadedFile("ref.png", encode(halves((64, 64)), "PNG")),
         is_primary=True,
     )
-    return persona
+    return gallery_persona
 
 
 @pytest.fixture

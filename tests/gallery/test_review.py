@@ -25,7 +25,7 @@ GENERATE = "generation.generate_content"
 
 
 def new_persona(slug: str = "eve", **fields) -> Persona:
-    persona = persona_create(
+    gallery_persona = persona_create(
         name=slug.title(),
         slug=slug,
         appearance="a card",
@@ -35,11 +35,11 @@ def new_persona(slug: str = "eve", **fields) -> Persona:
         **fields,
     )
     reference_image_add(
-        persona=persona,
+        persona=gallery_persona,
         file=SimpleUploadedFile("ref.png", encode(halves((64, 64)), "PNG")),
         is_primary=True,
     )
-    return persona
+    return gallery_persona
 
 
 @pytest.fixture
@@ -55,8 +55,8 @@ def reviewer(make_user) -> Client:
     return client
 
 
-def queued(persona: Persona) -> Content:
-    return services.content_enqueue(persona=persona, prompt="a portrait")
+def queued(gallery_persona: Persona) -> Content:
+    return services.content_enqueue(persona=gallery_persona, prompt="a portrait")
 
 
 def test_failed_and_cancelled_contents_are_not_pending_review(eve, reviewer):
@@ -152,8 +152,8 @@ def test_an_exact_regeneration_says_it_is_pixel_identical(
     studio_settings, start_worker, make_user
 ):
     start_worker("gpu")
-    persona = new_persona(slug="pix", method="text")
-    first = wait_finished(queued(persona))
+    gallery_persona = new_persona(slug="pix", method="text")
+    first = wait_finished(queued(gallery_persona))
     assert first.status == ContentStatus.SUCCEEDED, first.error_detail
     exact = wait_finished(services.content_regenerate_exactly(content=first))
     assert exact.status == ContentStatus.SUCCEEDED, exact.error_detail

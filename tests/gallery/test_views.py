@@ -23,10 +23,10 @@ def _client(user, **options) -> Client:
     return client
 
 
-def _pages(persona, content, sweep) -> list[str]:
+def _pages(gallery_persona, content, sweep) -> list[str]:
     return [
         reverse("gallery:index"),
-        reverse("gallery:persona", args=[persona.slug]),
+        reverse("gallery:persona", args=[gallery_persona.slug]),
         reverse("gallery:content", args=[content.pk]),
         reverse("gallery:content-card", args=[content.pk]),
         reverse("gallery:sweep", args=[sweep.pk]),
@@ -38,9 +38,9 @@ def _pages(persona, content, sweep) -> list[str]:
 
 
 def test_anonymous_and_non_staff_go_to_the_admin_login(
-    client, persona, make_content, sweep, make_user
+    client, gallery_persona, make_content, sweep, make_user
 ):
-    pages = _pages(persona, make_content(), sweep)
+    pages = _pages(gallery_persona, make_content(), sweep)
     for viewer in (client, _client(make_user(VIEW, REVIEW, is_staff=False))):
         for page in pages:
             response = viewer.get(page)
@@ -49,29 +49,29 @@ def test_anonymous_and_non_staff_go_to_the_admin_login(
 
 
 def test_staff_without_the_view_permission_is_refused(
-    persona, make_content, sweep, make_user
+    gallery_persona, make_content, sweep, make_user
 ):
     viewer = _client(make_user())
-    for page in _pages(persona, make_content(), sweep):
+    for page in _pages(gallery_persona, make_content(), sweep):
         assert viewer.get(page).status_code == 403, page
 
 
 def test_staff_with_the_view_permission_sees_every_page(
-    persona, make_content, sweep, make_user
+    gallery_persona, make_content, sweep, make_user
 ):
     viewer = _client(make_user(VIEW))
-    for page in _pages(persona, make_content(), sweep):
+    for page in _pages(gallery_persona, make_content(), sweep):
         assert viewer.get(page).status_code == 200, page
 
 
 def test_pages_look_like_the_admin_and_say_the_tiny_model_makes_noise(
-    persona, make_content, make_user
+    gallery_persona, make_content, make_user
 ):
     content = make_content()
     viewer = _client(make_user(VIEW))
     for page in (
         reverse("gallery:index"),
-        reverse("gallery:persona", args=[persona.slug]),
+        reverse("gallery:persona", args=[gallery_persona.slug]),
         reverse("gallery:content", args=[content.pk]),
     ):
         html = viewer.get(page).content.decode()
@@ -309,11 +309,13 @@ def test_progress_endpoint_refuses_ids_out_of_range_with_a_400(make_user, ids):
 
 
 def test_active_content_is_shown_with_a_progress_bar_and_its_card_url(
-    persona, make_content, make_user
+    gallery_persona, make_content, make_user
 ):
     running = make_content(ContentStatus.RUNNING)
     viewer = _client(make_user(VIEW))
-    page = viewer.get(reverse("gallery:persona", args=[persona.slug])).content.decode()
+    page = viewer.get(
+        reverse("gallery:persona", args=[gallery_persona.slug])
+    ).content.decode()
     assert f'data-progress data-content-id="{running.pk}"' in page
     assert f'data-card-url="/gallery/content/{running.pk}/card/"' in page
     Content.objects.filter(pk=running.pk).update(status=ContentStatus.SUCCEEDED)
@@ -338,29 +340,29 @@ def test_sweep_sheet_shows_the_reference_and_outputs_in_strength_order(
     assert html.count('value="Use this strength"') == 3
 
 
-def test_use_this_strength_saves_it_on_the_persona(persona, sweep, make_user):
+def test_use_this_strength_saves_it_on_the_persona(gallery_persona, sweep, make_user):
     chosen = next(c for c in sweep.contents.all() if c.request["strength"] == 0.3)
     url = reverse("gallery:sweep-use-strength", args=[sweep.pk])
     viewer_without = _client(make_user(VIEW))
     assert viewer_without.post(url, {"content": chosen.pk}).status_code == 403
-    persona.refresh_from_db()
-    assert persona.img2img_strength == 0.7
+    gallery_persona.refresh_from_db()
+    assert gallery_persona.img2img_strength == 0.7
 
     response = _client(make_user(VIEW, CHANGE_PERSONA)).post(
         url, {"content": chosen.pk}, follow=True
     )
-    persona.refresh_from_db()
-    assert persona.img2img_strength == 0.3
+    gallery_persona.refresh_from_db()
+    assert gallery_persona.img2img_strength == 0.3
     assert "now uses img2img strength 0.3" in response.content.decode()
-    (entry,) = LogEntry.objects.filter(object_id=str(persona.pk))
-    assert entry.get_edited_object() == persona
+    (entry,) = LogEntry.objects.filter(object_id=str(gallery_persona.pk))
+    assert entry.get_edited_object() == gallery_persona
     assert entry.get_change_message() == (
         f"Changed img2img strength to 0.3 (the strength of content #{chosen.pk})."
     )
 
 
 def test_use_this_strength_refuses_a_content_of_another_batch(
-    persona, sweep, make_content, make_user
+    gallery_persona, sweep, make_content, make_user
 ):
     stranger = make_content(strength=0.25)
     response = _client(make_user(VIEW, CHANGE_PERSONA)).post(
@@ -369,12 +371,12 @@ def test_use_this_strength_refuses_a_content_of_another_batch(
         follow=True,
     )
     assert "Choose one of this sweep" in response.content.decode()
-    persona.refresh_from_db()
-    assert persona.img2img_strength == 0.7
+    gallery_persona.refresh_from_db()
+    assert gallery_persona.img2img_strength == 0.7
 
 
-def test_a_batch_that_is_not_a_sweep_has_no_contact_sheet(persona, make_user):
-    batch = services.content_enqueue_batch(persona=persona, prompt="x", count=2)
+def test_a_batch_that_is_not_a_sweep_has_no_contact_sheet(gallery_persona, make_user):
+    batch = services.content_enqueue_batch(persona=gallery_persona, prompt="x", count=2)
     response = _client(make_user(VIEW)).get(reverse("gallery:sweep", args=[batch.pk]))
     assert response.status_code == 404
 

@@ -27,7 +27,7 @@ def upload(name: str, content: bytes) -> SimpleUploadedFile:
 
 
 @pytest.fixture
-def persona(db) -> Persona:
+def bare_persona(db) -> Persona:
     return persona_create(name="Ada Lovelace", appearance="short dark hair")
 
 

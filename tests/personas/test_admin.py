@@ -23,8 +23,8 @@ CHANGELIST = reverse("admin:personas_persona_changelist")
 ADD = reverse("admin:personas_persona_add")
 
 
-def change_url(persona: Persona) -> str:
-    return reverse("admin:personas_persona_change", args=[persona.pk])
+def change_url(bare_persona: Persona) -> str:
+    return reverse("admin:personas_persona_change", args=[bare_persona.pk])
 
 
 def management(prefix: str, total: int, initial: int = 0) -> dict[str, str]:
@@ -109,8 +109,10 @@ def new_unit(index: int, **fields: Any) -> dict:
     return data
 
 
-def add_reference(persona: Persona, name: str, content: bytes, **kw) -> ReferenceImage:
-    return reference_image_add(persona=persona, file=upload(name, content), **kw)
+def add_reference(
+    bare_persona: Persona, name: str, content: bytes, **kw
+) -> ReferenceImage:
+    return reference_image_add(persona=bare_persona, file=upload(name, content), **kw)
 
 
 def errors_in(response) -> str:
@@ -143,9 +145,13 @@ def staff_user(db):
 # --- Changelist ---------------------------------------------------------------
 
 
-def test_changelist_shows_primary_thumbnail_and_gallery_count(admin_client, persona):
-    primary = add_reference(persona, "a.png", images.png((64, 48)), is_primary=True)
-    add_reference(persona, "b.png", images.png((48, 64)))
+def test_changelist_shows_primary_thumbnail_and_gallery_count(
+    admin_client, bare_persona
+):
+    primary = add_reference(
+        bare_persona, "a.png", images.png((64, 48)), is_primary=True
+    )
+    add_reference(bare_persona, "b.png", images.png((48, 64)))
 
     response = admin_client.get(CHANGELIST)
 
@@ -156,13 +162,13 @@ def test_changelist_shows_primary_thumbnail_and_gallery_count(admin_client, pers
     assert admin_client.get(thumbnail)["Content-Type"] == "image/webp"
 
 
-def test_changelist_queries_do_not_grow_with_personas(admin_client, persona):
+def test_changelist_queries_do_not_grow_with_personas(admin_client, bare_persona):
     def count_queries() -> int:
         with CaptureQueriesContext(connection) as queries:
             assert admin_client.get(CHANGELIST).status_code == 200
         return len(queries)
 
-    add_reference(persona, "a.png", images.png(), is_primary=True)
+    add_reference(bare_persona, "a.png", images.png(), is_primary=True)
     with_one = count_queries()
     for index in range(4):
         other = persona_create(name=f"Persona {index}")
@@ -172,7 +178,7 @@ def test_changelist_queries_do_not_grow_with_personas(admin_client, persona):
     assert count_queries() == with_one
 
 
-def test_changelist_search_and_filters(admin_client, persona):
+def test_changelist_search_and_filters(admin_client, bare_persona):
     persona_create(name="Grace Hopper", method="img2img")
 
     found = admin_client.get(CHANGELIST, {"q": "grace"}).content.decode()
@@ -212,18 +218,18 @@ def test_add_a_locked_persona_with_gallery_and_control_units(admin_client, media
     response = admin_client.post(ADD, data)
 
     assert response.status_code == 302, errors_in(response)
-    persona = Persona.objects.get(slug="ada-lovelace")
-    assert persona.appearance_locked
-    primary = persona.primary_reference
+    bare_persona = Persona.objects.get(slug="ada-lovelace")
+    assert bare_persona.appearance_locked
+    primary = bare_persona.primary_reference
     assert (primary.width, primary.height) == (48, 64)
     assert primary.uploaded_by.username == "admin"
-    assert persona.references.count() == 2
-    units = list(persona.control_units.all())
+    assert bare_persona.references.count() == 2
+    units = list(bare_persona.control_units.all())
     assert [unit.control_type for unit in units] == ["openpose", "canny"]
-    assert units[0].control_image.name.startswith(f"control/{persona.pk}/")
+    assert units[0].control_image.name.startswith(f"control/{bare_persona.pk}/")
     assert units[1].preprocessor_options == {"low_threshold": 50}
-    assert persona.lora_weights.name.startswith("loras/")
-    assert len(persona.lora_sha256) == 64
+    assert bare_persona.lora_weights.name.startswith("loras/")
+    assert len(bare_persona.lora_sha256) == 64
     assert len(stored_files(media_root)) == 2 * 2 + 1 + 1
 
 
@@ -279,17 +285,19 @@ def test_hostile_control_image_and_lora_are_refused(admin_client, media_root, db
 
 
 def test_change_page_swaps_primary_adds_and_deletes_in_one_submit(
-    admin_client, persona, media_root, django_capture_on_commit_callbacks
+    admin_client, bare_persona, media_root, django_capture_on_commit_callbacks
 ):
-    old_primary = add_reference(persona, "a.png", images.png((64, 48)), is_primary=True)
-    kept = add_reference(persona, "b.png", images.png((48, 64)))
-    persona.appearance_locked = True
-    persona.save()
-    page = admin_client.get(change_url(persona)).content.decode()
+    old_primary = add_reference(
+        bare_persona, "a.png", images.png((64, 48)), is_primary=True
+    )
+    kept = add_reference(bare_persona, "b.png", images.png((48, 64)))
+    bare_persona.appearance_locked = True
+    bare_persona.save()
+    page = admin_client.get(change_url(bare_persona)).content.decode()
     assert reverse("studio-media", kwargs={"path": kept.thumbnail.name}) in page
 
     data = persona_data(
-        slug=persona.slug,
+        slug=bare_persona.slug,
         appearance_locked="on",
         **management("references", 3, initial=2),
         **existing_reference(0, old_primary, delete=True),
@@ -297,10 +305,10 @@ def test_change_page_swaps_primary_adds_and_deletes_in_one_submit(
         **new_reference(2, "new.png", images.png((32, 32)), primary=True),
     )
     with django_capture_on_commit_callbacks(execute=True):
-        response = admin_client.post(change_url(persona), data)
+        response = admin_client.post(change_url(bare_persona), data)
 
     assert response.status_code == 302, errors_in(response)
-    new_primary = persona.references.get(is_primary=True)
+    new_primary = bare_persona.references.get(is_primary=True)
     assert (new_primary.width, new_primary.height) == (32, 32)
     kept.refresh_from_db()
     assert kept.caption == "at the desk"
@@ -308,20 +316,20 @@ def test_change_page_swaps_primary_adds_and_deletes_in_one_submit(
     assert old_primary.image.name not in stored_files(media_root)
 
 
-def test_change_page_moves_primary_between_existing_images(admin_client, persona):
-    first = add_reference(persona, "a.png", images.png((64, 48)), is_primary=True)
-    second = add_reference(persona, "b.png", images.png((48, 64)))
+def test_change_page_moves_primary_between_existing_images(admin_client, bare_persona):
+    first = add_reference(bare_persona, "a.png", images.png((64, 48)), is_primary=True)
+    second = add_reference(bare_persona, "b.png", images.png((48, 64)))
 
     data = persona_data(
-        slug=persona.slug,
+        slug=bare_persona.slug,
         **management("references", 2, initial=2),
         **existing_reference(0, first, primary=False),
         **existing_reference(1, second, primary=True),
     )
-    response = admin_client.post(change_url(persona), data)
+    response = admin_client.post(change_url(bare_persona), data)
 
     assert response.status_code == 302, errors_in(response)
-    assert persona.primary_reference == second
+    assert bare_persona.primary_reference == second
 
 
 @pytest.mark.parametrize(
@@ -334,11 +342,13 @@ def test_change_page_moves_primary_between_existing_images(admin_client, persona
     ],
 )
 def test_change_page_refuses_an_inconsistent_gallery(
-    admin_client, persona, media_root, gallery, error
+    admin_client, bare_persona, media_root, gallery, error
 ):
-    primary = add_reference(persona, "a.png", images.png((64, 48)), is_primary=True)
-    persona.appearance_locked = True
-    persona.save()
+    primary = add_reference(
+        bare_persona, "a.png", images.png((64, 48)), is_primary=True
+    )
+    bare_persona.appearance_locked = True
+    bare_persona.save()
     before = stored_files(media_root)
     rows = {
         "delete-primary": [existing_reference(0, primary, delete=True)],
@@ -357,82 +367,85 @@ def test_change_page_refuses_an_inconsistent_gallery(
         ],
     }[gallery]
     data = persona_data(
-        slug=persona.slug,
+        slug=bare_persona.slug,
         appearance_locked="on",
         **management("references", len(rows), initial=1),
     )
     for row in rows:
         data.update(row)
 
-    response = admin_client.post(change_url(persona), data)
+    response = admin_client.post(change_url(bare_persona), data)
 
     assert response.status_code == 200
     assert error in errors_in(response)
-    assert list(persona.references.all()) == [primary]
+    assert list(bare_persona.references.all()) == [primary]
     assert stored_files(media_root) == before
 
 
 def test_change_page_replaces_and_removes_lora_weights(
-    admin_client, persona, media_root, django_capture_on_commit_callbacks
+    admin_client, bare_persona, media_root, django_capture_on_commit_callbacks
 ):
     persona_set_lora(
-        persona=persona, file=upload("a.safetensors", images.safetensors_lora(4))
+        persona=bare_persona, file=upload("a.safetensors", images.safetensors_lora(4))
     )
-    old_name = persona.lora_weights.name
+    old_name = bare_persona.lora_weights.name
 
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(
-            change_url(persona),
+            change_url(bare_persona),
             persona_data(
-                slug=persona.slug,
+                slug=bare_persona.slug,
                 lora_upload=upload("b.safetensors", images.safetensors_lora(8)),
             ),
         )
     assert response.status_code == 302, errors_in(response)
-    persona.refresh_from_db()
-    assert stored_files(media_root) == {persona.lora_weights.name} != {old_name}
+    bare_persona.refresh_from_db()
+    assert stored_files(media_root) == {bare_persona.lora_weights.name} != {old_name}
 
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(
-            change_url(persona), persona_data(slug=persona.slug, lora_remove="on")
+            change_url(bare_persona),
+            persona_data(slug=bare_persona.slug, lora_remove="on"),
         )
-    persona.refresh_from_db()
-    assert not persona.lora_weights
+    bare_persona.refresh_from_db()
+    assert not bare_persona.lora_weights
     assert stored_files(media_root) == set()
 
 
-def test_control_unit_inline_refuses_a_reversed_guidance_window(admin_client, persona):
+def test_control_unit_inline_refuses_a_reversed_guidance_window(
+    admin_client, bare_persona
+):
     data = persona_data(
-        slug=persona.slug,
+        slug=bare_persona.slug,
         **management("control_units", 1),
         **new_unit(0, guidance_start="0.8", guidance_end="0.2"),
     )
 
-    response = admin_client.post(change_url(persona), data)
+    response = admin_client.post(change_url(bare_persona), data)
 
     assert "must be below guidance end" in errors_in(response)
     assert not ControlNetUnit.objects.exists()
 
 
-def test_control_unit_reference_must_belong_to_the_persona(admin_client, persona):
+def test_control_unit_reference_must_belong_to_the_persona(admin_client, bare_persona):
     stranger = persona_create(name="Grace Hopper")
     foreign = add_reference(stranger, "g.png", images.png())
     data = persona_data(
-        slug=persona.slug,
+        slug=bare_persona.slug,
         **management("control_units", 1),
         **new_unit(0, reference=str(foreign.pk)),
     )
 
-    response = admin_client.post(change_url(persona), data)
+    response = admin_client.post(change_url(bare_persona), data)
 
     assert "Select a valid choice" in errors_in(response)
 
 
 def test_delete_removes_the_persona_and_its_files(
-    admin_client, persona, media_root, django_capture_on_commit_callbacks
+    admin_client, bare_persona, media_root, django_capture_on_commit_callbacks
 ):
-    add_reference(persona, "a.png", images.png())
-    delete_url = reverse("admin:personas_persona_delete", args=[persona.pk])
+    add_reference(bare_persona, "a.png", images.png())
+    delete_url = reverse("admin:personas_persona_delete", args=[bare_persona.pk])
     assert admin_client.get(delete_url).status_code == 200
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -444,7 +457,7 @@ def test_delete_removes_the_persona_and_its_files(
 
 
 def test_without_the_gallery_inline_a_lock_is_judged_on_the_stored_gallery(
-    client, staff_user, persona
+    client, staff_user, bare_persona
 ):
     """Staff who may lock but not see the gallery still cannot lock without primary."""
     staff_user.user_permissions.remove(
@@ -454,33 +467,34 @@ def test_without_the_gallery_inline_a_lock_is_judged_on_the_stored_gallery(
     client.force_login(staff_user)
 
     response = client.post(
-        change_url(persona), persona_data(slug=persona.slug, appearance_locked="on")
+        change_url(bare_persona),
+        persona_data(slug=bare_persona.slug, appearance_locked="on"),
     )
 
     assert response.status_code == 200
     assert "needs a primary reference image" in errors_in(response)
-    persona.refresh_from_db()
-    assert not persona.appearance_locked
+    bare_persona.refresh_from_db()
+    assert not bare_persona.appearance_locked
 
 
 def test_without_the_lock_permission_the_lock_field_is_read_only(
-    client, staff_user, persona
+    client, staff_user, bare_persona
 ):
-    add_reference(persona, "a.png", images.png(), is_primary=True)
+    add_reference(bare_persona, "a.png", images.png(), is_primary=True)
     client.force_login(staff_user)
     assert (
         'name="appearance_locked"'
-        not in client.get(change_url(persona)).content.decode()
+        not in client.get(change_url(bare_persona)).content.decode()
     )
 
-    data = persona_data(slug=persona.slug, appearance_locked="on")
-    data.update(existing_reference(0, persona.primary_reference))
+    data = persona_data(slug=bare_persona.slug, appearance_locked="on")
+    data.update(existing_reference(0, bare_persona.primary_reference))
     data.update(management("references", 1, initial=1))
-    response = client.post(change_url(persona), data)
+    response = client.post(change_url(bare_persona), data)
 
     assert response.status_code == 302, errors_in(response)
-    persona.refresh_from_db()
-    assert not persona.appearance_locked
+    bare_persona.refresh_from_db()
+    assert not bare_persona.appearance_locked
 
 
 # --- Actions -------------------------------------------------------------------
@@ -495,12 +509,12 @@ def run_action(client, action: str, *personas: Persona):
 
 
 def test_lock_action_locks_personas_with_a_primary_and_explains_the_others(
-    admin_client, persona
+    admin_client, bare_persona
 ):
-    add_reference(persona, "a.png", images.png(), is_primary=True)
+    add_reference(bare_persona, "a.png", images.png(), is_primary=True)
     bare = persona_create(name="Grace Hopper")
 
-    response = run_action(admin_client, "lock_appearance", persona, bare)
+    response = run_action(admin_client, "lock_appearance", bare_persona, bare)
 
     page = [str(message) for message in response.context["messages"]]
     assert "Locked the appearance of 1 persona." in page
@@ -508,32 +522,32 @@ def test_lock_action_locks_personas_with_a_primary_and_explains_the_others(
         line.startswith("Grace Hopper was not locked: Locking the appearance needs")
         for line in page
     )
-    persona.refresh_from_db()
+    bare_persona.refresh_from_db()
     bare.refresh_from_db()
-    assert (persona.appearance_locked, bare.appearance_locked) == (True, False)
+    assert (bare_persona.appearance_locked, bare.appearance_locked) == (True, False)
 
 
-def test_unlock_action(admin_client, persona):
-    add_reference(persona, "a.png", images.png(), is_primary=True)
+def test_unlock_action(admin_client, bare_persona):
+    add_reference(bare_persona, "a.png", images.png(), is_primary=True)
     Persona.objects.update(appearance_locked=True)
 
-    response = run_action(admin_client, "unlock_appearance", persona)
+    response = run_action(admin_client, "unlock_appearance", bare_persona)
 
     assert "Unlocked the appearance of 1 persona." in [
         str(message) for message in response.context["messages"]
     ]
-    persona.refresh_from_db()
-    assert not persona.appearance_locked
+    bare_persona.refresh_from_db()
+    assert not bare_persona.appearance_locked
 
 
-def test_lock_actions_need_the_lock_permission(client, staff_user, persona):
+def test_lock_actions_need_the_lock_permission(client, staff_user, bare_persona):
     client.force_login(staff_user)
     page = client.get(CHANGELIST).content.decode()
     assert 'value="lock_appearance"' not in page
 
-    response = run_action(client, "lock_appearance", persona)
-    persona.refresh_from_db()
-    assert not persona.appearance_locked
+    response = run_action(client, "lock_appearance", bare_persona)
+    bare_persona.refresh_from_db()
+    assert not bare_persona.appearance_locked
     assert response.status_code == 200
 
     staff_user.user_permissions.add(Permission.objects.get(codename="lock_persona"))
@@ -546,7 +560,7 @@ def test_lock_actions_need_the_lock_permission(client, staff_user, persona):
 # --- The reference image admin --------------------------------------------------
 
 
-def test_reference_admin_pages(admin_client, persona, media_root):
+def test_reference_admin_pages(admin_client, bare_persona, media_root):
     changelist = reverse("admin:personas_referenceimage_changelist")
     add_url = reverse("admin:personas_referenceimage_add")
     assert admin_client.get(add_url).status_code == 200
@@ -554,7 +568,7 @@ def test_reference_admin_pages(admin_client, persona, media_root):
     response = admin_client.post(
         add_url,
         {
-            "persona": str(persona.pk),
+            "persona": str(bare_persona.pk),
             "image": upload("side.jpg", images.jpeg()),
             "role": "half_body",
             "caption": "side view",
@@ -580,14 +594,14 @@ def test_reference_admin_pages(admin_client, persona, media_root):
     assert (reference.role, reference.caption, reference.persona) == (
         "face",
         "profile",
-        persona,
+        bare_persona,
     )
 
 
 def test_reference_admin_refuses_hostile_and_duplicate_uploads(
-    admin_client, persona, media_root
+    admin_client, bare_persona, media_root
 ):
-    add_reference(persona, "a.png", images.png())
+    add_reference(bare_persona, "a.png", images.png())
     before = stored_files(media_root)
     add_url = reverse("admin:personas_referenceimage_add")
 
@@ -598,7 +612,7 @@ def test_reference_admin_refuses_hostile_and_duplicate_uploads(
         response = admin_client.post(
             add_url,
             {
-                "persona": str(persona.pk),
+                "persona": str(bare_persona.pk),
                 "image": upload(name, content),
                 "role": "face",
                 "caption": "",
@@ -608,12 +622,14 @@ def test_reference_admin_refuses_hostile_and_duplicate_uploads(
         assert response.status_code == 200
         assert error in errors_in(response)
 
-    assert persona.references.count() == 1
+    assert bare_persona.references.count() == 1
     assert stored_files(media_root) == before
 
 
-def test_reference_admin_keeps_the_primary_of_a_locked_persona(admin_client, persona):
-    primary = add_reference(persona, "a.png", images.png(), is_primary=True)
+def test_reference_admin_keeps_the_primary_of_a_locked_persona(
+    admin_client, bare_persona
+):
+    primary = add_reference(bare_persona, "a.png", images.png(), is_primary=True)
     Persona.objects.update(appearance_locked=True)
     change = reverse("admin:personas_referenceimage_change", args=[primary.pk])
 
@@ -625,9 +641,9 @@ def test_reference_admin_keeps_the_primary_of_a_locked_persona(admin_client, per
 
 
 def test_reference_admin_delete_removes_files(
-    admin_client, persona, media_root, django_capture_on_commit_callbacks
+    admin_client, bare_persona, media_root, django_capture_on_commit_callbacks
 ):
-    reference = add_reference(persona, "a.png", images.png())
+    reference = add_reference(bare_persona, "a.png", images.png())
     delete_url = reverse("admin:personas_referenceimage_delete", args=[reference.pk])
 
     with django_capture_on_commit_callbacks(execute=True):

@@ -31,14 +31,14 @@ def write(folder: Path, name: str, content: bytes) -> str:
     return str(path)
 
 
-def test_good_files_are_accepted_one_line_each(persona, tmp_path, media_root):
+def test_good_files_are_accepted_one_line_each(bare_persona, tmp_path, media_root):
     paths = [
         write(tmp_path, "ada.png", images.png()),
         write(tmp_path, "ada.jpg", images.jpeg_with_orientation(6)),
         write(tmp_path, "ada.webp", images.webp((32, 32))),
     ]
 
-    output, error = run(persona.slug, *paths, "--role", "face")
+    output, error = run(bare_persona.slug, *paths, "--role", "face")
 
     assert error is None
     lines = output.splitlines()
@@ -48,30 +48,30 @@ def test_good_files_are_accepted_one_line_each(persona, tmp_path, media_root):
         for line, path in zip(lines, paths, strict=True)
     )
     assert lines[1].endswith("48 x 64")
-    references = list(persona.references.all())
+    references = list(bare_persona.references.all())
     assert {reference.role for reference in references} == {"face"}
     assert len(stored_files(media_root)) == 6
 
 
-def test_awkward_files_are_stored_upright_in_rgb(persona, tmp_path, media_root):
+def test_awkward_files_are_stored_upright_in_rgb(bare_persona, tmp_path, media_root):
     samples = images.awkward_images()
     paths = [write(tmp_path, f"{n}-{s.name}", s.content) for n, s in enumerate(samples)]
 
-    output, error = run(persona.slug, *paths)
+    output, error = run(bare_persona.slug, *paths)
 
     assert error is None, output
-    for reference in persona.references.all():
+    for reference in bare_persona.references.all():
         with reference.image.open("rb") as stored:
             image = Image.open(stored)
             assert (image.format, image.mode) == ("PNG", "RGB")
             assert not image.info.get("exif") and not image.info.get("icc_profile")
             assert image.size == (reference.width, reference.height)
-    rotated = persona.references.get(original_filename__endswith="rotated.jpg")
+    rotated = bare_persona.references.get(original_filename__endswith="rotated.jpg")
     assert (rotated.width, rotated.height) == (48, 64)
 
 
 def test_hostile_files_are_rejected_with_reasons_and_leave_nothing(
-    persona, tmp_path, media_root
+    bare_persona, tmp_path, media_root
 ):
     samples = images.hostile_images()
     folder = tmp_path / "upload"
@@ -79,7 +79,7 @@ def test_hostile_files_are_rejected_with_reasons_and_leave_nothing(
     paths = [write(folder, sample.name, sample.content) for sample in samples]
     good = write(tmp_path, "good.png", images.png((16, 16)))
 
-    output, error = run(persona.slug, *paths, good)
+    output, error = run(bare_persona.slug, *paths, good)
 
     assert error is not None and error.returncode == 1
     assert str(error) == (
@@ -96,18 +96,20 @@ def test_hostile_files_are_rejected_with_reasons_and_leave_nothing(
     assert stored_files(media_root) == {reference.image.name, reference.thumbnail.name}
 
 
-def test_a_duplicate_is_rejected(persona, tmp_path):
+def test_a_duplicate_is_rejected(bare_persona, tmp_path):
     path = write(tmp_path, "ada.png", images.png())
-    run(persona.slug, path)
+    run(bare_persona.slug, path)
 
-    output, error = run(persona.slug, write(tmp_path, "copy.png", images.png()))
+    output, error = run(bare_persona.slug, write(tmp_path, "copy.png", images.png()))
 
     assert error.returncode == 1
     assert 'is already in the gallery of "Ada Lovelace"' in output
 
 
-def test_missing_files_and_folders_are_rejections_not_tracebacks(persona, tmp_path):
-    output, error = run(persona.slug, str(tmp_path / "nowhere.png"), str(tmp_path))
+def test_missing_files_and_folders_are_rejections_not_tracebacks(
+    bare_persona, tmp_path
+):
+    output, error = run(bare_persona.slug, str(tmp_path / "nowhere.png"), str(tmp_path))
 
     assert error.returncode == 1
     lines = output.splitlines()
@@ -115,10 +117,10 @@ def test_missing_files_and_folders_are_rejections_not_tracebacks(persona, tmp_pa
     assert "could not be read (Is a directory)" in lines[1]
 
 
-def test_control_characters_in_names_are_not_printed(persona, tmp_path):
+def test_control_characters_in_names_are_not_printed(bare_persona, tmp_path):
     path = write(tmp_path, "evil\x1b[2J.png", b"")
 
-    output, _ = run(persona.slug, path)
+    output, _ = run(bare_persona.slug, path)
 
     assert "\x1b" not in output
     assert "evil?[2J.png" in output
@@ -131,8 +133,8 @@ def test_an_unknown_persona_is_an_error(db, tmp_path):
     assert not ReferenceImage.objects.exists()
 
 
-def test_an_unknown_role_is_refused_by_the_parser(persona):
+def test_an_unknown_role_is_refused_by_the_parser(bare_persona):
     with pytest.raises(CommandError, match="invalid choice"):
         call_command(
-            "studio_import_references", persona.slug, "x.png", "--role", "boss"
+            "studio_import_references", bare_persona.slug, "x.png", "--role", "boss"
         )

@@ -33,15 +33,15 @@ PAGE_QUERIES_LIMIT = 40
 def large_persona(db) -> Persona:
     """A persona with a primary image and 4,999 more rows on the same file, and
     a ControlNet unit (whose reference is chosen among all of them)."""
-    persona = persona_create(name="Crowd", slug="crowd", width=512, height=512)
+    bare_persona = persona_create(name="Crowd", slug="crowd", width=512, height=512)
     primary = reference_image_add(
-        persona=persona,
+        persona=bare_persona,
         file=SimpleUploadedFile("primary.png", images.png((64, 64))),
         is_primary=True,
     )
     ReferenceImage.objects.bulk_create(
         ReferenceImage(
-            persona=persona,
+            persona=bare_persona,
             image=primary.image.name,
             thumbnail=primary.thumbnail.name,
             width=primary.width,
@@ -53,13 +53,13 @@ def large_persona(db) -> Persona:
         for index in range(1, GALLERY_SIZE)
     )
     ControlNetUnit.objects.create(
-        persona=persona, control_type=ControlType.CANNY.value, reference=primary
+        persona=bare_persona, control_type=ControlType.CANNY.value, reference=primary
     )
-    return persona
+    return bare_persona
 
 
-def change_url(persona: Persona) -> str:
-    return reverse("admin:personas_persona_change", args=[persona.pk])
+def change_url(bare_persona: Persona) -> str:
+    return reverse("admin:personas_persona_change", args=[bare_persona.pk])
 
 
 def test_the_change_page_of_a_large_gallery_shows_one_page_and_stays_small(

@@ -189,8 +189,13 @@ def test_too_many_tensors_are_refused_before_the_header_is_parsed(settings):
 def test_dtypes_diffusers_cannot_load_as_weights_are_refused(dtype):
     size = {"I64": 8}.get(dtype, 1)
     content = images.safetensors_with_header(
-        {f"{LORA_KEY}.lora_A.weight": {**F16_PAIR, "dtype": dtype,
-                                       "data_offsets": [0, 2 * size]}},
+        {
+            f"{LORA_KEY}.lora_A.weight": {
+                **F16_PAIR,
+                "dtype": dtype,
+                "data_offsets": [0, 2 * size],
+            }
+        },
         b"\0" * 2 * size,
     )
 
@@ -202,8 +207,13 @@ def test_dtypes_diffusers_cannot_load_as_weights_are_refused(dtype):
 
 def test_a_tensor_wider_than_any_layer_is_refused():
     content = images.safetensors_with_header(
-        {f"{LORA_KEY}.lora_A.weight": {"dtype": "F16", "shape": [4, 1_000_000],
-                                       "data_offsets": [0, 8_000_000]}},
+        {
+            f"{LORA_KEY}.lora_A.weight": {
+                "dtype": "F16",
+                "shape": [4, 1_000_000],
+                "data_offsets": [0, 8_000_000],
+            }
+        },
         b"\0" * 8_000_000,
     )
 
@@ -246,8 +256,10 @@ def test_keys_of_every_known_style_name_a_layer(key):
 )
 def test_keys_that_name_no_layer_are_refused(key):
     content = images.safetensors_with_header(
-        {f"{LORA_KEY}.lora_A.weight": F16_PAIR, key: {**F16_PAIR,
-                                                      "data_offsets": [4, 8]}},
+        {
+            f"{LORA_KEY}.lora_A.weight": F16_PAIR,
+            key: {**F16_PAIR, "data_offsets": [4, 8]},
+        },
         b"\0" * 8,
     )
 

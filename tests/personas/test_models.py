@@ -28,9 +28,9 @@ def errors_of(instance) -> dict[str, list[str]]:
 def test_out_of_range_settings_are_refused_with_a_clear_message(
     db, field, value, message
 ):
-    persona = Persona(name="Ada", slug="ada", **{field: value})
+    bare_persona = Persona(name="Ada", slug="ada", **{field: value})
 
-    assert message in " ".join(errors_of(persona)[field])
+    assert message in " ".join(errors_of(bare_persona)[field])
 
 
 def test_the_size_limit_follows_the_setting(db, settings):
@@ -43,14 +43,14 @@ def test_the_size_limit_follows_the_setting(db, settings):
 
 
 def test_a_fixed_seed_policy_needs_a_seed(db):
-    persona = Persona(name="Ada", slug="ada", seed_policy=SeedPolicy.FIXED)
+    bare_persona = Persona(name="Ada", slug="ada", seed_policy=SeedPolicy.FIXED)
 
-    assert "needs a seed" in errors_of(persona)["seed"][0]
+    assert "needs a seed" in errors_of(bare_persona)["seed"][0]
 
 
-def test_guidance_start_must_be_below_end(persona):
+def test_guidance_start_must_be_below_end(bare_persona):
     unit = ControlNetUnit(
-        persona=persona,
+        persona=bare_persona,
         control_type=ControlType.CANNY,
         guidance_start=0.6,
         guidance_end=0.6,
@@ -59,6 +59,6 @@ def test_guidance_start_must_be_below_end(persona):
     assert "must be below guidance end" in errors_of(unit)["guidance_end"][0]
 
 
-def test_defaults_are_valid(persona):
-    ControlNetUnit(persona=persona, control_type=ControlType.OPENPOSE).full_clean()
-    assert persona.img2img_strength == 0.7
+def test_defaults_are_valid(bare_persona):
+    ControlNetUnit(persona=bare_persona, control_type=ControlType.OPENPOSE).full_clean()
+    assert bare_persona.img2img_strength == 0.7

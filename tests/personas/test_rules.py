@@ -42,8 +42,8 @@ from tests.personas.test_admin import (
 )
 
 
-def add_image(persona: Persona, name: str, content: bytes) -> ReferenceImage:
-    return reference_image_add(persona=persona, file=upload(name, content))
+def add_image(bare_persona: Persona, name: str, content: bytes) -> ReferenceImage:
+    return reference_image_add(persona=bare_persona, file=upload(name, content))
 
 
 def refusal(call) -> ValidationError:
@@ -58,22 +58,24 @@ def page_messages(response) -> list[str]:
 
 
 @pytest.fixture
-def lock_message(persona) -> str:
+def lock_message(bare_persona) -> str:
     """The services' message for a lock without a primary image."""
-    error = refusal(lambda: persona_check_lockable(persona=persona, has_primary=False))
+    error = refusal(
+        lambda: persona_check_lockable(persona=bare_persona, has_primary=False)
+    )
     assert error.code == "lock_without_primary"
     (message,) = error.messages
     return message
 
 
 @pytest.fixture
-def locked(persona) -> tuple[Persona, ReferenceImage]:
+def locked(bare_persona) -> tuple[Persona, ReferenceImage]:
     """A persona whose appearance is locked to its primary image."""
     primary = reference_image_add(
-        persona=persona, file=upload("a.png", images.png()), is_primary=True
+        persona=bare_persona, file=upload("a.png", images.png()), is_primary=True
     )
-    persona_lock_appearance(persona=persona)
-    return persona, primary
+    persona_lock_appearance(persona=bare_persona)
+    return bare_persona, primary
 
 
 @pytest.fixture
@@ -90,13 +92,13 @@ def keep_primary_message(locked) -> str:
 
 
 def test_every_service_refuses_a_lock_without_primary_with_one_message(
-    persona, lock_message
+    bare_persona, lock_message
 ):
     created = refusal(lambda: persona_create(name="Grace", appearance_locked=True))
     updated = refusal(
-        lambda: persona_update(persona=persona, data={"appearance_locked": True})
+        lambda: persona_update(persona=bare_persona, data={"appearance_locked": True})
     )
-    locked = refusal(lambda: persona_lock_appearance(persona=persona))
+    locked = refusal(lambda: persona_lock_appearance(persona=bare_persona))
 
     assert created.message_dict == {"appearance_locked": [lock_message]}
     assert updated.message_dict == {"appearance_locked": [lock_message]}
@@ -105,25 +107,26 @@ def test_every_service_refuses_a_lock_without_primary_with_one_message(
 
 
 def test_the_admin_form_and_the_lock_action_give_the_services_message(
-    admin_client, persona, lock_message
+    admin_client, bare_persona, lock_message
 ):
     form = admin_client.post(
-        change_url(persona), persona_data(slug=persona.slug, appearance_locked="on")
+        change_url(bare_persona),
+        persona_data(slug=bare_persona.slug, appearance_locked="on"),
     )
-    action = run_action(admin_client, "lock_appearance", persona)
+    action = run_action(admin_client, "lock_appearance", bare_persona)
 
     assert form.status_code == 200
     assert lock_message in errors_in(form)
-    assert f"{persona} was not locked: {lock_message}" in page_messages(action)
-    persona.refresh_from_db()
-    assert not persona.appearance_locked
+    assert f"{bare_persona} was not locked: {lock_message}" in page_messages(action)
+    bare_persona.refresh_from_db()
+    assert not bare_persona.appearance_locked
 
 
 def test_the_admin_locks_with_a_primary_it_saves_in_the_same_submit(
-    admin_client, persona
+    admin_client, bare_persona
 ):
     data = persona_data(
-        slug=persona.slug,
+        slug=bare_persona.slug,
         appearance_locked="on",
         **management("references", 1),
         **{
@@ -135,12 +138,12 @@ def test_the_admin_locks_with_a_primary_it_saves_in_the_same_submit(
         },
     )
 
-    response = admin_client.post(change_url(persona), data)
+    response = admin_client.post(change_url(bare_persona), data)
 
     assert response.status_code == 302, errors_in(response)
-    persona.refresh_from_db()
-    assert persona.appearance_locked
-    assert persona.primary_reference is not None
+    bare_persona.refresh_from_db()
+    assert bare_persona.appearance_locked
+    assert bare_persona.primary_reference is not None
 
 
 # --- The primary image of a locked persona stays --------------------------------
@@ -149,7 +152,7 @@ def test_the_admin_locks_with_a_primary_it_saves_in_the_same_submit(
 def test_the_services_keep_the_primary_of_a_locked_persona(
     locked, keep_primary_message
 ):
-    persona, primary = locked
+    bare_persona, primary = locked
 
     unmarked = refusal(
         lambda: reference_update(reference=primary, data={"is_primary": False})
@@ -162,13 +165,13 @@ def test_the_services_keep_the_primary_of_a_locked_persona(
 
 
 def test_the_primary_of_a_locked_persona_moves_to_another_image(locked):
-    persona, primary = locked
-    other = add_image(persona, "b.png", images.png((8, 8)))
+    bare_persona, primary = locked
+    other = add_image(bare_persona, "b.png", images.png((8, 8)))
 
     reference_set_primary(reference=other)
     reference_image_delete(reference=primary)
 
-    assert persona.primary_reference == other
+    assert bare_persona.primary_reference == other
     assert not ReferenceImage.objects.filter(pk=primary.pk).exists()
 
 
@@ -202,8 +205,8 @@ def test_the_reference_admin_delete_page_refuses_with_the_services_message(
 def test_the_reference_admin_delete_action_refuses_with_the_services_message(
     admin_client, locked, keep_primary_message
 ):
-    persona, primary = locked
-    other = add_image(persona, "b.png", images.png((8, 8)))
+    bare_persona, primary = locked
+    other = add_image(bare_persona, "b.png", images.png((8, 8)))
     changelist = reverse("admin:personas_referenceimage_changelist")
 
     response = admin_client.post(
@@ -220,11 +223,15 @@ def test_the_reference_admin_delete_action_refuses_with_the_services_message(
     (message,) = page_messages(response)
     assert message.startswith("Nothing was deleted.")
     assert f"{primary}: {keep_primary_message}" in message
-    assert persona.references.count() == 2
+    assert bare_persona.references.count() == 2
 
 
-def test_the_reference_admin_deletes_what_the_services_allow(admin_client, persona):
-    reference = reference_image_add(persona=persona, file=upload("a.png", images.png()))
+def test_the_reference_admin_deletes_what_the_services_allow(
+    admin_client, bare_persona
+):
+    reference = reference_image_add(
+        persona=bare_persona, file=upload("a.png", images.png())
+    )
     changelist = reverse("admin:personas_referenceimage_changelist")
 
     response = admin_client.post(
@@ -244,15 +251,15 @@ def test_the_reference_admin_deletes_what_the_services_allow(admin_client, perso
 def test_the_persona_gallery_cannot_drop_the_primary_of_a_locked_persona(
     admin_client, locked, lock_message
 ):
-    persona, primary = locked
+    bare_persona, primary = locked
     data = persona_data(
-        slug=persona.slug,
+        slug=bare_persona.slug,
         appearance_locked="on",
         **management("references", 1, initial=1),
         **existing_reference(0, primary, primary=False),
     )
 
-    response = admin_client.post(change_url(persona), data)
+    response = admin_client.post(change_url(bare_persona), data)
 
     assert response.status_code == 200
     assert lock_message in errors_in(response)
@@ -275,35 +282,36 @@ def run_import(*args: str) -> tuple[str, CommandError | None]:
 def test_the_import_command_keeps_the_primary_of_a_locked_persona(
     locked, tmp_path: Path
 ):
-    persona, primary = locked
+    bare_persona, primary = locked
     path = tmp_path / "b.png"
     path.write_bytes(images.png((8, 8)))
 
-    output, error = run_import(persona.slug, str(path))
+    output, error = run_import(bare_persona.slug, str(path))
 
     assert error is None, output
-    assert persona.primary_reference == primary
-    assert persona.references.count() == 2
+    assert bare_persona.primary_reference == primary
+    assert bare_persona.references.count() == 2
 
 
 def test_the_import_command_and_the_admin_refuse_a_duplicate_alike(
-    admin_client, persona, tmp_path: Path
+    admin_client, bare_persona, tmp_path: Path
 ):
     content = images.png()
-    reference_image_add(persona=persona, file=upload("a.png", content))
+    reference_image_add(persona=bare_persona, file=upload("a.png", content))
     expected = refusal(
         lambda: reference_check_not_duplicate(
-            persona=persona, image=validate_image_upload(upload("copy.png", content))
+            persona=bare_persona,
+            image=validate_image_upload(upload("copy.png", content)),
         )
     ).messages[0]
     path = tmp_path / "copy.png"
     path.write_bytes(content)
 
-    output, error = run_import(persona.slug, str(path))
+    output, error = run_import(bare_persona.slug, str(path))
     page = admin_client.post(
         reverse("admin:personas_referenceimage_add"),
         {
-            "persona": str(persona.pk),
+            "persona": str(bare_persona.pk),
             "image": upload("copy.png", content),
             "role": "face",
             "caption": "",
@@ -314,4 +322,4 @@ def test_the_import_command_and_the_admin_refuse_a_duplicate_alike(
     assert error is not None
     assert f"rejected {path}: {expected}" in output
     assert expected in errors_in(page)
-    assert persona.references.count() == 1
+    assert bare_persona.references.count() == 1

@@ -27,20 +27,24 @@ from tests import images
 from tests.personas.conftest import stored_files, upload
 
 
-def add(persona: Persona, name: str = "ada.png", content: bytes | None = None, **kw):
+def add(
+    bare_persona: Persona, name: str = "ada.png", content: bytes | None = None, **kw
+):
     return reference_image_add(
-        persona=persona,
+        persona=bare_persona,
         file=upload(name, images.png() if content is None else content),
         **kw,
     )
 
 
-def test_an_image_is_stored_under_a_random_name_with_its_thumbnail(persona, media_root):
+def test_an_image_is_stored_under_a_random_name_with_its_thumbnail(
+    bare_persona, media_root
+):
     user = get_user_model().objects.create_user("curator")
 
-    reference = add(persona, "Ada at the desk.png", uploaded_by=user)
+    reference = add(bare_persona, "Ada at the desk.png", uploaded_by=user)
 
-    assert reference.image.name.startswith(f"references/{persona.pk}/")
+    assert reference.image.name.startswith(f"references/{bare_persona.pk}/")
     assert reference.image.name.endswith(".png")
     assert "Ada" not in reference.image.name
     assert reference.thumbnail.name.endswith(".webp")
@@ -51,9 +55,9 @@ def test_an_image_is_stored_under_a_random_name_with_its_thumbnail(persona, medi
     assert len(reference.sha256) == 64
 
 
-def test_images_are_ordered_as_they_are_added(persona):
-    first = add(persona, "a.png", images.png((64, 48)))
-    second = add(persona, "b.png", images.png((48, 64)))
+def test_images_are_ordered_as_they_are_added(bare_persona):
+    first = add(bare_persona, "a.png", images.png((64, 48)))
+    second = add(bare_persona, "b.png", images.png((48, 64)))
 
     assert (first.order, second.order) == (1, 2)
 
@@ -61,21 +65,21 @@ def test_images_are_ordered_as_they_are_added(persona):
 @pytest.mark.parametrize(
     "sample", images.hostile_images(), ids=lambda sample: sample.name
 )
-def test_a_refused_image_leaves_nothing_behind(persona, media_root, sample):
+def test_a_refused_image_leaves_nothing_behind(bare_persona, media_root, sample):
     with pytest.raises(UploadRejected) as refused:
-        add(persona, sample.name, sample.content)
+        add(bare_persona, sample.name, sample.content)
 
     assert refused.value.code == sample.code
     assert stored_files(media_root) == set()
     assert not ReferenceImage.objects.exists()
 
 
-def test_a_duplicate_is_refused_by_name_and_stores_nothing(persona, media_root):
-    add(persona, "first.png")
+def test_a_duplicate_is_refused_by_name_and_stores_nothing(bare_persona, media_root):
+    add(bare_persona, "first.png")
     before = stored_files(media_root)
 
     with pytest.raises(ValidationError) as refused:
-        add(persona, "again.png")
+        add(bare_persona, "again.png")
 
     assert refused.value.code == "duplicate"
     assert (
@@ -83,30 +87,30 @@ def test_a_duplicate_is_refused_by_name_and_stores_nothing(persona, media_root):
         in (refused.value.messages[0])
     )
     assert stored_files(media_root) == before
-    assert persona.references.count() == 1
+    assert bare_persona.references.count() == 1
 
 
-def test_the_same_image_may_be_in_two_personas(persona):
+def test_the_same_image_may_be_in_two_personas(bare_persona):
     other = persona_create(name="Grace Hopper")
 
-    add(persona)
+    add(bare_persona)
     add(other)
 
     assert ReferenceImage.objects.count() == 2
 
 
-def test_a_failure_after_the_files_are_written_removes_them(persona, media_root):
+def test_a_failure_after_the_files_are_written_removes_them(bare_persona, media_root):
     with pytest.raises(ValidationError) as refused:
-        add(persona, caption="x" * 300)
+        add(bare_persona, caption="x" * 300)
 
     assert "caption" in refused.value.message_dict
     assert stored_files(media_root) == set()
     assert not ReferenceImage.objects.exists()
 
 
-def test_a_new_primary_replaces_the_previous_one(persona):
-    first = add(persona, "a.png", images.png((64, 48)), is_primary=True)
-    second = add(persona, "b.png", images.png((48, 64)), is_primary=True)
+def test_a_new_primary_replaces_the_previous_one(bare_persona):
+    first = add(bare_persona, "a.png", images.png((64, 48)), is_primary=True)
+    second = add(bare_persona, "b.png", images.png((48, 64)), is_primary=True)
     first.refresh_from_db()
 
     assert (first.is_primary, second.is_primary) == (False, True)
@@ -114,107 +118,108 @@ def test_a_new_primary_replaces_the_previous_one(persona):
     reference_set_primary(reference=first)
     second.refresh_from_db()
 
-    assert persona.primary_reference == first
+    assert bare_persona.primary_reference == first
     assert second.is_primary is False
 
 
-def test_locking_needs_a_primary_reference(persona):
+def test_locking_needs_a_primary_reference(bare_persona):
     with pytest.raises(ValidationError) as refused:
-        persona_lock_appearance(persona=persona)
+        persona_lock_appearance(persona=bare_persona)
     assert refused.value.code == "lock_without_primary"
 
-    add(persona, is_primary=True)
-    persona_lock_appearance(persona=persona)
-    persona.refresh_from_db()
-    assert persona.appearance_locked
+    add(bare_persona, is_primary=True)
+    persona_lock_appearance(persona=bare_persona)
+    bare_persona.refresh_from_db()
+    assert bare_persona.appearance_locked
 
-    persona_unlock_appearance(persona=persona)
-    persona.refresh_from_db()
-    assert not persona.appearance_locked
+    persona_unlock_appearance(persona=bare_persona)
+    bare_persona.refresh_from_db()
+    assert not bare_persona.appearance_locked
 
 
-def test_create_and_update_refuse_a_lock_without_primary(persona, db):
+def test_create_and_update_refuse_a_lock_without_primary(bare_persona, db):
     with pytest.raises(ValidationError) as refused:
         persona_create(name="Grace", appearance_locked=True)
     assert "appearance_locked" in refused.value.message_dict
     assert not Persona.objects.filter(name="Grace").exists()
 
     with pytest.raises(ValidationError):
-        persona_update(persona=persona, data={"appearance_locked": True})
+        persona_update(persona=bare_persona, data={"appearance_locked": True})
 
 
-def test_update_validates_settings(persona):
+def test_update_validates_settings(bare_persona):
     with pytest.raises(ValidationError) as refused:
-        persona_update(persona=persona, data={"steps": 0, "name": "Ada L."})
+        persona_update(persona=bare_persona, data={"steps": 0, "name": "Ada L."})
 
     assert "steps" in refused.value.message_dict
-    persona.refresh_from_db()
-    assert persona.name == "Ada Lovelace"
+    bare_persona.refresh_from_db()
+    assert bare_persona.name == "Ada Lovelace"
 
 
 def test_lora_weights_are_stored_replaced_and_removed(
-    persona, media_root, django_capture_on_commit_callbacks
+    bare_persona, media_root, django_capture_on_commit_callbacks
 ):
     first = images.safetensors_lora(rank=4)
     with django_capture_on_commit_callbacks(execute=True):
-        persona_set_lora(persona=persona, file=upload("ada.safetensors", first))
-    first_name = persona.lora_weights.name
+        persona_set_lora(persona=bare_persona, file=upload("ada.safetensors", first))
+    first_name = bare_persona.lora_weights.name
     assert stored_files(media_root) == {first_name}
     assert first_name.startswith("loras/") and "ada" not in first_name
 
     with django_capture_on_commit_callbacks(execute=True):
         persona_set_lora(
-            persona=persona, file=upload("ada2.safetensors", images.safetensors_lora(8))
+            persona=bare_persona,
+            file=upload("ada2.safetensors", images.safetensors_lora(8)),
         )
-    assert stored_files(media_root) == {persona.lora_weights.name} != {first_name}
+    assert stored_files(media_root) == {bare_persona.lora_weights.name} != {first_name}
 
     with django_capture_on_commit_callbacks(execute=True):
-        persona_set_lora(persona=persona, file=None)
-    persona.refresh_from_db()
-    assert (persona.lora_weights.name, persona.lora_sha256) == ("", "")
+        persona_set_lora(persona=bare_persona, file=None)
+    bare_persona.refresh_from_db()
+    assert (bare_persona.lora_weights.name, bare_persona.lora_sha256) == ("", "")
     assert stored_files(media_root) == set()
 
 
-def test_refused_lora_weights_keep_the_previous_ones(persona, media_root):
+def test_refused_lora_weights_keep_the_previous_ones(bare_persona, media_root):
     persona_set_lora(
-        persona=persona, file=upload("ada.safetensors", images.safetensors_lora())
+        persona=bare_persona, file=upload("ada.safetensors", images.safetensors_lora())
     )
-    before = (persona.lora_weights.name, persona.lora_sha256)
+    before = (bare_persona.lora_weights.name, bare_persona.lora_sha256)
 
     with pytest.raises(UploadRejected):
         persona_set_lora(
-            persona=persona,
+            persona=bare_persona,
             file=upload("ada.safetensors", images.pickled_checkpoint()),
         )
 
-    persona.refresh_from_db()
-    assert (persona.lora_weights.name, persona.lora_sha256) == before
+    bare_persona.refresh_from_db()
+    assert (bare_persona.lora_weights.name, bare_persona.lora_sha256) == before
     assert stored_files(media_root) == {before[0]}
 
 
 def test_deleting_removes_the_files_once_committed(
-    persona, media_root, django_capture_on_commit_callbacks
+    bare_persona, media_root, django_capture_on_commit_callbacks
 ):
-    kept = add(persona, "a.png", images.png((64, 48)))
-    gone = add(persona, "b.png", images.png((48, 64)))
+    kept = add(bare_persona, "a.png", images.png((64, 48)))
+    gone = add(bare_persona, "b.png", images.png((48, 64)))
 
     with django_capture_on_commit_callbacks(execute=True):
         reference_image_delete(reference=gone)
     assert stored_files(media_root) == {kept.image.name, kept.thumbnail.name}
 
-    unit = ControlNetUnit(persona=persona, control_type=ControlType.OPENPOSE)
+    unit = ControlNetUnit(persona=bare_persona, control_type=ControlType.OPENPOSE)
     unit.control_image = ContentFile(images.png(), name="pose.png")
     control_unit_save(unit=unit)
     with django_capture_on_commit_callbacks(execute=True):
-        persona_delete(persona=persona)
+        persona_delete(persona=bare_persona)
     assert stored_files(media_root) == set()
     assert not ReferenceImage.objects.exists()
 
 
 def test_a_control_image_is_validated_and_a_replaced_one_removed(
-    persona, media_root, django_capture_on_commit_callbacks
+    bare_persona, media_root, django_capture_on_commit_callbacks
 ):
-    unit = ControlNetUnit(persona=persona, control_type=ControlType.OPENPOSE)
+    unit = ControlNetUnit(persona=bare_persona, control_type=ControlType.OPENPOSE)
     unit.control_image = ContentFile(images.jpeg_with_orientation(6), name="pose.jpg")
     control_unit_save(unit=unit)
     first_name = unit.control_image.name
@@ -232,17 +237,20 @@ def test_a_control_image_is_validated_and_a_replaced_one_removed(
 
 
 def test_persona_list_counts_the_gallery_in_constant_queries(
-    persona, django_assert_num_queries
+    bare_persona, django_assert_num_queries
 ):
-    add(persona, "a.png", images.png((64, 48)), is_primary=True)
-    add(persona, "b.png", images.png((48, 64)))
+    add(bare_persona, "a.png", images.png((64, 48)), is_primary=True)
+    add(bare_persona, "b.png", images.png((48, 64)))
     for index in range(3):
         add(persona_create(name=f"Extra {index}"), is_primary=True)
 
     with django_assert_num_queries(2):
         rows = {
-            persona.name: (persona.gallery_count, len(persona.primary_references))
-            for persona in persona_list()
+            bare_persona.name: (
+                bare_persona.gallery_count,
+                len(bare_persona.primary_references),
+            )
+            for bare_persona in persona_list()
         }
 
     assert rows["Ada Lovelace"] == (2, 1)

@@ -80,8 +80,8 @@ def upload(file: HostileFile) -> SimpleUploadedFile:
     return SimpleUploadedFile(file.name, file.content, "application/octet-stream")
 
 
-def change_url(persona: Persona) -> str:
-    return reverse("admin:personas_persona_change", args=[persona.pk])
+def change_url(target_persona: Persona) -> str:
+    return reverse("admin:personas_persona_change", args=[target_persona.pk])
 
 
 def post_admin(client: Client, url: str, data: dict) -> Outcome:
@@ -95,23 +95,23 @@ def post_admin(client: Client, url: str, data: dict) -> Outcome:
     return Outcome(refusals, html.unescape(page))
 
 
-def via_gallery_inline(client, persona, file, tmp_path) -> Outcome:
-    page = client.get(change_url(persona))
+def via_gallery_inline(client, target_persona, file, tmp_path) -> Outcome:
+    page = client.get(change_url(target_persona))
     data = change_form_data(page)
     prefix = first_extra_form_prefix(inline(page, ReferenceImage))
     data[f"{prefix}-image"] = upload(file)
-    return post_admin(client, change_url(persona), data)
+    return post_admin(client, change_url(target_persona), data)
 
 
-def via_reference_add_page(client, persona, file, tmp_path) -> Outcome:
+def via_reference_add_page(client, target_persona, file, tmp_path) -> Outcome:
     url = reverse("admin:personas_referenceimage_add")
     data = change_form_data(client.get(url))
-    data.update(persona=str(persona.pk), image=upload(file))
+    data.update(persona=str(target_persona.pk), image=upload(file))
     return post_admin(client, url, data)
 
 
-def via_control_unit_inline(client, persona, file, tmp_path) -> Outcome:
-    page = client.get(change_url(persona))
+def via_control_unit_inline(client, target_persona, file, tmp_path) -> Outcome:
+    page = client.get(change_url(target_persona))
     data = change_form_data(page)
     add_inline_form(
         data,
@@ -119,17 +119,17 @@ def via_control_unit_inline(client, persona, file, tmp_path) -> Outcome:
         control_type="openpose",
         control_image=upload(file),
     )
-    return post_admin(client, change_url(persona), data)
+    return post_admin(client, change_url(target_persona), data)
 
 
-def via_lora_field(client, persona, file, tmp_path) -> Outcome:
-    page = client.get(change_url(persona))
+def via_lora_field(client, target_persona, file, tmp_path) -> Outcome:
+    page = client.get(change_url(target_persona))
     data = change_form_data(page)
     data["lora_upload"] = upload(file)
-    return post_admin(client, change_url(persona), data)
+    return post_admin(client, change_url(target_persona), data)
 
 
-def via_import_command(client, persona, file, tmp_path) -> Outcome:
+def via_import_command(client, target_persona, file, tmp_path) -> Outcome:
     # Names that climb out of a folder (../../etc/passwd.png) stay inside tmp_path.
     path = tmp_path / "a" / "b" / "c" / file.name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,11 @@ def via_import_command(client, persona, file, tmp_path) -> Outcome:
     out, err = io.StringIO(), io.StringIO()
     try:
         call_command(
-            "studio_import_references", persona.slug, str(path), stdout=out, stderr=err
+            "studio_import_references",
+            target_persona.slug,
+            str(path),
+            stdout=out,
+            stderr=err,
         )
     except CommandError as error:
         assert error.returncode == 1
@@ -197,17 +201,17 @@ def assert_neutralised_image(name: str, content: bytes) -> None:
 
 
 @pytest.fixture
-def persona(db) -> Persona:
+def target_persona(db) -> Persona:
     """A persona with one primary reference (not in the corpus)."""
-    persona = persona_create(name="Target", slug="target", width=64, height=64)
+    target_persona = persona_create(name="Target", slug="target", width=64, height=64)
     reference_image_add(
-        persona=persona,
+        persona=target_persona,
         file=SimpleUploadedFile(
             "primary.png", encode(Image.new("RGB", (72, 72), (0, 160, 0)), "PNG")
         ),
         is_primary=True,
     )
-    return persona
+    return target_persona
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda entry: entry.name)
@@ -215,13 +219,21 @@ def persona(db) -> Persona:
     "file", corpus(), ids=lambda file: f"{file.kind.value}:{file.name}"
 )
 def test_corpus_file_is_refused_cleanly_or_stored_neutralised(
-    entry, file, client, superuser, persona, settings, media_root, tmp_path, figures
+    entry,
+    file,
+    client,
+    superuser,
+    target_persona,
+    settings,
+    media_root,
+    tmp_path,
+    figures,
 ):
     settings.STUDIO_MAX_LORA_BYTES = LORA_TEST_LIMIT
     client.force_login(superuser)
     before = studio_state(media_root)
 
-    outcome = entry.attempt(client, persona, file, tmp_path)
+    outcome = entry.attempt(client, target_persona, file, tmp_path)
 
     code = expected_refusal(file, entry)
     must_refuse = file.kind is not entry.kind or file.refused
@@ -397,9 +409,9 @@ def test_decoding_past_the_memory_budget_is_refused(costly_files):
 def test_every_corpus_image_is_checked_within_one_second_and_256_mb(
     costly_files, settings, figures
 ):
-    images_to_check = [
-        file for file in corpus() if file.kind is Kind.IMAGE
-    ] + list(costly_files.values())
+    images_to_check = [file for file in corpus() if file.kind is Kind.IMAGE] + list(
+        costly_files.values()
+    )
 
     costs = [check_cost(file) for file in images_to_check]
 
@@ -482,13 +494,13 @@ def test_the_probes_lora_header_is_refused_from_its_8_byte_length(figures):
     ],
 )
 def test_the_probes_costly_files_are_refused_in_the_admin_request(
-    name, costly_files, client, superuser, persona, media_root, tmp_path
+    name, costly_files, client, superuser, target_persona, media_root, tmp_path
 ):
     file = costly_files[name]
     client.force_login(superuser)
     before = studio_state(media_root)
 
-    outcome = via_gallery_inline(client, persona, file, tmp_path)
+    outcome = via_gallery_inline(client, target_persona, file, tmp_path)
 
     assert file.code in {code for code, _ in outcome.refusals}, outcome.refusals
     assert f'"{name}"' in outcome.shown
