@@ -440,7 +440,8 @@ def content_progress(*, content_ids: Iterable[int]) -> dict[int, dict[str, Any]]
         "status", "progress_step", "progress_total", "identity_status"
     )
     # A succeeded output is not finished until its scores land ("scoring…"),
-    # so that its card is fetched again with them.
+    # so that its card is fetched again with them; "ended" says the run itself
+    # is over, so that the card shows the output while the scores are pending.
     return {
         row.pk: {
             "status": row.status,
@@ -448,6 +449,7 @@ def content_progress(*, content_ids: Iterable[int]) -> dict[int, dict[str, Any]]
             "total": row.progress_total,
             "percent": row.progress_percent,
             "label": "Scoring…" if row.scoring else row.get_status_display(),
+            "ended": row.is_finished,
             "finished": row.is_finished and not row.scoring,
         }
         for row in rows

@@ -381,7 +381,7 @@ def persona_identity_csv(request: HttpRequest, slug: str) -> HttpResponse:
 @gallery_view
 def content_progress(request: HttpRequest) -> JsonResponse:
     """``?ids=1,2,3`` -> ``{"contents": {"1": {"status", "step", "total",
-    "percent", "finished"}}}``; unknown ids are left out."""
+    "percent", "ended", "finished"}}}``; unknown ids are left out."""
     try:
         ids = content_ids(request.GET.get("ids", ""))
     except ValidationError as refused:

@@ -276,6 +276,7 @@ def test_progress_endpoint_reports_status_step_total_and_percent(
                 "step": 1,
                 "total": 4,
                 "percent": 25,
+                "ended": False,
                 "finished": False,
             },
             str(done.pk): {
@@ -284,6 +285,7 @@ def test_progress_endpoint_reports_status_step_total_and_percent(
                 "step": 4,
                 "total": 4,
                 "percent": 100,
+                "ended": True,
                 "finished": True,
             },
         }

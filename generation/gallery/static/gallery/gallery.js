@@ -56,8 +56,15 @@
             if (!row) {
               continue;
             }
+            if (!bar.dataset.renderedStatus) {
+              bar.dataset.renderedStatus = bar.dataset.status;
+            }
             showProgress(bar, row);
-            if (row.finished) {
+            // The run ended while its scores are pending: show the output now
+            // (the new card or page has its own "scoring…" bar, polled on).
+            const runEnded = row.ended
+              && ["queued", "running"].includes(bar.dataset.renderedStatus);
+            if (row.finished || runEnded) {
               const reloadPage = bar.hasAttribute("data-reload-page")
                 || (await replaceCard(bar));
               if (reloadPage) {
