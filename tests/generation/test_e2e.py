@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from PIL import Image
@@ -306,7 +307,7 @@ def test_studio_generate_waits_and_prints_final_statuses(
     ]
 
 
-def test_a_controlnet_output_keeps_its_control_image_and_missing_weights_fail_at_once(
+def test_a_controlnet_output_keeps_its_control_image_and_missing_weights_are_refused(
     persona_with_reference, shared_worker
 ):
     unit = ControlNetUnit.objects.create(
@@ -324,21 +325,18 @@ def test_a_controlnet_output_keeps_its_control_image_and_missing_weights_fail_at
     assert control.control_type == "canny"
     assert default_storage.exists(control.image.name)
 
-    # A segmentation unit with no segmentation model configured: a permanent
-    # error, so no retry, and the engine's message for the person.
+    # A segmentation unit with no segmentation model configured: sure to fail,
+    # so refused before anything is queued, with the engine's message.
     unit.control_type = "seg"
     unit.save()
-    content = services.content_enqueue(
-        persona=persona_with_reference,
-        prompt="labels",
-        overrides=GenerationOverrides(method="controlnet"),
-    )
-    content = wait_finished(content)
-    assert content.status == ContentStatus.FAILED
-    assert content.attempts == 1
-    assert content.error_code == "missing_weights"
-    assert "segmentation model" in content.error_message
-    assert "Traceback" in content.error_detail
+    with pytest.raises(ValidationError) as refused:
+        services.content_enqueue(
+            persona=persona_with_reference,
+            prompt="labels",
+            overrides=GenerationOverrides(method="controlnet"),
+        )
+    assert "segmentation model" in " ".join(refused.value.messages)
+    assert not Content.objects.filter(prompt="labels").exists()
 
 
 def test_a_run_past_the_job_timeout_fails_with_a_message(studio_settings, start_worker):
