@@ -463,12 +463,9 @@ from generation.actions import (  # noqa: E402
     perform,
 )
 from generation.models import TrainingRun, TrainingSample  # noqa: E402
-from generation.training_charts import training_chart_svg  # noqa: E402
-from generation.training_forms import TrainLoraForm  # noqa: E402
-from generation.training_services import (  # noqa: E402
-    lora_version_delete,
-    training_run_delete,
-)
+
+# The training forms, services and chart import the trainer (torch): they are
+# imported where a training page needs them, not when the admin loads.
 from personas.models import PersonaLoraVersion  # noqa: E402
 
 
@@ -548,9 +545,13 @@ class TrainingRunAdmin(StaffActionsAdmin, admin.ModelAdmin):
         return False
 
     def delete_model(self, request: HttpRequest, obj: TrainingRun) -> None:
+        from generation.training_services import training_run_delete
+
         _refusals_as_messages(self, request, training_run_delete, run=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        from generation.training_services import training_run_delete
+
         for run in queryset:
             _refusals_as_messages(self, request, training_run_delete, run=run)
 
@@ -584,6 +585,8 @@ class TrainingRunAdmin(StaffActionsAdmin, admin.ModelAdmin):
         hyperparameters; its post runs the table's TRAIN_LORA entry."""
         TRAIN_LORA.check_allowed(request.user)
         persona = get_object_or_404(Persona, pk=persona_id)
+        from generation.training_forms import TrainLoraForm
+
         posted = request.method == "POST"
         form = TrainLoraForm(request.POST if posted else None, persona=persona)
         if posted and "apply_preset" in request.POST:
@@ -611,6 +614,8 @@ class TrainingRunAdmin(StaffActionsAdmin, admin.ModelAdmin):
         run = get_object_or_404(TrainingRun, pk=run_id)
         if not self.has_view_permission(request, run):
             raise PermissionDenied
+        from generation.training_charts import training_chart_svg
+
         return HttpResponse(training_chart_svg(run), content_type="image/svg+xml")
 
     def compare_view(self, request: HttpRequest, persona_id: int) -> HttpResponse:
@@ -695,8 +700,12 @@ class PersonaLoraVersionAdmin(StaffActionsAdmin, admin.ModelAdmin):
     # Change permission runs "Make the active LoRA"; every field stays read-only.
 
     def delete_model(self, request: HttpRequest, obj: PersonaLoraVersion) -> None:
+        from generation.training_services import lora_version_delete
+
         _refusals_as_messages(self, request, lora_version_delete, version=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        from generation.training_services import lora_version_delete
+
         for version in queryset:
             _refusals_as_messages(self, request, lora_version_delete, version=version)

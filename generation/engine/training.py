@@ -55,7 +55,7 @@ TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 MIN_TRAINING_IMAGES = 3
 """DreamBooth needs a few views of the subject; fewer learns one picture."""
 MAX_TRAINING_IMAGES = 200
-MIN_STEPS, MAX_STEPS = 1, 20_000
+MIN_TRAINING_STEPS, MAX_TRAINING_STEPS = 1, 20_000
 MIN_RANK, MAX_RANK = 1, 256
 MAX_BATCH_SIZE = 16
 MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-7, 1e-2
@@ -388,12 +388,12 @@ def check_training_plan(
             f"The {chosen.name} family trains at {chosen.min_resolution} to "
             f"{chosen.max_resolution} pixels; {s.resolution} was asked."
         )
-    _check_int("steps", s.steps, MIN_STEPS, MAX_STEPS)
+    _check_int("steps", s.steps, MIN_TRAINING_STEPS, MAX_TRAINING_STEPS)
     _check_int("rank", s.rank, MIN_RANK, MAX_RANK)
     _check_int("batch size", s.batch_size, 1, MAX_BATCH_SIZE)
     _check_int("seed", s.seed, MIN_SEED, MAX_SEED)
-    _check_int("checkpoint interval", s.checkpoint_every, 0, MAX_STEPS)
-    _check_int("sample interval", s.sample_every, 0, MAX_STEPS)
+    _check_int("checkpoint interval", s.checkpoint_every, 0, MAX_TRAINING_STEPS)
+    _check_int("sample interval", s.sample_every, 0, MAX_TRAINING_STEPS)
     _check_int("sample steps", s.sample_steps, 1, 150)
     if not 0 < s.alpha <= 4 * MAX_RANK:
         raise InvalidRequest(
