@@ -26,7 +26,8 @@ ControlNet's config or an adapter's tensor names without loading weights.
 ``load_pipeline`` and ``load_controlnet`` open a resolved source through diffusers
 (``model_loading`` turns loading errors into ``ModelNotFound``); ``fingerprint``
 identifies the exact weights for the reproducibility snapshot (DESIGN.md
-decision 8).
+decision 8). File hashes are kept per process by (path, size, mtime), so a
+second fingerprint of unchanged files reads none of them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -402,9 +404,25 @@ def model_loading(location: str) -> Iterator[None]:
         ) from error
 
 
+# (resolved path, size, mtime in ns) -> SHA-256: a file read once stays hashed
+# until it changes, so "regenerate exactly" does not read a multi-GB model per
+# click. Replacing a file (a new download, a save) changes its mtime.
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+_SHA256_CACHE_LOCK = threading.Lock()
+
+
 def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, cached by (path, size, mtime)."""
+    status = path.stat()
+    key = (str(path.resolve()), status.st_size, status.st_mtime_ns)
+    with _SHA256_CACHE_LOCK:
+        cached = _SHA256_CACHE.get(key)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
+    with _SHA256_CACHE_LOCK:
+        _SHA256_CACHE[key] = digest.hexdigest()
     return digest.hexdigest()
