@@ -361,9 +361,10 @@ def _model_fingerprint(config: Any, spec: Any) -> dict[str, Any]:
         MODEL_CONFIG_FILE,
         fingerprint,
         resolve_source,
+        with_variant,
     )
 
-    result = dict(
+    result = with_variant(
         fingerprint(
             resolve_source(
                 spec.source,
@@ -372,10 +373,9 @@ def _model_fingerprint(config: Any, spec: Any) -> dict[str, Any]:
                 single_file=True,
                 single_file_config=spec.config,
             )
-        )
+        ),
+        spec.variant,
     )
-    if spec.variant is not None:
-        result["variant"] = spec.variant
     if spec.vae is not None:
         result["vae"] = fingerprint(
             resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
@@ -387,16 +387,12 @@ def _controlnet_fingerprint(
     config: Any, control_type: str, model_key: str | None
 ) -> dict[str, Any]:
     from generation.engine.errors import ModelNotFound
-    from generation.engine.sources import (
-        MODEL_CONFIG_FILE,
-        fingerprint,
-        resolve_source,
-    )
+    from generation.engine.sources import fingerprint, resolve_controlnet, with_variant
 
-    source = config.controlnets_for(model_key).get(control_type)
-    if source is None:
+    spec = config.controlnet_spec(control_type, model_key)
+    if spec is None:
         raise ModelNotFound(f"no ControlNet is configured for {control_type!r}")
-    return fingerprint(resolve_source(source, config, required_file=MODEL_CONFIG_FILE))
+    return with_variant(fingerprint(resolve_controlnet(spec, config)), spec.variant)
 
 
 def _ip_adapter_changes(
@@ -405,7 +401,7 @@ def _ip_adapter_changes(
     """The IP-Adapter's source and files, and its fingerprint where the
     snapshot recorded one."""
     from generation.engine.errors import EngineError
-    from generation.engine.sources import fingerprint, resolve_source
+    from generation.engine.sources import fingerprint, resolve_source, with_variant
 
     spec = config.ip_adapter_for(model_key)
     if spec is None:
@@ -428,12 +424,16 @@ def _ip_adapter_changes(
         ]
     if "fingerprint" in recorded:
         try:
-            now = fingerprint(
-                resolve_source(
-                    spec.source,
-                    config,
-                    required_file=f"{spec.subfolder}/{recorded['weight_name']}",
-                )
+            now = with_variant(
+                fingerprint(
+                    resolve_source(
+                        spec.source,
+                        config,
+                        required_file=f"{spec.subfolder}/{recorded['weight_name']}",
+                        revision=spec.revision,
+                    )
+                ),
+                spec.variant,
             )
         except EngineError as error:
             return [f"the IP-Adapter cannot be found ({error})"]

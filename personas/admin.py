@@ -162,13 +162,13 @@ def controlnet_readiness(control_type: str, base_model: str) -> str:
     """Whether a ControlNet is configured for ``control_type`` and the base
     model, and its files found: "Ready: <source>" or what to fix."""
     from generation.engine.errors import EngineError
-    from generation.engine.sources import MODEL_CONFIG_FILE, resolve_source
+    from generation.engine.sources import resolve_controlnet
     from personas.lora import engine_config_from_settings
 
     config = engine_config_from_settings()
     controlnets = config.controlnets_for(base_model)
-    source = controlnets.get(control_type)
-    if source is None:
+    spec = config.controlnet_spec(control_type, base_model)
+    if spec is None:
         return (
             f"Not configured: no ControlNet for {control_type!r} on model "
             f"{base_model!r} (configured: {', '.join(sorted(controlnets)) or 'none'});"
@@ -176,10 +176,10 @@ def controlnet_readiness(control_type: str, base_model: str) -> str:
             "(docs/models.md)."
         )
     try:
-        resolve_source(source, config, required_file=MODEL_CONFIG_FILE)
+        resolve_controlnet(spec, config)
     except EngineError as error:
-        return f"Configured as {source}, but not usable here: {error}"
-    return f"Ready: {source}"
+        return f"Configured as {spec.source}, but not usable here: {error}"
+    return f"Ready: {spec.source}"
 
 
 class ControlNetUnitInline(admin.StackedInline):

@@ -56,6 +56,7 @@ from .sources import (
     SourceKind,
     _cached_file,
     is_offline,
+    resolve_controlnet,
     resolve_source,
 )
 from .vocabulary import METHODS_WITH_CONTROL, ControlType
@@ -145,10 +146,10 @@ def plan_problems(
         plan = plan_method(
             replace(request, scheduler=None),
             models=config.models,
-            controlnets=config.controlnets,
-            ip_adapter_installed=ip_adapter_installed(config)
+            controlnets=config.controlnets_for(request.model),
+            ip_adapter_installed=ip_adapter_installed(config, request.model)
             if weights_here
-            else config.ip_adapter is not None,
+            else config.ip_adapter_for(request.model) is not None,
         )
     except EngineError as error:
         return [*problems, _problem(error)]
@@ -158,7 +159,7 @@ def plan_problems(
     if not weights_here:
         return problems
     problems += model_problems
-    problems += _unit_weight_problems(units, config)
+    problems += _unit_weight_problems(units, config, request.model)
     if request.lora is not None and not model_problems:
         problems += _guarded(lambda: check_lora_fits(request.lora, spec, config))
     return problems
@@ -176,15 +177,18 @@ def plan_check(
         raise problems[0].error(problems[0].message)
 
 
-def ip_adapter_installed(config: EngineConfig) -> bool:
-    """Whether the configured IP-Adapter weights can be found (as the registry
-    decides, without building one)."""
-    spec = config.ip_adapter
+def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> bool:
+    """Whether the IP-Adapter weights of a model (None: the engine-wide ones)
+    can be found (as the registry decides, without building one)."""
+    spec = config.ip_adapter_for(model_key) if model_key else config.ip_adapter
     if spec is None:
         return False
     try:
         resolve_source(
-            spec.source, config, required_file=f"{spec.subfolder}/{spec.weight_name}"
+            spec.source,
+            config,
+            required_file=f"{spec.subfolder}/{spec.weight_name}",
+            revision=spec.revision,
         )
     except EngineError:
         return False
@@ -244,17 +248,15 @@ def check_lora_fits(lora: LoraInput, spec: ModelSpec, config: EngineConfig) -> N
 
 
 def _unit_weight_problems(
-    units: list[ControlUnitInput], config: EngineConfig
+    units: list[ControlUnitInput], config: EngineConfig, model_key: str
 ) -> list[Problem]:
     problems: list[Problem] = []
     for number, unit in enumerate(units, start=1):
         control_type = ControlType(unit.control_type)
+        spec = config.controlnet_spec(control_type.value, model_key)
+        assert spec is not None  # plan_method refused a type without one
         problems += _guarded(
-            lambda control_type=control_type: resolve_source(
-                config.controlnets[control_type.value],
-                config,
-                required_file=MODEL_CONFIG_FILE,
-            ),
+            lambda spec=spec: resolve_controlnet(spec, config),
             prefix=f"Control unit {number} ({control_type.value}): its ControlNet: ",
         )
         if unit.control_image is None:

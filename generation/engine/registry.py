@@ -58,7 +58,12 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.controlnets import MultiControlNetModel
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from generation.engine.config import EngineConfig, IPAdapterSpec, ModelSpec
+from generation.engine.config import (
+    ControlNetSpec,
+    EngineConfig,
+    IPAdapterSpec,
+    ModelSpec,
+)
 from generation.engine.errors import (
     EngineError,
     InvalidRequest,
@@ -72,7 +77,6 @@ from generation.engine.families import (
     check_controlnet_fits,
     check_ip_adapter_fits,
     check_lora_fits,
-    controlnet_traits,
     family,
     ip_adapter_traits,
     safetensors_header,
@@ -89,6 +93,7 @@ from generation.engine.sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
     SourceKind,
+    controlnet_traits_of,
     fingerprint,
     load_controlnet,
     load_pipeline,
@@ -97,7 +102,9 @@ from generation.engine.sources import (
     model_traits,
     read_config,
     read_safetensors_header,
+    resolve_controlnet,
     resolve_source,
+    with_variant,
 )
 from generation.engine.vocabulary import (
     METHODS_WITH_CONTROL,
@@ -232,15 +239,9 @@ class PipelineRegistry:
     ) -> ResolvedSource:
         """The checked source of the ControlNet configured for a control type
         (the model's own ControlNets when ``model_key`` has some)."""
-        control_type = ControlType(control_type)
-        controlnets = self._controlnets(model_key)
-        configured = controlnets.get(control_type.value)
-        if configured is None:
-            raise ModelNotFound(
-                f"No ControlNet is configured for {control_type.value!r}. Configured: "
-                f"{', '.join(sorted(controlnets)) or 'none'}."
-            )
-        return resolve_source(configured, self._config, required_file=MODEL_CONFIG_FILE)
+        return resolve_controlnet(
+            self._controlnet_spec(control_type, model_key), self._config
+        )
 
     def ip_adapter_fits(self, model_key: str) -> bool:
         """Whether the model's IP-Adapter is installed and made for its family
@@ -278,12 +279,10 @@ class PipelineRegistry:
             return
         for control_type in dict.fromkeys(plan.control_types):
             source = self.controlnet_source(control_type, model_key)
-            config = read_config(source, MODEL_CONFIG_FILE)
-            if config is not None:
-                name = f"{ControlType(control_type).value!r} ({source.location})"
-                check_controlnet_fits(
-                    model, controlnet_traits(config, name), model_key, name
-                )
+            name = f"{ControlType(control_type).value!r} ({source.location})"
+            traits = controlnet_traits_of(source, name)
+            if traits is not None:
+                check_controlnet_fits(model, traits, model_key, name)
         if plan.ip_adapter is not None:
             self._check_ip_adapter_fits(model, model_key, plan.ip_adapter)
         if lora is not None:
@@ -302,9 +301,8 @@ class PipelineRegistry:
         Computed once per registry: hashing a local model reads all its files.
         """
         spec = self._spec(model_key)
-        result = dict(self._fingerprint_of(self.source(model_key)))
-        if spec.variant is not None:
-            result["variant"] = spec.variant
+        source = self.source(model_key)
+        result = with_variant(self._fingerprint_of(source), spec.variant)
         if spec.vae is not None:
             result["vae"] = self._fingerprint_of(self._vae_source(spec))
         return result
@@ -312,15 +310,20 @@ class PipelineRegistry:
     def controlnet_fingerprint(
         self, control_type: ControlType, model_key: str | None = None
     ) -> dict[str, Any]:
-        """The same for the ControlNet of a control type (of a model)."""
-        return self._fingerprint_of(self.controlnet_source(control_type, model_key))
+        """The same for the ControlNet of a control type (of a model), with
+        its variant when it has one."""
+        source = self.controlnet_source(control_type, model_key)
+        variant = self._controlnet_spec(control_type, model_key).variant
+        return with_variant(self._fingerprint_of(source), variant)
 
     def ip_adapter_fingerprint(self, model_key: str | None = None) -> dict[str, Any]:
-        """The same for the IP-Adapter of a model (its folder or Hub commit)."""
+        """The same for the IP-Adapter of a model (its folder or Hub commit),
+        with its variant when it has one."""
         source = self._ip_adapter_source(model_key)
-        if source is None:
+        spec = self._ip_adapter_spec(model_key)
+        if source is None or spec is None:
             raise ModelNotFound("No IP-Adapter is installed: configure its weights.")
-        return self._fingerprint_of(source)
+        return with_variant(self._fingerprint_of(source), spec.variant)
 
     # Pipelines -------------------------------------------------------------------
 
@@ -464,6 +467,7 @@ class PipelineRegistry:
                 source.location,
                 source.revision or "",
                 spec.image_encoder_folder,
+                spec.variant or "",
             )
             entry = self._entries.get(key)
             if entry is None:
@@ -608,11 +612,23 @@ class PipelineRegistry:
         self, control_type: ControlType, model_key: str | None = None
     ) -> tuple[str, ...]:
         source = self.controlnet_source(control_type, model_key)
-        return ("controlnet", source.location, source.revision or "")
+        variant = self._controlnet_spec(control_type, model_key).variant
+        return ("controlnet", source.location, source.revision or "", variant or "")
 
-    def _controlnets(self, model_key: str | None) -> dict[str, str]:
-        if model_key is None:
-            return self._config.controlnets
+    def _controlnet_spec(
+        self, control_type: ControlType, model_key: str | None
+    ) -> ControlNetSpec:
+        control_type = ControlType(control_type)
+        spec = self._config.controlnet_spec(control_type.value, model_key)
+        if spec is None:
+            configured = ", ".join(sorted(self._controlnets(model_key))) or "none"
+            raise ModelNotFound(
+                f"No ControlNet is configured for {control_type.value!r}. "
+                f"Configured: {configured}."
+            )
+        return spec
+
+    def _controlnets(self, model_key: str | None) -> dict[str, Any]:
         return self._config.controlnets_for(model_key)
 
     def _model_key_of(self, pipe: DiffusionPipeline) -> str | None:
@@ -671,8 +687,9 @@ class PipelineRegistry:
         entry = self._entries.get(key)
         if entry is None:
             source = self.controlnet_source(control_type, model_key)
+            variant = self._controlnet_spec(control_type, model_key).variant
             started = time.perf_counter()
-            model = load_controlnet(source, self._dtype)
+            model = load_controlnet(source, self._dtype, variant=variant)
             if not self._offloading:
                 model.to(self._device)
             self._counts["controlnet_loads"] += 1
@@ -699,6 +716,7 @@ class PipelineRegistry:
                 revision=source.revision,
                 dtype=self._dtype,
                 local_files_only=source.offline,
+                variant=spec.variant,
             )
         if not self._offloading:
             encoder.to(self._device)
@@ -791,6 +809,7 @@ class PipelineRegistry:
             spec.source,
             self._config,
             required_file=f"{spec.subfolder}/{spec.weight_name}",
+            revision=spec.revision,
         )
 
     def _set_ip_adapter(

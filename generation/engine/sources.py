@@ -50,6 +50,7 @@ from generation.engine.families import (
     DEFAULT_FAMILY,
     ModelTraits,
     UnknownFamily,
+    controlnet_file_traits,
     family,
     file_safetensors_header,
     single_file_family,
@@ -59,6 +60,8 @@ from generation.engine.families import (
 if TYPE_CHECKING:
     import torch
     from diffusers import ControlNetModel, DiffusionPipeline
+
+    from generation.engine.config import ControlNetSpec
 
 DEFAULT_SINGLE_FILE_CONFIG = DEFAULT_FAMILY.default_single_file_config
 PIPELINE_CONFIG_FILE = "model_index.json"
@@ -112,7 +115,8 @@ def resolve_source(
     ``required_file`` is the file a folder or Hub repo of this kind must hold
     (``model_index.json`` for a pipeline, ``config.json`` for a ControlNet, the
     weights file for an IP-Adapter). ``single_file`` allows a single-file
-    checkpoint, whose component configs come from ``single_file_config``.
+    checkpoint, whose component configs come from ``single_file_config``
+    (a source holding ``required_file``; None: the family's, by its keys).
     """
     offline = is_offline(config)
     path = _local_path(source, config)
@@ -139,9 +143,19 @@ def resolve_source(
             f"{named} is not a .safetensors checkpoint. Only .safetensors single "
             "files are loaded: pickled .ckpt/.bin/.pt files can run arbitrary code."
         )
+    # A single file where a config.json is expected is a ControlNet.
+    controlnet = required_file == MODEL_CONFIG_FILE
     if single_file_config is None:
-        single_file_config = single_file_family(path).default_single_file_config
-    architecture = resolve_source(single_file_config, config)
+        single_file_config = (
+            controlnet_file_traits(
+                file_safetensors_header(path), str(named)
+            ).family.default_controlnet_config
+            if controlnet
+            else single_file_family(path).default_single_file_config
+        )
+    architecture = resolve_source(
+        single_file_config, config, required_file=required_file
+    )
     # Loaded by its name (always read as safetensors, whatever it links to).
     return ResolvedSource(
         SourceKind.SINGLE_FILE, str(named), revision, offline, config=architecture
@@ -260,17 +274,69 @@ def load_pipeline(
         )
 
 
-def load_controlnet(source: ResolvedSource, dtype: torch.dtype) -> ControlNetModel:
-    """Load a ControlNet from a resolved folder or Hub id."""
+def resolve_controlnet(spec: ControlNetSpec, config: EngineConfig) -> ResolvedSource:
+    """The checked source of a ControlNet entry: a folder or Hub id holding
+    ``config.json``, or a single ``.safetensors`` file with its config source."""
+    return resolve_source(
+        spec.source,
+        config,
+        required_file=MODEL_CONFIG_FILE,
+        revision=spec.revision,
+        single_file=True,
+        single_file_config=spec.config,
+    )
+
+
+def controlnet_traits_of(source: ResolvedSource, name: str) -> ModelTraits | None:
+    """The family and width of a resolved ControlNet, from its config or (a
+    single file) its tensor names; None when neither can be read here."""
+    from generation.engine.families import controlnet_traits
+
+    if source.kind is SourceKind.SINGLE_FILE:
+        return controlnet_file_traits(
+            file_safetensors_header(Path(source.location)), name
+        )
+    config = read_config(source, MODEL_CONFIG_FILE)
+    return None if config is None else controlnet_traits(config, name)
+
+
+def load_controlnet(
+    source: ResolvedSource, dtype: torch.dtype, *, variant: str | None = None
+) -> ControlNetModel:
+    """Load a ControlNet from a resolved folder, Hub id or single file.
+
+    A single file is converted from the original layout by diffusers'
+    ``from_single_file`` with the config of its ``config`` source.
+    """
     from diffusers import ControlNetModel
 
     with model_loading(source.location):
+        if source.kind is SourceKind.SINGLE_FILE:
+            assert source.config is not None
+            return ControlNetModel.from_single_file(
+                source.location,
+                config=source.config.location,
+                config_revision=source.config.revision,
+                dtype=dtype,
+                local_files_only=source.offline,
+            )
         return ControlNetModel.from_pretrained(
             source.location,
             revision=source.revision,
             dtype=dtype,
             local_files_only=source.offline,
+            variant=variant,
         )
+
+
+def with_variant(fingerprinted: dict[str, Any], variant: str | None) -> dict[str, Any]:
+    """A ``fingerprint`` with the variant that was loaded, when there is one
+    (a folder's hash covers every variant's files; which ones ran is here)."""
+    return (
+        dict(fingerprinted)
+        if variant is None
+        else {**fingerprinted, "variant": variant}
+    )
 
 
 def load_vae(source: ResolvedSource, dtype: torch.dtype) -> Any:
@@ -390,7 +456,18 @@ def _hub_commit(source: ResolvedSource) -> str | None:
         cached = _cached_file(source, filename)
         if cached is not None:
             return Path(cached).parent.name
-    return None
+    # A repo without a config at its root (h94/IP-Adapter): the cache's ref.
+    from huggingface_hub import constants
+
+    folder = "models--" + source.location.replace("/", "--")
+    repo = Path(constants.HF_HUB_CACHE) / folder
+    revision = source.revision or "main"
+    if (repo / "snapshots" / revision).is_dir():
+        return revision
+    try:
+        return (repo / "refs" / revision).read_text().strip() or None
+    except OSError:
+        return None
 
 
 @contextmanager
