@@ -265,6 +265,8 @@ class Engine:
                     seg_model=self._config.seg_model,
                     offline=self._config.offline,
                     resize_mode=request.resize_mode,
+                    # Every detector with weights follows its parameters' device.
+                    device=str(self._registry.device),
                 )
             )
         if plan.ip_adapter is not None:
