@@ -348,7 +348,7 @@ def _fingerprint_changes(
                 then, now = (value and value[:12] for value in (then, now))
             changes.append(f"{what} changed ({field} {then} then, {now} now)")
             break  # one line per input: the first field that differs
-    for part in ("config", "vae"):
+    for part in ("config", "vae", "refiner"):
         if recorded.get(part) or current.get(part):
             changes += _fingerprint_changes(
                 f"{what}'s {part}", recorded.get(part) or {}, current.get(part) or {}
@@ -357,30 +357,9 @@ def _fingerprint_changes(
 
 
 def _model_fingerprint(config: Any, spec: Any) -> dict[str, Any]:
-    from generation.engine.sources import (
-        MODEL_CONFIG_FILE,
-        fingerprint,
-        resolve_source,
-        with_variant,
-    )
+    from generation.engine.sources import model_fingerprint
 
-    result = with_variant(
-        fingerprint(
-            resolve_source(
-                spec.source,
-                config,
-                revision=spec.revision,
-                single_file=True,
-                single_file_config=spec.config,
-            )
-        ),
-        spec.variant,
-    )
-    if spec.vae is not None:
-        result["vae"] = fingerprint(
-            resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
-        )
-    return result
+    return model_fingerprint(spec, config)
 
 
 def _controlnet_fingerprint(

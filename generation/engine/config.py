@@ -38,6 +38,12 @@ TINY_SDXL_PIPELINE_DIR = "sdxl"
 TINY_SDXL_SINGLE_FILE = "sdxl.safetensors"
 TINY_SDXL_CONTROLNET_DIR = "controlnet-sdxl"
 TINY_SDXL_LORA_FILE = "lora/persona-sdxl.safetensors"
+# Its refiner (``tiny_sdxl.random_sdxl_refiner``): the second expert of SDXL's
+# ensemble of denoisers, configured per model (``ModelSpec.refiner``).
+TINY_SDXL_REFINER_DIR = "sdxl-refiner"
+# The base's share of the schedule before the refiner takes over (the
+# "high_noise_frac" of diffusers' SDXL guide).
+DEFAULT_REFINER_SWITCH = 0.8
 
 
 @dataclass
@@ -63,6 +69,11 @@ class ModelSpec:
     only those. ``vae`` replaces the model's VAE by another (a Hub id or a
     folder with ``config.json``: ``stabilityai/sd-vae-ft-mse``,
     ``madebyollin/sdxl-vae-fp16-fix`` for SDXL in half precision).
+
+    ``refiner`` (SDXL) names a refiner pipeline (a Hub id or folder:
+    ``stabilityai/stable-diffusion-xl-refiner-1.0``, loaded with the model's
+    ``variant``); text and img2img jobs then run
+    the base to ``refiner_switch`` of the schedule and the refiner the rest.
     """
 
     key: str
@@ -76,10 +87,18 @@ class ModelSpec:
     ip_adapter: IPAdapterSpec | None = None
     variant: str | None = None
     vae: str | None = None
+    refiner: str | None = None
+    refiner_switch: float = DEFAULT_REFINER_SWITCH
 
     def __post_init__(self) -> None:
         if self.family is not None:
             family(self.family)  # an unknown key is refused at configuration
+        if not 0.0 < self.refiner_switch < 1.0:
+            raise ValueError(
+                f"Model {self.key!r}: refiner_switch is the fraction of the "
+                f"schedule the base denoises, between 0 and 1 (exclusive); got "
+                f"{self.refiner_switch!r}."
+            )
         for entry in (self.controlnets or {}).values():
             ControlNetSpec.of(entry)  # a malformed entry is refused here too
 
@@ -108,7 +127,8 @@ def model_catalog(
 ) -> dict[str, ModelSpec]:
     """The base models a studio serves, from its ``STUDIO_MODELS`` mapping (key ->
     source, or key -> {"source", "revision", "label", "config", "tiny",
-    "family", "controlnets", "ip_adapter", "variant", "vae"}); an empty mapping
+    "family", "controlnets", "ip_adapter", "variant", "vae", "refiner",
+    "refiner_switch"}); an empty mapping
     serves the built-in tiny models from ``tiny_model_dir`` (SD 1.5, and SDXL
     when it was written)."""
     if not models:
@@ -128,6 +148,8 @@ def model_catalog(
             controlnets=spec.get("controlnets"),
             variant=spec.get("variant"),
             vae=spec.get("vae"),
+            refiner=spec.get("refiner"),
+            refiner_switch=float(spec.get("refiner_switch", DEFAULT_REFINER_SWITCH)),
             ip_adapter=None
             if ip_adapter is None
             else IPAdapterSpec.for_family(spec.get("family"), **ip_adapter),

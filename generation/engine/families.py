@@ -108,6 +108,11 @@ class Family:
     inpaint_pipeline_class: str
     """The diffusers inpaint class; derived from the base with ``from_pipe``, it
     takes the ordinary 4-channel UNet (the mask is blended in latent space)."""
+    refiner_pipeline_class: str | None = None
+    """The class of the family's refiner, the second expert of an "ensemble of
+    expert denoisers" (diffusers' SDXL guide): the base denoises the first
+    part of the schedule (``denoising_end``), the refiner the rest from the
+    base's latents (``denoising_start``). None: the family has no refiner."""
     denoiser: str = "unet"
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
@@ -217,6 +222,7 @@ SDXL = Family(
         image_encoder_folder="models/image_encoder",
     ),
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
+    refiner_pipeline_class="StableDiffusionXLImg2ImgPipeline",
 )
 
 FAMILIES: dict[str, Family] = {family.key: family for family in (SD15, SDXL)}
@@ -380,6 +386,17 @@ def controlnet_file_traits(header: Mapping[str, Any], where: str) -> ModelTraits
         f"size conditioning {conditioning}*" if conditioning else "no size conditioning"
     ) + f", cross-attention width {width if widths else 'unknown'}"
     return ModelTraits(row, width, found)
+
+
+def check_refiner_fits(row: Family, model_key: str) -> str:
+    """The refiner class of a model's family, or ``InvalidRequest`` naming the
+    model when its family has none."""
+    if row.refiner_pipeline_class is None:
+        raise InvalidRequest(
+            f"Model {model_key!r} ({row.label}) has a refiner configured, but "
+            f"{row.label} has no refiner: remove the model's refiner."
+        )
+    return row.refiner_pipeline_class
 
 
 # --- Adapters: do they fit? ---------------------------------------------------------

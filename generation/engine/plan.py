@@ -18,7 +18,8 @@ What it checks, in order:
   the IP-Adapter is installed when one is asked for;
 - each unit's preprocessor and its options are known and sound;
 - with the weights on this host (``weights_here``): the model is installed
-  (its source resolves and its files are there), each unit's ControlNet
+  (its source resolves and its files are there), its refiner (for text and
+  img2img) is of a family that has one and is there, each unit's ControlNet
   resolves, the annotator weights of each unit's preprocessor are present (a
   ready-made control image needs none), and the LoRA fits the model (its
   cross-attention width is the model's; a transformer LoRA is not put on a
@@ -40,6 +41,7 @@ from typing import Any
 
 from .config import EngineConfig, ModelSpec
 from .errors import EngineError, InvalidRequest, MissingWeights
+from .families import check_refiner_fits
 from .methods import plan_method
 from .preprocessors import (
     PREPROCESSORS,
@@ -56,10 +58,11 @@ from .sources import (
     SourceKind,
     _cached_file,
     is_offline,
+    model_traits,
     resolve_controlnet,
     resolve_source,
 )
-from .vocabulary import METHODS_WITH_CONTROL, ControlType
+from .vocabulary import METHODS_WITH_CONTROL, REFINED_METHODS, ControlType
 
 SCHEDULER_NAMES: tuple[str, ...] = (
     "DDIMScheduler",
@@ -159,6 +162,8 @@ def plan_problems(
     if not weights_here:
         return problems
     problems += model_problems
+    if spec.refiner is not None and plan.base in REFINED_METHODS and not model_problems:
+        problems += _guarded(lambda: _check_refiner(spec, config))
     problems += _unit_weight_problems(units, config, request.model)
     if request.lora is not None and not model_problems:
         problems += _guarded(lambda: check_lora_fits(request.lora, spec, config))
@@ -245,6 +250,13 @@ def check_lora_fits(lora: LoraInput, spec: ModelSpec, config: EngineConfig) -> N
             "LoRA for another model family). Upload a LoRA trained for this "
             "model's family."
         )
+
+
+def _check_refiner(spec: ModelSpec, config: EngineConfig) -> None:
+    """A refiner needs a family that has one, and its files here."""
+    row = model_traits(model_source(spec, config), declared=spec.family).family
+    check_refiner_fits(row, spec.key)
+    resolve_source(spec.refiner, config)
 
 
 def _unit_weight_problems(

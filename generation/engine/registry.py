@@ -77,6 +77,7 @@ from generation.engine.families import (
     check_controlnet_fits,
     check_ip_adapter_fits,
     check_lora_fits,
+    check_refiner_fits,
     family,
     ip_adapter_traits,
     safetensors_header,
@@ -98,11 +99,13 @@ from generation.engine.sources import (
     load_controlnet,
     load_pipeline,
     load_vae,
+    model_fingerprint,
     model_loading,
     model_traits,
     read_config,
     read_safetensors_header,
     resolve_controlnet,
+    resolve_model,
     resolve_source,
     with_variant,
 )
@@ -198,13 +201,8 @@ class PipelineRegistry:
     def source(self, model_key: str) -> ResolvedSource:
         """The checked source of a configured model; raises before any loading."""
         if model_key not in self._sources:
-            spec = self._spec(model_key)
-            self._sources[model_key] = resolve_source(
-                spec.source,
-                self._config,
-                revision=spec.revision,
-                single_file=True,
-                single_file_config=spec.config,
+            self._sources[model_key] = resolve_model(
+                self._spec(model_key), self._config
             )
         return self._sources[model_key]
 
@@ -296,16 +294,13 @@ class PipelineRegistry:
             check_lora_fits(model, header, model_key, lora.name)
 
     def fingerprint(self, model_key: str) -> dict[str, Any]:
-        """Source, revision and commit or content hash of a model, for snapshots.
+        """Source, revision and commit or content hash of a model (with its
+        variant, external VAE and refiner), for snapshots.
 
         Computed once per registry: hashing a local model reads all its files.
         """
         spec = self._spec(model_key)
-        source = self.source(model_key)
-        result = with_variant(self._fingerprint_of(source), spec.variant)
-        if spec.vae is not None:
-            result["vae"] = self._fingerprint_of(self._vae_source(spec))
-        return result
+        return model_fingerprint(spec, self._config, self._fingerprint_of)
 
     def controlnet_fingerprint(
         self, control_type: ControlType, model_key: str | None = None
@@ -398,6 +393,59 @@ class PipelineRegistry:
                 pipe.enable_model_cpu_offload(device=self._device)
             pipe.set_progress_bar_config(disable=True)
             return pipe, hit
+
+    def refiner(
+        self, model_key: str, *, scheduler: str | None = None
+    ) -> DiffusionPipeline | None:
+        """The model's refiner for one job (its family's refiner class, a new
+        scheduler, the loaded modules), or None when it has none. Refused, with
+        the reason, for a family without a refiner or a refiner of another
+        family. Loaded once, like a base, and in the same LRU list."""
+        spec = self._spec(model_key)
+        if spec.refiner is None:
+            return None
+        row = self.family(model_key)
+        class_name = check_refiner_fits(row, model_key)
+        source = resolve_source(spec.refiner, self._config)
+        refiner_family = model_traits(
+            source, where=f"The refiner of {model_key!r} ({spec.refiner})"
+        ).family
+        if refiner_family is not row:
+            raise FamilyMismatch(
+                f"The refiner {spec.refiner} of model {model_key!r} is a "
+                f"{refiner_family.label} model; the model is {row.label}."
+            )
+        pipeline_cls = getattr(importlib.import_module("diffusers"), class_name)
+        with self._lock:
+            key = ("refiner", source.location, source.revision or "")
+            key += (spec.variant or "",)
+            entry = self._entries.get(key)
+            if entry is None:
+                started = time.perf_counter()
+                loaded = load_pipeline(
+                    source, pipeline_cls, self._dtype, variant=spec.variant
+                )
+                self._apply_footprint(loaded)
+                loaded.set_progress_bar_config(disable=True)
+                entry = _Entry(
+                    kind="refiner",
+                    label=f"{model_key} refiner",
+                    source=source,
+                    model=loaded,
+                    nbytes=_parameter_bytes(loaded.components.values()),
+                    load_seconds=time.perf_counter() - started,
+                )
+                self._add(key, entry, {key, self._base_key(model_key)})
+            self._entries.move_to_end(key)
+            pipe = self._derive(
+                pipeline_cls,
+                entry.model,
+                {"scheduler": self._fresh_scheduler(entry.model, scheduler)},
+            )
+            if self._offloading:
+                pipe.enable_model_cpu_offload(device=self._device)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
 
     def controlnet(
         self, control_type: ControlType, model_key: str | None = None

@@ -38,7 +38,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import ControlNetModel, DiffusionPipeline
 
-    from generation.engine.config import ControlNetSpec
+    from generation.engine.config import ControlNetSpec, ModelSpec
 
 DEFAULT_SINGLE_FILE_CONFIG = DEFAULT_FAMILY.default_single_file_config
 PIPELINE_CONFIG_FILE = "model_index.json"
@@ -337,6 +337,36 @@ def with_variant(fingerprinted: dict[str, Any], variant: str | None) -> dict[str
         if variant is None
         else {**fingerprinted, "variant": variant}
     )
+
+
+def resolve_model(spec: ModelSpec, config: EngineConfig) -> ResolvedSource:
+    """The checked source of a base model (a single file allowed)."""
+    return resolve_source(
+        spec.source,
+        config,
+        revision=spec.revision,
+        single_file=True,
+        single_file_config=spec.config,
+    )
+
+
+def model_fingerprint(
+    spec: ModelSpec,
+    config: EngineConfig,
+    fingerprint_of: Callable[[ResolvedSource], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What identifies a base model's weights: its own ``fingerprint`` with its
+    variant, and those of its external VAE and its refiner when it has them.
+    ``fingerprint_of`` may be a cached ``fingerprint`` (the registry's)."""
+    fingerprint_of = fingerprint_of or fingerprint
+    result = with_variant(fingerprint_of(resolve_model(spec, config)), spec.variant)
+    if spec.vae is not None:
+        result["vae"] = fingerprint_of(
+            resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
+        )
+    if spec.refiner is not None:
+        result["refiner"] = fingerprint_of(resolve_source(spec.refiner, config))
+    return result
 
 
 def load_vae(source: ResolvedSource, dtype: torch.dtype) -> Any:
