@@ -40,9 +40,24 @@ from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig, ModelSpec
-from .errors import EngineError, InvalidRequest, MissingWeights
-from .families import check_refiner_fits
-from .methods import plan_method
+from .errors import (
+    EngineError,
+    InvalidRequest,
+    MissingWeights,
+    ModelNotFound,
+    SourceRefused,
+)
+from .families import (
+    DEFAULT_FAMILY,
+    FamilyMismatch,
+    ModelTraits,
+    check_controlnet_fits,
+    check_ip_adapter_fits,
+    check_refiner_fits,
+    family,
+    ip_adapter_traits,
+)
+from .methods import MethodPlan, plan_method
 from .preprocessors import (
     PREPROCESSORS,
     SEG_PREPROCESSOR,
@@ -57,12 +72,20 @@ from .sources import (
     ResolvedSource,
     SourceKind,
     _cached_file,
+    controlnet_traits_of,
     is_offline,
     model_traits,
+    read_safetensors_header,
     resolve_controlnet,
     resolve_source,
 )
-from .vocabulary import METHODS_WITH_CONTROL, REFINED_METHODS, ControlType
+from .vocabulary import (
+    LAYERED_METHODS,
+    METHODS_WITH_CONTROL,
+    REFINED_METHODS,
+    ControlType,
+    Method,
+)
 
 SCHEDULER_NAMES: tuple[str, ...] = (
     "DDIMScheduler",
@@ -165,6 +188,8 @@ def plan_problems(
     if spec.refiner is not None and plan.base in REFINED_METHODS and not model_problems:
         problems += _guarded(lambda: _check_refiner(spec, config))
     problems += _unit_weight_problems(units, config, request.model)
+    if not model_problems:
+        problems += _family_fit_problems(plan, spec, config)
     if request.lora is not None and not model_problems:
         problems += _guarded(lambda: check_lora_fits(request.lora, spec, config))
     return problems
@@ -250,6 +275,160 @@ def check_lora_fits(lora: LoraInput, spec: ModelSpec, config: EngineConfig) -> N
             "LoRA for another model family). Upload a LoRA trained for this "
             "model's family."
         )
+
+
+# --- What a model's family and configuration let it use ------------------------
+#
+# For the places where a person sets a persona up (its method, its ControlNet
+# units): each returns why a choice cannot work for the model, or None. Only
+# configs and headers are read; what cannot be read here (a web host without
+# weights) is not held against the choice.
+
+
+def model_traits_here(spec: ModelSpec, config: EngineConfig) -> ModelTraits | None:
+    """A model's family and width from its files, None when they are not here
+    (raises ``UnknownFamily`` for files of no served family)."""
+    try:
+        source = model_source(spec, config)
+    except (ModelNotFound, SourceRefused):
+        return None
+    return model_traits(source, declared=spec.family, where=f"Model {spec.key!r}")
+
+
+def method_problem(
+    method: str, model_key: str, config: EngineConfig, model: ModelTraits | None
+) -> str | None:
+    """Why ``model_key`` cannot run ``method``: its family has no pipeline for
+    it, no ControlNet is configured for it (controlnet, hybrid), or its
+    IP-Adapter is missing or made for another family (ip_adapter)."""
+    spec = config.models[model_key]
+    row = model.family if model else family(spec.family or DEFAULT_FAMILY.key)
+    chosen = Method(method)
+    if chosen not in row.pipeline_classes and chosen not in LAYERED_METHODS:
+        offered = ", ".join(m.value for m in (*row.pipeline_classes, *LAYERED_METHODS))
+        return (
+            f"Model {model_key!r} is {row.label}, which cannot run {chosen.value}: "
+            f"its methods are {offered}."
+        )
+    if chosen in METHODS_WITH_CONTROL and not config.controlnets_for(model_key):
+        return (
+            f"{chosen.value} needs a ControlNet, and none is configured for model "
+            f"{model_key!r}: add them to STUDIO_CONTROLNETS or the model's "
+            "controlnets (docs/models.md)."
+        )
+    if chosen is Method.IP_ADAPTER:
+        return ip_adapter_problem(model_key, config, model)
+    return None
+
+
+def ip_adapter_problem(
+    model_key: str, config: EngineConfig, model: ModelTraits | None
+) -> str | None:
+    """Why the model's IP-Adapter cannot be used: none configured, or one made
+    for another family (its ``to_k_ip`` width, read from its header)."""
+    spec = config.ip_adapter_for(model_key)
+    if spec is None:
+        return (
+            f"Model {model_key!r} has no IP-Adapter configured: set "
+            "STUDIO_IP_ADAPTER or the model's ip_adapter (docs/models.md)."
+        )
+    if model is None:
+        return None
+    try:
+        source = resolve_source(
+            spec.source,
+            config,
+            required_file=f"{spec.subfolder}/{spec.weight_name}",
+            revision=spec.revision,
+        )
+        for weight in (spec.weight_name, spec.face_weight_name):
+            name = f"{spec.subfolder}/{weight}"
+            header = read_safetensors_header(source, name)
+            if header is not None:
+                where = f"{name} ({source.location})"
+                check_ip_adapter_fits(
+                    model, ip_adapter_traits(header, where), model_key, where
+                )
+    except FamilyMismatch as error:
+        return str(error)
+    except EngineError:
+        return None  # not here: the worker's plan check says
+    return None
+
+
+def control_type_problem(
+    control_type: str, model_key: str, config: EngineConfig, model: ModelTraits | None
+) -> str | None:
+    """Why a unit of ``control_type`` cannot run on ``model_key``: no ControlNet
+    configured for it, or one made for another family."""
+    spec = config.controlnet_spec(control_type, model_key)
+    if spec is None:
+        configured = ", ".join(sorted(config.controlnets_for(model_key))) or "none"
+        return (
+            f"No ControlNet is configured for {control_type!r} on model "
+            f"{model_key!r} (configured: {configured}): add one to "
+            "STUDIO_CONTROLNETS or the model's controlnets (docs/models.md)."
+        )
+    if model is None:
+        return None
+    try:
+        source = resolve_controlnet(spec, config)
+        name = f"{control_type!r} ({source.location})"
+        traits = controlnet_traits_of(source, name)
+        if traits is not None:
+            check_controlnet_fits(model, traits, model_key, name)
+    except FamilyMismatch as error:
+        return str(error)
+    except EngineError:
+        return None
+    return None
+
+
+def annotator_problem(unit: ControlUnitInput, config: EngineConfig) -> str | None:
+    """Which annotator weights of a unit (without a ready-made image) are not on
+    this host, in the annotators folder or the Hugging Face cache (or that no
+    segmentation model is set); None when all are here or none is needed.
+    Raises ``InvalidRequest`` for unknown options."""
+    validate_control_unit(unit)
+    name = preprocessor_name(unit)
+    if name == SEG_PREPROCESSOR:
+        try:
+            _check_annotator_weights(unit, config)
+        except MissingWeights as error:
+            return str(error)
+        return None
+    preprocessor = PREPROCESSORS[name]
+    missing = [
+        filename
+        for _, filename in preprocessor.weights
+        if _weights_file(filename, config.annotators_dir, offline=True) is None
+    ]
+    if missing:
+        return _missing_message(preprocessor, missing, config.annotators_dir)
+    return None
+
+
+def _family_fit_problems(
+    plan: MethodPlan, spec: ModelSpec, config: EngineConfig
+) -> list[Problem]:
+    """The plan's ControlNets and IP-Adapter against the model's family."""
+    try:
+        model = model_traits_here(spec, config)
+    except EngineError as error:
+        return [_problem(error)]
+    if model is None:
+        return []
+    messages = [
+        control_type_problem(control_type.value, spec.key, config, model)
+        for control_type in dict.fromkeys(plan.control_types)
+    ]
+    if plan.ip_adapter is not None:
+        messages.append(ip_adapter_problem(spec.key, config, model))
+    return [
+        Problem(code=FamilyMismatch.code, message=message, error=FamilyMismatch)
+        for message in messages
+        if message is not None
+    ]
 
 
 def _check_refiner(spec: ModelSpec, config: EngineConfig) -> None:
@@ -352,8 +531,13 @@ def _problem(error: EngineError, *, prefix: str = "") -> Problem:
 __all__ = [
     "SCHEDULER_NAMES",
     "Problem",
+    "annotator_problem",
     "check_lora_fits",
+    "control_type_problem",
     "ip_adapter_installed",
+    "ip_adapter_problem",
+    "method_problem",
+    "model_traits_here",
     "lora_header_bytes",
     "model_source",
     "plan_check",
