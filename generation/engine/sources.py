@@ -26,8 +26,8 @@ ControlNet's config or an adapter's tensor names without loading weights.
 ``load_pipeline`` and ``load_controlnet`` open a resolved source through diffusers
 (``model_loading`` turns loading errors into ``ModelNotFound``); ``fingerprint``
 identifies the exact weights for the reproducibility snapshot (DESIGN.md
-decision 8). File hashes are kept per process by (path, size, mtime), so a
-second fingerprint of unchanged files reads none of them.
+decision 8). File hashes are kept per process by (path, inode, size, mtime),
+so a second fingerprint of unchanged files reads none of them.
 """
 
 from __future__ import annotations
@@ -511,17 +511,23 @@ def model_loading(location: str) -> Iterator[None]:
         ) from error
 
 
-# (resolved path, size, mtime in ns) -> SHA-256: a file read once stays hashed
-# until it changes, so "regenerate exactly" does not read a multi-GB model per
-# click. Replacing a file (a new download, a save) changes its mtime.
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+# (resolved path, inode, size, mtime in ns) -> SHA-256: a file read once stays
+# hashed until it changes, so "regenerate exactly" does not read a multi-GB
+# model per click. Writing a file changes its mtime; replacing it (a download
+# renamed into place) its inode too.
+_SHA256_CACHE: dict[tuple[str, int, int, int], str] = {}
 _SHA256_CACHE_LOCK = threading.Lock()
 
 
 def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, cached by (path, size, mtime)."""
+    """SHA-256 of a file's bytes, cached by path, inode, size and mtime."""
     status = path.stat()
-    key = (str(path.resolve()), status.st_size, status.st_mtime_ns)
+    key = (
+        str(path.resolve()),
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+    )
     with _SHA256_CACHE_LOCK:
         cached = _SHA256_CACHE.get(key)
     if cached is not None:

@@ -223,7 +223,7 @@ def test_a_single_file_by_its_hub_cache_snapshot_path_loads(
 
 def test_a_file_hash_is_kept_until_the_file_changes(tmp_path: Path):
     """A second fingerprint of unchanged files reads none of them (the cache is
-    keyed by path, size and mtime), and any change of size or mtime re-reads."""
+    keyed by path, inode, size and mtime), and any change of them re-reads."""
     weights = tmp_path / "model" / "weights.safetensors"
     weights.parent.mkdir()
     weights.write_bytes(b"a" * 4096)
@@ -245,4 +245,12 @@ def test_a_file_hash_is_kept_until_the_file_changes(tmp_path: Path):
     # So is another size with the old mtime.
     weights.write_bytes(b"b" * 4097)
     os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    assert content_sha256(weights.parent) not in (first, reread)
+    resized = content_sha256(weights.parent)
+    assert resized not in (first, reread)
+
+    # And a file renamed into place (a finished download): another inode.
+    fresh = weights.with_suffix(".part")
+    fresh.write_bytes(b"c" * 4097)
+    os.utime(fresh, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    fresh.replace(weights)
+    assert content_sha256(weights.parent) not in (first, reread, resized)
