@@ -52,10 +52,8 @@ from .families import (
     FamilyMismatch,
     ModelTraits,
     check_controlnet_fits,
-    check_ip_adapter_fits,
     check_refiner_fits,
     family,
-    ip_adapter_traits,
 )
 from .methods import MethodPlan, plan_method
 from .preprocessors import (
@@ -72,11 +70,12 @@ from .sources import (
     ResolvedSource,
     SourceKind,
     _cached_file,
+    check_ip_adapter_file,
     controlnet_traits_of,
     is_offline,
     model_traits,
-    read_safetensors_header,
     resolve_controlnet,
+    resolve_model,
     resolve_source,
 )
 from .vocabulary import (
@@ -227,13 +226,7 @@ def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> 
 
 def model_source(spec: ModelSpec, config: EngineConfig) -> ResolvedSource:
     """The checked source of a model, as the registry resolves it."""
-    return resolve_source(
-        spec.source,
-        config,
-        revision=spec.revision,
-        single_file=True,
-        single_file_config=spec.config,
-    )
+    return resolve_model(spec, config)
 
 
 def lora_header_bytes(head: bytes) -> int:
@@ -342,13 +335,9 @@ def ip_adapter_problem(
             revision=spec.revision,
         )
         for weight in (spec.weight_name, spec.face_weight_name):
-            name = f"{spec.subfolder}/{weight}"
-            header = read_safetensors_header(source, name)
-            if header is not None:
-                where = f"{name} ({source.location})"
-                check_ip_adapter_fits(
-                    model, ip_adapter_traits(header, where), model_key, where
-                )
+            check_ip_adapter_file(
+                source, f"{spec.subfolder}/{weight}", model, model_key
+            )
     except FamilyMismatch as error:
         return str(error)
     except EngineError:

@@ -75,11 +75,9 @@ from generation.engine.families import (
     FamilyMismatch,
     ModelTraits,
     check_controlnet_fits,
-    check_ip_adapter_fits,
     check_lora_fits,
     check_refiner_fits,
     family,
-    ip_adapter_traits,
     safetensors_header,
 )
 from generation.engine.methods import MethodPlan, pipeline_class
@@ -94,6 +92,7 @@ from generation.engine.sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
     SourceKind,
+    check_ip_adapter_file,
     controlnet_traits_of,
     fingerprint,
     load_controlnet,
@@ -103,7 +102,6 @@ from generation.engine.sources import (
     model_loading,
     model_traits,
     read_config,
-    read_safetensors_header,
     resolve_controlnet,
     resolve_model,
     resolve_source,
@@ -837,12 +835,7 @@ class PipelineRegistry:
         if spec is None or source is None:
             return
         weight = f"{spec.subfolder}/{_ip_weight_name(spec, settings)}"
-        header = read_safetensors_header(source, weight)
-        if header is not None:
-            name = f"{weight} ({source.location})"
-            check_ip_adapter_fits(
-                model, ip_adapter_traits(header, name), model_key, name
-            )
+        check_ip_adapter_file(source, weight, model, model_key)
 
     def _ip_adapter_spec(self, model_key: str | None) -> IPAdapterSpec | None:
         if model_key is None:

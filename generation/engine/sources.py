@@ -350,6 +350,20 @@ def resolve_model(spec: ModelSpec, config: EngineConfig) -> ResolvedSource:
     )
 
 
+def check_ip_adapter_file(
+    source: ResolvedSource, filename: str, model: ModelTraits, model_key: str
+) -> None:
+    """Refuse (``FamilyMismatch``) an IP-Adapter weights file of a resolved
+    source made for another width than the model's; reads its header only,
+    and says nothing when the file is not here."""
+    from generation.engine.families import check_ip_adapter_fits, ip_adapter_traits
+
+    header = read_safetensors_header(source, filename)
+    if header is not None:
+        where = f"{filename} ({source.location})"
+        check_ip_adapter_fits(model, ip_adapter_traits(header, where), model_key, where)
+
+
 def model_fingerprint(
     spec: ModelSpec,
     config: EngineConfig,
