@@ -9,6 +9,9 @@
 - ``sd15``: SD 1.5's own UNet, VAE and text-encoder configurations (and a ViT-H
   image encoder for the IP-Adapter) with random weights: the same arithmetic as
   the real model at 512x512, for a GPU (fp16 there).
+- ``sdxl``: SDXL base 1.0's configurations (its UNet, VAE, both text encoders,
+  the ControlNets' conditioning embedding, the ViT-H image encoder) with random
+  fp16 weights, at 1024x1024: for a GPU (about 7 GB of weights to write).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from pathlib import Path
 from benchmarks.random_model import BenchModel, write_random_model
 from benchmarks.registry import SD15_SIZES
 from generation.engine.config import EngineConfig, tiny_engine_config
+from generation.engine.families import SDXL as SDXL_FAMILY
 from generation.engine.tiny_model import Architecture, write_tiny_model
-from generation.engine.vocabulary import TINY_MODEL_KEY
+from generation.engine.tiny_sdxl import SdxlArchitecture
+from generation.engine.vocabulary import TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY
 
 # Stable Diffusion 1.5's configurations, as the registry benchmark writes them
 # (the text encoder keeps the tiny model's byte-level vocabulary: a smaller
@@ -36,6 +41,59 @@ SD15 = BenchModel(
         "projection_dim": 1024,
         "hidden_act": "gelu",
     },
+    weights_dtype="float16",
+)
+# h94/IP-Adapter's image encoder (OpenCLIP ViT-H/14), for SD 1.5 and SDXL's
+# ViT-H editions alike.
+VIT_H = SD15.image_encoder
+# stabilityai/stable-diffusion-xl-base-1.0's configurations (unet/, vae/,
+# text_encoder/ CLIP ViT-L, text_encoder_2/ OpenCLIP ViT-bigG); the text encoders
+# keep the tiny model's byte-level vocabulary, as SD15's does.
+SDXL = BenchModel(
+    architecture=SdxlArchitecture(
+        unet={
+            "sample_size": 128,
+            "block_out_channels": (320, 640, 1280),
+            "layers_per_block": 2,
+            "down_block_types": (
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+            ),
+            "up_block_types": (
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+                "UpBlock2D",
+            ),
+            "attention_head_dim": (5, 10, 20),
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 2816,
+            "transformer_layers_per_block": (1, 2, 10),
+            "cross_attention_dim": 2048,
+            "norm_num_groups": 32,
+        },
+        vae={
+            **SD15_SIZES["vae"],
+            "sample_size": 1024,
+            "scaling_factor": 0.13025,
+        },
+        text_encoder={
+            **SD15_SIZES["text_encoder"],
+            "hidden_act": "quick_gelu",
+        },
+        text_encoder_2={
+            "hidden_size": 1280,
+            "intermediate_size": 5120,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 20,
+            "projection_dim": 1280,
+            "hidden_act": "gelu",
+        },
+        controlnet_conditioning_channels=SD15_SIZES["controlnet_conditioning_channels"],
+    ),
+    image_encoder=VIT_H,
     weights_dtype="float16",
 )
 # SD 1.5's layout at a quarter of its widths (latents 32x32 for 256x256 images).
@@ -109,15 +167,26 @@ class Preset:
         else:
             write_random_model(self.model, root)
         config = tiny_engine_config(root)
-        spec = config.models[TINY_MODEL_KEY]  # the SD 1.5 layout (not tiny-sdxl)
+        sdxl = self.model is not None and self.model.family is SDXL_FAMILY
+        spec = config.models[TINY_SDXL_MODEL_KEY if sdxl else TINY_MODEL_KEY]
         spec.key, spec.label = self.model_key, self.summary
         config.models = {self.model_key: spec}
-        config.controlnets = {
-            control_type: source
-            for control_type, source in config.controlnets.items()
-            if Path(source).is_dir()
-        }
+        if sdxl:
+            # The one model's own adapters become the engine-wide ones, which
+            # every measurement (and the sandboxed studio's settings) reads.
+            config.controlnets, config.ip_adapter = spec.controlnets, spec.ip_adapter
+            spec.controlnets = spec.ip_adapter = None
+        config.controlnets = _written(config.controlnets)
         return config
+
+
+def _written(controlnets: dict[str, str]) -> dict[str, str]:
+    """The ControlNets whose folders were written."""
+    return {
+        control_type: source
+        for control_type, source in controlnets.items()
+        if Path(source).is_dir()
+    }
 
 
 PRESETS = {
@@ -158,6 +227,17 @@ PRESETS = {
             runs=10,
             step_counts=(10, 20, 30, 50),
             sizes=(512, 768),
+        ),
+        Preset(
+            name="sdxl",
+            summary="SDXL architecture, random fp16 weights, 1024x1024",
+            model=SDXL,
+            width=1024,
+            height=1024,
+            steps=30,
+            runs=10,
+            step_counts=(10, 20, 30, 50),
+            sizes=(768, 1024),
         ),
     )
 }

@@ -1,10 +1,11 @@
-"""Writes Stable Diffusion 1.5-architecture models with random weights, at any size.
+"""Writes SD 1.5- and SDXL-architecture models with random weights, at any size.
 
 The benchmark needs models that cost what real ones cost, without downloading
-any: ``small`` (a reduced SD 1.5 that takes real CPU time) and ``sd15`` (SD 1.5's
+any: ``small`` (a reduced SD 1.5 that takes real CPU time), ``sd15`` (SD 1.5's
 own UNet, VAE and text-encoder configurations, so the same arithmetic as the real
-model). The pipeline and its ControlNets come from the tiny model's builders
-(``tiny_model.random_pipeline`` / ``random_controlnet``) at the given sizes; this
+model) and ``sdxl`` (SDXL base 1.0's, both text encoders). The pipeline and its
+ControlNets come from the tiny models' builders (``tiny_model.random_pipeline``,
+``tiny_sdxl.random_sdxl_pipeline``, ``random_controlnet``) at the given sizes; this
 module adds an IP-Adapter of matching size and saves everything in the layout the
 engine loads, in the tiny model's folder layout (a diffusers pipeline folder,
 ControlNet folders, an IP-Adapter in the ``h94/IP-Adapter`` layout), so that
@@ -31,7 +32,10 @@ from generation.engine.config import (
     TINY_CONTROLNET_DIR,
     TINY_IP_ADAPTER_DIR,
     TINY_PIPELINE_DIR,
+    TINY_SDXL_CONTROLNET_DIR,
+    TINY_SDXL_PIPELINE_DIR,
 )
+from generation.engine.families import SD15, SDXL, Family
 from generation.engine.requests import ControlType
 from generation.engine.tiny_model import (
     Architecture,
@@ -39,6 +43,7 @@ from generation.engine.tiny_model import (
     random_controlnet,
     random_pipeline,
 )
+from generation.engine.tiny_sdxl import SdxlArchitecture, random_sdxl_pipeline
 
 MARKER_FILE = "BENCH_MODEL.json"
 # The ControlNets written: enough for the multi-ControlNet growth measurement.
@@ -53,9 +58,26 @@ class BenchModel:
     (``tiny_model.Architecture``), the IP-Adapter image encoder's
     (``CLIPVisionConfig`` arguments), and the dtype its weights are saved in."""
 
-    architecture: Architecture
+    architecture: Architecture | SdxlArchitecture
     image_encoder: dict[str, Any] = field(default_factory=dict)
     weights_dtype: str = "float32"
+
+    @property
+    def family(self) -> Family:
+        return SDXL if isinstance(self.architecture, SdxlArchitecture) else SD15
+
+    @property
+    def folders(self) -> tuple[str, str]:
+        """(pipeline folder, ControlNet folder) in the tiny models' layout."""
+        if self.family is SDXL:
+            return TINY_SDXL_PIPELINE_DIR, TINY_SDXL_CONTROLNET_DIR
+        return TINY_PIPELINE_DIR, TINY_CONTROLNET_DIR
+
+    def build_pipeline(self) -> Any:
+        """The seeded random pipeline of these sizes (float32, on the CPU)."""
+        if self.family is SDXL:
+            return random_sdxl_pipeline(self.architecture)
+        return random_pipeline(self.architecture)
 
 
 def write_random_model(model: BenchModel, root: Path) -> Path:
@@ -76,19 +98,22 @@ def write_random_model(model: BenchModel, root: Path) -> Path:
     marker.unlink(missing_ok=True)
     dtype = getattr(torch, model.weights_dtype)
 
-    pipe = random_pipeline(model.architecture)
+    pipeline_dir, controlnet_dir = model.folders
+    pipe = model.build_pipeline()
     for control_type in CONTROL_TYPES:
         controlnet = random_controlnet(
             pipe.unet, model.architecture, seed=_seed(control_type.value)
         )
         _cast(controlnet, dtype).save_pretrained(
-            root / TINY_CONTROLNET_DIR / control_type.value
+            root / controlnet_dir / control_type.value
         )
         del controlnet
-    _write_ip_adapter(model, pipe.unet, root / TINY_IP_ADAPTER_DIR / "models", dtype)
+    _write_ip_adapter(model, pipe.unet, root / TINY_IP_ADAPTER_DIR, dtype)
     for component in (pipe.unet, pipe.vae, pipe.text_encoder):
         _cast(component, dtype)
-    pipe.save_pretrained(root / TINY_PIPELINE_DIR, safe_serialization=True)
+    if model.family is SDXL:
+        _cast(pipe.text_encoder_2, dtype)
+    pipe.save_pretrained(root / pipeline_dir, safe_serialization=True)
     del pipe
     gc.collect()
     marker.write_text(description)
@@ -98,17 +123,21 @@ def write_random_model(model: BenchModel, root: Path) -> Path:
 def _write_ip_adapter(
     model: BenchModel,
     unet: torch.nn.Module,
-    models_dir: Path,
+    adapter_dir: Path,
     dtype: torch.dtype,
 ) -> None:
-    """The plain SD 1.5 IP-Adapter (``ip-adapter_sd15.safetensors``, original key
-    layout) and its CLIP image encoder, sized for ``model``."""
+    """The family's plain IP-Adapter (``models/ip-adapter_sd15.safetensors``,
+    ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``; original key layout) and
+    its CLIP image encoder, sized for ``model``, in the h94/IP-Adapter layout."""
+    layout = model.family.ip_adapter
     torch.manual_seed(_seed("image-encoder"))
     encoder_config = CLIPVisionConfig(
         image_size=224, patch_size=14, **model.image_encoder
     )
     image_encoder = CLIPVisionModelWithProjection(encoder_config)
-    _cast(image_encoder, dtype).save_pretrained(models_dir / "image_encoder")
+    _cast(image_encoder, dtype).save_pretrained(
+        adapter_dir / layout.image_encoder_folder
+    )
     del image_encoder
     generator = torch.Generator().manual_seed(_seed("ip-adapter"))
     cross = model.architecture.unet["cross_attention_dim"]
@@ -125,10 +154,9 @@ def _write_ip_adapter(
         "image_proj.norm.bias": torch.zeros(cross),
         **ip_attention_weights(unet, generator),
     }
-    save_file(
-        {key: value.to(dtype) for key, value in weights.items()},
-        models_dir / "ip-adapter_sd15.safetensors",
-    )
+    weights_path = adapter_dir / layout.subfolder / layout.weight_name
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.to(dtype) for key, value in weights.items()}, weights_path)
 
 
 def _seed(name: str) -> int:

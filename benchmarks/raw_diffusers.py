@@ -3,8 +3,9 @@
 Run as a script (``python -I raw_diffusers.py SPEC.json``), never imported by the
 studio's processes: it imports torch, diffusers and the standard library only,
 so what it measures is diffusers alone. It loads the pipeline folder with
-``from_pretrained``, applies the same speed options the engine offers, calls the
-pipeline the way a person would (same prompt, seed, steps, guidance and size as
+``from_pretrained`` (the class its ``model_index.json`` names: SD 1.5's or
+SDXL's text pipeline), applies the same speed options the engine offers, calls
+the pipeline the way a person would (same prompt, seed, steps, guidance and size as
 the studio's request, a CPU generator, PIL output) to warm up, and replies that
 it is ready. Then each ``run`` line on stdin times one more call and replies with
 its seconds and a hash of the image's pixels, so the caller can check that the
@@ -21,7 +22,7 @@ import sys
 import time
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 
 def reply(payload: dict) -> None:
@@ -32,7 +33,7 @@ def main(spec_path: str) -> None:
     with open(spec_path) as spec_file:
         spec = json.load(spec_file)
     started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(
+    pipe = DiffusionPipeline.from_pretrained(
         spec["pipeline"], dtype=getattr(torch, spec["dtype"]), local_files_only=True
     )
     pipe.to(torch.device(spec["device"]))

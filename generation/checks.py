@@ -209,17 +209,28 @@ def _configured_sources(
     for key, spec in config.models.items():
         where = f"Model {key!r} ({spec.source})"
         yield where, partial(_check_model, config, spec, where)
-    # The engine-wide ControlNets and each model's own.
-    controlnets = set(config.controlnets.items())
-    for spec in config.models.values():
-        controlnets.update(config.controlnets_for(spec.key).items())
-    for control_type, source in sorted(controlnets):
+    # The engine-wide ControlNets and each model's own, each entry once.
+    controlnets = {}
+    for model_key in (None, *config.models):
+        for control_type in config.controlnets_for(model_key):
+            controlnet = config.controlnet_spec(control_type, model_key)
+            controlnets[(control_type, controlnet)] = controlnet
+    for (control_type, _), controlnet in sorted(
+        controlnets.items(), key=lambda item: (item[0][0], item[1].source)
+    ):
         yield (
-            f"ControlNet {control_type!r} ({source})",
-            partial(_check_controlnet, config, source),
+            f"ControlNet {control_type!r} ({controlnet.source})",
+            partial(_check_controlnet, config, controlnet),
         )
-    adapter = config.ip_adapter
-    if adapter is not None:
+    adapters = {
+        tuple(vars(adapter).items()): adapter
+        for adapter in (
+            config.ip_adapter,
+            *(config.ip_adapter_for(key) for key in config.models),
+        )
+        if adapter is not None
+    }
+    for adapter in sorted(adapters.values(), key=lambda adapter: adapter.source):
         for required_file in (
             f"{adapter.subfolder}/{adapter.weight_name}",
             f"{adapter.subfolder}/{adapter.face_weight_name}",
@@ -227,7 +238,7 @@ def _configured_sources(
         ):
             yield (
                 f"IP-Adapter {required_file} ({adapter.source})",
-                partial(_nothing_missing, adapter.source, config, required_file),
+                partial(_nothing_missing, adapter, config, required_file),
             )
 
 
@@ -282,28 +293,35 @@ def _check_model(config: EngineConfig, spec: Any, where: str) -> list[str]:
     ]
 
 
-def _check_controlnet(config: EngineConfig, source: str) -> list[str]:
-    """Resolve a ControlNet and list its weight file if it is missing (any
-    variant counts: a ControlNet's variant is set per entry elsewhere)."""
+def _check_controlnet(config: EngineConfig, controlnet: Any) -> list[str]:
+    """Resolve a ControlNet entry and list its weight file (of its variant) if
+    it is missing; a single file is its weights."""
     from generation.engine.sources import (
         MODEL_CONFIG_FILE,
         SourceKind,
-        resolve_source,
+        resolve_controlnet,
     )
 
-    resolved = resolve_source(source, config, required_file=MODEL_CONFIG_FILE)
+    resolved = resolve_controlnet(controlnet, config)
     if resolved.kind is SourceKind.SINGLE_FILE:
         return []
     folder = _source_folder(resolved, MODEL_CONFIG_FILE)
-    return [] if folder is None else _missing_weights(folder, None, "")
+    if folder is None:
+        return []
+    return _missing_weights(folder, controlnet.variant, "")
 
 
 def _nothing_missing(
-    source: str, config: EngineConfig, required_file: str
+    adapter: Any, config: EngineConfig, required_file: str
 ) -> list[str]:
     from generation.engine.sources import resolve_source
 
-    resolve_source(source, config, required_file=required_file)
+    resolve_source(
+        adapter.source,
+        config,
+        required_file=required_file,
+        revision=adapter.revision,
+    )
     return []
 
 

@@ -348,7 +348,7 @@ def _fingerprint_changes(
                 then, now = (value and value[:12] for value in (then, now))
             changes.append(f"{what} changed ({field} {then} then, {now} now)")
             break  # one line per input: the first field that differs
-    for part in ("config", "vae"):
+    for part in ("config", "vae", "refiner"):
         if recorded.get(part) or current.get(part):
             changes += _fingerprint_changes(
                 f"{what}'s {part}", recorded.get(part) or {}, current.get(part) or {}
@@ -357,46 +357,21 @@ def _fingerprint_changes(
 
 
 def _model_fingerprint(config: Any, spec: Any) -> dict[str, Any]:
-    from generation.engine.sources import (
-        MODEL_CONFIG_FILE,
-        fingerprint,
-        resolve_source,
-    )
+    from generation.engine.sources import model_fingerprint
 
-    result = dict(
-        fingerprint(
-            resolve_source(
-                spec.source,
-                config,
-                revision=spec.revision,
-                single_file=True,
-                single_file_config=spec.config,
-            )
-        )
-    )
-    if spec.variant is not None:
-        result["variant"] = spec.variant
-    if spec.vae is not None:
-        result["vae"] = fingerprint(
-            resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
-        )
-    return result
+    return model_fingerprint(spec, config)
 
 
 def _controlnet_fingerprint(
     config: Any, control_type: str, model_key: str | None
 ) -> dict[str, Any]:
     from generation.engine.errors import ModelNotFound
-    from generation.engine.sources import (
-        MODEL_CONFIG_FILE,
-        fingerprint,
-        resolve_source,
-    )
+    from generation.engine.sources import fingerprint, resolve_controlnet, with_variant
 
-    source = config.controlnets_for(model_key).get(control_type)
-    if source is None:
+    spec = config.controlnet_spec(control_type, model_key)
+    if spec is None:
         raise ModelNotFound(f"no ControlNet is configured for {control_type!r}")
-    return fingerprint(resolve_source(source, config, required_file=MODEL_CONFIG_FILE))
+    return with_variant(fingerprint(resolve_controlnet(spec, config)), spec.variant)
 
 
 def _ip_adapter_changes(
@@ -405,7 +380,7 @@ def _ip_adapter_changes(
     """The IP-Adapter's source and files, and its fingerprint where the
     snapshot recorded one."""
     from generation.engine.errors import EngineError
-    from generation.engine.sources import fingerprint, resolve_source
+    from generation.engine.sources import fingerprint, resolve_source, with_variant
 
     spec = config.ip_adapter_for(model_key)
     if spec is None:
@@ -428,12 +403,16 @@ def _ip_adapter_changes(
         ]
     if "fingerprint" in recorded:
         try:
-            now = fingerprint(
-                resolve_source(
-                    spec.source,
-                    config,
-                    required_file=f"{spec.subfolder}/{recorded['weight_name']}",
-                )
+            now = with_variant(
+                fingerprint(
+                    resolve_source(
+                        spec.source,
+                        config,
+                        required_file=f"{spec.subfolder}/{recorded['weight_name']}",
+                        revision=spec.revision,
+                    )
+                ),
+                spec.variant,
             )
         except EngineError as error:
             return [f"the IP-Adapter cannot be found ({error})"]

@@ -158,28 +158,73 @@ def _gallery_lookup_parameters(
     }
 
 
-def controlnet_readiness(control_type: str, base_model: str) -> str:
-    """Whether a ControlNet is configured for ``control_type`` and the base
-    model, and its files found: "Ready: <source>" or what to fix."""
+def controlnet_readiness(unit: ControlNetUnit) -> str:
+    """Whether a unit can run here: its ControlNet (configured for its type and
+    the persona's base model, of its family, its files found) and its
+    annotator weights (present, not needed, or which are missing)."""
+    return "; ".join(
+        (
+            _controlnet_state(unit.control_type, unit.persona.base_model),
+            _annotator_state(unit),
+        )
+    )
+
+
+def _controlnet_state(control_type: str, base_model: str) -> str:
     from generation.engine.errors import EngineError
-    from generation.engine.sources import MODEL_CONFIG_FILE, resolve_source
-    from personas.lora import engine_config_from_settings
+    from generation.engine.plan import control_type_problem
+    from generation.engine.sources import resolve_controlnet
+    from personas.lora import base_model_traits, engine_config_from_settings
 
     config = engine_config_from_settings()
-    controlnets = config.controlnets_for(base_model)
-    source = controlnets.get(control_type)
-    if source is None:
+    spec = config.controlnet_spec(control_type, base_model)
+    if spec is None:
+        controlnets = config.controlnets_for(base_model)
         return (
             f"Not configured: no ControlNet for {control_type!r} on model "
             f"{base_model!r} (configured: {', '.join(sorted(controlnets)) or 'none'});"
             " add one to STUDIO_CONTROLNETS or the model's controlnets "
-            "(docs/models.md)."
+            "(docs/models.md)"
         )
     try:
-        resolve_source(source, config, required_file=MODEL_CONFIG_FILE)
+        resolve_controlnet(spec, config)
+        model = base_model_traits(base_model)
     except EngineError as error:
-        return f"Configured as {source}, but not usable here: {error}"
-    return f"Ready: {source}"
+        return f"Configured as {spec.source}, but not usable here: {error}"
+    problem = control_type_problem(control_type, base_model, config, model)
+    if problem is not None:
+        return f"Configured as {spec.source}, but {problem}"
+    return f"Ready: {spec.source}"
+
+
+def _annotator_state(unit: ControlNetUnit) -> str:
+    from generation.engine.errors import EngineError
+    from generation.engine.plan import annotator_problem
+    from generation.engine.preprocessors import PREPROCESSORS, preprocessor_name
+    from generation.engine.requests import ControlType, ControlUnitInput
+    from personas.lora import engine_config_from_settings
+
+    if unit.control_image:
+        return "annotator: none runs (a ready-made control image)"
+    options = (
+        unit.preprocessor_options if isinstance(unit.preprocessor_options, dict) else {}
+    )
+    unit_input = ControlUnitInput(
+        ControlType(unit.control_type), preprocessor_options=options
+    )
+    name = preprocessor_name(unit_input)
+    config = engine_config_from_settings()
+    try:
+        problem = annotator_problem(unit_input, config)
+    except EngineError as error:
+        return f"annotator {name}: {error}"
+    if problem is not None:
+        return f"annotator {name}: not ready: {problem}"
+    if name not in PREPROCESSORS:  # seg, with its model set
+        return f"annotator {name}: ready (segmentation model {config.seg_model})"
+    files = [filename for _, filename in PREPROCESSORS[name].weights]
+    found = f"{', '.join(files)} present" if files else "needs no weights"
+    return f"annotator {name}: ready ({found})"
 
 
 class ControlNetUnitInline(admin.StackedInline):
@@ -215,7 +260,7 @@ class ControlNetUnitInline(admin.StackedInline):
     def controlnet_ready(self, unit: ControlNetUnit) -> str:
         if not unit.control_type:
             return admin.site.empty_value_display
-        return controlnet_readiness(unit.control_type, unit.persona.base_model)
+        return controlnet_readiness(unit)
 
     @admin.display(description="preview")
     def control_preview(self, unit: ControlNetUnit) -> str:

@@ -29,9 +29,11 @@ from personas.models import (
     base_model_choices,
 )
 from personas.services import (
+    control_unit_check,
     control_unit_delete,
     control_unit_save,
     persona_check_lockable,
+    persona_check_method,
     reference_check_not_duplicate,
     reference_check_update,
     reference_image_add,
@@ -158,6 +160,12 @@ class PersonaForm(forms.ModelForm):
                 check_lora_fits_base_model(lora, base_model)
             except ValidationError as error:
                 self.add_error("lora_upload", error)
+        method = cleaned_data.get("method") or self.instance.method
+        if method and base_model and "method" in self.fields:
+            try:
+                persona_check_method(base_model=base_model, method=method)
+            except ValidationError as error:
+                self.add_error("method", error)
         if cleaned_data.get("lora_upload") and cleaned_data.get("lora_remove"):
             self.add_error(
                 "lora_remove",
@@ -378,11 +386,31 @@ class ControlNetUnitForm(forms.ModelForm):
 
     def __init__(self, *args: Any, persona: Persona | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.persona = persona
         self.fields["reference"].queryset = (
             persona.references.all()
             if persona is not None and persona.pk
             else ReferenceImage.objects.none()
         )
+
+    def clean(self) -> dict[str, Any]:
+        """The unit's options and type against the persona's base model (the
+        engine's plan check), shown on their fields."""
+        cleaned_data = super().clean()
+        if self.persona is None or self.errors:
+            return cleaned_data
+        unit = ControlNetUnit(
+            control_type=cleaned_data.get("control_type", ""),
+            enabled=cleaned_data.get("enabled", False),
+            preprocessor_options=cleaned_data.get("preprocessor_options") or {},
+        )
+        try:
+            control_unit_check(unit=unit, base_model=self.persona.base_model)
+        except ValidationError as error:
+            for field_name, messages in error.error_dict.items():
+                for message in messages:
+                    self.add_error(field_name, message)
+        return cleaned_data
 
 
 class ControlNetUnitFormSet(_ServiceSavedFormSet):

@@ -241,6 +241,7 @@ def engine_config_from_settings() -> Any:
     (personas imports nothing of generation but the framework-free engine)."""
     from generation.engine.config import (
         EngineConfig,
+        IPAdapterSpec,
         model_catalog,
         tiny_engine_config,
     )
@@ -256,6 +257,12 @@ def engine_config_from_settings() -> Any:
         )
     if settings.STUDIO_CONTROLNETS:
         config.controlnets = dict(settings.STUDIO_CONTROLNETS)
+    if settings.STUDIO_IP_ADAPTER:
+        config.ip_adapter = IPAdapterSpec(**settings.STUDIO_IP_ADAPTER)
+    config.annotators_dir = (
+        Path(settings.STUDIO_ANNOTATORS_DIR) if settings.STUDIO_ANNOTATORS_DIR else None
+    )
+    config.seg_model = settings.STUDIO_SEG_MODEL or None
     return config
 
 

@@ -37,7 +37,12 @@ REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
 # - the primary image of a locked persona stays primary until another image is
 #   (``primary_of_locked_persona``): it cannot be unmarked or deleted;
 # - an image is in a gallery once (``duplicate``); one image is primary at most
-#   (marking one primary unmarks the previous one).
+#   (marking one primary unmarks the previous one);
+# - the method is one the base model's family and configuration can run
+#   (``family_method``), and an enabled ControlNet unit's type has a ControlNet
+#   of the model's family (``no_controlnet``); a unit's preprocessor options are
+#   ones its preprocessor takes (``preprocessor_options``): the engine's plan
+#   check, which reads configs and headers only.
 
 
 def persona_check_lockable(
@@ -58,6 +63,26 @@ def persona_check_lockable(
             "the gallery and mark it primary, or leave the appearance unlocked.",
             code="lock_without_primary",
         )
+
+
+def persona_check_method(*, base_model: str, method: str) -> None:
+    """Refuse a method the base model cannot run here (its family has no
+    pipeline for it, no ControlNet or IP-Adapter of its family is configured),
+    with the engine's reason."""
+    from generation.engine.errors import EngineError
+    from generation.engine.plan import method_problem
+    from personas.lora import base_model_traits, engine_config_from_settings
+
+    config = engine_config_from_settings()
+    if base_model not in config.models:
+        return  # the base-model field says so
+    try:
+        model = base_model_traits(base_model)
+    except EngineError:
+        model = None  # files of no served family: the system check says so
+    problem = method_problem(method, base_model, config, model)
+    if problem is not None:
+        raise ValidationError(problem, code="family_method")
 
 
 @transaction.atomic
@@ -291,6 +316,42 @@ def _demote_primary(*, persona: Persona, keep: ReferenceImage | None = None) -> 
 # --- ControlNet units -----------------------------------------------------------
 
 
+def control_unit_check(*, unit: ControlNetUnit, base_model: str) -> None:
+    """Refuse a unit's preprocessor options that its preprocessor does not take
+    (``preprocessor_options``) and, when it is enabled, a control type that has
+    no ControlNet of ``base_model``'s family configured (``no_controlnet``)."""
+    from generation.engine.errors import EngineError
+    from generation.engine.plan import control_type_problem
+    from generation.engine.preprocessors import validate_control_unit
+    from generation.engine.requests import ControlType, ControlUnitInput
+    from personas.lora import base_model_traits, engine_config_from_settings
+
+    errors = {}
+    if isinstance(unit.preprocessor_options, dict) and unit.control_type:
+        try:
+            validate_control_unit(
+                ControlUnitInput(
+                    ControlType(unit.control_type),
+                    preprocessor_options=unit.preprocessor_options,
+                )
+            )
+        except EngineError as error:
+            errors["preprocessor_options"] = ValidationError(
+                str(error), code="preprocessor_options"
+            )
+    config = engine_config_from_settings()
+    if unit.enabled and unit.control_type and base_model in config.models:
+        try:
+            model = base_model_traits(base_model)
+        except EngineError:
+            model = None
+        problem = control_type_problem(unit.control_type, base_model, config, model)
+        if problem is not None:
+            errors["control_type"] = ValidationError(problem, code="no_controlnet")
+    if errors:
+        raise ValidationError(errors)
+
+
 def control_unit_save(*, unit: ControlNetUnit) -> ControlNetUnit:
     """Save a unit; a new control image is validated, a replaced one deleted.
 
@@ -305,6 +366,7 @@ def control_unit_save(*, unit: ControlNetUnit) -> ControlNetUnit:
         if stored is not None and stored.control_image.name != unit.control_image.name:
             files_delete_on_commit([stored.control_image])
         unit.full_clean()
+        control_unit_check(unit=unit, base_model=unit.persona.base_model)
         unit.save()
     return unit
 

@@ -33,7 +33,8 @@ def TINY_MODEL_DIR(var_dir: Path) -> str:  # noqa: N802 - named like its setting
 # "label"}. A source is a Hub id, a local diffusers folder or a single
 # .safetensors file. Empty means the built-in tiny model (its images are noise).
 MODELS: dict[str, dict[str, str]] = {}
-# ControlNet per control type: {"canny": "lllyasviel/sd-controlnet-canny", ...}.
+# ControlNet per control type: {"canny": "lllyasviel/sd-controlnet-canny", ...};
+# an entry may be {"source", "revision", "variant", "config"} (docs/models.md).
 # Empty means the tiny model's ControlNets when the tiny model is in use.
 CONTROLNETS: dict[str, Any] = {}
 # IP-Adapter: {"source": "h94/IP-Adapter", "subfolder": "models", ...} or {}.

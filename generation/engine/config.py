@@ -38,6 +38,12 @@ TINY_SDXL_PIPELINE_DIR = "sdxl"
 TINY_SDXL_SINGLE_FILE = "sdxl.safetensors"
 TINY_SDXL_CONTROLNET_DIR = "controlnet-sdxl"
 TINY_SDXL_LORA_FILE = "lora/persona-sdxl.safetensors"
+# Its refiner (``tiny_sdxl.random_sdxl_refiner``): the second expert of SDXL's
+# ensemble of denoisers, configured per model (``ModelSpec.refiner``).
+TINY_SDXL_REFINER_DIR = "sdxl-refiner"
+# The base's share of the schedule before the refiner takes over (the
+# "high_noise_frac" of diffusers' SDXL guide).
+DEFAULT_REFINER_SWITCH = 0.8
 
 
 @dataclass
@@ -63,6 +69,11 @@ class ModelSpec:
     only those. ``vae`` replaces the model's VAE by another (a Hub id or a
     folder with ``config.json``: ``stabilityai/sd-vae-ft-mse``,
     ``madebyollin/sdxl-vae-fp16-fix`` for SDXL in half precision).
+
+    ``refiner`` (SDXL) names a refiner pipeline (a Hub id or folder:
+    ``stabilityai/stable-diffusion-xl-refiner-1.0``, loaded with the model's
+    ``variant``); text and img2img jobs then run
+    the base to ``refiner_switch`` of the schedule and the refiner the rest.
     """
 
     key: str
@@ -72,14 +83,24 @@ class ModelSpec:
     config: str | None = None
     tiny: bool = False
     family: str | None = None
-    controlnets: dict[str, str] | None = None
+    controlnets: dict[str, Any] | None = None
     ip_adapter: IPAdapterSpec | None = None
     variant: str | None = None
     vae: str | None = None
+    refiner: str | None = None
+    refiner_switch: float = DEFAULT_REFINER_SWITCH
 
     def __post_init__(self) -> None:
         if self.family is not None:
             family(self.family)  # an unknown key is refused at configuration
+        if not 0.0 < self.refiner_switch < 1.0:
+            raise ValueError(
+                f"Model {self.key!r}: refiner_switch is the fraction of the "
+                f"schedule the base denoises, between 0 and 1 (exclusive); got "
+                f"{self.refiner_switch!r}."
+            )
+        for entry in (self.controlnets or {}).values():
+            ControlNetSpec.of(entry)  # a malformed entry is refused here too
 
     @property
     def is_tiny(self) -> bool:
@@ -106,7 +127,8 @@ def model_catalog(
 ) -> dict[str, ModelSpec]:
     """The base models a studio serves, from its ``STUDIO_MODELS`` mapping (key ->
     source, or key -> {"source", "revision", "label", "config", "tiny",
-    "family", "controlnets", "ip_adapter", "variant", "vae"}); an empty mapping
+    "family", "controlnets", "ip_adapter", "variant", "vae", "refiner",
+    "refiner_switch"}); an empty mapping
     serves the built-in tiny models from ``tiny_model_dir`` (SD 1.5, and SDXL
     when it was written)."""
     if not models:
@@ -126,6 +148,8 @@ def model_catalog(
             controlnets=spec.get("controlnets"),
             variant=spec.get("variant"),
             vae=spec.get("vae"),
+            refiner=spec.get("refiner"),
+            refiner_switch=float(spec.get("refiner_switch", DEFAULT_REFINER_SWITCH)),
             ip_adapter=None
             if ip_adapter is None
             else IPAdapterSpec.for_family(spec.get("family"), **ip_adapter),
@@ -169,15 +193,56 @@ def _tiny_controlnets(folder: Path) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """One ControlNet entry: its source and how to load it.
+
+    ``source`` is a Hub id, a diffusers folder (``config.json``) or a single
+    ``.safetensors`` file (``control_v11p_sd15_openpose_fp16.safetensors``, as
+    AUTOMATIC1111 and ComfyUI keep them), whose ``config`` (a folder or Hub id
+    holding ``config.json``; None: the family's, see
+    ``Family.default_controlnet_config``) describes its architecture.
+    ``revision`` pins a Hub commit; ``variant`` loads a variant's files
+    (``diffusion_pytorch_model.fp16.safetensors``).
+    """
+
+    source: str
+    revision: str | None = None
+    variant: str | None = None
+    config: str | None = None
+
+    @classmethod
+    def of(cls, entry: str | Mapping[str, Any]) -> ControlNetSpec:
+        """A spec from a configuration entry: a source, or a mapping of the
+        fields (unknown keys are refused, naming them)."""
+        if isinstance(entry, str):
+            return cls(source=entry)
+        if isinstance(entry, ControlNetSpec):
+            return entry
+        unknown = set(entry) - {"source", "revision", "variant", "config"}
+        if unknown or "source" not in entry:
+            raise ValueError(
+                f"A ControlNet entry is a source or an object with 'source' and "
+                f"optional 'revision', 'variant', 'config'; got {dict(entry)!r}."
+            )
+        return cls(**entry)
+
+
 @dataclass
 class IPAdapterSpec:
-    """Where the IP-Adapter weights live, in the layout of ``h94/IP-Adapter``."""
+    """Where the IP-Adapter weights live, in the layout of ``h94/IP-Adapter``.
+
+    ``revision`` pins a Hub commit of ``source``; ``variant`` loads the image
+    encoder's variant files (``model.fp16.safetensors``).
+    """
 
     source: str
     subfolder: str = "models"
     weight_name: str = "ip-adapter_sd15.safetensors"
     face_weight_name: str = "ip-adapter-plus-face_sd15.safetensors"
     image_encoder_folder: str = "models/image_encoder"
+    revision: str | None = None
+    variant: str | None = None
 
     @classmethod
     def for_family(
@@ -193,11 +258,13 @@ class IPAdapterSpec:
 class EngineConfig(Footprint):
     """Everything the engine needs to know about its models and its device.
 
-    ``controlnets`` maps a ``ControlType`` value to a ControlNet source (Hub id or
-    local folder). ``device`` None picks cuda, then mps, then cpu; ``dtype`` None
-    picks float16 on cuda and float32 elsewhere. ``memory_budget_mb`` None never
-    evicts. ``offline`` True (the default) never downloads, like
-    ``HF_HUB_OFFLINE=1``, which is honoured as well. The footprint switches
+    ``controlnets`` maps a ``ControlType`` value to a ControlNet entry: a source
+    (Hub id, local folder or single ``.safetensors`` file) or a mapping of
+    ``ControlNetSpec``'s fields (``controlnet_spec`` reads either). ``device``
+    None picks cuda, then mps, then cpu; ``dtype`` None picks float16 on cuda
+    and float32 elsewhere. ``memory_budget_mb`` None never evicts. ``offline``
+    True (the default) never downloads, like ``HF_HUB_OFFLINE=1``, which is
+    honoured as well. The footprint switches
     (the fields of ``vocabulary.Footprint``, keyword-only) are applied to every
     base pipeline when it is loaded.
 
@@ -213,7 +280,7 @@ class EngineConfig(Footprint):
 
     models: dict[str, ModelSpec]
     model_roots: list[Path]
-    controlnets: dict[str, str] = field(default_factory=dict)
+    controlnets: dict[str, Any] = field(default_factory=dict)
     ip_adapter: IPAdapterSpec | None = None
     annotators_dir: Path | None = None
     seg_model: str | None = None
@@ -225,6 +292,8 @@ class EngineConfig(Footprint):
     safety_checker: str | None = None
 
     def __post_init__(self) -> None:
+        for entry in self.controlnets.values():
+            ControlNetSpec.of(entry)
         try:
             self.safety_policy = SafetyPolicy(self.safety_policy)
         except ValueError:
@@ -234,13 +303,20 @@ class EngineConfig(Footprint):
                 f"of: {choices}."
             ) from None
 
-    def controlnets_for(self, model_key: str) -> dict[str, str]:
-        """Control type -> ControlNet source for one model (its own, else the
-        engine-wide ones)."""
-        spec = self.models.get(model_key)
+    def controlnets_for(self, model_key: str | None) -> dict[str, Any]:
+        """Control type -> ControlNet entry for one model (its own, else the
+        engine-wide ones; None: the engine-wide ones)."""
+        spec = None if model_key is None else self.models.get(model_key)
         if spec is not None and spec.controlnets is not None:
             return spec.controlnets
         return self.controlnets
+
+    def controlnet_spec(
+        self, control_type: str, model_key: str | None = None
+    ) -> ControlNetSpec | None:
+        """The ControlNet configured for a control type (of a model), or None."""
+        entry = self.controlnets_for(model_key).get(str(control_type))
+        return None if entry is None else ControlNetSpec.of(entry)
 
     def ip_adapter_for(self, model_key: str) -> IPAdapterSpec | None:
         """The IP-Adapter of one model (its own, else the engine-wide one)."""

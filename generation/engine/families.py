@@ -99,12 +99,20 @@ class Family:
     """Key prefixes that mark an original-layout single-file checkpoint."""
     default_single_file_config: str
     """The Hub id whose configs describe a single file of this family."""
+    default_controlnet_config: str
+    """The Hub id whose ``config.json`` describes a single-file ControlNet of
+    this family (the one diffusers' ``from_single_file`` would fetch)."""
     lora_text_encoder_prefixes: tuple[str, ...]
     """kohya-ss key prefixes of the text encoder(s) of a LoRA of this family."""
     ip_adapter: IPAdapterLayout
     inpaint_pipeline_class: str
     """The diffusers inpaint class; derived from the base with ``from_pipe``, it
     takes the ordinary 4-channel UNet (the mask is blended in latent space)."""
+    refiner_pipeline_class: str | None = None
+    """The class of the family's refiner, the second expert of an "ensemble of
+    expert denoisers" (diffusers' SDXL guide): the base denoises the first
+    part of the schedule (``denoising_end``), the refiner the rest from the
+    base's latents (``denoising_start``). None: the family has no refiner."""
     denoiser: str = "unet"
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
@@ -153,6 +161,7 @@ SD15 = Family(
     cross_attention_dim=768,
     single_file_keys=("cond_stage_model.transformer.",),
     default_single_file_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    default_controlnet_config="lllyasviel/control_v11p_sd15_canny",
     lora_text_encoder_prefixes=("lora_te_",),
     ip_adapter=IPAdapterLayout(
         subfolder="models",
@@ -203,6 +212,7 @@ SDXL = Family(
     cross_attention_dim=2048,
     single_file_keys=("conditioner.embedders.1.",),
     default_single_file_config="stabilityai/stable-diffusion-xl-base-1.0",
+    default_controlnet_config="diffusers/controlnet-canny-sdxl-1.0",
     lora_text_encoder_prefixes=("lora_te1_", "lora_te2_"),
     # The ViT-H editions: they share SD 1.5's image encoder (models/image_encoder).
     ip_adapter=IPAdapterLayout(
@@ -212,6 +222,7 @@ SDXL = Family(
         image_encoder_folder="models/image_encoder",
     ),
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
+    refiner_pipeline_class="StableDiffusionXLImg2ImgPipeline",
 )
 
 FAMILIES: dict[str, Family] = {family.key: family for family in (SD15, SDXL)}
@@ -333,6 +344,59 @@ def single_file_family(path: Path) -> Family:
         f"its keys start with {_single_file_markers()} (its top-level key "
         f"prefixes: {sample}). Served: {_served()}."
     )
+
+
+def controlnet_file_traits(header: Mapping[str, Any], where: str) -> ModelTraits:
+    """The family and width of a single-file ControlNet, from its tensor names.
+
+    Both layouts in use are read: the original one (``control_model.`` or no
+    prefix: ``input_hint_block``, ``zero_convs``; SDXL's size conditioning is
+    ``label_emb``), as in ``control_v11p_sd15_openpose_fp16.safetensors``, and
+    the diffusers one saved as one file (``controlnet_cond_embedding``,
+    ``add_embedding``), as most SDXL ControlNets are published. The width is a
+    cross-attention ``attn2.to_k`` input width.
+    """
+    keys = [key for key in header if key != "__metadata__"]
+    if not any(
+        "input_hint_block." in key or "controlnet_cond_embedding." in key
+        for key in keys
+    ):
+        sample = ", ".join(sorted({key.split(".")[0] for key in keys})[:8]) or "none"
+        raise UnknownFamily(
+            f"{where} is not a ControlNet: it has no input_hint_block.* or "
+            f"controlnet_cond_embedding.* tensors (its top-level key prefixes: "
+            f"{sample})."
+        )
+    conditioning = next(
+        (
+            marker
+            for marker in ("label_emb.", "add_embedding.")
+            if any(marker in key for key in keys)
+        ),
+        None,
+    )
+    widths = [
+        int(header[key]["shape"][-1])
+        for key in keys
+        if key.endswith("attn2.to_k.weight")
+    ]
+    row = SDXL if conditioning else SD15
+    width = widths[0] if widths else row.cross_attention_dim
+    found = (
+        f"size conditioning {conditioning}*" if conditioning else "no size conditioning"
+    ) + f", cross-attention width {width if widths else 'unknown'}"
+    return ModelTraits(row, width, found)
+
+
+def check_refiner_fits(row: Family, model_key: str) -> str:
+    """The refiner class of a model's family, or ``InvalidRequest`` naming the
+    model when its family has none."""
+    if row.refiner_pipeline_class is None:
+        raise InvalidRequest(
+            f"Model {model_key!r} ({row.label}) has a refiner configured, but "
+            f"{row.label} has no refiner: remove the model's refiner."
+        )
+    return row.refiner_pipeline_class
 
 
 # --- Adapters: do they fit? ---------------------------------------------------------

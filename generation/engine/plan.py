@@ -18,7 +18,8 @@ What it checks, in order:
   the IP-Adapter is installed when one is asked for;
 - each unit's preprocessor and its options are known and sound;
 - with the weights on this host (``weights_here``): the model is installed
-  (its source resolves and its files are there), each unit's ControlNet
+  (its source resolves and its files are there), its refiner (for text and
+  img2img) is of a family that has one and is there, each unit's ControlNet
   resolves, the annotator weights of each unit's preprocessor are present (a
   ready-made control image needs none), and the LoRA fits the model (its
   cross-attention width is the model's; a transformer LoRA is not put on a
@@ -39,8 +40,22 @@ from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig, ModelSpec
-from .errors import EngineError, InvalidRequest, MissingWeights
-from .methods import plan_method
+from .errors import (
+    EngineError,
+    InvalidRequest,
+    MissingWeights,
+    ModelNotFound,
+    SourceRefused,
+)
+from .families import (
+    DEFAULT_FAMILY,
+    FamilyMismatch,
+    ModelTraits,
+    check_controlnet_fits,
+    check_refiner_fits,
+    family,
+)
+from .methods import MethodPlan, plan_method
 from .preprocessors import (
     PREPROCESSORS,
     SEG_PREPROCESSOR,
@@ -55,10 +70,21 @@ from .sources import (
     ResolvedSource,
     SourceKind,
     _cached_file,
+    check_ip_adapter_file,
+    controlnet_traits_of,
     is_offline,
+    model_traits,
+    resolve_controlnet,
+    resolve_model,
     resolve_source,
 )
-from .vocabulary import METHODS_WITH_CONTROL, ControlType
+from .vocabulary import (
+    LAYERED_METHODS,
+    METHODS_WITH_CONTROL,
+    REFINED_METHODS,
+    ControlType,
+    Method,
+)
 
 SCHEDULER_NAMES: tuple[str, ...] = (
     "DDIMScheduler",
@@ -145,10 +171,10 @@ def plan_problems(
         plan = plan_method(
             replace(request, scheduler=None),
             models=config.models,
-            controlnets=config.controlnets,
-            ip_adapter_installed=ip_adapter_installed(config)
+            controlnets=config.controlnets_for(request.model),
+            ip_adapter_installed=ip_adapter_installed(config, request.model)
             if weights_here
-            else config.ip_adapter is not None,
+            else config.ip_adapter_for(request.model) is not None,
         )
     except EngineError as error:
         return [*problems, _problem(error)]
@@ -158,7 +184,11 @@ def plan_problems(
     if not weights_here:
         return problems
     problems += model_problems
-    problems += _unit_weight_problems(units, config)
+    if spec.refiner is not None and plan.base in REFINED_METHODS and not model_problems:
+        problems += _guarded(lambda: _check_refiner(spec, config))
+    problems += _unit_weight_problems(units, config, request.model)
+    if not model_problems:
+        problems += _family_fit_problems(plan, spec, config)
     if request.lora is not None and not model_problems:
         problems += _guarded(lambda: check_lora_fits(request.lora, spec, config))
     return problems
@@ -176,15 +206,18 @@ def plan_check(
         raise problems[0].error(problems[0].message)
 
 
-def ip_adapter_installed(config: EngineConfig) -> bool:
-    """Whether the configured IP-Adapter weights can be found (as the registry
-    decides, without building one)."""
-    spec = config.ip_adapter
+def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> bool:
+    """Whether the IP-Adapter weights of a model (None: the engine-wide ones)
+    can be found (as the registry decides, without building one)."""
+    spec = config.ip_adapter_for(model_key) if model_key else config.ip_adapter
     if spec is None:
         return False
     try:
         resolve_source(
-            spec.source, config, required_file=f"{spec.subfolder}/{spec.weight_name}"
+            spec.source,
+            config,
+            required_file=f"{spec.subfolder}/{spec.weight_name}",
+            revision=spec.revision,
         )
     except EngineError:
         return False
@@ -193,13 +226,7 @@ def ip_adapter_installed(config: EngineConfig) -> bool:
 
 def model_source(spec: ModelSpec, config: EngineConfig) -> ResolvedSource:
     """The checked source of a model, as the registry resolves it."""
-    return resolve_source(
-        spec.source,
-        config,
-        revision=spec.revision,
-        single_file=True,
-        single_file_config=spec.config,
-    )
+    return resolve_model(spec, config)
 
 
 def lora_header_bytes(head: bytes) -> int:
@@ -243,18 +270,173 @@ def check_lora_fits(lora: LoraInput, spec: ModelSpec, config: EngineConfig) -> N
         )
 
 
+# --- What a model's family and configuration let it use ------------------------
+#
+# For the places where a person sets a persona up (its method, its ControlNet
+# units): each returns why a choice cannot work for the model, or None. Only
+# configs and headers are read; what cannot be read here (a web host without
+# weights) is not held against the choice.
+
+
+def model_traits_here(spec: ModelSpec, config: EngineConfig) -> ModelTraits | None:
+    """A model's family and width from its files, None when they are not here
+    (raises ``UnknownFamily`` for files of no served family)."""
+    try:
+        source = model_source(spec, config)
+    except (ModelNotFound, SourceRefused):
+        return None
+    return model_traits(source, declared=spec.family, where=f"Model {spec.key!r}")
+
+
+def method_problem(
+    method: str, model_key: str, config: EngineConfig, model: ModelTraits | None
+) -> str | None:
+    """Why ``model_key`` cannot run ``method``: its family has no pipeline for
+    it, no ControlNet is configured for it (controlnet, hybrid), or its
+    IP-Adapter is missing or made for another family (ip_adapter)."""
+    spec = config.models[model_key]
+    row = model.family if model else family(spec.family or DEFAULT_FAMILY.key)
+    chosen = Method(method)
+    if chosen not in row.pipeline_classes and chosen not in LAYERED_METHODS:
+        offered = ", ".join(m.value for m in (*row.pipeline_classes, *LAYERED_METHODS))
+        return (
+            f"Model {model_key!r} is {row.label}, which cannot run {chosen.value}: "
+            f"its methods are {offered}."
+        )
+    if chosen in METHODS_WITH_CONTROL and not config.controlnets_for(model_key):
+        return (
+            f"{chosen.value} needs a ControlNet, and none is configured for model "
+            f"{model_key!r}: add them to STUDIO_CONTROLNETS or the model's "
+            "controlnets (docs/models.md)."
+        )
+    if chosen is Method.IP_ADAPTER:
+        return ip_adapter_problem(model_key, config, model)
+    return None
+
+
+def ip_adapter_problem(
+    model_key: str, config: EngineConfig, model: ModelTraits | None
+) -> str | None:
+    """Why the model's IP-Adapter cannot be used: none configured, or one made
+    for another family (its ``to_k_ip`` width, read from its header)."""
+    spec = config.ip_adapter_for(model_key)
+    if spec is None:
+        return (
+            f"Model {model_key!r} has no IP-Adapter configured: set "
+            "STUDIO_IP_ADAPTER or the model's ip_adapter (docs/models.md)."
+        )
+    if model is None:
+        return None
+    try:
+        source = resolve_source(
+            spec.source,
+            config,
+            required_file=f"{spec.subfolder}/{spec.weight_name}",
+            revision=spec.revision,
+        )
+        for weight in (spec.weight_name, spec.face_weight_name):
+            check_ip_adapter_file(
+                source, f"{spec.subfolder}/{weight}", model, model_key
+            )
+    except FamilyMismatch as error:
+        return str(error)
+    except EngineError:
+        return None  # not here: the worker's plan check says
+    return None
+
+
+def control_type_problem(
+    control_type: str, model_key: str, config: EngineConfig, model: ModelTraits | None
+) -> str | None:
+    """Why a unit of ``control_type`` cannot run on ``model_key``: no ControlNet
+    configured for it, or one made for another family."""
+    spec = config.controlnet_spec(control_type, model_key)
+    if spec is None:
+        configured = ", ".join(sorted(config.controlnets_for(model_key))) or "none"
+        return (
+            f"No ControlNet is configured for {control_type!r} on model "
+            f"{model_key!r} (configured: {configured}): add one to "
+            "STUDIO_CONTROLNETS or the model's controlnets (docs/models.md)."
+        )
+    if model is None:
+        return None
+    try:
+        source = resolve_controlnet(spec, config)
+        name = f"{control_type!r} ({source.location})"
+        traits = controlnet_traits_of(source, name)
+        if traits is not None:
+            check_controlnet_fits(model, traits, model_key, name)
+    except FamilyMismatch as error:
+        return str(error)
+    except EngineError:
+        return None
+    return None
+
+
+def annotator_problem(unit: ControlUnitInput, config: EngineConfig) -> str | None:
+    """Which annotator weights of a unit (without a ready-made image) are not on
+    this host, in the annotators folder or the Hugging Face cache (or that no
+    segmentation model is set); None when all are here or none is needed.
+    Raises ``InvalidRequest`` for unknown options."""
+    validate_control_unit(unit)
+    name = preprocessor_name(unit)
+    if name == SEG_PREPROCESSOR:
+        try:
+            _check_annotator_weights(unit, config)
+        except MissingWeights as error:
+            return str(error)
+        return None
+    preprocessor = PREPROCESSORS[name]
+    missing = [
+        filename
+        for _, filename in preprocessor.weights
+        if _weights_file(filename, config.annotators_dir, offline=True) is None
+    ]
+    if missing:
+        return _missing_message(preprocessor, missing, config.annotators_dir)
+    return None
+
+
+def _family_fit_problems(
+    plan: MethodPlan, spec: ModelSpec, config: EngineConfig
+) -> list[Problem]:
+    """The plan's ControlNets and IP-Adapter against the model's family."""
+    try:
+        model = model_traits_here(spec, config)
+    except EngineError as error:
+        return [_problem(error)]
+    if model is None:
+        return []
+    messages = [
+        control_type_problem(control_type.value, spec.key, config, model)
+        for control_type in dict.fromkeys(plan.control_types)
+    ]
+    if plan.ip_adapter is not None:
+        messages.append(ip_adapter_problem(spec.key, config, model))
+    return [
+        Problem(code=FamilyMismatch.code, message=message, error=FamilyMismatch)
+        for message in messages
+        if message is not None
+    ]
+
+
+def _check_refiner(spec: ModelSpec, config: EngineConfig) -> None:
+    """A refiner needs a family that has one, and its files here."""
+    row = model_traits(model_source(spec, config), declared=spec.family).family
+    check_refiner_fits(row, spec.key)
+    resolve_source(spec.refiner, config)
+
+
 def _unit_weight_problems(
-    units: list[ControlUnitInput], config: EngineConfig
+    units: list[ControlUnitInput], config: EngineConfig, model_key: str
 ) -> list[Problem]:
     problems: list[Problem] = []
     for number, unit in enumerate(units, start=1):
         control_type = ControlType(unit.control_type)
+        spec = config.controlnet_spec(control_type.value, model_key)
+        assert spec is not None  # plan_method refused a type without one
         problems += _guarded(
-            lambda control_type=control_type: resolve_source(
-                config.controlnets[control_type.value],
-                config,
-                required_file=MODEL_CONFIG_FILE,
-            ),
+            lambda spec=spec: resolve_controlnet(spec, config),
             prefix=f"Control unit {number} ({control_type.value}): its ControlNet: ",
         )
         if unit.control_image is None:
@@ -338,8 +520,13 @@ def _problem(error: EngineError, *, prefix: str = "") -> Problem:
 __all__ = [
     "SCHEDULER_NAMES",
     "Problem",
+    "annotator_problem",
     "check_lora_fits",
+    "control_type_problem",
     "ip_adapter_installed",
+    "ip_adapter_problem",
+    "method_problem",
+    "model_traits_here",
     "lora_header_bytes",
     "model_source",
     "plan_check",

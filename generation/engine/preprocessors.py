@@ -18,6 +18,10 @@ ready-made control image is only fitted (nearest-neighbour for seg maps, whose
 colours are labels), never preprocessed. Shuffle is seeded (option ``seed``,
 default 0) so that the same request gives the same map.
 
+Detectors with weights and the segmenter run on the ``device`` they are given
+(the engine gives its own: the worker's GPU), in float32; each one follows its
+parameters' device in controlnet-aux.
+
 controlnet-aux is imported one detector module at a time, without running the
 package's ``__init__`` (which imports every detector and with them timm,
 torchvision and more). Measured here, with torch already imported: the package

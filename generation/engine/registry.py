@@ -58,7 +58,12 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.controlnets import MultiControlNetModel
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from generation.engine.config import EngineConfig, IPAdapterSpec, ModelSpec
+from generation.engine.config import (
+    ControlNetSpec,
+    EngineConfig,
+    IPAdapterSpec,
+    ModelSpec,
+)
 from generation.engine.errors import (
     EngineError,
     InvalidRequest,
@@ -70,11 +75,9 @@ from generation.engine.families import (
     FamilyMismatch,
     ModelTraits,
     check_controlnet_fits,
-    check_ip_adapter_fits,
     check_lora_fits,
-    controlnet_traits,
+    check_refiner_fits,
     family,
-    ip_adapter_traits,
     safetensors_header,
 )
 from generation.engine.methods import MethodPlan, pipeline_class
@@ -89,15 +92,20 @@ from generation.engine.sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
     SourceKind,
+    check_ip_adapter_file,
+    controlnet_traits_of,
     fingerprint,
     load_controlnet,
     load_pipeline,
     load_vae,
+    model_fingerprint,
     model_loading,
     model_traits,
     read_config,
-    read_safetensors_header,
+    resolve_controlnet,
+    resolve_model,
     resolve_source,
+    with_variant,
 )
 from generation.engine.vocabulary import (
     METHODS_WITH_CONTROL,
@@ -191,13 +199,8 @@ class PipelineRegistry:
     def source(self, model_key: str) -> ResolvedSource:
         """The checked source of a configured model; raises before any loading."""
         if model_key not in self._sources:
-            spec = self._spec(model_key)
-            self._sources[model_key] = resolve_source(
-                spec.source,
-                self._config,
-                revision=spec.revision,
-                single_file=True,
-                single_file_config=spec.config,
+            self._sources[model_key] = resolve_model(
+                self._spec(model_key), self._config
             )
         return self._sources[model_key]
 
@@ -232,15 +235,9 @@ class PipelineRegistry:
     ) -> ResolvedSource:
         """The checked source of the ControlNet configured for a control type
         (the model's own ControlNets when ``model_key`` has some)."""
-        control_type = ControlType(control_type)
-        controlnets = self._controlnets(model_key)
-        configured = controlnets.get(control_type.value)
-        if configured is None:
-            raise ModelNotFound(
-                f"No ControlNet is configured for {control_type.value!r}. Configured: "
-                f"{', '.join(sorted(controlnets)) or 'none'}."
-            )
-        return resolve_source(configured, self._config, required_file=MODEL_CONFIG_FILE)
+        return resolve_controlnet(
+            self._controlnet_spec(control_type, model_key), self._config
+        )
 
     def ip_adapter_fits(self, model_key: str) -> bool:
         """Whether the model's IP-Adapter is installed and made for its family
@@ -278,12 +275,10 @@ class PipelineRegistry:
             return
         for control_type in dict.fromkeys(plan.control_types):
             source = self.controlnet_source(control_type, model_key)
-            config = read_config(source, MODEL_CONFIG_FILE)
-            if config is not None:
-                name = f"{ControlType(control_type).value!r} ({source.location})"
-                check_controlnet_fits(
-                    model, controlnet_traits(config, name), model_key, name
-                )
+            name = f"{ControlType(control_type).value!r} ({source.location})"
+            traits = controlnet_traits_of(source, name)
+            if traits is not None:
+                check_controlnet_fits(model, traits, model_key, name)
         if plan.ip_adapter is not None:
             self._check_ip_adapter_fits(model, model_key, plan.ip_adapter)
         if lora is not None:
@@ -297,30 +292,31 @@ class PipelineRegistry:
             check_lora_fits(model, header, model_key, lora.name)
 
     def fingerprint(self, model_key: str) -> dict[str, Any]:
-        """Source, revision and commit or content hash of a model, for snapshots.
+        """Source, revision and commit or content hash of a model (with its
+        variant, external VAE and refiner), for snapshots.
 
         Computed once per registry: hashing a local model reads all its files.
         """
         spec = self._spec(model_key)
-        result = dict(self._fingerprint_of(self.source(model_key)))
-        if spec.variant is not None:
-            result["variant"] = spec.variant
-        if spec.vae is not None:
-            result["vae"] = self._fingerprint_of(self._vae_source(spec))
-        return result
+        return model_fingerprint(spec, self._config, self._fingerprint_of)
 
     def controlnet_fingerprint(
         self, control_type: ControlType, model_key: str | None = None
     ) -> dict[str, Any]:
-        """The same for the ControlNet of a control type (of a model)."""
-        return self._fingerprint_of(self.controlnet_source(control_type, model_key))
+        """The same for the ControlNet of a control type (of a model), with
+        its variant when it has one."""
+        source = self.controlnet_source(control_type, model_key)
+        variant = self._controlnet_spec(control_type, model_key).variant
+        return with_variant(self._fingerprint_of(source), variant)
 
     def ip_adapter_fingerprint(self, model_key: str | None = None) -> dict[str, Any]:
-        """The same for the IP-Adapter of a model (its folder or Hub commit)."""
+        """The same for the IP-Adapter of a model (its folder or Hub commit),
+        with its variant when it has one."""
         source = self._ip_adapter_source(model_key)
-        if source is None:
+        spec = self._ip_adapter_spec(model_key)
+        if source is None or spec is None:
             raise ModelNotFound("No IP-Adapter is installed: configure its weights.")
-        return self._fingerprint_of(source)
+        return with_variant(self._fingerprint_of(source), spec.variant)
 
     # Pipelines -------------------------------------------------------------------
 
@@ -396,6 +392,59 @@ class PipelineRegistry:
             pipe.set_progress_bar_config(disable=True)
             return pipe, hit
 
+    def refiner(
+        self, model_key: str, *, scheduler: str | None = None
+    ) -> DiffusionPipeline | None:
+        """The model's refiner for one job (its family's refiner class, a new
+        scheduler, the loaded modules), or None when it has none. Refused, with
+        the reason, for a family without a refiner or a refiner of another
+        family. Loaded once, like a base, and in the same LRU list."""
+        spec = self._spec(model_key)
+        if spec.refiner is None:
+            return None
+        row = self.family(model_key)
+        class_name = check_refiner_fits(row, model_key)
+        source = resolve_source(spec.refiner, self._config)
+        refiner_family = model_traits(
+            source, where=f"The refiner of {model_key!r} ({spec.refiner})"
+        ).family
+        if refiner_family is not row:
+            raise FamilyMismatch(
+                f"The refiner {spec.refiner} of model {model_key!r} is a "
+                f"{refiner_family.label} model; the model is {row.label}."
+            )
+        pipeline_cls = getattr(importlib.import_module("diffusers"), class_name)
+        with self._lock:
+            key = ("refiner", source.location, source.revision or "")
+            key += (spec.variant or "",)
+            entry = self._entries.get(key)
+            if entry is None:
+                started = time.perf_counter()
+                loaded = load_pipeline(
+                    source, pipeline_cls, self._dtype, variant=spec.variant
+                )
+                self._apply_footprint(loaded)
+                loaded.set_progress_bar_config(disable=True)
+                entry = _Entry(
+                    kind="refiner",
+                    label=f"{model_key} refiner",
+                    source=source,
+                    model=loaded,
+                    nbytes=_parameter_bytes(loaded.components.values()),
+                    load_seconds=time.perf_counter() - started,
+                )
+                self._add(key, entry, {key, self._base_key(model_key)})
+            self._entries.move_to_end(key)
+            pipe = self._derive(
+                pipeline_cls,
+                entry.model,
+                {"scheduler": self._fresh_scheduler(entry.model, scheduler)},
+            )
+            if self._offloading:
+                pipe.enable_model_cpu_offload(device=self._device)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
+
     def controlnet(
         self, control_type: ControlType, model_key: str | None = None
     ) -> ControlNetModel:
@@ -464,6 +513,7 @@ class PipelineRegistry:
                 source.location,
                 source.revision or "",
                 spec.image_encoder_folder,
+                spec.variant or "",
             )
             entry = self._entries.get(key)
             if entry is None:
@@ -608,11 +658,23 @@ class PipelineRegistry:
         self, control_type: ControlType, model_key: str | None = None
     ) -> tuple[str, ...]:
         source = self.controlnet_source(control_type, model_key)
-        return ("controlnet", source.location, source.revision or "")
+        variant = self._controlnet_spec(control_type, model_key).variant
+        return ("controlnet", source.location, source.revision or "", variant or "")
 
-    def _controlnets(self, model_key: str | None) -> dict[str, str]:
-        if model_key is None:
-            return self._config.controlnets
+    def _controlnet_spec(
+        self, control_type: ControlType, model_key: str | None
+    ) -> ControlNetSpec:
+        control_type = ControlType(control_type)
+        spec = self._config.controlnet_spec(control_type.value, model_key)
+        if spec is None:
+            configured = ", ".join(sorted(self._controlnets(model_key))) or "none"
+            raise ModelNotFound(
+                f"No ControlNet is configured for {control_type.value!r}. "
+                f"Configured: {configured}."
+            )
+        return spec
+
+    def _controlnets(self, model_key: str | None) -> dict[str, Any]:
         return self._config.controlnets_for(model_key)
 
     def _model_key_of(self, pipe: DiffusionPipeline) -> str | None:
@@ -671,8 +733,9 @@ class PipelineRegistry:
         entry = self._entries.get(key)
         if entry is None:
             source = self.controlnet_source(control_type, model_key)
+            variant = self._controlnet_spec(control_type, model_key).variant
             started = time.perf_counter()
-            model = load_controlnet(source, self._dtype)
+            model = load_controlnet(source, self._dtype, variant=variant)
             if not self._offloading:
                 model.to(self._device)
             self._counts["controlnet_loads"] += 1
@@ -699,6 +762,7 @@ class PipelineRegistry:
                 revision=source.revision,
                 dtype=self._dtype,
                 local_files_only=source.offline,
+                variant=spec.variant,
             )
         if not self._offloading:
             encoder.to(self._device)
@@ -771,12 +835,7 @@ class PipelineRegistry:
         if spec is None or source is None:
             return
         weight = f"{spec.subfolder}/{_ip_weight_name(spec, settings)}"
-        header = read_safetensors_header(source, weight)
-        if header is not None:
-            name = f"{weight} ({source.location})"
-            check_ip_adapter_fits(
-                model, ip_adapter_traits(header, name), model_key, name
-            )
+        check_ip_adapter_file(source, weight, model, model_key)
 
     def _ip_adapter_spec(self, model_key: str | None) -> IPAdapterSpec | None:
         if model_key is None:
@@ -791,6 +850,7 @@ class PipelineRegistry:
             spec.source,
             self._config,
             required_file=f"{spec.subfolder}/{spec.weight_name}",
+            revision=spec.revision,
         )
 
     def _set_ip_adapter(

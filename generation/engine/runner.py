@@ -9,7 +9,10 @@ from the registry, set the job's IP-Adapter and LoRA for the call only
 person would give raw diffusers, and record a snapshot (``snapshot.py``).
 
 The pipeline classes, the prompt encoding and the size micro-conditioning are
-the model family's (``families``): the same code runs SD 1.5 and SDXL.
+the model family's (``families``): the same code runs SD 1.5 and SDXL. A model
+with a refiner (SDXL) runs text and img2img as diffusers' "ensemble of expert
+denoisers": the base to ``denoising_end`` with latent output, then the refiner
+from ``denoising_start`` on those latents.
 
 The call matches raw diffusers on purpose: a prompt that fits the text encoder
 goes in as ``prompt=``; SDXL's size micro-conditioning is passed with the
@@ -62,10 +65,15 @@ from .snapshot import (
 from .vocabulary import (
     METHODS_WITH_CONTROL,
     METHODS_WITH_STRENGTH,
+    REFINED_METHODS,
     TINY_MODEL_NOTICE,
     ReferenceRole,
     SafetyPolicy,
 )
+
+# The refiner pipeline's own defaults, passed explicitly so the snapshot has them.
+REFINER_AESTHETIC_SCORE = 6.0
+REFINER_NEGATIVE_AESTHETIC_SCORE = 2.5
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -155,6 +163,11 @@ class Engine:
                 plan.control_types,
                 scheduler=request.scheduler,
             )
+            refiner = (
+                self._registry.refiner(request.model, scheduler=request.scheduler)
+                if plan.base in REFINED_METHODS
+                else None
+            )
             with self._registry.job_state(
                 pipe,
                 ip_adapter=plan.ip_adapter,
@@ -164,9 +177,24 @@ class Engine:
                 load = time.perf_counter() - loading
                 encoding = time.perf_counter()
                 kwargs, prompt_encoding = self._call_kwargs(request, plan, inputs, pipe)
+                refiner_kwargs = None
+                if refiner is not None:
+                    switch = self._config.models[request.model].refiner_switch
+                    kwargs["denoising_end"] = switch
+                    kwargs["output_type"] = "latent"
+                    refiner_kwargs = _refiner_kwargs(request, kwargs, switch)
                 preprocess += time.perf_counter() - encoding
                 inference_started = time.perf_counter()
                 images = self._run(pipe, kwargs, on_step, should_cancel)
+                if refiner is not None:
+                    # The base's latents, denoised the rest of the way.
+                    images = self._run(
+                        refiner,
+                        {**refiner_kwargs, "image": images},
+                        on_step,
+                        should_cancel,
+                        step_offset=pipe.num_timesteps,
+                    )
                 safety = check_outputs(
                     images,
                     self._config.safety_policy,
@@ -212,6 +240,9 @@ class Engine:
             device=str(self._registry.device),
             dtype=str(self._registry.dtype).removeprefix("torch."),
             safety=safety.record,
+            refiner=None
+            if refiner is None
+            else {"pipe": refiner, "call_kwargs": refiner_kwargs},
         )
         return GenerationResult(
             images=images,
@@ -265,6 +296,8 @@ class Engine:
                     seg_model=self._config.seg_model,
                     offline=self._config.offline,
                     resize_mode=request.resize_mode,
+                    # Every detector with weights follows its parameters' device.
+                    device=str(self._registry.device),
                 )
             )
         if plan.ip_adapter is not None:
@@ -469,8 +502,11 @@ class Engine:
         kwargs: dict[str, Any],
         on_step: StepCallback | None,
         should_cancel: CancelCheck | None,
-    ) -> list[Image.Image]:
-        """Call the pipeline, reporting progress and honouring cancellation."""
+        *,
+        step_offset: int = 0,
+    ) -> Any:
+        """Call the pipeline, reporting progress and honouring cancellation;
+        ``step_offset`` steps were run before it (a refiner's, the base's)."""
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled("The generation was cancelled before it started.")
 
@@ -478,7 +514,7 @@ class Engine:
             pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]
         ) -> dict[str, Any]:
             if on_step is not None:
-                on_step(index + 1, pipeline.num_timesteps)
+                on_step(step_offset + index + 1, step_offset + pipeline.num_timesteps)
             if should_cancel is not None and should_cancel():
                 # Raising (rather than setting ``_interrupt``) skips the VAE
                 # decode of a result nobody wants; job_state still resets.
@@ -507,6 +543,33 @@ class Engine:
             # Verified by "regenerate exactly" (generation.services).
             "fingerprint": self._registry.ip_adapter_fingerprint(model_key),
         }
+
+
+def _refiner_kwargs(
+    request: GenerationRequest, base_kwargs: dict[str, Any], switch: float
+) -> dict[str, Any]:
+    """The refiner's keyword arguments (its ``image`` is the base's latents):
+    the prompts as text (the refiner encodes them with its one encoder), the
+    same steps, guidance, seed and size conditioning, the schedule from
+    ``switch`` on, and the aesthetic scores the refiner's UNet is conditioned
+    on (the pipeline's defaults, made explicit)."""
+    size_conditioning = {
+        name: base_kwargs[name]
+        for name in ("original_size", "target_size", "crops_coords_top_left")
+    }
+    return {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "num_inference_steps": request.steps,
+        "guidance_scale": request.guidance_scale,
+        "num_images_per_prompt": request.num_images,
+        "denoising_start": switch,
+        "generator": torch.Generator(GENERATOR_DEVICE).manual_seed(request.seed),
+        "output_type": "pil",
+        **size_conditioning,
+        "aesthetic_score": REFINER_AESTHETIC_SCORE,
+        "negative_aesthetic_score": REFINER_NEGATIVE_AESTHETIC_SCORE,
+    }
 
 
 def _inpaint_ip_references(request: InpaintRequest) -> tuple[int, ...]:

@@ -198,11 +198,14 @@ def build_snapshot(
     device: str,
     dtype: str,
     safety: Mapping[str, Any] | None = None,
+    refiner: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that produced ``outputs``, JSON-serialisable.
 
     ``call_kwargs`` are the keyword arguments the pipeline was called with;
-    ``ip_adapter_weights`` says which adapter files were loaded.
+    ``ip_adapter_weights`` says which adapter files were loaded; ``refiner``
+    (``pipe`` and ``call_kwargs``) the second expert that finished the base's
+    latents (its weights' fingerprint is the model's ``refiner``).
     """
     resolved = _resolved_request(request, plan)
     return {
@@ -271,12 +274,28 @@ def build_snapshot(
             "sha256": bytes_sha256(request.lora.weights),
             "scale": request.lora.scale,
         },
+        "refiner": None if refiner is None else _refiner_record(refiner),
         "outputs": [image_sha256(image) for image in outputs],
         "safety": None if safety is None else _json_value(dict(safety)),
         "device": device,
         "dtype": dtype,
         "hardware": _hardware(device),
         "versions": library_versions(),
+    }
+
+
+def _refiner_record(refiner: Mapping[str, Any]) -> dict[str, Any]:
+    pipe = refiner["pipe"]
+    return {
+        "pipeline_class": type(pipe).__name__,
+        "scheduler": {
+            "class": type(pipe.scheduler).__name__,
+            "config": _json_value(dict(pipe.scheduler.config)),
+        },
+        # Its ``image`` is the base's latents, not an input.
+        "call": _json_value(
+            {k: v for k, v in refiner["call_kwargs"].items() if k != "image"}
+        ),
     }
 
 

@@ -26,7 +26,8 @@ ControlNet's config or an adapter's tensor names without loading weights.
 ``load_pipeline`` and ``load_controlnet`` open a resolved source through diffusers
 (``model_loading`` turns loading errors into ``ModelNotFound``); ``fingerprint``
 identifies the exact weights for the reproducibility snapshot (DESIGN.md
-decision 8).
+decision 8). File hashes are kept per process by (path, inode, size, mtime),
+so a second fingerprint of unchanged files reads none of them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from generation.engine.families import (
     DEFAULT_FAMILY,
     ModelTraits,
     UnknownFamily,
+    controlnet_file_traits,
     family,
     file_safetensors_header,
     single_file_family,
@@ -57,6 +60,8 @@ from generation.engine.families import (
 if TYPE_CHECKING:
     import torch
     from diffusers import ControlNetModel, DiffusionPipeline
+
+    from generation.engine.config import ControlNetSpec, ModelSpec
 
 DEFAULT_SINGLE_FILE_CONFIG = DEFAULT_FAMILY.default_single_file_config
 PIPELINE_CONFIG_FILE = "model_index.json"
@@ -110,7 +115,8 @@ def resolve_source(
     ``required_file`` is the file a folder or Hub repo of this kind must hold
     (``model_index.json`` for a pipeline, ``config.json`` for a ControlNet, the
     weights file for an IP-Adapter). ``single_file`` allows a single-file
-    checkpoint, whose component configs come from ``single_file_config``.
+    checkpoint, whose component configs come from ``single_file_config``
+    (a source holding ``required_file``; None: the family's, by its keys).
     """
     offline = is_offline(config)
     path = _local_path(source, config)
@@ -137,9 +143,19 @@ def resolve_source(
             f"{named} is not a .safetensors checkpoint. Only .safetensors single "
             "files are loaded: pickled .ckpt/.bin/.pt files can run arbitrary code."
         )
+    # A single file where a config.json is expected is a ControlNet.
+    controlnet = required_file == MODEL_CONFIG_FILE
     if single_file_config is None:
-        single_file_config = single_file_family(path).default_single_file_config
-    architecture = resolve_source(single_file_config, config)
+        single_file_config = (
+            controlnet_file_traits(
+                file_safetensors_header(path), str(named)
+            ).family.default_controlnet_config
+            if controlnet
+            else single_file_family(path).default_single_file_config
+        )
+    architecture = resolve_source(
+        single_file_config, config, required_file=required_file
+    )
     # Loaded by its name (always read as safetensors, whatever it links to).
     return ResolvedSource(
         SourceKind.SINGLE_FILE, str(named), revision, offline, config=architecture
@@ -258,17 +274,113 @@ def load_pipeline(
         )
 
 
-def load_controlnet(source: ResolvedSource, dtype: torch.dtype) -> ControlNetModel:
-    """Load a ControlNet from a resolved folder or Hub id."""
+def resolve_controlnet(spec: ControlNetSpec, config: EngineConfig) -> ResolvedSource:
+    """The checked source of a ControlNet entry: a folder or Hub id holding
+    ``config.json``, or a single ``.safetensors`` file with its config source."""
+    return resolve_source(
+        spec.source,
+        config,
+        required_file=MODEL_CONFIG_FILE,
+        revision=spec.revision,
+        single_file=True,
+        single_file_config=spec.config,
+    )
+
+
+def controlnet_traits_of(source: ResolvedSource, name: str) -> ModelTraits | None:
+    """The family and width of a resolved ControlNet, from its config or (a
+    single file) its tensor names; None when neither can be read here."""
+    from generation.engine.families import controlnet_traits
+
+    if source.kind is SourceKind.SINGLE_FILE:
+        return controlnet_file_traits(
+            file_safetensors_header(Path(source.location)), name
+        )
+    config = read_config(source, MODEL_CONFIG_FILE)
+    return None if config is None else controlnet_traits(config, name)
+
+
+def load_controlnet(
+    source: ResolvedSource, dtype: torch.dtype, *, variant: str | None = None
+) -> ControlNetModel:
+    """Load a ControlNet from a resolved folder, Hub id or single file.
+
+    A single file is converted from the original layout by diffusers'
+    ``from_single_file`` with the config of its ``config`` source.
+    """
     from diffusers import ControlNetModel
 
     with model_loading(source.location):
+        if source.kind is SourceKind.SINGLE_FILE:
+            assert source.config is not None
+            return ControlNetModel.from_single_file(
+                source.location,
+                config=source.config.location,
+                config_revision=source.config.revision,
+                dtype=dtype,
+                local_files_only=source.offline,
+            )
         return ControlNetModel.from_pretrained(
             source.location,
             revision=source.revision,
             dtype=dtype,
             local_files_only=source.offline,
+            variant=variant,
         )
+
+
+def with_variant(fingerprinted: dict[str, Any], variant: str | None) -> dict[str, Any]:
+    """A ``fingerprint`` with the variant that was loaded, when there is one
+    (a folder's hash covers every variant's files; which ones ran is here)."""
+    return (
+        dict(fingerprinted)
+        if variant is None
+        else {**fingerprinted, "variant": variant}
+    )
+
+
+def resolve_model(spec: ModelSpec, config: EngineConfig) -> ResolvedSource:
+    """The checked source of a base model (a single file allowed)."""
+    return resolve_source(
+        spec.source,
+        config,
+        revision=spec.revision,
+        single_file=True,
+        single_file_config=spec.config,
+    )
+
+
+def check_ip_adapter_file(
+    source: ResolvedSource, filename: str, model: ModelTraits, model_key: str
+) -> None:
+    """Refuse (``FamilyMismatch``) an IP-Adapter weights file of a resolved
+    source made for another width than the model's; reads its header only,
+    and says nothing when the file is not here."""
+    from generation.engine.families import check_ip_adapter_fits, ip_adapter_traits
+
+    header = read_safetensors_header(source, filename)
+    if header is not None:
+        where = f"{filename} ({source.location})"
+        check_ip_adapter_fits(model, ip_adapter_traits(header, where), model_key, where)
+
+
+def model_fingerprint(
+    spec: ModelSpec,
+    config: EngineConfig,
+    fingerprint_of: Callable[[ResolvedSource], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What identifies a base model's weights: its own ``fingerprint`` with its
+    variant, and those of its external VAE and its refiner when it has them.
+    ``fingerprint_of`` may be a cached ``fingerprint`` (the registry's)."""
+    fingerprint_of = fingerprint_of or fingerprint
+    result = with_variant(fingerprint_of(resolve_model(spec, config)), spec.variant)
+    if spec.vae is not None:
+        result["vae"] = fingerprint_of(
+            resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)
+        )
+    if spec.refiner is not None:
+        result["refiner"] = fingerprint_of(resolve_source(spec.refiner, config))
+    return result
 
 
 def load_vae(source: ResolvedSource, dtype: torch.dtype) -> Any:
@@ -388,7 +500,18 @@ def _hub_commit(source: ResolvedSource) -> str | None:
         cached = _cached_file(source, filename)
         if cached is not None:
             return Path(cached).parent.name
-    return None
+    # A repo without a config at its root (h94/IP-Adapter): the cache's ref.
+    from huggingface_hub import constants
+
+    folder = "models--" + source.location.replace("/", "--")
+    repo = Path(constants.HF_HUB_CACHE) / folder
+    revision = source.revision or "main"
+    if (repo / "snapshots" / revision).is_dir():
+        return revision
+    try:
+        return (repo / "refs" / revision).read_text().strip() or None
+    except OSError:
+        return None
 
 
 @contextmanager
@@ -402,9 +525,31 @@ def model_loading(location: str) -> Iterator[None]:
         ) from error
 
 
+# (resolved path, inode, size, mtime in ns) -> SHA-256: a file read once stays
+# hashed until it changes, so "regenerate exactly" does not read a multi-GB
+# model per click. Writing a file changes its mtime; replacing it (a download
+# renamed into place) its inode too.
+_SHA256_CACHE: dict[tuple[str, int, int, int], str] = {}
+_SHA256_CACHE_LOCK = threading.Lock()
+
+
 def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, cached by path, inode, size and mtime."""
+    status = path.stat()
+    key = (
+        str(path.resolve()),
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+    )
+    with _SHA256_CACHE_LOCK:
+        cached = _SHA256_CACHE.get(key)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
+    with _SHA256_CACHE_LOCK:
+        _SHA256_CACHE[key] = digest.hexdigest()
     return digest.hexdigest()

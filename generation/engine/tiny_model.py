@@ -442,6 +442,38 @@ def _ldm_checkpoint(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
     return {key: value.contiguous() for key, value in checkpoint.items()}
 
 
+_HINT_BLOCK = re.compile(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.*)")
+
+
+def ldm_controlnet_checkpoint(
+    controlnet: ControlNetModel, prefix: str = "control_model."
+) -> dict[str, torch.Tensor]:
+    """A ControlNet's weights under the original key names (``input_blocks``,
+    ``zero_convs``, ``input_hint_block``, ``middle_block_out``), as in
+    ``control_v11p_sd15_openpose_fp16.safetensors``: the inverse of diffusers'
+    ``convert_controlnet_checkpoint``. ``prefix`` is ``control_model.`` in the
+    files A1111 and ComfyUI use ("" in some others; diffusers reads both)."""
+    fixed = {
+        diffusers_key: ldm_key
+        for mapping in DIFFUSERS_TO_LDM_MAPPING["controlnet"].values()
+        for diffusers_key, ldm_key in mapping.items()
+    }
+    checkpoint = {}
+    for key, value in controlnet.state_dict().items():
+        if key in fixed:
+            ldm_key = fixed[key]
+        elif match := _HINT_BLOCK.fullmatch(key):
+            ldm_key = f"input_hint_block.{2 * int(match[1]) + 2}.{match[2]}"
+        elif match := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.*)", key):
+            ldm_key = f"zero_convs.{match[1]}.0.{match[2]}"
+        elif key.startswith("controlnet_mid_block."):
+            ldm_key = key.replace("controlnet_mid_block.", "middle_block_out.0.")
+        else:
+            ldm_key = _ldm_unet_key(key, controlnet)
+        checkpoint[prefix + ldm_key] = value.contiguous()
+    return checkpoint
+
+
 _RESNET_TO_LDM = {
     "norm1": "in_layers.0",
     "conv1": "in_layers.2",

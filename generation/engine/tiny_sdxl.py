@@ -28,7 +28,12 @@ Written under the tiny model's root (``write_tiny_sdxl(root)``):
   OpenCLIP's layout under ``conditioner.embedders.1.model.``; read with
   ``sdxl/`` as its config;
 - ``lora/persona-sdxl.safetensors``: a kohya-ss SDXL LoRA: ``lora_unet_*`` under
-  the original (SGM) block names, ``lora_te1_*`` and ``lora_te2_*``.
+  the original (SGM) block names, ``lora_te1_*`` and ``lora_te2_*``;
+- ``sdxl-refiner/``: a refiner in the layout of
+  ``stabilityai/stable-diffusion-xl-refiner-1.0`` (``StableDiffusionXLImg2ImgPipeline``
+  with the second text encoder only, a UNet conditioned on it and on the
+  aesthetic score, ``requires_aesthetics_score``), sharing the base's VAE
+  weights, as the real refiner does.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -58,6 +64,7 @@ from generation.engine.config import (
     TINY_SDXL_CONTROLNET_DIR,
     TINY_SDXL_LORA_FILE,
     TINY_SDXL_PIPELINE_DIR,
+    TINY_SDXL_REFINER_DIR,
     TINY_SDXL_SINGLE_FILE,
 )
 from generation.engine.families import SDXL
@@ -135,10 +142,17 @@ def write_tiny_sdxl(root: Path) -> dict[str, str]:
     returns what was written, for the marker.
     """
     root = Path(root)
-    for entry in (TINY_SDXL_PIPELINE_DIR, TINY_SDXL_CONTROLNET_DIR):
+    for entry in (
+        TINY_SDXL_PIPELINE_DIR,
+        TINY_SDXL_CONTROLNET_DIR,
+        TINY_SDXL_REFINER_DIR,
+    ):
         shutil.rmtree(root / entry, ignore_errors=True)
     pipe = random_sdxl_pipeline(TINY_SDXL)
     pipe.save_pretrained(root / TINY_SDXL_PIPELINE_DIR, safe_serialization=True)
+    random_sdxl_refiner(pipe, TINY_SDXL_REFINER).save_pretrained(
+        root / TINY_SDXL_REFINER_DIR, safe_serialization=True
+    )
     save_file(_sgm_checkpoint(pipe), root / TINY_SDXL_SINGLE_FILE)
     for control_type in ControlType:
         controlnet = random_controlnet(
@@ -168,6 +182,7 @@ def write_tiny_sdxl(root: Path) -> dict[str, str]:
     )
     return {
         "pipeline": TINY_SDXL_PIPELINE_DIR,
+        "refiner": TINY_SDXL_REFINER_DIR,
         "single_file": TINY_SDXL_SINGLE_FILE,
         "controlnets": TINY_SDXL_CONTROLNET_DIR,
         "ip_adapter": f"{TINY_IP_ADAPTER_DIR}/{SDXL.ip_adapter.subfolder}",
@@ -212,6 +227,40 @@ def random_sdxl_pipeline(architecture: SdxlArchitecture) -> StableDiffusionXLPip
         image_encoder=None,
         feature_extractor=None,
         force_zeros_for_empty_prompt=True,
+    )
+
+
+# The refiner's UNet: conditioned on the second encoder alone, and on five size
+# numbers (original size, crop, aesthetic score) with the pooled projection, as
+# stable-diffusion-xl-refiner-1.0's is (there: 1280 wide, 2560 inputs).
+TINY_SDXL_REFINER = {
+    **TINY_SDXL.unet,
+    "attention_head_dim": (2, 4),
+    "transformer_layers_per_block": (1, 1),
+    "cross_attention_dim": TEXT_ENCODER_2_WIDTH,
+    "projection_class_embeddings_input_dim": 5 * ADDITION_TIME_EMBED_DIM
+    + TEXT_ENCODER_2_WIDTH,
+}
+
+
+def random_sdxl_refiner(
+    base: StableDiffusionXLPipeline, unet_sizes: dict[str, Any]
+) -> StableDiffusionXLImg2ImgPipeline:
+    """A seeded random refiner for ``base``: its own UNet, the base's second
+    text encoder, tokenizer, VAE and scheduler configuration (the real refiner
+    ships the same OpenCLIP encoder and VAE as the base)."""
+    torch.manual_seed(_seed_for("sdxl-refiner-unet"))
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, **unet_sizes)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(base.scheduler.config),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
     )
 
 

@@ -100,6 +100,10 @@ BASE_METHODS = frozenset(
 
 METHODS_WITH_STRENGTH = frozenset({Method.IMG2IMG, Method.HYBRID})
 """Methods that start from the reference and take an img2img strength."""
+LAYERED_METHODS = (Method.AUTO, Method.IP_ADAPTER)
+"""Methods with no pipeline of their own: they resolve to a base method."""
+REFINED_METHODS = frozenset({Method.TEXT, Method.IMG2IMG})
+"""Base methods that a model's refiner (``ModelSpec.refiner``) finishes."""
 
 METHODS_WITH_CONTROL = frozenset({Method.CONTROLNET, Method.HYBRID})
 """Methods that run a ControlNet: they need at least one control unit."""

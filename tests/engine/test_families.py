@@ -305,3 +305,52 @@ def test_auto_adds_only_an_ip_adapter_of_the_models_family(
     assert engine.plan(request(TINY_MODEL_KEY, references=[face])).ip_adapter
     with pytest.raises(FamilyMismatch):
         engine.validate(request(method=Method.IP_ADAPTER, references=[face]))
+
+
+def test_the_plan_check_refuses_adapters_of_another_family_before_queueing(
+    tiny_model_root,
+):
+    """At generate, before anything is queued: an SDXL ControlNet or IP-Adapter
+    configured for an SD 1.5 model is refused with the family layer's reason."""
+    from PIL import Image
+
+    from generation.engine.config import IPAdapterSpec, tiny_engine_config
+    from generation.engine.plan import plan_problems
+    from generation.engine.requests import (
+        ControlType,
+        ControlUnitInput,
+        GenerationRequest,
+        IPAdapterInput,
+        Method,
+        ReferenceInput,
+    )
+
+    config = tiny_engine_config(tiny_model_root)
+    config.controlnets = {"canny": str(tiny_model_root / "controlnet-sdxl" / "canny")}
+    config.ip_adapter = IPAdapterSpec.for_family(
+        "sdxl", source=str(tiny_model_root / "ip-adapter")
+    )
+    reference = ReferenceInput(Image.new("RGB", (64, 64), "gray"))
+    unit = ControlUnitInput(ControlType.CANNY)
+    request = GenerationRequest(
+        model="tiny-sd15",
+        prompt="a portrait",
+        method=Method.CONTROLNET,
+        references=[reference],
+        control_units=[unit],
+        ip_adapter=IPAdapterInput(),
+        width=64,
+        height=64,
+    )
+    messages = [problem.message for problem in plan_problems(request, config)]
+    assert any("is a Stable Diffusion XL ControlNet" in m for m in messages), messages
+    assert any("The IP-Adapter sdxl_models/" in m for m in messages), messages
+    assert {p.code for p in plan_problems(request, config)} == {"family_mismatch"}
+    # The same request on the SDXL model, whose own adapters fit, is clean.
+    sdxl = tiny_engine_config(tiny_model_root)
+    assert (
+        plan_problems(
+            GenerationRequest(**{**vars(request), "model": "tiny-sdxl"}), sdxl
+        )
+        == []
+    )

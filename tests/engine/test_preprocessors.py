@@ -357,3 +357,46 @@ def test_detectors_are_imported_without_the_whole_controlnet_aux_package():
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-W", "ignore", "-c", script], check=True, cwd=root)
+
+
+def test_annotators_run_on_the_engines_device(tmp_path, tiny_model_root):
+    """The engine hands its device to the detectors: on the CPU they run there;
+    on the meta device (weights without data, so a run cannot finish) the
+    detector was loaded onto it, which the detector cache shows."""
+    from dataclasses import replace
+
+    from generation.engine.config import tiny_engine_config
+    from generation.engine.preprocessors import _load_detector
+    from generation.engine.requests import GenerationRequest, Method, ReferenceInput
+    from generation.engine.runner import Engine
+
+    _save_pidinet(tmp_path / "table5_pidinet.pth", seed=3)
+    unit = ControlUnitInput(
+        ControlType.SOFTEDGE, preprocessor_options={"preprocessor": "softedge_pidinet"}
+    )
+    request = GenerationRequest(
+        model="tiny-sd15",
+        prompt="a portrait",
+        method=Method.CONTROLNET,
+        steps=1,
+        width=64,
+        height=64,
+        references=[ReferenceInput(_square())],
+        control_units=[unit],
+    )
+    config = replace(tiny_engine_config(tiny_model_root), annotators_dir=tmp_path)
+    weights = (("filename", str(tmp_path / "table5_pidinet.pth")),)
+
+    result = Engine(replace(config, device="cpu")).generate(request)
+    assert np.asarray(result.images[0]).std() > 0
+    hits = _load_detector.cache_info().hits
+    on_cpu = _load_detector("softedge_pidinet", weights, "cpu")
+    assert _load_detector.cache_info().hits == hits + 1  # loaded by the engine
+    assert next(on_cpu.netNetwork.parameters()).device.type == "cpu"
+
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        Engine(replace(config, device="meta")).generate(request)
+    hits = _load_detector.cache_info().hits
+    on_meta = _load_detector("softedge_pidinet", weights, "meta")
+    assert _load_detector.cache_info().hits == hits + 1  # the engine's, on meta
+    assert next(on_meta.netNetwork.parameters()).device.type == "meta"

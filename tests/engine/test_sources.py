@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -15,6 +15,7 @@ from generation.engine.config import EngineConfig
 from generation.engine.errors import ModelNotFound, SourceRefused
 from generation.engine.sources import (
     SourceKind,
+    content_sha256,
     fingerprint,
     is_offline,
     load_pipeline,
@@ -23,15 +24,6 @@ from generation.engine.sources import (
 )
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hugging Face cache of our own, so the real one is never read."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def cache_repo(cache: Path, repo_id: str, content: Path) -> None:
@@ -227,3 +219,38 @@ def test_a_single_file_by_its_hub_cache_snapshot_path_loads(
     assert source.location.endswith("finetune.safetensors")
     assert model_traits(source).family.key == "sd15"
     assert list(pipe.unet.config.block_out_channels) == [32, 64]
+
+
+def test_a_file_hash_is_kept_until_the_file_changes(tmp_path: Path):
+    """A second fingerprint of unchanged files reads none of them (the cache is
+    keyed by path, inode, size and mtime), and any change of them re-reads."""
+    weights = tmp_path / "model" / "weights.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"a" * 4096)
+    first = content_sha256(weights.parent)
+    stamp = weights.stat()
+
+    # Same size, same mtime, other bytes: the cached hash answers, so nothing
+    # was read a second time.
+    weights.write_bytes(b"b" * 4096)
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert content_sha256(weights.parent) == first
+
+    # A newer mtime (a new download or save) is read again.
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))
+    reread = content_sha256(weights.parent)
+    assert reread != first
+    assert reread == content_sha256(weights.parent)
+
+    # So is another size with the old mtime.
+    weights.write_bytes(b"b" * 4097)
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    resized = content_sha256(weights.parent)
+    assert resized not in (first, reread)
+
+    # And a file renamed into place (a finished download): another inode.
+    fresh = weights.with_suffix(".part")
+    fresh.write_bytes(b"c" * 4097)
+    os.utime(fresh, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    fresh.replace(weights)
+    assert content_sha256(weights.parent) not in (first, reread, resized)

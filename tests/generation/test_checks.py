@@ -347,3 +347,34 @@ def test_the_tiny_models_as_written_pass_the_model_check(settings, tiny_model_di
     settings.STUDIO_IP_ADAPTER = {}
     settings.STUDIO_ANNOTATORS_DIR = ""
     assert checks.check_models_available() == []
+
+
+def test_a_controlnet_entry_with_a_variant_needs_its_variant_file(settings, model_root):
+    settings.STUDIO_CONTROLNETS = {
+        "canny": {"source": str(model_root / "controlnet-canny"), "variant": "fp16"}
+    }
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E020"]
+    assert "controlnet-canny/diffusion_pytorch_model.fp16.safetensors" in (
+        messages[0].msg
+    )
+    (
+        model_root / "controlnet-canny/diffusion_pytorch_model.fp16.safetensors"
+    ).write_text("")
+    assert checks.check_models_available() == []
+
+
+def test_a_single_file_controlnet_needs_its_config(settings, model_root):
+    single = model_root / "controlnet" / "control_v11p_sd15_canny_fp16.safetensors"
+    single.parent.mkdir()
+    single.write_text("")
+    settings.STUDIO_CONTROLNETS = {
+        "canny": {"source": str(single), "config": str(model_root / "controlnet-canny")}
+    }
+    assert checks.check_models_available() == []
+    settings.STUDIO_CONTROLNETS = {
+        "canny": {"source": str(single), "config": str(model_root / "no-such-config")}
+    }
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E020"]
+    assert "no-such-config" in messages[0].msg

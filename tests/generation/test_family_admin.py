@@ -8,6 +8,7 @@ writes (``write_tiny_model``); the admin is posted through the admin client.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,15 @@ from generation.engine.config import (
 )
 from personas.forms import PersonaForm
 from personas.models import ControlNetUnit, Persona
-from personas.services import persona_create
+from personas.services import control_unit_save, persona_create
 from tests.personas.conftest import upload
-from tests.personas.test_admin import ADD, errors_in, persona_data
+from tests.personas.test_admin import (
+    ADD,
+    errors_in,
+    management,
+    new_unit,
+    persona_data,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -117,3 +124,147 @@ def test_a_controlnet_whose_files_are_missing_is_said_so(
     assert f"Configured as {missing}, but not usable here" in page
 
 
+def sdxl_ip_adapter_for_everyone(settings, root: Path) -> None:
+    """The engine-wide IP-Adapter is the SDXL one: it fits no SD 1.5 model."""
+    settings.STUDIO_IP_ADAPTER = {
+        "source": str(root / "ip-adapter"),
+        "subfolder": "sdxl_models",
+        "weight_name": "ip-adapter_sdxl_vit-h.safetensors",
+        "face_weight_name": "ip-adapter-plus-face_sdxl_vit-h.safetensors",
+    }
+
+
+def test_a_method_the_models_family_cannot_use_is_refused_at_save(
+    tiny_studio, settings, admin_client
+):
+    sdxl_ip_adapter_for_everyone(settings, tiny_studio)
+    response = admin_client.post(
+        ADD, persona_data(base_model="tiny-sd15", method="ip_adapter")
+    )
+    assert response.status_code == 200
+    errors = errors_in(response)
+    assert "does not fit model 'tiny-sd15' (Stable Diffusion 1.5)" in errors, errors
+    assert not Persona.objects.exists()
+    # The SDXL model has its own, fitting IP-Adapter.
+    response = admin_client.post(
+        ADD, persona_data(base_model="tiny-sdxl", method="ip_adapter")
+    )
+    assert response.status_code == 302, errors_in(response)
+
+
+def test_a_method_without_its_adapter_configured_is_refused_with_the_reason(
+    tiny_studio, settings, tmp_path: Path
+):
+    settings.STUDIO_MODELS = {
+        "sd15": {"source": str(tiny_studio / "sd15"), "family": "sd15"}
+    }
+    settings.STUDIO_MODEL_ROOTS = [str(tiny_studio)]
+    settings.STUDIO_IP_ADAPTER = {}
+    from django.core.exceptions import ValidationError
+
+    from personas.services import persona_check_method
+
+    with pytest.raises(ValidationError, match="has no IP-Adapter configured"):
+        persona_check_method(base_model="sd15", method="ip_adapter")
+    with pytest.raises(ValidationError, match="none is configured for model 'sd15'"):
+        persona_check_method(base_model="sd15", method="hybrid")
+    persona_check_method(base_model="sd15", method="img2img")
+
+
+def test_a_control_unit_of_another_familys_controlnet_is_refused_at_save(
+    tiny_studio, settings, admin_client
+):
+    settings.STUDIO_CONTROLNETS = {
+        "canny": str(tiny_studio / "controlnet-sdxl" / "canny")
+    }
+    response = admin_client.post(
+        ADD,
+        persona_data(
+            base_model="tiny-sd15",
+            **management("control_units", 1),
+            **new_unit(0, control_type="canny"),
+        ),
+    )
+    assert response.status_code == 200
+    errors = errors_in(response)
+    assert "is a Stable Diffusion XL ControlNet" in errors, errors
+    assert "model 'tiny-sd15' is Stable Diffusion 1.5" in errors
+    assert not ControlNetUnit.objects.exists()
+
+
+def test_a_control_type_without_a_controlnet_is_refused_unless_disabled(
+    tiny_studio, settings
+):
+    settings.STUDIO_CONTROLNETS = {
+        "canny": str(tiny_studio / TINY_CONTROLNET_DIR / "canny")
+    }
+    from django.core.exceptions import ValidationError
+
+    persona = persona_create(name="Ada", base_model="tiny-sd15")
+    unit = ControlNetUnit(persona=persona, control_type="depth", order=0)
+    with pytest.raises(
+        ValidationError, match="No ControlNet is configured for 'depth'"
+    ):
+        control_unit_save(unit=unit)
+    unit.enabled = False  # kept for later, not used: accepted
+    control_unit_save(unit=unit)
+    assert ControlNetUnit.objects.get().control_type == "depth"
+
+
+def test_preprocessor_options_are_validated_at_save(tiny_studio, admin_client):
+    response = admin_client.post(
+        ADD,
+        persona_data(
+            **management("control_units", 1),
+            **new_unit(0, control_type="canny", options='{"low_threshold": "high"}'),
+        ),
+    )
+    assert response.status_code == 200
+    errors = errors_in(response)
+    assert "low_threshold" in errors, errors
+    response = admin_client.post(
+        ADD,
+        persona_data(
+            **management("control_units", 1),
+            **new_unit(0, control_type="canny", options='{"preprocessor": "midas"}'),
+        ),
+    )
+    assert "midas" in errors_in(response)
+    assert not Persona.objects.exists()
+
+
+def test_each_unit_says_whether_its_annotator_weights_are_present(
+    tiny_studio, settings, admin_client, tmp_path: Path, monkeypatch
+):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache")
+    )
+    annotators = tmp_path / "annotators"
+    annotators.mkdir()
+    (annotators / "table5_pidinet.pth").write_bytes(b"weights")
+    settings.STUDIO_ANNOTATORS_DIR = str(annotators)
+    persona = persona_create(name="Ada", base_model="tiny-sd15")
+    for order, (control_type, options) in enumerate(
+        [
+            ("canny", {}),
+            ("openpose", {}),
+            ("softedge", {"preprocessor": "softedge_pidinet"}),
+        ]
+    ):
+        ControlNetUnit.objects.create(
+            persona=persona,
+            control_type=control_type,
+            order=order,
+            preprocessor_options=options,
+        )
+    page = html.unescape(
+        admin_client.get(
+            reverse("admin:personas_persona_change", args=[persona.pk])
+        ).content.decode()
+    )
+    assert "annotator canny: ready (needs no weights)" in page
+    assert "annotator openpose: not ready:" in page
+    assert "body_pose_model.pth" in page
+    assert "annotator softedge_pidinet: ready (table5_pidinet.pth present)" in page

@@ -1,4 +1,4 @@
-""""Regenerate exactly" verifies the fingerprints its snapshot recorded: the
+""" "Regenerate exactly" verifies the fingerprints its snapshot recorded: the
 model's weights, each ControlNet's, the IP-Adapter's and the LoRA's, and
 refuses, naming what changed, when they differ now.
 
@@ -18,7 +18,11 @@ from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 
 from generation import runtime, services
-from generation.engine.config import TINY_CONTROLNET_DIR, TINY_LORA_FILE
+from generation.engine.config import (
+    TINY_CONTROLNET_DIR,
+    TINY_LORA_FILE,
+    TINY_SDXL_REFINER_DIR,
+)
 from generation.models import Content, ContentStatus
 from generation.parameters import GenerationOverrides, request_from_row
 from generation.queues import get_queue
@@ -157,3 +161,28 @@ def test_a_changed_ip_adapter_is_refused_naming_it(
     change_a_byte(weights)
     message = refusal(content)
     assert "the IP-Adapter changed (sha256" in message
+
+
+def test_a_changed_refiner_is_refused_naming_it(
+    tiny_copy, studio_settings, django_capture_on_commit_callbacks
+):
+    studio_settings.STUDIO_MODELS = {
+        "xl": {
+            "source": str(tiny_copy / "sdxl"),
+            "refiner": str(tiny_copy / TINY_SDXL_REFINER_DIR),
+            "refiner_switch": 0.5,
+            "tiny": True,
+        }
+    }
+    studio_settings.STUDIO_MODEL_ROOTS = [str(tiny_copy)]
+    runtime.start()
+    content = generate(
+        make_persona(base_model="xl"), django_capture_on_commit_callbacks, method="text"
+    )
+    assert content.snapshot["refiner"]["call"]["denoising_start"] == 0.5
+    assert services.snapshot_changes(content.snapshot, inputs=content.inputs) == []
+    (unet,) = (tiny_copy / TINY_SDXL_REFINER_DIR / "unet").glob("*.safetensors")
+    change_a_byte(unet)
+    message = refusal(content)
+    assert "the model 'xl''s refiner changed (sha256" in message
+    assert "the model 'xl' changed" not in message
