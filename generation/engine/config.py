@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from generation.engine.errors import InvalidRequest
 from generation.engine.families import Family, family
 from generation.engine.vocabulary import (
     DEFAULT_SAFETY_POLICY,
@@ -184,9 +185,16 @@ class IPAdapterSpec:
         cls, family_key: str | Family | None, **values: str
     ) -> IPAdapterSpec:
         """A spec whose unset fields are the family's ``h94/IP-Adapter`` layout
-        (SD 1.5's when the family is None)."""
-        layout = family(family_key or "sd15").ip_adapter
-        return cls(**{**vars(layout), **values})
+        (SD 1.5's when the family is None). A family without an IP-Adapter
+        layout (FLUX.1, Qwen-Image) is refused with the reason."""
+        row = family(family_key or "sd15")
+        if row.ip_adapter is None:
+            raise InvalidRequest(
+                f"The studio serves no IP-Adapter for {row.label} models: remove "
+                "the model's ip_adapter entry (reference_edit keeps the identity "
+                "on this family)."
+            )
+        return cls(**{**vars(row.ip_adapter), **values})
 
 
 @dataclass
