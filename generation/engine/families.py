@@ -436,6 +436,19 @@ def unet_family(config: Mapping[str, Any]) -> Family | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def methods_offered(row: Family) -> tuple[Method, ...]:
+    """The methods a person may choose for a model of this family, in the
+    vocabulary's order: auto, the base methods its pipelines run, and
+    ip_adapter where the family has an IP-Adapter layout."""
+    return tuple(
+        method
+        for method in Method
+        if method is Method.AUTO
+        or method in row.pipeline_classes
+        or (method is Method.IP_ADAPTER and row.ip_adapter is not None)
+    )
+
+
 def families_with(method: Method) -> tuple[Family, ...]:
     """The served families whose pipelines run a base method (``reference_edit``:
     the reference-editing families)."""
