@@ -12,7 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from generation import services
-from generation.engine.plan import SCHEDULER_NAMES
+from generation.engine.plan import ALL_SCHEDULER_NAMES, scheduler_names
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
     MAX_EDIT_REFERENCES,
@@ -31,7 +31,7 @@ from generation.engine.vocabulary import (
     Method,
 )
 from generation.parameters import UnitOverride
-from personas.forms import offer_methods
+from personas.forms import base_model_family, offer_methods
 from personas.models import ConsistencyMethod, Persona, SeedPolicy
 from personas.validators import validate_prompt_text
 
@@ -137,7 +137,10 @@ class PersonaGenerateForm(forms.Form):
     )
     scheduler = forms.ChoiceField(
         required=False,
-        choices=[("", "The model's own"), *((name, name) for name in SCHEDULER_NAMES)],
+        choices=[
+            ("", "The model's own"),
+            *((name, name) for name in ALL_SCHEDULER_NAMES),
+        ],
     )
     seed_policy = forms.ChoiceField(choices=SeedPolicy.choices)
     seed = _seed_field(
@@ -186,6 +189,12 @@ class PersonaGenerateForm(forms.Form):
         super().__init__(*args, initial=initial, **kwargs)
         self.persona = persona
         offer_methods(self.fields["method"], persona.base_model)
+        family = base_model_family(persona.base_model)
+        if family is not None:
+            self.fields["scheduler"].choices = [
+                ("", "The model's own"),
+                *((name, name) for name in scheduler_names(family)),
+            ]
         gallery = [
             (reference.pk, str(reference)) for reference in persona.references.all()
         ]

@@ -20,7 +20,7 @@ from PIL import Image
 
 from generation.engine.errors import EngineError, InvalidRequest
 from generation.engine.methods import auto_edits_references
-from generation.engine.plan import SCHEDULER_NAMES
+from generation.engine.plan import ALL_SCHEDULER_NAMES
 from generation.engine.requests import (
     ControlUnitInput,
     GenerationRequest,
@@ -107,7 +107,7 @@ class GenerationOverrides:
         for name, choices in (
             ("method", [method.value for method in Method]),
             ("seed_policy", [policy.value for policy in SeedPolicy]),
-            ("scheduler", list(SCHEDULER_NAMES)),
+            ("scheduler", list(ALL_SCHEDULER_NAMES)),
         ):
             value = getattr(self, name)
             if value is not None and value not in choices:

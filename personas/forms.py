@@ -88,19 +88,28 @@ def base_model_choices_with_family() -> list[tuple[str, str]]:
     return choices
 
 
-def method_choices(base_model: str | None) -> list[tuple[str, str]]:
-    """The method choices for a persona on ``base_model``: those its family runs
-    (``families.methods_offered``; reference_edit only on flux and qwen-image);
-    every method where the family cannot be told here."""
-    from generation.engine.families import UnknownFamily, methods_offered
+def base_model_family(base_model: str | None) -> Any:
+    """The ``families.Family`` of a configured base model, or None where it
+    cannot be told here (no files and no declared family, files of no family)."""
+    from generation.engine.families import UnknownFamily
 
     try:
         traits = base_model_traits(base_model) if base_model else None
     except UnknownFamily:
-        traits = None
-    if traits is None:
+        return None
+    return None if traits is None else traits.family
+
+
+def method_choices(base_model: str | None) -> list[tuple[str, str]]:
+    """The method choices for a persona on ``base_model``: those its family runs
+    (``families.methods_offered``; reference_edit only on flux and qwen-image);
+    every method where the family cannot be told here."""
+    from generation.engine.families import methods_offered
+
+    family = base_model_family(base_model)
+    if family is None:
         return list(ConsistencyMethod.choices)
-    offered = {method.value for method in methods_offered(traits.family)}
+    offered = {method.value for method in methods_offered(family)}
     return [choice for choice in ConsistencyMethod.choices if choice[0] in offered]
 
 

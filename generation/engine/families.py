@@ -145,6 +145,9 @@ class Family:
     lora_key_markers: tuple[str, ...] = ()
     """Substrings of LoRA tensor names that only this family's denoiser has
     (in diffusers', kohya's or the original layout)."""
+    scheduler_names: tuple[str, ...] = ()
+    """The schedulers a request may name; empty: Stable Diffusion's (diffusers'
+    ``KarrasDiffusionSchedulers``, ``plan.SCHEDULER_NAMES``)."""
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
     size_multiple: int = SIZE_MULTIPLE
@@ -324,6 +327,7 @@ FLUX = Family(
         "double_blocks",
         "single_blocks",
     ),
+    scheduler_names=("FlowMatchEulerDiscreteScheduler",),
     size_multiple=16,
 )
 

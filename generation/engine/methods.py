@@ -439,10 +439,11 @@ def _check_numbers(request: GenerationRequest, row: Family) -> None:
         if not request.lora.weights:
             raise InvalidRequest("The LoRA has no weights.")
         _check_range("LoRA scale", request.lora.scale, MIN_WEIGHT, MAX_WEIGHT)
-    if request.scheduler is not None and request.scheduler not in _scheduler_names():
+    names = row.scheduler_names or _scheduler_names()
+    if request.scheduler is not None and request.scheduler not in names:
         raise InvalidRequest(
-            f"Unknown scheduler {request.scheduler!r}; choose one of: "
-            f"{', '.join(_scheduler_names())}."
+            f"Unknown scheduler {request.scheduler!r} for {row.label} models; "
+            f"choose one of: {', '.join(names)}."
         )
 
 

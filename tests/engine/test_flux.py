@@ -462,3 +462,12 @@ def test_the_registry_detects_the_tiny_flux_model_from_its_files(tiny_model_root
     assert traits.family is FLUX
     assert traits.cross_attention_dim == 32
     assert "'FluxKontextPipeline'" in traits.found
+
+
+def test_a_flux_request_names_only_a_flow_matching_scheduler(tiny_model_root):
+    config = tiny_engine_config(tiny_model_root)
+    plan_check(make_request(scheduler="FlowMatchEulerDiscreteScheduler"), config)
+    with pytest.raises(InvalidRequest) as error:
+        plan_check(make_request(scheduler="DDIMScheduler"), config)
+    assert "Unknown scheduler 'DDIMScheduler' for FLUX.1 models" in str(error.value)
+    assert "FlowMatchEulerDiscreteScheduler" in str(error.value)
