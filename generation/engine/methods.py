@@ -198,6 +198,12 @@ def plan_method(
         _check_strength(request.steps, request.strength)
         plan = replace(plan, init_reference=primary_reference(request))
     if use_ip_adapter:
+        if row.ip_adapter is None:
+            raise InvalidRequest(
+                f"The studio serves no IP-Adapter for {row.label} models: remove "
+                "the IP-Adapter settings, or use reference_edit, which takes the "
+                "identity from the references themselves."
+            )
         if not ip_adapter_installed:
             raise InvalidRequest(
                 "IP-Adapter settings were given but no IP-Adapter is installed: "
