@@ -39,6 +39,8 @@ from benchmarks.workload import (
     pixels_sha256,
 )
 from generation.engine.config import EngineConfig
+from generation.engine.families import family
+from generation.engine.requests import Method
 from generation.engine.runner import Engine
 
 RAW_SCRIPT = Path(__file__).with_name("raw_diffusers.py")
@@ -183,6 +185,9 @@ def _start_raw(
         json.dumps(
             {
                 "pipeline": spec.source,
+                "pipeline_class": family(spec.family or "sd15").pipeline_class_name(
+                    Method.TEXT
+                ),
                 "device": config.device,
                 "dtype": config.dtype,
                 **workload.as_dict(),

@@ -12,6 +12,12 @@
 - ``sdxl``: SDXL base 1.0's configurations (its UNet, VAE, both text encoders,
   the ControlNets' conditioning embedding, the ViT-H image encoder) with random
   fp16 weights, at 1024x1024: for a GPU (about 7 GB of weights to write).
+- ``flux``: FLUX.1 Kontext [dev]'s configurations (the 12B transformer, T5-XXL,
+  CLIP-L, the 16-channel VAE; ``tiny_flux.FLUX_KONTEXT_DEV``) with random bf16
+  weights, text to image at 1024x1024 and 28 steps: for a GPU with 48 GB or more
+  (about 34 GB of weights, written once: about 34 GB of disk). It runs the
+  overhead and gpu sections (the others measure Stable Diffusion's ControlNets,
+  strengths and IP-Adapter).
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ from pathlib import Path
 
 from benchmarks.random_model import BenchModel, write_random_model
 from benchmarks.registry import SD15_SIZES
-from generation.engine.config import EngineConfig, tiny_engine_config
+from generation.engine.config import EngineConfig, ModelSpec, tiny_engine_config
 from generation.engine.families import SDXL as SDXL_FAMILY
 from generation.engine.tiny_model import Architecture, write_tiny_model
 from generation.engine.tiny_sdxl import SdxlArchitecture
 from generation.engine.vocabulary import TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY
+
+FLUX_MARKER = "BENCH_FLUX.json"
+ALL_SECTIONS = ("overhead", "registry", "growth", "queue", "gpu")
+"""The benchmark's sections, in the order they run (``suite``)."""
 
 # Stable Diffusion 1.5's configurations, as the registry benchmark writes them
 # (the text encoder keeps the tiny model's byte-level vocabulary: a smaller
@@ -151,6 +161,10 @@ class Preset:
     image_counts: tuple[int, ...] = (1, 2, 4)
     controlnet_counts: tuple[int, ...] = (0, 1, 2, 3)
     queue_jobs: int = 200
+    family: str = "sd15"
+    sections: tuple[str, ...] = ALL_SECTIONS
+    """The sections run when ``--only`` is not given."""
+    guidance_scale: float = 7.5
 
     @property
     def model_key(self) -> str:
@@ -162,6 +176,8 @@ class Preset:
         Both writers use the tiny model's layout, so one configuration serves
         both; it lists only the ControlNets that were written.
         """
+        if self.family == "flux":
+            return write_random_flux(root, self.model_key, self.summary)
         if self.model is None:
             write_tiny_model(root)
         else:
@@ -187,6 +203,27 @@ def _written(controlnets: dict[str, str]) -> dict[str, str]:
         for control_type, source in controlnets.items()
         if Path(source).is_dir()
     }
+def write_random_flux(root: Path, model_key: str, label: str) -> EngineConfig:
+    """Write (or reuse) a random-weight FLUX.1 Kontext [dev]-architecture model
+    in bf16 under ``root/flux``; its engine config."""
+    import torch
+
+    from generation.engine.tiny_flux import FLUX_KONTEXT_DEV, random_flux_pipeline
+
+    folder = Path(root) / "flux"
+    marker = Path(root) / FLUX_MARKER
+    if not marker.is_file():
+        # Built in bf16 directly: 17B parameters in float32 would need 68 GB.
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            pipe = random_flux_pipeline(FLUX_KONTEXT_DEV, dtype=torch.bfloat16)
+        finally:
+            torch.set_default_dtype(default)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        marker.write_text('{"architecture": "FLUX.1-Kontext-dev", "dtype": "bf16"}\n')
+    spec = ModelSpec(key=model_key, source=str(folder), label=label, family="flux")
+    return EngineConfig(models={model_key: spec}, model_roots=[Path(root)])
 
 
 PRESETS = {
@@ -238,6 +275,20 @@ PRESETS = {
             runs=10,
             step_counts=(10, 20, 30, 50),
             sizes=(768, 1024),
+        ),
+        Preset(
+            name="flux",
+            summary="FLUX.1 Kontext [dev] architecture, random bf16 weights, 1024x1024",
+            model=None,
+            width=1024,
+            height=1024,
+            steps=28,
+            runs=5,
+            step_counts=(14, 28),
+            sizes=(1024,),
+            family="flux",
+            sections=("overhead", "gpu"),
+            guidance_scale=3.5,
         ),
     )
 }

@@ -20,16 +20,17 @@ from typing import Any
 from benchmarks.gpu import measure_gpu
 from benchmarks.growth import measure_growth
 from benchmarks.overhead import measure_paths
-from benchmarks.presets import Preset
+from benchmarks.presets import ALL_SECTIONS, Preset
 from benchmarks.registry_economics import measure_registry
 from benchmarks.report import machine_info
 from benchmarks.studio_sandbox import StudioSandbox
 from benchmarks.targets import evaluate_targets
 from benchmarks.throughput import queue_result
 from benchmarks.workload import Workload
+from generation.engine.families import family
 from generation.engine.registry import choose_device, choose_dtype
 
-SECTIONS = ("overhead", "registry", "growth", "queue", "gpu")
+SECTIONS = ALL_SECTIONS
 # The queue's tiny jobs: one step at the smallest size, so that everything
 # around the engine shows.
 QUEUE_WORKLOAD = Workload(steps=1, width=64, height=64)
@@ -68,13 +69,20 @@ def run_bench(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "device": str(device),
-        "dtype": str(choose_dtype(None, device)).removeprefix("torch."),
+        "dtype": str(choose_dtype(None, device, family(preset.family))).removeprefix(
+            "torch."
+        ),
         "runs": runs,
     }
     log(f"Writing the {preset.name} model under {model_root}")
     config = preset.write_model(model_root)
     config.device, config.dtype = report["device"], report["dtype"]
-    workload = Workload(steps=preset.steps, width=preset.width, height=preset.height)
+    workload = Workload(
+        steps=preset.steps,
+        width=preset.width,
+        height=preset.height,
+        guidance_scale=preset.guidance_scale,
+    )
     sandbox_root = options.workdir / preset.name / "studio"
     raw_workdir = options.workdir / preset.name / "raw"
 

@@ -13,15 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from generation.engine.errors import InvalidRequest
 from generation.engine.families import Family, family
 from generation.engine.vocabulary import (
+    DEFAULT_QUANTIZATION,
     DEFAULT_SAFETY_POLICY,
+    TINY_FLUX_MODEL_KEY,
+    TINY_FLUX_MODEL_LABEL,
     TINY_MODEL_KEY,
     TINY_MODEL_LABEL,
     TINY_SDXL_MODEL_KEY,
     TINY_SDXL_MODEL_LABEL,
     ControlType,
     Footprint,
+    Quantization,
     SafetyPolicy,
 )
 
@@ -44,6 +49,8 @@ TINY_SDXL_REFINER_DIR = "sdxl-refiner"
 # The base's share of the schedule before the refiner takes over (the
 # "high_noise_frac" of diffusers' SDXL guide).
 DEFAULT_REFINER_SWITCH = 0.8
+TINY_FLUX_PIPELINE_DIR = "flux"
+TINY_FLUX_LORA_FILE = "lora/persona-flux.safetensors"
 
 
 @dataclass
@@ -158,7 +165,8 @@ def model_catalog(
 
 
 def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
-    """The tiny models written under ``root``: SD 1.5 always, SDXL if present."""
+    """The tiny models written under ``root``: SD 1.5 always, SDXL and FLUX.1
+    Kontext if present."""
     root = Path(root)
     specs = [
         ModelSpec(
@@ -181,6 +189,17 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                 ip_adapter=IPAdapterSpec.for_family(
                     "sdxl", source=str(root / TINY_IP_ADAPTER_DIR)
                 ),
+            )
+        )
+    if (root / TINY_FLUX_PIPELINE_DIR).is_dir():
+        specs.append(
+            ModelSpec(
+                key=TINY_FLUX_MODEL_KEY,
+                source=str(root / TINY_FLUX_PIPELINE_DIR),
+                label=TINY_FLUX_MODEL_LABEL,
+                tiny=True,
+                family="flux",
+                controlnets={},
             )
         )
     return {spec.key: spec for spec in specs}
@@ -249,9 +268,16 @@ class IPAdapterSpec:
         cls, family_key: str | Family | None, **values: str
     ) -> IPAdapterSpec:
         """A spec whose unset fields are the family's ``h94/IP-Adapter`` layout
-        (SD 1.5's when the family is None)."""
-        layout = family(family_key or "sd15").ip_adapter
-        return cls(**{**vars(layout), **values})
+        (SD 1.5's when the family is None). A family without an IP-Adapter
+        layout (FLUX.1, Qwen-Image) is refused with the reason."""
+        row = family(family_key or "sd15")
+        if row.ip_adapter is None:
+            raise InvalidRequest(
+                f"The studio serves no IP-Adapter for {row.label} models: remove "
+                "the model's ip_adapter entry (reference_edit keeps the identity "
+                "on this family)."
+            )
+        return cls(**{**vars(row.ip_adapter), **values})
 
 
 @dataclass
@@ -262,11 +288,13 @@ class EngineConfig(Footprint):
     (Hub id, local folder or single ``.safetensors`` file) or a mapping of
     ``ControlNetSpec``'s fields (``controlnet_spec`` reads either). ``device``
     None picks cuda, then mps, then cpu; ``dtype`` None picks float16 on cuda
-    and float32 elsewhere. ``memory_budget_mb`` None never evicts. ``offline``
-    True (the default) never downloads, like ``HF_HUB_OFFLINE=1``, which is
-    honoured as well. The footprint switches
-    (the fields of ``vocabulary.Footprint``, keyword-only) are applied to every
-    base pipeline when it is loaded.
+    (bfloat16 for a transformer family's model) and float32 elsewhere.
+    ``quantization`` quantizes a transformer model's big modules as they load
+    (``vocabulary.Quantization``; its library must be installed).
+    ``memory_budget_mb`` None never evicts. ``offline`` True (the default) never
+    downloads, like ``HF_HUB_OFFLINE=1``, which is honoured as well. The
+    footprint switches (the fields of ``vocabulary.Footprint``, keyword-only) are
+    applied to every base pipeline when it is loaded.
 
     ``safety_policy`` says what happens to an output the safety checker flags
     (``vocabulary.SafetyPolicy``; the pipelines themselves never blacken an
@@ -287,6 +315,7 @@ class EngineConfig(Footprint):
     device: str | None = None
     dtype: str | None = None
     memory_budget_mb: int | None = None
+    quantization: Quantization = DEFAULT_QUANTIZATION
     offline: bool = True
     safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
     safety_checker: str | None = None

@@ -20,6 +20,14 @@ Both the family and the cross-attention width (the text encoders' output width,
 768 for SD 1.5, 2048 for SDXL) must agree: the width also tells apart models of
 one family built at other sizes, such as the tiny models.
 
+A family's denoiser is a UNet (SD 1.5, SDXL) or a diffusion transformer (FLUX.1,
+Qwen-Image): a transformer family is recognised by its ``transformer/config.json``
+``_class_name`` and its text width is the transformer's ``joint_attention_dim``
+(the width of the text encoder features it attends to, as a UNet's
+``cross_attention_dim`` is); it may have no IP-Adapter layout and no inpaint
+pipeline (None), and its guidance and multi-reference input are named by the
+vocabulary (``Guidance``, ``MultiReference``).
+
 Framework free and cheap to import: no torch, no diffusers.
 """
 
@@ -33,7 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EngineError, InvalidRequest
-from .vocabulary import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, Method
+from .vocabulary import (
+    MAX_SIZE,
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+    Denoiser,
+    Guidance,
+    Method,
+    ModelFamily,
+    MultiReference,
+)
 
 
 class UnknownFamily(EngineError):
@@ -67,11 +84,18 @@ class TextEncoding:
     ``hidden_layer`` is ``"last"`` (the final layer-normed output, SD 1.5) or
     ``"penultimate"`` (SDXL). ``pooled_from`` names the encoder whose projected
     pooled output also conditions the UNet (None: no pooled embedding).
+
+    ``chunked``: a prompt longer than the CLIP window is encoded in chunks
+    (``prompts``); a family whose sequence comes from a long-context encoder
+    (T5 for FLUX.1, Qwen2.5-VL for Qwen-Image) passes the prompt as it is, up to
+    ``max_sequence_length`` tokens of that encoder.
     """
 
     encoders: tuple[tuple[str, str], ...]
     hidden_layer: str
     pooled_from: str | None = None
+    chunked: bool = True
+    max_sequence_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +109,8 @@ class Family:
     model_index_classes: frozenset[str]
     """``model_index.json`` ``_class_name`` values of this family's folders."""
     addition_embed_type: str | None
-    """The UNet's ``addition_embed_type`` (SDXL's ``text_time`` conditioning)."""
+    """The UNet's ``addition_embed_type`` (SDXL's ``text_time`` conditioning);
+    None for a transformer family."""
     text_encoding: TextEncoding
     size_conditioning: bool
     """Whether the pipelines take SDXL's size micro-conditioning
@@ -94,7 +119,8 @@ class Family:
     native_sizes: tuple[tuple[int, int], ...]
     """(width, height) the family was trained at: the sizes to offer first."""
     cross_attention_dim: int
-    """The released models' cross-attention width (768, 2048)."""
+    """The released models' text width: a UNet's cross-attention width (768,
+    2048), a transformer's ``joint_attention_dim`` (4096 for FLUX.1)."""
     single_file_keys: tuple[str, ...]
     """Key prefixes that mark an original-layout single-file checkpoint."""
     default_single_file_config: str
@@ -104,19 +130,54 @@ class Family:
     this family (the one diffusers' ``from_single_file`` would fetch)."""
     lora_text_encoder_prefixes: tuple[str, ...]
     """kohya-ss key prefixes of the text encoder(s) of a LoRA of this family."""
-    ip_adapter: IPAdapterLayout
-    inpaint_pipeline_class: str
+    ip_adapter: IPAdapterLayout | None
+    """None: the studio serves no IP-Adapter for the family."""
+    inpaint_pipeline_class: str | None
     """The diffusers inpaint class; derived from the base with ``from_pipe``, it
-    takes the ordinary 4-channel UNet (the mask is blended in latent space)."""
+    takes the ordinary 4-channel UNet (the mask is blended in latent space).
+    None: the family has no inpaint (nor face detailer) here."""
     refiner_pipeline_class: str | None = None
     """The class of the family's refiner, the second expert of an "ensemble of
     expert denoisers" (diffusers' SDXL guide): the base denoises the first
     part of the schedule (``denoising_end``), the refiner the rest from the
     base's latents (``denoising_start``). None: the family has no refiner."""
-    denoiser: str = "unet"
+    denoiser: Denoiser = Denoiser.UNET
+    """The denoising network, also the pipeline attribute and folder holding it."""
+    denoiser_classes: frozenset[str] = frozenset()
+    """A transformer family's ``transformer/config.json`` ``_class_name`` values
+    (a UNet family is told by its UNet config's fields instead)."""
+    guidance: Guidance = Guidance.CFG
+    multi_reference: MultiReference | None = None
+    """How ``reference_edit`` hands over several references (None: no
+    reference editing)."""
+    lora_key_markers: tuple[str, ...] = ()
+    """Substrings of LoRA tensor names that only this family's denoiser has
+    (in diffusers', kohya's or the original layout)."""
+    scheduler_names: tuple[str, ...] = ()
+    """The schedulers a request may name; empty: Stable Diffusion's (diffusers'
+    ``KarrasDiffusionSchedulers``, ``plan.SCHEDULER_NAMES``)."""
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
     size_multiple: int = SIZE_MULTIPLE
+
+    @property
+    def width_key(self) -> str:
+        """The denoiser config field holding the text width."""
+        if self.denoiser is Denoiser.TRANSFORMER:
+            return "joint_attention_dim"
+        return "cross_attention_dim"
+
+    @property
+    def width_name(self) -> str:
+        """The text width's name in messages."""
+        if self.denoiser is Denoiser.TRANSFORMER:
+            return "text width (joint_attention_dim)"
+        return "cross-attention width"
+
+    @property
+    def methods(self) -> frozenset[Method]:
+        """The base methods this family's pipelines run."""
+        return frozenset(self.pipeline_classes)
 
     def __repr__(self) -> str:
         return f"Family({self.key!r})"
@@ -135,8 +196,8 @@ class Family:
 
 
 SD15 = Family(
-    key="sd15",
-    label="Stable Diffusion 1.5",
+    key=ModelFamily.SD15.value,
+    label=ModelFamily.SD15.label,
     pipeline_classes={
         Method.TEXT: "StableDiffusionPipeline",
         Method.IMG2IMG: "StableDiffusionImg2ImgPipeline",
@@ -173,8 +234,8 @@ SD15 = Family(
 )
 
 SDXL = Family(
-    key="sdxl",
-    label="Stable Diffusion XL",
+    key=ModelFamily.SDXL.value,
+    label=ModelFamily.SDXL.label,
     pipeline_classes={
         Method.TEXT: "StableDiffusionXLPipeline",
         Method.IMG2IMG: "StableDiffusionXLImg2ImgPipeline",
@@ -225,7 +286,70 @@ SDXL = Family(
     refiner_pipeline_class="StableDiffusionXLImg2ImgPipeline",
 )
 
-FAMILIES: dict[str, Family] = {family.key: family for family in (SD15, SDXL)}
+FLUX = Family(
+    key=ModelFamily.FLUX.value,
+    label=ModelFamily.FLUX.label,
+    pipeline_classes={
+        Method.TEXT: "FluxPipeline",
+        Method.IMG2IMG: "FluxImg2ImgPipeline",
+        Method.REFERENCE_EDIT: "FluxKontextPipeline",
+    },
+    # FLUX.1 [dev], [schnell] and Kontext [dev] folders (the same components).
+    model_index_classes=frozenset(
+        {"FluxPipeline", "FluxImg2ImgPipeline", "FluxKontextPipeline"}
+    ),
+    addition_embed_type=None,
+    # CLIP-L gives the pooled embedding, T5-XXL the sequence (512 tokens).
+    text_encoding=TextEncoding(
+        encoders=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+        hidden_layer="last",
+        pooled_from="text_encoder",
+        chunked=False,
+        max_sequence_length=512,
+    ),
+    size_conditioning=False,
+    default_size=1024,
+    # Kontext's preferred resolutions of about one megapixel (a selection, as
+    # diffusers' PREFERRED_KONTEXT_RESOLUTIONS lists them).
+    native_sizes=(
+        (1024, 1024),
+        (1184, 880),
+        (880, 1184),
+        (1248, 832),
+        (832, 1248),
+        (1392, 752),
+        (752, 1392),
+    ),
+    cross_attention_dim=4096,
+    single_file_keys=(),
+    default_single_file_config="black-forest-labs/FLUX.1-Kontext-dev",
+    lora_text_encoder_prefixes=(),
+    ip_adapter=None,
+    inpaint_pipeline_class=None,
+    denoiser=Denoiser.TRANSFORMER,
+    denoiser_classes=frozenset({"FluxTransformer2DModel"}),
+    guidance=Guidance.DISTILLED,
+    multi_reference=MultiReference.STITCH,
+    # diffusers' names (single_transformer_blocks, ff_context), kohya's and the
+    # original ones (double_blocks, single_blocks).
+    lora_key_markers=(
+        "single_transformer_blocks",
+        "ff_context",
+        "double_blocks",
+        "single_blocks",
+    ),
+    scheduler_names=("FlowMatchEulerDiscreteScheduler",),
+    size_multiple=16,
+)
+
+FAMILIES: dict[str, Family] = {
+    row.key: row
+    for row in (
+        SD15,
+        SDXL,
+        FLUX,
+    )
+}
 """Every family the studio serves, by key."""
 DEFAULT_FAMILY = SD15
 
@@ -262,16 +386,17 @@ def traits_from_configs(
 ) -> ModelTraits:
     """A model's family from its ``model_index.json`` and denoiser config.
 
-    The class name chooses the row when one lists it; the UNet config must agree
-    (SDXL's ``addition_embed_type``). Without a class name the UNet config alone
-    decides. Raises ``UnknownFamily`` naming what was found.
+    The class name chooses the row when one lists it; the denoiser config must
+    agree (SDXL's ``addition_embed_type``, a transformer's ``_class_name``).
+    Without a class name the denoiser config alone decides. Raises
+    ``UnknownFamily`` naming what was found.
     """
     class_name = (model_index or {}).get("_class_name")
     found = []
     if class_name is not None:
         found.append(f"model_index.json _class_name {class_name!r}")
     if denoiser_config is not None:
-        found.append(_describe_unet(denoiser_config))
+        found.append(_describe_denoiser(denoiser_config))
     description = "; ".join(found) or "no model_index.json and no UNet config"
     by_class = [f for f in FAMILIES.values() if class_name in f.model_index_classes]
     if class_name is not None and not by_class:
@@ -286,15 +411,31 @@ def traits_from_configs(
             )
         chosen = by_class[0]
         return ModelTraits(chosen, chosen.cross_attention_dim, description)
-    by_unet = unet_family(denoiser_config)
-    if by_unet is None or (by_class and by_unet is not by_class[0]):
+    by_denoiser = denoiser_family(denoiser_config)
+    if by_denoiser is None or (by_class and by_denoiser is not by_class[0]):
         raise UnknownFamily(
             f"{where} is not a model family the studio serves ({description}). "
             f"Served: {_served()}."
         )
     return ModelTraits(
-        by_unet, int(denoiser_config["cross_attention_dim"]), description
+        by_denoiser,
+        int(denoiser_config[by_denoiser.width_key]),
+        description,
     )
+
+
+def denoiser_family(config: Mapping[str, Any]) -> Family | None:
+    """The family whose denoiser (UNet or transformer) has this config, or None."""
+    class_name = config.get("_class_name")
+    by_class = [
+        row
+        for row in FAMILIES.values()
+        if row.denoiser is Denoiser.TRANSFORMER and class_name in row.denoiser_classes
+    ]
+    if by_class:
+        row = by_class[0]
+        return row if isinstance(config.get(row.width_key), int) else None
+    return unet_family(config)
 
 
 def unet_family(config: Mapping[str, Any]) -> Family | None:
@@ -305,9 +446,28 @@ def unet_family(config: Mapping[str, Any]) -> Family | None:
     matches = [
         f
         for f in FAMILIES.values()
-        if f.denoiser == "unet" and f.addition_embed_type == kind
+        if f.denoiser is Denoiser.UNET and f.addition_embed_type == kind
     ]
     return matches[0] if len(matches) == 1 else None
+
+
+def methods_offered(row: Family) -> tuple[Method, ...]:
+    """The methods a person may choose for a model of this family, in the
+    vocabulary's order: auto, the base methods its pipelines run, and
+    ip_adapter where the family has an IP-Adapter layout."""
+    return tuple(
+        method
+        for method in Method
+        if method is Method.AUTO
+        or method in row.pipeline_classes
+        or (method is Method.IP_ADAPTER and row.ip_adapter is not None)
+    )
+
+
+def families_with(method: Method) -> tuple[Family, ...]:
+    """The served families whose pipelines run a base method (``reference_edit``:
+    the reference-editing families)."""
+    return tuple(row for row in FAMILIES.values() if method in row.pipeline_classes)
 
 
 def traits_of_folder(folder: Path, where: str | None = None) -> ModelTraits:
@@ -325,7 +485,7 @@ def traits_of_folder(folder: Path, where: str | None = None) -> ModelTraits:
 
 def controlnet_traits(config: Mapping[str, Any], where: str) -> ModelTraits:
     """The family of a ControlNet from its ``config.json``."""
-    found = _describe_unet(config)
+    found = _describe_denoiser(config)
     row = unet_family(config)
     if row is None:
         raise UnknownFamily(f"The ControlNet {where} fits no served family ({found}).")
@@ -432,29 +592,83 @@ def check_ip_adapter_fits(
 ) -> None:
     """Refuse an IP-Adapter made for another cross-attention width."""
     width, layers = adapter
+    layout = model.family.ip_adapter
+    if layout is None:
+        raise FamilyMismatch(
+            f"The IP-Adapter {name} does not fit model {model_name!r}: the studio "
+            f"serves no IP-Adapter for {model.family.label} (its "
+            f"{model.family.denoiser.label} has no UNet cross-attention to add "
+            "one to). Remove the IP-Adapter settings; reference_edit keeps the "
+            "identity on this family."
+        )
     if width == model.cross_attention_dim:
         return
-    layout = model.family.ip_adapter
+    advice = (
+        f"Configure its {model.family.label} IP-Adapter "
+        f"({layout.subfolder}/{layout.weight_name} in h94/IP-Adapter)."
+    )
     raise FamilyMismatch(
         f"The IP-Adapter {name} does not fit model {model_name!r} "
         f"({model.family.label}): it was made for {_family_of_width(width)} "
         f"(cross-attention width {width}, {layers} cross-attention layers); the "
-        f"model's width is {model.cross_attention_dim}. Configure its "
-        f"{model.family.label} IP-Adapter ({layout.subfolder}/{layout.weight_name} "
-        "in h94/IP-Adapter)."
+        f"model's width is {model.cross_attention_dim}. {advice}"
     )
+
+
+_UNET_LORA_MARKERS = (
+    "down_blocks",
+    "up_blocks",
+    "mid_block",
+    "input_blocks",
+    "output_blocks",
+    "middle_block",
+)
+"""Block names of a UNet, in diffusers' and kohya's (and the original) layout."""
+_TRANSFORMER_LORA_MARKERS = ("transformer_blocks", "double_blocks", "single_blocks")
+"""Block names of a diffusion transformer (inside a UNet's keys only after one
+of ``_UNET_LORA_MARKERS``: a UNet's attention has "transformer_blocks" too)."""
+
+
+def lora_denoiser(header: Mapping[str, Any]) -> tuple[Denoiser | None, str]:
+    """(the kind of denoiser a LoRA's keys are for, what was found): UNet keys
+    (``down_blocks``...) or transformer keys (``transformer_blocks``,
+    ``double_blocks``...) without any UNet block; None for a LoRA of text-encoder
+    keys only."""
+    keys = [key for key in header if key != "__metadata__"]
+    for markers, kind in (
+        (_UNET_LORA_MARKERS, Denoiser.UNET),
+        (_TRANSFORMER_LORA_MARKERS, Denoiser.TRANSFORMER),
+    ):
+        hits = sorted({m for m in markers for key in keys if m in key})
+        if hits:
+            return kind, f"{kind.label} keys ({', '.join(hits)})"
+    return None, ""
 
 
 def lora_traits(header: Mapping[str, Any]) -> tuple[Family | None, int | None, str]:
     """(family by key style, cross-attention width, what was found) of a LoRA.
 
-    The key style names the family where text-encoder keys are present (kohya's
-    ``lora_te_`` vs ``lora_te1_``/``lora_te2_``, diffusers' ``text_encoder_2.``);
-    the width comes from a cross-attention ``to_k`` down projection.
+    A transformer LoRA's family is the one whose ``lora_key_markers`` most of its
+    keys hold (None when none or several tie). A UNet LoRA's key style names the
+    family where text-encoder keys are present (kohya's ``lora_te_`` vs
+    ``lora_te1_``/``lora_te2_``, diffusers' ``text_encoder_2.``); the width comes
+    from a cross-attention ``to_k`` down projection.
     """
     keys = [key for key in header if key != "__metadata__"]
+    kind, kind_found = lora_denoiser(header)
+    if kind is Denoiser.TRANSFORMER:
+        counts = {
+            row.key: sum(any(m in key for m in row.lora_key_markers) for key in keys)
+            for row in FAMILIES.values()
+            if row.denoiser is Denoiser.TRANSFORMER
+        }
+        best = max(counts.values(), default=0)
+        winners = [name for name, count in counts.items() if count == best]
+        by_marker = FAMILIES[winners[0]] if best and len(winners) == 1 else None
+        return by_marker, None, kind_found
     by_style, style = None, ""
-    for row in FAMILIES.values():
+    unet_rows = [row for row in FAMILIES.values() if row.denoiser is Denoiser.UNET]
+    for row in unet_rows:
         for prefix in row.lora_text_encoder_prefixes:
             if any(key.startswith(prefix) for key in keys):
                 by_style, style = row, f"kohya text-encoder keys {prefix}*"
@@ -472,23 +686,43 @@ def lora_traits(header: Mapping[str, Any]) -> tuple[Family | None, int | None, s
     found = [style] if style else []
     if width is not None:
         found.append(f"cross-attention width {width}")
+    if kind_found:
+        found.append(kind_found)
     return by_style, width, ", ".join(found) or "no text-encoder or attention keys"
 
 
 def check_lora_fits(
     model: ModelTraits, header: Mapping[str, Any], model_name: str, name: str
 ) -> None:
-    """Refuse a LoRA whose keys or shapes belong to another family or width."""
+    """Refuse a LoRA whose keys or shapes belong to another family or width: a
+    UNet LoRA (Stable Diffusion's) on a transformer model (FLUX.1) and the
+    reverse, or one of another family of the same kind."""
     by_style, width, found = lora_traits(header)
-    if (by_style is None or by_style is model.family) and (
+    kind, _ = lora_denoiser(header)
+    own = model.family
+    if kind is not None and kind is not own.denoiser:
+        made_for = (
+            by_style.label
+            if by_style is not None
+            else _family_of_width(width)
+            if width is not None
+            else f"a model whose denoiser is a {kind.label}"
+        )
+        raise FamilyMismatch(
+            f"The LoRA {name!r} is for {made_for} ({found}); model "
+            f"{model_name!r} is {own.label}, whose denoiser is a "
+            f"{own.denoiser.label}: a {kind.label} LoRA does not fit it. Use a "
+            f"LoRA trained for {own.label}."
+        )
+    if (by_style is None or by_style is own) and (
         width is None or width == model.cross_attention_dim
     ):
         return
     made_for = by_style.label if by_style is not None else _family_of_width(width)
     raise FamilyMismatch(
         f"The LoRA {name!r} is for {made_for} ({found}); model {model_name!r} is "
-        f"{model.family.label} (cross-attention width "
-        f"{model.cross_attention_dim}). Use a LoRA trained for {model.family.label}."
+        f"{own.label} ({own.width_name} {model.cross_attention_dim}). Use a "
+        f"LoRA trained for {own.label}."
     )
 
 
@@ -551,7 +785,16 @@ def _family_of_width(width: int | None) -> str:
     return f"a model of cross-attention width {width}"
 
 
-def _describe_unet(config: Mapping[str, Any]) -> str:
+def _describe_denoiser(config: Mapping[str, Any]) -> str:
+    class_name = config.get("_class_name")
+    transformer = [
+        row for row in FAMILIES.values() if class_name in row.denoiser_classes
+    ]
+    if transformer or "joint_attention_dim" in config:
+        return (
+            f"{class_name or 'transformer'} joint_attention_dim "
+            f"{config.get('joint_attention_dim')!r}"
+        )
     return (
         f"{config.get('_class_name', 'UNet')} cross_attention_dim "
         f"{config.get('cross_attention_dim')!r}, addition_embed_type "

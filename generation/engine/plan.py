@@ -21,9 +21,15 @@ What it checks, in order:
   (its source resolves and its files are there), its refiner (for text and
   img2img) is of a family that has one and is there, each unit's ControlNet
   resolves, the annotator weights of each unit's preprocessor are present (a
-  ready-made control image needs none), and the LoRA fits the model (its
-  cross-attention width is the model's; a transformer LoRA is not put on a
-  UNet model).
+  ready-made control image needs none), and the LoRA fits the model's family
+  (``families.check_lora_fits``: its cross-attention width is the model's; a
+  UNet LoRA is not put on a transformer model such as FLUX.1, nor the
+  reverse).
+
+The family a request is planned with (its methods, sizes, pipelines) is read
+from the model's files where they are here, else the one its entry declares
+(``plan_family``): a method the family lacks, reference_edit on SD 1.5 say, is
+refused here, before anything is queued.
 
 The images of the request are never looked at, only whether they exist; the
 LoRA's ``weights`` may be only the file's header (the web process reads no more,
@@ -32,11 +38,8 @@ LoRA's ``weights`` may be only the file's header (the web process reads no more,
 
 from __future__ import annotations
 
-import json
-import re
 import struct
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig, ModelSpec
@@ -49,12 +52,16 @@ from .errors import (
 )
 from .families import (
     DEFAULT_FAMILY,
+    FAMILIES,
+    Family,
     FamilyMismatch,
     ModelTraits,
     check_controlnet_fits,
     check_refiner_fits,
     family,
+    safetensors_header,
 )
+from .families import check_lora_fits as check_family_fits
 from .methods import MethodPlan, plan_method
 from .preprocessors import (
     PREPROCESSORS,
@@ -66,10 +73,7 @@ from .preprocessors import (
 )
 from .requests import ControlUnitInput, GenerationRequest, LoraInput
 from .sources import (
-    MODEL_CONFIG_FILE,
     ResolvedSource,
-    SourceKind,
-    _cached_file,
     check_ip_adapter_file,
     controlnet_traits_of,
     is_offline,
@@ -107,16 +111,12 @@ SCHEDULER_NAMES: tuple[str, ...] = (
 ``KarrasDiffusionSchedulers``, named here so that the web process need not import
 diffusers to check or offer one (``tests/generation/test_plan.py`` keeps the two
 equal)."""
+ALL_SCHEDULER_NAMES: tuple[str, ...] = SCHEDULER_NAMES + tuple(
+    name for row in FAMILIES.values() for name in row.scheduler_names
+)
+"""Every scheduler some family takes (what a per-run override may name)."""
 
 LORA_HEADER_LENGTH_BYTES = 8
-_TRANSFORMER_KEY = re.compile(
-    r"(?:base_model\.model\.)?(?:transformer\.|lora_transformer_|diffusion_model\."
-    r"(?:transformer_blocks|single_transformer_blocks|double_blocks|single_blocks))"
-)
-"""A LoRA key of a transformer (Flux, Qwen-Image) model, in either naming."""
-_CROSS_ATTENTION_KEY = re.compile(
-    r"attn2[._]to_[kv][._](?:lora_down|lora_A|lora\.down)\.weight$"
-)
 
 
 @dataclass(frozen=True)
@@ -150,15 +150,6 @@ def plan_problems(
     ones depend on the plan), so a list has one problem from them at most.
     """
     problems: list[Problem] = []
-    if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
-        problems.append(
-            _problem(
-                InvalidRequest(
-                    f"Unknown scheduler {request.scheduler!r}; choose one of: "
-                    f"{', '.join(SCHEDULER_NAMES)}."
-                )
-            )
-        )
     spec = config.models.get(request.model)
     model_problems = (
         [] if spec is None else _guarded(lambda: model_source(spec, config))
@@ -166,15 +157,33 @@ def plan_problems(
     if weights_here is None:
         weights_here = not model_problems
     try:
+        row = plan_family(spec, config, weights_here and not model_problems)
+    except EngineError as error:
+        return [_problem(error)]
+    names = scheduler_names(row)
+    if request.scheduler is not None and request.scheduler not in names:
+        problems.append(
+            _problem(
+                InvalidRequest(
+                    f"Unknown scheduler {request.scheduler!r} for {row.label} "
+                    f"models; choose one of: {', '.join(names)}."
+                )
+            )
+        )
+    try:
         # The scheduler is checked above: plan_method's own check imports
         # diffusers, which the web process does not need.
         plan = plan_method(
             replace(request, scheduler=None),
             models=config.models,
             controlnets=config.controlnets_for(request.model),
-            ip_adapter_installed=ip_adapter_installed(config, request.model)
-            if weights_here
-            else config.ip_adapter_for(request.model) is not None,
+            ip_adapter_installed=(
+                ip_adapter_installed(config, request.model)
+                if weights_here
+                else config.ip_adapter_for(request.model) is not None
+            )
+            and (row.ip_adapter is not None),
+            model_family=row,
         )
     except EngineError as error:
         return [*problems, _problem(error)]
@@ -204,6 +213,28 @@ def plan_check(
     problems = plan_problems(request, config, weights_here=weights_here)
     if problems:
         raise problems[0].error(problems[0].message)
+
+
+def scheduler_names(row: Family) -> tuple[str, ...]:
+    """The schedulers a request for a model of this family may name."""
+    return row.scheduler_names or SCHEDULER_NAMES
+
+
+def plan_family(
+    spec: ModelSpec | None, config: EngineConfig, files_here: bool
+) -> Family:
+    """The family a request is planned with: read from the model's files where
+    they are here (``UnknownFamily`` for files of no served family), else the
+    family its entry declares, else SD 1.5 (the worker plans again)."""
+    if spec is None:
+        return DEFAULT_FAMILY
+    if files_here:
+        return model_traits(
+            model_source(spec, config),
+            declared=spec.family,
+            where=f"Model {spec.key!r} ({spec.source})",
+        ).family
+    return family(spec.family or DEFAULT_FAMILY.key)
 
 
 def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> bool:
@@ -239,35 +270,32 @@ def lora_header_bytes(head: bytes) -> int:
 
 
 def check_lora_fits(lora: LoraInput, spec: ModelSpec, config: EngineConfig) -> None:
-    """Refuse a LoRA made for another architecture than the model's UNet.
+    """Refuse a LoRA made for another family or width than the model, with the
+    family layer's reason (``families.check_lora_fits``: a Stable Diffusion LoRA
+    on FLUX.1, an SDXL one on SD 1.5...).
 
-    Reads the LoRA's header only and the model's ``unet/config.json``; says
-    nothing when that config cannot be found (a Hub model not cached yet).
+    Reads the LoRA's header only and the model's small files; says nothing when
+    the model's files cannot be found (a Hub model not cached yet).
     """
-    tensors = _lora_tensors(lora)
-    unet = _unet_config(model_source(spec, config))
-    if unet is None:
+    end = lora_header_bytes(lora.weights)
+    try:
+        header = safetensors_header(lora.weights[:end])
+    except InvalidRequest as error:
+        raise InvalidRequest(
+            f"The LoRA {lora.name!r} is not a readable .safetensors file: {error}"
+        ) from None
+    try:
+        traits = model_traits(
+            model_source(spec, config),
+            declared=spec.family,
+            where=f"Model {spec.key!r} ({spec.source})",
+        )
+    except (ModelNotFound, SourceRefused):
         return
-    if tensors and all(_is_transformer_key(key) for key in tensors):
-        raise InvalidRequest(
-            f"The LoRA {lora.name!r} does not fit this model: it is made for a "
-            f"transformer model (Flux, Qwen-Image), and {spec.key} has a UNet. "
-            "Upload a LoRA trained for this model's family."
-        )
-    expected = unet.get("cross_attention_dim")
-    widths = {
-        shape[1]
-        for key, shape in tensors.items()
-        if _CROSS_ATTENTION_KEY.search(key) and len(shape) == 2
-    }
-    if isinstance(expected, int) and widths and widths != {expected}:
-        found = ", ".join(str(width) for width in sorted(widths))
-        raise InvalidRequest(
-            f"The LoRA {lora.name!r} does not fit this model: its cross-attention "
-            f"layers take {found} features and {spec.key}'s take {expected} (a "
-            "LoRA for another model family). Upload a LoRA trained for this "
-            "model's family."
-        )
+    try:
+        check_family_fits(traits, header, spec.key, lora.name)
+    except FamilyMismatch as error:
+        raise InvalidRequest(str(error)) from None
 
 
 # --- What a model's family and configuration let it use ------------------------
@@ -470,41 +498,6 @@ def _check_annotator_weights(unit: ControlUnitInput, config: EngineConfig) -> No
         )
 
 
-def _lora_tensors(lora: LoraInput) -> dict[str, list[int]]:
-    """Tensor name -> shape, from the header at the start of ``lora.weights``."""
-    end = lora_header_bytes(lora.weights)
-    try:
-        header = json.loads(lora.weights[LORA_HEADER_LENGTH_BYTES:end])
-    except ValueError as error:
-        raise InvalidRequest(
-            f"The LoRA {lora.name!r} is not a readable .safetensors file: {error}"
-        ) from None
-    return {
-        key: list(value.get("shape", []))
-        for key, value in header.items()
-        if key != "__metadata__" and isinstance(value, dict)
-    }
-
-
-def _is_transformer_key(key: str) -> bool:
-    return bool(_TRANSFORMER_KEY.match(key))
-
-
-def _unet_config(source: ResolvedSource) -> dict[str, Any] | None:
-    if source.kind is SourceKind.SINGLE_FILE:
-        return None if source.config is None else _unet_config(source.config)
-    if source.kind is SourceKind.FOLDER:
-        path: str | None = str(Path(source.location) / "unet" / MODEL_CONFIG_FILE)
-    else:
-        path = _cached_file(source, f"unet/{MODEL_CONFIG_FILE}")
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _guarded(check: Any, *, prefix: str = "") -> list[Problem]:
     try:
         check()
@@ -518,6 +511,7 @@ def _problem(error: EngineError, *, prefix: str = "") -> Problem:
 
 
 __all__ = [
+    "ALL_SCHEDULER_NAMES",
     "SCHEDULER_NAMES",
     "Problem",
     "annotator_problem",

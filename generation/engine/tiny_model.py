@@ -17,6 +17,7 @@ tiny Stable Diffusion 1.5-architecture model that the studio writes itself
 - ``sd15.safetensors``: the same pipeline as one original-layout (LDM) checkpoint,
   the single-file format of AUTOMATIC1111 and model sites, read with
   ``sd15/`` as its config;
+- ``flux/`` and its LoRA: the tiny FLUX.1 Kontext model (``tiny_flux.py``);
 - ``TINY_MODEL.json``: the marker that tells the UI its images are noise.
 
 Every tensor comes from a fixed seed, so writing twice gives identical bytes
@@ -113,7 +114,7 @@ TINY = Architecture(
 )
 IMAGE_ENCODER_HIDDEN = 32
 LORA_RANK = 4
-MARKER_VERSION = 2  # 2: the tiny SDXL model beside the SD 1.5 one
+MARKER_VERSION = 3  # 2: the tiny SDXL model beside the SD 1.5 one; 3: FLUX.1
 
 
 def write_tiny_model(root: Path) -> Path:
@@ -160,6 +161,9 @@ def write_tiny_model(root: Path) -> Path:
     from generation.engine.tiny_sdxl import write_tiny_sdxl  # it builds on this
 
     sdxl = write_tiny_sdxl(root)
+    from generation.engine.tiny_flux import write_tiny_flux
+
+    flux = write_tiny_flux(root)
     marker.write_text(
         json.dumps(
             {
@@ -172,6 +176,7 @@ def write_tiny_model(root: Path) -> Path:
                 "ip_adapter": TINY_IP_ADAPTER_DIR,
                 "lora": TINY_LORA_FILE,
                 "sdxl": sdxl,
+                "flux": flux,
             },
             indent=2,
         )

@@ -39,6 +39,7 @@ class Method(_Vocabulary):
     CONTROLNET = "controlnet", "ControlNet"
     HYBRID = "hybrid", "img2img + ControlNet"
     IP_ADAPTER = "ip_adapter", "IP-Adapter (identity)"
+    REFERENCE_EDIT = "reference_edit", "Reference editing (instruction + references)"
 
 
 class ControlType(_Vocabulary):
@@ -86,6 +87,72 @@ class SafetyPolicy(_Vocabulary):
     BLACK = "black", "Black: replace a flagged image by black and mark it flagged"
 
 
+class ModelFamily(_Vocabulary):
+    """The model architectures the studio serves (one row each in ``families``)."""
+
+    SD15 = "sd15", "Stable Diffusion 1.5"
+    SDXL = "sdxl", "Stable Diffusion XL"
+    FLUX = "flux", "FLUX.1"
+    QWEN_IMAGE = "qwen-image", "Qwen-Image"
+
+
+class Denoiser(_Vocabulary):
+    """The denoising network of a family, and the pipeline attribute holding it."""
+
+    UNET = "unet", "UNet"
+    TRANSFORMER = "transformer", "Diffusion transformer"
+
+
+class Guidance(_Vocabulary):
+    """What a family's ``guidance_scale`` means.
+
+    cfg: classifier-free guidance against the negative prompt (Stable Diffusion).
+    distilled: guidance embedded in a guidance-distilled model (FLUX.1 [dev],
+    Kontext): one pass per step, no negative prompt unless ``true_cfg_scale`` > 1.
+    true_cfg: true classifier-free guidance with ``true_cfg_scale`` and a negative
+    prompt (Qwen-Image); ``guidance_scale`` is not used by the released models.
+    """
+
+    CFG = "cfg", "Classifier-free guidance (negative prompt)"
+    DISTILLED = "distilled", "Distilled guidance embedded in the model"
+    TRUE_CFG = "true_cfg", "True classifier-free guidance (true_cfg_scale)"
+
+
+class MultiReference(_Vocabulary):
+    """How a reference-editing pipeline is given several references.
+
+    native: the pipeline takes a list of images (QwenImageEditPlusPipeline).
+    stitch: the references are fitted to one height and pasted side by side on
+    one canvas, handed over as a single image (FLUX.1 Kontext takes one image;
+    the stitched canvas is what ComfyUI's "Image Stitch" workflows do).
+    """
+
+    NATIVE = "native", "Several images, natively"
+    STITCH = "stitch", "Stitched side by side on one canvas"
+
+
+class Quantization(_Vocabulary):
+    """Weight quantization of a transformer family's big modules (the transformer
+    and the T5 / Qwen2.5-VL text encoder) when they load, where the user has
+    installed its library (``STUDIO_QUANTIZATION``; docs/models.md gives the GPU
+    memory each needs). Stable Diffusion models are loaded as they are."""
+
+    NONE = "none", "None: the weights in the registry's dtype (bf16 on a GPU)"
+    BNB_8BIT = "bnb_8bit", "bitsandbytes 8-bit (LLM.int8)"
+    BNB_4BIT = "bnb_4bit", "bitsandbytes 4-bit NF4"
+    TORCHAO_INT8 = "torchao_int8", "torchao int8 weight-only"
+
+
+QUANTIZATION_LIBRARIES = {
+    Quantization.BNB_8BIT: "bitsandbytes",
+    Quantization.BNB_4BIT: "bitsandbytes",
+    Quantization.TORCHAO_INT8: "torchao",
+}
+"""The library each quantization needs (an optional install, never a
+dependency of the studio)."""
+DEFAULT_QUANTIZATION = Quantization.NONE
+
+
 class SeedPolicy(_Vocabulary):
     RANDOM = "random", "Random for every generation"
     FIXED = "fixed", "Fixed seed"
@@ -94,7 +161,13 @@ class SeedPolicy(_Vocabulary):
 # --- What each method needs and takes --------------------------------------------
 
 BASE_METHODS = frozenset(
-    {Method.TEXT, Method.IMG2IMG, Method.CONTROLNET, Method.HYBRID}
+    {
+        Method.TEXT,
+        Method.IMG2IMG,
+        Method.CONTROLNET,
+        Method.HYBRID,
+        Method.REFERENCE_EDIT,
+    }
 )
 """Methods that name one pipeline; ``auto`` and ``ip_adapter`` resolve to one."""
 
@@ -108,8 +181,15 @@ REFINED_METHODS = frozenset({Method.TEXT, Method.IMG2IMG})
 METHODS_WITH_CONTROL = frozenset({Method.CONTROLNET, Method.HYBRID})
 """Methods that run a ControlNet: they need at least one control unit."""
 
-METHODS_NEEDING_REFERENCE = METHODS_WITH_STRENGTH | {Method.IP_ADAPTER}
+METHODS_NEEDING_REFERENCE = METHODS_WITH_STRENGTH | {
+    Method.IP_ADAPTER,
+    Method.REFERENCE_EDIT,
+}
 """Explicit methods that cannot run without a reference image."""
+
+METHODS_WITH_SEVERAL_REFERENCES = frozenset({Method.REFERENCE_EDIT})
+"""Methods whose pipeline itself takes several references (up to
+``MAX_EDIT_REFERENCES``): the primary first, then the others."""
 
 METHODS_TAKING_REFERENCES = frozenset(Method) - {Method.TEXT}
 """Methods a persona's gallery is handed to (auto chooses what to use)."""
@@ -144,6 +224,15 @@ MAX_BATCH_COUNT = 16
 """Generations one batch may queue."""
 MAX_SWEEP_STRENGTHS = 12
 """Strengths one strength sweep may try."""
+MAX_EDIT_REFERENCES = 3
+"""References one reference edit takes: the primary and up to two more
+(Qwen-Image-Edit-2509 was trained with one to three)."""
+
+REFERENCE_EDIT_PROMPT = "{instruction}. Keep the same person: {appearance}."
+"""How a reference edit's prompt joins the instruction typed for the run and
+the persona's base appearance description: the instruction first (what to
+change), then the appearance (what to keep), as FLUX.1 Kontext's and
+Qwen-Image-Edit's prompting guides advise."""
 
 DEFAULT_METHOD = Method.AUTO
 DEFAULT_STEPS = 30
@@ -194,6 +283,11 @@ class Footprint:
         "keep model parts in CPU memory and move each to the GPU only while it "
         "runs (small GPUs; slower)",
     )
+    sequential_cpu_offload: bool = _switch(
+        "STUDIO_SEQUENTIAL_CPU_OFFLOAD",
+        "move each layer to the GPU only while it runs (the least GPU memory, "
+        "much slower; for a big model on a small GPU)",
+    )
     attention_slicing: bool = _switch(
         "STUDIO_ATTENTION_SLICING",
         "compute attention in slices: less GPU memory, a little slower",
@@ -232,6 +326,11 @@ TINY_MODEL_LABEL = "Built-in tiny model (random weights: images are noise)"
 TINY_SDXL_MODEL_KEY = "tiny-sdxl"
 """The model key of the built-in tiny SDXL-architecture model."""
 TINY_SDXL_MODEL_LABEL = "Built-in tiny SDXL model (random weights: images are noise)"
+TINY_FLUX_MODEL_KEY = "tiny-flux"
+"""The model key of the built-in tiny FLUX.1-architecture (Kontext) model."""
+TINY_FLUX_MODEL_LABEL = (
+    "Built-in tiny FLUX.1 Kontext model (random weights: images are noise)"
+)
 TINY_MODEL_NOTICE = (
     "Built-in tiny model (random weights: images are noise). Configure "
     "STUDIO_MODELS for real images."

@@ -51,7 +51,9 @@ def test_the_base_model_choice_shows_each_models_family(tiny_studio):
 def test_an_unknown_family_is_said_in_the_choice(settings, tmp_path: Path):
     folder = tmp_path / "odd"
     folder.mkdir()
-    (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    (folder / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusion3Pipeline"}'
+    )
     settings.STUDIO_MODELS = {"odd": {"source": str(folder), "label": "Odd"}}
     settings.STUDIO_MODEL_ROOTS = [str(tmp_path)]
     labels = dict(PersonaForm().fields["base_model"].choices)
