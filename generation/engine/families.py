@@ -125,9 +125,10 @@ class Family:
     """Key prefixes that mark an original-layout single-file checkpoint."""
     default_single_file_config: str
     """The Hub id whose configs describe a single file of this family."""
-    default_controlnet_config: str
+    default_controlnet_config: str | None
     """The Hub id whose ``config.json`` describes a single-file ControlNet of
-    this family (the one diffusers' ``from_single_file`` would fetch)."""
+    this family (the one diffusers' ``from_single_file`` would fetch); None: the
+    studio serves no ControlNet for the family."""
     lora_text_encoder_prefixes: tuple[str, ...]
     """kohya-ss key prefixes of the text encoder(s) of a LoRA of this family."""
     ip_adapter: IPAdapterLayout | None
@@ -323,6 +324,7 @@ FLUX = Family(
     cross_attention_dim=4096,
     single_file_keys=(),
     default_single_file_config="black-forest-labs/FLUX.1-Kontext-dev",
+    default_controlnet_config=None,
     lora_text_encoder_prefixes=(),
     ip_adapter=None,
     inpaint_pipeline_class=None,

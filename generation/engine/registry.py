@@ -495,7 +495,10 @@ class PipelineRegistry:
             if entry is None:
                 started = time.perf_counter()
                 loaded = load_pipeline(
-                    source, pipeline_cls, self._dtype, variant=spec.variant
+                    source,
+                    pipeline_cls,
+                    self.model_dtype(model_key),
+                    variant=spec.variant,
                 )
                 self._apply_footprint(loaded)
                 loaded.set_progress_bar_config(disable=True)
@@ -513,9 +516,9 @@ class PipelineRegistry:
                 pipeline_cls,
                 entry.model,
                 {"scheduler": self._fresh_scheduler(entry.model, scheduler)},
+                self.model_dtype(model_key),
             )
-            if self._offloading:
-                pipe.enable_model_cpu_offload(device=self._device)
+            self._offload(pipe)
             pipe.set_progress_bar_config(disable=True)
             return pipe
 
