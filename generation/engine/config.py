@@ -19,6 +19,8 @@ from generation.engine.vocabulary import (
     DEFAULT_SAFETY_POLICY,
     TINY_MODEL_KEY,
     TINY_MODEL_LABEL,
+    TINY_QWEN_IMAGE_MODEL_KEY,
+    TINY_QWEN_IMAGE_MODEL_LABEL,
     TINY_SDXL_MODEL_KEY,
     TINY_SDXL_MODEL_LABEL,
     ControlType,
@@ -39,6 +41,10 @@ TINY_SDXL_PIPELINE_DIR = "sdxl"
 TINY_SDXL_SINGLE_FILE = "sdxl.safetensors"
 TINY_SDXL_CONTROLNET_DIR = "controlnet-sdxl"
 TINY_SDXL_LORA_FILE = "lora/persona-sdxl.safetensors"
+# The tiny Qwen-Image model (``tiny_qwen.write_tiny_qwen_image``): one folder in
+# the layout of Qwen/Qwen-Image-Edit-2509, and a Qwen-Image LoRA.
+TINY_QWEN_PIPELINE_DIR = "qwen-image"
+TINY_QWEN_LORA_FILE = "lora/persona-qwen-image.safetensors"
 
 
 @dataclass
@@ -135,7 +141,8 @@ def model_catalog(
 
 
 def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
-    """The tiny models written under ``root``: SD 1.5 always, SDXL if present."""
+    """The tiny models written under ``root``: SD 1.5 always, SDXL and
+    Qwen-Image if present."""
     root = Path(root)
     specs = [
         ModelSpec(
@@ -158,6 +165,17 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                 ip_adapter=IPAdapterSpec.for_family(
                     "sdxl", source=str(root / TINY_IP_ADAPTER_DIR)
                 ),
+            )
+        )
+    if (root / TINY_QWEN_PIPELINE_DIR).is_dir():
+        specs.append(
+            ModelSpec(
+                key=TINY_QWEN_IMAGE_MODEL_KEY,
+                source=str(root / TINY_QWEN_PIPELINE_DIR),
+                label=TINY_QWEN_IMAGE_MODEL_LABEL,
+                tiny=True,
+                family="qwen-image",
+                controlnets={},
             )
         )
     return {spec.key: spec for spec in specs}

@@ -272,11 +272,73 @@ SDXL = Family(
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
 )
 
+QWEN_IMAGE = Family(
+    key=ModelFamily.QWEN_IMAGE.value,
+    label=ModelFamily.QWEN_IMAGE.label,
+    pipeline_classes={
+        Method.TEXT: "QwenImagePipeline",
+        Method.REFERENCE_EDIT: "QwenImageEditPlusPipeline",
+    },
+    # Qwen/Qwen-Image (text) and Qwen/Qwen-Image-Edit-2509 (1-3 references);
+    # both share the transformer class, the VAE and the Qwen2.5-VL encoder.
+    model_index_classes=frozenset({"QwenImagePipeline", "QwenImageEditPlusPipeline"}),
+    addition_embed_type=None,
+    # Qwen2.5-VL's last hidden state, its chat template's system prompt dropped
+    # by the pipelines themselves; no pooled embedding.
+    text_encoding=TextEncoding(
+        encoders=(("tokenizer", "text_encoder"),),
+        hidden_layer="last",
+        chunked=False,
+        max_sequence_length=512,
+    ),
+    size_conditioning=False,
+    default_size=1024,
+    # About one megapixel in steps of 32, as QwenImageEditPlusPipeline sizes its
+    # output by default (calculate_dimensions(1024 * 1024, ratio)): 1:1, 4:3,
+    # 3:2 and 16:9 each way.
+    native_sizes=(
+        (1024, 1024),
+        (1184, 896),
+        (896, 1184),
+        (1248, 832),
+        (832, 1248),
+        (1376, 768),
+        (768, 1376),
+    ),
+    cross_attention_dim=3584,
+    single_file_keys=(),
+    default_single_file_config="Qwen/Qwen-Image-Edit-2509",
+    lora_text_encoder_prefixes=(),
+    ip_adapter=None,
+    inpaint_pipeline_class=None,
+    denoiser=Denoiser.TRANSFORMER,
+    denoiser_classes=frozenset({"QwenImageTransformer2DModel"}),
+    guidance=Guidance.TRUE_CFG,
+    multi_reference=MultiReference.NATIVE,
+    # The image and text streams' MLPs and modulations of a Qwen-Image block, in
+    # diffusers' and ComfyUI's layout and kohya/musubi-tuner's (underscores).
+    # FLUX.1's original blocks have img_mlp and img_mod too, but as img_mlp.0
+    # and img_mod.lin: these names are Qwen-Image's alone.
+    lora_key_markers=(
+        "img_mlp.net",
+        "txt_mlp.net",
+        "img_mod.1",
+        "txt_mod.1",
+        "img_mlp_net",
+        "txt_mlp_net",
+        "img_mod_1",
+        "txt_mod_1",
+    ),
+    # The VAE downsamples by 8 and the transformer packs 2 x 2 latent patches.
+    size_multiple=16,
+)
+
 FAMILIES: dict[str, Family] = {
     row.key: row
     for row in (
         SD15,
         SDXL,
+        QWEN_IMAGE,
     )
 }
 """Every family the studio serves, by key."""

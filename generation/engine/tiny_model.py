@@ -19,6 +19,9 @@ tiny Stable Diffusion 1.5-architecture model that the studio writes itself
   ``sd15/`` as its config;
 - ``TINY_MODEL.json``: the marker that tells the UI its images are noise.
 
+The tiny SDXL model (``tiny_sdxl``) and the tiny Qwen-Image model
+(``tiny_qwen``) are written beside it.
+
 Every tensor comes from a fixed seed, so writing twice gives identical bytes
 (with the same library versions, which the config files record).
 """
@@ -113,7 +116,7 @@ TINY = Architecture(
 )
 IMAGE_ENCODER_HIDDEN = 32
 LORA_RANK = 4
-MARKER_VERSION = 2  # 2: the tiny SDXL model beside the SD 1.5 one
+MARKER_VERSION = 3  # 2: the tiny SDXL model beside the SD 1.5 one; 3: Qwen-Image
 
 
 def write_tiny_model(root: Path) -> Path:
@@ -160,6 +163,9 @@ def write_tiny_model(root: Path) -> Path:
     from generation.engine.tiny_sdxl import write_tiny_sdxl  # it builds on this
 
     sdxl = write_tiny_sdxl(root)
+    from generation.engine.tiny_qwen import write_tiny_qwen_image
+
+    qwen_image = write_tiny_qwen_image(root)
     marker.write_text(
         json.dumps(
             {
@@ -172,6 +178,7 @@ def write_tiny_model(root: Path) -> Path:
                 "ip_adapter": TINY_IP_ADAPTER_DIR,
                 "lora": TINY_LORA_FILE,
                 "sdxl": sdxl,
+                "qwen-image": qwen_image,
             },
             indent=2,
         )

@@ -289,6 +289,11 @@ TINY_MODEL_LABEL = "Built-in tiny model (random weights: images are noise)"
 TINY_SDXL_MODEL_KEY = "tiny-sdxl"
 """The model key of the built-in tiny SDXL-architecture model."""
 TINY_SDXL_MODEL_LABEL = "Built-in tiny SDXL model (random weights: images are noise)"
+TINY_QWEN_IMAGE_MODEL_KEY = "tiny-qwen-image"
+"""The model key of the built-in tiny Qwen-Image-Edit-Plus-architecture model."""
+TINY_QWEN_IMAGE_MODEL_LABEL = (
+    "Built-in tiny Qwen-Image-Edit model (random weights: images are noise)"
+)
 TINY_MODEL_NOTICE = (
     "Built-in tiny model (random weights: images are noise). Configure "
     "STUDIO_MODELS for real images."
