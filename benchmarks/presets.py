@@ -9,17 +9,34 @@
 - ``sd15``: SD 1.5's own UNet, VAE and text-encoder configurations (and a ViT-H
   image encoder for the IP-Adapter) with random weights: the same arithmetic as
   the real model at 512x512, for a GPU (fp16 there).
+- ``qwen-image``: Qwen-Image-Edit-2509's own transformer, VAE and Qwen2.5-VL
+  configurations (``tiny_qwen.QWEN_IMAGE``) with random bf16 weights, text to
+  image at 1024x1024 with true CFG (a negative prompt), for a GPU with at least
+  80 GB and about 60 GB of free disk. Its three paths (raw, engine, studio) each
+  hold the 58 GB model, so they are loaded one after another, not side by side
+  (``paths_together``); the registry and growth sections measure SD's methods
+  and are not run for it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.random_model import BenchModel, write_random_model
+from benchmarks.random_model import (
+    BenchModel,
+    write_random_model,
+    write_random_qwen_image,
+)
 from benchmarks.registry import SD15_SIZES
-from generation.engine.config import EngineConfig, tiny_engine_config
+from generation.engine.config import (
+    TINY_QWEN_PIPELINE_DIR,
+    EngineConfig,
+    ModelSpec,
+    tiny_engine_config,
+)
 from generation.engine.tiny_model import Architecture, write_tiny_model
+from generation.engine.tiny_qwen import QWEN_IMAGE, QwenImageArchitecture
 from generation.engine.vocabulary import TINY_MODEL_KEY
 
 # Stable Diffusion 1.5's configurations, as the registry benchmark writes them
@@ -82,7 +99,7 @@ class Preset:
 
     name: str
     summary: str
-    model: BenchModel | None
+    model: BenchModel | QwenImageArchitecture | None
     width: int
     height: int
     steps: int
@@ -93,10 +110,24 @@ class Preset:
     image_counts: tuple[int, ...] = (1, 2, 4)
     controlnet_counts: tuple[int, ...] = (0, 1, 2, 3)
     queue_jobs: int = 200
+    negative_prompt: str = ""
+    skipped_sections: dict[str, str] = field(default_factory=dict)
+    """Sections that do not apply to the preset's model, with the reason."""
+    paths_together: bool = True
+    """Whether raw diffusers, the engine and the studio are loaded side by side
+    and run in turns (False: one after another, for a model of which the GPU
+    holds one copy only)."""
 
     @property
     def model_key(self) -> str:
         return f"bench-{self.name}"
+
+    @property
+    def family(self) -> str:
+        """The model family of the preset's model (a ``families`` key)."""
+        if isinstance(self.model, QwenImageArchitecture):
+            return "qwen-image"
+        return "sd15"
 
     def write_model(self, root: Path) -> EngineConfig:
         """Write (or reuse) this preset's model under ``root``; its engine config.
@@ -104,6 +135,15 @@ class Preset:
         Both writers use the tiny model's layout, so one configuration serves
         both; it lists only the ControlNets that were written.
         """
+        if isinstance(self.model, QwenImageArchitecture):
+            write_random_qwen_image(self.model, root)
+            spec = ModelSpec(
+                key=self.model_key,
+                source=str(root / TINY_QWEN_PIPELINE_DIR),
+                label=self.summary,
+                family="qwen-image",
+            )
+            return EngineConfig(models={self.model_key: spec}, model_roots=[root])
         if self.model is None:
             write_tiny_model(root)
         else:
@@ -158,6 +198,29 @@ PRESETS = {
             runs=10,
             step_counts=(10, 20, 30, 50),
             sizes=(512, 768),
+        ),
+        Preset(
+            name="qwen-image",
+            summary="Qwen-Image-Edit-2509 architecture, random bf16 weights, "
+            "1024x1024, true CFG",
+            model=QWEN_IMAGE,
+            width=1024,
+            height=1024,
+            steps=20,
+            runs=3,
+            step_counts=(),
+            sizes=(),
+            # A negative prompt turns true CFG on (two transformer passes per
+            # step), as the model card runs it.
+            negative_prompt=" ",
+            skipped_sections={
+                "registry": "the registry benchmark derives Stable Diffusion's "
+                "img2img, ControlNet and hybrid pipelines",
+                "growth": "its series vary img2img strength, ControlNets and "
+                "IP-Adapters, which Qwen-Image has not",
+            },
+            paths_together=False,
+            queue_jobs=20,
         ),
     )
 }

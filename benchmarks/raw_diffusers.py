@@ -11,8 +11,11 @@ its seconds and a hash of the image's pixels, so the caller can check that the
 studio produced the very same image. It speaks ``line_process``'s protocol (the
 ``BENCH `` prefix is repeated here: this script may not import the studio).
 
-SPEC keys: pipeline, device, dtype, prompt, negative_prompt, seed, steps,
-guidance_scale, width, height, warmup_runs, channels_last, compile.
+SPEC keys: pipeline, pipeline_class (a diffusers class name, by default
+``StableDiffusionPipeline``), device, dtype, prompt, negative_prompt, seed, steps,
+guidance_scale, width, height, warmup_runs, channels_last, compile. Compilation
+applies to the pipeline's denoiser (its UNet or transformer), channels-last to a
+UNet only, as the engine does.
 """
 
 import hashlib
@@ -20,8 +23,8 @@ import json
 import sys
 import time
 
+import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
 
 
 def reply(payload: dict) -> None:
@@ -32,14 +35,18 @@ def main(spec_path: str) -> None:
     with open(spec_path) as spec_file:
         spec = json.load(spec_file)
     started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(
+    pipeline_class = getattr(
+        diffusers, spec.get("pipeline_class", "StableDiffusionPipeline")
+    )
+    pipe = pipeline_class.from_pretrained(
         spec["pipeline"], dtype=getattr(torch, spec["dtype"]), local_files_only=True
     )
     pipe.to(torch.device(spec["device"]))
-    if spec["channels_last"]:
-        pipe.unet.to(memory_format=torch.channels_last)
+    unet = getattr(pipe, "unet", None)
+    if spec["channels_last"] and unet is not None:
+        unet.to(memory_format=torch.channels_last)
     if spec["compile"]:
-        pipe.unet.compile()
+        (unet if unet is not None else pipe.transformer).compile()
     pipe.set_progress_bar_config(disable=True)
     load_seconds = time.perf_counter() - started
 

@@ -58,6 +58,9 @@ def run_bench(
             f"Unknown sections {', '.join(sorted(unknown))}; choose from "
             f"{', '.join(SECTIONS)}."
         )
+    sections = [
+        name for name in options.sections if name not in preset.skipped_sections
+    ]
     runs = options.runs or preset.runs
     queue_jobs = preset.queue_jobs if options.queue_jobs is None else options.queue_jobs
     device = choose_device(options.device)
@@ -71,20 +74,32 @@ def run_bench(
         "dtype": str(choose_dtype(None, device)).removeprefix("torch."),
         "runs": runs,
     }
+    skipped = {
+        name: reason
+        for name, reason in preset.skipped_sections.items()
+        if name in options.sections
+    }
+    if skipped:
+        report["skipped_sections"] = skipped
     log(f"Writing the {preset.name} model under {model_root}")
     config = preset.write_model(model_root)
     config.device, config.dtype = report["device"], report["dtype"]
-    workload = Workload(steps=preset.steps, width=preset.width, height=preset.height)
+    workload = Workload(
+        steps=preset.steps,
+        width=preset.width,
+        height=preset.height,
+        negative_prompt=preset.negative_prompt,
+    )
     sandbox_root = options.workdir / preset.name / "studio"
     raw_workdir = options.workdir / preset.name / "raw"
 
-    if "registry" in options.sections:
+    if "registry" in sections:
         log("registry: cold load, hit, derivation, memory (fresh process)")
         report["registry"] = measure_registry(
             model_root, device=report["device"], runs=runs
         )
-    overhead_runs = runs if "overhead" in options.sections else 0
-    queue_jobs = queue_jobs if "queue" in options.sections else 0
+    overhead_runs = runs if "overhead" in sections else 0
+    queue_jobs = queue_jobs if "queue" in sections else 0
     if overhead_runs or queue_jobs:
         log(
             f"overhead: {overhead_runs} rounds of raw diffusers, engine and studio; "
@@ -98,18 +113,19 @@ def run_bench(
             runs=overhead_runs,
             queue_workload=QUEUE_WORKLOAD,
             queue_jobs=queue_jobs,
+            together=preset.paths_together,
         )
         if measured["overhead"]:
             report["overhead"] = measured["overhead"]
         if measured["queue"]:
             report["queue"] = queue_result(measured["queue"])
-    if "growth" in options.sections:
+    if "growth" in sections:
         log("growth: strength, steps, size, images, ControlNets, IP-Adapter")
         # Half the runs per point: the series have many points.
         report["growth"] = measure_growth(
             preset, config, workload, runs=(runs + 1) // 2
         )
-    if "gpu" in options.sections:
+    if "gpu" in sections:
         log("gpu: raw diffusers and studio it/s per speed option")
         report["gpu"] = measure_gpu(
             config,
@@ -117,6 +133,7 @@ def run_bench(
             StudioSandbox(sandbox_root, config, report["device"], report["dtype"]),
             workdir=raw_workdir,
             runs=runs,
+            together=preset.paths_together,
         )
     report["targets"] = evaluate_targets(report)
     # Other work on the machine skews timings: say how busy it was at the end too.

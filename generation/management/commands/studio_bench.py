@@ -32,7 +32,9 @@ class Command(BaseCommand):
             choices=sorted(PRESETS),
             default="tiny",
             help="tiny: seconds, a smoke test; small: a reduced SD 1.5 for the "
-            "CPU; sd15: SD 1.5's full architecture, for a GPU (default: tiny).",
+            "CPU; sd15: SD 1.5's full architecture, for a GPU; qwen-image: "
+            "Qwen-Image-Edit-2509's full architecture in bf16, for a GPU of 80 GB "
+            "or more and 60 GB of free disk (default: tiny).",
         )
         parser.add_argument(
             "--json", type=Path, metavar="PATH", help="Write the JSON report here."
