@@ -4,11 +4,13 @@ The shapes follow diffusers' own tiny Qwen-Image (``get_dummy_components`` in
 ``tests/pipelines/qwenimage/test_qwenimage_edit_plus.py``): a two-layer
 ``QwenImageTransformer2DModel`` (three 16-wide heads, 16-wide text features,
 2x2 patches of 4 latent channels), Qwen-Image's causal 3D VAE and a two-layer
-Qwen2.5-VL text encoder with a two-block vision tower, 16 wide. Two things
+Qwen2.5-VL text encoder with a two-block vision tower, 16 wide. Three things
 differ on purpose: the VAE downsamples by 8 as the released one does (so sizes
-come in the real model's steps of 16, and a 1024 x 1024 reference gives the
-real number of latent tokens), and the tokenizer and processor are built here
-(diffusers' tests download theirs):
+come in the real model's steps of 16, and a one-megapixel reference gives the
+real number of latent tokens), it is 4 channels wide at every level (the edit
+pipeline encodes every reference at about one megapixel, whatever its size, so
+the VAE is what a tiny edit costs), and the tokenizer and processor are built
+here (diffusers' tests download theirs):
 
 - the tokenizer is Qwen2's byte-level BPE (``Qwen2Tokenizer``, built with the
   ``tokenizers`` library) over the 256 byte characters without merges, plus
@@ -117,10 +119,12 @@ TINY_QWEN_IMAGE = QwenImageArchitecture(
         "guidance_embeds": False,
         "axes_dims_rope": (8, 4, 4),
     },
+    # As narrow as the VAE goes: every reference is encoded at about one
+    # megapixel (the edit pipeline's own size), which is this model's main cost.
     vae={
-        "base_dim": 8,
+        "base_dim": 4,
         "z_dim": 4,
-        "dim_mult": [1, 2, 4, 4],
+        "dim_mult": [1, 1, 1, 1],
         "num_res_blocks": 1,
         "temperal_downsample": [False, True, True],
         "latents_mean": list(_LATENTS_MEAN),
