@@ -21,7 +21,7 @@ from generation.engine.config import (
     model_catalog,
     tiny_engine_config,
 )
-from generation.engine.vocabulary import SafetyPolicy
+from generation.engine.vocabulary import Quantization, SafetyPolicy
 
 
 def configured_models() -> dict[str, ModelSpec]:
@@ -102,12 +102,14 @@ def engine_config() -> EngineConfig:
     config.seg_model = settings.STUDIO_SEG_MODEL or None
     config.device = settings.STUDIO_DEVICE or None
     config.dtype = settings.STUDIO_DTYPE or None
+    config.quantization = Quantization(settings.STUDIO_QUANTIZATION)
     config.memory_budget_mb = settings.STUDIO_MEMORY_BUDGET_MB or None
     config.safety_policy = SafetyPolicy(settings.STUDIO_SAFETY_CHECKER)
     config.safety_checker = settings.STUDIO_SAFETY_CHECKER_MODEL or None
     # The fields of ``vocabulary.Footprint``, each from the setting it names
     # (tests/engine/test_vocabulary.py keeps the two lists equal).
     config.cpu_offload = settings.STUDIO_CPU_OFFLOAD
+    config.sequential_cpu_offload = settings.STUDIO_SEQUENTIAL_CPU_OFFLOAD
     config.attention_slicing = settings.STUDIO_ATTENTION_SLICING
     config.vae_tiling = settings.STUDIO_VAE_TILING
     config.channels_last = settings.STUDIO_CHANNELS_LAST

@@ -45,6 +45,9 @@ SEG_MODEL: str = ""
 # Inference device and dtype; empty chooses (CUDA fp16, MPS, CPU fp32).
 DEVICE: str = ""
 DTYPE: str = ""
+# Quantization of a transformer family's big modules (needs bitsandbytes or
+# torchao installed): "none", "bnb_8bit", "bnb_4bit", "torchao_int8".
+QUANTIZATION: str = "none"
 # What happens to an output the safety checker flags: "off" (no check), "flag"
 # (keep it, mark it flagged) or "black" (replace it by black, mark it flagged).
 SAFETY_CHECKER: str = "flag"
@@ -57,6 +60,7 @@ MEMORY_BUDGET_MB: int = 0
 # generation.engine.vocabulary.Footprint, each under the setting it names
 # (tests/engine/test_vocabulary.py keeps them equal; studio/ imports no app).
 CPU_OFFLOAD: bool = False
+SEQUENTIAL_CPU_OFFLOAD: bool = False
 ATTENTION_SLICING: bool = False
 VAE_TILING: bool = False
 CHANNELS_LAST: bool = False

@@ -16,7 +16,10 @@ from typing import Any
 from generation.engine.errors import InvalidRequest
 from generation.engine.families import Family, family
 from generation.engine.vocabulary import (
+    DEFAULT_QUANTIZATION,
     DEFAULT_SAFETY_POLICY,
+    TINY_FLUX_MODEL_KEY,
+    TINY_FLUX_MODEL_LABEL,
     TINY_MODEL_KEY,
     TINY_MODEL_LABEL,
     TINY_QWEN_IMAGE_MODEL_KEY,
@@ -25,6 +28,7 @@ from generation.engine.vocabulary import (
     TINY_SDXL_MODEL_LABEL,
     ControlType,
     Footprint,
+    Quantization,
     SafetyPolicy,
 )
 
@@ -41,6 +45,8 @@ TINY_SDXL_PIPELINE_DIR = "sdxl"
 TINY_SDXL_SINGLE_FILE = "sdxl.safetensors"
 TINY_SDXL_CONTROLNET_DIR = "controlnet-sdxl"
 TINY_SDXL_LORA_FILE = "lora/persona-sdxl.safetensors"
+TINY_FLUX_PIPELINE_DIR = "flux"
+TINY_FLUX_LORA_FILE = "lora/persona-flux.safetensors"
 # The tiny Qwen-Image model (``tiny_qwen.write_tiny_qwen_image``): one folder in
 # the layout of Qwen/Qwen-Image-Edit-2509, and a Qwen-Image LoRA.
 TINY_QWEN_PIPELINE_DIR = "qwen-image"
@@ -141,8 +147,8 @@ def model_catalog(
 
 
 def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
-    """The tiny models written under ``root``: SD 1.5 always, SDXL and
-    Qwen-Image if present."""
+    """The tiny models written under ``root``: SD 1.5 always, SDXL, FLUX.1
+    Kontext and Qwen-Image if present."""
     root = Path(root)
     specs = [
         ModelSpec(
@@ -165,6 +171,17 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                 ip_adapter=IPAdapterSpec.for_family(
                     "sdxl", source=str(root / TINY_IP_ADAPTER_DIR)
                 ),
+            )
+        )
+    if (root / TINY_FLUX_PIPELINE_DIR).is_dir():
+        specs.append(
+            ModelSpec(
+                key=TINY_FLUX_MODEL_KEY,
+                source=str(root / TINY_FLUX_PIPELINE_DIR),
+                label=TINY_FLUX_MODEL_LABEL,
+                tiny=True,
+                family="flux",
+                controlnets={},
             )
         )
     if (root / TINY_QWEN_PIPELINE_DIR).is_dir():
@@ -221,11 +238,13 @@ class EngineConfig(Footprint):
 
     ``controlnets`` maps a ``ControlType`` value to a ControlNet source (Hub id or
     local folder). ``device`` None picks cuda, then mps, then cpu; ``dtype`` None
-    picks float16 on cuda and float32 elsewhere. ``memory_budget_mb`` None never
-    evicts. ``offline`` True (the default) never downloads, like
-    ``HF_HUB_OFFLINE=1``, which is honoured as well. The footprint switches
-    (the fields of ``vocabulary.Footprint``, keyword-only) are applied to every
-    base pipeline when it is loaded.
+    picks float16 on cuda (bfloat16 for a transformer family's model) and
+    float32 elsewhere. ``quantization`` quantizes a transformer model's big
+    modules as they load (``vocabulary.Quantization``; its library must be
+    installed). ``memory_budget_mb`` None never evicts. ``offline`` True (the
+    default) never downloads, like ``HF_HUB_OFFLINE=1``, which is honoured as
+    well. The footprint switches (the fields of ``vocabulary.Footprint``,
+    keyword-only) are applied to every base pipeline when it is loaded.
 
     ``safety_policy`` says what happens to an output the safety checker flags
     (``vocabulary.SafetyPolicy``; the pipelines themselves never blacken an
@@ -246,6 +265,7 @@ class EngineConfig(Footprint):
     device: str | None = None
     dtype: str | None = None
     memory_budget_mb: int | None = None
+    quantization: Quantization = DEFAULT_QUANTIZATION
     offline: bool = True
     safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
     safety_checker: str | None = None

@@ -272,6 +272,61 @@ SDXL = Family(
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
 )
 
+FLUX = Family(
+    key=ModelFamily.FLUX.value,
+    label=ModelFamily.FLUX.label,
+    pipeline_classes={
+        Method.TEXT: "FluxPipeline",
+        Method.IMG2IMG: "FluxImg2ImgPipeline",
+        Method.REFERENCE_EDIT: "FluxKontextPipeline",
+    },
+    # FLUX.1 [dev], [schnell] and Kontext [dev] folders (the same components).
+    model_index_classes=frozenset(
+        {"FluxPipeline", "FluxImg2ImgPipeline", "FluxKontextPipeline"}
+    ),
+    addition_embed_type=None,
+    # CLIP-L gives the pooled embedding, T5-XXL the sequence (512 tokens).
+    text_encoding=TextEncoding(
+        encoders=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+        hidden_layer="last",
+        pooled_from="text_encoder",
+        chunked=False,
+        max_sequence_length=512,
+    ),
+    size_conditioning=False,
+    default_size=1024,
+    # Kontext's preferred resolutions of about one megapixel (a selection, as
+    # diffusers' PREFERRED_KONTEXT_RESOLUTIONS lists them).
+    native_sizes=(
+        (1024, 1024),
+        (1184, 880),
+        (880, 1184),
+        (1248, 832),
+        (832, 1248),
+        (1392, 752),
+        (752, 1392),
+    ),
+    cross_attention_dim=4096,
+    single_file_keys=(),
+    default_single_file_config="black-forest-labs/FLUX.1-Kontext-dev",
+    lora_text_encoder_prefixes=(),
+    ip_adapter=None,
+    inpaint_pipeline_class=None,
+    denoiser=Denoiser.TRANSFORMER,
+    denoiser_classes=frozenset({"FluxTransformer2DModel"}),
+    guidance=Guidance.DISTILLED,
+    multi_reference=MultiReference.STITCH,
+    # diffusers' names (single_transformer_blocks, ff_context), kohya's and the
+    # original ones (double_blocks, single_blocks).
+    lora_key_markers=(
+        "single_transformer_blocks",
+        "ff_context",
+        "double_blocks",
+        "single_blocks",
+    ),
+    size_multiple=16,
+)
+
 QWEN_IMAGE = Family(
     key=ModelFamily.QWEN_IMAGE.value,
     label=ModelFamily.QWEN_IMAGE.label,
@@ -338,6 +393,7 @@ FAMILIES: dict[str, Family] = {
     for row in (
         SD15,
         SDXL,
+        FLUX,
         QWEN_IMAGE,
     )
 }
@@ -517,13 +573,19 @@ def check_ip_adapter_fits(
 ) -> None:
     """Refuse an IP-Adapter made for another cross-attention width."""
     width, layers = adapter
+    layout = model.family.ip_adapter
+    if layout is None:
+        raise FamilyMismatch(
+            f"The IP-Adapter {name} does not fit model {model_name!r}: the studio "
+            f"serves no IP-Adapter for {model.family.label} (its "
+            f"{model.family.denoiser.label} has no UNet cross-attention to add "
+            "one to). Remove the IP-Adapter settings; reference_edit keeps the "
+            "identity on this family."
+        )
     if width == model.cross_attention_dim:
         return
-    layout = model.family.ip_adapter
     advice = (
-        f"The studio serves no IP-Adapter for {model.family.label}: remove it."
-        if layout is None
-        else f"Configure its {model.family.label} IP-Adapter "
+        f"Configure its {model.family.label} IP-Adapter "
         f"({layout.subfolder}/{layout.weight_name} in h94/IP-Adapter)."
     )
     raise FamilyMismatch(
@@ -575,17 +637,16 @@ def lora_traits(header: Mapping[str, Any]) -> tuple[Family | None, int | None, s
     """
     keys = [key for key in header if key != "__metadata__"]
     kind, kind_found = lora_denoiser(header)
-    found = [kind_found] if kind_found else []
     if kind is Denoiser.TRANSFORMER:
         counts = {
-            row: sum(any(m in key for m in row.lora_key_markers) for key in keys)
+            row.key: sum(any(m in key for m in row.lora_key_markers) for key in keys)
             for row in FAMILIES.values()
             if row.denoiser is Denoiser.TRANSFORMER
         }
         best = max(counts.values(), default=0)
-        winners = [row for row, count in counts.items() if count == best]
-        by_marker = winners[0] if best and len(winners) == 1 else None
-        return by_marker, None, ", ".join(found)
+        winners = [name for name, count in counts.items() if count == best]
+        by_marker = FAMILIES[winners[0]] if best and len(winners) == 1 else None
+        return by_marker, None, kind_found
     by_style, style = None, ""
     unet_rows = [row for row in FAMILIES.values() if row.denoiser is Denoiser.UNET]
     for row in unet_rows:
@@ -603,10 +664,11 @@ def lora_traits(header: Mapping[str, Any]) -> tuple[Family | None, int | None, s
         ):
             width = int(header[key]["shape"][-1])
             break
-    if style:
-        found.append(style)
+    found = [style] if style else []
     if width is not None:
         found.append(f"cross-attention width {width}")
+    if kind_found:
+        found.append(kind_found)
     return by_style, width, ", ".join(found) or "no text-encoder or attention keys"
 
 

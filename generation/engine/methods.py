@@ -21,7 +21,15 @@ controlnet  StableDiffusionControlNetPipeline         >= 1 control unit, each wi
 hybrid      StableDiffusionControlNetImg2ImgPipeline  a reference, >= 1 unit
 ip_adapter  IP-Adapter on text, or on img2img when    a reference, an installed
             the appearance is locked                  IP-Adapter, no units
+reference_  FluxKontextPipeline (flux),               a reference, a model of a
+edit        QwenImageEditPlusPipeline (qwen-image)    reference-editing family,
+                                                      no units, no IP-Adapter
 =========== ========================================= ==========================
+
+A family runs only the methods its row maps (``Family.pipeline_classes``): flux
+runs text, img2img and reference_edit; sd15 and sdxl every method but
+reference_edit. Any other method is refused with the family's own list, before
+anything is queued.
 
 Any explicit method also takes ``ip_adapter`` settings: the IP-Adapter is then
 layered on that method's pipeline (it must be installed and there must be a
@@ -35,6 +43,8 @@ request carries                                       base method
 control units, appearance locked, a reference         hybrid
 control units                                         controlnet
 no reference                                          text
+a reference, appearance locked, a reference-editing   reference_edit
+family (flux, qwen-image)
 a reference, appearance locked                        img2img
 a reference, appearance not locked                    text (img2img would copy
                                                       the reference's composition,
@@ -52,7 +62,10 @@ method stays that and the reason says the IP-Adapter was added.
 References: the init image of img2img and hybrid, and the default source of
 control units, is the primary reference (the first marked primary, else the
 first). IP-Adapter images are ``ip_adapter.reference_indexes``, else every face
-reference, else the primary one.
+reference, else the primary one. reference_edit takes
+``edit_reference_indexes`` when the run names them (1 to ``MAX_EDIT_REFERENCES``,
+no repeats), else the primary reference and then up to two more, by role:
+face, half body, full body, other, style, pose (gallery order within a role).
 """
 
 from __future__ import annotations
@@ -62,9 +75,10 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from .errors import InvalidRequest, ModelNotFound
-from .families import DEFAULT_FAMILY, Family, family
+from .families import DEFAULT_FAMILY, Family, families_with, family
 from .requests import GenerationRequest, IPAdapterInput
 from .vocabulary import (
+    MAX_EDIT_REFERENCES,
     MAX_FRACTION,
     MAX_GUIDANCE_SCALE,
     MAX_IMAGES,
@@ -80,6 +94,7 @@ from .vocabulary import (
     MIN_STEPS,
     MIN_WEIGHT,
     ControlType,
+    Denoiser,
     Method,
     ReferenceRole,
 )
@@ -108,6 +123,8 @@ class MethodPlan:
     unit_references: tuple[int | None, ...] = ()
     ip_adapter_references: tuple[int, ...] = ()
     family: str = DEFAULT_FAMILY.key
+    edit_references: tuple[int, ...] = ()
+    """The references a reference edit is given, in order (primary first)."""
 
     @property
     def pipeline_class_name(self) -> str:
@@ -162,8 +179,13 @@ def plan_method(
         )
     row = family(model_family)
     _check_numbers(request, row)
-    method, base, reason, use_ip_adapter = _choose(request, ip_adapter_installed)
+    method, base, reason, use_ip_adapter = _choose(
+        request, ip_adapter_installed, row
+    )
+    _check_family_runs(row, base, method)
     plan = MethodPlan(method=method, base=base, reason=reason, family=row.key)
+    if base is Method.REFERENCE_EDIT:
+        plan = replace(plan, edit_references=_edit_references(request))
     if base in METHODS_WITH_CONTROL:
         plan = replace(
             plan,
@@ -192,8 +214,81 @@ def plan_method(
     return plan
 
 
+ROLE_ORDER_FOR_EDITING = (
+    ReferenceRole.FACE,
+    ReferenceRole.HALF_BODY,
+    ReferenceRole.FULL_BODY,
+    ReferenceRole.OTHER,
+    ReferenceRole.STYLE,
+    ReferenceRole.POSE,
+)
+"""Which references a reference edit takes after the primary one: those that
+show the person best first (a pose reference shows a pose, not the person)."""
+
+
+def auto_edits_references(
+    *, has_reference: bool, appearance_locked: bool, has_units: bool, row: Family
+) -> bool:
+    """Whether ``auto`` chooses reference_edit: a locked appearance, a
+    reference, no control units, and a model of a reference-editing family."""
+    return (
+        has_reference
+        and appearance_locked
+        and not has_units
+        and Method.REFERENCE_EDIT in row.pipeline_classes
+    )
+
+
+def _check_family_runs(row: Family, base: Method, method: Method) -> None:
+    """Refuse a method the model's family has no pipeline for, with the reason."""
+    if base in row.pipeline_classes:
+        return
+    runs = ", ".join(m.value for m in row.pipeline_classes)
+    editing = ", ".join(
+        f"{other.key} ({other.label})" for other in families_with(base)
+    )
+    need = (
+        f"; {base.value} needs a model of the families {editing}"
+        if editing
+        else ""
+    )
+    via = "" if method is base else f" (auto and ip_adapter chose {base.value})"
+    raise InvalidRequest(
+        f"Method {method.value}{via} is not available for {row.label} models: "
+        f"their pipelines run {runs}{need}. Choose one of those methods, or a "
+        "base model of a family that runs it."
+    )
+
+
+def _edit_references(request: GenerationRequest) -> tuple[int, ...]:
+    """The references of a reference edit (rules in the module docstring)."""
+    named = request.edit_reference_indexes
+    if named is not None:
+        if not 1 <= len(named) <= MAX_EDIT_REFERENCES:
+            raise InvalidRequest(
+                f"reference_edit takes 1 to {MAX_EDIT_REFERENCES} references; "
+                f"{len(named)} were named."
+            )
+        for index in named:
+            _check_reference_index(request, index, "reference_edit")
+        if len(set(named)) != len(named):
+            raise InvalidRequest(
+                "reference_edit: a reference is named twice; name each once."
+            )
+        return tuple(named)
+    primary = primary_reference(request)
+    assert primary is not None  # the method needs a reference
+    others = sorted(
+        (index for index in range(len(request.references)) if index != primary),
+        key=lambda index: ROLE_ORDER_FOR_EDITING.index(
+            ReferenceRole(request.references[index].role)
+        ),
+    )
+    return (primary, *others[: MAX_EDIT_REFERENCES - 1])
+
+
 def _choose(
-    request: GenerationRequest, ip_adapter_installed: bool
+    request: GenerationRequest, ip_adapter_installed: bool, row: Family
 ) -> tuple[Method, Method, str, bool]:
     """(reported method, base method, reason, whether the IP-Adapter is layered)."""
     try:
@@ -204,8 +299,13 @@ def _choose(
             f"Unknown method {request.method!r}; choose one of: {choices}."
         ) from None
     if method is Method.AUTO:
-        return _choose_auto(request, ip_adapter_installed)
+        return _choose_auto(request, ip_adapter_installed, row)
     _check_explicit(method, request)
+    if method is Method.REFERENCE_EDIT and request.ip_adapter is not None:
+        raise InvalidRequest(
+            "Method reference_edit takes no IP-Adapter settings: the references "
+            "themselves carry the identity. Remove the IP-Adapter settings."
+        )
     if method is Method.IP_ADAPTER:
         base = Method.IMG2IMG if request.appearance_locked else Method.TEXT
         state = "locked" if request.appearance_locked else "not locked"
@@ -239,11 +339,23 @@ def _check_explicit(method: Method, request: GenerationRequest) -> None:
 
 
 def _choose_auto(
-    request: GenerationRequest, ip_adapter_installed: bool
+    request: GenerationRequest, ip_adapter_installed: bool, row: Family
 ) -> tuple[Method, Method, str, bool]:
     """The documented auto rules (module docstring)."""
     has_reference = bool(request.references)
     locked = request.appearance_locked
+    if auto_edits_references(
+        has_reference=has_reference,
+        appearance_locked=locked,
+        has_units=bool(request.control_units),
+        row=row,
+    ):
+        count = min(len(request.references), MAX_EDIT_REFERENCES)
+        reason = (
+            "a reference with a locked appearance on a reference-editing model "
+            f"({row.label}): reference_edit from {count} reference(s)"
+        )
+        return Method.REFERENCE_EDIT, Method.REFERENCE_EDIT, reason, False
     if request.control_units and locked and has_reference:
         base = Method.HYBRID
         reason = "control units with a locked appearance and a reference: hybrid"
@@ -268,7 +380,7 @@ def _choose_auto(
         request.ip_adapter is not None
         and request.ip_adapter.reference_indexes is not None
     )
-    if not (has_face or names_references):
+    if not (has_face or names_references) or row.ip_adapter is None:
         return base, base, reason, False
     if not ip_adapter_installed:
         return base, base, reason + "; no IP-Adapter installed for identity", False
@@ -309,6 +421,18 @@ def _check_numbers(request: GenerationRequest, row: Family) -> None:
         request.negative_prompt, str
     ):
         raise InvalidRequest("The prompt and negative prompt must be text.")
+    if request.true_cfg_scale is not None:
+        if row.denoiser is not Denoiser.TRANSFORMER:
+            raise InvalidRequest(
+                f"true_cfg_scale is for FLUX.1 and Qwen-Image models; {row.label} "
+                "uses guidance_scale with the negative prompt. Remove it."
+            )
+        _check_range(
+            "true_cfg_scale",
+            request.true_cfg_scale,
+            MIN_GUIDANCE_SCALE,
+            MAX_GUIDANCE_SCALE,
+        )
     if request.ip_adapter is not None:
         _check_ip_adapter(request, request.ip_adapter)
     if request.lora is not None:

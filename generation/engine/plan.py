@@ -20,9 +20,15 @@ What it checks, in order:
 - with the weights on this host (``weights_here``): the model is installed
   (its source resolves and its files are there), each unit's ControlNet
   resolves, the annotator weights of each unit's preprocessor are present (a
-  ready-made control image needs none), and the LoRA fits the model (its
-  cross-attention width is the model's; a transformer LoRA is not put on a
-  UNet model).
+  ready-made control image needs none), and the LoRA fits the model's family
+  (``families.check_lora_fits``: its cross-attention width is the model's; a
+  UNet LoRA is not put on a transformer model such as FLUX.1, nor the
+  reverse).
+
+The family a request is planned with (its methods, sizes, pipelines) is read
+from the model's files where they are here, else the one its entry declares
+(``plan_family``): a method the family lacks, reference_edit on SD 1.5 say, is
+refused here, before anything is queued.
 
 The images of the request are never looked at, only whether they exist; the
 LoRA's ``weights`` may be only the file's header (the web process reads no more,
@@ -31,15 +37,26 @@ LoRA's ``weights`` may be only the file's header (the web process reads no more,
 
 from __future__ import annotations
 
-import json
-import re
 import struct
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig, ModelSpec
-from .errors import EngineError, InvalidRequest, MissingWeights
+from .errors import (
+    EngineError,
+    InvalidRequest,
+    MissingWeights,
+    ModelNotFound,
+    SourceRefused,
+)
+from .families import (
+    DEFAULT_FAMILY,
+    Family,
+    FamilyMismatch,
+    family,
+    safetensors_header,
+)
+from .families import check_lora_fits as check_family_fits
 from .methods import plan_method
 from .preprocessors import (
     PREPROCESSORS,
@@ -53,9 +70,8 @@ from .requests import ControlUnitInput, GenerationRequest, LoraInput
 from .sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
-    SourceKind,
-    _cached_file,
     is_offline,
+    model_traits,
     resolve_source,
 )
 from .vocabulary import METHODS_WITH_CONTROL, ControlType
@@ -83,14 +99,6 @@ diffusers to check or offer one (``tests/generation/test_plan.py`` keeps the two
 equal)."""
 
 LORA_HEADER_LENGTH_BYTES = 8
-_TRANSFORMER_KEY = re.compile(
-    r"(?:base_model\.model\.)?(?:transformer\.|lora_transformer_|diffusion_model\."
-    r"(?:transformer_blocks|single_transformer_blocks|double_blocks|single_blocks))"
-)
-"""A LoRA key of a transformer (Flux, Qwen-Image) model, in either naming."""
-_CROSS_ATTENTION_KEY = re.compile(
-    r"attn2[._]to_[kv][._](?:lora_down|lora_A|lora\.down)\.weight$"
-)
 
 
 @dataclass(frozen=True)
@@ -140,15 +148,20 @@ def plan_problems(
     if weights_here is None:
         weights_here = not model_problems
     try:
+        row = plan_family(spec, config, weights_here and not model_problems)
         # The scheduler is checked above: plan_method's own check imports
         # diffusers, which the web process does not need.
         plan = plan_method(
             replace(request, scheduler=None),
             models=config.models,
             controlnets=config.controlnets,
-            ip_adapter_installed=ip_adapter_installed(config)
-            if weights_here
-            else config.ip_adapter is not None,
+            ip_adapter_installed=(
+                ip_adapter_installed(config)
+                if weights_here
+                else config.ip_adapter is not None
+            )
+            and (row.ip_adapter is not None),
+            model_family=row,
         )
     except EngineError as error:
         return [*problems, _problem(error)]
@@ -174,6 +187,23 @@ def plan_check(
     problems = plan_problems(request, config, weights_here=weights_here)
     if problems:
         raise problems[0].error(problems[0].message)
+
+
+def plan_family(
+    spec: ModelSpec | None, config: EngineConfig, files_here: bool
+) -> Family:
+    """The family a request is planned with: read from the model's files where
+    they are here (``UnknownFamily`` for files of no served family), else the
+    family its entry declares, else SD 1.5 (the worker plans again)."""
+    if spec is None:
+        return DEFAULT_FAMILY
+    if files_here:
+        return model_traits(
+            model_source(spec, config),
+            declared=spec.family,
+            where=f"Model {spec.key!r} ({spec.source})",
+        ).family
+    return family(spec.family or DEFAULT_FAMILY.key)
 
 
 def ip_adapter_installed(config: EngineConfig) -> bool:
@@ -212,35 +242,32 @@ def lora_header_bytes(head: bytes) -> int:
 
 
 def check_lora_fits(lora: LoraInput, spec: ModelSpec, config: EngineConfig) -> None:
-    """Refuse a LoRA made for another architecture than the model's UNet.
+    """Refuse a LoRA made for another family or width than the model, with the
+    family layer's reason (``families.check_lora_fits``: a Stable Diffusion LoRA
+    on FLUX.1, an SDXL one on SD 1.5...).
 
-    Reads the LoRA's header only and the model's ``unet/config.json``; says
-    nothing when that config cannot be found (a Hub model not cached yet).
+    Reads the LoRA's header only and the model's small files; says nothing when
+    the model's files cannot be found (a Hub model not cached yet).
     """
-    tensors = _lora_tensors(lora)
-    unet = _unet_config(model_source(spec, config))
-    if unet is None:
+    end = lora_header_bytes(lora.weights)
+    try:
+        header = safetensors_header(lora.weights[:end])
+    except InvalidRequest as error:
+        raise InvalidRequest(
+            f"The LoRA {lora.name!r} is not a readable .safetensors file: {error}"
+        ) from None
+    try:
+        traits = model_traits(
+            model_source(spec, config),
+            declared=spec.family,
+            where=f"Model {spec.key!r} ({spec.source})",
+        )
+    except (ModelNotFound, SourceRefused):
         return
-    if tensors and all(_is_transformer_key(key) for key in tensors):
-        raise InvalidRequest(
-            f"The LoRA {lora.name!r} does not fit this model: it is made for a "
-            f"transformer model (Flux, Qwen-Image), and {spec.key} has a UNet. "
-            "Upload a LoRA trained for this model's family."
-        )
-    expected = unet.get("cross_attention_dim")
-    widths = {
-        shape[1]
-        for key, shape in tensors.items()
-        if _CROSS_ATTENTION_KEY.search(key) and len(shape) == 2
-    }
-    if isinstance(expected, int) and widths and widths != {expected}:
-        found = ", ".join(str(width) for width in sorted(widths))
-        raise InvalidRequest(
-            f"The LoRA {lora.name!r} does not fit this model: its cross-attention "
-            f"layers take {found} features and {spec.key}'s take {expected} (a "
-            "LoRA for another model family). Upload a LoRA trained for this "
-            "model's family."
-        )
+    try:
+        check_family_fits(traits, header, spec.key, lora.name)
+    except FamilyMismatch as error:
+        raise InvalidRequest(str(error)) from None
 
 
 def _unit_weight_problems(
@@ -288,39 +315,7 @@ def _check_annotator_weights(unit: ControlUnitInput, config: EngineConfig) -> No
         )
 
 
-def _lora_tensors(lora: LoraInput) -> dict[str, list[int]]:
-    """Tensor name -> shape, from the header at the start of ``lora.weights``."""
-    end = lora_header_bytes(lora.weights)
-    try:
-        header = json.loads(lora.weights[LORA_HEADER_LENGTH_BYTES:end])
-    except ValueError as error:
-        raise InvalidRequest(
-            f"The LoRA {lora.name!r} is not a readable .safetensors file: {error}"
-        ) from None
-    return {
-        key: list(value.get("shape", []))
-        for key, value in header.items()
-        if key != "__metadata__" and isinstance(value, dict)
-    }
 
-
-def _is_transformer_key(key: str) -> bool:
-    return bool(_TRANSFORMER_KEY.match(key))
-
-
-def _unet_config(source: ResolvedSource) -> dict[str, Any] | None:
-    if source.kind is SourceKind.SINGLE_FILE:
-        return None if source.config is None else _unet_config(source.config)
-    if source.kind is SourceKind.FOLDER:
-        path: str | None = str(Path(source.location) / "unet" / MODEL_CONFIG_FILE)
-    else:
-        path = _cached_file(source, f"unet/{MODEL_CONFIG_FILE}")
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _guarded(check: Any, *, prefix: str = "") -> list[Problem]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.util
 import inspect
 import itertools
 import threading
@@ -101,11 +102,18 @@ from generation.engine.sources import (
 )
 from generation.engine.vocabulary import (
     METHODS_WITH_CONTROL,
+    QUANTIZATION_LIBRARIES,
+    Denoiser,
     Footprint,
+    Quantization,
     footprint_of,
 )
 
 LORA_ADAPTER_NAME = "studio_lora"
+QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")
+"""A transformer model's big modules, which ``STUDIO_QUANTIZATION`` quantizes
+(FLUX.1's transformer and T5-XXL; a family without a ``text_encoder_2`` simply
+has its transformer quantized)."""
 _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
@@ -127,8 +135,12 @@ def choose_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def choose_dtype(requested: str | None, device: torch.device) -> torch.dtype:
-    """The requested dtype, else float16 on CUDA and float32 elsewhere."""
+def choose_dtype(
+    requested: str | None, device: torch.device, row: Family | None = None
+) -> torch.dtype:
+    """The requested dtype, else on CUDA bfloat16 for a transformer family (FLUX.1
+    and Qwen-Image are trained and released in bf16; fp16 overflows in them) and
+    float16 for the others, and float32 elsewhere."""
     if requested:
         try:
             return _DTYPES[requested.lower()]
@@ -136,7 +148,51 @@ def choose_dtype(requested: str | None, device: torch.device) -> torch.dtype:
             raise ValueError(
                 f"Unknown dtype {requested!r}: use one of {', '.join(_DTYPES)}."
             ) from None
-    return torch.float16 if device.type == "cuda" else torch.float32
+    if device.type != "cuda":
+        return torch.float32
+    if row is not None and row.denoiser is Denoiser.TRANSFORMER:
+        return torch.bfloat16
+    return torch.float16
+
+
+def denoiser_of(pipe: DiffusionPipeline) -> torch.nn.Module:
+    """The pipeline's UNet or diffusion transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
+def quantization_config(quantization: Quantization) -> Any:
+    """diffusers' ``PipelineQuantizationConfig`` for a transformer family's big
+    modules, or None; refuses one whose library is not installed."""
+    quantization = Quantization(quantization)
+    if quantization is Quantization.NONE:
+        return None
+    library = QUANTIZATION_LIBRARIES[quantization]
+    if importlib.util.find_spec(library) is None:
+        raise ModelNotFound(
+            f"STUDIO_QUANTIZATION={quantization.value} needs the {library} "
+            f"library, which is not installed here: install it (pip install "
+            f"{library}) or set STUDIO_QUANTIZATION=none."
+        )
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    backend, kwargs = {
+        Quantization.BNB_8BIT: ("bitsandbytes_8bit", {"load_in_8bit": True}),
+        Quantization.BNB_4BIT: (
+            "bitsandbytes_4bit",
+            {
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_compute_dtype": torch.bfloat16,
+            },
+        ),
+        Quantization.TORCHAO_INT8: ("torchao", {"quant_type": "int8wo"}),
+    }[quantization]
+    return PipelineQuantizationConfig(
+        quant_backend=backend,
+        quant_kwargs=kwargs,
+        components_to_quantize=list(QUANTIZED_COMPONENTS),
+    )
 
 
 @dataclass
@@ -166,8 +222,10 @@ class PipelineRegistry:
         self._fingerprints: dict[str, dict[str, Any]] = {}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
-        # Modules whose floating tensors were all seen in the registry's dtype.
-        self._in_dtype: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        # Modules whose floating tensors were all seen in one dtype, and which.
+        self._in_dtype: weakref.WeakKeyDictionary[torch.nn.Module, torch.dtype] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def device(self) -> torch.device:
@@ -180,6 +238,17 @@ class PipelineRegistry:
     @property
     def config(self) -> EngineConfig:
         return self._config
+
+    def model_dtype(self, model_key: str) -> torch.dtype:
+        """The dtype a model's pipelines run in: the configured one, else its
+        family's default on this device (``choose_dtype``)."""
+        if self._config.dtype:
+            return self._dtype
+        try:
+            row = self.family(model_key)
+        except (ModelNotFound, SourceRefused):
+            return self._dtype
+        return choose_dtype(None, self._device, row)
 
     @property
     def footprint(self) -> Footprint:
@@ -367,9 +436,10 @@ class PipelineRegistry:
                     if len(controlnets) == 1
                     else MultiControlNetModel(controlnets)
                 )
-            pipe = self._derive(pipeline_cls, base, components)
-            if self._offloading:
-                pipe.enable_model_cpu_offload(device=self._device)
+            pipe = self._derive(
+                pipeline_cls, base, components, self.model_dtype(model_key)
+            )
+            self._offload(pipe)
             pipe.set_progress_bar_config(disable=True)
             return pipe, hit
 
@@ -379,20 +449,24 @@ class PipelineRegistry:
         """The family's inpaint pipeline for one job, derived from the base with
         ``from_pipe`` (its modules are the base's own, its scheduler new), and
         whether the base was already loaded."""
+        row = self.family(model_key)
+        if row.inpaint_pipeline_class is None:
+            raise InvalidRequest(
+                f"The studio has no inpaint (nor face detailer) for {row.label} "
+                "models: choose a Stable Diffusion base model for it."
+            )
         pipeline_cls = getattr(
-            importlib.import_module("diffusers"),
-            self.family(model_key).inpaint_pipeline_class,
+            importlib.import_module("diffusers"), row.inpaint_pipeline_class
         )
         with self._lock:
             base_key = self._base_key(model_key)
             base, hit = self._base(model_key, {base_key})
             pipe = pipeline_cls.from_pipe(
                 base,
-                dtype=self._dtype,
+                dtype=self.model_dtype(model_key),
                 scheduler=self._fresh_scheduler(base, scheduler),
             )
-            if self._offloading:
-                pipe.enable_model_cpu_offload(device=self._device)
+            self._offload(pipe)
             pipe.set_progress_bar_config(disable=True)
             return pipe, hit
 
@@ -420,7 +494,7 @@ class PipelineRegistry:
         ``compile`` is on); a worker does it at start rather than in a job.
         """
         pipe, _ = self.pipeline(model_key, Method.TEXT)
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = self.family(model_key).default_size
         pipe(
             "warm-up",
             num_inference_steps=1,
@@ -507,17 +581,16 @@ class PipelineRegistry:
         ``.safetensors`` file, weighted by ``lora.scale``.
         """
         with self._lock:
-            unet = pipe.unet
-            processors = unet.attn_processors
+            unet = denoiser_of(pipe)
+            processors = unet.attn_processors if ip_adapter is not None else None
             try:
                 if ip_adapter is not None:
                     self._set_ip_adapter(
                         pipe, ip_adapter, model_key or self._model_key_of(pipe)
                     )
-                    if self._offloading:
-                        # The image encoder came after the offload hooks were
-                        # set: hook every module again, the encoder included.
-                        pipe.enable_model_cpu_offload(device=self._device)
+                    # The image encoder came after the offload hooks were set:
+                    # hook every module again, the encoder included.
+                    self._offload(pipe)
                 if lora is not None:
                     self._set_lora(pipe, lora)
                 yield pipe
@@ -584,7 +657,19 @@ class PipelineRegistry:
     def _offloading(self) -> bool:
         # Offloading trades speed for memory between a GPU and the CPU; where the
         # device is the CPU or shares its memory (mps) it only costs time.
-        return self._footprint.cpu_offload and self._device.type == "cuda"
+        footprint = self._footprint
+        offload = footprint.cpu_offload or footprint.sequential_cpu_offload
+        return offload and self._device.type == "cuda"
+
+    def _offload(self, pipe: DiffusionPipeline) -> None:
+        """Hook a pipeline's modules for CPU offload, when it is on: layer by
+        layer (sequential) or module by module."""
+        if not self._offloading:
+            return
+        if self._footprint.sequential_cpu_offload:
+            pipe.enable_sequential_cpu_offload(device=self._device)
+        else:
+            pipe.enable_model_cpu_offload(device=self._device)
 
     def _spec(self, model_key: str) -> ModelSpec:
         try:
@@ -618,7 +703,9 @@ class PipelineRegistry:
     def _model_key_of(self, pipe: DiffusionPipeline) -> str | None:
         """The model whose loaded base shares ``pipe``'s UNet."""
         for entry in self._entries.values():
-            if entry.kind == "base" and entry.model.unet is pipe.unet:
+            if entry.kind == "base" and denoiser_of(entry.model) is denoiser_of(
+                pipe
+            ):
                 return entry.label
         return None
 
@@ -639,10 +726,15 @@ class PipelineRegistry:
         own_checker = "safety_checker" in inspect.signature(base_cls).parameters
         components: dict[str, Any] = {"safety_checker": None} if own_checker else {}
         spec = self._spec(model_key)
+        dtype = self.model_dtype(model_key)
         if spec.vae is not None:
-            components["vae"] = load_vae(self._vae_source(spec), self._dtype)
+            components["vae"] = load_vae(self._vae_source(spec), dtype)
+        if self.family(model_key).denoiser is Denoiser.TRANSFORMER:
+            quantization = quantization_config(self._config.quantization)
+            if quantization is not None:
+                components["quantization_config"] = quantization
         pipe = load_pipeline(
-            source, base_cls, self._dtype, variant=spec.variant, **components
+            source, base_cls, dtype, variant=spec.variant, **components
         )
         self._apply_footprint(pipe)
         pipe.set_progress_bar_config(disable=True)
@@ -850,6 +942,7 @@ class PipelineRegistry:
         pipeline_cls: type[DiffusionPipeline],
         base: DiffusionPipeline,
         components: dict[str, Any],
+        dtype: torch.dtype,
     ) -> DiffusionPipeline:
         """``from_pipe`` with the registry's dtype, without its cast when needless.
 
@@ -864,21 +957,20 @@ class PipelineRegistry:
             for module in itertools.chain(base.components.values(), components.values())
             if isinstance(module, torch.nn.Module)
         ]
-        if not all(self._has_dtype(module) for module in modules):
-            return pipeline_cls.from_pipe(base, dtype=self._dtype, **components)
-        pipe = _uncast_class(pipeline_cls).from_pipe(
-            base, dtype=self._dtype, **components
-        )
+        if not all(self._has_dtype(module, dtype) for module in modules):
+            return pipeline_cls.from_pipe(base, dtype=dtype, **components)
+        pipe = _uncast_class(pipeline_cls).from_pipe(base, dtype=dtype, **components)
         pipe.__class__ = pipeline_cls
         return pipe
 
-    def _has_dtype(self, module: torch.nn.Module) -> bool:
-        """Whether every floating parameter and buffer has the registry's dtype."""
-        if module in self._in_dtype:
+    def _has_dtype(self, module: torch.nn.Module, dtype: torch.dtype) -> bool:
+        """Whether every floating parameter and buffer has ``dtype`` (a quantized
+        module's integer weights are not floating)."""
+        if self._in_dtype.get(module) == dtype:
             return True
         tensors = itertools.chain(module.parameters(), module.buffers())
-        if all(t.dtype == self._dtype for t in tensors if t.is_floating_point()):
-            self._in_dtype.add(module)
+        if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
+            self._in_dtype[module] = dtype
             return True
         return False
 
@@ -898,20 +990,21 @@ class PipelineRegistry:
     def _apply_footprint(self, pipe: DiffusionPipeline) -> None:
         footprint = self._footprint
         if self._offloading:
-            pipe.enable_model_cpu_offload(device=self._device)
+            self._offload(pipe)
         else:
             pipe.to(self._device)
-        if footprint.attention_slicing:
+        denoiser = denoiser_of(pipe)
+        if footprint.attention_slicing and hasattr(pipe, "enable_attention_slicing"):
             pipe.enable_attention_slicing()
         if footprint.vae_tiling:
             pipe.vae.enable_tiling()
-        if footprint.channels_last:
-            pipe.unet.to(memory_format=torch.channels_last)
+        if footprint.channels_last and denoiser is getattr(pipe, "unet", None):
+            denoiser.to(memory_format=torch.channels_last)
         if (
             footprint.compile
-            and getattr(pipe.unet, "_compiled_call_impl", None) is None
+            and getattr(denoiser, "_compiled_call_impl", None) is None
         ):
-            pipe.unet.compile()
+            denoiser.compile()
 
     def _fingerprint_of(self, source: ResolvedSource) -> dict[str, Any]:
         cache_key = f"{source.kind.value}:{source.location}@{source.revision}"

@@ -124,6 +124,13 @@ class GenerationRequest:
     ip_adapter: IPAdapterInput | None = None
     lora: LoraInput | None = None
     scheduler: str | None = None
+    true_cfg_scale: float | None = None
+    """True classifier-free guidance of a transformer family (FLUX.1's
+    ``true_cfg_scale``: above 1 the negative prompt is used, at twice the
+    cost); None: the pipeline's default."""
+    edit_reference_indexes: list[int] | None = None
+    """The references a reference edit is given, in order (None: the primary,
+    then the others by role; ``methods``)."""
 
 
 @dataclass

@@ -30,16 +30,17 @@ import torch
 from PIL import Image
 
 from .config import EngineConfig
+from .editing import EditInputs, edit_inputs
 from .errors import GenerationCancelled, InvalidRequest, ModelNotFound, OutOfMemory
 from .face import crop_face
-from .families import family
+from .families import Family, family
 from .inpaint import check_inpaint_request, inpaint_region, paste_back
 from .methods import (
     MethodPlan,
     plan_method,
 )
 from .preprocessors import make_control_image
-from .prompts import encode_long_prompt, needs_chunking_for
+from .prompts import encode_long_prompt, needs_chunking_for, prompt_token_ids
 from .registry import PipelineRegistry
 from .requests import (
     ControlImageOutput,
@@ -63,6 +64,9 @@ from .vocabulary import (
     METHODS_WITH_CONTROL,
     METHODS_WITH_STRENGTH,
     TINY_MODEL_NOTICE,
+    Denoiser,
+    Guidance,
+    MultiReference,
     ReferenceRole,
     SafetyPolicy,
 )
@@ -79,6 +83,7 @@ class _Inputs:
     control_images: list[Image.Image] = field(default_factory=list)
     ip_adapter_images: list[Image.Image] = field(default_factory=list)
     face_crops: list[dict[str, Any]] = field(default_factory=list)
+    edit: EditInputs | None = None
 
 
 class Engine:
@@ -184,6 +189,17 @@ class Engine:
                 "of images."
             ) from error
 
+        if prompt_encoding.get("truncated"):
+            notes.append(
+                f"The prompt has {prompt_encoding['prompt_tokens']} tokens; the "
+                f"text encoder reads {prompt_encoding['window']}: the rest was cut."
+            )
+        distilled = family(plan.family).guidance is Guidance.DISTILLED
+        if distilled and request.negative_prompt and "negative_prompt" not in kwargs:
+            notes.append(
+                f"{family(plan.family).label} is guidance-distilled: the negative "
+                "prompt was not used (it is used with true_cfg_scale above 1)."
+            )
         if prompt_encoding["chunks"] > 1:
             notes.append(
                 f"The prompt was longer than the text encoder's window: it was "
@@ -210,8 +226,11 @@ class Engine:
             prompt_encoding=prompt_encoding,
             outputs=images,
             device=str(self._registry.device),
-            dtype=str(self._registry.dtype).removeprefix("torch."),
+            dtype=str(self._registry.model_dtype(request.model)).removeprefix(
+                "torch."
+            ),
             safety=safety.record,
+            reference_edit=None if inputs.edit is None else inputs.edit.record,
         )
         return GenerationResult(
             images=images,
@@ -273,6 +292,14 @@ class Engine:
                 plan.ip_adapter_references,
                 plan.ip_adapter.face_crop,
                 notes,
+            )
+        if plan.base is Method.REFERENCE_EDIT:
+            inputs.edit = edit_inputs(
+                [reference.image for reference in request.references],
+                plan.edit_references,
+                family(plan.family),
+                request.width,
+                request.height,
             )
         return inputs
 
@@ -370,7 +397,9 @@ class Engine:
             face_crops=face_crops,
             output=image,
             device=str(self._registry.device),
-            dtype=str(self._registry.dtype).removeprefix("torch."),
+            dtype=str(self._registry.model_dtype(request.model)).removeprefix(
+                "torch."
+            ),
         )
         call_images = images_by_hash(kwargs)
         call_images.update(images_by_hash({"feathered": region.feathered}))
@@ -415,9 +444,11 @@ class Engine:
         }
         row = family(plan.family)
         encoding = row.text_encoding
-        if needs_chunking_for(pipe, encoding, request.prompt) or needs_chunking_for(
-            pipe, encoding, request.negative_prompt
-        ):
+        if not encoding.chunked:
+            prompt_encoding = _long_context_prompt(request, row, pipe, kwargs)
+        elif needs_chunking_for(
+            pipe, encoding, request.prompt
+        ) or needs_chunking_for(pipe, encoding, request.negative_prompt):
             embeds, prompt_encoding = encode_long_prompt(
                 pipe,
                 encoding,
@@ -434,10 +465,18 @@ class Engine:
         if plan.base in METHODS_WITH_STRENGTH:
             kwargs["image"] = inputs.init_image
             kwargs["strength"] = request.strength
-        if plan.base is not Method.IMG2IMG:
-            # The img2img pipeline takes its size from the init image.
+        if plan.base is not Method.IMG2IMG or row.denoiser is Denoiser.TRANSFORMER:
+            # SD's img2img pipelines take their size from the init image.
             kwargs["width"] = request.width
             kwargs["height"] = request.height
+        if inputs.edit is not None:
+            several = row.multi_reference is MultiReference.NATIVE
+            kwargs["image"] = inputs.edit.images if several else inputs.edit.images[0]
+            if row.multi_reference is MultiReference.STITCH:
+                # The canvas is already sized (``editing``): the output keeps
+                # the requested size, and the pipeline resizes nothing.
+                kwargs["max_area"] = request.width * request.height
+                kwargs["_auto_resize"] = False
         if row.size_conditioning:
             # The pipelines' defaults for an output of this size, made explicit.
             size = (request.height, request.width)
@@ -553,6 +592,34 @@ def _ip_adapter_images(
                 )
         images.append(fit_for_image_encoder(image))
     return images, face_crops
+
+
+def _long_context_prompt(
+    request: GenerationRequest, row: Family, pipe: Any, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Prompt arguments of a family whose sequence comes from a long-context
+    encoder (FLUX.1's T5): the prompt as it is, up to the encoder's window; the
+    negative prompt only where the family's guidance uses one. Returns the
+    encoding record for the snapshot (token counts, truncation)."""
+    encoding = row.text_encoding
+    window = encoding.max_sequence_length
+    kwargs["prompt"] = request.prompt
+    kwargs["max_sequence_length"] = window
+    true_cfg = request.true_cfg_scale
+    if true_cfg is not None:
+        kwargs["true_cfg_scale"] = true_cfg
+    if (request.negative_prompt and row.guidance is Guidance.TRUE_CFG) or (
+        true_cfg is not None and true_cfg > 1
+    ):
+        kwargs["negative_prompt"] = request.negative_prompt
+    tokenizer_name = encoding.encoders[-1][0]
+    tokens = len(prompt_token_ids(getattr(pipe, tokenizer_name), request.prompt))
+    return {
+        "chunks": 1,
+        "prompt_tokens": tokens,
+        "window": window,
+        "truncated": window is not None and tokens + 1 > window,
+    }
 
 
 def _uses_classifier_free_guidance(pipe: Any, guidance_scale: float) -> bool:

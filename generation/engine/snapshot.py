@@ -198,11 +198,14 @@ def build_snapshot(
     device: str,
     dtype: str,
     safety: Mapping[str, Any] | None = None,
+    reference_edit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that produced ``outputs``, JSON-serialisable.
 
     ``call_kwargs`` are the keyword arguments the pipeline was called with;
-    ``ip_adapter_weights`` says which adapter files were loaded.
+    ``ip_adapter_weights`` says which adapter files were loaded;
+    ``reference_edit`` how a reference edit's references were handed over
+    (``editing``: the references, the multi-reference mode, the canvas).
     """
     resolved = _resolved_request(request, plan)
     return {
@@ -238,6 +241,9 @@ def build_snapshot(
             for reference in request.references
         ],
         "init_reference": plan.init_reference,
+        "reference_edit": None
+        if reference_edit is None
+        else _json_value(dict(reference_edit)),
         "control_units": [
             {
                 "control_type": control_type.value,
@@ -445,7 +451,15 @@ def _resolved_request(
         ip_adapter = replace(
             plan.ip_adapter, reference_indexes=list(plan.ip_adapter_references)
         )
-    return replace(request, method=plan.method, ip_adapter=ip_adapter)
+    edit_references = (
+        list(plan.edit_references) if plan.edit_references else None
+    )
+    return replace(
+        request,
+        method=plan.method,
+        ip_adapter=ip_adapter,
+        edit_reference_indexes=edit_references,
+    )
 
 
 def _check_hash(what: str, actual: str, recorded: str) -> None:

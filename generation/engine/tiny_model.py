@@ -17,10 +17,9 @@ tiny Stable Diffusion 1.5-architecture model that the studio writes itself
 - ``sd15.safetensors``: the same pipeline as one original-layout (LDM) checkpoint,
   the single-file format of AUTOMATIC1111 and model sites, read with
   ``sd15/`` as its config;
+- ``flux/`` and its LoRA: the tiny FLUX.1 Kontext model (``tiny_flux.py``);
+- ``qwen-image/`` and its LoRA: the tiny Qwen-Image-Edit model (``tiny_qwen.py``);
 - ``TINY_MODEL.json``: the marker that tells the UI its images are noise.
-
-The tiny SDXL model (``tiny_sdxl``) and the tiny Qwen-Image model
-(``tiny_qwen``) are written beside it.
 
 Every tensor comes from a fixed seed, so writing twice gives identical bytes
 (with the same library versions, which the config files record).
@@ -116,7 +115,8 @@ TINY = Architecture(
 )
 IMAGE_ENCODER_HIDDEN = 32
 LORA_RANK = 4
-MARKER_VERSION = 3  # 2: the tiny SDXL model beside the SD 1.5 one; 3: Qwen-Image
+# 2: the tiny SDXL model beside the SD 1.5 one; 3: FLUX.1 and Qwen-Image
+MARKER_VERSION = 3
 
 
 def write_tiny_model(root: Path) -> Path:
@@ -163,6 +163,9 @@ def write_tiny_model(root: Path) -> Path:
     from generation.engine.tiny_sdxl import write_tiny_sdxl  # it builds on this
 
     sdxl = write_tiny_sdxl(root)
+    from generation.engine.tiny_flux import write_tiny_flux
+
+    flux = write_tiny_flux(root)
     from generation.engine.tiny_qwen import write_tiny_qwen_image
 
     qwen_image = write_tiny_qwen_image(root)
@@ -178,6 +181,7 @@ def write_tiny_model(root: Path) -> Path:
                 "ip_adapter": TINY_IP_ADAPTER_DIR,
                 "lora": TINY_LORA_FILE,
                 "sdxl": sdxl,
+                "flux": flux,
                 "qwen-image": qwen_image,
             },
             indent=2,

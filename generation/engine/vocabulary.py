@@ -131,6 +131,28 @@ class MultiReference(_Vocabulary):
     STITCH = "stitch", "Stitched side by side on one canvas"
 
 
+class Quantization(_Vocabulary):
+    """Weight quantization of a transformer family's big modules (the transformer
+    and the T5 / Qwen2.5-VL text encoder) when they load, where the user has
+    installed its library (``STUDIO_QUANTIZATION``; docs/models.md gives the GPU
+    memory each needs). Stable Diffusion models are loaded as they are."""
+
+    NONE = "none", "None: the weights in the registry's dtype (bf16 on a GPU)"
+    BNB_8BIT = "bnb_8bit", "bitsandbytes 8-bit (LLM.int8)"
+    BNB_4BIT = "bnb_4bit", "bitsandbytes 4-bit NF4"
+    TORCHAO_INT8 = "torchao_int8", "torchao int8 weight-only"
+
+
+QUANTIZATION_LIBRARIES = {
+    Quantization.BNB_8BIT: "bitsandbytes",
+    Quantization.BNB_4BIT: "bitsandbytes",
+    Quantization.TORCHAO_INT8: "torchao",
+}
+"""The library each quantization needs (an optional install, never a
+dependency of the studio)."""
+DEFAULT_QUANTIZATION = Quantization.NONE
+
+
 class SeedPolicy(_Vocabulary):
     RANDOM = "random", "Random for every generation"
     FIXED = "fixed", "Fixed seed"
@@ -251,6 +273,11 @@ class Footprint:
         "keep model parts in CPU memory and move each to the GPU only while it "
         "runs (small GPUs; slower)",
     )
+    sequential_cpu_offload: bool = _switch(
+        "STUDIO_SEQUENTIAL_CPU_OFFLOAD",
+        "move each layer to the GPU only while it runs (the least GPU memory, "
+        "much slower; for a big model on a small GPU)",
+    )
     attention_slicing: bool = _switch(
         "STUDIO_ATTENTION_SLICING",
         "compute attention in slices: less GPU memory, a little slower",
@@ -289,6 +316,11 @@ TINY_MODEL_LABEL = "Built-in tiny model (random weights: images are noise)"
 TINY_SDXL_MODEL_KEY = "tiny-sdxl"
 """The model key of the built-in tiny SDXL-architecture model."""
 TINY_SDXL_MODEL_LABEL = "Built-in tiny SDXL model (random weights: images are noise)"
+TINY_FLUX_MODEL_KEY = "tiny-flux"
+"""The model key of the built-in tiny FLUX.1-architecture (Kontext) model."""
+TINY_FLUX_MODEL_LABEL = (
+    "Built-in tiny FLUX.1 Kontext model (random weights: images are noise)"
+)
 TINY_QWEN_IMAGE_MODEL_KEY = "tiny-qwen-image"
 """The model key of the built-in tiny Qwen-Image-Edit-Plus-architecture model."""
 TINY_QWEN_IMAGE_MODEL_LABEL = (

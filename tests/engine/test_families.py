@@ -46,6 +46,7 @@ from generation.engine.requests import (
 from generation.engine.runner import Engine
 from generation.engine.vocabulary import (
     BASE_METHODS,
+    TINY_FLUX_MODEL_KEY,
     TINY_MODEL_KEY,
     TINY_QWEN_IMAGE_MODEL_KEY,
     TINY_SDXL_MODEL_KEY,
@@ -101,7 +102,13 @@ def test_the_catalog_offers_both_tiny_models_with_their_families(
     tiny_model_root: Path, engine_config: EngineConfig
 ):
     catalog = model_catalog({}, tiny_model_dir=tiny_model_root)
-    assert list(catalog)[:2] == [TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY]
+    assert list(catalog) == [
+        TINY_MODEL_KEY,
+        TINY_SDXL_MODEL_KEY,
+        TINY_FLUX_MODEL_KEY,
+        TINY_QWEN_IMAGE_MODEL_KEY,
+    ]
+    assert catalog[TINY_FLUX_MODEL_KEY].family == "flux"
     assert catalog[TINY_QWEN_IMAGE_MODEL_KEY].family == "qwen-image"
     assert catalog[TINY_SDXL_MODEL_KEY].family == "sdxl"
     assert catalog[TINY_SDXL_MODEL_KEY].is_tiny
@@ -135,8 +142,10 @@ def test_a_configured_family_and_ip_adapter_come_from_studio_models():
 
 
 def test_an_unknown_family_key_is_refused_at_configuration():
-    with pytest.raises(UnknownFamily, match="Unknown model family 'flux'.*sd15"):
-        ModelSpec(key="f", source="black-forest-labs/FLUX.1-dev", family="flux")
+    with pytest.raises(UnknownFamily, match="Unknown model family 'sd3'.*sd15"):
+        ModelSpec(
+            key="f", source="stabilityai/stable-diffusion-3.5-large", family="sd3"
+        )
 
 
 def test_a_cached_hub_model_is_detected_offline(
@@ -199,23 +208,24 @@ def test_a_single_file_of_no_served_family_is_refused_with_its_keys(tmp_path: Pa
 def test_a_folder_of_no_served_family_is_refused_with_what_was_found(
     engine_config: EngineConfig, tmp_path: Path
 ):
-    folder = tmp_path / "flux"
+    folder = tmp_path / "sd3"
     (folder / "transformer").mkdir(parents=True)
     (folder / "model_index.json").write_text(
-        json.dumps({"_class_name": "FluxPipeline"})
+        json.dumps({"_class_name": "StableDiffusion3Pipeline"})
     )
     (folder / "transformer" / "config.json").write_text(
-        json.dumps({"_class_name": "FluxTransformer2DModel", "in_channels": 64})
+        json.dumps({"_class_name": "SD3Transformer2DModel", "in_channels": 16})
     )
     config = with_model(
-        engine_config, ModelSpec(key="flux", source=str(folder)), tmp_path
+        engine_config, ModelSpec(key="sd3", source=str(folder)), tmp_path
     )
     engine = Engine(config)
     with pytest.raises(UnknownFamily) as error:
-        engine.validate(request("flux"))
+        engine.validate(request("sd3"))
     message = str(error.value)
-    assert "Model 'flux'" in message and "'FluxPipeline'" in message
+    assert "Model 'sd3'" in message and "'StableDiffusion3Pipeline'" in message
     assert "Served: sd15 (Stable Diffusion 1.5), sdxl (Stable Diffusion XL)" in message
+    assert "flux (FLUX.1)" in message
 
 
 def test_a_declared_family_the_files_contradict_is_refused(

@@ -44,7 +44,9 @@ def test_the_base_model_choice_shows_each_models_family(tiny_studio):
 def test_an_unknown_family_is_said_in_the_choice(settings, tmp_path: Path):
     folder = tmp_path / "odd"
     folder.mkdir()
-    (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    (folder / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusion3Pipeline"}'
+    )
     settings.STUDIO_MODELS = {"odd": {"source": str(folder), "label": "Odd"}}
     settings.STUDIO_MODEL_ROOTS = [str(tmp_path)]
     labels = dict(PersonaForm().fields["base_model"].choices)
@@ -115,5 +117,3 @@ def test_a_controlnet_whose_files_are_missing_is_said_so(
         reverse("admin:personas_persona_change", args=[persona.pk])
     ).content.decode()
     assert f"Configured as {missing}, but not usable here" in page
-
-

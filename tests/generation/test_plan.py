@@ -201,8 +201,8 @@ def test_an_ip_adapter_that_is_not_installed_is_refused(config):
 @pytest.mark.parametrize(
     ("lora", "message"),
     [
-        (lora_file(2048), "take 2048 features and tiny-sd15's take 32"),
-        (lora_file(3072, transformer=True), "made for a transformer model"),
+        (lora_file(2048), "is for Stable Diffusion XL"),
+        (lora_file(3072, transformer=True), "whose denoiser is a UNet"),
     ],
 )
 def test_a_lora_of_another_family_is_refused_from_its_header(config, lora, message):
@@ -284,7 +284,7 @@ def test_a_lora_of_another_family_is_refused_before_queueing(ada):
     persona_set_lora(
         persona=ada, file=SimpleUploadedFile("sdxl.safetensors", lora_file(2048))
     )
-    assert "does not fit this model" in refused(ada, method="text")
+    assert "is for Stable Diffusion XL" in refused(ada, method="text")
 
 
 def test_a_retry_with_a_request_sure_to_fail_is_refused(ada):

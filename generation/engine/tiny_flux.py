@@ -1,0 +1,286 @@
+"""Writes the built-in tiny FLUX.1 Kontext model beside the tiny SD ones.
+
+The shapes follow diffusers' own tiny Flux (``get_dummy_components`` in
+``tests/pipelines/flux/test_pipeline_flux_kontext.py``): a
+``FluxTransformer2DModel`` with one double-stream and one single-stream block
+(two heads of 16, rotary axes 4/4/8), a five-layer CLIP text encoder of width 32
+(its pooled projection conditions the transformer) and a tiny T5 encoder (width
+32) for the sequence. Two changes: the transformer has FLUX.1 [dev]'s
+``guidance_embeds`` (the guidance scale is an input of the model, as in the
+released guidance-distilled models), and the VAE has four levels, so latents are
+8 times smaller than images as in FLUX.1's VAE (diffusers' test VAE has one),
+with FLUX.1's scaling and shift factors and no quant convolutions. The
+scheduler is FLUX.1's ``FlowMatchEulerDiscreteScheduler`` config (dynamic
+shifting). Both tokenizers are built here with the ``tokenizers`` library: the
+byte-level CLIP vocabulary of the tiny SD model, and a character-level T5
+(Unigram, SentencePiece's ``▁`` word marks, ``</s>`` appended, ``<pad>`` 0).
+
+Written under the tiny model's root (``write_tiny_flux(root)``):
+
+- ``flux/``: the diffusers pipeline folder, saved as ``FluxKontextPipeline``
+  (as ``black-forest-labs/FLUX.1-Kontext-dev`` is); the studio loads it as
+  ``FluxPipeline`` and derives img2img and Kontext with ``from_pipe``;
+- ``lora/persona-flux.safetensors``: a LoRA for the transformer in diffusers'
+  Flux layout (``transformer.<module>.lora_A/lora_B.weight``).
+
+``FLUX_KONTEXT_DEV`` holds the released model's configurations, for the
+benchmark's ``flux`` preset (random bf16 weights on a GPU).
+"""
+
+from __future__ import annotations
+
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxTransformer2DModel,
+)
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+from generation.engine.config import TINY_FLUX_LORA_FILE, TINY_FLUX_PIPELINE_DIR
+from generation.engine.tiny_model import _seed_for, byte_level_tokenizer
+
+LORA_RANK = 4
+
+
+@dataclass(frozen=True)
+class FluxArchitecture:
+    """Sizes of a FLUX.1-layout model (diffusers/transformers kwargs)."""
+
+    transformer: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    text_encoder_2: dict[str, Any]
+
+
+TINY_FLUX = FluxArchitecture(
+    transformer={
+        "patch_size": 1,
+        "in_channels": 16,  # 4 latent channels, packed 2x2
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 32,
+        "pooled_projection_dim": 32,
+        "guidance_embeds": True,
+        "axes_dims_rope": (4, 4, 8),
+    },
+    vae={
+        "block_out_channels": (4, 8, 8, 8),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 4,
+        "sample_size": 64,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+    },
+    text_encoder={
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "layer_norm_eps": 1e-05,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 5,
+        "hidden_act": "gelu",
+        "projection_dim": 32,
+    },
+    text_encoder_2={
+        "d_model": 32,
+        "d_ff": 37,
+        "d_kv": 8,
+        "num_heads": 4,
+        "num_layers": 5,
+        "relative_attention_num_buckets": 8,
+        "feed_forward_proj": "gated-gelu",
+    },
+)
+
+# black-forest-labs/FLUX.1-Kontext-dev's configurations (transformer,
+# vae, text_encoder = CLIP ViT-L/14's text model, text_encoder_2 = T5 v1.1 XXL's
+# encoder).
+FLUX_KONTEXT_DEV = FluxArchitecture(
+    transformer={
+        "patch_size": 1,
+        "in_channels": 64,
+        "num_layers": 19,
+        "num_single_layers": 38,
+        "attention_head_dim": 128,
+        "num_attention_heads": 24,
+        "joint_attention_dim": 4096,
+        "pooled_projection_dim": 768,
+        "guidance_embeds": True,
+        "axes_dims_rope": (16, 56, 56),
+    },
+    vae={
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 2,
+        "latent_channels": 16,
+        "norm_num_groups": 32,
+        "sample_size": 1024,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+        "force_upcast": True,
+    },
+    text_encoder={
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+        "vocab_size": 49408,
+    },
+    text_encoder_2={
+        "d_model": 4096,
+        "d_ff": 10240,
+        "d_kv": 64,
+        "num_heads": 64,
+        "num_layers": 24,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu",
+        "vocab_size": 32128,
+    },
+)
+
+
+def write_tiny_flux(root: Path) -> dict[str, str]:
+    """Write the tiny FLUX.1 Kontext model's files under ``root`` (module doc).
+
+    The caller (``tiny_model.write_tiny_model``) owns the folder and its marker;
+    returns what was written, for the marker.
+    """
+    root = Path(root)
+    shutil.rmtree(root / TINY_FLUX_PIPELINE_DIR, ignore_errors=True)
+    pipe = random_flux_pipeline(TINY_FLUX)
+    pipe.save_pretrained(root / TINY_FLUX_PIPELINE_DIR, safe_serialization=True)
+    lora_path = root / TINY_FLUX_LORA_FILE
+    lora_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(flux_lora(pipe.transformer, seed=_seed_for("flux-lora")), lora_path)
+    return {"pipeline": TINY_FLUX_PIPELINE_DIR, "lora": TINY_FLUX_LORA_FILE}
+
+
+def random_flux_pipeline(
+    architecture: FluxArchitecture, dtype: torch.dtype = torch.float32
+) -> FluxKontextPipeline:
+    """A seeded, randomly initialised FLUX.1-layout pipeline of the given sizes."""
+    torch.manual_seed(_seed_for("flux-transformer"))
+    transformer = FluxTransformer2DModel(**architecture.transformer)
+    torch.manual_seed(_seed_for("flux-vae"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, **architecture.vae)
+    tokenizer = byte_level_tokenizer()
+    tokenizer_2 = t5_character_tokenizer()
+    clip = {"vocab_size": len(tokenizer), **architecture.text_encoder}
+    torch.manual_seed(_seed_for("flux-text_encoder"))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **clip,
+        )
+    )
+    t5 = {"vocab_size": len(tokenizer_2), **architecture.text_encoder_2}
+    torch.manual_seed(_seed_for("flux-text_encoder_2"))
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            pad_token_id=tokenizer_2.pad_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+            decoder_start_token_id=tokenizer_2.pad_token_id,
+            is_encoder_decoder=False,
+            **t5,
+        )
+    )
+    # FLUX.1 [dev]'s own scheduler configuration.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=4096,
+        max_shift=1.15,
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+    )
+    pipe = FluxKontextPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def t5_character_tokenizer(max_length: int = 512) -> T5TokenizerFast:
+    """A T5 tokenizer of single characters, built locally (nothing downloaded).
+
+    SentencePiece's layout: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then each
+    printable character alone and after the ``▁`` word mark; ``</s>`` closes
+    every sequence, as T5's post-processor does.
+    """
+    characters = sorted(set(string.printable) - set(string.whitespace))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in characters]
+    vocab += [("▁" + c, -2.5) for c in characters]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="always"
+    )
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=backend,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=max_length,
+    )
+
+
+def flux_lora(
+    transformer: FluxTransformer2DModel, *, seed: int
+) -> dict[str, torch.Tensor]:
+    """A LoRA on every attention projection of the transformer, in diffusers'
+    Flux layout; non-zero up projections, so it changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    weights: dict[str, torch.Tensor] = {}
+    for name, module in transformer.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if name.split(".")[-1] not in {"to_q", "to_k", "to_v", "add_q_proj"}:
+            continue
+        prefix = f"transformer.{name}"
+        down = torch.randn(LORA_RANK, module.in_features, generator=generator)
+        up = torch.randn(module.out_features, LORA_RANK, generator=generator)
+        weights[f"{prefix}.lora_A.weight"] = down * 0.1
+        weights[f"{prefix}.lora_B.weight"] = up * 0.1
+    return weights
