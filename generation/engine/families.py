@@ -145,6 +145,9 @@ class Family:
     lora_key_markers: tuple[str, ...] = ()
     """Substrings of LoRA tensor names that only this family's denoiser has
     (in diffusers', kohya's or the original layout)."""
+    quantized_components: tuple[str, ...] = ("transformer", "text_encoder_2")
+    """A transformer family's big modules, which ``STUDIO_QUANTIZATION``
+    quantizes (FLUX.1's transformer and T5-XXL)."""
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
     size_multiple: int = SIZE_MULTIPLE
@@ -384,6 +387,8 @@ QWEN_IMAGE = Family(
         "img_mod_1",
         "txt_mod_1",
     ),
+    # The 20 B transformer and Qwen2.5-VL-7B (its text_encoder).
+    quantized_components=("transformer", "text_encoder"),
     # The VAE downsamples by 8 and the transformer packs 2 x 2 latent patches.
     size_multiple=16,
 )
@@ -424,6 +429,10 @@ class ModelTraits:
     cross_attention_dim: int
     found: str
     """What the detection read, for messages ("model_index.json: ...")."""
+    pipeline_class: str | None = None
+    """The pipeline class its ``model_index.json`` names (None: a single file or
+    a folder without one): which of the family's pipelines its weights were
+    made for (``check_model_runs``)."""
 
 
 def traits_from_configs(
@@ -457,7 +466,7 @@ def traits_from_configs(
                 f"{where}: cannot tell its model family ({description})."
             )
         chosen = by_class[0]
-        return ModelTraits(chosen, chosen.cross_attention_dim, description)
+        return ModelTraits(chosen, chosen.cross_attention_dim, description, class_name)
     by_denoiser = denoiser_family(denoiser_config)
     if by_denoiser is None or (by_class and by_denoiser is not by_class[0]):
         raise UnknownFamily(
@@ -468,6 +477,28 @@ def traits_from_configs(
         by_denoiser,
         int(denoiser_config[by_denoiser.width_key]),
         description,
+        class_name,
+    )
+
+
+def check_model_runs(model: ModelTraits, method: Method, model_name: str) -> None:
+    """Refuse reference_edit on a model of an editing family whose own folder is
+    not an editing model: Qwen/Qwen-Image or FLUX.1 [dev] (their
+    ``model_index.json`` names the family's text pipeline) were not trained to
+    edit, though the edit pipeline would load their weights. A model whose
+    folder names no class (a single file) is not refused."""
+    row = model.family
+    needed = row.pipeline_classes.get(Method(method))
+    if method != Method.REFERENCE_EDIT or needed is None:
+        return
+    if model.pipeline_class in (None, needed):
+        return
+    raise InvalidRequest(
+        f"Model {model_name!r} is not a {row.label} editing model: its "
+        f"model_index.json names {model.pipeline_class}, not {needed}, so its "
+        f"weights were not trained to edit from references. reference_edit "
+        f"needs a {row.label} model whose folder is a {needed} "
+        "(docs/models.md); choose another method for this model."
     )
 
 

@@ -53,6 +53,7 @@ from .families import (
     DEFAULT_FAMILY,
     Family,
     FamilyMismatch,
+    check_model_runs,
     family,
     safetensors_header,
 )
@@ -171,6 +172,14 @@ def plan_problems(
     if not weights_here:
         return problems
     problems += model_problems
+    if spec is not None and not model_problems:
+        problems += _guarded(
+            lambda: check_model_runs(
+                model_traits(model_source(spec, config), declared=spec.family),
+                plan.base,
+                spec.key,
+            )
+        )
     problems += _unit_weight_problems(units, config)
     if request.lora is not None and not model_problems:
         problems += _guarded(lambda: check_lora_fits(request.lora, spec, config))

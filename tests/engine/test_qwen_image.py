@@ -34,6 +34,7 @@ from generation.engine.families import (
     UnknownFamily,
     traits_of_folder,
 )
+from generation.engine.plan import plan_check, plan_problems
 from generation.engine.requests import (
     ControlType,
     ControlUnitInput,
@@ -351,3 +352,47 @@ def test_reference_edit_is_refused_on_a_text_only_qwen_image_model(
         engine.plan(request)
     engine.plan(make_request(model="text-only", method=Method.TEXT))
     shutil.rmtree(folder)
+
+
+def test_the_plan_check_refuses_reference_edit_where_it_cannot_run(
+    tiny_model_root: Path, text_pipe: QwenImagePipeline, tmp_path: Path
+):
+    """Where a person acts (save, generate, retry), before anything loads: on a
+    Stable Diffusion model, and on a text-only Qwen-Image model."""
+    folder = tmp_path / "qwen-image-text"
+    text_pipe.save_pretrained(folder)
+    config = tiny_engine_config(tiny_model_root)
+    config.model_roots.append(tmp_path)
+    config.models["text-only"] = ModelSpec(key="text-only", source=str(folder))
+    references = [ReferenceInput(image=noise_image(9))]
+    on_sd = make_request(
+        model=TINY_MODEL_KEY,
+        true_cfg_scale=None,
+        method=Method.REFERENCE_EDIT,
+        references=references,
+    )
+    problems = plan_problems(on_sd, config)
+    assert [problem.code for problem in problems] == ["invalid_request"]
+    assert "qwen-image (Qwen-Image)" in problems[0].message
+    on_text_only = make_request(
+        model="text-only", method=Method.REFERENCE_EDIT, references=references
+    )
+    with pytest.raises(InvalidRequest, match="not a Qwen-Image editing model"):
+        plan_check(on_text_only, config)
+    plan_check(
+        make_request(method=Method.REFERENCE_EDIT, references=references), config
+    )
+
+
+def test_quantization_takes_the_two_biggest_modules(
+    edit_pipe: QwenImageEditPlusPipeline,
+):
+    """STUDIO_QUANTIZATION quantizes Qwen-Image's transformer and Qwen2.5-VL
+    (named ``text_encoder`` here, not FLUX.1's ``text_encoder_2``)."""
+    sizes = {
+        name: sum(parameter.numel() for parameter in module.parameters())
+        for name, module in edit_pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+    }
+    biggest = sorted(sizes, key=sizes.get, reverse=True)[:2]
+    assert sorted(QWEN_IMAGE.quantized_components) == sorted(biggest)
