@@ -173,28 +173,27 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                 ),
             )
         )
-    if (root / TINY_FLUX_PIPELINE_DIR).is_dir():
-        specs.append(
-            ModelSpec(
-                key=TINY_FLUX_MODEL_KEY,
-                source=str(root / TINY_FLUX_PIPELINE_DIR),
-                label=TINY_FLUX_MODEL_LABEL,
-                tiny=True,
-                family="flux",
-                controlnets={},
+    # The transformer families' tiny models: no ControlNets, no IP-Adapter.
+    for folder, key, label, family_key in (
+        (TINY_FLUX_PIPELINE_DIR, TINY_FLUX_MODEL_KEY, TINY_FLUX_MODEL_LABEL, "flux"),
+        (
+            TINY_QWEN_PIPELINE_DIR,
+            TINY_QWEN_IMAGE_MODEL_KEY,
+            TINY_QWEN_IMAGE_MODEL_LABEL,
+            "qwen-image",
+        ),
+    ):
+        if (root / folder).is_dir():
+            specs.append(
+                ModelSpec(
+                    key=key,
+                    source=str(root / folder),
+                    label=label,
+                    tiny=True,
+                    family=family_key,
+                    controlnets={},
+                )
             )
-        )
-    if (root / TINY_QWEN_PIPELINE_DIR).is_dir():
-        specs.append(
-            ModelSpec(
-                key=TINY_QWEN_IMAGE_MODEL_KEY,
-                source=str(root / TINY_QWEN_PIPELINE_DIR),
-                label=TINY_QWEN_IMAGE_MODEL_LABEL,
-                tiny=True,
-                family="qwen-image",
-                controlnets={},
-            )
-        )
     return {spec.key: spec for spec in specs}
 
 

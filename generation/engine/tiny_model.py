@@ -31,6 +31,7 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,9 +419,22 @@ def kohya_lora(
         for name, module in text_encoder.named_modules()
         if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj"))
     ]
+    return lora_weights(
+        generator,
+        (
+            (f"{prefix}_{name.replace('.', '_')}", linear)
+            for prefix, name, linear in targets
+        ),
+    )
+
+
+def lora_weights(
+    generator: torch.Generator, targets: Iterable[tuple[str, torch.nn.Linear]]
+) -> dict[str, torch.Tensor]:
+    """Rank-4 kohya-style ``lora_down``/``lora_up``/``alpha`` tensors for each
+    (LoRA module name, linear layer), drawn from ``generator`` in that order."""
     weights = {}
-    for prefix, name, linear in targets:
-        lora_name = f"{prefix}_{name.replace('.', '_')}"
+    for lora_name, linear in targets:
         weights[f"{lora_name}.lora_down.weight"] = _random(
             generator, LORA_RANK, linear.in_features
         )

@@ -67,7 +67,7 @@ from transformers import (
 )
 
 from generation.engine.config import TINY_QWEN_LORA_FILE, TINY_QWEN_PIPELINE_DIR
-from generation.engine.tiny_model import LORA_RANK, _random, _seed_for
+from generation.engine.tiny_model import _seed_for, lora_weights
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -298,24 +298,16 @@ def qwen_image_lora(
     """A rank-4 LoRA on every block's attention and MLP projections, in the
     kohya/musubi-tuner layout of Qwen-Image LoRAs (``lora_unet_`` + the module
     path with underscores; ``lora_down``/``lora_up``/``alpha``)."""
-    generator = torch.Generator().manual_seed(_seed_for(seed))
-    weights = {}
-    for name, module in transformer.named_modules():
-        if not name.startswith("transformer_blocks.") or not isinstance(
-            module, torch.nn.Linear
-        ):
-            continue
-        if not any(part in name for part in (".attn.", "_mlp.")):
-            continue
-        lora_name = f"lora_unet_{name.replace('.', '_')}"
-        weights[f"{lora_name}.lora_down.weight"] = _random(
-            generator, LORA_RANK, module.in_features
-        )
-        weights[f"{lora_name}.lora_up.weight"] = _random(
-            generator, module.out_features, LORA_RANK
-        )
-        weights[f"{lora_name}.alpha"] = torch.tensor(float(LORA_RANK))
-    return weights
+    return lora_weights(
+        torch.Generator().manual_seed(_seed_for(seed)),
+        (
+            (f"lora_unet_{name.replace('.', '_')}", module)
+            for name, module in transformer.named_modules()
+            if name.startswith("transformer_blocks.")
+            and isinstance(module, torch.nn.Linear)
+            and any(part in name for part in (".attn.", "_mlp."))
+        ),
+    )
 
 
 def _text_encoder_config(

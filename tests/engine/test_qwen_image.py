@@ -214,7 +214,7 @@ def test_three_references_go_natively_primary_first_then_by_role(
         ReferenceInput(image=primary, role=ReferenceRole.HALF_BODY, primary=True),
         ReferenceInput(image=face, role=ReferenceRole.FACE),
     ]
-    # One step without true CFG (no negative prompt): each reference adds about
+    # One step without true CFG (true_cfg_scale 1): each reference adds about
     # 4,100 tokens to every transformer pass; the guidance is checked above.
     raw = raw_call(
         edit_pipe,
@@ -226,14 +226,29 @@ def test_three_references_go_natively_primary_first_then_by_role(
         make_request(
             method=Method.REFERENCE_EDIT,
             references=references,
-            negative_prompt="",
-            true_cfg_scale=None,
+            true_cfg_scale=1.0,
             steps=1,
         )
     )
-    assert "negative_prompt" not in result.snapshot["call"]
+    assert result.snapshot["call"]["true_cfg_scale"] == 1.0
     assert result.snapshot["reference_edit"]["references"] == [2, 3, 1]
     assert_same_pixels(result.images, raw)
+
+
+def test_true_cfg_is_on_by_default_with_an_empty_negative_prompt(
+    engine: Engine, text_pipe: QwenImagePipeline
+):
+    """As the pipelines do: any negative prompt, "" too, turns true CFG on at
+    their default scale (4.0); the studio strips a blank negative prompt."""
+    raw = raw_call(text_pipe, negative_prompt="")
+    result = engine.generate(
+        make_request(method=Method.TEXT, negative_prompt="", true_cfg_scale=None)
+    )
+    assert result.snapshot["call"]["negative_prompt"] == ""
+    assert "true_cfg_scale" not in result.snapshot["call"]
+    assert_same_pixels(result.images, raw)
+    without = raw_call(text_pipe, negative_prompt=None)
+    assert without[0].tobytes() != raw[0].tobytes()
 
 
 def test_a_qwen_lora_equals_raw_diffusers_and_is_reset_after_the_job(

@@ -52,9 +52,7 @@ def test_a_reference_edit_on_qwen_image_runs_on_the_worker_and_replays(
     )
     start_worker("generate")
     content = services.content_enqueue(
-        persona=persona,
-        prompt="the same person, now on a night street in the rain",
-        negative_prompt=" ",
+        persona=persona, prompt="the same person, now on a night street in the rain"
     )
     content = wait_finished(content)
     assert content.status == ContentStatus.SUCCEEDED, content.error_detail
@@ -65,8 +63,9 @@ def test_a_reference_edit_on_qwen_image_runs_on_the_worker_and_replays(
     # The primary reference first, then the face one, handed over natively.
     assert snapshot["reference_edit"]["references"] == [0, 1]
     assert snapshot["reference_edit"]["multi_reference"] == "native"
-    # True CFG with the negative prompt: the pipeline's default scale.
-    assert snapshot["call"]["negative_prompt"] == " "
+    # True CFG at the pipeline's default scale, with the (empty) negative prompt.
+    assert snapshot["call"]["negative_prompt"] == ""
+    assert "true_cfg_scale" not in snapshot["call"]
     with default_storage.open(content.output_image.name, "rb") as file:
         assert Image.open(file).size == (64, 64)
 
