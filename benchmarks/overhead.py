@@ -216,9 +216,9 @@ def _start_raw(
         json.dumps(
             {
                 "pipeline": spec.source,
-                "pipeline_class": family(spec.family or "sd15").pipeline_classes[
+                "pipeline_class": family(spec.family or "sd15").pipeline_class_name(
                     Method.TEXT
-                ],
+                ),
                 "device": config.device,
                 "dtype": config.dtype,
                 **workload.as_dict(),

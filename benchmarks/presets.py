@@ -9,18 +9,24 @@
 - ``sd15``: SD 1.5's own UNet, VAE and text-encoder configurations (and a ViT-H
   image encoder for the IP-Adapter) with random weights: the same arithmetic as
   the real model at 512x512, for a GPU (fp16 there).
+- ``flux``: FLUX.1 Kontext [dev]'s configurations (the 12B transformer, T5-XXL,
+  CLIP-L, the 16-channel VAE; ``tiny_flux.FLUX_KONTEXT_DEV``) with random bf16
+  weights, text to image at 1024x1024 and 28 steps: for a GPU with 48 GB or more
+  (about 34 GB of weights, written once: about 34 GB of disk). It runs the
+  overhead and gpu sections (the others measure Stable Diffusion's ControlNets,
+  strengths and IP-Adapter).
 - ``qwen-image``: Qwen-Image-Edit-2509's own transformer, VAE and Qwen2.5-VL
   configurations (``tiny_qwen.QWEN_IMAGE``) with random bf16 weights, text to
-  image at 1024x1024 with true CFG (a negative prompt), for a GPU with at least
-  80 GB and about 60 GB of free disk. Its three paths (raw, engine, studio) each
-  hold the 58 GB model, so they are loaded one after another, not side by side
-  (``paths_together``); the registry and growth sections measure SD's methods
-  and are not run for it.
+  image at 1024x1024 with true CFG (two transformer passes per step), for a GPU
+  with 80 GB or more and about 60 GB of free disk. Its three paths (raw, engine,
+  studio) each hold the 58 GB model, so they are loaded one after another, not
+  side by side (``paths_together``). It runs the overhead, queue and gpu
+  sections.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.random_model import (
@@ -38,6 +44,10 @@ from generation.engine.config import (
 from generation.engine.tiny_model import Architecture, write_tiny_model
 from generation.engine.tiny_qwen import QWEN_IMAGE, QwenImageArchitecture
 from generation.engine.vocabulary import TINY_MODEL_KEY
+
+FLUX_MARKER = "BENCH_FLUX.json"
+ALL_SECTIONS = ("overhead", "registry", "growth", "queue", "gpu")
+"""The benchmark's sections, in the order they run (``suite``)."""
 
 # Stable Diffusion 1.5's configurations, as the registry benchmark writes them
 # (the text encoder keeps the tiny model's byte-level vocabulary: a smaller
@@ -110,9 +120,10 @@ class Preset:
     image_counts: tuple[int, ...] = (1, 2, 4)
     controlnet_counts: tuple[int, ...] = (0, 1, 2, 3)
     queue_jobs: int = 200
-    negative_prompt: str = ""
-    skipped_sections: dict[str, str] = field(default_factory=dict)
-    """Sections that do not apply to the preset's model, with the reason."""
+    family: str = "sd15"
+    sections: tuple[str, ...] = ALL_SECTIONS
+    """The sections run when ``--only`` is not given."""
+    guidance_scale: float = 7.5
     paths_together: bool = True
     """Whether raw diffusers, the engine and the studio are loaded side by side
     and run in turns (False: one after another, for a model of which the GPU
@@ -122,26 +133,21 @@ class Preset:
     def model_key(self) -> str:
         return f"bench-{self.name}"
 
-    @property
-    def family(self) -> str:
-        """The model family of the preset's model (a ``families`` key)."""
-        if isinstance(self.model, QwenImageArchitecture):
-            return "qwen-image"
-        return "sd15"
-
     def write_model(self, root: Path) -> EngineConfig:
         """Write (or reuse) this preset's model under ``root``; its engine config.
 
         Both writers use the tiny model's layout, so one configuration serves
         both; it lists only the ControlNets that were written.
         """
+        if self.family == "flux":
+            return write_random_flux(root, self.model_key, self.summary)
         if isinstance(self.model, QwenImageArchitecture):
             write_random_qwen_image(self.model, root)
             spec = ModelSpec(
                 key=self.model_key,
                 source=str(root / TINY_QWEN_PIPELINE_DIR),
                 label=self.summary,
-                family="qwen-image",
+                family=self.family,
             )
             return EngineConfig(models={self.model_key: spec}, model_roots=[root])
         if self.model is None:
@@ -158,6 +164,29 @@ class Preset:
             if Path(source).is_dir()
         }
         return config
+
+
+def write_random_flux(root: Path, model_key: str, label: str) -> EngineConfig:
+    """Write (or reuse) a random-weight FLUX.1 Kontext [dev]-architecture model
+    in bf16 under ``root/flux``; its engine config."""
+    import torch
+
+    from generation.engine.tiny_flux import FLUX_KONTEXT_DEV, random_flux_pipeline
+
+    folder = Path(root) / "flux"
+    marker = Path(root) / FLUX_MARKER
+    if not marker.is_file():
+        # Built in bf16 directly: 17B parameters in float32 would need 68 GB.
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            pipe = random_flux_pipeline(FLUX_KONTEXT_DEV, dtype=torch.bfloat16)
+        finally:
+            torch.set_default_dtype(default)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        marker.write_text('{"architecture": "FLUX.1-Kontext-dev", "dtype": "bf16"}\n')
+    spec = ModelSpec(key=model_key, source=str(folder), label=label, family="flux")
+    return EngineConfig(models={model_key: spec}, model_roots=[Path(root)])
 
 
 PRESETS = {
@@ -200,6 +229,20 @@ PRESETS = {
             sizes=(512, 768),
         ),
         Preset(
+            name="flux",
+            summary="FLUX.1 Kontext [dev] architecture, random bf16 weights, 1024x1024",
+            model=None,
+            width=1024,
+            height=1024,
+            steps=28,
+            runs=5,
+            step_counts=(14, 28),
+            sizes=(1024,),
+            family="flux",
+            sections=("overhead", "gpu"),
+            guidance_scale=3.5,
+        ),
+        Preset(
             name="qwen-image",
             summary="Qwen-Image-Edit-2509 architecture, random bf16 weights, "
             "1024x1024, true CFG",
@@ -210,17 +253,10 @@ PRESETS = {
             runs=3,
             step_counts=(),
             sizes=(),
-            # A negative prompt turns true CFG on (two transformer passes per
-            # step), as the model card runs it.
-            negative_prompt=" ",
-            skipped_sections={
-                "registry": "the registry benchmark derives Stable Diffusion's "
-                "img2img, ControlNet and hybrid pipelines",
-                "growth": "its series vary img2img strength, ControlNets and "
-                "IP-Adapters, which Qwen-Image has not",
-            },
-            paths_together=False,
             queue_jobs=20,
+            family="qwen-image",
+            sections=("overhead", "queue", "gpu"),
+            paths_together=False,
         ),
     )
 }

@@ -11,11 +11,9 @@ its seconds and a hash of the image's pixels, so the caller can check that the
 studio produced the very same image. It speaks ``line_process``'s protocol (the
 ``BENCH `` prefix is repeated here: this script may not import the studio).
 
-SPEC keys: pipeline, pipeline_class (a diffusers class name, by default
-``StableDiffusionPipeline``), device, dtype, prompt, negative_prompt, seed, steps,
-guidance_scale, width, height, warmup_runs, channels_last, compile. Compilation
-applies to the pipeline's denoiser (its UNet or transformer), channels-last to a
-UNet only, as the engine does.
+SPEC keys: pipeline, pipeline_class (a diffusers class name; default
+StableDiffusionPipeline), device, dtype, prompt, negative_prompt, seed, steps,
+guidance_scale, width, height, warmup_runs, channels_last, compile.
 """
 
 import hashlib
@@ -36,17 +34,18 @@ def main(spec_path: str) -> None:
         spec = json.load(spec_file)
     started = time.perf_counter()
     pipeline_class = getattr(
-        diffusers, spec.get("pipeline_class", "StableDiffusionPipeline")
+        diffusers, spec.get("pipeline_class") or "StableDiffusionPipeline"
     )
     pipe = pipeline_class.from_pretrained(
         spec["pipeline"], dtype=getattr(torch, spec["dtype"]), local_files_only=True
     )
     pipe.to(torch.device(spec["device"]))
     unet = getattr(pipe, "unet", None)
+    denoiser = unet if unet is not None else pipe.transformer
     if spec["channels_last"] and unet is not None:
         unet.to(memory_format=torch.channels_last)
     if spec["compile"]:
-        (unet if unet is not None else pipe.transformer).compile()
+        denoiser.compile()
     pipe.set_progress_bar_config(disable=True)
     load_seconds = time.perf_counter() - started
 

@@ -57,8 +57,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     ):
         if name in report:
             lines += render(report[name]) + [""]
-    for name, reason in report.get("skipped_sections", {}).items():
-        lines += [f"**{name}**: not measured for this preset: {reason}.", ""]
     if report.get("targets"):
         lines += _table(
             ["target", "measured", "limit", "met"],

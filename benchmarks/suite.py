@@ -20,16 +20,17 @@ from typing import Any
 from benchmarks.gpu import measure_gpu
 from benchmarks.growth import measure_growth
 from benchmarks.overhead import measure_paths
-from benchmarks.presets import Preset
+from benchmarks.presets import ALL_SECTIONS, Preset
 from benchmarks.registry_economics import measure_registry
 from benchmarks.report import machine_info
 from benchmarks.studio_sandbox import StudioSandbox
 from benchmarks.targets import evaluate_targets
 from benchmarks.throughput import queue_result
 from benchmarks.workload import Workload
+from generation.engine.families import family
 from generation.engine.registry import choose_device, choose_dtype
 
-SECTIONS = ("overhead", "registry", "growth", "queue", "gpu")
+SECTIONS = ALL_SECTIONS
 # The queue's tiny jobs: one step at the smallest size, so that everything
 # around the engine shows.
 QUEUE_WORKLOAD = Workload(steps=1, width=64, height=64)
@@ -58,9 +59,6 @@ def run_bench(
             f"Unknown sections {', '.join(sorted(unknown))}; choose from "
             f"{', '.join(SECTIONS)}."
         )
-    sections = [
-        name for name in options.sections if name not in preset.skipped_sections
-    ]
     runs = options.runs or preset.runs
     queue_jobs = preset.queue_jobs if options.queue_jobs is None else options.queue_jobs
     device = choose_device(options.device)
@@ -71,16 +69,11 @@ def run_bench(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "device": str(device),
-        "dtype": str(choose_dtype(None, device)).removeprefix("torch."),
+        "dtype": str(choose_dtype(None, device, family(preset.family))).removeprefix(
+            "torch."
+        ),
         "runs": runs,
     }
-    skipped = {
-        name: reason
-        for name, reason in preset.skipped_sections.items()
-        if name in options.sections
-    }
-    if skipped:
-        report["skipped_sections"] = skipped
     log(f"Writing the {preset.name} model under {model_root}")
     config = preset.write_model(model_root)
     config.device, config.dtype = report["device"], report["dtype"]
@@ -88,18 +81,18 @@ def run_bench(
         steps=preset.steps,
         width=preset.width,
         height=preset.height,
-        negative_prompt=preset.negative_prompt,
+        guidance_scale=preset.guidance_scale,
     )
     sandbox_root = options.workdir / preset.name / "studio"
     raw_workdir = options.workdir / preset.name / "raw"
 
-    if "registry" in sections:
+    if "registry" in options.sections:
         log("registry: cold load, hit, derivation, memory (fresh process)")
         report["registry"] = measure_registry(
             model_root, device=report["device"], runs=runs
         )
-    overhead_runs = runs if "overhead" in sections else 0
-    queue_jobs = queue_jobs if "queue" in sections else 0
+    overhead_runs = runs if "overhead" in options.sections else 0
+    queue_jobs = queue_jobs if "queue" in options.sections else 0
     if overhead_runs or queue_jobs:
         log(
             f"overhead: {overhead_runs} rounds of raw diffusers, engine and studio; "
@@ -119,13 +112,13 @@ def run_bench(
             report["overhead"] = measured["overhead"]
         if measured["queue"]:
             report["queue"] = queue_result(measured["queue"])
-    if "growth" in sections:
+    if "growth" in options.sections:
         log("growth: strength, steps, size, images, ControlNets, IP-Adapter")
         # Half the runs per point: the series have many points.
         report["growth"] = measure_growth(
             preset, config, workload, runs=(runs + 1) // 2
         )
-    if "gpu" in sections:
+    if "gpu" in options.sections:
         log("gpu: raw diffusers and studio it/s per speed option")
         report["gpu"] = measure_gpu(
             config,

@@ -12,9 +12,10 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from generation import services
-from generation.engine.plan import SCHEDULER_NAMES
+from generation.engine.plan import ALL_SCHEDULER_NAMES, scheduler_names
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
+    MAX_EDIT_REFERENCES,
     MAX_FRACTION,
     MAX_GUIDANCE_SCALE,
     MAX_SEED,
@@ -27,8 +28,10 @@ from generation.engine.vocabulary import (
     MIN_SIZE,
     MIN_STEPS,
     MIN_WEIGHT,
+    Method,
 )
 from generation.parameters import UnitOverride
+from personas.forms import base_model_family, offer_methods
 from personas.models import ConsistencyMethod, Persona, SeedPolicy
 from personas.validators import validate_prompt_text
 
@@ -134,7 +137,10 @@ class PersonaGenerateForm(forms.Form):
     )
     scheduler = forms.ChoiceField(
         required=False,
-        choices=[("", "The model's own"), *((name, name) for name in SCHEDULER_NAMES)],
+        choices=[
+            ("", "The model's own"),
+            *((name, name) for name in ALL_SCHEDULER_NAMES),
+        ],
     )
     seed_policy = forms.ChoiceField(choices=SeedPolicy.choices)
     seed = _seed_field(
@@ -152,6 +158,14 @@ class PersonaGenerateForm(forms.Form):
         coerce=int,
         label="IP-Adapter references",
         help_text="None chosen: every face reference, else the primary one.",
+        widget=forms.CheckboxSelectMultiple,
+    )
+    edit_references = forms.TypedMultipleChoiceField(
+        required=False,
+        coerce=int,
+        label="references to edit from",
+        help_text=f"Reference editing: up to {MAX_EDIT_REFERENCES}, the primary "
+        "first. None chosen: the primary, then the others by role (face first).",
         widget=forms.CheckboxSelectMultiple,
     )
     lora_scale = forms.FloatField(
@@ -174,9 +188,29 @@ class PersonaGenerateForm(forms.Form):
         }
         super().__init__(*args, initial=initial, **kwargs)
         self.persona = persona
-        self.fields["ip_adapter_references"].choices = [
+        offer_methods(self.fields["method"], persona.base_model)
+        family = base_model_family(persona.base_model)
+        if family is not None:
+            self.fields["scheduler"].choices = [
+                ("", "The model's own"),
+                *((name, name) for name in scheduler_names(family)),
+            ]
+        gallery = [
             (reference.pk, str(reference)) for reference in persona.references.all()
         ]
+        self.fields["ip_adapter_references"].choices = gallery
+        self._primary = {
+            reference.pk
+            for reference in persona.references.all()
+            if reference.is_primary
+        }
+        if any(
+            value == Method.REFERENCE_EDIT
+            for value, _ in self.fields["method"].widget.choices
+        ):
+            self.fields["edit_references"].choices = gallery
+        else:
+            del self.fields["edit_references"]
         if not persona.lora_weights:
             del self.fields["lora_scale"]
         self.units = list(persona.control_units.all())
@@ -221,7 +255,15 @@ class PersonaGenerateForm(forms.Form):
                 "seed",
             ),
         ),
-        ("Identity", ("ip_adapter_scale", "ip_adapter_references", "lora_scale")),
+        (
+            "Identity",
+            (
+                "ip_adapter_scale",
+                "ip_adapter_references",
+                "edit_references",
+                "lora_scale",
+            ),
+        ),
     )
 
     def groups(self) -> list[tuple[str, list[forms.BoundField]]]:
@@ -267,6 +309,20 @@ class PersonaGenerateForm(forms.Form):
         data["control_units"] = units
         data["ip_adapter_references"] = (
             tuple(data.get("ip_adapter_references") or ()) or None
+        )
+        chosen = list(data.get("edit_references") or ())
+        if len(chosen) > MAX_EDIT_REFERENCES:
+            self.add_error(
+                "edit_references",
+                ValidationError(
+                    "Choose at most %(max)s references to edit from.",
+                    code="too_many_references",
+                    params={"max": MAX_EDIT_REFERENCES},
+                ),
+            )
+        primary = [pk for pk in chosen if pk in self._primary]
+        data["edit_references"] = (
+            tuple(primary + [pk for pk in chosen if pk not in self._primary]) or None
         )
         if data.get("seed_policy") != SeedPolicy.FIXED:
             data["seed"] = None

@@ -18,8 +18,9 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from generation.engine.errors import InvalidRequest
-from generation.engine.plan import SCHEDULER_NAMES
+from generation.engine.errors import EngineError, InvalidRequest
+from generation.engine.methods import auto_edits_references
+from generation.engine.plan import ALL_SCHEDULER_NAMES
 from generation.engine.requests import (
     ControlUnitInput,
     GenerationRequest,
@@ -41,6 +42,7 @@ from generation.engine.vocabulary import (
     MIN_SEED,
     MIN_STEPS,
     MIN_WEIGHT,
+    REFERENCE_EDIT_PROMPT,
     Method,
     SeedPolicy,
 )
@@ -67,7 +69,8 @@ class GenerationOverrides:
     ``seed_policy`` random ignores the persona's fixed seed; fixed needs a seed
     (``seed``, else the persona's). ``control_units`` maps a unit's id to its
     override (units left out keep their settings); ``ip_adapter_references``
-    are reference ids (None: the engine's choice, ``engine/methods.py``).
+    and ``edit_references`` (those of a reference edit, in order) are reference
+    ids (None: the engine's choice, ``engine/methods.py``).
     """
 
     method: str | None = None
@@ -82,6 +85,7 @@ class GenerationOverrides:
     control_units: Mapping[int, UnitOverride] | None = None
     ip_adapter_scale: float | None = None
     ip_adapter_references: tuple[int, ...] | None = None
+    edit_references: tuple[int, ...] | None = None
     lora_scale: float | None = None
 
     @classmethod
@@ -103,7 +107,7 @@ class GenerationOverrides:
         for name, choices in (
             ("method", [method.value for method in Method]),
             ("seed_policy", [policy.value for policy in SeedPolicy]),
-            ("scheduler", list(SCHEDULER_NAMES)),
+            ("scheduler", list(ALL_SCHEDULER_NAMES)),
         ):
             value = getattr(self, name)
             if value is not None and value not in choices:
@@ -176,11 +180,16 @@ def _check_range(
         )
 
 
-def compose_prompt(persona: Persona, prompt: str) -> str:
-    """The persona's appearance description anchors every prompt."""
-    return ", ".join(
-        part for part in (persona.appearance.strip(), prompt.strip()) if part
-    )
+def compose_prompt(persona: Persona, prompt: str, method: str | None = None) -> str:
+    """The persona's appearance description anchors every prompt: in front of
+    it, or, for a reference edit (whose prompt is an instruction), after it as
+    what to keep (``vocabulary.REFERENCE_EDIT_PROMPT``)."""
+    appearance, prompt = persona.appearance.strip(), prompt.strip()
+    if method == Method.REFERENCE_EDIT and appearance:
+        return REFERENCE_EDIT_PROMPT.format(
+            instruction=prompt.rstrip("."), appearance=appearance.rstrip(".")
+        )
+    return ", ".join(part for part in (appearance, prompt) if part)
 
 
 def compose_negative_prompt(persona: Persona, negative_prompt: str) -> str:
@@ -222,6 +231,12 @@ def request_for_persona(
         if method in METHODS_TAKING_CONTROL_UNITS
         else []
     )
+    prompt_method = (
+        Method.REFERENCE_EDIT
+        if method == Method.AUTO
+        and _auto_edits(persona, has_reference=bool(references), has_units=bool(units))
+        else method
+    )
     ip_adapter_references = (
         None
         if overrides.ip_adapter_references is None
@@ -231,7 +246,7 @@ def request_for_persona(
     )
     request = {
         "model": persona.base_model,
-        "prompt": compose_prompt(persona, prompt),
+        "prompt": compose_prompt(persona, prompt, prompt_method),
         "method": method,
         "negative_prompt": compose_negative_prompt(persona, negative_prompt),
         "seed": seed,
@@ -280,8 +295,30 @@ def request_for_persona(
         if persona.lora_weights
         else None,
         "scheduler": overrides.scheduler,
+        "edit_reference_indexes": None
+        if overrides.edit_references is None
+        else [positions[pk] for pk in overrides.edit_references if pk in positions]
+        or None,
     }
     return request, references
+
+
+def _auto_edits(persona: Persona, *, has_reference: bool, has_units: bool) -> bool:
+    """Whether ``auto`` will choose reference_edit for the persona (the engine's
+    rule, ``methods.auto_edits_references``), so that its prompt is composed as
+    an instruction."""
+    from personas.lora import base_model_traits
+
+    try:
+        traits = base_model_traits(persona.base_model)
+    except EngineError:
+        return False
+    return traits is not None and auto_edits_references(
+        has_reference=has_reference,
+        appearance_locked=persona.appearance_locked,
+        has_units=has_units,
+        row=traits.family,
+    )
 
 
 def _units_for_run(

@@ -22,6 +22,7 @@ from personas.lora import (
     validate_lora_upload,
 )
 from personas.models import (
+    ConsistencyMethod,
     ControlNetUnit,
     Persona,
     ReferenceImage,
@@ -87,6 +88,40 @@ def base_model_choices_with_family() -> list[tuple[str, str]]:
     return choices
 
 
+def base_model_family(base_model: str | None) -> Any:
+    """The ``families.Family`` of a configured base model, or None where it
+    cannot be told here (no files and no declared family, files of no family)."""
+    from generation.engine.families import UnknownFamily
+
+    try:
+        traits = base_model_traits(base_model) if base_model else None
+    except UnknownFamily:
+        return None
+    return None if traits is None else traits.family
+
+
+def method_choices(base_model: str | None) -> list[tuple[str, str]]:
+    """The method choices for a persona on ``base_model``: those its family runs
+    (``families.methods_offered``; reference_edit only on flux and qwen-image);
+    every method where the family cannot be told here."""
+    from generation.engine.families import methods_offered
+
+    family = base_model_family(base_model)
+    if family is None:
+        return list(ConsistencyMethod.choices)
+    offered = {method.value for method in methods_offered(family)}
+    return [choice for choice in ConsistencyMethod.choices if choice[0] in offered]
+
+
+def offer_methods(field: forms.ChoiceField, base_model: str | None) -> None:
+    """Show only the methods of the base model's family; the field still takes
+    any method, so that one the family lacks gets the plan check's message
+    (which names the family and its methods), not a bare "invalid choice"."""
+    field.widget.choices = [
+        choice for choice in method_choices(base_model) if choice in field.choices
+    ] or field.widget.choices
+
+
 class LoraUploadField(forms.FileField):
     """A file field whose uploads go through ``validate_lora_upload``."""
 
@@ -148,6 +183,13 @@ class PersonaForm(forms.ModelForm):
                 self.fields[name].validators.append(validate_prompt_text)
         if "base_model" in self.fields:
             self.fields["base_model"].choices = base_model_choices_with_family()
+        if "method" in self.fields:
+            chosen = (
+                self.data.get(self.add_prefix("base_model"))
+                if self.is_bound
+                else self.initial.get("base_model") or self.instance.base_model
+            )
+            offer_methods(self.fields["method"], chosen or None)
 
     def clean(self) -> dict[str, Any]:
         cleaned_data = super().clean()

@@ -148,6 +148,9 @@ class Family:
     quantized_components: tuple[str, ...] = ("transformer", "text_encoder_2")
     """A transformer family's big modules, which ``STUDIO_QUANTIZATION``
     quantizes (FLUX.1's transformer and T5-XXL)."""
+    scheduler_names: tuple[str, ...] = ()
+    """The schedulers a request may name; empty: Stable Diffusion's (diffusers'
+    ``KarrasDiffusionSchedulers``, ``plan.SCHEDULER_NAMES``)."""
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
     size_multiple: int = SIZE_MULTIPLE
@@ -327,6 +330,7 @@ FLUX = Family(
         "double_blocks",
         "single_blocks",
     ),
+    scheduler_names=("FlowMatchEulerDiscreteScheduler",),
     size_multiple=16,
 )
 
@@ -389,6 +393,8 @@ QWEN_IMAGE = Family(
     ),
     # The 20 B transformer and Qwen2.5-VL-7B (its text_encoder).
     quantized_components=("transformer", "text_encoder"),
+    # Its pipelines pass flow-matching sigmas (and a resolution shift, mu).
+    scheduler_names=("FlowMatchEulerDiscreteScheduler",),
     # The VAE downsamples by 8 and the transformer packs 2 x 2 latent patches.
     size_multiple=16,
 )
@@ -527,6 +533,19 @@ def unet_family(config: Mapping[str, Any]) -> Family | None:
         if f.denoiser is Denoiser.UNET and f.addition_embed_type == kind
     ]
     return matches[0] if len(matches) == 1 else None
+
+
+def methods_offered(row: Family) -> tuple[Method, ...]:
+    """The methods a person may choose for a model of this family, in the
+    vocabulary's order: auto, the base methods its pipelines run, and
+    ip_adapter where the family has an IP-Adapter layout."""
+    return tuple(
+        method
+        for method in Method
+        if method is Method.AUTO
+        or method in row.pipeline_classes
+        or (method is Method.IP_ADAPTER and row.ip_adapter is not None)
+    )
 
 
 def families_with(method: Method) -> tuple[Family, ...]:

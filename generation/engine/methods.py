@@ -198,6 +198,12 @@ def plan_method(
         _check_strength(request.steps, request.strength)
         plan = replace(plan, init_reference=primary_reference(request))
     if use_ip_adapter:
+        if row.ip_adapter is None:
+            raise InvalidRequest(
+                f"The studio serves no IP-Adapter for {row.label} models: remove "
+                "the IP-Adapter settings, or use reference_edit, which takes the "
+                "identity from the references themselves."
+            )
         if not ip_adapter_installed:
             raise InvalidRequest(
                 "IP-Adapter settings were given but no IP-Adapter is installed: "
@@ -439,10 +445,11 @@ def _check_numbers(request: GenerationRequest, row: Family) -> None:
         if not request.lora.weights:
             raise InvalidRequest("The LoRA has no weights.")
         _check_range("LoRA scale", request.lora.scale, MIN_WEIGHT, MAX_WEIGHT)
-    if request.scheduler is not None and request.scheduler not in _scheduler_names():
+    names = row.scheduler_names or _scheduler_names()
+    if request.scheduler is not None and request.scheduler not in names:
         raise InvalidRequest(
-            f"Unknown scheduler {request.scheduler!r}; choose one of: "
-            f"{', '.join(_scheduler_names())}."
+            f"Unknown scheduler {request.scheduler!r} for {row.label} models; "
+            f"choose one of: {', '.join(names)}."
         )
 
 

@@ -51,6 +51,7 @@ from .errors import (
 )
 from .families import (
     DEFAULT_FAMILY,
+    FAMILIES,
     Family,
     FamilyMismatch,
     check_model_runs,
@@ -98,6 +99,10 @@ SCHEDULER_NAMES: tuple[str, ...] = (
 ``KarrasDiffusionSchedulers``, named here so that the web process need not import
 diffusers to check or offer one (``tests/generation/test_plan.py`` keeps the two
 equal)."""
+ALL_SCHEDULER_NAMES: tuple[str, ...] = SCHEDULER_NAMES + tuple(
+    name for row in FAMILIES.values() for name in row.scheduler_names
+)
+"""Every scheduler some family takes (what a per-run override may name)."""
 
 LORA_HEADER_LENGTH_BYTES = 8
 
@@ -133,15 +138,6 @@ def plan_problems(
     ones depend on the plan), so a list has one problem from them at most.
     """
     problems: list[Problem] = []
-    if request.scheduler is not None and request.scheduler not in SCHEDULER_NAMES:
-        problems.append(
-            _problem(
-                InvalidRequest(
-                    f"Unknown scheduler {request.scheduler!r}; choose one of: "
-                    f"{', '.join(SCHEDULER_NAMES)}."
-                )
-            )
-        )
     spec = config.models.get(request.model)
     model_problems = (
         [] if spec is None else _guarded(lambda: model_source(spec, config))
@@ -150,6 +146,19 @@ def plan_problems(
         weights_here = not model_problems
     try:
         row = plan_family(spec, config, weights_here and not model_problems)
+    except EngineError as error:
+        return [_problem(error)]
+    names = scheduler_names(row)
+    if request.scheduler is not None and request.scheduler not in names:
+        problems.append(
+            _problem(
+                InvalidRequest(
+                    f"Unknown scheduler {request.scheduler!r} for {row.label} "
+                    f"models; choose one of: {', '.join(names)}."
+                )
+            )
+        )
+    try:
         # The scheduler is checked above: plan_method's own check imports
         # diffusers, which the web process does not need.
         plan = plan_method(
@@ -196,6 +205,11 @@ def plan_check(
     problems = plan_problems(request, config, weights_here=weights_here)
     if problems:
         raise problems[0].error(problems[0].message)
+
+
+def scheduler_names(row: Family) -> tuple[str, ...]:
+    """The schedulers a request for a model of this family may name."""
+    return row.scheduler_names or SCHEDULER_NAMES
 
 
 def plan_family(
@@ -324,9 +338,6 @@ def _check_annotator_weights(unit: ControlUnitInput, config: EngineConfig) -> No
         )
 
 
-
-
-
 def _guarded(check: Any, *, prefix: str = "") -> list[Problem]:
     try:
         check()
@@ -340,6 +351,7 @@ def _problem(error: EngineError, *, prefix: str = "") -> Problem:
 
 
 __all__ = [
+    "ALL_SCHEDULER_NAMES",
     "SCHEDULER_NAMES",
     "Problem",
     "check_lora_fits",

@@ -499,7 +499,12 @@ class PipelineRegistry:
         ``compile`` is on); a worker does it at start rather than in a job.
         """
         pipe, _ = self.pipeline(model_key, Method.TEXT)
-        size = self.family(model_key).default_size
+        unet = getattr(pipe, "unet", None)
+        # A UNet knows its native latent size; a Flux pipeline has its default.
+        samples = (
+            unet.config.sample_size if unet is not None else pipe.default_sample_size
+        )
+        size = samples * pipe.vae_scale_factor
         pipe(
             "warm-up",
             num_inference_steps=1,

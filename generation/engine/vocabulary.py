@@ -224,6 +224,12 @@ MAX_EDIT_REFERENCES = 3
 """References one reference edit takes: the primary and up to two more
 (Qwen-Image-Edit-2509 was trained with one to three)."""
 
+REFERENCE_EDIT_PROMPT = "{instruction}. Keep the same person: {appearance}."
+"""How a reference edit's prompt joins the instruction typed for the run and
+the persona's base appearance description: the instruction first (what to
+change), then the appearance (what to keep), as FLUX.1 Kontext's and
+Qwen-Image-Edit's prompting guides advise."""
+
 DEFAULT_METHOD = Method.AUTO
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE_SCALE = 7.5

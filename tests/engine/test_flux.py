@@ -368,7 +368,7 @@ def test_controlnet_on_flux_is_refused_with_the_familys_methods(engine):
         engine.plan(request)
 
 
-def test_an_ip_adapter_on_flux_is_refused_and_auto_adds_none(engine):
+def test_an_ip_adapter_on_flux_is_refused_and_auto_adds_none(engine, tiny_model_root):
     with pytest.raises(InvalidRequest, match="no IP-Adapter settings"):
         engine.plan(
             make_request(
@@ -377,8 +377,13 @@ def test_an_ip_adapter_on_flux_is_refused_and_auto_adds_none(engine):
                 ip_adapter=IPAdapterInput(),
             )
         )
-    with pytest.raises(FamilyMismatch, match="serves no IP-Adapter for FLUX.1"):
+    with pytest.raises(InvalidRequest, match="serves no IP-Adapter for FLUX.1"):
         engine.plan(make_request(method=Method.IP_ADAPTER, references=references()))
+    with pytest.raises(InvalidRequest, match="serves no IP-Adapter for FLUX.1"):
+        plan_check(
+            make_request(method=Method.IP_ADAPTER, references=references()),
+            tiny_engine_config(tiny_model_root),
+        )
     plan = engine.plan(make_request(references=references()))
     assert plan.ip_adapter is None
 
@@ -462,3 +467,12 @@ def test_the_registry_detects_the_tiny_flux_model_from_its_files(tiny_model_root
     assert traits.family is FLUX
     assert traits.cross_attention_dim == 32
     assert "'FluxKontextPipeline'" in traits.found
+
+
+def test_a_flux_request_names_only_a_flow_matching_scheduler(tiny_model_root):
+    config = tiny_engine_config(tiny_model_root)
+    plan_check(make_request(scheduler="FlowMatchEulerDiscreteScheduler"), config)
+    with pytest.raises(InvalidRequest) as error:
+        plan_check(make_request(scheduler="DDIMScheduler"), config)
+    assert "Unknown scheduler 'DDIMScheduler' for FLUX.1 models" in str(error.value)
+    assert "FlowMatchEulerDiscreteScheduler" in str(error.value)

@@ -425,3 +425,8 @@ def test_quantization_takes_the_two_biggest_modules(
     }
     biggest = sorted(sizes, key=sizes.get, reverse=True)[:2]
     assert sorted(QWEN_IMAGE.quantized_components) == sorted(biggest)
+
+
+def test_a_stable_diffusion_scheduler_is_refused_for_qwen_image(engine: Engine):
+    with pytest.raises(InvalidRequest, match="FlowMatchEulerDiscreteScheduler"):
+        engine.plan(make_request(method=Method.TEXT, scheduler="EulerDiscreteScheduler"))

@@ -32,9 +32,10 @@ class Command(BaseCommand):
             choices=sorted(PRESETS),
             default="tiny",
             help="tiny: seconds, a smoke test; small: a reduced SD 1.5 for the "
-            "CPU; sd15: SD 1.5's full architecture, for a GPU; qwen-image: "
-            "Qwen-Image-Edit-2509's full architecture in bf16, for a GPU of 80 GB "
-            "or more and 60 GB of free disk (default: tiny).",
+            "CPU; sd15: SD 1.5's full architecture, for a GPU; flux: FLUX.1 "
+            "Kontext [dev]'s full architecture in bf16, for a GPU of 48 GB or "
+            "more; qwen-image: Qwen-Image-Edit-2509's full architecture in bf16, "
+            "for a GPU of 80 GB or more and 60 GB of free disk (default: tiny).",
         )
         parser.add_argument(
             "--json", type=Path, metavar="PATH", help="Write the JSON report here."
@@ -47,9 +48,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only",
-            default=",".join(SECTIONS),
-            help=f"Comma-separated sections to run (default: all of "
-            f"{','.join(SECTIONS)}).",
+            help=f"Comma-separated sections to run (default: the preset's; all "
+            f"of {','.join(SECTIONS)} but for flux, which runs overhead,gpu).",
         )
         parser.add_argument(
             "--queue-jobs",
@@ -72,7 +72,9 @@ class Command(BaseCommand):
         from benchmarks.report import render_markdown
         from benchmarks.suite import SECTIONS, BenchOptions, run_bench
 
-        sections = [name.strip() for name in options["only"].split(",") if name.strip()]
+        preset = PRESETS[options["preset"]]
+        only = options["only"] or ",".join(preset.sections)
+        sections = [name.strip() for name in only.split(",") if name.strip()]
         if not sections:
             raise CommandError(f"--only takes sections among {', '.join(SECTIONS)}.")
         if options["runs"] is not None and options["runs"] < 1:
@@ -81,7 +83,7 @@ class Command(BaseCommand):
         workdir = options["workdir"] or Path(settings.STUDIO_VAR_DIR) / "bench"
         try:
             report = run_bench(
-                PRESETS[options["preset"]],
+                preset,
                 BenchOptions(
                     sections=sections,
                     workdir=workdir.resolve(),
