@@ -429,4 +429,6 @@ def test_quantization_takes_the_two_biggest_modules(
 
 def test_a_stable_diffusion_scheduler_is_refused_for_qwen_image(engine: Engine):
     with pytest.raises(InvalidRequest, match="FlowMatchEulerDiscreteScheduler"):
-        engine.plan(make_request(method=Method.TEXT, scheduler="EulerDiscreteScheduler"))
+        engine.plan(
+            make_request(method=Method.TEXT, scheduler="EulerDiscreteScheduler")
+        )
