@@ -192,6 +192,25 @@ def write_tiny_model(root: Path) -> Path:
     return root
 
 
+def write_pipeline_with_lora(
+    root: Path,
+    pipe: Any,
+    pipeline_dir: str,
+    lora: dict[str, torch.Tensor],
+    lora_file: str,
+    metadata: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Save a tiny pipeline (replacing an earlier one) and its LoRA under
+    ``root``; what was written, for the marker (the transformer families'
+    writers, ``tiny_flux`` and ``tiny_qwen``)."""
+    shutil.rmtree(root / pipeline_dir, ignore_errors=True)
+    pipe.save_pretrained(root / pipeline_dir, safe_serialization=True)
+    lora_path = root / lora_file
+    lora_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora, lora_path, metadata=metadata)
+    return {"pipeline": pipeline_dir, "lora": lora_file}
+
+
 def _seed_for(name: str) -> int:
     """A stable seed per component, independent of the order they are built in."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")

@@ -43,7 +43,6 @@ preset (random bf16 weights on a GPU).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,6 @@ from diffusers import (
     QwenImageEditPlusPipeline,
     QwenImageTransformer2DModel,
 )
-from safetensors.torch import save_file
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     Qwen2_5_VLConfig,
@@ -67,7 +65,11 @@ from transformers import (
 )
 
 from generation.engine.config import TINY_QWEN_LORA_FILE, TINY_QWEN_PIPELINE_DIR
-from generation.engine.tiny_model import _seed_for, lora_weights
+from generation.engine.tiny_model import (
+    _seed_for,
+    lora_weights,
+    write_pipeline_with_lora,
+)
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -201,18 +203,15 @@ def write_tiny_qwen_image(root: Path) -> dict[str, str]:
     The caller (``tiny_model.write_tiny_model``) owns the folder and its marker;
     returns what was written, for the marker.
     """
-    root = Path(root)
-    shutil.rmtree(root / TINY_QWEN_PIPELINE_DIR, ignore_errors=True)
     pipe = random_qwen_image_pipeline(TINY_QWEN_IMAGE)
-    pipe.save_pretrained(root / TINY_QWEN_PIPELINE_DIR, safe_serialization=True)
-    lora_path = root / TINY_QWEN_LORA_FILE
-    lora_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(
+    return write_pipeline_with_lora(
+        Path(root),
+        pipe,
+        TINY_QWEN_PIPELINE_DIR,
         qwen_image_lora("qwen-image-lora", pipe.transformer),
-        lora_path,
+        TINY_QWEN_LORA_FILE,
         metadata={"ss_network_module": "networks.lora_qwen_image"},
     )
-    return {"pipeline": TINY_QWEN_PIPELINE_DIR, "lora": TINY_QWEN_LORA_FILE}
 
 
 def random_qwen_image_pipeline(
