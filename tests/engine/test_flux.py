@@ -476,3 +476,17 @@ def test_a_flux_request_names_only_a_flow_matching_scheduler(tiny_model_root):
         plan_check(make_request(scheduler="DDIMScheduler"), config)
     assert "Unknown scheduler 'DDIMScheduler' for FLUX.1 models" in str(error.value)
     assert "FlowMatchEulerDiscreteScheduler" in str(error.value)
+
+
+def test_inpainting_a_flux_model_is_refused_with_the_reason(engine):
+    from generation.engine.requests import InpaintRequest
+
+    image = noise_image(6, 64, 64)
+    request = InpaintRequest(
+        model=TINY_FLUX_MODEL_KEY,
+        image=image,
+        mask=Image.new("L", image.size, 255),
+        prompt="a face",
+    )
+    with pytest.raises(InvalidRequest, match="no inpaint .*for FLUX.1 models"):
+        engine.inpaint(request)
