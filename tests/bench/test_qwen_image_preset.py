@@ -29,3 +29,34 @@ def test_the_qwen_image_preset_has_qwen_image_edits_real_sizes():
     assert 8.2 < billions(pipe.text_encoder) < 8.4
     assert pipe.vae_scale_factor == 8
     assert pipe.transformer.dtype == torch.bfloat16
+
+
+@pytest.mark.e2e
+def test_the_qwen_image_preset_runs_its_paths_one_after_another(tmp_path):
+    """The preset's machinery at the tiny model's sizes: raw diffusers in a bare
+    process, the engine, then the sandboxed studio with its worker, each loaded
+    after the one before is gone; all three draw the very same image."""
+    from dataclasses import replace
+
+    from benchmarks.presets import PRESETS
+    from benchmarks.suite import BenchOptions, run_bench
+    from generation.engine.tiny_qwen import TINY_QWEN_IMAGE
+
+    preset = replace(
+        PRESETS["qwen-image"],
+        model=TINY_QWEN_IMAGE,
+        width=64,
+        height=64,
+        steps=2,
+        queue_jobs=2,
+    )
+    report = run_bench(
+        preset,
+        BenchOptions(sections=("overhead", "queue"), workdir=tmp_path, runs=1),
+        log=lambda line: None,
+    )
+    overhead = report["overhead"]
+    assert overhead["paths_together"] is False
+    assert overhead["same_image"] is True
+    assert overhead["raw"]["ready"]["studio_modules"] == []
+    assert report["queue"]["jobs"] == 2
