@@ -34,14 +34,22 @@ def measure_gpu(
     *,
     workdir: Path,
     runs: int,
+    together: bool = True,
 ) -> dict[str, Any]:
-    """Raw and studio it/s for every speed option, or why it was skipped."""
+    """Raw and studio it/s for every speed option, or why it was skipped
+    (``together``: as ``overhead.measure_paths`` takes it)."""
     if not str(config.device).startswith("cuda"):
         return {"skipped": f"no CUDA device (the device is {config.device})"}
     rows = []
     for speed in SPEED_OPTIONS:
         overhead = measure_paths(
-            config, workload, sandbox, workdir=workdir, runs=runs, speed=speed
+            config,
+            workload,
+            sandbox,
+            workdir=workdir,
+            runs=runs,
+            speed=speed,
+            together=together,
         )["overhead"]
         rows.append(
             {

@@ -19,6 +19,7 @@ throughput's jobs (``throughput``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -28,6 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 from statistics import median
 from typing import Any
+
+import torch
 
 from benchmarks.line_process import LineProcess
 from benchmarks.stats import SPREAD_LIMIT, judgeable, summary
@@ -57,10 +60,17 @@ def measure_paths(
     speed: SpeedOptions = VANILLA,
     queue_workload: Workload | None = None,
     queue_jobs: int = 0,
+    together: bool = True,
 ) -> dict[str, Any]:
     """``runs`` rounds of raw, engine and studio (none when 0), then the queue's
     ``queue_jobs`` on the sandboxed worker (none when 0). Returns ``overhead``
-    (see ``overhead_result``) and ``queue`` (the driver's drained queue)."""
+    (see ``overhead_result``) and ``queue`` (the driver's drained queue).
+
+    ``together`` False loads and runs the three paths one after another, each
+    freed before the next loads, for a model the device holds once only; other
+    work on the machine then weighs on the paths unevenly, which the spread
+    rule cannot see.
+    """
     (model_key,) = config.models
     # torch.compile compiles during the first call.
     warmup = WARMUP_RUNS + speed.compile
@@ -71,36 +81,57 @@ def measure_paths(
         "queue_workload": (queue_workload or workload).as_dict(),
     }
     result: dict[str, Any] = {"overhead": None, "queue": None}
-    # The helpers load at the same time; the engine loads here meanwhile.
-    with (
-        sandbox.start(plan, speed) as studio,
-        _start_raw(config, workload, workdir, speed, warmup)
-        if runs
-        else nullcontext() as raw,
-    ):
-        engine = _EngineRunner(config, workload, speed, warmup) if runs else None
-        studio.wait_ready()
+    raw_runs: list[dict[str, Any]] = []
+    engine_runs: list[dict[str, Any]] = []
+    studio_jobs: list[dict[str, Any]] = []
+    raw_ready: dict[str, Any] = {}
+    if not together:
         if runs:
-            raw.wait_ready()
-            raw_runs, engine_runs, studio_jobs = [], [], []
-            turns = [
-                lambda: raw_runs.append(raw.request("run")),
-                lambda: engine_runs.append(engine.run()),
-                lambda: studio_jobs.append(studio.request("job")),
-            ]
-            for round_index in range(runs):
-                first = round_index % len(turns)
-                for turn in turns[first:] + turns[:first]:
-                    turn()
-            result["overhead"] = overhead_result(
-                {**_summary(raw_runs), "ready": raw.ready},
-                _summary(engine_runs),
-                studio_summary(studio_jobs),
-                config=config,
-                workload=workload,
-            )
-        if queue_jobs:
-            result["queue"] = studio.request(f"queue {queue_jobs}")
+            with _start_raw(config, workload, workdir, speed, warmup) as raw:
+                raw.wait_ready()
+                raw_ready = raw.ready
+                raw_runs = [raw.request("run") for _ in range(runs)]
+            engine = _EngineRunner(config, workload, speed, warmup)
+            engine_runs = [engine.run() for _ in range(runs)]
+            engine.close()
+        with sandbox.start(plan, speed) as studio:
+            studio.wait_ready()
+            studio_jobs = [studio.request("job") for _ in range(runs)]
+            if queue_jobs:
+                result["queue"] = studio.request(f"queue {queue_jobs}")
+    else:
+        # The helpers load at the same time; the engine loads here meanwhile.
+        with (
+            sandbox.start(plan, speed) as studio,
+            _start_raw(config, workload, workdir, speed, warmup)
+            if runs
+            else nullcontext() as raw,
+        ):
+            engine = _EngineRunner(config, workload, speed, warmup) if runs else None
+            studio.wait_ready()
+            if runs:
+                raw.wait_ready()
+                raw_ready = raw.ready
+                turns = [
+                    lambda: raw_runs.append(raw.request("run")),
+                    lambda: engine_runs.append(engine.run()),
+                    lambda: studio_jobs.append(studio.request("job")),
+                ]
+                for round_index in range(runs):
+                    first = round_index % len(turns)
+                    for turn in turns[first:] + turns[:first]:
+                        turn()
+            if queue_jobs:
+                result["queue"] = studio.request(f"queue {queue_jobs}")
+    if runs:
+        result["overhead"] = overhead_result(
+            {**_summary(raw_runs), "ready": raw_ready},
+            _summary(engine_runs),
+            studio_summary(studio_jobs),
+            config=config,
+            workload=workload,
+        )
+        result["overhead"]["paths_together"] = together
     return result
 
 
@@ -232,6 +263,13 @@ class _EngineRunner:
             "seconds": time.perf_counter() - started,
             "pixels_sha256": pixels_sha256(result.images[0]),
         }
+
+    def close(self) -> None:
+        """Drop the engine and its models, freeing the device for the next path."""
+        del self.engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,6 +18,13 @@
   (about 34 GB of weights, written once: about 34 GB of disk). It runs the
   overhead and gpu sections (the others measure Stable Diffusion's ControlNets,
   strengths and IP-Adapter).
+- ``qwen-image``: Qwen-Image-Edit-2509's own transformer, VAE and Qwen2.5-VL
+  configurations (``tiny_qwen.QWEN_IMAGE``) with random bf16 weights, text to
+  image at 1024x1024 with true CFG (two transformer passes per step), for a GPU
+  with 80 GB or more and about 60 GB of free disk. Its three paths (raw, engine,
+  studio) each hold the 58 GB model, so they are loaded one after another, not
+  side by side (``paths_together``). It runs the overhead, queue and gpu
+  sections.
 """
 
 from __future__ import annotations
@@ -25,11 +32,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.random_model import BenchModel, write_random_model
+from benchmarks.random_model import (
+    BenchModel,
+    write_random_model,
+    write_random_qwen_image,
+)
 from benchmarks.registry import SD15_SIZES
-from generation.engine.config import EngineConfig, ModelSpec, tiny_engine_config
+from generation.engine.config import (
+    TINY_QWEN_PIPELINE_DIR,
+    EngineConfig,
+    ModelSpec,
+    tiny_engine_config,
+)
 from generation.engine.families import SDXL as SDXL_FAMILY
 from generation.engine.tiny_model import Architecture, write_tiny_model
+from generation.engine.tiny_qwen import QWEN_IMAGE, QwenImageArchitecture
 from generation.engine.tiny_sdxl import SdxlArchitecture
 from generation.engine.vocabulary import TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY
 
@@ -150,7 +167,7 @@ class Preset:
 
     name: str
     summary: str
-    model: BenchModel | None
+    model: BenchModel | QwenImageArchitecture | None
     width: int
     height: int
     steps: int
@@ -165,6 +182,10 @@ class Preset:
     sections: tuple[str, ...] = ALL_SECTIONS
     """The sections run when ``--only`` is not given."""
     guidance_scale: float = 7.5
+    paths_together: bool = True
+    """Whether raw diffusers, the engine and the studio are loaded side by side
+    and run in turns (False: one after another, for a model of which the GPU
+    holds one copy only)."""
 
     @property
     def model_key(self) -> str:
@@ -178,6 +199,15 @@ class Preset:
         """
         if self.family == "flux":
             return write_random_flux(root, self.model_key, self.summary)
+        if isinstance(self.model, QwenImageArchitecture):
+            write_random_qwen_image(self.model, root)
+            spec = ModelSpec(
+                key=self.model_key,
+                source=str(root / TINY_QWEN_PIPELINE_DIR),
+                label=self.summary,
+                family=self.family,
+            )
+            return EngineConfig(models={self.model_key: spec}, model_roots=[root])
         if self.model is None:
             write_tiny_model(root)
         else:
@@ -289,6 +319,22 @@ PRESETS = {
             family="flux",
             sections=("overhead", "gpu"),
             guidance_scale=3.5,
+        ),
+        Preset(
+            name="qwen-image",
+            summary="Qwen-Image-Edit-2509 architecture, random bf16 weights, "
+            "1024x1024, true CFG",
+            model=QWEN_IMAGE,
+            width=1024,
+            height=1024,
+            steps=20,
+            runs=3,
+            step_counts=(),
+            sizes=(),
+            queue_jobs=20,
+            family="qwen-image",
+            sections=("overhead", "queue", "gpu"),
+            paths_together=False,
         ),
     )
 }

@@ -12,6 +12,13 @@ ControlNet folders, an IP-Adapter in the ``h94/IP-Adapter`` layout), so that
 ``tiny_engine_config`` and the registry benchmark serve them too, and the studio
 loads them through exactly the code that loads a real model.
 
+``write_random_qwen_image`` does the same for the ``qwen-image`` preset: Qwen-
+Image-Edit-2509's configurations (``tiny_qwen.QWEN_IMAGE``) with random bf16
+weights, written in the tiny Qwen-Image model's layout (one
+``QwenImageEditPlusPipeline`` folder, ``qwen-image/``) by the tiny model's own
+builder; about 58 GB on disk. It is built on the GPU when there is one (seconds,
+not the CPU's minutes).
+
 Their images are noise: only their cost is real.
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +40,7 @@ from generation.engine.config import (
     TINY_CONTROLNET_DIR,
     TINY_IP_ADAPTER_DIR,
     TINY_PIPELINE_DIR,
+    TINY_QWEN_PIPELINE_DIR,
     TINY_SDXL_CONTROLNET_DIR,
     TINY_SDXL_PIPELINE_DIR,
 )
@@ -42,6 +51,10 @@ from generation.engine.tiny_model import (
     ip_attention_weights,
     random_controlnet,
     random_pipeline,
+)
+from generation.engine.tiny_qwen import (
+    QwenImageArchitecture,
+    random_qwen_image_pipeline,
 )
 from generation.engine.tiny_sdxl import SdxlArchitecture, random_sdxl_pipeline
 
@@ -116,6 +129,34 @@ def write_random_model(model: BenchModel, root: Path) -> Path:
     pipe.save_pretrained(root / pipeline_dir, safe_serialization=True)
     del pipe
     gc.collect()
+    marker.write_text(description)
+    return root
+
+
+def write_random_qwen_image(
+    architecture: QwenImageArchitecture, root: Path, *, dtype: str = "bfloat16"
+) -> Path:
+    """Write a random-weight Qwen-Image-Edit-Plus pipeline of ``architecture``'s
+    sizes under ``root`` (``qwen-image/``), reusing one written before with the
+    same sizes (``BENCH_MODEL.json``). Returns ``root``."""
+    root = Path(root)
+    marker = root / MARKER_FILE
+    description = json.dumps(
+        {"qwen-image": asdict(architecture), "weights_dtype": dtype}, sort_keys=True
+    )
+    if marker.is_file() and marker.read_text() == description:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(root / TINY_QWEN_PIPELINE_DIR, ignore_errors=True)
+    cuda = torch.cuda.is_available()
+    with torch.device("cuda" if cuda else "cpu"):
+        pipe = random_qwen_image_pipeline(architecture, getattr(torch, dtype))
+    pipe.save_pretrained(root / TINY_QWEN_PIPELINE_DIR, safe_serialization=True)
+    del pipe
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
     marker.write_text(description)
     return root
 

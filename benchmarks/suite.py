@@ -106,6 +106,7 @@ def run_bench(
             runs=overhead_runs,
             queue_workload=QUEUE_WORKLOAD,
             queue_jobs=queue_jobs,
+            together=preset.paths_together,
         )
         if measured["overhead"]:
             report["overhead"] = measured["overhead"]
@@ -125,6 +126,7 @@ def run_bench(
             StudioSandbox(sandbox_root, config, report["device"], report["dtype"]),
             workdir=raw_workdir,
             runs=runs,
+            together=preset.paths_together,
         )
     report["targets"] = evaluate_targets(report)
     # Other work on the machine skews timings: say how busy it was at the end too.

@@ -22,6 +22,8 @@ from generation.engine.vocabulary import (
     TINY_FLUX_MODEL_LABEL,
     TINY_MODEL_KEY,
     TINY_MODEL_LABEL,
+    TINY_QWEN_IMAGE_MODEL_KEY,
+    TINY_QWEN_IMAGE_MODEL_LABEL,
     TINY_SDXL_MODEL_KEY,
     TINY_SDXL_MODEL_LABEL,
     ControlType,
@@ -51,6 +53,10 @@ TINY_SDXL_REFINER_DIR = "sdxl-refiner"
 DEFAULT_REFINER_SWITCH = 0.8
 TINY_FLUX_PIPELINE_DIR = "flux"
 TINY_FLUX_LORA_FILE = "lora/persona-flux.safetensors"
+# The tiny Qwen-Image model (``tiny_qwen.write_tiny_qwen_image``): one folder in
+# the layout of Qwen/Qwen-Image-Edit-2509, and a Qwen-Image LoRA.
+TINY_QWEN_PIPELINE_DIR = "qwen-image"
+TINY_QWEN_LORA_FILE = "lora/persona-qwen-image.safetensors"
 
 
 @dataclass
@@ -165,8 +171,8 @@ def model_catalog(
 
 
 def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
-    """The tiny models written under ``root``: SD 1.5 always, SDXL and FLUX.1
-    Kontext if present."""
+    """The tiny models written under ``root``: SD 1.5 always, SDXL, FLUX.1
+    Kontext and Qwen-Image if present."""
     root = Path(root)
     specs = [
         ModelSpec(
@@ -191,17 +197,27 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                 ),
             )
         )
-    if (root / TINY_FLUX_PIPELINE_DIR).is_dir():
-        specs.append(
-            ModelSpec(
-                key=TINY_FLUX_MODEL_KEY,
-                source=str(root / TINY_FLUX_PIPELINE_DIR),
-                label=TINY_FLUX_MODEL_LABEL,
-                tiny=True,
-                family="flux",
-                controlnets={},
+    # The transformer families' tiny models: no ControlNets, no IP-Adapter.
+    for folder, key, label, family_key in (
+        (TINY_FLUX_PIPELINE_DIR, TINY_FLUX_MODEL_KEY, TINY_FLUX_MODEL_LABEL, "flux"),
+        (
+            TINY_QWEN_PIPELINE_DIR,
+            TINY_QWEN_IMAGE_MODEL_KEY,
+            TINY_QWEN_IMAGE_MODEL_LABEL,
+            "qwen-image",
+        ),
+    ):
+        if (root / folder).is_dir():
+            specs.append(
+                ModelSpec(
+                    key=key,
+                    source=str(root / folder),
+                    label=label,
+                    tiny=True,
+                    family=family_key,
+                    controlnets={},
+                )
             )
-        )
     return {spec.key: spec for spec in specs}
 
 

@@ -154,6 +154,9 @@ class Family:
     lora_key_markers: tuple[str, ...] = ()
     """Substrings of LoRA tensor names that only this family's denoiser has
     (in diffusers', kohya's or the original layout)."""
+    quantized_components: tuple[str, ...] = ("transformer", "text_encoder_2")
+    """A transformer family's big modules, which ``STUDIO_QUANTIZATION``
+    quantizes (FLUX.1's transformer and T5-XXL)."""
     scheduler_names: tuple[str, ...] = ()
     """The schedulers a request may name; empty: Stable Diffusion's (diffusers'
     ``KarrasDiffusionSchedulers``, ``plan.SCHEDULER_NAMES``)."""
@@ -344,12 +347,78 @@ FLUX = Family(
     size_multiple=16,
 )
 
+QWEN_IMAGE = Family(
+    key=ModelFamily.QWEN_IMAGE.value,
+    label=ModelFamily.QWEN_IMAGE.label,
+    pipeline_classes={
+        Method.TEXT: "QwenImagePipeline",
+        Method.REFERENCE_EDIT: "QwenImageEditPlusPipeline",
+    },
+    # Qwen/Qwen-Image (text) and Qwen/Qwen-Image-Edit-2509 (1-3 references);
+    # both share the transformer class, the VAE and the Qwen2.5-VL encoder.
+    model_index_classes=frozenset({"QwenImagePipeline", "QwenImageEditPlusPipeline"}),
+    addition_embed_type=None,
+    # Qwen2.5-VL's last hidden state, its chat template's system prompt dropped
+    # by the pipelines themselves; no pooled embedding.
+    text_encoding=TextEncoding(
+        encoders=(("tokenizer", "text_encoder"),),
+        hidden_layer="last",
+        chunked=False,
+        max_sequence_length=512,
+    ),
+    size_conditioning=False,
+    default_size=1024,
+    # About one megapixel in steps of 32, as QwenImageEditPlusPipeline sizes its
+    # output by default (calculate_dimensions(1024 * 1024, ratio)): 1:1, 4:3,
+    # 3:2 and 16:9 each way.
+    native_sizes=(
+        (1024, 1024),
+        (1184, 896),
+        (896, 1184),
+        (1248, 832),
+        (832, 1248),
+        (1376, 768),
+        (768, 1376),
+    ),
+    cross_attention_dim=3584,
+    single_file_keys=(),
+    default_single_file_config="Qwen/Qwen-Image-Edit-2509",
+    lora_text_encoder_prefixes=(),
+    ip_adapter=None,
+    inpaint_pipeline_class=None,
+    denoiser=Denoiser.TRANSFORMER,
+    denoiser_classes=frozenset({"QwenImageTransformer2DModel"}),
+    guidance=Guidance.TRUE_CFG,
+    multi_reference=MultiReference.NATIVE,
+    # The image and text streams' MLPs and modulations of a Qwen-Image block, in
+    # diffusers' and ComfyUI's layout and kohya/musubi-tuner's (underscores).
+    # FLUX.1's original blocks have img_mlp and img_mod too, but as img_mlp.0
+    # and img_mod.lin: these names are Qwen-Image's alone.
+    lora_key_markers=(
+        "img_mlp.net",
+        "txt_mlp.net",
+        "img_mod.1",
+        "txt_mod.1",
+        "img_mlp_net",
+        "txt_mlp_net",
+        "img_mod_1",
+        "txt_mod_1",
+    ),
+    # The 20 B transformer and Qwen2.5-VL-7B (its text_encoder).
+    quantized_components=("transformer", "text_encoder"),
+    # Its pipelines pass flow-matching sigmas (and a resolution shift, mu).
+    scheduler_names=("FlowMatchEulerDiscreteScheduler",),
+    # The VAE downsamples by 8 and the transformer packs 2 x 2 latent patches.
+    size_multiple=16,
+)
+
 FAMILIES: dict[str, Family] = {
     row.key: row
     for row in (
         SD15,
         SDXL,
         FLUX,
+        QWEN_IMAGE,
     )
 }
 """Every family the studio serves, by key."""
@@ -379,6 +448,10 @@ class ModelTraits:
     cross_attention_dim: int
     found: str
     """What the detection read, for messages ("model_index.json: ...")."""
+    pipeline_class: str | None = None
+    """The pipeline class its ``model_index.json`` names (None: a single file or
+    a folder without one): which of the family's pipelines its weights were
+    made for (``check_model_runs``)."""
 
 
 def traits_from_configs(
@@ -412,7 +485,7 @@ def traits_from_configs(
                 f"{where}: cannot tell its model family ({description})."
             )
         chosen = by_class[0]
-        return ModelTraits(chosen, chosen.cross_attention_dim, description)
+        return ModelTraits(chosen, chosen.cross_attention_dim, description, class_name)
     by_denoiser = denoiser_family(denoiser_config)
     if by_denoiser is None or (by_class and by_denoiser is not by_class[0]):
         raise UnknownFamily(
@@ -423,6 +496,28 @@ def traits_from_configs(
         by_denoiser,
         int(denoiser_config[by_denoiser.width_key]),
         description,
+        class_name,
+    )
+
+
+def check_model_runs(model: ModelTraits, method: Method, model_name: str) -> None:
+    """Refuse reference_edit on a model of an editing family whose own folder is
+    not an editing model: Qwen/Qwen-Image or FLUX.1 [dev] (their
+    ``model_index.json`` names the family's text pipeline) were not trained to
+    edit, though the edit pipeline would load their weights. A model whose
+    folder names no class (a single file) is not refused."""
+    row = model.family
+    needed = row.pipeline_classes.get(Method(method))
+    if method != Method.REFERENCE_EDIT or needed is None:
+        return
+    if model.pipeline_class in (None, needed):
+        return
+    raise InvalidRequest(
+        f"Model {model_name!r} is not a {row.label} editing model: its "
+        f"model_index.json names {model.pipeline_class}, not {needed}, so its "
+        f"weights were not trained to edit from references. reference_edit "
+        f"needs a {row.label} model whose folder is a {needed} "
+        "(docs/models.md); choose another method for this model."
     )
 
 

@@ -57,6 +57,7 @@ from .families import (
     FamilyMismatch,
     ModelTraits,
     check_controlnet_fits,
+    check_model_runs,
     check_refiner_fits,
     family,
     safetensors_header,
@@ -193,6 +194,14 @@ def plan_problems(
     if not weights_here:
         return problems
     problems += model_problems
+    if spec is not None and not model_problems:
+        problems += _guarded(
+            lambda: check_model_runs(
+                model_traits(model_source(spec, config), declared=spec.family),
+                plan.base,
+                spec.key,
+            )
+        )
     if spec.refiner is not None and plan.base in REFINED_METHODS and not model_problems:
         problems += _guarded(lambda: _check_refiner(spec, config))
     problems += _unit_weight_problems(units, config, request.model)

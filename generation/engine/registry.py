@@ -77,6 +77,7 @@ from generation.engine.families import (
     ModelTraits,
     check_controlnet_fits,
     check_lora_fits,
+    check_model_runs,
     check_refiner_fits,
     family,
     safetensors_header,
@@ -119,9 +120,9 @@ from generation.engine.vocabulary import (
 
 LORA_ADAPTER_NAME = "studio_lora"
 QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")
-"""A transformer model's big modules, which ``STUDIO_QUANTIZATION`` quantizes
-(FLUX.1's transformer and T5-XXL; a family without a ``text_encoder_2`` simply
-has its transformer quantized)."""
+"""A transformer model's big modules, which ``STUDIO_QUANTIZATION`` quantizes,
+where the family names none (``Family.quantized_components``: FLUX.1's
+transformer and T5-XXL, Qwen-Image's transformer and Qwen2.5-VL)."""
 _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
@@ -169,9 +170,12 @@ def denoiser_of(pipe: DiffusionPipeline) -> torch.nn.Module:
     return unet if unet is not None else pipe.transformer
 
 
-def quantization_config(quantization: Quantization) -> Any:
+def quantization_config(
+    quantization: Quantization, components: Sequence[str] = QUANTIZED_COMPONENTS
+) -> Any:
     """diffusers' ``PipelineQuantizationConfig`` for a transformer family's big
-    modules, or None; refuses one whose library is not installed."""
+    modules (``components``), or None; refuses one whose library is not
+    installed."""
     quantization = Quantization(quantization)
     if quantization is Quantization.NONE:
         return None
@@ -199,7 +203,7 @@ def quantization_config(quantization: Quantization) -> Any:
     return PipelineQuantizationConfig(
         quant_backend=backend,
         quant_kwargs=kwargs,
-        components_to_quantize=list(QUANTIZED_COMPONENTS),
+        components_to_quantize=list(components),
     )
 
 
@@ -342,6 +346,7 @@ class PipelineRegistry:
             model = self.traits(model_key)
         except (ModelNotFound, SourceRefused):
             return
+        check_model_runs(model, plan.base, model_key)
         for control_type in dict.fromkeys(plan.control_types):
             source = self.controlnet_source(control_type, model_key)
             name = f"{ControlType(control_type).value!r} ({source.location})"
@@ -791,7 +796,7 @@ class PipelineRegistry:
         self._counts["misses"] += 1
         source = self.source(model_key)
         started = time.perf_counter()
-        base_cls = pipeline_class(Method.TEXT, self.family(model_key))
+        base_cls = self._base_class(model_key)
         # The engine runs the safety checker itself (safety.py).
         own_checker = "safety_checker" in inspect.signature(base_cls).parameters
         components: dict[str, Any] = {"safety_checker": None} if own_checker else {}
@@ -800,7 +805,10 @@ class PipelineRegistry:
         if spec.vae is not None:
             components["vae"] = load_vae(self._vae_source(spec), dtype)
         if self.family(model_key).denoiser is Denoiser.TRANSFORMER:
-            quantization = quantization_config(self._config.quantization)
+            quantization = quantization_config(
+                self._config.quantization,
+                self.family(model_key).quantized_components,
+            )
             if quantization is not None:
                 components["quantization_config"] = quantization
         pipe = load_pipeline(
@@ -822,6 +830,22 @@ class PipelineRegistry:
             pinned,
         )
         return pipe, False
+
+    def _base_class(self, model_key: str) -> type[DiffusionPipeline]:
+        """The class a model's base is loaded with: the one its folder names
+        where the family runs it, so that every component the folder has is
+        loaded (Qwen-Image-Edit's processor, which the family's text pipeline
+        would leave out); else the family's text pipeline."""
+        traits = self.traits(model_key)
+        row = traits.family
+        if traits.pipeline_class in row.pipeline_classes.values():
+            method = next(
+                method
+                for method, name in row.pipeline_classes.items()
+                if name == traits.pipeline_class
+            )
+            return pipeline_class(method, row)
+        return pipeline_class(Method.TEXT, row)
 
     def _controlnet(
         self,

@@ -661,8 +661,11 @@ def _long_context_prompt(
     request: GenerationRequest, row: Family, pipe: Any, kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """Prompt arguments of a family whose sequence comes from a long-context
-    encoder (FLUX.1's T5): the prompt as it is, up to the encoder's window; the
-    negative prompt only where the family's guidance uses one. Returns the
+    encoder (FLUX.1's T5, Qwen-Image's Qwen2.5-VL): the prompt as it is, up to
+    the encoder's window; the negative prompt where the guidance uses one:
+    always for true CFG (Qwen-Image's pipelines guide with any negative prompt,
+    an empty one too, at their ``true_cfg_scale``, 4.0 by default; 1 turns it
+    off), and for FLUX.1 only with ``true_cfg_scale`` above 1. Returns the
     encoding record for the snapshot (token counts, truncation)."""
     encoding = row.text_encoding
     window = encoding.max_sequence_length
@@ -671,9 +674,7 @@ def _long_context_prompt(
     true_cfg = request.true_cfg_scale
     if true_cfg is not None:
         kwargs["true_cfg_scale"] = true_cfg
-    if (request.negative_prompt and row.guidance is Guidance.TRUE_CFG) or (
-        true_cfg is not None and true_cfg > 1
-    ):
+    if row.guidance is Guidance.TRUE_CFG or (true_cfg is not None and true_cfg > 1):
         kwargs["negative_prompt"] = request.negative_prompt
     tokenizer_name = encoding.encoders[-1][0]
     tokens = len(prompt_token_ids(getattr(pipe, tokenizer_name), request.prompt))

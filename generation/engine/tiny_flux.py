@@ -29,7 +29,6 @@ benchmark's ``flux`` preset (random bf16 weights on a GPU).
 
 from __future__ import annotations
 
-import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,6 @@ from diffusers import (
     FluxKontextPipeline,
     FluxTransformer2DModel,
 )
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     CLIPTextConfig,
@@ -53,7 +51,11 @@ from transformers import (
 )
 
 from generation.engine.config import TINY_FLUX_LORA_FILE, TINY_FLUX_PIPELINE_DIR
-from generation.engine.tiny_model import _seed_for, byte_level_tokenizer
+from generation.engine.tiny_model import (
+    _seed_for,
+    byte_level_tokenizer,
+    write_pipeline_with_lora,
+)
 
 LORA_RANK = 4
 
@@ -173,14 +175,14 @@ def write_tiny_flux(root: Path) -> dict[str, str]:
     The caller (``tiny_model.write_tiny_model``) owns the folder and its marker;
     returns what was written, for the marker.
     """
-    root = Path(root)
-    shutil.rmtree(root / TINY_FLUX_PIPELINE_DIR, ignore_errors=True)
     pipe = random_flux_pipeline(TINY_FLUX)
-    pipe.save_pretrained(root / TINY_FLUX_PIPELINE_DIR, safe_serialization=True)
-    lora_path = root / TINY_FLUX_LORA_FILE
-    lora_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(flux_lora(pipe.transformer, seed=_seed_for("flux-lora")), lora_path)
-    return {"pipeline": TINY_FLUX_PIPELINE_DIR, "lora": TINY_FLUX_LORA_FILE}
+    return write_pipeline_with_lora(
+        Path(root),
+        pipe,
+        TINY_FLUX_PIPELINE_DIR,
+        flux_lora(pipe.transformer, seed=_seed_for("flux-lora")),
+        TINY_FLUX_LORA_FILE,
+    )
 
 
 def random_flux_pipeline(

@@ -18,6 +18,7 @@ tiny Stable Diffusion 1.5-architecture model that the studio writes itself
   the single-file format of AUTOMATIC1111 and model sites, read with
   ``sd15/`` as its config;
 - ``flux/`` and its LoRA: the tiny FLUX.1 Kontext model (``tiny_flux.py``);
+- ``qwen-image/`` and its LoRA: the tiny Qwen-Image-Edit model (``tiny_qwen.py``);
 - ``TINY_MODEL.json``: the marker that tells the UI its images are noise.
 
 Every tensor comes from a fixed seed, so writing twice gives identical bytes
@@ -30,6 +31,7 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,8 @@ TINY = Architecture(
 )
 IMAGE_ENCODER_HIDDEN = 32
 LORA_RANK = 4
-MARKER_VERSION = 3  # 2: the tiny SDXL model beside the SD 1.5 one; 3: FLUX.1
+# 2: the tiny SDXL model beside the SD 1.5 one; 3: FLUX.1 and Qwen-Image
+MARKER_VERSION = 3
 
 
 def write_tiny_model(root: Path) -> Path:
@@ -164,6 +167,9 @@ def write_tiny_model(root: Path) -> Path:
     from generation.engine.tiny_flux import write_tiny_flux
 
     flux = write_tiny_flux(root)
+    from generation.engine.tiny_qwen import write_tiny_qwen_image
+
+    qwen_image = write_tiny_qwen_image(root)
     marker.write_text(
         json.dumps(
             {
@@ -177,12 +183,32 @@ def write_tiny_model(root: Path) -> Path:
                 "lora": TINY_LORA_FILE,
                 "sdxl": sdxl,
                 "flux": flux,
+                "qwen-image": qwen_image,
             },
             indent=2,
         )
         + "\n"
     )
     return root
+
+
+def write_pipeline_with_lora(
+    root: Path,
+    pipe: Any,
+    pipeline_dir: str,
+    lora: dict[str, torch.Tensor],
+    lora_file: str,
+    metadata: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Save a tiny pipeline (replacing an earlier one) and its LoRA under
+    ``root``; what was written, for the marker (the transformer families'
+    writers, ``tiny_flux`` and ``tiny_qwen``)."""
+    shutil.rmtree(root / pipeline_dir, ignore_errors=True)
+    pipe.save_pretrained(root / pipeline_dir, safe_serialization=True)
+    lora_path = root / lora_file
+    lora_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora, lora_path, metadata=metadata)
+    return {"pipeline": pipeline_dir, "lora": lora_file}
 
 
 def _seed_for(name: str) -> int:
@@ -412,9 +438,22 @@ def kohya_lora(
         for name, module in text_encoder.named_modules()
         if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj"))
     ]
+    return lora_weights(
+        generator,
+        (
+            (f"{prefix}_{name.replace('.', '_')}", linear)
+            for prefix, name, linear in targets
+        ),
+    )
+
+
+def lora_weights(
+    generator: torch.Generator, targets: Iterable[tuple[str, torch.nn.Linear]]
+) -> dict[str, torch.Tensor]:
+    """Rank-4 kohya-style ``lora_down``/``lora_up``/``alpha`` tensors for each
+    (LoRA module name, linear layer), drawn from ``generator`` in that order."""
     weights = {}
-    for prefix, name, linear in targets:
-        lora_name = f"{prefix}_{name.replace('.', '_')}"
+    for lora_name, linear in targets:
         weights[f"{lora_name}.lora_down.weight"] = _random(
             generator, LORA_RANK, linear.in_features
         )

@@ -331,6 +331,11 @@ TINY_FLUX_MODEL_KEY = "tiny-flux"
 TINY_FLUX_MODEL_LABEL = (
     "Built-in tiny FLUX.1 Kontext model (random weights: images are noise)"
 )
+TINY_QWEN_IMAGE_MODEL_KEY = "tiny-qwen-image"
+"""The model key of the built-in tiny Qwen-Image-Edit-Plus-architecture model."""
+TINY_QWEN_IMAGE_MODEL_LABEL = (
+    "Built-in tiny Qwen-Image-Edit model (random weights: images are noise)"
+)
 TINY_MODEL_NOTICE = (
     "Built-in tiny model (random weights: images are noise). Configure "
     "STUDIO_MODELS for real images."

@@ -48,6 +48,7 @@ from generation.engine.vocabulary import (
     BASE_METHODS,
     TINY_FLUX_MODEL_KEY,
     TINY_MODEL_KEY,
+    TINY_QWEN_IMAGE_MODEL_KEY,
     TINY_SDXL_MODEL_KEY,
     Denoiser,
 )
@@ -101,8 +102,14 @@ def test_the_catalog_offers_both_tiny_models_with_their_families(
     tiny_model_root: Path, engine_config: EngineConfig
 ):
     catalog = model_catalog({}, tiny_model_dir=tiny_model_root)
-    assert list(catalog) == [TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY, TINY_FLUX_MODEL_KEY]
+    assert list(catalog) == [
+        TINY_MODEL_KEY,
+        TINY_SDXL_MODEL_KEY,
+        TINY_FLUX_MODEL_KEY,
+        TINY_QWEN_IMAGE_MODEL_KEY,
+    ]
     assert catalog[TINY_FLUX_MODEL_KEY].family == "flux"
+    assert catalog[TINY_QWEN_IMAGE_MODEL_KEY].family == "qwen-image"
     assert catalog[TINY_SDXL_MODEL_KEY].family == "sdxl"
     assert catalog[TINY_SDXL_MODEL_KEY].is_tiny
     registry = PipelineRegistry(engine_config)

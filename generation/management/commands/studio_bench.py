@@ -34,7 +34,8 @@ class Command(BaseCommand):
             help="tiny: seconds, a smoke test; small: a reduced SD 1.5 for the "
             "CPU; sd15: SD 1.5's full architecture, for a GPU; flux: FLUX.1 "
             "Kontext [dev]'s full architecture in bf16, for a GPU of 48 GB or "
-            "more (default: tiny).",
+            "more; qwen-image: Qwen-Image-Edit-2509's full architecture in bf16, "
+            "for a GPU of 80 GB or more and 60 GB of free disk (default: tiny).",
         )
         parser.add_argument(
             "--json", type=Path, metavar="PATH", help="Write the JSON report here."
