@@ -383,6 +383,7 @@ QWEN_IMAGE = Family(
     cross_attention_dim=3584,
     single_file_keys=(),
     default_single_file_config="Qwen/Qwen-Image-Edit-2509",
+    default_controlnet_config=None,
     lora_text_encoder_prefixes=(),
     ip_adapter=None,
     inpaint_pipeline_class=None,
