@@ -467,6 +467,7 @@ from generation.models import TrainingRun, TrainingSample  # noqa: E402
 # The training forms, services and chart import the trainer (torch): they are
 # imported where a training page needs them, not when the admin loads.
 from personas.models import PersonaLoraVersion  # noqa: E402
+from personas.services import lora_version_delete  # noqa: E402
 
 
 class TrainingPersonaAdmin(PersonaAdmin):
@@ -700,12 +701,8 @@ class PersonaLoraVersionAdmin(StaffActionsAdmin, admin.ModelAdmin):
     # Change permission runs "Make the active LoRA"; every field stays read-only.
 
     def delete_model(self, request: HttpRequest, obj: PersonaLoraVersion) -> None:
-        from generation.training_services import lora_version_delete
-
         _refusals_as_messages(self, request, lora_version_delete, version=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from generation.training_services import lora_version_delete
-
         for version in queryset:
             _refusals_as_messages(self, request, lora_version_delete, version=version)

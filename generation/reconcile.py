@@ -14,8 +14,8 @@ restarts or is flushed (jobs lost), a worker is killed mid-job (its row stays
   live worker busy with the job still holds it even when the job's execution
   heartbeat expired):
   queued again while ``STUDIO_MAX_ATTEMPTS`` allows, else failed with a reason;
-- ``pending`` scores whose scoring job is lost: enqueued again on the CPU queue
-  (``score_services.reconcile_scoring``).
+- ``pending`` scores (of outputs and of training samples) whose scoring job is
+  lost: enqueued again on the CPU queue (``score_services.reconcile_scoring``).
 
 It runs from ``studio_reconcile``, when every worker starts, and every
 ``STUDIO_RECONCILE_INTERVAL_SECONDS`` in every worker. Concurrent runs are safe:
@@ -52,6 +52,8 @@ class ReconcileReport:
     # Scoring jobs (generation.score_services.reconcile_scoring).
     scoring_requeued: list[int] = field(default_factory=list)
     scoring_failed: list[int] = field(default_factory=list)
+    # Training samples whose lost scoring job was enqueued again, or failed.
+    sample_scoring: list[int] = field(default_factory=list)
     # Training runs enqueued again, resumed or failed (run ids).
     training: list[int] = field(default_factory=list)
 
@@ -63,6 +65,7 @@ class ReconcileReport:
             + len(self.failed)
             + len(self.scoring_requeued)
             + len(self.scoring_failed)
+            + len(self.sample_scoring)
             + len(self.training)
         )
 
@@ -76,7 +79,9 @@ class ReconcileReport:
             f"runs retried{ids(self.retried)}, {len(self.failed)} failed"
             f"{ids(self.failed)}; {len(self.scoring_requeued)} lost scoring jobs "
             f"enqueued again{ids(self.scoring_requeued)}, "
-            f"{len(self.scoring_failed)} scorings failed{ids(self.scoring_failed)}; "
+            f"{len(self.scoring_failed)} scorings failed{ids(self.scoring_failed)}, "
+            f"{len(self.sample_scoring)} training samples' scorings repaired"
+            f"{ids(self.sample_scoring)}; "
             f"{len(self.training)} training runs repaired{ids(self.training)}"
         )
 
@@ -94,6 +99,7 @@ def reconcile() -> ReconcileReport:
             _reconcile_running(content, job, connection, report)
     scoring = score_services.reconcile_scoring(connection)
     report.scoring_requeued, report.scoring_failed = scoring.requeued, scoring.failed
+    report.sample_scoring = [*scoring.samples_requeued, *scoring.samples_failed]
     from generation.training_jobs import reconcile_training_runs
 
     reconcile_training_runs(connection, report)
@@ -115,7 +121,7 @@ def _reconcile_queued(
         ):
             report.failed.append(content.pk)
         return
-    if status == JobStatus.STARTED and _executing(job, content, connection):
+    if status == JobStatus.STARTED and _executing(job, connection, content.worker_name):
         return
     if status in (JobStatus.SCHEDULED, JobStatus.DEFERRED):
         return
@@ -131,7 +137,7 @@ def _reconcile_queued(
 def _reconcile_running(
     content: Content, job: Job | None, connection: Redis, report: ReconcileReport
 ) -> None:
-    if job is not None and _executing(job, content, connection):
+    if job is not None and _executing(job, connection, content.worker_name):
         return
     worker = content.worker_name or "unknown"
     if content.attempts < settings.STUDIO_MAX_ATTEMPTS:
@@ -170,9 +176,10 @@ def _in_queue(job: Job, connection: Redis) -> bool:
     )
 
 
-def _executing(job: Job, content: Content, connection: Redis) -> bool:
-    """A live worker is running ``job`` right now."""
-    name = job.worker_name or content.worker_name
+def _executing(job: Job, connection: Redis, worker_name: str = "") -> bool:
+    """A live worker is running ``job`` right now (``worker_name``: the one the
+    row says claimed it, for a job that does not name its worker)."""
+    name = job.worker_name or worker_name
     if not name:
         return False
     worker = SimpleWorker.find_by_key(

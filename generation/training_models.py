@@ -121,7 +121,9 @@ class TrainingRun(models.Model):
 class TrainingSample(models.Model):
     """A validation image made at ``step`` with the LoRA so far, and its identity
     score against the persona's face references (None with the reason when it
-    could not be computed)."""
+    could not be computed). The score comes from a job on the CPU queue
+    (``generation.scoring_jobs.training_sample_score``), as an output's does:
+    ``identity_status`` is ``pending`` until it lands."""
 
     run = models.ForeignKey(
         TrainingRun, on_delete=models.CASCADE, related_name="samples"
@@ -130,9 +132,12 @@ class TrainingSample(models.Model):
     prompt = models.TextField()
     seed = models.PositiveBigIntegerField()
     image = models.ImageField(upload_to=sample_upload_to)
-    identity_status = models.CharField(max_length=16, blank=True)
+    identity_status = models.CharField(max_length=16, blank=True, db_index=True)
     identity_similarity = models.FloatField(null=True, blank=True)
     identity_distance = models.FloatField(null=True, blank=True)
+    identity_detail = models.JSONField(default=dict, blank=True, editable=False)
+    score_job_id = models.CharField("scoring job id", max_length=64, blank=True)
+    score_attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
