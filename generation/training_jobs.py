@@ -41,8 +41,12 @@ from generation.engine.training import (
 )
 from generation.jobs import TRANSIENT_ERRORS
 from generation.parameters import open_stored_image
-from generation.services import retry_delay_seconds
-from generation.training_models import TrainingRun, TrainingStatus
+from generation.queued_rows import RowRepairs, retry_delay_seconds, row_reconcile
+from generation.training_models import (
+    TRAINING_ACTIVE_STATUSES,
+    TrainingRun,
+    TrainingStatus,
+)
 from personas.models import ReferenceImage
 
 logger = logging.getLogger(__name__)
@@ -252,53 +256,22 @@ def _fail(run: TrainingRun, job: Job, error: Exception) -> str:
 # --- Reconcile -------------------------------------------------------------------
 
 
+TRAINING_REPAIRS = RowRepairs(
+    requeue=lambda run, reason: services.training_run_requeue(run=run, reason=reason),
+    fail=lambda run, code, message, detail: services.training_run_fail(
+        run=run, code=code, message=message, detail=detail
+    ),
+    what="training it",
+    retry_note=", to resume from its last checkpoint",
+)
+
+
 def reconcile_training_runs(connection, report) -> None:
-    """The reconciler's pass over active training runs (``generation.reconcile``
-    judges the jobs): a lost job is enqueued again, an abandoned run resumes
-    from its last checkpoint while attempts remain, else fails with a reason.
-    Repaired run ids go to ``report.training``."""
-    from rq.job import JobStatus
-
-    from generation.reconcile import _executing, _fetch_job, _in_queue
-
-    for run in TrainingRun.objects.filter(
-        status__in=(TrainingStatus.QUEUED, TrainingStatus.RUNNING)
-    ):
+    """The reconciler's pass over active training runs, judged as content rows
+    are (``queued_rows.row_reconcile``): a lost job is enqueued again, an
+    abandoned run resumes from its last checkpoint while attempts remain, else
+    fails with a reason. Repaired run ids go to ``report.training``."""
+    for run in TrainingRun.objects.filter(status__in=TRAINING_ACTIVE_STATUSES):
         report.checked += 1
-        job = _fetch_job(run.rq_job_id, connection)
-        status = None if job is None else job.get_status(refresh=False)
-        if run.status == TrainingStatus.QUEUED:
-            if status in (JobStatus.SCHEDULED, JobStatus.DEFERRED) or (
-                status == JobStatus.QUEUED and _in_queue(job, connection)
-            ):
-                continue
-            if status == JobStatus.STARTED and _executing(
-                job, connection, run.worker_name
-            ):
-                continue
-            if services.training_run_requeue(
-                run=run,
-                reason="Its job was lost from Redis (restarted or flushed); "
-                "queued again.",
-            ):
-                report.training.append(run.pk)
-            continue
-        if job is not None and _executing(job, connection, run.worker_name):
-            continue
-        worker = run.worker_name or "unknown"
-        if run.attempts < settings.STUDIO_MAX_ATTEMPTS:
-            repaired = services.training_run_requeue(
-                run=run,
-                reason=f"The worker training it ({worker}) stopped (killed, "
-                f"crashed or lost); queued again after attempt {run.attempts}, to "
-                "resume from its last checkpoint.",
-            )
-        else:
-            repaired = services.training_run_fail(
-                run=run,
-                code="worker_lost",
-                message=f"The worker training it ({worker}) stopped on attempt "
-                f"{run.attempts} of {settings.STUDIO_MAX_ATTEMPTS}; gave up.",
-            )
-        if repaired:
+        if row_reconcile(run, connection, TRAINING_REPAIRS):
             report.training.append(run.pk)

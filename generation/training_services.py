@@ -10,9 +10,7 @@ result go through Django's storage API.
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,7 +18,6 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from PIL import Image
 
@@ -32,10 +29,15 @@ from generation.engine.training import (
     check_training_plan,
 )
 from generation.engine_settings import model_family
-from generation.queues import get_queue, queue_name_for_model
+from generation.queued_rows import (
+    RowJob,
+    row_claim,
+    row_finish_active,
+    row_queue,
+    row_requeue,
+)
 from generation.score_services import training_samples_queue_scoring
 from generation.training_models import (
-    TRAINING_ACTIVE_STATUSES,
     TrainingRun,
     TrainingSample,
     TrainingStatus,
@@ -52,10 +54,13 @@ from personas.models import (
 from personas.services import lora_version_add
 from personas.uploads import UploadRejected
 
-TRAINING_JOB_FUNCTION = "generation.training_jobs.training_run_job"
-TRAINING_JOB_TIMEOUT = 48 * 3600
-"""A training job may run for hours; the worker's heartbeat keeps it alive, and
-this bounds one that hangs (RQ kills it, the reconciler then sees it)."""
+TRAINING_JOB = RowJob(
+    function="generation.training_jobs.training_run_job",
+    # A training job may run for hours; the worker's heartbeat keeps it alive,
+    # and this bounds one that hangs (RQ kills it, the reconciler then sees it).
+    timeout=48 * 3600,
+    description="train LoRA, run",
+)
 DEFAULT_TRAINING_ROLES = (
     ReferenceRole.FACE,
     ReferenceRole.HALF_BODY,
@@ -197,16 +202,7 @@ def training_run_delete(*, run: TrainingRun) -> None:
 def training_run_claim(*, run_id: int, job_id: str, worker_name: str) -> bool:
     """Mark a queued run running for job ``job_id``; False when it is not queued
     for that job (idempotent jobs)."""
-    return bool(
-        TrainingRun.objects.filter(
-            pk=run_id, status=TrainingStatus.QUEUED, rq_job_id=job_id
-        ).update(
-            status=TrainingStatus.RUNNING,
-            worker_name=worker_name,
-            attempts=F("attempts") + 1,
-            started_at=timezone.now(),
-        )
-    )
+    return row_claim(TrainingRun, pk=run_id, job_id=job_id, worker_name=worker_name)
 
 
 def training_run_report_progress(
@@ -356,16 +352,20 @@ def training_run_succeed(
 def training_run_fail(
     *, run: TrainingRun, code: str, message: str, detail: str = ""
 ) -> bool:
-    return _finish_active(run, TrainingStatus.FAILED, code, message, detail)
-
-
-def training_run_mark_cancelled(*, run: TrainingRun) -> bool:
-    return _finish_active(
-        run, TrainingStatus.CANCELLED, "cancelled", "Cancelled while running.", ""
+    return row_finish_active(
+        run, status=TrainingStatus.FAILED, code=code, message=message, detail=detail
     )
 
 
-@transaction.atomic
+def training_run_mark_cancelled(*, run: TrainingRun) -> bool:
+    return row_finish_active(
+        run,
+        status=TrainingStatus.CANCELLED,
+        code="cancelled",
+        message="Cancelled while running.",
+    )
+
+
 def training_run_requeue(
     *,
     run: TrainingRun,
@@ -375,19 +375,12 @@ def training_run_requeue(
 ) -> bool:
     """Queue an active run again under a new job id; it resumes from its last
     checkpoint. False when the row changed since ``run`` was read."""
-    row = (
-        TrainingRun.objects.select_for_update()
-        .filter(pk=run.pk, status=run.status, rq_job_id=run.rq_job_id)
-        .first()
+    return row_requeue(
+        run,
+        queue=lambda row: _queue_run(row, delay_seconds=delay_seconds),
+        reason=reason,
+        refund_attempt=refund_attempt,
     )
-    if row is None or row.status not in TRAINING_ACTIVE_STATUSES:
-        return False
-    if refund_attempt and row.attempts:
-        row.attempts -= 1
-    row.error_message = reason
-    _queue_run(row, delay_seconds=delay_seconds)
-    row.save()
-    return True
 
 
 # --- Internals -------------------------------------------------------------------
@@ -396,30 +389,7 @@ def training_run_requeue(
 def _queue_run(run: TrainingRun, *, delay_seconds: float) -> None:
     """Set ``run`` queued under a new job id; enqueue that job on commit (the
     caller saves the row in the same transaction)."""
-    run.status = TrainingStatus.QUEUED
-    run.rq_job_id = uuid.uuid4().hex
-    run.queue_name = queue_name_for_model(run.model)
-    run.worker_name = ""
-    run.enqueued_at = timezone.now() + timedelta(seconds=delay_seconds)
-    job_id, queue_name = run.rq_job_id, run.queue_name
-
-    def enqueue_on_commit() -> None:
-        # A failure (Redis down) leaves the row queued for the reconciler.
-        queue = get_queue(queue_name)
-        options = {
-            "args": (run.pk,),
-            "job_id": job_id,
-            "job_timeout": TRAINING_JOB_TIMEOUT,
-            "description": f"train LoRA, run #{run.pk}",
-        }
-        if delay_seconds > 0:
-            queue.enqueue_in(
-                timedelta(seconds=delay_seconds), TRAINING_JOB_FUNCTION, **options
-            )
-        else:
-            queue.enqueue(TRAINING_JOB_FUNCTION, **options)
-
-    transaction.on_commit(enqueue_on_commit, robust=True)
+    row_queue(run, TRAINING_JOB, model_key=run.model, delay_seconds=delay_seconds)
 
 
 def _finish(row: TrainingRun, status: str, code: str, message: str) -> None:
@@ -428,22 +398,6 @@ def _finish(row: TrainingRun, status: str, code: str, message: str) -> None:
     row.error_message = message
     row.finished_at = timezone.now()
     row.save()
-
-
-def _finish_active(
-    run: TrainingRun, status: str, code: str, message: str, detail: str
-) -> bool:
-    return bool(
-        TrainingRun.objects.filter(
-            pk=run.pk, status__in=TRAINING_ACTIVE_STATUSES, rq_job_id=run.rq_job_id
-        ).update(
-            status=status,
-            error_code=code,
-            error_message=message,
-            error_detail=detail,
-            finished_at=timezone.now(),
-        )
-    )
 
 
 def _png(image: Image.Image) -> bytes:
