@@ -143,13 +143,21 @@ def test_a_started_run_is_a_queued_row_with_its_inputs_and_settings(
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("base_model", "steps"),
+    # Enough steps that the kill comes well before the end (SDXL's are slower).
+    [("tiny-sd15", 400), ("tiny-sdxl", 120)],
+)
 def test_a_killed_worker_resumes_from_its_last_checkpoint_and_attaches_a_version(
-    training_persona, start_worker
+    training_persona, start_worker, base_model, steps
 ):
-    settings = TrainingSettings(**{**TINY_RUN.to_dict(), "steps": 400})
+    Persona.objects.filter(pk=training_persona.pk).update(base_model=base_model)
+    training_persona.refresh_from_db()
+    settings = TrainingSettings(**{**TINY_RUN.to_dict(), "steps": steps})
     start_worker("cpu")  # scores the samples
     killed = start_worker("train-kill")
     run = start(training_persona, settings)
+    assert run.family == base_model.removeprefix("tiny-")
     # Past the first checkpoint (step 10), well before the end.
     wait_for(
         lambda: TrainingRun.objects.filter(
