@@ -17,12 +17,13 @@ import functools
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rq import get_current_job
 
 from generation import score_services
-from generation.models import Content
+from generation.models import Content, TrainingSample
 from generation.parameters import open_stored_image
 from personas.face_analysis import (
     persona_face_references,
@@ -44,52 +45,81 @@ logger = logging.getLogger(__name__)
 def content_score(content_id: int) -> str:
     """Score row ``content_id``; return what became of it."""
     job = get_current_job()
-    content = score_services.content_claim_scoring(
-        content_id=content_id, job_id=job.id
-    )
-    if content is None:
-        return "skipped"
-    try:
-        scores = measure(content)
-    except Exception as error:
-        _log_failure("Content", content_id)
-        score_services.content_fail_scoring(
-            content=content, job_id=job.id, **_failure(error)
+
+    def store(content: Content, scores: score_services.Scores) -> str | None:
+        stored = score_services.content_store_scores(
+            content=content, job_id=job.id, scores=scores
         )
-        return "failed"
-    stored = score_services.content_store_scores(
-        content=content, job_id=job.id, scores=scores
+        return scores.identity.message if stored else None
+
+    return _score(
+        score_services.content_claim_scoring(content_id=content_id, job_id=job.id),
+        measure,
+        store,
+        lambda content, failure: score_services.content_fail_scoring(
+            content=content, job_id=job.id, **failure
+        ),
     )
-    return scores.identity.message if stored else "superseded"
 
 
 def training_sample_score(sample_id: int) -> str:
     """Score training sample ``sample_id`` for identity (the GPU job that made
     it goes on training); return what became of it."""
     job = get_current_job()
-    sample = score_services.training_sample_claim_scoring(
-        sample_id=sample_id, job_id=job.id
-    )
-    if sample is None:
-        return "skipped"
-    try:
-        analysis, identity, face_references = measure_identity(
+
+    def sample_identity(sample: TrainingSample) -> tuple:
+        return measure_identity(
             sample.run.persona, open_stored_image(sample.image.name)
         )
+
+    def store(sample: TrainingSample, measured: tuple) -> str | None:
+        analysis, identity, face_references = measured
+        stored = score_services.training_sample_store_score(
+            sample=sample,
+            job_id=job.id,
+            identity=identity,
+            references=[reference.pk for reference in face_references],
+            analysis=_without_embedding(analysis),
+        )
+        return identity.message if stored else None
+
+    return _score(
+        score_services.training_sample_claim_scoring(
+            sample_id=sample_id, job_id=job.id
+        ),
+        sample_identity,
+        store,
+        lambda sample, failure: score_services.training_sample_fail_scoring(
+            sample=sample, job_id=job.id, **failure
+        ),
+    )
+
+
+def _score(
+    row: Any,
+    measure_row: Callable[[Any], Any],
+    store: Callable[[Any, Any], str | None],
+    fail: Callable[[Any, dict[str, str]], object],
+) -> str:
+    """A scoring job's course: the claimed ``row`` (None: a stale or duplicate
+    job) is measured and its scores stored; a measurement that raises is
+    stored as a failure, with why."""
+    if row is None:
+        return "skipped"
+    try:
+        measured = measure_row(row)
     except Exception as error:
-        _log_failure("Training sample", sample_id)
-        score_services.training_sample_fail_scoring(
-            sample=sample, job_id=job.id, **_failure(error)
+        logger.exception("%s #%s could not be scored", type(row).__name__, row.pk)
+        fail(
+            row,
+            {
+                "message": f"Scoring failed ({error}); rescore it, or report it "
+                "if it fails again.",
+                "detail": traceback.format_exc(),
+            },
         )
         return "failed"
-    stored = score_services.training_sample_store_score(
-        sample=sample,
-        job_id=job.id,
-        identity=identity,
-        references=[reference.pk for reference in face_references],
-        analysis=_without_embedding(analysis),
-    )
-    return identity.message if stored else "superseded"
+    return store(row, measured) or "superseded"
 
 
 def face_references_analysed(persona: Persona) -> list[ReferenceImage]:
@@ -167,18 +197,6 @@ def _without_embedding(analysis: FaceAnalysis) -> dict[str, Any]:
     detail = analysis.to_dict()
     detail.pop("embedding")
     return detail
-
-
-def _log_failure(what: str, pk: int) -> None:
-    logger.exception("%s #%s could not be scored", what, pk)
-
-
-def _failure(error: Exception) -> dict[str, str]:
-    return {
-        "message": f"Scoring failed ({error}); rescore it, or report it if it "
-        "fails again.",
-        "detail": traceback.format_exc(),
-    }
 
 
 @functools.cache
