@@ -431,6 +431,7 @@ SHEET_ACTIONS = (USE_STRENGTH,)
 
 from generation.models import TrainingRun  # noqa: E402
 from personas.models import PersonaLoraVersion  # noqa: E402
+from personas.services import lora_version_activate  # noqa: E402
 
 TRAIN = "generation.train_lora"
 CHANGE_LORA_VERSION = "personas.change_personaloraversion"
@@ -460,9 +461,7 @@ def _cancel_training(run: TrainingRun, given: ActionInput) -> Any:
 
 
 def _activate_lora_version(version: PersonaLoraVersion, given: ActionInput) -> Any:
-    from generation import training_services
-
-    return training_services.lora_version_activate(version=version)
+    return lora_version_activate(version=version)
 
 
 TRAIN_LORA = StaffAction(

@@ -467,6 +467,7 @@ from generation.models import TrainingRun, TrainingSample  # noqa: E402
 # The training forms, services and chart import the trainer (torch): they are
 # imported where a training page needs them, not when the admin loads.
 from personas.models import PersonaLoraVersion  # noqa: E402
+from personas.services import lora_version_delete  # noqa: E402
 
 
 class TrainingPersonaAdmin(PersonaAdmin):
@@ -671,15 +672,27 @@ def _samples_by_step(run: TrainingRun) -> list[tuple[int, list[TrainingSample]]]
     return sorted(grouped.items())
 
 
+COMPARE_OUTPUTS = 4
+"""How many of a version's latest generations the compare page shows."""
+
+
 def _version_samples(version: PersonaLoraVersion) -> dict[str, Any]:
-    """A version and the samples of its last sample step (uploaded versions have
-    none, and the page says so)."""
+    """A version, the samples of its training run's last sample step (an
+    uploaded version has none), and the persona's latest generations made with
+    its weights (the snapshot's LoRA hash): what an uploaded version is
+    compared by."""
     run = getattr(version, "training_run", None)
     samples = _samples_by_step(run) if run is not None else []
+    outputs = Content.objects.filter(
+        persona_id=version.persona_id,
+        status=ContentStatus.SUCCEEDED,
+        snapshot__lora__sha256=version.sha256,
+    ).order_by("-created_at", "-id")[:COMPARE_OUTPUTS]
     return {
         "version": version,
         "run": run,
         "samples": samples[-1][1] if samples else [],
+        "outputs": list(outputs),
     }
 
 
@@ -700,12 +713,8 @@ class PersonaLoraVersionAdmin(StaffActionsAdmin, admin.ModelAdmin):
     # Change permission runs "Make the active LoRA"; every field stays read-only.
 
     def delete_model(self, request: HttpRequest, obj: PersonaLoraVersion) -> None:
-        from generation.training_services import lora_version_delete
-
         _refusals_as_messages(self, request, lora_version_delete, version=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from generation.training_services import lora_version_delete
-
         for version in queryset:
             _refusals_as_messages(self, request, lora_version_delete, version=version)

@@ -14,6 +14,11 @@ class GenerationConfig(AppConfig):
         for field in ("output_image", "output_thumbnail", "before_thumbnail"):
             register_media_owner(Content, field, permissions=see_content)
         register_media_owner(ContentControlImage, "image", permissions=see_content)
+        from generation.training_models import TrainingSample
+
+        register_media_owner(
+            TrainingSample, "image", permissions=("generation.view_trainingrun",)
+        )
 
         from generation import cleanup
 

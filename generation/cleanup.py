@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
-from django.core.files.storage import Storage
+from django.core.files.storage import Storage, default_storage
 from django.db.models.signals import post_delete
 
-from generation.models import Content, ContentControlImage
+from generation.models import Content, ContentControlImage, TrainingRun
 from personas.files import (
     StoredName,
     connect_file_cleanup,
@@ -62,6 +62,38 @@ def remove_files_of_deleted_content(
     files_delete_on_commit([*row_files(instance), *content_attempt_files(instance)])
 
 
+def training_checkpoint_files(run: TrainingRun) -> list[StoredName]:
+    """The checkpoint files of a training run: storage names kept in its JSON
+    ``checkpoints`` (no file field points at them)."""
+    return [
+        (default_storage, name)
+        for entry in run.checkpoints or ()
+        for name in entry["files"].values()
+    ]
+
+
+def training_checkpoints_referenced(names: list[str]) -> set[str]:
+    """Those of ``names`` that a training run's ``checkpoints`` point to (for
+    the media sweep: no file field knows them)."""
+    run_ids = {
+        int(parts[1])
+        for parts in (name.split("/") for name in names)
+        if len(parts) > 2 and parts[0] == "training" and parts[1].isdigit()
+    }
+    if not run_ids:
+        return set()
+    runs = TrainingRun.objects.filter(pk__in=run_ids).only("pk", "checkpoints")
+    return {name for run in runs for _, name in training_checkpoint_files(run)}
+
+
+def remove_files_of_deleted_training_run(
+    sender: type[TrainingRun], instance: TrainingRun, **kwargs: Any
+) -> None:
+    """``post_delete`` receiver: a run's checkpoints go once the deletion
+    commits (its samples have file fields, and the app's receiver)."""
+    files_delete_on_commit(training_checkpoint_files(instance))
+
+
 def connect(app_config: AppConfig) -> None:
     """Remove the files of deleted content rows, however they were deleted.
 
@@ -74,5 +106,10 @@ def connect(app_config: AppConfig) -> None:
         remove_files_of_deleted_content,
         sender=Content,
         dispatch_uid="studio-file-cleanup-generation.content",
+    )
+    post_delete.connect(
+        remove_files_of_deleted_training_run,
+        sender=TrainingRun,
+        dispatch_uid="studio-file-cleanup-generation.trainingrun",
     )
     connect_file_cleanup(app_config, exclude=[Content])

@@ -35,6 +35,7 @@ from generation import runtime, services
 from generation.engine.errors import EngineError, GenerationCancelled
 from generation.models import Content
 from generation.parameters import open_stored_image, request_from_row
+from generation.queued_rows import retry_delay_seconds
 from generation.selectors import content_should_stop
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def _retry_or_fail(content: Content, error: Exception) -> str:
             detail=traceback.format_exc(),
         )
         return "failed"
-    delay = services.retry_delay_seconds(attempt)
+    delay = retry_delay_seconds(attempt)
     services.content_requeue(
         content=content,
         reason=f"Attempt {attempt} failed with a transient error ({message}); "

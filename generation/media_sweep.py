@@ -22,11 +22,20 @@ from django.core.files.storage import Storage
 from django.db import models
 from django.utils import timezone
 
+from generation.cleanup import training_checkpoints_referenced
 from personas.files import delete_quietly
 
-STUDIO_MEDIA_FOLDERS = ("references", "thumbnails", "control", "loras", "generated")
+STUDIO_MEDIA_FOLDERS = (
+    "references",
+    "thumbnails",
+    "control",
+    "loras",
+    "generated",
+    "training",
+)
 """The top folders the studio's rows store files under (the ``upload_to`` of
-``personas.models`` and ``generation.models``); nothing outside them is swept."""
+``personas.models`` and ``generation.models``, and the training runs'
+checkpoints); nothing outside them is swept."""
 DEFAULT_GRACE = timedelta(hours=1)
 DEFAULT_LIMIT = 1000
 LOOKUP_BATCH = 500
@@ -133,7 +142,8 @@ def _batches(names: Iterator[str], size: int) -> Iterator[list[str]]:
 def _unreferenced(names: list[str], fields: FileFields) -> list[str]:
     if not names:
         return []
-    referenced: set[str] = set()
+    # Checkpoints are named in a run's JSON, not by a file field.
+    referenced = training_checkpoints_referenced(names)
     for model, model_field in fields:
         referenced.update(
             model._default_manager.filter(

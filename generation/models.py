@@ -13,6 +13,12 @@ from django.db import models
 from django.urls import reverse
 
 from generation.engine.identity import IdentityStatus as EngineIdentityStatus
+from generation.queued_rows import (
+    RUN_ACTIVE_STATUSES,
+    RUN_FINISHED_STATUSES,
+    QueuedRow,
+    RunStatus,
+)
 from personas.models import ConsistencyMethod, ControlType, Persona, ReferenceImage
 
 
@@ -49,20 +55,10 @@ def control_output_upload_to(instance: ContentControlImage, filename: str) -> st
     return f"control/generated/{content.persona_id}/{stem}-{instance.order}.png"
 
 
-class ContentStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-FINISHED_STATUSES = (
-    ContentStatus.SUCCEEDED,
-    ContentStatus.FAILED,
-    ContentStatus.CANCELLED,
-)
-ACTIVE_STATUSES = (ContentStatus.QUEUED, ContentStatus.RUNNING)
+# A content row runs as a job with the statuses every queued row has.
+ContentStatus = RunStatus
+FINISHED_STATUSES = RUN_FINISHED_STATUSES
+ACTIVE_STATUSES = RUN_ACTIVE_STATUSES
 
 
 class ReviewState(models.TextChoices):
@@ -127,7 +123,7 @@ class Batch(models.Model):
         return f"{self.get_kind_display()} #{self.pk} of {self.persona}"
 
 
-class Content(models.Model):
+class Content(QueuedRow):
     """One generation: what was asked, how it ran, what came out, and its review.
 
     ``request`` is the engine request in its JSON form (see
@@ -181,24 +177,7 @@ class Content(models.Model):
         help_text="The 'before': the persona's primary reference, which the output "
         "is shown beside and scored against.",
     )
-    # How it ran
-    status = models.CharField(
-        max_length=16, choices=ContentStatus.choices, default=ContentStatus.QUEUED
-    )
-    progress_step = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
-    cancel_requested = models.BooleanField(default=False)
-    rq_job_id = models.CharField("RQ job id", max_length=64, blank=True)
-    queue_name = models.CharField(max_length=64, blank=True)
-    worker_name = models.CharField(max_length=128, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    error_code = models.CharField(max_length=64, blank=True)
-    error_message = models.TextField(
-        blank=True, help_text="What went wrong, written for a person."
-    )
-    error_detail = models.TextField(
-        blank=True, help_text="The technical detail (traceback) beside it."
-    )
+    # How it ran (status, progress, job and error: ``QueuedRow``)
     method_used = models.CharField(
         max_length=16, choices=ConsistencyMethod.choices, blank=True
     )
@@ -290,18 +269,7 @@ class Content(models.Model):
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
     review_note = models.TextField(blank=True)
-    # Who and when
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    # Who and when: ``QueuedRow``
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -328,10 +296,6 @@ class Content(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("admin:generation_content_change", args=[self.pk])
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
 
     @property
     def scoring(self) -> bool:

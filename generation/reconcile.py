@@ -14,8 +14,8 @@ restarts or is flushed (jobs lost), a worker is killed mid-job (its row stays
   live worker busy with the job still holds it even when the job's execution
   heartbeat expired):
   queued again while ``STUDIO_MAX_ATTEMPTS`` allows, else failed with a reason;
-- ``pending`` scores whose scoring job is lost: enqueued again on the CPU queue
-  (``score_services.reconcile_scoring``).
+- ``pending`` scores (of outputs and of training samples) whose scoring job is
+  lost: enqueued again on the CPU queue (``score_services.reconcile_scoring``).
 
 It runs from ``studio_reconcile``, when every worker starts, and every
 ``STUDIO_RECONCILE_INTERVAL_SECONDS`` in every worker. Concurrent runs are safe:
@@ -28,7 +28,6 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -36,7 +35,7 @@ from rq.queue import Queue
 from rq.worker import BaseWorker, SimpleWorker, WorkerStatus
 
 from generation import score_services, services
-from generation.models import Content, ContentStatus
+from generation.queued_rows import RowRepairs, row_reconcile
 from generation.queues import redis_connection
 from generation.selectors import content_active
 
@@ -52,6 +51,8 @@ class ReconcileReport:
     # Scoring jobs (generation.score_services.reconcile_scoring).
     scoring_requeued: list[int] = field(default_factory=list)
     scoring_failed: list[int] = field(default_factory=list)
+    # Training samples whose lost scoring job was enqueued again, or failed.
+    sample_scoring: list[int] = field(default_factory=list)
     # Training runs enqueued again, resumed or failed (run ids).
     training: list[int] = field(default_factory=list)
 
@@ -63,6 +64,7 @@ class ReconcileReport:
             + len(self.failed)
             + len(self.scoring_requeued)
             + len(self.scoring_failed)
+            + len(self.sample_scoring)
             + len(self.training)
         )
 
@@ -76,80 +78,45 @@ class ReconcileReport:
             f"runs retried{ids(self.retried)}, {len(self.failed)} failed"
             f"{ids(self.failed)}; {len(self.scoring_requeued)} lost scoring jobs "
             f"enqueued again{ids(self.scoring_requeued)}, "
-            f"{len(self.scoring_failed)} scorings failed{ids(self.scoring_failed)}; "
+            f"{len(self.scoring_failed)} scorings failed{ids(self.scoring_failed)}, "
+            f"{len(self.sample_scoring)} training samples' scorings repaired"
+            f"{ids(self.sample_scoring)}; "
             f"{len(self.training)} training runs repaired{ids(self.training)}"
         )
+
+
+CONTENT_REPAIRS = RowRepairs(
+    requeue=lambda content, reason: services.content_requeue(
+        content=content, reason=reason
+    ),
+    fail=lambda content, code, message, detail: services.content_fail(
+        content=content, code=code, message=message, detail=detail
+    ),
+    gave_up_note=" Retry it when the workers are healthy.",
+)
 
 
 def reconcile() -> ReconcileReport:
     """Repair every active row that has no live job; report what was done."""
     report = ReconcileReport()
     connection = redis_connection()
+    repaired_as = {
+        "requeued": report.requeued,
+        "retried": report.retried,
+        "failed": report.failed,
+    }
     for content in content_active():
         report.checked += 1
-        job = _fetch_job(content.rq_job_id, connection)
-        if content.status == ContentStatus.QUEUED:
-            _reconcile_queued(content, job, connection, report)
-        else:
-            _reconcile_running(content, job, connection, report)
+        repair = row_reconcile(content, connection, CONTENT_REPAIRS)
+        if repair:
+            repaired_as[repair].append(content.pk)
     scoring = score_services.reconcile_scoring(connection)
     report.scoring_requeued, report.scoring_failed = scoring.requeued, scoring.failed
+    report.sample_scoring = [*scoring.samples_requeued, *scoring.samples_failed]
     from generation.training_jobs import reconcile_training_runs
 
     reconcile_training_runs(connection, report)
     return report
-
-
-def _reconcile_queued(
-    content: Content, job: Job | None, connection: Redis, report: ReconcileReport
-) -> None:
-    status = None if job is None else job.get_status(refresh=False)
-    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        result = job.latest_result()
-        reason = (result.exc_string or "").strip() if result else ""
-        if services.content_fail(
-            content=content,
-            code="job_failed",
-            message=f"Its job ended in RQ as {status.value} before it could start.",
-            detail=reason,
-        ):
-            report.failed.append(content.pk)
-        return
-    if status == JobStatus.STARTED and _executing(job, content, connection):
-        return
-    if status in (JobStatus.SCHEDULED, JobStatus.DEFERRED):
-        return
-    if status == JobStatus.QUEUED and _in_queue(job, connection):
-        return
-    if services.content_requeue(
-        content=content,
-        reason="Its job was lost from Redis (restarted or flushed); queued again.",
-    ):
-        report.requeued.append(content.pk)
-
-
-def _reconcile_running(
-    content: Content, job: Job | None, connection: Redis, report: ReconcileReport
-) -> None:
-    if job is not None and _executing(job, content, connection):
-        return
-    worker = content.worker_name or "unknown"
-    if content.attempts < settings.STUDIO_MAX_ATTEMPTS:
-        if services.content_requeue(
-            content=content,
-            reason=f"The worker running it ({worker}) stopped (killed, crashed or "
-            f"lost); queued again after attempt {content.attempts}.",
-        ):
-            report.retried.append(content.pk)
-        return
-    if services.content_fail(
-        content=content,
-        code="worker_lost",
-        message=f"The worker running it ({worker}) stopped (killed, crashed or "
-        f"lost) on attempt {content.attempts} of {settings.STUDIO_MAX_ATTEMPTS}; "
-        "gave up. Retry it when the workers are healthy.",
-    ):
-        report.failed.append(content.pk)
 
 
 def _fetch_job(job_id: str, connection: Redis) -> Job | None:
@@ -170,9 +137,10 @@ def _in_queue(job: Job, connection: Redis) -> bool:
     )
 
 
-def _executing(job: Job, content: Content, connection: Redis) -> bool:
-    """A live worker is running ``job`` right now."""
-    name = job.worker_name or content.worker_name
+def _executing(job: Job, connection: Redis, worker_name: str = "") -> bool:
+    """A live worker is running ``job`` right now (``worker_name``: the one the
+    row says claimed it, for a job that does not name its worker)."""
+    name = job.worker_name or worker_name
     if not name:
         return False
     worker = SimpleWorker.find_by_key(

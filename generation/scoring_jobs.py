@@ -1,5 +1,6 @@
-"""The RQ job of the CPU queue that scores a stored output:
-``content_score(content_id)``.
+"""The RQ jobs of the CPU queue that score a stored output,
+``content_score(content_id)``, and a training run's validation sample,
+``training_sample_score(sample_id)``.
 
 It claims its row (pending for this very job, else a no-op), analyses the
 persona's face references not analysed yet, finds the output's faces with
@@ -16,21 +17,26 @@ import functools
 import logging
 import time
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rq import get_current_job
 
 from generation import score_services
-from generation.models import Content
+from generation.models import Content, TrainingSample
 from generation.parameters import open_stored_image
 from personas.face_analysis import (
     persona_face_references,
     references_analyse,
     references_unanalysed,
 )
-from personas.models import ReferenceRole
+from personas.models import Persona, ReferenceImage, ReferenceRole
 
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from generation.engine.face import FaceAnalysis
+    from generation.engine.identity import IdentityScore
     from generation.engine.registry import PipelineRegistry
 
 logger = logging.getLogger(__name__)
@@ -39,27 +45,107 @@ logger = logging.getLogger(__name__)
 def content_score(content_id: int) -> str:
     """Score row ``content_id``; return what became of it."""
     job = get_current_job()
-    content = score_services.content_claim_scoring(
-        content_id=content_id, job_id=job.id
+
+    def store(content: Content, scores: score_services.Scores) -> str | None:
+        stored = score_services.content_store_scores(
+            content=content, job_id=job.id, scores=scores
+        )
+        return scores.identity.message if stored else None
+
+    return _score(
+        score_services.content_claim_scoring(content_id=content_id, job_id=job.id),
+        measure,
+        store,
+        lambda content, failure: score_services.content_fail_scoring(
+            content=content, job_id=job.id, **failure
+        ),
     )
-    if content is None:
+
+
+def training_sample_score(sample_id: int) -> str:
+    """Score training sample ``sample_id`` for identity (the GPU job that made
+    it goes on training); return what became of it."""
+    job = get_current_job()
+
+    def sample_identity(sample: TrainingSample) -> tuple:
+        return measure_identity(
+            sample.run.persona, open_stored_image(sample.image.name)
+        )
+
+    def store(sample: TrainingSample, measured: tuple) -> str | None:
+        analysis, identity, face_references = measured
+        stored = score_services.training_sample_store_score(
+            sample=sample,
+            job_id=job.id,
+            identity=identity,
+            references=[reference.pk for reference in face_references],
+            analysis=_without_embedding(analysis),
+        )
+        return identity.message if stored else None
+
+    return _score(
+        score_services.training_sample_claim_scoring(
+            sample_id=sample_id, job_id=job.id
+        ),
+        sample_identity,
+        store,
+        lambda sample, failure: score_services.training_sample_fail_scoring(
+            sample=sample, job_id=job.id, **failure
+        ),
+    )
+
+
+def _score(
+    row: Any,
+    measure_row: Callable[[Any], Any],
+    store: Callable[[Any, Any], str | None],
+    fail: Callable[[Any, dict[str, str]], object],
+) -> str:
+    """A scoring job's course: the claimed ``row`` (None: a stale or duplicate
+    job) is measured and its scores stored; a measurement that raises is
+    stored as a failure, with why."""
+    if row is None:
         return "skipped"
     try:
-        scores = measure(content)
+        measured = measure_row(row)
     except Exception as error:
-        logger.exception("Content #%s could not be scored", content_id)
-        score_services.content_fail_scoring(
-            content=content,
-            job_id=job.id,
-            message=f"Scoring failed ({error}); rescore it, or report it if it "
-            "fails again.",
-            detail=traceback.format_exc(),
+        logger.exception("%s #%s could not be scored", type(row).__name__, row.pk)
+        fail(
+            row,
+            {
+                "message": f"Scoring failed ({error}); rescore it, or report it "
+                "if it fails again.",
+                "detail": traceback.format_exc(),
+            },
         )
         return "failed"
-    stored = score_services.content_store_scores(
-        content=content, job_id=job.id, scores=scores
+    return store(row, measured) or "superseded"
+
+
+def face_references_analysed(persona: Persona) -> list[ReferenceImage]:
+    """``persona``'s face references to score against, those not analysed yet
+    analysed first."""
+    unanalysed = [
+        reference
+        for reference in references_unanalysed(persona=persona)
+        if reference.role == ReferenceRole.FACE
+    ]
+    references_analyse(references=unanalysed)
+    return persona_face_references(persona=persona)
+
+
+def measure_identity(
+    persona: Persona, image: Image.Image
+) -> tuple[FaceAnalysis, IdentityScore, list[ReferenceImage]]:
+    """The faces in ``image`` and its identity against ``persona``'s face
+    references, with the references it was measured against."""
+    from generation.engine.face import score_identity
+
+    face_references = face_references_analysed(persona)
+    analysis, identity = score_identity(
+        image, [reference.face_embedding for reference in face_references]
     )
-    return scores.identity.message if stored else "superseded"
+    return analysis, identity, face_references
 
 
 def measure(content: Content) -> score_services.Scores:
@@ -69,13 +155,7 @@ def measure(content: Content) -> score_services.Scores:
 
     started = time.perf_counter()
     output = open_stored_image(content.output_image.name)
-    unanalysed = [
-        reference
-        for reference in references_unanalysed(persona=content.persona)
-        if reference.role == ReferenceRole.FACE
-    ]
-    references_analyse(references=unanalysed)
-    face_references = persona_face_references(persona=content.persona)
+    face_references = face_references_analysed(content.persona)
     analysed = time.perf_counter()
     analysis, identity = score_identity(
         output, [reference.face_embedding for reference in face_references]
@@ -93,8 +173,6 @@ def measure(content: Content) -> score_services.Scores:
             image_processor=image_processor,
         )
     finished = time.perf_counter()
-    detail = analysis.to_dict()
-    detail.pop("embedding")
     nearest = (
         None
         if identity.nearest_reference is None
@@ -103,7 +181,7 @@ def measure(content: Content) -> score_services.Scores:
     return score_services.Scores(
         identity=identity,
         nearest_reference=nearest,
-        analysis=detail,
+        analysis=_without_embedding(analysis),
         references=[reference.pk for reference in face_references],
         consistency=consistency,
         timings={
@@ -113,6 +191,12 @@ def measure(content: Content) -> score_services.Scores:
             "total": finished - started,
         },
     )
+
+
+def _without_embedding(analysis: FaceAnalysis) -> dict[str, Any]:
+    detail = analysis.to_dict()
+    detail.pop("embedding")
+    return detail
 
 
 @functools.cache

@@ -14,10 +14,8 @@ from __future__ import annotations
 import io
 import logging
 import secrets
-import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +24,6 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from PIL import Image
 
@@ -49,7 +46,6 @@ from generation.engine.vocabulary import (
 )
 from generation.engine_settings import configured_models, engine_config
 from generation.models import (
-    ACTIVE_STATUSES,
     Batch,
     BatchKind,
     Content,
@@ -64,7 +60,14 @@ from generation.parameters import (
     request_for_persona,
     request_outline,
 )
-from generation.queues import get_queue, queue_name_for_model
+from generation.queued_rows import (
+    RowJob,
+    row_claim,
+    row_finish_active,
+    row_queue,
+    row_requeue,
+)
+from generation.queues import get_queue
 from generation.score_services import content_queue_scoring
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.models import Persona
@@ -597,17 +600,13 @@ def content_delete(*, content: Content) -> None:
 def content_claim(*, content_id: int, job_id: str, worker_name: str) -> bool:
     """Mark a queued row running for the job ``job_id``; False when the row is not
     queued for that job (finished, cancelled, or re-enqueued under another id)."""
-    return bool(
-        Content.objects.filter(
-            pk=content_id, status=ContentStatus.QUEUED, rq_job_id=job_id
-        ).update(
-            status=ContentStatus.RUNNING,
-            worker_name=worker_name,
-            attempts=F("attempts") + 1,
-            started_at=timezone.now(),
-            progress_step=0,
-            progress_total=0,
-        )
+    return row_claim(
+        Content,
+        pk=content_id,
+        job_id=job_id,
+        worker_name=worker_name,
+        progress_step=0,
+        progress_total=0,
     )
 
 
@@ -737,26 +736,12 @@ def content_requeue(
     (``refund_attempt``: not the generation's fault) and the reconciler. False
     when the row changed since ``content`` was read (someone else acted first).
     """
-    row = (
-        Content.objects.select_for_update()
-        .filter(pk=content.pk, status=content.status, rq_job_id=content.rq_job_id)
-        .first()
+    return row_requeue(
+        content,
+        queue=lambda row: _queue_row(row, delay_seconds=delay_seconds),
+        reason=reason,
+        refund_attempt=refund_attempt,
     )
-    if row is None or row.status not in ACTIVE_STATUSES:
-        return False
-    if refund_attempt and row.attempts:
-        row.attempts -= 1
-    row.error_message = reason
-    _queue_row(row, delay_seconds=delay_seconds)
-    row.save()
-    return True
-
-
-def retry_delay_seconds(attempt: int) -> float:
-    """Backoff before attempt ``attempt + 1``: ``STUDIO_RETRY_BACKOFF_SECONDS`` by
-    attempt, the last value repeating."""
-    backoff = settings.STUDIO_RETRY_BACKOFF_SECONDS or [0]
-    return float(backoff[min(max(attempt, 1), len(backoff)) - 1])
 
 
 # --- Internals -----------------------------------------------------------------
@@ -969,44 +954,15 @@ def _random_seed() -> int:
 
 
 def _queue_row(content: Content, *, delay_seconds: float) -> None:
-    """Set ``content`` queued under a new job id and enqueue that job on commit
-    (the caller saves the row in the same transaction)."""
-    content.status = ContentStatus.QUEUED
-    content.rq_job_id = uuid.uuid4().hex
-    content.queue_name = queue_name_for_model(content.request["model"])
-    content.worker_name = ""
+    """Set ``content`` queued under a new job id, its progress reset, and enqueue
+    that job on commit (the caller saves the row in the same transaction)."""
     content.progress_step = content.progress_total = 0
-    # When the job becomes due: "waiting in the queue" is counted from here.
-    content.enqueued_at = timezone.now() + timedelta(seconds=delay_seconds)
-    job_id, queue_name = content.rq_job_id, content.queue_name
-
-    def enqueue_on_commit() -> None:
-        # ``content`` is saved by now, so its id is known. A failure (Redis
-        # down) is logged and leaves the row queued for the reconciler.
-        _enqueue_job(
-            content.pk,
-            job_id=job_id,
-            queue_name=queue_name,
-            delay_seconds=delay_seconds,
-        )
-
-    transaction.on_commit(enqueue_on_commit, robust=True)
-
-
-def _enqueue_job(
-    content_id: int, *, job_id: str, queue_name: str, delay_seconds: float
-) -> None:
-    queue = get_queue(queue_name)
-    options = {
-        "args": (content_id,),
-        "job_id": job_id,
-        "job_timeout": settings.STUDIO_JOB_TIMEOUT,
-        "description": f"generate content #{content_id}",
-    }
-    if delay_seconds > 0:
-        queue.enqueue_in(timedelta(seconds=delay_seconds), JOB_FUNCTION, **options)
-    else:
-        queue.enqueue(JOB_FUNCTION, **options)
+    row_queue(
+        content,
+        RowJob(JOB_FUNCTION, settings.STUDIO_JOB_TIMEOUT, "generate content"),
+        model_key=content.request["model"],
+        delay_seconds=delay_seconds,
+    )
 
 
 def _cancel_job(queue_name: str, job_id: str) -> None:
@@ -1030,14 +986,12 @@ def _finish_active(
     error_message: str,
     error_detail: str,
 ) -> bool:
-    finished = Content.objects.filter(
-        pk=content.pk, status__in=ACTIVE_STATUSES, rq_job_id=content.rq_job_id
-    ).update(
+    finished = row_finish_active(
+        content,
         status=status,
-        error_code=error_code,
-        error_message=error_message,
-        error_detail=error_detail,
-        finished_at=timezone.now(),
+        code=error_code,
+        message=error_message,
+        detail=error_detail,
     )
     if finished:
         # A row that ends without a result owns no file: whatever an attempt
@@ -1046,7 +1000,7 @@ def _finish_active(
             pk=content.pk
         )
         files_delete_on_commit(content_attempt_files(row))
-    return bool(finished)
+    return finished
 
 
 def _png(image: Image.Image) -> bytes:

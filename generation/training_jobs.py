@@ -7,9 +7,11 @@ loss history written to the row, cancellation checked before every step, a
 worker that is stopping handing the run back; a checkpoint is stored every
 ``checkpoint_every`` steps, and a run that is claimed again (its worker was
 killed, it was handed back, a transient error) resumes from its last stored
-checkpoint. Validation samples are scored for identity against the persona's
-face references with dlib, on the CPU. A worker runs one job at a time, so while
-it trains it takes no generation; other workers do.
+checkpoint. Validation samples are stored and scored for identity against the
+persona's face references by a job on the CPU queue
+(``generation.scoring_jobs.training_sample_score``), as outputs are, so the GPU
+worker never waits for dlib. A worker runs one job at a time, so while it
+trains it takes no generation; other workers do.
 """
 
 from __future__ import annotations
@@ -39,9 +41,13 @@ from generation.engine.training import (
 )
 from generation.jobs import TRANSIENT_ERRORS
 from generation.parameters import open_stored_image
-from generation.services import retry_delay_seconds
-from generation.training_models import TrainingRun, TrainingStatus
-from personas.models import ReferenceImage, ReferenceRole
+from generation.queued_rows import RowRepairs, retry_delay_seconds, row_reconcile
+from generation.training_models import (
+    TRAINING_ACTIVE_STATUSES,
+    TrainingRun,
+    TrainingStatus,
+)
+from personas.models import ReferenceImage
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +152,6 @@ class _Reporter:
         self.first_step = 0
         self.started = time.monotonic()
         self.handed_back = False
-        self._identity: list | None = None
 
     def resumed(self, folder: Path) -> None:
         self.first_step = int(folder.name.removeprefix("step-"))
@@ -203,28 +208,8 @@ class _Reporter:
         )
 
     def on_samples(self, step: int, samples: list[ValidationSample]) -> None:
-        from generation.engine.face import score_identity
-
-        embeddings = self._reference_embeddings()
-        scores = []
-        for sample in samples:
-            _, score = score_identity(sample.image, embeddings)
-            scores.append(score.to_dict())
-        services.training_run_add_samples(run=self.run, samples=samples, scores=scores)
-
-    def _reference_embeddings(self) -> list:
-        """The embeddings of the persona's face references (dlib, once a run)."""
-        if self._identity is None:
-            from generation.engine.face import analyse_faces
-
-            self._identity = []
-            for reference in self.run.persona.references.filter(
-                role=ReferenceRole.FACE
-            ):
-                analysis = analyse_faces(open_stored_image(reference.image.name))
-                if analysis.embedding is not None:
-                    self._identity.append(analysis.embedding)
-        return self._identity
+        # Scored for identity on the CPU queue, not here: the GPU trains on.
+        services.training_run_add_samples(run=self.run, samples=samples)
 
 
 def _fail(run: TrainingRun, job: Job, error: Exception) -> str:
@@ -271,51 +256,22 @@ def _fail(run: TrainingRun, job: Job, error: Exception) -> str:
 # --- Reconcile -------------------------------------------------------------------
 
 
+TRAINING_REPAIRS = RowRepairs(
+    requeue=lambda run, reason: services.training_run_requeue(run=run, reason=reason),
+    fail=lambda run, code, message, detail: services.training_run_fail(
+        run=run, code=code, message=message, detail=detail
+    ),
+    what="training it",
+    retry_note=", to resume from its last checkpoint",
+)
+
+
 def reconcile_training_runs(connection, report) -> None:
-    """The reconciler's pass over active training runs (``generation.reconcile``
-    judges the jobs): a lost job is enqueued again, an abandoned run resumes
-    from its last checkpoint while attempts remain, else fails with a reason.
-    Repaired run ids go to ``report.training``."""
-    from rq.job import JobStatus
-
-    from generation.reconcile import _executing, _fetch_job, _in_queue
-
-    for run in TrainingRun.objects.filter(
-        status__in=(TrainingStatus.QUEUED, TrainingStatus.RUNNING)
-    ):
+    """The reconciler's pass over active training runs, judged as content rows
+    are (``queued_rows.row_reconcile``): a lost job is enqueued again, an
+    abandoned run resumes from its last checkpoint while attempts remain, else
+    fails with a reason. Repaired run ids go to ``report.training``."""
+    for run in TrainingRun.objects.filter(status__in=TRAINING_ACTIVE_STATUSES):
         report.checked += 1
-        job = _fetch_job(run.rq_job_id, connection)
-        status = None if job is None else job.get_status(refresh=False)
-        if run.status == TrainingStatus.QUEUED:
-            if status in (JobStatus.SCHEDULED, JobStatus.DEFERRED) or (
-                status == JobStatus.QUEUED and _in_queue(job, connection)
-            ):
-                continue
-            if status == JobStatus.STARTED and _executing(job, run, connection):
-                continue
-            if services.training_run_requeue(
-                run=run,
-                reason="Its job was lost from Redis (restarted or flushed); "
-                "queued again.",
-            ):
-                report.training.append(run.pk)
-            continue
-        if job is not None and _executing(job, run, connection):
-            continue
-        worker = run.worker_name or "unknown"
-        if run.attempts < settings.STUDIO_MAX_ATTEMPTS:
-            repaired = services.training_run_requeue(
-                run=run,
-                reason=f"The worker training it ({worker}) stopped (killed, "
-                f"crashed or lost); queued again after attempt {run.attempts}, to "
-                "resume from its last checkpoint.",
-            )
-        else:
-            repaired = services.training_run_fail(
-                run=run,
-                code="worker_lost",
-                message=f"The worker training it ({worker}) stopped on attempt "
-                f"{run.attempts} of {settings.STUDIO_MAX_ATTEMPTS}; gave up.",
-            )
-        if repaired:
+        if row_reconcile(run, connection, TRAINING_REPAIRS):
             report.training.append(run.pk)

@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import uuid
 
-from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from generation.queued_rows import RUN_ACTIVE_STATUSES, QueuedRow, RunStatus
 from personas.models import Persona, PersonaLoraVersion
 
-
-class TrainingStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-TRAINING_ACTIVE_STATUSES = (TrainingStatus.QUEUED, TrainingStatus.RUNNING)
+# A run is a queued row (``generation.queued_rows``), as a content row is.
+TrainingStatus = RunStatus
+TRAINING_ACTIVE_STATUSES = RUN_ACTIVE_STATUSES
 
 
 def training_file_name(run_id: int, *parts: str) -> str:
@@ -38,15 +31,9 @@ def sample_upload_to(instance: TrainingSample, filename: str) -> str:
     return training_file_name(instance.run_id, "samples", f"{uuid.uuid4().hex}.png")
 
 
-class TrainingRun(models.Model):
+class TrainingRun(QueuedRow):
     persona = models.ForeignKey(
         Persona, on_delete=models.CASCADE, related_name="training_runs"
-    )
-    status = models.CharField(
-        max_length=10,
-        choices=TrainingStatus.choices,
-        default=TrainingStatus.QUEUED,
-        db_index=True,
     )
     model = models.CharField("base model", max_length=100)
     family = models.CharField(max_length=20, default="sd15")
@@ -63,8 +50,6 @@ class TrainingRun(models.Model):
         blank=True,
         help_text="Base model fingerprint, library versions, image hashes.",
     )
-    progress_step = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
     eta_seconds = models.FloatField(null=True, blank=True)
     steps_per_second = models.FloatField(null=True, blank=True)
     loss_history = models.JSONField(
@@ -82,30 +67,15 @@ class TrainingRun(models.Model):
         on_delete=models.SET_NULL,
         related_name="training_run",
     )
-    cancel_requested = models.BooleanField(default=False)
-    rq_job_id = models.CharField(max_length=64, blank=True, db_index=True)
-    queue_name = models.CharField(max_length=64, blank=True)
-    worker_name = models.CharField(max_length=255, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    error_code = models.CharField(max_length=32, blank=True)
-    error_message = models.TextField(blank=True)
-    error_detail = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "training run"
         permissions = [("train_lora", "Can train a persona LoRA")]
+        indexes = [
+            models.Index(fields=["status"], name="trainingrun_status"),
+            models.Index(fields=["rq_job_id"], name="trainingrun_rq_job"),
+        ]
 
     def __str__(self) -> str:
         return f"Training #{self.pk} of {self.persona}"
@@ -113,15 +83,13 @@ class TrainingRun(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("admin:generation_trainingrun_change", args=[self.pk])
 
-    @property
-    def is_active(self) -> bool:
-        return self.status in TRAINING_ACTIVE_STATUSES
-
 
 class TrainingSample(models.Model):
     """A validation image made at ``step`` with the LoRA so far, and its identity
     score against the persona's face references (None with the reason when it
-    could not be computed)."""
+    could not be computed). The score comes from a job on the CPU queue
+    (``generation.scoring_jobs.training_sample_score``), as an output's does:
+    ``identity_status`` is ``pending`` until it lands."""
 
     run = models.ForeignKey(
         TrainingRun, on_delete=models.CASCADE, related_name="samples"
@@ -130,9 +98,12 @@ class TrainingSample(models.Model):
     prompt = models.TextField()
     seed = models.PositiveBigIntegerField()
     image = models.ImageField(upload_to=sample_upload_to)
-    identity_status = models.CharField(max_length=16, blank=True)
+    identity_status = models.CharField(max_length=16, blank=True, db_index=True)
     identity_similarity = models.FloatField(null=True, blank=True)
     identity_distance = models.FloatField(null=True, blank=True)
+    identity_detail = models.JSONField(default=dict, blank=True, editable=False)
+    score_job_id = models.CharField("scoring job id", max_length=64, blank=True)
+    score_attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -10,9 +10,7 @@ result go through Django's storage API.
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,11 +18,10 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Max
 from django.utils import timezone
 from PIL import Image
 
-from generation.engine.errors import EngineError
+from generation.engine.errors import EngineError, GenerationCancelled
 from generation.engine.training import (
     TrainingResult,
     TrainingSettings,
@@ -32,15 +29,21 @@ from generation.engine.training import (
     check_training_plan,
 )
 from generation.engine_settings import model_family
-from generation.queues import get_queue, queue_name_for_model
+from generation.queued_rows import (
+    RowJob,
+    row_claim,
+    row_finish_active,
+    row_queue,
+    row_requeue,
+)
+from generation.score_services import training_samples_queue_scoring
 from generation.training_models import (
-    TRAINING_ACTIVE_STATUSES,
     TrainingRun,
     TrainingSample,
     TrainingStatus,
     training_file_name,
 )
-from personas.lora import validate_lora_upload
+from personas.files import delete_quietly, written_files_removed_on_failure
 from personas.models import (
     LoraSource,
     Persona,
@@ -48,13 +51,16 @@ from personas.models import (
     ReferenceImage,
     ReferenceRole,
 )
-from personas.services import persona_set_lora
+from personas.services import lora_version_add
 from personas.uploads import UploadRejected
 
-TRAINING_JOB_FUNCTION = "generation.training_jobs.training_run_job"
-TRAINING_JOB_TIMEOUT = 48 * 3600
-"""A training job may run for hours; the worker's heartbeat keeps it alive, and
-this bounds one that hangs (RQ kills it, the reconciler then sees it)."""
+TRAINING_JOB = RowJob(
+    function="generation.training_jobs.training_run_job",
+    # A training job may run for hours; the worker's heartbeat keeps it alive,
+    # and this bounds one that hangs (RQ kills it, the reconciler then sees it).
+    timeout=48 * 3600,
+    description="train LoRA, run",
+)
 DEFAULT_TRAINING_ROLES = (
     ReferenceRole.FACE,
     ReferenceRole.HALF_BODY,
@@ -177,54 +183,17 @@ def training_run_cancel(
 
 
 @transaction.atomic
-def lora_version_activate(*, version: PersonaLoraVersion) -> PersonaLoraVersion:
-    """Make ``version`` the persona's active LoRA: the one generations use.
-
-    The persona gets its own copy of the weights through ``persona_set_lora``
-    (validated, the replaced file deleted on commit), so that replacing or
-    removing the persona's LoRA later never deletes a kept version's file.
-    """
-    PersonaLoraVersion.objects.filter(persona_id=version.persona_id).exclude(
-        pk=version.pk
-    ).update(is_active=False)
-    PersonaLoraVersion.objects.filter(pk=version.pk).update(is_active=True)
-    with version.weights.open("rb") as stored:
-        weights = stored.read()
-    name = f"{version.persona.slug}-lora-v{version.number}.safetensors"
-    persona_set_lora(persona=version.persona, file=ContentFile(weights, name=name))
-    version.is_active = True
-    return version
-
-
-@transaction.atomic
 def training_run_delete(*, run: TrainingRun) -> None:
-    """Delete a finished run with its checkpoint and sample files (its LoRA
-    version stays: it belongs to the persona). An active run is cancelled
-    first."""
+    """Delete a finished run; its checkpoint and sample files go once that
+    commits (``generation.cleanup``); its LoRA version stays: it belongs to the
+    persona. An active run is cancelled first."""
     if run.is_active:
         raise ValidationError(
             "Training #%(id)s is still %(status)s: cancel it first.",
             code="active",
             params={"id": run.pk, "status": run.get_status_display()},
         )
-    names = [name for entry in run.checkpoints for name in entry["files"].values()]
-    names += [sample.image.name for sample in run.samples.all() if sample.image]
     run.delete()
-    _delete_on_commit(names)
-
-
-@transaction.atomic
-def lora_version_delete(*, version: PersonaLoraVersion) -> None:
-    """Delete a LoRA version that is not the active one, with its file."""
-    if version.is_active:
-        raise ValidationError(
-            "%(version)s is the active LoRA: make another version active first.",
-            code="active",
-            params={"version": version},
-        )
-    name = version.weights.name
-    version.delete()
-    _delete_on_commit([name])
 
 
 # --- The job's writes ------------------------------------------------------------
@@ -233,16 +202,7 @@ def lora_version_delete(*, version: PersonaLoraVersion) -> None:
 def training_run_claim(*, run_id: int, job_id: str, worker_name: str) -> bool:
     """Mark a queued run running for job ``job_id``; False when it is not queued
     for that job (idempotent jobs)."""
-    return bool(
-        TrainingRun.objects.filter(
-            pk=run_id, status=TrainingStatus.QUEUED, rq_job_id=job_id
-        ).update(
-            status=TrainingStatus.RUNNING,
-            worker_name=worker_name,
-            attempts=F("attempts") + 1,
-            started_at=timezone.now(),
-        )
-    )
+    return row_claim(TrainingRun, pk=run_id, job_id=job_id, worker_name=worker_name)
 
 
 def training_run_report_progress(
@@ -267,16 +227,33 @@ def training_run_report_progress(
 def training_run_add_checkpoint(
     *, run: TrainingRun, step: int, folder: Path
 ) -> dict[str, object]:
-    """Store a checkpoint folder's files; record their storage names."""
+    """Store a checkpoint folder's files; record their storage names. Files of a
+    write that failed, or of a run that is no longer this job's (deleted,
+    taken over), are removed again: no checkpoint file is left without its row.
+    """
     files = {}
-    for path in sorted(Path(folder).iterdir()):
-        name = training_file_name(run.pk, f"step-{step:06d}", path.name)
-        files[path.name] = default_storage.save(name, ContentFile(path.read_bytes()))
-    entry = {"step": step, "files": files}
+    storage = default_storage
+    try:
+        for path in sorted(Path(folder).iterdir()):
+            name = training_file_name(run.pk, f"step-{step:06d}", path.name)
+            # A file there now was left by an attempt killed while storing (the
+            # names are the run's and the step's): this one replaces it.
+            delete_quietly(storage, name)
+            files[path.name] = name
+            files[path.name] = storage.save(name, ContentFile(path.read_bytes()))
+        entry = {"step": step, "files": files}
+        recorded = TrainingRun.objects.filter(
+            pk=run.pk, rq_job_id=run.rq_job_id
+        ).update(checkpoints=[*run.checkpoints, entry])
+        if not recorded:
+            raise GenerationCancelled(
+                f"Training #{run.pk} is no longer this job's; checkpoint dropped."
+            )
+    except BaseException:
+        for name in files.values():
+            delete_quietly(storage, name)
+        raise
     run.checkpoints = [*run.checkpoints, entry]
-    TrainingRun.objects.filter(pk=run.pk, rq_job_id=run.rq_job_id).update(
-        checkpoints=run.checkpoints
-    )
     return entry
 
 
@@ -297,28 +274,37 @@ def training_run_last_checkpoint(*, run: TrainingRun, into: Path) -> Path | None
 
 
 def training_run_add_samples(
-    *,
-    run: TrainingRun,
-    samples: Sequence[ValidationSample],
-    scores: Sequence[dict[str, object]],
+    *, run: TrainingRun, samples: Sequence[ValidationSample]
 ) -> list[TrainingSample]:
-    """Store validation samples with their identity scores (a repeat of a step
-    after a resume replaces nothing: the first one stays)."""
-    stored = []
-    for sample, score in zip(samples, scores, strict=True):
-        row, created = TrainingSample.objects.get_or_create(
-            run=run,
-            step=sample.step,
-            prompt=sample.prompt,
-            seed=sample.seed,
-            defaults={
-                "image": ContentFile(_png(sample.image), name="sample.png"),
-                "identity_status": score["status"],
-                "identity_similarity": score.get("similarity"),
-                "identity_distance": score.get("distance"),
-            },
-        )
-        stored.append(row)
+    """Store validation samples, each pending its identity score, which a job on
+    the CPU queue computes (``score_services.training_samples_queue_scoring``):
+    the GPU job goes on training meanwhile. A repeat of a step after a resume
+    adds nothing (the first one stays). The images of a write that fails, or of
+    a run that is no longer this job's, are removed again."""
+    stored, created = [], []
+    with written_files_removed_on_failure() as written, transaction.atomic():
+        if not TrainingRun.objects.filter(
+            pk=run.pk, rq_job_id=run.rq_job_id, status=TrainingStatus.RUNNING
+        ).exists():
+            raise GenerationCancelled(
+                f"Training #{run.pk} is no longer this job's; samples dropped."
+            )
+        for sample in samples:
+            row = TrainingSample.objects.filter(
+                run=run, step=sample.step, prompt=sample.prompt, seed=sample.seed
+            ).first()
+            if row is None:
+                row = TrainingSample(
+                    run=run, step=sample.step, prompt=sample.prompt, seed=sample.seed
+                )
+                written.save(
+                    row.image, "sample.png", ContentFile(_png(sample.image))
+                )
+                created.append(row)
+            stored.append(row)
+        training_samples_queue_scoring(samples=created)
+        for row in created:
+            row.save()
     return stored
 
 
@@ -338,7 +324,13 @@ def training_run_succeed(
         return None
     name = f"{row.persona.slug}-training-{row.pk}.safetensors"
     try:
-        checked = validate_lora_upload(ContentFile(result.lora, name=name), name=name)
+        version = lora_version_add(
+            persona=row.persona,
+            file=ContentFile(result.lora, name=name),
+            source=LoraSource.TRAINED,
+            label=f"trained, run #{row.pk}, {row.trigger_word}",
+            user=row.created_by,
+        )
     except UploadRejected as error:
         _finish(
             row,
@@ -347,23 +339,6 @@ def training_run_succeed(
             f"The trained LoRA failed the studio's LoRA checks: {error.messages[0]}",
         )
         return None
-    number = (
-        PersonaLoraVersion.objects.filter(persona_id=row.persona_id).aggregate(
-            Max("number")
-        )["number__max"]
-        or 0
-    ) + 1
-    version = PersonaLoraVersion(
-        persona_id=row.persona_id,
-        number=number,
-        sha256=checked.sha256,
-        source=LoraSource.TRAINED,
-        label=f"trained, run #{row.pk}, {row.trigger_word}",
-        created_by=row.created_by,
-    )
-    version.weights.save(name, ContentFile(result.lora), save=False)
-    version.save()
-    lora_version_activate(version=version)
     row.lora_version = version
     row.snapshot = {**result.snapshot, "resumed_from": result.resumed_from}
     row.progress_step = result.steps
@@ -377,16 +352,20 @@ def training_run_succeed(
 def training_run_fail(
     *, run: TrainingRun, code: str, message: str, detail: str = ""
 ) -> bool:
-    return _finish_active(run, TrainingStatus.FAILED, code, message, detail)
-
-
-def training_run_mark_cancelled(*, run: TrainingRun) -> bool:
-    return _finish_active(
-        run, TrainingStatus.CANCELLED, "cancelled", "Cancelled while running.", ""
+    return row_finish_active(
+        run, status=TrainingStatus.FAILED, code=code, message=message, detail=detail
     )
 
 
-@transaction.atomic
+def training_run_mark_cancelled(*, run: TrainingRun) -> bool:
+    return row_finish_active(
+        run,
+        status=TrainingStatus.CANCELLED,
+        code="cancelled",
+        message="Cancelled while running.",
+    )
+
+
 def training_run_requeue(
     *,
     run: TrainingRun,
@@ -396,19 +375,12 @@ def training_run_requeue(
 ) -> bool:
     """Queue an active run again under a new job id; it resumes from its last
     checkpoint. False when the row changed since ``run`` was read."""
-    row = (
-        TrainingRun.objects.select_for_update()
-        .filter(pk=run.pk, status=run.status, rq_job_id=run.rq_job_id)
-        .first()
+    return row_requeue(
+        run,
+        queue=lambda row: _queue_run(row, delay_seconds=delay_seconds),
+        reason=reason,
+        refund_attempt=refund_attempt,
     )
-    if row is None or row.status not in TRAINING_ACTIVE_STATUSES:
-        return False
-    if refund_attempt and row.attempts:
-        row.attempts -= 1
-    row.error_message = reason
-    _queue_run(row, delay_seconds=delay_seconds)
-    row.save()
-    return True
 
 
 # --- Internals -------------------------------------------------------------------
@@ -417,30 +389,7 @@ def training_run_requeue(
 def _queue_run(run: TrainingRun, *, delay_seconds: float) -> None:
     """Set ``run`` queued under a new job id; enqueue that job on commit (the
     caller saves the row in the same transaction)."""
-    run.status = TrainingStatus.QUEUED
-    run.rq_job_id = uuid.uuid4().hex
-    run.queue_name = queue_name_for_model(run.model)
-    run.worker_name = ""
-    run.enqueued_at = timezone.now() + timedelta(seconds=delay_seconds)
-    job_id, queue_name = run.rq_job_id, run.queue_name
-
-    def enqueue_on_commit() -> None:
-        # A failure (Redis down) leaves the row queued for the reconciler.
-        queue = get_queue(queue_name)
-        options = {
-            "args": (run.pk,),
-            "job_id": job_id,
-            "job_timeout": TRAINING_JOB_TIMEOUT,
-            "description": f"train LoRA, run #{run.pk}",
-        }
-        if delay_seconds > 0:
-            queue.enqueue_in(
-                timedelta(seconds=delay_seconds), TRAINING_JOB_FUNCTION, **options
-            )
-        else:
-            queue.enqueue(TRAINING_JOB_FUNCTION, **options)
-
-    transaction.on_commit(enqueue_on_commit, robust=True)
+    row_queue(run, TRAINING_JOB, model_key=run.model, delay_seconds=delay_seconds)
 
 
 def _finish(row: TrainingRun, status: str, code: str, message: str) -> None:
@@ -449,35 +398,6 @@ def _finish(row: TrainingRun, status: str, code: str, message: str) -> None:
     row.error_message = message
     row.finished_at = timezone.now()
     row.save()
-
-
-def _finish_active(
-    run: TrainingRun, status: str, code: str, message: str, detail: str
-) -> bool:
-    return bool(
-        TrainingRun.objects.filter(
-            pk=run.pk, status__in=TRAINING_ACTIVE_STATUSES, rq_job_id=run.rq_job_id
-        ).update(
-            status=status,
-            error_code=code,
-            error_message=message,
-            error_detail=detail,
-            finished_at=timezone.now(),
-        )
-    )
-
-
-def _delete_on_commit(names: list[str]) -> None:
-    def delete() -> None:
-        for name in names:
-            try:
-                default_storage.delete(name)
-            except OSError:
-                # An undeletable file is an orphan for a sweep, not a failure of
-                # a deletion that has committed.
-                pass
-
-    transaction.on_commit(delete)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -38,6 +38,7 @@ from personas.forms import (
 from personas.models import ControlNetUnit, Persona, ReferenceImage
 from personas.selectors import persona_list
 from personas.services import (
+    lora_version_add,
     persona_delete,
     persona_lock_appearance,
     persona_save,
@@ -372,7 +373,13 @@ class PersonaAdmin(admin.ModelAdmin):
             gallery_has_primary=None if gallery is None else gallery.has_primary(),
         )
         if form.cleaned_data.get("lora_upload"):
-            persona_set_lora(persona=persona, file=form.cleaned_data["lora_upload"])
+            upload = form.cleaned_data["lora_upload"]
+            lora_version_add(
+                persona=persona,
+                file=upload,
+                label=f"uploaded, {upload.name}",
+                user=request.user,
+            )
         elif form.cleaned_data.get("lora_remove"):
             persona_set_lora(persona=persona, file=None)
         super().save_related(request, form, formsets, change)

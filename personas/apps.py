@@ -6,7 +6,12 @@ class PersonasConfig(AppConfig):
     verbose_name = "Personas"
 
     def ready(self) -> None:
-        from personas.models import ControlNetUnit, Persona, ReferenceImage
+        from personas.models import (
+            ControlNetUnit,
+            Persona,
+            PersonaLoraVersion,
+            ReferenceImage,
+        )
         from studio.media import register_media_owner
 
         see_reference = ("personas.view_referenceimage", "personas.view_persona")
@@ -20,6 +25,9 @@ class PersonasConfig(AppConfig):
         # LoRA weights are the persona's own to change, not to browse.
         register_media_owner(
             Persona, "lora_weights", permissions=("personas.change_persona",)
+        )
+        register_media_owner(
+            PersonaLoraVersion, "weights", permissions=("personas.change_persona",)
         )
 
         from personas.files import connect_file_cleanup

@@ -23,7 +23,14 @@ from django.utils.text import slugify
 from personas.face_analysis import reference_queue_analysis
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.lora import validate_lora_upload
-from personas.models import ControlNetUnit, Persona, ReferenceImage, ReferenceRole
+from personas.models import (
+    ControlNetUnit,
+    LoraSource,
+    Persona,
+    PersonaLoraVersion,
+    ReferenceImage,
+    ReferenceRole,
+)
 from personas.uploads import ValidatedImage, validate_image_upload
 
 REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
@@ -139,9 +146,12 @@ def persona_unlock_appearance(*, persona: Persona) -> Persona:
 
 
 def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
-    """Store new LoRA weights (validated) for a persona, or remove them (None).
+    """Store new LoRA weights (validated) for a persona, or remove them (None):
+    the weights its generations use.
 
-    The replaced file is deleted once the change commits.
+    The replaced file is deleted once the change commits. Removing them leaves
+    no LoRA version active. A staff upload goes through :func:`lora_version_add`,
+    which keeps the file as a version too.
     """
     lora = None if file is None else validate_lora_upload(file)
     with written_files_removed_on_failure() as written, transaction.atomic():
@@ -149,11 +159,78 @@ def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
         if lora is None:
             persona.lora_weights = ""
             persona.lora_sha256 = ""
+            persona.lora_versions.filter(is_active=True).update(is_active=False)
         else:
             written.save(persona.lora_weights, lora.name, lora)
             persona.lora_sha256 = lora.sha256
         persona.save(update_fields=["lora_weights", "lora_sha256", "updated_at"])
     return persona
+
+
+# --- LoRA versions ----------------------------------------------------------------
+
+
+def lora_version_add(
+    *,
+    persona: Persona,
+    file: File,
+    source: str = LoraSource.UPLOADED,
+    label: str = "",
+    user: AbstractBaseUser | None = None,
+) -> PersonaLoraVersion:
+    """Keep a LoRA file (validated: the upload checks) as the persona's next
+    version, uploaded or trained, and make it the active one. Earlier versions
+    are kept."""
+    lora = validate_lora_upload(file)
+    with written_files_removed_on_failure() as written, transaction.atomic():
+        _lock_persona_row(persona.pk)
+        last = persona.lora_versions.aggregate(Max("number"))["number__max"]
+        version = PersonaLoraVersion(
+            persona=persona,
+            number=(last or 0) + 1,
+            sha256=lora.sha256,
+            source=source,
+            label=label[:120],
+            created_by=user,
+        )
+        written.save(version.weights, lora.name, lora)
+        version.full_clean(exclude=["weights"])
+        version.save()
+        lora_version_activate(version=version)
+    return version
+
+
+@transaction.atomic
+def lora_version_activate(*, version: PersonaLoraVersion) -> PersonaLoraVersion:
+    """Make ``version`` the persona's active LoRA: the one generations use.
+
+    The persona gets its own copy of the weights through ``persona_set_lora``
+    (validated, the replaced file deleted on commit), so that replacing or
+    removing the persona's LoRA later never deletes a kept version's file.
+    """
+    PersonaLoraVersion.objects.filter(persona_id=version.persona_id).exclude(
+        pk=version.pk
+    ).update(is_active=False)
+    with version.weights.open("rb") as stored:
+        weights = stored.read()
+    name = f"{version.persona.slug}-lora-v{version.number}.safetensors"
+    persona_set_lora(persona=version.persona, file=ContentFile(weights, name=name))
+    PersonaLoraVersion.objects.filter(pk=version.pk).update(is_active=True)
+    version.is_active = True
+    return version
+
+
+@transaction.atomic
+def lora_version_delete(*, version: PersonaLoraVersion) -> None:
+    """Delete a LoRA version that is not the active one; its file goes once the
+    deletion commits (``personas.apps``' receiver)."""
+    if version.is_active:
+        raise ValidationError(
+            "%(version)s is the active LoRA: make another version active first.",
+            code="active",
+            params={"version": version},
+        )
+    version.delete()
 
 
 @transaction.atomic

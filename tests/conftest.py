@@ -37,3 +37,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest):
+    """This test's recorder for docs/reliability.md (tests/reliability/
+    figures.py); its section is the test module's name without ``test_``."""
+    from tests.reliability.figures import Figures
+
+    section = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return Figures(test=request.node.nodeid, section=section)

@@ -394,3 +394,19 @@ def wait_scored(content: Content, *, timeout: float = JOB_TIMEOUT) -> Content:
         what=f"content #{content.pk} to be scored",
     )
     return Content.objects.get(pk=content.pk)
+
+
+def wait_samples_scored(run, *, timeout: float = JOB_TIMEOUT):
+    """Wait until every validation sample of training ``run`` has its identity
+    score (a CPU worker scores them on ``STUDIO_CPU_QUEUE``); return the run
+    fresh."""
+    from generation.training_models import TrainingRun, TrainingSample
+
+    wait_for(
+        lambda: not TrainingSample.objects.filter(
+            run_id=run.pk, identity_status="pending"
+        ).exists(),
+        timeout=timeout,
+        what=f"the samples of training #{run.pk} to be scored",
+    )
+    return TrainingRun.objects.get(pk=run.pk)

@@ -230,7 +230,14 @@ def test_add_a_locked_persona_with_gallery_and_control_units(admin_client, media
     assert units[1].preprocessor_options == {"low_threshold": 50}
     assert bare_persona.lora_weights.name.startswith("loras/")
     assert len(bare_persona.lora_sha256) == 64
-    assert len(stored_files(media_root)) == 2 * 2 + 1 + 1
+    # The upload is kept as the persona's first LoRA version, the active one.
+    (version,) = bare_persona.lora_versions.all()
+    assert (version.number, version.source, version.is_active) == (1, "uploaded", True)
+    assert version.sha256 == bare_persona.lora_sha256
+    assert version.label == "uploaded, ada.safetensors"
+    assert version.created_by.username == "admin"
+    # References and thumbnails, a control image, the LoRA and its version.
+    assert len(stored_files(media_root)) == 2 * 2 + 1 + 1 + 1
 
 
 def test_locking_on_the_add_page_needs_a_primary_in_the_gallery(admin_client, db):
@@ -400,7 +407,11 @@ def test_change_page_replaces_and_removes_lora_weights(
         )
     assert response.status_code == 302, errors_in(response)
     bare_persona.refresh_from_db()
-    assert stored_files(media_root) == {bare_persona.lora_weights.name} != {old_name}
+    (version,) = bare_persona.lora_versions.all()
+    assert version.is_active and version.sha256 == bare_persona.lora_sha256
+    kept = version.weights.name
+    assert stored_files(media_root) == {bare_persona.lora_weights.name, kept}
+    assert old_name not in stored_files(media_root)
 
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(
@@ -409,7 +420,10 @@ def test_change_page_replaces_and_removes_lora_weights(
         )
     bare_persona.refresh_from_db()
     assert not bare_persona.lora_weights
-    assert stored_files(media_root) == set()
+    # The version is kept, no longer active: staff may make it active again.
+    version.refresh_from_db()
+    assert not version.is_active
+    assert stored_files(media_root) == {kept}
 
 
 def test_control_unit_inline_refuses_a_reversed_guidance_window(

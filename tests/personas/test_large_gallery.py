@@ -21,7 +21,9 @@ from personas.services import persona_create, reference_image_add
 from tests import images
 from tests.reliability.admin_forms import change_form_data, inline
 
-pytestmark = pytest.mark.django_db
+# ``large_gallery``: tests/reliability/report.py runs these too, for the figure
+# of the largest gallery saved.
+pytestmark = [pytest.mark.django_db, pytest.mark.large_gallery]
 
 GALLERY_SIZE = 5_000
 PAGE_BYTES_LIMIT = 300_000
@@ -88,17 +90,29 @@ def test_the_change_page_of_a_large_gallery_shows_one_page_and_stays_small(
 
 
 def test_a_persona_with_5000_references_is_saved_through_its_change_form(
-    admin_client, large_persona, django_assert_max_num_queries
+    admin_client, large_persona, django_assert_max_num_queries, figures
 ):
+    import time
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    started = time.perf_counter()
     response = admin_client.get(change_url(large_persona))
+    page_seconds = time.perf_counter() - started
     data = change_form_data(response)
     data["description"] = "saved with 5,000 references"
     shown = inline(response, ReferenceImage).formset.initial_forms
     edited = shown[1].instance
     data[f"{shown[1].prefix}-caption"] = "edited on the first page"
 
-    with django_assert_max_num_queries(PAGE_QUERIES_LIMIT * 2):
+    with (
+        django_assert_max_num_queries(PAGE_QUERIES_LIMIT * 2),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        started = time.perf_counter()
         saved = admin_client.post(change_url(large_persona), data)
+        save_seconds = time.perf_counter() - started
 
     assert saved.status_code == 302, saved.context and saved.context.get("errors")
     large_persona.refresh_from_db()
@@ -108,6 +122,18 @@ def test_a_persona_with_5000_references_is_saved_through_its_change_form(
         "edited on the first page"
     )
     assert large_persona.references.get(is_primary=True) == shown[0].instance
+    # A figure for docs/reliability.md (times are measured, never asserted).
+    figures.record(
+        group="largest gallery saved",
+        item=f"{GALLERY_SIZE:,} references",
+        outcome=f"saved (HTTP {saved.status_code})",
+        references=large_persona.references.count(),
+        fields_posted=len(data),
+        page_kb=round(len(response.content) / 1024, 1),
+        page_seconds=round(page_seconds, 3),
+        save_queries=len(queries),
+        save_seconds=round(save_seconds, 3),
+    )
 
 
 def test_the_whole_gallery_is_the_reference_list_page_by_page(

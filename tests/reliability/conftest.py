@@ -1,7 +1,8 @@
 """Fixtures of the reliability suite.
 
 The tiny model, the shared media folder and real worker processes come from the
-shared fixtures of tests/workers.py (loaded by tests/conftest.py).
+shared fixtures of tests/workers.py (loaded by tests/conftest.py), and so does
+``figures``, this test's recorder for docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from django.db.models import FileField, Model
 
 from generation.models import Batch, Content, ContentControlImage
 from personas.models import ControlNetUnit, Persona, ReferenceImage
-from tests.reliability.figures import Figures
 
 STUDIO_MODELS: tuple[type[Model], ...] = (
     Persona,
@@ -26,13 +26,6 @@ STUDIO_MODELS: tuple[type[Model], ...] = (
     ContentControlImage,
     Batch,
 )
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Figures:
-    """This test's recorder for docs/reliability.md."""
-    section = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
-    return Figures(test=request.node.nodeid, section=section)
 
 
 @pytest.fixture

@@ -22,8 +22,17 @@ from django.db.models import FileField
 
 
 def referenced_names() -> set[str]:
-    """The storage name of every file any row of any installed model points to."""
-    return {
+    """The storage name of every file any row of any installed model points to:
+    its file fields, and the checkpoints a training run names in its JSON."""
+    from generation.training_models import TrainingRun
+
+    checkpoints = {
+        name
+        for entries in TrainingRun.objects.values_list("checkpoints", flat=True)
+        for entry in entries or ()
+        for name in entry["files"].values()
+    }
+    return checkpoints | {
         name
         for model in apps.get_models()
         for field in model._meta.concrete_fields

@@ -3,13 +3,16 @@
     .venv/bin/python -m tests.reliability.report [--output PATH] [PYTEST ARGS...]
 
 One command reproduces the document: it runs ``pytest -m reliability`` on
-tests/reliability with ``STUDIO_RELIABILITY_FIGURES`` pointing at a fresh
-JSON-lines file (see ``figures.py``), reads the figures and the JUnit results
-back, and writes, for each test, what was tried (its module's and its own
-description), how much (the records' counts) and what happened (its outcome and
-the records' outcomes and numbers). Extra arguments go to pytest (``-k fault``
-runs part of the suite; the document then covers that part). The exit status
-is pytest's.
+tests/reliability (and the large-gallery tests of tests/personas) with
+``STUDIO_RELIABILITY_FIGURES`` pointing at a fresh JSON-lines file (see
+``figures.py``), reads the figures and the JUnit results back, and writes, for
+each test, what was tried (its module's and its own description), how much (the
+records' counts) and what happened (its outcome and the records' outcomes and
+numbers). Extra arguments go to pytest (``-k fault`` runs part of the suite;
+the document then covers that part). The exit status is pytest's. The
+machine's load average before and after the run goes into the document, and
+``--note`` adds a sentence about the machine (shared with other jobs, say):
+times measured under load are longer.
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ SECTIONS = {
     "faults": "Faults",
     "permissions": "Permissions",
     "load": "Load",
+    "large_gallery": "Large galleries",
 }
+MODULES = {"large_gallery": "tests.personas.test_large_gallery"}
+"""Sections whose tests live outside tests/reliability (their module)."""
+SUITE_PATHS = ["tests/reliability", "tests/personas/test_large_gallery.py"]
+SUITE_MARKERS = "reliability or large_gallery"
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,9 @@ def run_suite(pytest_args: list[str], figures_path: Path, junit_path: Path) -> i
         sys.executable,
         "-m",
         "pytest",
-        "tests/reliability",
+        *SUITE_PATHS,
         "-m",
-        "reliability",
+        SUITE_MARKERS,
         "-p",
         "no:cacheprovider",
         "-q",
@@ -129,9 +137,55 @@ def table(headers: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
 # --- Sections -----------------------------------------------------------------
 
 
+CHECK_COST = "check cost: "
+
+
+def check_cost_lines(records: list[dict]) -> list[str]:
+    """The worst accepted and refused file by CPU and by memory (the targets:
+    1 s of CPU, 256 MB), and the LoRA header refusal."""
+    rows = []
+    for record in records:
+        numbers = record["numbers"]
+        web_cpu = numbers.get("web_cpu_seconds", numbers.get("cpu_seconds", ""))
+        rows.append(
+            (
+                record["group"].removeprefix(CHECK_COST),
+                f"`{record['item']}`",
+                web_cpu,
+                numbers.get("child_cpu_seconds", ""),
+                numbers.get("web_peak_mb", ""),
+                numbers.get("child_peak_mb", ""),
+                record["outcome"],
+            )
+        )
+    if not rows:
+        return []
+    return [
+        "**What checking a file cost** (targets: 1 s of CPU and 256 MB for any "
+        "file; the web process's CPU and Python allocations at their peak, the "
+        "decoding child's CPU and peak resident memory):",
+        "",
+        *table(
+            [
+                "worst",
+                "file",
+                "web CPU (s)",
+                "decoder CPU (s)",
+                "web peak (MB)",
+                "decoder peak (MB)",
+                "outcome",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def uploads_section(records: list[dict]) -> list[str]:
     from tests.reliability.corpus import Kind, corpus
 
+    costs = [r for r in records if r["group"].startswith(CHECK_COST)]
+    records = [r for r in records if not r["group"].startswith(CHECK_COST)]
     files = corpus()
     lines = [
         f"The corpus (`tests/reliability/corpus.py`) holds {len(files)} files built "
@@ -145,6 +199,7 @@ def uploads_section(records: list[dict]) -> list[str]:
         + ". Every file goes through every upload entry point; a file of the "
         "other kind must be refused too.",
         "",
+        *check_cost_lines(costs),
         *table(
             ["entry point", "files tried", "outcomes"],
             (
@@ -189,7 +244,36 @@ def parameters_section(records: list[dict]) -> list[str]:
     return lines
 
 
+ORPHANS = "orphaned files after "
+
+
 def faults_section(records: list[dict]) -> list[str]:
+    orphans = [r for r in records if r["item"].startswith(ORPHANS)]
+    records = [r for r in records if not r["item"].startswith(ORPHANS)]
+    return [
+        *fault_table(records),
+        "",
+        "**Orphaned files after each fault** (goal: 0; files in the media "
+        "folder that no row points to, counted by `tests/reliability/"
+        "orphans.py` after the test):",
+        "",
+        *table(
+            ["after", "orphaned files"],
+            (
+                (
+                    f"`{r['item'].removeprefix(ORPHANS)}`",
+                    r["numbers"].get("orphans", ""),
+                )
+                for r in orphans
+            ),
+        ),
+        "",
+        f"Total: {sum(r['numbers'].get('orphans', 0) for r in orphans)} orphaned "
+        f"files after {len(orphans)} faults.",
+    ]
+
+
+def fault_table(records: list[dict]) -> list[str]:
     shown = {
         "rows",
         "ended_correctly",
@@ -320,12 +404,41 @@ def load_section(records: list[dict]) -> list[str]:
     return lines
 
 
+def large_gallery_section(records: list[dict]) -> list[str]:
+    return table(
+        [
+            "gallery",
+            "outcome",
+            "references after the save",
+            "fields posted",
+            "change page (KB)",
+            "change page (s)",
+            "save queries",
+            "save (s)",
+        ],
+        (
+            (
+                record["item"],
+                record["outcome"],
+                record["numbers"].get("references", ""),
+                record["numbers"].get("fields_posted", ""),
+                record["numbers"].get("page_kb", ""),
+                record["numbers"].get("page_seconds", ""),
+                record["numbers"].get("save_queries", ""),
+                record["numbers"].get("save_seconds", ""),
+            )
+            for record in records
+        ),
+    )
+
+
 RENDERERS = {
     "hostile_uploads": uploads_section,
     "hostile_parameters": parameters_section,
     "faults": faults_section,
     "permissions": permissions_section,
     "load": load_section,
+    "large_gallery": large_gallery_section,
 }
 
 
@@ -342,15 +455,22 @@ def summarise(outcomes: Iterable[str]) -> str:
     )
 
 
-def render(results: list[TestResult], records: list[dict], exit_status: int) -> str:
+def render(
+    results: list[TestResult],
+    records: list[dict],
+    exit_status: int,
+    *,
+    machine_note: str = "",
+) -> str:
     outcomes = Counter(result.outcome for result in results)
     database = os.environ.get("DATABASE_URL", "").split(":", 1)[0] or "sqlite"
     lines = [
         "# Reliability: faults, hostile input, permissions and load",
         "",
         f"Generated by `{COMMAND}` (tests/reliability/report.py), which runs "
-        "`pytest -m reliability` on tests/reliability and writes this file; run "
-        "it again to reproduce every figure. Do not edit by hand.",
+        "`pytest -m reliability` on tests/reliability (and the large-gallery "
+        "tests of tests/personas) and writes this file; run it again to "
+        "reproduce every figure. Do not edit by hand.",
         "",
         f"Last run: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on "
         f"{platform.machine()} with {os.cpu_count()} CPUs, Python "
@@ -359,11 +479,16 @@ def render(results: list[TestResult], records: list[dict], exit_status: int) -> 
         + f" (pytest exit status {exit_status}).",
         "",
     ]
+    if machine_note:
+        lines += [machine_note, ""]
+    # A skipped test ran nothing: what its fixtures recorded is no figure.
+    skipped = {r.name for r in results if r.outcome == "skipped"}
     by_section: dict[str, list[dict]] = defaultdict(list)
     for record in records:
-        by_section[record["section"]].append(record)
+        if record["test"].rsplit("::", 1)[-1] not in skipped:
+            by_section[record["section"]].append(record)
     for key, title in SECTIONS.items():
-        module = f"tests.reliability.test_{key}"
+        module = MODULES.get(key, f"tests.reliability.test_{key}")
         tests = [result for result in results if result.module == module]
         if not tests and not by_section.get(key):
             continue
@@ -401,6 +526,9 @@ def test_lines(module: str, tests: list[TestResult]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--note", default="", help="a sentence about the machine, for the document"
+    )
     options, pytest_args = parser.parse_known_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings.test")
     import django
@@ -409,9 +537,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reliability-") as folder:
         figures_path = Path(folder) / "figures.jsonl"
         junit_path = Path(folder) / "junit.xml"
+        load_before = os.getloadavg()
         exit_status = run_suite(pytest_args, figures_path, junit_path)
+        load_after = os.getloadavg()
+        note = (
+            f"Load average (1, 5, 15 min) before the run "
+            f"{', '.join(f'{x:.1f}' for x in load_before)}, after it "
+            f"{', '.join(f'{x:.1f}' for x in load_after)}, on {os.cpu_count()} CPUs."
+        )
+        if options.note:
+            note += " " + options.note.strip()
         document = render(
-            read_results(junit_path), read_figures(figures_path), exit_status
+            read_results(junit_path),
+            read_figures(figures_path),
+            exit_status,
+            machine_note=note,
         )
     options.output.write_text(document, encoding="utf-8")
     print(f"Wrote {options.output}")

@@ -9,10 +9,14 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
 
+from generation import services
+from generation.models import ContentStatus
 from generation.training_models import TrainingRun, TrainingStatus
-from personas.models import Persona, PersonaLoraVersion
-from tests.workers import wait_for
+from personas.models import LoraSource, Persona, PersonaLoraVersion
+from personas.services import lora_version_add
+from tests.workers import wait_finished, wait_for, wait_samples_scored
 
 pytestmark = pytest.mark.django_db
 
@@ -148,10 +152,16 @@ def test_the_start_page_refuses_too_few_images(admin_client, training_persona):
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_run_started_from_the_page_trains_and_shows_chart_and_samples(
-    admin_client, training_persona, start_worker
+    admin_client, training_persona, start_worker, redis_connection
 ):
+    cpu = start_worker("cpu")  # scores the samples, off the training worker
     start_worker("train-page")
-    run = train(admin_client, training_persona)
+    run = wait_samples_scored(train(admin_client, training_persona))
+    from rq.job import Job
+
+    sample = run.samples.first()
+    job = Job.fetch(sample.score_job_id, connection=redis_connection)
+    assert job.worker_name == cpu.name
     assert LogEntry.objects.filter(object_id=str(training_persona.pk)).exists()
     assert len(run.loss_history) == 4
     assert [c["step"] for c in run.checkpoints] == [2, 4]
@@ -193,6 +203,33 @@ def test_staff_compare_two_versions_and_pick_the_active_one(
     assert PersonaLoraVersion.objects.get(is_active=True) == one
     persona = Persona.objects.get(pk=training_persona.pk)
     assert persona.lora_sha256 == one.sha256
+
+    # An uploaded LoRA is a version too, compared by the generations made with
+    # it (it has no training samples); activating it is the same action.
+    uploaded = lora_version_add(
+        persona=persona,
+        file=SimpleUploadedFile("mine.safetensors", one.weights.read()),
+        label="uploaded, mine.safetensors",
+    )
+    one.weights.close()
+    assert (uploaded.number, uploaded.source) == (3, LoraSource.UPLOADED)
+    (content,) = services.content_enqueue_batch(
+        persona=Persona.objects.get(pk=persona.pk), prompt="ada_person", count=1
+    ).contents.all()
+    assert wait_finished(content).status == ContentStatus.SUCCEEDED
+    page = admin_client.get(
+        f"/admin/generation/trainingrun/compare/{training_persona.pk}/"
+        f"?a={uploaded.pk}&b={two.pk}"
+    )
+    mine, theirs = page.context["columns"]
+    assert mine["samples"] == [] and mine["outputs"] == [content]
+    assert theirs["outputs"] == [] and len(theirs["samples"]) == 2
+    assert "an uploaded version" in page.content.decode()
+    admin_client.post(
+        "/admin/personas/personaloraversion/",
+        {"action": "activate_lora_version", "_selected_action": [one.pk]},
+    )
+    assert PersonaLoraVersion.objects.get(is_active=True) == one
 
     # Deleting a run removes its checkpoints and samples; its version stays.
     files = [n for c in first.checkpoints for n in c["files"].values()]

@@ -12,7 +12,7 @@ from generation.engine.training import TrainingSettings
 from generation.reconcile import reconcile
 from generation.training_models import TrainingRun, TrainingStatus
 from personas.models import LoraSource, Persona
-from tests.workers import wait_for
+from tests.workers import wait_for, wait_samples_scored
 
 # A run on the tiny model: 64 pixels, a learning rate that moves the loss.
 TINY_RUN = TrainingSettings(
@@ -143,12 +143,21 @@ def test_a_started_run_is_a_queued_row_with_its_inputs_and_settings(
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("base_model", "steps"),
+    # Enough steps that the kill (at step 15 or so) comes well before the end.
+    [("tiny-sd15", 100), ("tiny-sdxl", 100)],
+)
 def test_a_killed_worker_resumes_from_its_last_checkpoint_and_attaches_a_version(
-    training_persona, start_worker
+    training_persona, start_worker, base_model, steps
 ):
-    settings = TrainingSettings(**{**TINY_RUN.to_dict(), "steps": 400})
+    Persona.objects.filter(pk=training_persona.pk).update(base_model=base_model)
+    training_persona.refresh_from_db()
+    settings = TrainingSettings(**{**TINY_RUN.to_dict(), "steps": steps})
+    start_worker("cpu")  # scores the samples
     killed = start_worker("train-kill")
     run = start(training_persona, settings)
+    assert run.family == base_model.removeprefix("tiny-")
     # Past the first checkpoint (step 10), well before the end.
     wait_for(
         lambda: TrainingRun.objects.filter(
@@ -166,8 +175,12 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint_and_attaches_a_version
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingStatus.QUEUED
 
     start_worker("train-kill")
-    run = wait_status(run, TrainingStatus.SUCCEEDED, TrainingStatus.FAILED)
+    # A generous deadline: a shared test machine trains slowly.
+    run = wait_status(
+        run, TrainingStatus.SUCCEEDED, TrainingStatus.FAILED, timeout=1200
+    )
     assert run.status == TrainingStatus.SUCCEEDED, run.error_detail
+    run = wait_samples_scored(run)
     assert run.attempts == 2
     assert run.snapshot["resumed_from"] == last_checkpoint
     assert [step for step, _ in run.loss_history] == list(range(1, settings.steps + 1))
@@ -207,3 +220,56 @@ def test_cancel_ends_a_running_training_at_its_next_step(
     assert run.status == TrainingStatus.CANCELLED
     assert run.progress_step < settings.steps
     assert run.lora_version is None
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_persona_removes_every_training_file_it_owns(
+    training_persona, start_worker, django_capture_on_commit_callbacks
+):
+    """Checkpoints (named in the run's JSON), samples, trained and uploaded
+    LoRA versions and the persona's own copy: none is left, and the media sweep
+    finds no orphan afterwards."""
+    from datetime import timedelta
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from generation.media_sweep import sweep_media
+    from personas.services import lora_version_add, persona_delete
+    from tests.reliability.orphans import orphaned_files, stored_files
+
+    # The session's media folder keeps other tests' files.
+    before = stored_files()
+    start_worker("cpu")
+    start_worker("train-delete")
+    run = wait_status(
+        start(training_persona), TrainingStatus.SUCCEEDED, TrainingStatus.FAILED
+    )
+    assert run.status == TrainingStatus.SUCCEEDED, run.error_detail
+    run = wait_samples_scored(run)
+    persona = Persona.objects.get(pk=training_persona.pk)
+    uploaded = lora_version_add(
+        persona=persona,
+        file=SimpleUploadedFile(
+            "mine.safetensors", run.lora_version.weights.read()
+        ),
+    )
+    owned = [name for entry in run.checkpoints for name in entry["files"].values()]
+    owned += [sample.image.name for sample in run.samples.all()]
+    owned += [run.lora_version.weights.name, uploaded.weights.name]
+    owned.append(Persona.objects.get(pk=persona.pk).lora_weights.name)
+    assert len(run.checkpoints) == 2 and run.samples.count() == 2
+    assert all(default_storage.exists(name) for name in owned)
+    assert orphaned_files(ignoring=before) == []
+    # The sweep knows the checkpoints (no file field names them) as owned.
+    sweep = sweep_media(older_than=timedelta(0))
+    assert not set(sweep.orphans) & set(owned)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        persona_delete(persona=Persona.objects.get(pk=persona.pk))
+
+    assert not TrainingRun.objects.filter(pk=run.pk).exists()
+    assert [name for name in owned if default_storage.exists(name)] == []
+    assert orphaned_files(ignoring=before) == []
+    sweep = sweep_media(older_than=timedelta(0))
+    assert [name for name in sweep.orphans if name not in before] == []
