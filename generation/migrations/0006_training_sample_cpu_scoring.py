@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0004_training_run'),
+        ("generation", "0005_content_method_reference_edit"),
     ]
 
     operations = [

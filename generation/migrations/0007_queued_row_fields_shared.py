@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0005_training_sample_cpu_scoring'),
+        ("generation", "0006_training_sample_cpu_scoring"),
         ('personas', '0003_persona_lora_version'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
