@@ -40,6 +40,8 @@ from typing import Any
 
 from .config import EngineConfig, ModelSpec
 from .errors import EngineError, InvalidRequest, MissingWeights
+from .families import FAMILIES, Family
+from .inpaint import check_inpaint_request
 from .methods import plan_method
 from .preprocessors import (
     PREPROCESSORS,
@@ -49,7 +51,7 @@ from .preprocessors import (
     preprocessor_name,
     validate_control_unit,
 )
-from .requests import ControlUnitInput, GenerationRequest, LoraInput
+from .requests import ControlUnitInput, GenerationRequest, InpaintRequest, LoraInput
 from .sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
@@ -174,6 +176,26 @@ def plan_check(
     problems = plan_problems(request, config, weights_here=weights_here)
     if problems:
         raise problems[0].error(problems[0].message)
+
+
+def inpaint_problems(
+    request: InpaintRequest, row: Family, *, what: str = "Inpainting", prefix: str = ""
+) -> list[Problem]:
+    """What makes an inpaint (a manual one, or a face of the detailer) sure to
+    fail on a model of family ``row``: a family without an inpaint pipeline,
+    then ``inpaint.check_inpaint_request``'s refusal (mask, numbers), after
+    ``prefix``."""
+    if not row.inpaint_pipeline_class:
+        able = [key for key, other in FAMILIES.items() if other.inpaint_pipeline_class]
+        return [
+            Problem(
+                code="inpaint_unsupported",
+                message=f"{what} needs an inpaint pipeline, and the {row.label} "
+                f"family has none; use a model of a family that has one "
+                f"({', '.join(able)}).",
+            )
+        ]
+    return _guarded(lambda: check_inpaint_request(request), prefix=prefix)
 
 
 def ip_adapter_installed(config: EngineConfig) -> bool:
@@ -339,6 +361,7 @@ __all__ = [
     "SCHEDULER_NAMES",
     "Problem",
     "check_lora_fits",
+    "inpaint_problems",
     "ip_adapter_installed",
     "lora_header_bytes",
     "model_source",
