@@ -4,9 +4,12 @@ It claims its row (a row that is not queued for this very job is left alone, so
 the job is idempotent), builds the engine request from the row (images read
 through the storage API), runs the process's warm engine (``generation.runtime``)
 with progress reported every step (throttled, to the row and to ``job.meta``) and
-cancellation checked every step, then stores the output, thumbnails, control
-images, snapshot and timings through the services; the scores follow on the
-CPU queue (``generation.scoring_jobs``).
+cancellation checked every step, then, when the row's request has a face
+detailer pass, runs it over the output (``engine.detail``), and stores the
+output (and the one before the pass), thumbnails, control images, snapshot and
+timings through the services; the scores follow on the CPU queue
+(``generation.scoring_jobs``). An inpaint row (``Content.is_inpaint``) runs
+``engine.inpaint`` on the output it names instead, and is stored the same way.
 
 Failures: a transient one (out of memory, a lost Redis or database connection)
 queues the row again after ``STUDIO_RETRY_BACKOFF_SECONDS`` until

@@ -148,7 +148,11 @@ class Content(models.Model):
     from the persona and the overrides when the row is created, so that the row
     runs the same whatever happens to the persona later. ``replay_snapshot`` is
     set for "regenerate exactly": the job replays it instead. ``inputs`` maps the
-    content keys of a snapshot to the stored files they came from.
+    content keys of a snapshot to the stored files they came from. A
+    generation's request may carry a face detailer pass (``request['detailer']``);
+    an inpaint's request (``kind`` inpaint) names the output it redraws and the
+    row's own mask (``inpaint_mask``), and ``inpainted_from`` is that output's
+    content.
     """
 
     # What was asked

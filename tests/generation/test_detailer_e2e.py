@@ -64,7 +64,7 @@ def _astronaut_persona():
     return persona, reference
 
 
-def test_a_detailed_run_keeps_both_images_and_both_scores(start_worker):
+def test_a_detailed_run_keeps_both_images_and_both_scores(start_worker, admin_client):
     start_worker("cpu")
     gpu = start_worker("detail")
     persona, reference = _astronaut_persona()
@@ -101,6 +101,15 @@ def test_a_detailed_run_keeps_both_images_and_both_scores(start_worker):
     assert content.identity_before_detailer is None
     assert content.identity_detail["before_detailer"]["message"] == "no face found"
     assert content.identity_detail["face_references"] == [reference.pk]
+
+    # The content page shows both images side by side, each with its score.
+    page = admin_client.get(f"/gallery/content/{content.pk}/").content.decode()
+    pair = page[page.index('id="detailer-compare"') :]
+    pair = pair[: pair.index("</div>")]
+    assert f"/media/{content.detailer_before_image.name}" in pair
+    assert f"/media/{content.output_image.name}" in pair
+    assert '<span id="identity-before-detailer">No face found</span>' in pair
+    assert "No face found" in pair[pair.index('id="identity-after-detailer"') :]
 
     # Regenerate exactly replays the generation and the pass to the same pixels.
     replay = wait_finished(services.content_regenerate_exactly(content=content))

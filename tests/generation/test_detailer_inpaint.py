@@ -25,11 +25,12 @@ from generation.engine.families import SD15
 from generation.engine.plan import inpaint_problems
 from generation.engine.requests import InpaintRequest
 from generation.models import Content, ContentStatus
-from generation.parameters import GenerationOverrides, request_from_row
+from generation.parameters import GenerationOverrides
 from generation.queues import get_queue
 from personas.models import Persona, ReferenceRole
 from personas.services import reference_image_add
 from studio import conf
+from tests.generation.test_regenerate_exactly import generate
 from tests.images import encode, halves
 from tests.workers import make_persona
 
@@ -47,28 +48,9 @@ def engine_here(studio_settings, tiny_model_dir):
     runtime.start()
 
 
-def generated(persona: Persona, capture, **overrides) -> Content:
+def generated(persona: Persona, capture) -> Content:
     """A succeeded generation of ``persona``, run here as the job runs it."""
-    with capture(execute=True):
-        content = services.content_enqueue(
-            persona=persona,
-            prompt="on a beach",
-            overrides=GenerationOverrides(method="text", seed=3, **overrides),
-        )
-    assert services.content_claim(
-        content_id=content.pk, job_id=content.rq_job_id, worker_name="test"
-    )
-    content.refresh_from_db()
-    request, inputs = request_from_row(
-        content.request, replay_snapshot=None, inputs=content.inputs
-    )
-    result = runtime.engine().generate(request)
-    assert services.content_store_result(
-        content=content, result=result, before_image=None, inputs=inputs, timings={}
-    )
-    content.refresh_from_db()
-    assert content.status == ContentStatus.SUCCEEDED, content.error_detail
-    return content
+    return generate(persona, capture, method="text")
 
 
 def mask_file(size=(SIDE, SIDE), box=(16, 16, 40, 40), image_format="PNG"):

@@ -67,7 +67,9 @@
             if (row.finished || runEnded) {
               const reloadPage = bar.hasAttribute("data-reload-page")
                 || (await replaceCard(bar));
-              if (reloadPage) {
+              // A mask being painted is not thrown away: the scores show
+              // on the next visit instead.
+              if (reloadPage && !document.querySelector("[data-inpaint][data-painted]")) {
                 reloading = true;
                 window.location.reload();
                 return;
@@ -227,6 +229,7 @@
 
     canvas.addEventListener("pointerdown", (event) => {
       event.preventDefault();
+      root.dataset.painted = "true";
       remember();
       canvas.setPointerCapture(event.pointerId);
       last = at(event);
