@@ -1050,6 +1050,14 @@ def _inpaint_problems(
     outline's model."""
     from generation.engine.families import family
 
+    if outline.model not in configured_models():
+        return [
+            Problem(
+                code="unknown_model",
+                message=f"The model {outline.model} is no longer configured in this "
+                "studio, so its outputs cannot be inpainted.",
+            )
+        ]
     try:
         row = family(model_family(outline.model))
     except EngineError as error:

@@ -291,3 +291,17 @@ def test_the_inpaint_action_logs_and_needs_the_generate_permission(
     entry = LogEntry.objects.get(object_id=str(parent.pk))
     assert entry.user == admin
     assert entry.change_message == f"Inpainted as content #{child.pk}."
+
+
+def test_an_inpaint_of_a_model_no_longer_configured_is_refused(
+    engine_here, django_capture_on_commit_callbacks
+):
+    parent = generated(make_persona(), django_capture_on_commit_callbacks)
+    Content.objects.filter(pk=parent.pk).update(
+        request={**parent.request, "model": "gone"}
+    )
+    parent.refresh_from_db()
+    assert refused(content=parent, mask=mask_file(), prompt="x", strength=0.8) == (
+        "The model gone is no longer configured in this studio, so its outputs "
+        "cannot be inpainted."
+    )
