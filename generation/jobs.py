@@ -165,7 +165,7 @@ def _generate(content: Content, steps: _StepReporter) -> str:
     if content.request.get(DETAILER_KEY):
         detailer_started = time.perf_counter()
         detailer_before = result.images[0]
-        result = _detailed(engine, content, request, result)
+        result = _detailed(engine, content, request, result, steps)
         detailer_seconds = time.perf_counter() - detailer_started
     # Scores are measured by the CPU queue's scoring job once the output is
     # stored (generation.score_services): the GPU never waits for them.
@@ -184,7 +184,11 @@ def _generate(content: Content, steps: _StepReporter) -> str:
 
 
 def _detailed(
-    engine: Any, content: Content, request: Any, result: GenerationResult
+    engine: Any,
+    content: Content,
+    request: Any,
+    result: GenerationResult,
+    steps: _StepReporter,
 ) -> GenerationResult:
     """``result`` with its output through the face detailer's pass (the row's
     ``request['detailer']``): the detailed image, the pass's snapshot under
@@ -192,7 +196,8 @@ def _detailed(
     from generation.engine.snapshot import image_sha256
 
     detailed = engine.detail(
-        detailer_from_row(content.request, image=result.images[0], generation=request)
+        detailer_from_row(content.request, image=result.images[0], generation=request),
+        should_cancel=steps.should_cancel,
     )
     notes = [*result.notes]
     notes += [note for note in detailed.notes if note not in notes]

@@ -133,3 +133,8 @@ def test_paint_a_mask_and_get_a_child_content(
     expect(page.locator(".gallery-detail-facts")).to_contain_text(
         f"Inpainted as #{child.pk}"
     )
+    # Its card in the persona's grid says what it is.
+    page.goto(f"/gallery/personas/{parent.persona.slug}/")
+    expect(page.locator(f"#content-{child.pk}")).to_contain_text(
+        f"Inpaint of #{parent.pk}"
+    )
