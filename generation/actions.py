@@ -34,7 +34,7 @@ from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from generation import score_services, selectors, services
-from generation.forms import GenerateForm, SweepForm
+from generation.forms import GenerateForm, InpaintForm, SweepForm
 from generation.models import Content, ReviewState
 from generation.parameters import GenerationOverrides
 from personas.models import Persona
@@ -239,6 +239,17 @@ def _review(state: str) -> Service:
     return review
 
 
+def _inpaint(content: Content, given: ActionInput) -> Content:
+    data = given.data
+    return services.content_inpaint(
+        content=content,
+        mask=data["mask"],
+        prompt=data["prompt"],
+        strength=data["strength"],
+        user=given.user,
+    )
+
+
 def _rescore(content: Content, given: ActionInput) -> Content:
     return score_services.content_rescore(content=content)
 
@@ -392,6 +403,18 @@ RESCORE = StaffAction(
     done_many="Queued the scoring of {count} generation(s) again.",
     history="scoring queued again.",
 )
+INPAINT = StaffAction(
+    name="inpaint",
+    model=Content,
+    permission=GENERATE,
+    description="Inpaint",
+    service=_inpaint,
+    form=InpaintForm,
+    opens_result=True,
+    done="Queued an inpaint of {target} (content #{result.pk}).",
+    done_many="Queued {count} inpaint(s).",
+    history="inpainted as content #{result.pk}.",
+)
 USE_STRENGTH = StaffAction(
     name="use_strength",
     model=Content,
@@ -416,6 +439,9 @@ CONTENT_ACTIONS = (
     REJECT,
     RESCORE,
 )
+# On a content's page only: the brush's form (a mask per content, so no
+# changelist action), posted to its own view.
+CONTENT_PAGE_ACTIONS = (INPAINT,)
 # On the queue page: its buttons (cancel is CANCEL above).
 QUEUE_ACTIONS = (MOVE_TO_FRONT, CANCEL)
 # On a persona: the persona changelist's actions.

@@ -239,7 +239,18 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = [admin_action(action) for action in actions.CONTENT_ACTIONS]
     fieldsets = (
-        (None, {"fields": ("preview", "persona", "batch", "regenerated_from")}),
+        (
+            None,
+            {
+                "fields": (
+                    "preview",
+                    "persona",
+                    "batch",
+                    "regenerated_from",
+                    "inpainted_from",
+                )
+            },
+        ),
         (
             "Request",
             {"fields": ("prompt", "negative_prompt", "method_requested", "seed")},
@@ -271,6 +282,8 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
             {
                 "fields": (
                     "identity_display",
+                    "identity_before_detailer_status",
+                    "identity_before_detailer",
                     "identity_distance",
                     "identity_nearest_reference",
                     "identity_nearest_distance",

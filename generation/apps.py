@@ -11,7 +11,13 @@ class GenerationConfig(AppConfig):
         from studio.media import register_media_owner
 
         see_content = ("generation.view_content",)
-        for field in ("output_image", "output_thumbnail", "before_thumbnail"):
+        for field in (
+            "output_image",
+            "output_thumbnail",
+            "before_thumbnail",
+            "detailer_before_image",
+            "inpaint_mask",
+        ):
             register_media_owner(Content, field, permissions=see_content)
         register_media_owner(ContentControlImage, "image", permissions=see_content)
         from generation.training_models import TrainingSample

@@ -25,7 +25,14 @@ from personas.files import (
     row_files,
 )
 
-FILE_FIELDS = ("output_image", "output_thumbnail", "before_thumbnail")
+FILE_FIELDS = (
+    "output_image",
+    "output_thumbnail",
+    "before_thumbnail",
+    "detailer_before_image",
+)
+"""The fields an attempt writes (an inpaint's mask is written with its row, and
+goes with it: ``row_files``)."""
 
 
 def content_attempt_files(content: Content) -> list[StoredName]:

@@ -14,16 +14,19 @@ from django.core.exceptions import ValidationError
 from generation import services
 from generation.engine.plan import ALL_SCHEDULER_NAMES, scheduler_names
 from generation.engine.vocabulary import (
+    DEFAULT_INPAINT_STRENGTH,
     MAX_BATCH_COUNT,
     MAX_EDIT_REFERENCES,
     MAX_FRACTION,
     MAX_GUIDANCE_SCALE,
+    MAX_ONLY_MASKED_PADDING,
     MAX_SEED,
     MAX_SIZE,
     MAX_STEPS,
     MAX_WEIGHT,
     MIN_FRACTION,
     MIN_GUIDANCE_SCALE,
+    MIN_INPAINT_STRENGTH,
     MIN_SEED,
     MIN_SIZE,
     MIN_STEPS,
@@ -41,6 +44,16 @@ def _prompt_field(*, rows: int, required: bool = True) -> forms.CharField:
         required=required,
         widget=forms.Textarea(attrs={"rows": rows}),
         validators=[validate_prompt_text],
+    )
+
+
+def _detailer_strength_field(*, required: bool) -> forms.FloatField:
+    return forms.FloatField(
+        required=required,
+        min_value=MIN_INPAINT_STRENGTH,
+        max_value=MAX_FRACTION,
+        label="detailer strength",
+        help_text="Denoising strength of the face redraw.",
     )
 
 
@@ -67,6 +80,13 @@ class GenerateForm(forms.Form):
         help_text="img2img strength; empty keeps the persona's.",
     )
     seed = _seed_field(help_text="Empty follows the seed policy.")
+    detailer = forms.ChoiceField(
+        label="face detailer",
+        required=False,
+        choices=[("", "The persona's setting"), ("on", "On"), ("off", "Off")],
+        help_text="Redraw the faces of each output after the generation.",
+    )
+    detailer_strength = _detailer_strength_field(required=False)
     keep_best = forms.IntegerField(
         label="keep the best",
         required=False,
@@ -75,6 +95,9 @@ class GenerateForm(forms.Form):
         help_text="Best K of N by identity: once all are scored, the others are "
         "kept but marked 'not kept'. Empty keeps every one.",
     )
+
+    def clean_detailer(self) -> bool | None:
+        return {"on": True, "off": False}.get(self.cleaned_data["detailer"])
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -89,6 +112,23 @@ class GenerateForm(forms.Form):
                 ),
             )
         return cleaned
+
+
+class InpaintForm(forms.Form):
+    """What "Inpaint" asks for on a content's page: the mask the brush painted
+    (a PNG the size of the output, white where it is redrawn), a prompt and a
+    strength; the service checks the mask (``services.content_inpaint``)."""
+
+    mask = forms.FileField(
+        help_text="Paint the region to redraw on the output; it is sent as a PNG."
+    )
+    prompt = _prompt_field(rows=2)
+    strength = forms.FloatField(
+        min_value=MIN_INPAINT_STRENGTH,
+        max_value=MAX_FRACTION,
+        initial=DEFAULT_INPAINT_STRENGTH,
+        help_text="How far the painted region may move from what is there.",
+    )
 
 
 class SweepForm(forms.Form):
@@ -171,6 +211,20 @@ class PersonaGenerateForm(forms.Form):
     lora_scale = forms.FloatField(
         required=False, min_value=MIN_WEIGHT, max_value=MAX_WEIGHT, label="LoRA scale"
     )
+    detailer = forms.BooleanField(
+        required=False,
+        label="face detailer",
+        help_text="Find the faces of the output and redraw each at the model's "
+        "native size; the output before the pass is kept, with both scores.",
+    )
+    detailer_strength = _detailer_strength_field(required=True)
+    detailer_prompt = _prompt_field(rows=1, required=False)
+    detailer_padding = forms.IntegerField(
+        min_value=0,
+        max_value=MAX_ONLY_MASKED_PADDING,
+        label="detailer padding",
+        help_text="Pixels of context around each face.",
+    )
 
     def __init__(self, *args: Any, persona: Persona, **kwargs: Any) -> None:
         initial = {
@@ -184,6 +238,10 @@ class PersonaGenerateForm(forms.Form):
             "seed": persona.seed,
             "ip_adapter_scale": persona.ip_adapter_scale,
             "lora_scale": persona.lora_scale,
+            "detailer": persona.detailer_enabled,
+            "detailer_strength": persona.detailer_strength,
+            "detailer_prompt": persona.detailer_prompt,
+            "detailer_padding": persona.detailer_padding,
             **kwargs.pop("initial", {}),
         }
         super().__init__(*args, initial=initial, **kwargs)
@@ -263,6 +321,10 @@ class PersonaGenerateForm(forms.Form):
                 "edit_references",
                 "lora_scale",
             ),
+        ),
+        (
+            "Face detailer",
+            ("detailer", "detailer_strength", "detailer_prompt", "detailer_padding"),
         ),
     )
 

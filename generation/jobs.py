@@ -4,9 +4,12 @@ It claims its row (a row that is not queued for this very job is left alone, so
 the job is idempotent), builds the engine request from the row (images read
 through the storage API), runs the process's warm engine (``generation.runtime``)
 with progress reported every step (throttled, to the row and to ``job.meta``) and
-cancellation checked every step, then stores the output, thumbnails, control
-images, snapshot and timings through the services; the scores follow on the
-CPU queue (``generation.scoring_jobs``).
+cancellation checked every step, then, when the row's request has a face
+detailer pass, runs it over the output (``engine.detail``), and stores the
+output (and the one before the pass), thumbnails, control images, snapshot and
+timings through the services; the scores follow on the CPU queue
+(``generation.scoring_jobs``). An inpaint row (``Content.is_inpaint``) runs
+``engine.inpaint`` on the output it names instead, and is stored the same way.
 
 Failures: a transient one (out of memory, a lost Redis or database connection)
 queues the row again after ``STUDIO_RETRY_BACKOFF_SECONDS`` until
@@ -21,6 +24,8 @@ import json
 import logging
 import time
 import traceback
+from dataclasses import replace
+from typing import Any
 
 import redis.exceptions
 from django.conf import settings
@@ -32,9 +37,16 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from generation import runtime, services
-from generation.engine.errors import EngineError, GenerationCancelled
+from generation.engine.errors import EngineError, GenerationCancelled, InvalidRequest
+from generation.engine.requests import GenerationResult, InpaintRequest, InpaintResult
 from generation.models import Content
-from generation.parameters import open_stored_image, request_from_row
+from generation.parameters import (
+    DETAILER_KEY,
+    detailer_from_row,
+    inpaint_from_row,
+    open_stored_image,
+    request_from_row,
+)
 from generation.queued_rows import retry_delay_seconds
 from generation.selectors import content_should_stop
 
@@ -139,6 +151,8 @@ def _claim(content_id: int, job: Job) -> bool:
 
 
 def _generate(content: Content, steps: _StepReporter) -> str:
+    if content.is_inpaint:
+        return _inpaint(content, steps)
     started = time.perf_counter()
     request, inputs = request_from_row(
         content.request, replay_snapshot=content.replay_snapshot, inputs=content.inputs
@@ -147,10 +161,112 @@ def _generate(content: Content, steps: _StepReporter) -> str:
     result = engine.generate(
         request, on_step=steps.on_step, should_cancel=steps.should_cancel
     )
+    detailer_before = None
+    detailer_seconds = None
+    if content.request.get(DETAILER_KEY):
+        detailer_started = time.perf_counter()
+        detailer_before = result.images[0]
+        result = _detailed(engine, content, request, result, steps)
+        detailer_seconds = time.perf_counter() - detailer_started
     # Scores are measured by the CPU queue's scoring job once the output is
     # stored (generation.score_services): the GPU never waits for them.
-    before = _before_image(content)
-    timings = {
+    timings = _timings(content, result, engine, started)
+    if detailer_seconds is not None:
+        timings["detailer"] = detailer_seconds
+    stored = services.content_store_result(
+        content=content,
+        result=result,
+        before_image=_before_image(content),
+        inputs=inputs,
+        timings=timings,
+        detailer_before=detailer_before,
+    )
+    return "succeeded" if stored else "superseded"
+
+
+def _detailed(
+    engine: Any,
+    content: Content,
+    request: Any,
+    result: GenerationResult,
+    steps: _StepReporter,
+) -> GenerationResult:
+    """``result`` with its output through the face detailer's pass (the row's
+    ``request['detailer']``): the detailed image, the pass's snapshot under
+    ``snapshot['detailer']`` (with its output's hash) and its notes."""
+    from generation.engine.snapshot import image_sha256
+
+    detailed = engine.detail(
+        detailer_from_row(content.request, image=result.images[0], generation=request),
+        should_cancel=steps.should_cancel,
+    )
+    notes = [*result.notes]
+    notes += [note for note in detailed.notes if note not in notes]
+    notes.append(
+        detailed.reason
+        or f"Face detailer: {len(detailed.faces)} face(s) redrawn; the output "
+        "before the pass is kept beside it."
+    )
+    snapshot = {
+        **result.snapshot,
+        DETAILER_KEY: {
+            **detailed.snapshot,
+            "outputs": [image_sha256(detailed.image)],
+        },
+    }
+    return replace(
+        result,
+        images=[detailed.image, *result.images[1:]],
+        snapshot=snapshot,
+        notes=notes,
+    )
+
+
+def _inpaint(content: Content, steps: _StepReporter) -> str:
+    """Run an inpaint row: its request read from storage (and, to replay a
+    snapshot, checked against the snapshot's image and mask), the output
+    stored as any generation's."""
+    started = time.perf_counter()
+    request = inpaint_from_row(content.request)
+    if content.replay_snapshot is not None:
+        _check_replay(request, content.replay_snapshot)
+    engine = runtime.engine()
+    result = engine.inpaint(
+        request, on_step=steps.on_step, should_cancel=steps.should_cancel
+    )
+    stored = services.content_store_result(
+        content=content,
+        result=result,
+        before_image=_before_image(content),
+        inputs=dict(content.inputs),
+        timings=_timings(content, result, engine, started),
+    )
+    return "succeeded" if stored else "superseded"
+
+
+def _check_replay(request: InpaintRequest, snapshot: dict[str, Any]) -> None:
+    """Refuse to replay an inpaint snapshot on another image or mask."""
+    from generation.engine.snapshot import image_sha256
+
+    recorded = snapshot.get("inpaint") or {}
+    for what, image, key in (
+        ("image", request.image.convert("RGB"), "image_pixel_sha256"),
+        ("mask", request.mask.convert("L"), "mask_pixel_sha256"),
+    ):
+        if image_sha256(image) != recorded.get(key):
+            raise InvalidRequest(
+                f"The inpainted {what} differs from the one that produced this "
+                "output; it cannot be regenerated exactly."
+            )
+
+
+def _timings(
+    content: Content,
+    result: GenerationResult | InpaintResult,
+    engine: Any,
+    started: float,
+) -> dict[str, Any]:
+    return {
         "queue_wait": max(
             0.0, (content.started_at - content.enqueued_at).total_seconds()
         ),
@@ -164,14 +280,6 @@ def _generate(content: Content, steps: _StepReporter) -> str:
         # Round-tripped so that whatever the registry reports fits a JSONField.
         "registry": json.loads(json.dumps(engine.registry.stats(), default=str)),
     }
-    stored = services.content_store_result(
-        content=content,
-        result=result,
-        before_image=before,
-        inputs=inputs,
-        timings=timings,
-    )
-    return "succeeded" if stored else "superseded"
 
 
 def _before_image(content: Content) -> Image.Image | None:

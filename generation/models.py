@@ -39,6 +39,15 @@ def output_upload_to(instance: Content, filename: str) -> str:
     return f"generated/{instance.persona_id}/{content_file_stem(instance)}.png"
 
 
+def detailer_before_upload_to(instance: Content, filename: str) -> str:
+    stem = content_file_stem(instance)
+    return f"generated/{instance.persona_id}/{stem}-before-detailer.png"
+
+
+def inpaint_mask_upload_to(instance: Content, filename: str) -> str:
+    return f"generated/{instance.persona_id}/{content_file_stem(instance)}-mask.png"
+
+
 def output_thumbnail_upload_to(instance: Content, filename: str) -> str:
     stem = content_file_stem(instance)
     return f"thumbnails/generated/{instance.persona_id}/{stem}.webp"
@@ -59,6 +68,9 @@ def control_output_upload_to(instance: ContentControlImage, filename: str) -> st
 ContentStatus = RunStatus
 FINISHED_STATUSES = RUN_FINISHED_STATUSES
 ACTIVE_STATUSES = RUN_ACTIVE_STATUSES
+
+INPAINT_KIND = "inpaint"
+"""``Content.request['kind']`` of an inpaint (a generation's request has none)."""
 
 
 class ReviewState(models.TextChoices):
@@ -131,7 +143,11 @@ class Content(QueuedRow):
     from the persona and the overrides when the row is created, so that the row
     runs the same whatever happens to the persona later. ``replay_snapshot`` is
     set for "regenerate exactly": the job replays it instead. ``inputs`` maps the
-    content keys of a snapshot to the stored files they came from.
+    content keys of a snapshot to the stored files they came from. A
+    generation's request may carry a face detailer pass (``request['detailer']``);
+    an inpaint's request (``kind`` inpaint) names the output it redraws and the
+    row's own mask (``inpaint_mask``), and ``inpainted_from`` is that output's
+    content.
     """
 
     # What was asked
@@ -152,6 +168,20 @@ class Content(QueuedRow):
         on_delete=models.SET_NULL,
         related_name="regenerations",
         help_text="The content this one regenerates (lineage).",
+    )
+    inpainted_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="inpaintings",
+        help_text="The content whose output this one inpaints (lineage).",
+    )
+    inpaint_mask = models.ImageField(
+        upload_to=inpaint_mask_upload_to,
+        blank=True,
+        editable=False,
+        help_text="An inpaint's mask (white: redrawn), the size of the output.",
     )
     prompt = models.TextField()
     negative_prompt = models.TextField(blank=True)
@@ -200,6 +230,12 @@ class Content(QueuedRow):
     )
     # What came out
     output_image = models.ImageField(upload_to=output_upload_to, blank=True)
+    detailer_before_image = models.ImageField(
+        "output before the face detailer",
+        upload_to=detailer_before_upload_to,
+        blank=True,
+        editable=False,
+    )
     output_thumbnail = models.ImageField(
         upload_to=output_thumbnail_upload_to, blank=True
     )
@@ -244,6 +280,15 @@ class Content(QueuedRow):
     )
     identity_nearest_distance = models.FloatField(null=True, blank=True)
     identity_detail = models.JSONField(default=dict, blank=True, editable=False)
+    identity_before_detailer_status = models.CharField(
+        max_length=16, choices=IdentityStatus.choices, blank=True
+    )
+    identity_before_detailer = models.FloatField(
+        "identity before the detailer",
+        null=True,
+        blank=True,
+        help_text="The identity of the output before the face detailer's pass.",
+    )
     score_job_id = models.CharField("scoring job id", max_length=64, blank=True)
     score_attempts = models.PositiveSmallIntegerField(default=0)
     flagged_for_review = models.BooleanField(
@@ -301,6 +346,11 @@ class Content(QueuedRow):
     def scoring(self) -> bool:
         """Its scores have not landed yet ("scoring…")."""
         return self.identity_status == IdentityStatus.PENDING
+
+    @property
+    def is_inpaint(self) -> bool:
+        """An inpaint of another content's output (``request['kind']``)."""
+        return self.request.get("kind") == INPAINT_KIND
 
     @property
     def progress_percent(self) -> int:

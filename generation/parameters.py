@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from PIL import Image
@@ -24,6 +25,7 @@ from generation.engine.plan import ALL_SCHEDULER_NAMES
 from generation.engine.requests import (
     ControlUnitInput,
     GenerationRequest,
+    InpaintRequest,
     IPAdapterInput,
     LoraInput,
     ReferenceInput,
@@ -31,6 +33,7 @@ from generation.engine.requests import (
 from generation.engine.vocabulary import (
     MAX_FRACTION,
     MAX_GUIDANCE_SCALE,
+    MAX_ONLY_MASKED_PADDING,
     MAX_SEED,
     MAX_STEPS,
     MAX_WEIGHT,
@@ -39,15 +42,24 @@ from generation.engine.vocabulary import (
     METHODS_TAKING_REFERENCES,
     MIN_FRACTION,
     MIN_GUIDANCE_SCALE,
+    MIN_INPAINT_STRENGTH,
     MIN_SEED,
     MIN_STEPS,
     MIN_WEIGHT,
     REFERENCE_EDIT_PROMPT,
     Method,
+    ReferenceRole,
     SeedPolicy,
 )
+from generation.engine_settings import engine_config
+from generation.models import INPAINT_KIND
 from personas.models import Persona, ReferenceImage
-from personas.validators import validate_height, validate_width
+from personas.validators import validate_height, validate_prompt_text, validate_width
+
+DETAILER_KEY = "detailer"
+"""The key of a generation request (JSON form) that holds its face detailer
+pass, or None without one; the engine's ``GenerationRequest`` has no such field,
+so it is taken out before the request is built (``generation_part``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +99,10 @@ class GenerationOverrides:
     ip_adapter_references: tuple[int, ...] | None = None
     edit_references: tuple[int, ...] | None = None
     lora_scale: float | None = None
+    detailer: bool | None = None
+    detailer_strength: float | None = None
+    detailer_prompt: str | None = None
+    detailer_padding: int | None = None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> GenerationOverrides:
@@ -127,6 +143,8 @@ class GenerationOverrides:
             ("seed", MIN_SEED, MAX_SEED),
             ("ip_adapter_scale", MIN_WEIGHT, MAX_WEIGHT),
             ("lora_scale", MIN_WEIGHT, MAX_WEIGHT),
+            ("detailer_strength", MIN_INPAINT_STRENGTH, MAX_FRACTION),
+            ("detailer_padding", 0, MAX_ONLY_MASKED_PADDING),
         ]
         for name, low, high in ranges:
             _check_range(errors, name, getattr(self, name), low, high)
@@ -142,7 +160,11 @@ class GenerationOverrides:
                     code="bad_window",
                     params={"start": unit.guidance_start, "end": unit.guidance_end},
                 )
-        for name, validator in (("width", validate_width), ("height", validate_height)):
+        for name, validator in (
+            ("width", validate_width),
+            ("height", validate_height),
+            ("detailer_prompt", validate_prompt_text),
+        ):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -257,15 +279,7 @@ def request_for_persona(
         "num_images": 1,
         "strength": _override(overrides.strength, persona.img2img_strength),
         "resize_mode": persona.resize_mode,
-        "references": [
-            {
-                "image": reference.image.name,
-                "role": reference.role,
-                "sha256": reference.sha256,
-                "primary": reference.is_primary,
-            }
-            for reference in references
-        ],
+        "references": [_reference_data(reference) for reference in references],
         "appearance_locked": persona.appearance_locked,
         "control_units": [
             {
@@ -299,6 +313,9 @@ def request_for_persona(
         if overrides.edit_references is None
         else [positions[pk] for pk in overrides.edit_references if pk in positions]
         or None,
+        DETAILER_KEY: detailer_for_persona(
+            persona, negative_prompt=negative_prompt, overrides=overrides
+        ),
     }
     return request, references
 
@@ -319,6 +336,64 @@ def _auto_edits(persona: Persona, *, has_reference: bool, has_units: bool) -> bo
         has_units=has_units,
         row=traits.family,
     )
+
+
+def detailer_for_persona(
+    persona: Persona, *, negative_prompt: str, overrides: GenerationOverrides
+) -> dict[str, Any] | None:
+    """The face detailer pass of one generation (JSON form), or None when it is
+    off for this run.
+
+    The face prompt follows the persona's appearance; the persona's face
+    references go to IP-Adapter plus-face when an IP-Adapter is configured for
+    its model; the LoRA and the sampling are the generation's (the job takes
+    them from its request); the mask blur is ``STUDIO_MASK_BLUR``, frozen here
+    so that a replay feathers the same way.
+    """
+    if not _override(overrides.detailer, persona.detailer_enabled):
+        return None
+    faces = [
+        reference
+        for reference in persona.references.all()
+        if reference.role == ReferenceRole.FACE
+    ]
+    with_adapter = bool(faces) and (
+        engine_config().ip_adapter_for(persona.base_model) is not None
+    )
+    return {
+        "prompt": compose_prompt(
+            persona, _override(overrides.detailer_prompt, persona.detailer_prompt)
+        ),
+        "negative_prompt": compose_negative_prompt(persona, negative_prompt),
+        "strength": _override(overrides.detailer_strength, persona.detailer_strength),
+        "padding": _override(overrides.detailer_padding, persona.detailer_padding),
+        "mask_blur": settings.STUDIO_MASK_BLUR,
+        "references": [_reference_data(reference) for reference in faces]
+        if with_adapter
+        else [],
+        "ip_adapter": {
+            "scale": _override(overrides.ip_adapter_scale, persona.ip_adapter_scale),
+            "face_crop": True,
+            "reference_indexes": None,
+        }
+        if with_adapter
+        else None,
+    }
+
+
+def generation_part(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A generation request (JSON form) without its detailer pass: what the
+    engine's ``GenerationRequest`` takes."""
+    return {name: value for name, value in request.items() if name != DETAILER_KEY}
+
+
+def _reference_data(reference: ReferenceImage) -> dict[str, Any]:
+    return {
+        "image": reference.image.name,
+        "role": reference.role,
+        "sha256": reference.sha256,
+        "primary": reference.is_primary,
+    }
 
 
 def _units_for_run(
@@ -365,7 +440,9 @@ def request_from_row(
         )
         return replayed, dict(inputs)
     built = request_from_dict(
-        request, open_image=open_stored_image, read_bytes=read_stored_bytes
+        generation_part(request),
+        open_image=open_stored_image,
+        read_bytes=read_stored_bytes,
     )
     keys: dict[str, str] = {}
     for data, reference in zip(request["references"], built.references, strict=True):
@@ -376,6 +453,112 @@ def request_from_row(
     if built.lora is not None:
         keys[lora_key(built.lora)] = request["lora"]["weights"]
     return built, keys
+
+
+def detailer_from_row(
+    request: Mapping[str, Any], *, image: Image.Image, generation: GenerationRequest
+) -> Any:
+    """The ``DetailerRequest`` of a row's detailer pass over ``image`` (the
+    generation's output): its own prompt, strength, padding, blur and face
+    references, and the generation's model, seed, sampling and LoRA."""
+    from generation.engine.detailer import DetailerRequest
+
+    detailer = request[DETAILER_KEY]
+    return DetailerRequest(
+        model=generation.model,
+        image=image,
+        prompt=detailer["prompt"],
+        negative_prompt=detailer["negative_prompt"],
+        seed=generation.seed,
+        steps=generation.steps,
+        guidance_scale=generation.guidance_scale,
+        strength=detailer["strength"],
+        padding=detailer["padding"],
+        mask_blur=detailer["mask_blur"],
+        references=[_reference_input(data) for data in detailer["references"]],
+        ip_adapter=None
+        if detailer["ip_adapter"] is None
+        else IPAdapterInput(**detailer["ip_adapter"]),
+        lora=generation.lora,
+        scheduler=generation.scheduler,
+    )
+
+
+def detailer_outline(request: Mapping[str, Any]) -> InpaintRequest:
+    """One face of a row's detailer pass as the checks see it (numbers only:
+    a stand-in image and a full mask, no file read)."""
+    detailer = request[DETAILER_KEY]
+    size = (1, 1)
+    return InpaintRequest(
+        model=request["model"],
+        image=Image.new("RGB", size),
+        mask=Image.new("L", size, 255),
+        prompt=detailer["prompt"],
+        negative_prompt=detailer["negative_prompt"],
+        steps=request["steps"],
+        guidance_scale=request["guidance_scale"],
+        strength=detailer["strength"],
+        mask_blur=detailer["mask_blur"],
+        only_masked=True,
+        only_masked_padding=detailer["padding"],
+    )
+
+
+INPAINT_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "mask_blur",
+    "only_masked",
+    "only_masked_padding",
+    "size",
+    "scheduler",
+)
+"""The fields of an inpaint request (JSON form) that are the engine's
+``InpaintRequest``'s as they are; ``image`` and ``mask`` are storage names."""
+
+
+def inpaint_from_row(request: Mapping[str, Any]) -> InpaintRequest:
+    """The ``InpaintRequest`` of an inpaint row (``kind`` inpaint), its image
+    and mask read through the storage API."""
+    return InpaintRequest(
+        model=request["model"],
+        image=open_stored_image(request["image"]),
+        mask=open_stored_image(request["mask"]).convert("L"),
+        **{name: request[name] for name in INPAINT_FIELDS},
+    )
+
+
+def inpaint_outline(
+    request: Mapping[str, Any],
+    *,
+    size: tuple[int, int],
+    mask: Image.Image | None = None,
+) -> InpaintRequest:
+    """An inpaint row's request as the checks see it, without reading a file:
+    a stand-in image of ``size`` and ``mask`` (a full mask when not given)."""
+    return InpaintRequest(
+        model=request["model"],
+        image=Image.new("RGB", size),
+        mask=Image.new("L", size, 255) if mask is None else mask,
+        **{name: request[name] for name in INPAINT_FIELDS},
+    )
+
+
+def is_inpaint_request(request: Mapping[str, Any]) -> bool:
+    return request.get("kind") == INPAINT_KIND
+
+
+def _reference_input(data: Mapping[str, Any]) -> ReferenceInput:
+    return ReferenceInput(
+        image=open_stored_image(data["image"]),
+        role=ReferenceRole(data["role"]),
+        sha256=data["sha256"],
+        primary=data["primary"],
+    )
 
 
 def request_outline(request: Mapping[str, Any]) -> GenerationRequest:
@@ -403,7 +586,7 @@ def request_outline(request: Mapping[str, Any]) -> GenerationRequest:
     lora = request["lora"]
     return GenerationRequest(
         **{
-            **request,
+            **generation_part(request),
             "references": references,
             "control_units": units,
             "ip_adapter": None

@@ -66,6 +66,8 @@ _IDENTITY_FIELDS = {
     "consistency_score": None,
     "score_detail": {},
     "flagged_for_review": False,
+    "identity_before_detailer_status": "",
+    "identity_before_detailer": None,
 }
 
 
@@ -100,6 +102,8 @@ class Scores:
     references: list[int]
     consistency: dict[str, Any] | None
     timings: dict[str, float] = field(default_factory=dict)
+    before_detailer: IdentityScore | None = None
+    """The identity of the output before the face detailer's pass, if any."""
 
 
 def content_store_scores(*, content: Content, job_id: str, scores: Scores) -> bool:
@@ -129,6 +133,14 @@ def content_store_scores(*, content: Content, job_id: str, scores: Scores) -> bo
             "analysis": scores.analysis,
             "timings": scores.timings,
         }
+        before_detailer = scores.before_detailer
+        if before_detailer is not None:
+            row.identity_before_detailer_status = before_detailer.status.value
+            row.identity_before_detailer = before_detailer.similarity
+            row.identity_detail["before_detailer"] = {
+                **before_detailer.to_dict(),
+                "message": before_detailer.message,
+            }
         row.consistency_score = (
             None if scores.consistency is None else scores.consistency["score"]
         )

@@ -5,7 +5,8 @@
 It claims its row (pending for this very job, else a no-op), analyses the
 persona's face references not analysed yet, finds the output's faces with
 dlib and scores the persona's face against the persona's identity
-(``face.score_identity``; "no face found" is said as such), computes the
+(``face.score_identity``; "no face found" is said as such), the output before
+the face detailer's pass too when there was one, computes the
 CLIP/SSIM consistency score against the before reference on the CPU, and
 stores both through ``score_services``. It runs in a ``studio_worker --queues
 cpu`` process, so a GPU worker never waits for it (DESIGN.md decision 11).
@@ -160,6 +161,14 @@ def measure(content: Content) -> score_services.Scores:
     analysis, identity = score_identity(
         output, [reference.face_embedding for reference in face_references]
     )
+    before_detailer = None
+    if content.detailer_before_image:
+        # The face detailer's "before": scored against the same references,
+        # so the two scores say what the pass did to the identity.
+        before_detailer = score_identity(
+            open_stored_image(content.detailer_before_image.name),
+            [reference.face_embedding for reference in face_references],
+        )[1]
     identified = time.perf_counter()
     consistency = None
     before = content.before_reference
@@ -184,6 +193,7 @@ def measure(content: Content) -> score_services.Scores:
         analysis=_without_embedding(analysis),
         references=[reference.pk for reference in face_references],
         consistency=consistency,
+        before_detailer=before_detailer,
         timings={
             "references": analysed - started,
             "identity": identified - analysed,

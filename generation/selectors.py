@@ -20,6 +20,7 @@ def content_get(*, content_id: int) -> Content:
             "batch",
             "before_reference",
             "regenerated_from",
+            "inpainted_from",
             "reviewed_by",
             "identity_nearest_reference",
         )

@@ -30,8 +30,8 @@ from PIL import Image
 from generation import selectors
 from generation.cleanup import content_attempt_files, content_attempt_files_remove
 from generation.engine.errors import EngineError
-from generation.engine.plan import Problem, plan_problems
-from generation.engine.requests import GenerationResult
+from generation.engine.plan import Problem, inpaint_problems, plan_problems
+from generation.engine.requests import GenerationResult, InpaintRequest, InpaintResult
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
     MAX_FRACTION,
@@ -44,8 +44,13 @@ from generation.engine.vocabulary import (
     Method,
     SeedPolicy,
 )
-from generation.engine_settings import configured_models, engine_config
+from generation.engine_settings import (
+    configured_models,
+    engine_config,
+    model_family,
+)
 from generation.models import (
+    INPAINT_KIND,
     Batch,
     BatchKind,
     Content,
@@ -54,8 +59,12 @@ from generation.models import (
     ReviewState,
 )
 from generation.parameters import (
+    DETAILER_KEY,
     GenerationOverrides,
     before_reference,
+    detailer_outline,
+    inpaint_outline,
+    is_inpaint_request,
     read_stored_bytes,
     request_for_persona,
     request_outline,
@@ -72,7 +81,7 @@ from generation.score_services import content_queue_scoring
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.models import Persona
 from personas.services import persona_update
-from personas.uploads import encode_thumbnail
+from personas.uploads import PNG, encode_thumbnail, validate_image_upload
 from personas.validators import validate_prompt_text
 
 logger = logging.getLogger(__name__)
@@ -273,6 +282,107 @@ def content_regenerate_exactly(
         inputs=content.inputs,
         user=user,
     )
+
+
+def content_inpaint(
+    *,
+    content: Content,
+    mask: Any,
+    prompt: str,
+    strength: float,
+    user: AbstractBaseUser | None = None,
+) -> Content:
+    """Queue an inpaint of ``content``'s output: the white part of ``mask`` (an
+    uploaded PNG the size of the output) redrawn with ``prompt`` at
+    ``strength``, as a new content linked to ``content`` (``inpainted_from``)
+    and reviewed like every other.
+
+    Refused before anything is queued, with what to fix: an output that did not
+    succeed, a mask that is not a sound PNG (the upload checks bound its bytes,
+    pixels and decoding), of another size, or empty, numbers out of range, a
+    model family without an inpaint pipeline. The mask is stored as the new
+    row's own file (``Content.inpaint_mask``), the output it redraws is named
+    by its storage name; the sampling is the original's, the seed new.
+    """
+    if content.status != ContentStatus.SUCCEEDED or not content.output_image:
+        raise ValidationError(
+            "Only a generation that succeeded has an output to inpaint; content "
+            "#%(id)s is %(status)s.",
+            code="not_inpaintable",
+            params={"id": content.pk, "status": content.get_status_display()},
+        )
+    _validate_prompts(prompt=prompt, negative_prompt="")
+    validated = validate_image_upload(mask, name=getattr(mask, "name", "") or "")
+    if validated.source_format != PNG:
+        raise ValidationError(
+            "The mask must be a PNG (white where the output is redrawn, black "
+            "elsewhere), as the brush exports it; got a %(format)s.",
+            code="mask_not_png",
+            params={"format": validated.source_format},
+        )
+    validated.seek(0)
+    png = validated.read()
+    mask_image = Image.open(io.BytesIO(png)).convert("L")
+    size = _stored_image_size(content.output_image.name)
+    original = content.request
+    request = {
+        "kind": INPAINT_KIND,
+        "model": original["model"],
+        "image": content.output_image.name,
+        "mask": "",  # the new row's own file, once stored
+        "prompt": prompt,
+        "negative_prompt": original["negative_prompt"],
+        "seed": _random_seed(),
+        "steps": original["steps"],
+        "guidance_scale": original["guidance_scale"],
+        "strength": strength,
+        "mask_blur": settings.STUDIO_MASK_BLUR,
+        "only_masked": True,
+        "only_masked_padding": settings.STUDIO_ONLY_MASKED_PADDING,
+        "size": None,
+        "scheduler": original.get("scheduler"),
+        "width": size[0],
+        "height": size[1],
+    }
+    _raise_problems(
+        _inpaint_problems(inpaint_outline(request, size=size, mask=mask_image))
+    )
+    with written_files_removed_on_failure() as written, transaction.atomic():
+        child = Content(
+            persona=content.persona,
+            inpainted_from=content,
+            prompt=prompt,
+            negative_prompt=content.negative_prompt,
+            method_requested=content.method_requested,
+            seed=request["seed"],
+            request=request,
+            before_reference=content.before_reference,
+            created_by=user,
+        )
+        _queue_row(child, delay_seconds=0)
+        child.save()
+        _store_mask(child, png, written)
+    return child
+
+
+def _store_mask(row: Content, png: bytes, written: Any) -> None:
+    """Store an inpaint row's mask as its own file and name it in its request."""
+    written.save(row.inpaint_mask, "mask.png", ContentFile(png))
+    row.request = {**row.request, "mask": row.inpaint_mask.name}
+    row.save(update_fields=["inpaint_mask", "request"])
+
+
+def _stored_image_size(name: str) -> tuple[int, int]:
+    """The size of a stored image, read from its header."""
+    try:
+        with default_storage.open(name, "rb") as file:
+            return Image.open(file).size
+    except FileNotFoundError:
+        raise ValidationError(
+            "The output %(name)s is no longer in storage; regenerate it first.",
+            code="output_missing",
+            params={"name": name},
+        ) from None
 
 
 def snapshot_changes(
@@ -512,6 +622,11 @@ def content_retry_with_current(
     negative prompt, the requested method and the seed stay; the run's other
     overrides are the persona's now), so a fix on the persona takes effect."""
     content = _retryable(content)
+    if content.is_inpaint:
+        raise ValidationError(
+            "An inpaint has no persona settings to take up: retry it as it was.",
+            code="inpaint_retry_as_it_was",
+        )
     persona = content.persona
     method = content.method_requested
     request, references = request_for_persona(
@@ -619,14 +734,17 @@ def content_report_progress(*, content: Content, step: int, total: int) -> None:
 def content_store_result(
     *,
     content: Content,
-    result: GenerationResult,
+    result: GenerationResult | InpaintResult,
     before_image: Image.Image | None,
     inputs: dict[str, str],
     timings: dict[str, Any],
+    detailer_before: Image.Image | None = None,
 ) -> bool:
-    """Store a finished generation's files through the storage API and mark it
-    succeeded, its scoring queued on the CPU queue once this commits; False
-    (nothing stored) when the row no longer belongs to this job.
+    """Store a finished generation's (or inpaint's) files through the storage
+    API and mark it succeeded, its scoring queued on the CPU queue once this
+    commits; False (nothing stored) when the row no longer belongs to this job.
+    ``detailer_before`` is the output before the face detailer's pass, kept
+    beside it.
 
     Whatever an earlier attempt left under the row's names (a worker killed
     while storing) is removed first; a write or a commit that fails removes
@@ -643,16 +761,23 @@ def content_store_result(
         if row is None:
             return False
         content_attempt_files_remove(row)
-        output = result.images[0]
+        generated = isinstance(result, GenerationResult)
+        output = result.images[0] if generated else result.image
         written.save(row.output_image, "output.png", ContentFile(_png(output)))
         written.save(row.output_thumbnail, "thumb.webp", _thumbnail(output))
+        if detailer_before is not None:
+            written.save(
+                row.detailer_before_image,
+                "before-detailer.png",
+                ContentFile(_png(detailer_before)),
+            )
         if before_image is not None:
             written.save(
                 row.before_thumbnail,
                 "before.webp",
                 _before_thumbnail(content, before_image),
             )
-        for order, control in enumerate(result.control_images):
+        for order, control in enumerate(result.control_images if generated else ()):
             control_row = ContentControlImage(
                 content=row, control_type=control.control_type.value, order=order
             )
@@ -661,16 +786,19 @@ def content_store_result(
             )
             control_row.save()
         row.status = ContentStatus.SUCCEEDED
-        row.method_used = result.method.value
+        # An inpaint runs no consistency method: it redraws a region.
+        row.method_used = result.method.value if generated else ""
         # Auto's choice by identity, made when the row was created, then the
         # engine's.
         row.method_reason = "; ".join(
-            reason for reason in (row.method_reason, result.method_reason) if reason
+            reason
+            for reason in (row.method_reason, getattr(result, "method_reason", ""))
+            if reason
         )
         row.snapshot = result.snapshot
         row.notes = [*result.notes, *_replay_notes(row, result)]
         # The stored output is the first image; None: not checked.
-        row.flagged = bool(result.flagged and result.flagged[0])
+        row.flagged = bool(generated and result.flagged and result.flagged[0])
         row.inputs = inputs
         row.timings = timings
         content_queue_scoring(content=row)
@@ -681,20 +809,27 @@ def content_store_result(
     return True
 
 
-def _replay_notes(row: Content, result: GenerationResult) -> list[str]:
+def _replay_notes(
+    row: Content, result: GenerationResult | InpaintResult
+) -> list[str]:
     """For an exact regeneration: whether its pixels are the original's (the
-    snapshots' output hashes compared)."""
+    snapshots' output hashes compared, the detailer's output included)."""
     original = row.regenerated_from
     if row.replay_snapshot is None or original is None:
         return []
-    before = (original.snapshot or {}).get("outputs") or []
-    after = result.snapshot.get("outputs") or []
+    before = _output_hashes(original.snapshot or {})
+    after = _output_hashes(result.snapshot)
     if before and before == after:
         return [f"Pixel-identical to #{original.pk}."]
     return [
         f"Not pixel-identical to #{original.pk}: same snapshot, different pixels "
         "(other hardware or library versions; compare the snapshots)."
     ]
+
+
+def _output_hashes(snapshot: dict[str, Any]) -> list[str]:
+    detailer = snapshot.get(DETAILER_KEY) or {}
+    return [*(snapshot.get("outputs") or []), *detailer.get("outputs", [])]
 
 
 def content_mark_cancelled(*, content: Content) -> bool:
@@ -804,7 +939,6 @@ def _create_contents(
     return contents
 
 
-@transaction.atomic
 def _copy_content(
     content: Content,
     *,
@@ -817,6 +951,7 @@ def _copy_content(
     copy = Content(
         persona=content.persona,
         regenerated_from=content,
+        inpainted_from=content.inpainted_from,
         prompt=content.prompt,
         negative_prompt=content.negative_prompt,
         method_requested=content.method_requested,
@@ -827,16 +962,22 @@ def _copy_content(
         before_reference=content.before_reference,
         created_by=user,
     )
-    _queue_row(copy, delay_seconds=0)
-    copy.save()
-    copy.references.set(content.references.all())
+    with written_files_removed_on_failure() as written, transaction.atomic():
+        _queue_row(copy, delay_seconds=0)
+        copy.save()
+        copy.references.set(content.references.all())
+        if content.is_inpaint:  # each inpaint owns its mask
+            _store_mask(copy, read_stored_bytes(content.request["mask"]), written)
     return copy
 
 
 def check_request(request: dict[str, Any]) -> None:
     """Refuse, before anything is queued, a request the engine's plan check
     finds sure to fail (``engine/plan.py``), with the engine's message."""
-    problems = request_problems(request)
+    _raise_problems(request_problems(request))
+
+
+def _raise_problems(problems: list[Problem]) -> None:
     if problems:
         raise ValidationError(
             [
@@ -847,12 +988,49 @@ def check_request(request: dict[str, Any]) -> None:
 
 
 def request_problems(request: dict[str, Any]) -> list[Problem]:
-    """The plan check's problems for a row's request (JSON form)."""
+    """The plan check's problems for a row's request (JSON form): a
+    generation's, then its detailer pass's; an inpaint's."""
+    if is_inpaint_request(request):
+        size = (request["width"], request["height"])
+        return _inpaint_problems(inpaint_outline(request, size=size))
     try:
         outline = request_outline(request)
     except EngineError as error:
-        return [Problem(code=error.code, message=str(error), error=type(error))]
-    return plan_problems(outline, engine_config())
+        return [_engine_problem(error)]
+    problems = plan_problems(outline, engine_config())
+    if request.get(DETAILER_KEY) and not problems:
+        problems = _inpaint_problems(
+            detailer_outline(request),
+            what="The face detailer",
+            prefix="The face detailer: ",
+        )
+    return problems
+
+
+def _inpaint_problems(
+    outline: InpaintRequest, *, what: str = "Inpainting", prefix: str = ""
+) -> list[Problem]:
+    """The inpaint checks (``plan.inpaint_problems``) on the family of the
+    outline's model."""
+    from generation.engine.families import family
+
+    if outline.model not in configured_models():
+        return [
+            Problem(
+                code="unknown_model",
+                message=f"The model {outline.model} is no longer configured in this "
+                "studio, so its outputs cannot be inpainted.",
+            )
+        ]
+    try:
+        row = family(model_family(outline.model))
+    except EngineError as error:
+        return [_engine_problem(error)]
+    return inpaint_problems(outline, row, what=what, prefix=prefix)
+
+
+def _engine_problem(error: EngineError) -> Problem:
+    return Problem(code=error.code, message=str(error), error=type(error))
 
 
 def persona_plan_warnings(*, persona: Persona) -> list[str]:

@@ -311,6 +311,16 @@ class PersonaAdmin(admin.ModelAdmin):
             },
         ),
         (
+            "Face detailer",
+            {
+                "fields": (
+                    "detailer_enabled",
+                    ("detailer_strength", "detailer_padding"),
+                    "detailer_prompt",
+                )
+            },
+        ),
+        (
             "Advanced",
             {
                 "classes": ("collapse",),

@@ -175,12 +175,16 @@ class PersonaForm(forms.ModelForm):
             "seed",
             "lora_scale",
             "identity_threshold",
+            "detailer_enabled",
+            "detailer_strength",
+            "detailer_prompt",
+            "detailer_padding",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # These texts become part of every prompt.
-        for name in ("appearance", "negative_prompt"):
+        for name in ("appearance", "negative_prompt", "detailer_prompt"):
             if name in self.fields:
                 self.fields[name].validators.append(validate_prompt_text)
         if "base_model" in self.fields:

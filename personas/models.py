@@ -189,6 +189,38 @@ class Persona(models.Model):
         "that show no face, are flagged for review; 0.5 is dlib's same-person "
         "threshold (docs/identity.md).",
     )
+    # Face detailer (docs/persona-guide.md#face-detailer-and-inpainting)
+    detailer_enabled = models.BooleanField(
+        "face detailer",
+        default=False,
+        help_text="After every generation, find the faces of the output and "
+        "redraw each at the model's native size (with the face references through "
+        "IP-Adapter plus-face where configured, and the LoRA), keeping the image "
+        "before the pass and both identity scores.",
+    )
+    detailer_strength = models.FloatField(
+        "detailer denoising strength",
+        default=vocabulary.DEFAULT_DETAILER_STRENGTH,
+        validators=[
+            MinValueValidator(vocabulary.MIN_INPAINT_STRENGTH),
+            MaxValueValidator(vocabulary.MAX_FRACTION),
+        ],
+        help_text="How far the redrawn face may move from the generated one: low "
+        "keeps its layout, high redraws it.",
+    )
+    detailer_prompt = models.CharField(
+        "detailer face prompt",
+        max_length=500,
+        default=vocabulary.DEFAULT_DETAILER_PROMPT,
+        blank=True,
+        help_text="The prompt of the face redraw (after the base appearance).",
+    )
+    detailer_padding = models.PositiveSmallIntegerField(
+        "detailer padding",
+        default=vocabulary.DEFAULT_DETAILER_PADDING,
+        validators=[MaxValueValidator(vocabulary.MAX_ONLY_MASKED_PADDING)],
+        help_text="Pixels of context around each face's box that the redraw sees.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

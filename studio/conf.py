@@ -90,6 +90,12 @@ THUMBNAIL_SIZE: int = 256
 # zlib level of stored PNGs (outputs, control images), 0-9: 1 encodes several
 # times faster than Pillow's 6, files about a third larger; same pixels.
 PNG_COMPRESS_LEVEL: int = 1
+# Inpainting (manual and the face detailer): the Gaussian blur radius of the
+# mask's edge, and the pixels of context kept around the mask's box ("only
+# masked"); the engine's defaults (generation.engine.vocabulary
+# DEFAULT_MASK_BLUR, DEFAULT_ONLY_MASKED_PADDING), 0-64 and 0-512.
+MASK_BLUR: int = 4
+ONLY_MASKED_PADDING: int = 32
 # RQ queue for generation jobs, and optional routes: model key -> queue.
 DEFAULT_QUEUE: str = "gpu"
 QUEUE_ROUTES: dict[str, str] = {}

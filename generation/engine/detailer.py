@@ -17,7 +17,7 @@ Framework free: PIL images in and out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,8 +128,14 @@ def face_mask(size: tuple[int, int], face: FaceBox) -> Image.Image:
     return mask
 
 
-def detail_faces(engine: Engine, request: DetailerRequest) -> DetailerResult:
-    """Run the face detailer pass of ``request`` with ``engine``."""
+def detail_faces(
+    engine: Engine,
+    request: DetailerRequest,
+    *,
+    should_cancel: Callable[[], bool] | None = None,
+) -> DetailerResult:
+    """Run the face detailer pass of ``request`` with ``engine``;
+    ``should_cancel`` is checked at every denoising step of every face."""
     before = request.image.convert("RGB")
     faces = faces_to_detail(before)
     identity_before = _identity(before, request)
@@ -166,7 +172,8 @@ def detail_faces(engine: Engine, request: DetailerRequest) -> DetailerResult:
                 ip_adapter=request.ip_adapter,
                 lora=request.lora,
                 scheduler=request.scheduler,
-            )
+            ),
+            should_cancel=should_cancel,
         )
         passes.append(result)
         notes.extend(note for note in result.notes if note not in notes)

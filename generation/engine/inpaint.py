@@ -26,6 +26,7 @@ from .vocabulary import (
     MAX_SIZE,
     MAX_STEPS,
     MIN_GUIDANCE_SCALE,
+    MIN_INPAINT_STRENGTH,
     MIN_SIZE,
     MIN_STEPS,
     SIZE_MULTIPLE,
@@ -58,7 +59,9 @@ def check_inpaint_request(request: InpaintRequest) -> None:
         )
     if request.mask.convert("L").getbbox() is None:
         raise InvalidRequest("The mask is empty: paint the region to redraw.")
-    _check_range("Inpaint strength", request.strength, 0.01, MAX_FRACTION)
+    _check_range(
+        "Inpaint strength", request.strength, MIN_INPAINT_STRENGTH, MAX_FRACTION
+    )
     _check_range("Mask blur", request.mask_blur, 0, MAX_MASK_BLUR)
     _check_range("Steps", request.steps, MIN_STEPS, MAX_STEPS)
     _check_range(

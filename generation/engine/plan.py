@@ -63,6 +63,7 @@ from .families import (
     safetensors_header,
 )
 from .families import check_lora_fits as check_family_fits
+from .inpaint import check_inpaint_request
 from .methods import MethodPlan, plan_method
 from .preprocessors import (
     PREPROCESSORS,
@@ -72,7 +73,7 @@ from .preprocessors import (
     preprocessor_name,
     validate_control_unit,
 )
-from .requests import ControlUnitInput, GenerationRequest, LoraInput
+from .requests import ControlUnitInput, GenerationRequest, InpaintRequest, LoraInput
 from .sources import (
     ResolvedSource,
     check_ip_adapter_file,
@@ -244,6 +245,26 @@ def plan_family(
             where=f"Model {spec.key!r} ({spec.source})",
         ).family
     return family(spec.family or DEFAULT_FAMILY.key)
+
+
+def inpaint_problems(
+    request: InpaintRequest, row: Family, *, what: str = "Inpainting", prefix: str = ""
+) -> list[Problem]:
+    """What makes an inpaint (a manual one, or a face of the detailer) sure to
+    fail on a model of family ``row``: a family without an inpaint pipeline,
+    then ``inpaint.check_inpaint_request``'s refusal (mask, numbers), after
+    ``prefix``."""
+    if not row.inpaint_pipeline_class:
+        able = [key for key, other in FAMILIES.items() if other.inpaint_pipeline_class]
+        return [
+            Problem(
+                code="inpaint_unsupported",
+                message=f"{what} needs an inpaint pipeline, and the {row.label} "
+                f"family has none; use a model of a family that has one "
+                f"({', '.join(able)}).",
+            )
+        ]
+    return _guarded(lambda: check_inpaint_request(request), prefix=prefix)
 
 
 def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> bool:
@@ -526,6 +547,7 @@ __all__ = [
     "annotator_problem",
     "check_lora_fits",
     "control_type_problem",
+    "inpaint_problems",
     "ip_adapter_installed",
     "ip_adapter_problem",
     "method_problem",

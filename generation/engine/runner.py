@@ -453,12 +453,15 @@ class Engine:
             call_images=call_images,
         )
 
-    def detail(self, request: Any) -> Any:
+    def detail(
+        self, request: Any, *, should_cancel: CancelCheck | None = None
+    ) -> Any:
         """The face detailer pass of a ``detailer.DetailerRequest`` (a
-        ``DetailerResult``): each face redrawn through ``inpaint``."""
+        ``DetailerResult``): each face redrawn through ``inpaint``, cancellable
+        at every step."""
         from .detailer import detail_faces  # detailer builds on this module
 
-        return detail_faces(self, request)
+        return detail_faces(self, request, should_cancel=should_cancel)
 
     def _call_kwargs(
         self,

@@ -259,6 +259,8 @@ DEFAULT_ONLY_MASKED_PADDING = 32
 region is inpainted at the model's native size and pasted back."""
 DEFAULT_DETAILER_STRENGTH = 0.4
 """Denoising strength of the face detailer: redraws the face, keeps its layout."""
+MIN_INPAINT_STRENGTH = 0.01
+"""The least strength of an inpaint, manual or the detailer's."""
 DEFAULT_DETAILER_PADDING = 32
 DEFAULT_DETAILER_PROMPT = "detailed face, sharp focus"
 

@@ -276,6 +276,11 @@ def content_regenerations(*, content: Content) -> list[Content]:
     return list(_light(content.regenerations.all()).order_by("created_at", "id"))
 
 
+def content_inpaintings(*, content: Content) -> list[Content]:
+    """The inpaints of ``content``'s output, oldest first (its lineage below)."""
+    return list(_light(content.inpaintings.all()).order_by("created_at", "id"))
+
+
 def content_card(*, content_id: int) -> Content:
     """One grid card's row; raises ``Content.DoesNotExist``."""
     return _light(Content.objects.all()).get(pk=content_id)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import (
@@ -35,6 +36,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.text import capfirst
 from django.views.decorators.http import require_GET, require_POST
 
 from generation import actions, selectors
@@ -44,7 +46,7 @@ from generation.engine.vocabulary import (
     TINY_MODEL_NOTICE,
 )
 from generation.engine_settings import tiny_model_keys
-from generation.forms import PersonaGenerateForm
+from generation.forms import InpaintForm, PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.charts import MAX_POINTS, identity_chart_svg
 from generation.gallery.forms import GalleryFilterForm, content_ids
@@ -83,7 +85,11 @@ def _render(
             **admin.site.each_context(request),
             "allowed_actions": {
                 action.name: action
-                for action in (*actions.CONTENT_ACTIONS, *actions.SHEET_ACTIONS)
+                for action in (
+                    *actions.CONTENT_ACTIONS,
+                    *actions.CONTENT_PAGE_ACTIONS,
+                    *actions.SHEET_ACTIONS,
+                )
                 if action.allows(user)
             },
             "tiny_model_note": TINY_MODEL_NOTICE,
@@ -180,6 +186,11 @@ def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
             "next": following,
             "filter_query": _query(request, drop=("after", "before")),
             "regenerations": gallery_selectors.content_regenerations(content=content),
+            "inpaintings": gallery_selectors.content_inpaintings(content=content),
+            "inpaint_form": InpaintForm(),
+            "inpaint_brush_size": _brush_size(content),
+            "inpaint_padding": settings.STUDIO_ONLY_MASKED_PADDING,
+            "inpaint_blur": settings.STUDIO_MASK_BLUR,
             "review_next": review_next,
             "compare_with": compare_with,
             "compare_chosen": next(
@@ -412,6 +423,27 @@ def content_act(request: HttpRequest, content_id: int, action: str) -> HttpRespo
 
 @require_POST
 @gallery_view
+def content_inpaint(request: HttpRequest, content_id: int) -> HttpResponse:
+    """The brush's form of a content's page: its mask (a PNG), prompt and
+    strength queue an inpaint through the action table's "Inpaint", then the
+    new content opens; a refusal goes back to the page with its message."""
+    act = actions.INPAINT
+    act.check_allowed(request.user)
+    content = get_object_or_404(Content, pk=content_id)
+    form = InpaintForm(request.POST, request.FILES)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            label = form.fields[field].label or field if field in form.fields else ""
+            prefix = f"{capfirst(label)}: " if label else ""
+            messages.error(request, f"{content}: {prefix}{' '.join(errors)}")
+        return HttpResponseRedirect(reverse("gallery:content", args=[content.pk]))
+    results = actions.perform(act, [content], request=request, data=form.cleaned_data)
+    target = results[0] if results else content
+    return HttpResponseRedirect(reverse("gallery:content", args=[target.pk]))
+
+
+@require_POST
+@gallery_view
 def sweep_use_strength(request: HttpRequest, batch_id: int) -> HttpResponse:
     """Save the strength of one of the sweep's outputs (``content``) on the persona."""
     actions.USE_STRENGTH.check_allowed(request.user)
@@ -458,6 +490,12 @@ def _query(request: HttpRequest, *, drop: tuple[str, ...]) -> str:
     for name in drop:
         query.pop(name, None)
     return query.urlencode()
+
+
+def _brush_size(content: Content) -> int:
+    """The brush's first size: a twelfth of the output's short side."""
+    sides = [content.request.get(name) or 0 for name in ("width", "height")]
+    return max(1, min(256, round(min(sides) / 12)))
 
 
 def _csv_value(value: Any) -> Any:

@@ -232,7 +232,8 @@ def test_a_row_that_ends_without_a_result_removes_what_an_attempt_left(
         storage.save(name, ContentFile(b"half a PNG"))
         for storage, name in content_attempt_files(content)
     ]
-    assert len(left) == 4 and set(left) <= stored_files(media_root)
+    # Output, thumbnails (2), the image before the face detailer, one control.
+    assert len(left) == 5 and set(left) <= stored_files(media_root)
 
     if end == "cancel":
         services.content_cancel(content=content)

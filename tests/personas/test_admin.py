@@ -58,6 +58,9 @@ def persona_data(**overrides: Any) -> dict[str, Any]:
         "seed": "",
         "lora_scale": "0.8",
         "identity_threshold": "0.5",
+        "detailer_strength": "0.4",
+        "detailer_prompt": "detailed face, sharp focus",
+        "detailer_padding": "32",
         **management("references", 0),
         **management("control_units", 0),
     }

@@ -216,6 +216,9 @@ POLICY: dict[str, Rule] = {
         "generation.view_content", "generation.generate_content"
     ),
     "gallery:content-action": gallery_action,
+    "gallery:content-inpaint": staff_with(
+        "generation.view_content", "generation.generate_content"
+    ),
     "gallery:sweep-use-strength": staff_with(
         "generation.view_content", "personas.change_persona"
     ),
@@ -454,6 +457,10 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
     content.output_image.save("output.png", png_file((0, 255, 0)), save=False)
     content.output_thumbnail.save("thumb.webp", png_file((0, 0, 0)), save=False)
     content.before_thumbnail.save("before.webp", png_file((9, 9, 9)), save=False)
+    content.detailer_before_image.save(
+        "before-detailer.png", png_file((7, 7, 7)), save=False
+    )
+    content.inpaint_mask.save("mask.png", png_file((255, 255, 255)), save=False)
     content.status = ContentStatus.SUCCEEDED
     content.finished_at = timezone.now()
     content.save()

@@ -1,5 +1,5 @@
-// Review gallery: live progress bars, the before/after compare slider and the
-// keyboard shortcuts. Plain JavaScript, no dependency, nothing from the network.
+// Review gallery: live progress bars, the before/after compare slider, the
+// inpainting mask brush and the keyboard shortcuts. Plain JavaScript, no dependency, nothing from the network.
 "use strict";
 
 (() => {
@@ -67,7 +67,9 @@
             if (row.finished || runEnded) {
               const reloadPage = bar.hasAttribute("data-reload-page")
                 || (await replaceCard(bar));
-              if (reloadPage) {
+              // A mask being painted is not thrown away: the scores show
+              // on the next visit instead.
+              if (reloadPage && !document.querySelector("[data-inpaint][data-painted]")) {
                 reloading = true;
                 window.location.reload();
                 return;
@@ -178,6 +180,109 @@
     }
   }
 
+  // --- Inpainting mask brush ------------------------------------------------
+  // [data-inpaint] holds a canvas at the output's own size over the output:
+  // the brush paints white (the region to redraw), the eraser removes paint,
+  // undo steps back one stroke, clear removes everything. On submit the paint
+  // becomes a black-and-white PNG of the output's size in the mask file input.
+
+  const UNDO_DEPTH = 30;
+
+  function startInpaint(root) {
+    const canvas = root.querySelector("[data-inpaint-canvas]");
+    const form = root.querySelector("[data-inpaint-form]");
+    const maskInput = root.querySelector("[data-inpaint-mask]");
+    const size = root.querySelector("[data-inpaint-size]");
+    const eraser = root.querySelector("[data-inpaint-eraser]");
+    const context = canvas.getContext("2d");
+    const history = [];
+    let last = null;
+
+    function remember() {
+      history.push(context.getImageData(0, 0, canvas.width, canvas.height));
+      if (history.length > UNDO_DEPTH) {
+        history.shift();
+      }
+    }
+
+    // Pointer position in the canvas's own pixels (it is shown scaled).
+    function at(event) {
+      const box = canvas.getBoundingClientRect();
+      return {
+        x: ((event.clientX - box.left) * canvas.width) / box.width,
+        y: ((event.clientY - box.top) * canvas.height) / box.height,
+      };
+    }
+
+    function paint(from, to) {
+      const erasing = eraser.getAttribute("aria-pressed") === "true";
+      context.globalCompositeOperation = erasing ? "destination-out" : "source-over";
+      context.strokeStyle = "#fff";
+      context.lineWidth = Number(size.value);
+      context.lineCap = "round";
+      context.lineJoin = "round";
+      context.beginPath();
+      context.moveTo(from.x, from.y);
+      context.lineTo(to.x, to.y);
+      context.stroke();
+    }
+
+    canvas.addEventListener("pointerdown", (event) => {
+      event.preventDefault();
+      root.dataset.painted = "true";
+      remember();
+      canvas.setPointerCapture(event.pointerId);
+      last = at(event);
+      paint(last, last);
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      if (last === null) {
+        return;
+      }
+      const point = at(event);
+      paint(last, point);
+      last = point;
+    });
+    for (const name of ["pointerup", "pointercancel"]) {
+      canvas.addEventListener(name, () => {
+        last = null;
+      });
+    }
+    eraser.addEventListener("click", () => {
+      const pressed = eraser.getAttribute("aria-pressed") === "true";
+      eraser.setAttribute("aria-pressed", pressed ? "false" : "true");
+    });
+    root.querySelector("[data-inpaint-undo]").addEventListener("click", () => {
+      const previous = history.pop();
+      if (previous) {
+        context.putImageData(previous, 0, 0);
+      }
+    });
+    root.querySelector("[data-inpaint-clear]").addEventListener("click", () => {
+      remember();
+      context.clearRect(0, 0, canvas.width, canvas.height);
+    });
+    form.addEventListener("submit", (event) => {
+      if (maskInput.files.length) {
+        return; // the mask is attached: this is the real submit
+      }
+      event.preventDefault();
+      const mask = document.createElement("canvas");
+      mask.width = canvas.width;
+      mask.height = canvas.height;
+      const maskContext = mask.getContext("2d");
+      maskContext.fillStyle = "#000";
+      maskContext.fillRect(0, 0, mask.width, mask.height);
+      maskContext.drawImage(canvas, 0, 0);
+      mask.toBlob((blob) => {
+        const files = new DataTransfer();
+        files.items.add(new File([blob], "mask.png", { type: "image/png" }));
+        maskInput.files = files.files;
+        form.requestSubmit();
+      }, "image/png");
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     const root = document.getElementById("gallery");
     if (!root) {
@@ -185,6 +290,7 @@
     }
     startProgress(root);
     document.querySelectorAll("[data-compare]").forEach(startCompare);
+    document.querySelectorAll("[data-inpaint]").forEach(startInpaint);
     startShortcuts();
   });
 })();
