@@ -17,6 +17,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import (
@@ -28,6 +29,7 @@ from django.http import (
     Http404,
     HttpRequest,
     HttpResponse,
+    HttpResponsePermanentRedirect,
     HttpResponseRedirect,
     JsonResponse,
 )
@@ -42,13 +44,15 @@ from generation.engine.vocabulary import (
     METHODS_WITH_CONTROL,
     METHODS_WITH_STRENGTH,
     TINY_MODEL_NOTICE,
+    GridParameter,
 )
 from generation.engine_settings import tiny_model_keys
-from generation.forms import PersonaGenerateForm
+from generation.forms import GridForm, PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.charts import MAX_POINTS, identity_chart_svg
 from generation.gallery.forms import GalleryFilterForm, content_ids
-from generation.models import Content
+from generation.grids import grid_examples
+from generation.models import Batch, Content
 
 VIEW = "generation.view_content"
 # The buttons of a content's page, by their name in the URL.
@@ -215,23 +219,62 @@ def content_card(request: HttpRequest, content_id: int) -> HttpResponse:
 
 @require_GET
 @gallery_view
-def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
-    """A strength sweep's contact sheet: the reference beside one output per
-    strength, to choose the strength that keeps the persona best."""
-    batch = _found(
-        lambda: gallery_selectors.sweep_get(batch_id=batch_id),
-        "No such strength sweep.",
-    )
-    contents = gallery_selectors.sweep_contents(batch=batch)
+def grid_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """An X/Y/Z grid's contact sheet: the reference, then the tiles laid out
+    by their axis values with their scores and the method each ran, and "Use
+    this value" on each axis value."""
+    batch = _get_grid(batch_id)
+    sheet = gallery_selectors.grid_sheet(batch=batch)
     return _render(
         request,
-        "gallery/sweep.html",
+        "gallery/grid.html",
         {
-            "title": f"Strength sweep #{batch.pk} of {batch.persona}",
+            "title": f"Grid #{batch.pk} of {batch.persona}",
             "batch": batch,
             "persona": batch.persona,
-            "contents": contents,
+            "sheet": sheet,
+            "can_grid": actions.GRID_ACTION.allows(request.user),
             "uses_tiny_model": batch.persona.base_model in tiny_model_keys(),
+        },
+    )
+
+
+@require_GET
+@gallery_view
+def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """A strength sweep's old address: sweeps are grids now (with one strength
+    axis), so it leads to the grid's sheet."""
+    batch = _get_grid(batch_id)
+    return HttpResponsePermanentRedirect(reverse("gallery:grid", args=[batch.pk]))
+
+
+@gallery_view
+def persona_grid(request: HttpRequest, slug: str) -> HttpResponse:
+    """A persona's grid page: the prompt, the grid's method and seed and its
+    X, Y and Z axes; a valid POST queues the grid through the action table's
+    "X/Y/Z grid…" (every tile checked first) and opens its sheet."""
+    action = actions.GRID_ACTION
+    action.check_allowed(request.user)
+    persona = _found(
+        lambda: gallery_selectors.persona_for_generate(slug=slug), "No such persona."
+    )
+    form = GridForm(request.POST or None, persona=persona)
+    if request.method == "POST" and form.is_valid():
+        results = actions.perform(
+            action, [persona], request=request, data=form.cleaned_data
+        )
+        if results:
+            return HttpResponseRedirect(reverse("gallery:grid", args=[results[0].pk]))
+    return _render(
+        request,
+        "gallery/grid_form.html",
+        {
+            "title": f"X/Y/Z grid – {persona}",
+            "persona": persona,
+            "form": form,
+            "examples": grid_examples(),
+            "max_tiles": settings.STUDIO_GRID_MAX_TILES,
+            "uses_tiny_model": persona.base_model in tiny_model_keys(),
         },
     )
 
@@ -412,26 +455,38 @@ def content_act(request: HttpRequest, content_id: int, action: str) -> HttpRespo
 
 @require_POST
 @gallery_view
+def grid_use_value(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """Write one axis value of a grid (``axis``, ``value``: their indexes) on
+    its persona through the action table's "Use this value"."""
+    actions.USE_VALUE.check_allowed(request.user)
+    batch = _get_grid(batch_id)
+    actions.perform(actions.USE_VALUE, [batch], request=request, data=request.POST)
+    return HttpResponseRedirect(reverse("gallery:grid", args=[batch.pk]))
+
+
+@require_POST
+@gallery_view
 def sweep_use_strength(request: HttpRequest, batch_id: int) -> HttpResponse:
-    """Save the strength of one of the sweep's outputs (``content``) on the persona."""
-    actions.USE_STRENGTH.check_allowed(request.user)
-    batch = _found(
-        lambda: gallery_selectors.sweep_get(batch_id=batch_id),
-        "No such strength sweep.",
-    )
-    content = next(
-        (
-            row
-            for row in gallery_selectors.sweep_contents(batch=batch)
-            if str(row.pk) == request.POST.get("content")
-        ),
-        None,
-    )
-    if content is None or content.strength is None:
-        messages.error(request, "Choose one of this sweep's outputs.")
+    """The old "use this strength" (a tile's ``content``): the value of the
+    grid's strength axis at that tile, through "Use this value"."""
+    actions.USE_VALUE.check_allowed(request.user)
+    batch = _get_grid(batch_id)
+    try:
+        axis, value = gallery_selectors.grid_value_of(
+            batch=batch,
+            content_id=int(request.POST.get("content", "")),
+            parameter=GridParameter.STRENGTH,
+        )
+    except (LookupError, ValueError):
+        messages.error(request, "Choose one of this grid's outputs.")
     else:
-        actions.perform(actions.USE_STRENGTH, [content], request=request)
-    return HttpResponseRedirect(reverse("gallery:sweep", args=[batch.pk]))
+        actions.perform(
+            actions.USE_VALUE,
+            [batch],
+            request=request,
+            data={"axis": axis, "value": value},
+        )
+    return HttpResponseRedirect(reverse("gallery:grid", args=[batch.pk]))
 
 
 # --- Helpers ------------------------------------------------------------------------
@@ -444,6 +499,12 @@ def _found(read: Callable[[], Found], message: str) -> Found:
         return read()
     except ObjectDoesNotExist as missing:
         raise Http404(message) from missing
+
+
+def _get_grid(batch_id: int) -> Batch:
+    return _found(
+        lambda: gallery_selectors.grid_get(batch_id=batch_id), "No such grid."
+    )
 
 
 def _get_content(content_id: int) -> Content:
