@@ -117,8 +117,11 @@ class GridForm(forms.Form):
             (parameter.value, parameter.label)
             for parameter in GridParameter
             if parameter not in grids.UNIT_PARAMETERS
-            and (parameter != GridParameter.LORA_SCALE or persona is None
-                 or persona.lora_weights)
+            and (
+                parameter != GridParameter.LORA_SCALE
+                or persona is None
+                or persona.lora_weights
+            )
         ]
         units = (
             [

@@ -284,8 +284,7 @@ def axis_values(parameter: str, values: Iterable[Any], *, name: str) -> tuple[An
         parameter = GridParameter(parameter)
     except ValueError:
         raise ValidationError(
-            "%(name)s axis: unknown parameter %(parameter)s; choose among "
-            "%(choices)s.",
+            "%(name)s axis: unknown parameter %(parameter)s; choose among %(choices)s.",
             code="unknown_grid_parameter",
             params={
                 "name": name,
@@ -433,9 +432,7 @@ def _resolve_unit(
     return replace(axis, unit_id=unit.pk, unit_type=unit.get_control_type_display())
 
 
-def _check_used(
-    axis: GridAxis, *, name: str, persona: Any, methods: list[str]
-) -> None:
+def _check_used(axis: GridAxis, *, name: str, persona: Any, methods: list[str]) -> None:
     """Refuse an axis whose parameter no tile's method would use (a strength
     axis on a text-only persona, say)."""
     if axis.parameter == GridParameter.LORA_SCALE and not persona.lora_weights:

@@ -339,20 +339,6 @@ class GridSheet:
     def y(self) -> GridAxis | None:
         return self.axes[1] if len(self.axes) > 1 else None
 
-    @property
-    def z(self) -> GridAxis | None:
-        return self.axes[2] if len(self.axes) > 2 else None
-
-    @property
-    def contents(self) -> list[Content]:
-        return [
-            tile.content
-            for table in self.tables
-            for row in table.rows
-            for tile in row.tiles
-            if tile.content is not None
-        ]
-
 
 def grid_sheet(*, batch: Batch) -> GridSheet:
     """A grid's contact sheet: its tiles laid out by their axis values, each

@@ -9,6 +9,8 @@ from django.test import Client
 from django.urls import reverse
 
 from generation import services
+from generation.engine.vocabulary import GridParameter
+from generation.grids import GridAxis
 from generation.models import Content, ContentStatus, ReviewState
 
 VIEW = "generation.view_content"
@@ -364,6 +366,38 @@ def test_a_sheet_marks_the_value_the_persona_uses_and_offers_no_button_for_it(
     )
     assert html.count('value="Use this value"') == 2
     assert "current</span>" in html
+
+
+def test_a_grid_with_a_z_axis_has_one_labelled_table_per_z_value(
+    gallery_persona, make_user
+):
+    grid = services.content_grid(
+        persona=gallery_persona,
+        prompt="a portrait",
+        axes=[
+            GridAxis(parameter=GridParameter.STRENGTH, values=(0.4, 0.8)),
+            GridAxis(parameter=GridParameter.STEPS, values=(4,)),
+            GridAxis(
+                parameter=GridParameter.SCHEDULER,
+                values=("DDIMScheduler", "PNDMScheduler"),
+            ),
+        ],
+    )
+    html = (
+        _client(make_user(VIEW, CHANGE_PERSONA))
+        .get(reverse("gallery:grid", args=[grid.pk]))
+        .content.decode()
+    )
+    assert html.count("data-grid-table") == 2
+    first, second = (html.index(f"scheduler {name}") for name in ("DDIM", "PNDM"))
+    assert first < second
+    tiles = [html.index(f'id="grid-tile-{pk}"') for pk, _ in grid.tiles]
+    assert tiles[1] < second < tiles[2]  # the second Z value's tiles follow it
+    # Each table repeats the strengths with their buttons; the steps value is
+    # the persona's own (current: no button), and a scheduler is no persona
+    # setting (no button).
+    assert html.count('value="Use this value"') == 4
+    assert html.count("current</span>") == 2
 
 
 def test_the_old_sweep_address_leads_to_its_grid(grid, make_user):
