@@ -25,6 +25,7 @@ from django.core.exceptions import (
     PermissionDenied,
     ValidationError,
 )
+from django.forms import Form
 from django.http import (
     Http404,
     HttpRequest,
@@ -253,28 +254,17 @@ def persona_grid(request: HttpRequest, slug: str) -> HttpResponse:
     """A persona's grid page: the prompt, the grid's method and seed and its
     X, Y and Z axes; a valid POST queues the grid through the action table's
     "X/Y/Z grid…" (every tile checked first) and opens its sheet."""
-    action = actions.GRID_ACTION
-    action.check_allowed(request.user)
-    persona = _found(
-        lambda: gallery_selectors.persona_for_generate(slug=slug), "No such persona."
-    )
-    form = GridForm(request.POST or None, persona=persona)
-    if request.method == "POST" and form.is_valid():
-        results = actions.perform(
-            action, [persona], request=request, data=form.cleaned_data
-        )
-        if results:
-            return HttpResponseRedirect(reverse("gallery:grid", args=[results[0].pk]))
-    return _render(
+    return _persona_action_page(
         request,
-        "gallery/grid_form.html",
-        {
-            "title": f"X/Y/Z grid – {persona}",
-            "persona": persona,
-            "form": form,
+        slug,
+        action=actions.GRID_ACTION,
+        form_class=GridForm,
+        template="gallery/grid_form.html",
+        opens="gallery:grid",
+        title="X/Y/Z grid",
+        context={
             "examples": grid_examples(),
             "max_tiles": settings.STUDIO_GRID_MAX_TILES,
-            "uses_tiny_model": persona.base_model in tiny_model_keys(),
         },
     )
 
@@ -284,26 +274,52 @@ def persona_generate(request: HttpRequest, slug: str) -> HttpResponse:
     """A persona's generate page: every per-run override, the persona's values
     as defaults; a valid POST queues a batch through the action table's
     "Generate…" and opens the batch's page, where its contents progress."""
-    action = actions.GENERATE_ACTION
+    return _persona_action_page(
+        request,
+        slug,
+        action=actions.GENERATE_ACTION,
+        form_class=PersonaGenerateForm,
+        template="gallery/generate.html",
+        opens="gallery:batch",
+        title="Generate",
+    )
+
+
+def _persona_action_page(
+    request: HttpRequest,
+    slug: str,
+    *,
+    action: actions.StaffAction,
+    form_class: type[Form],
+    template: str,
+    opens: str,
+    title: str,
+    context: dict[str, Any] | None = None,
+) -> HttpResponse:
+    """A persona's page for an action that asks first (its form with the
+    persona's values): a valid POST runs ``action`` through the action table
+    and opens the page ``opens`` of its result; a refusal shows the form again
+    with the service's message."""
     action.check_allowed(request.user)
     persona = _found(
         lambda: gallery_selectors.persona_for_generate(slug=slug), "No such persona."
     )
-    form = PersonaGenerateForm(request.POST or None, persona=persona)
+    form = form_class(request.POST or None, persona=persona)
     if request.method == "POST" and form.is_valid():
         results = actions.perform(
             action, [persona], request=request, data=form.cleaned_data
         )
         if results:
-            return HttpResponseRedirect(reverse("gallery:batch", args=[results[0].pk]))
+            return HttpResponseRedirect(reverse(opens, args=[results[0].pk]))
     return _render(
         request,
-        "gallery/generate.html",
+        template,
         {
-            "title": f"Generate – {persona}",
+            "title": f"{title} – {persona}",
             "persona": persona,
             "form": form,
             "uses_tiny_model": persona.base_model in tiny_model_keys(),
+            **(context or {}),
         },
     )
 
