@@ -166,7 +166,7 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
     page.goto(f"/gallery/personas/{persona.slug}/")
     page.click(f"a[href='/gallery/grids/{sweep.pk}/']")
     page.wait_for_url(f"**/gallery/grids/{sweep.pk}/")
-    # No CPU worker runs here: the tiles stay "scoring…" once they show.
+    # Until each tile shows its output (its scores may still be landing).
     page.wait_for_function(
         "document.querySelectorAll('.gallery-grid-tile img').length === 3",
         timeout=GENERATION_TIMEOUT_MILLISECONDS,
