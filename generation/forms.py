@@ -227,7 +227,10 @@ class PersonaGenerateForm(forms.Form):
     )
     scheduler = forms.ChoiceField(
         required=False,
-        choices=[("", "The model's own"), *((name, name) for name in SCHEDULER_NAMES)],
+        choices=[
+            ("", "The persona's (else the model's own)"),
+            *((name, name) for name in SCHEDULER_NAMES),
+        ],
     )
     seed_policy = forms.ChoiceField(choices=SeedPolicy.choices)
     seed = _seed_field(
@@ -259,6 +262,7 @@ class PersonaGenerateForm(forms.Form):
             "height": persona.height,
             "steps": persona.steps,
             "guidance_scale": persona.guidance_scale,
+            "scheduler": persona.scheduler,
             "seed_policy": persona.seed_policy,
             "seed": persona.seed,
             "ip_adapter_scale": persona.ip_adapter_scale,

@@ -60,13 +60,13 @@ OVERRIDE_FIELDS = {
     GridParameter.IP_ADAPTER_SCALE: "ip_adapter_scale",
     GridParameter.LORA_SCALE: "lora_scale",
 }
-# What "use this value" writes on the persona for a plain parameter. The
-# scheduler has no persona setting (it is chosen per run), so it has none.
+# What "use this value" writes on the persona for a plain parameter.
 PERSONA_FIELDS = {
     GridParameter.SEED: "seed",
     GridParameter.STRENGTH: "img2img_strength",
     GridParameter.GUIDANCE_SCALE: "guidance_scale",
     GridParameter.STEPS: "steps",
+    GridParameter.SCHEDULER: "scheduler",
     GridParameter.METHOD: "method",
     GridParameter.IP_ADAPTER_SCALE: "ip_adapter_scale",
     GridParameter.LORA_SCALE: "lora_scale",
@@ -115,11 +115,6 @@ class GridAxis:
 
     def value_labels(self) -> list[str]:
         return [self.value_label(index) for index in range(len(self.values))]
-
-    @property
-    def persona_writable(self) -> bool:
-        """Whether "use this value" can write its values on the persona."""
-        return self.parameter in PERSONA_FIELDS or self.parameter in UNIT_PARAMETERS
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -526,17 +521,9 @@ def unused_axes(
 
 def persona_change(axis: GridAxis, value: Any) -> dict[str, Any]:
     """The persona fields "use this value" writes for a plain parameter."""
-    field = PERSONA_FIELDS.get(axis.parameter)
-    if field is None:
-        raise ValidationError(
-            "A persona has no %(label)s setting (it is chosen per run, on the "
-            "generate page), so this value cannot be saved on it.",
-            code="not_a_persona_setting",
-            params={"label": axis.label},
-        )
     if axis.parameter == GridParameter.SEED:
         return {"seed": value, "seed_policy": SeedPolicy.FIXED}
-    return {field: value}
+    return {PERSONA_FIELDS[axis.parameter]: value}
 
 
 def unit_change(axis: GridAxis, value: Any) -> dict[str, Any]:

@@ -279,7 +279,7 @@ def request_for_persona(
         }
         if persona.lora_weights
         else None,
-        "scheduler": overrides.scheduler,
+        "scheduler": overrides.scheduler or persona.scheduler or None,
     }
     return request, references
 

@@ -301,14 +301,12 @@ class GridTile:
 @dataclass
 class GridHeader:
     """One value of one axis, as a sheet's heading shows it: its indexes (what
-    "use this value" posts), its label, whether the persona uses it now and
-    whether it can be written on the persona."""
+    "use this value" posts), its label and whether the persona uses it now."""
 
     axis: int
     value: int
     label: str
     current: bool
-    writable: bool
 
 
 @dataclass
@@ -372,7 +370,6 @@ def grid_sheet(*, batch: Batch) -> GridSheet:
                 value=position,
                 label=f"{axis.label} {axis.value_label(position)}",
                 current=value == current[index],
-                writable=axis.persona_writable,
             )
             for position, value in enumerate(axis.values)
         ]

@@ -394,9 +394,8 @@ def test_a_grid_with_a_z_axis_has_one_labelled_table_per_z_value(
     tiles = [html.index(f'id="grid-tile-{pk}"') for pk, _ in grid.tiles]
     assert tiles[1] < second < tiles[2]  # the second Z value's tiles follow it
     # Each table repeats the strengths with their buttons; the steps value is
-    # the persona's own (current: no button), and a scheduler is no persona
-    # setting (no button).
-    assert html.count('value="Use this value"') == 4
+    # the persona's own (current: no button); each scheduler has its button.
+    assert html.count('value="Use this value"') == 6
     assert html.count("current</span>") == 2
 
 

@@ -341,15 +341,24 @@ def test_use_this_value_on_a_unit_axis_writes_the_unit(connection):
     )
 
 
-def test_a_scheduler_value_is_not_a_persona_setting(connection):
+def test_a_scheduler_value_becomes_the_personas_scheduler_for_its_next_runs(
+    connection,
+):
     persona = make_persona(method="img2img")
     grid = services.content_grid(
-        persona=persona, prompt="x", axes=[axis("scheduler", "DDIMScheduler")]
+        persona=persona,
+        prompt="x",
+        axes=[axis("scheduler", "DDIMScheduler", "EulerDiscreteScheduler")],
     )
-    with pytest.raises(ValidationError) as error:
-        services.persona_use_grid_value(batch=grid, axis_index=0, value_index=0)
-    assert "A persona has no scheduler setting" in refusal(error)
-    assert not GridAxis.from_json(grid.axes[0]).persona_writable
+    schedulers = [
+        Content.objects.get(pk=pk).request["scheduler"] for pk, _ in grid.tiles
+    ]
+    assert schedulers == ["DDIMScheduler", "EulerDiscreteScheduler"]
+    services.persona_use_grid_value(batch=grid, axis_index=0, value_index=1)
+    persona.refresh_from_db()
+    assert persona.scheduler == "EulerDiscreteScheduler"
+    later = services.content_enqueue(persona=persona, prompt="x")
+    assert later.request["scheduler"] == "EulerDiscreteScheduler"
 
 
 def test_use_this_value_from_the_sheet_needs_the_permission_and_leaves_history(
