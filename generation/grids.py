@@ -60,17 +60,9 @@ OVERRIDE_FIELDS = {
     GridParameter.IP_ADAPTER_SCALE: "ip_adapter_scale",
     GridParameter.LORA_SCALE: "lora_scale",
 }
-# What "use this value" writes on the persona for a plain parameter.
-PERSONA_FIELDS = {
-    GridParameter.SEED: "seed",
-    GridParameter.STRENGTH: "img2img_strength",
-    GridParameter.GUIDANCE_SCALE: "guidance_scale",
-    GridParameter.STEPS: "steps",
-    GridParameter.SCHEDULER: "scheduler",
-    GridParameter.METHOD: "method",
-    GridParameter.IP_ADAPTER_SCALE: "ip_adapter_scale",
-    GridParameter.LORA_SCALE: "lora_scale",
-}
+# What "use this value" writes on the persona for a plain parameter: the
+# persona field of the same name as the override, but for the strength.
+PERSONA_FIELDS = {**OVERRIDE_FIELDS, GridParameter.STRENGTH: "img2img_strength"}
 
 
 def _base_in(methods: frozenset[str]) -> Callable[[Mapping[str, Any]], bool]:

@@ -161,22 +161,32 @@ def test_a_refused_generation_shows_the_reason_where_staff_acted(
     assert not Content.objects.exists()
 
 
-def test_the_grid_action_queues_one_row_per_tile_and_its_contact_sheet(
-    admin_client, persona_with_reference, studio_settings
-):
-    response = admin_client.post(
+def _run_grid(client, persona, *, follow: bool = False, **fields: str):
+    """Post the admin's "X/Y/Z grid…" page, confirmed, for ``persona``."""
+    return client.post(
         PERSONAS,
         {
             "action": "grid",
-            "_selected_action": [persona_with_reference.pk],
+            "_selected_action": [persona.pk],
             "post": "yes",
             "prompt": "grid",
             "x_parameter": "strength",
-            "x_values": "0.3, 0.5",
-            "y_parameter": "steps",
-            "y_values": "4, 6",
-            "seed": "3",
+            **fields,
         },
+        follow=follow,
+    )
+
+
+def test_the_grid_action_queues_one_row_per_tile_and_its_contact_sheet(
+    admin_client, persona_with_reference, studio_settings
+):
+    response = _run_grid(
+        admin_client,
+        persona_with_reference,
+        x_values="0.3, 0.5",
+        y_parameter="steps",
+        y_values="4, 6",
+        seed="3",
     )
     assert response.status_code == 302
     batch = Batch.objects.get()
@@ -198,20 +208,14 @@ def test_the_grid_action_queues_one_row_per_tile_and_its_contact_sheet(
 def test_the_grid_action_refuses_a_tile_sure_to_fail_and_queues_nothing(
     admin_client, persona_with_reference, studio_settings
 ):
-    response = admin_client.post(
-        PERSONAS,
-        {
-            "action": "grid",
-            "_selected_action": [persona_with_reference.pk],
-            "post": "yes",
-            "prompt": "grid",
-            "x_parameter": "strength",
-            "method": "img2img",
-            "x_values": "0.02, 0.5",
-            "y_parameter": "steps",
-            "y_values": "12",
-        },
+    response = _run_grid(
+        admin_client,
+        persona_with_reference,
         follow=True,
+        method="img2img",
+        x_values="0.02, 0.5",
+        y_parameter="steps",
+        y_values="12",
     )
     messages = [str(message) for message in response.context["messages"]]
     assert any("img2img strength 0.02, steps 12 is sure to fail" in m for m in messages)
