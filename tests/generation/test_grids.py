@@ -7,6 +7,8 @@ browser test runs a grid through one)."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import ValidationError
@@ -20,15 +22,23 @@ from generation.models import Batch, BatchKind, Content
 from generation.parameters import GenerationOverrides
 from personas.models import ControlNetUnit
 from personas.services import control_unit_save
-from tests.workers import make_persona
+from tests.workers import make_persona, use_queue
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def connection(redis_connection, studio_settings):
-    redis_connection.flushall()
+    """Generations of the test go to a queue of its own (other tests, in
+    parallel processes, share the Redis)."""
+    use_queue(studio_settings, f"grids-{uuid.uuid4().hex[:12]}")
     return redis_connection
+
+
+def own_queue(connection) -> Queue:
+    from django.conf import settings
+
+    return Queue(settings.STUDIO_DEFAULT_QUEUE, connection=connection)
 
 
 def axis(parameter: str, *values, unit: int | None = None) -> GridAxis:
@@ -196,7 +206,7 @@ def test_a_strength_by_steps_grid_on_a_hybrid_persona_runs_hybrid_in_every_tile(
     }
     assert {r["method"] for r in requests.values()} == {"hybrid"}
     assert {r["seed"] for r in requests.values()} == {5}
-    assert Queue("gpu", connection=connection).count == 4
+    assert own_queue(connection).count == 4
     stored = GridAxis.from_json(grid.axes[1])
     assert (stored.parameter, stored.values) == (GridParameter.STEPS, (4, 8))
 
@@ -211,21 +221,27 @@ def test_a_seed_axis_gives_each_column_its_seed(connection):
 
 
 def test_a_grid_with_one_tile_sure_to_fail_is_refused_whole_with_the_engines_message(
-    connection,
+    connection, django_capture_on_commit_callbacks
 ):
     persona = make_persona(method="img2img")
-    with pytest.raises(ValidationError) as error:
+    # Tiles (0.5, 12) and (0.02, 50) come before and after the refused one,
+    # (0.02, 12): none of them stays or is enqueued.
+    with (
+        django_capture_on_commit_callbacks(execute=True) as enqueued,
+        pytest.raises(ValidationError) as error,
+    ):
         services.content_grid(
             persona=persona,
             prompt="x",
-            axes=[axis("strength", 0.02, 0.5), axis("steps", 12, 50)],
+            axes=[axis("strength", 0.5, 0.02), axis("steps", 12, 50)],
         )
     said = refusal(error)
     assert "The tile img2img strength 0.02, steps 12 is sure to fail" in said
     assert "raise the steps to 50 or raise the strength" in said
     assert not Batch.objects.exists()
     assert not Content.objects.exists()
-    assert Queue("gpu", connection=connection).count == 0
+    assert enqueued == []
+    assert own_queue(connection).count == 0
 
 
 def test_a_grid_over_the_tile_limit_is_refused_naming_the_setting(connection, settings):
