@@ -11,9 +11,8 @@ business rules.
 
 A new operation is one more entry: a function that calls its service, a
 permission and its messages, then a place in ``CONTENT_ACTIONS``,
-``PERSONA_ACTIONS`` or ``SHEET_ACTIONS`` (for example "retry with the persona's
-current settings", or "use this value" of any axis of a grid, which takes the
-axis from ``ActionInput.data`` as "use this strength" takes the strength).
+``PERSONA_ACTIONS`` or ``SHEET_ACTIONS`` (for example "use this value" of any
+axis of a grid, which takes the axis and the value from ``ActionInput.data``).
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from generation import score_services, selectors, services
-from generation.forms import GenerateForm, InpaintForm, SweepForm
-from generation.models import Content, ReviewState
+from generation.forms import GenerateForm, GridForm, InpaintForm
+from generation.models import Batch, Content, ReviewState
 from generation.parameters import GenerationOverrides
 from personas.models import Persona
 
@@ -83,9 +82,9 @@ class StaffAction:
     costly: bool = False
     # The gallery opens the content the service returns (a regeneration).
     opens_result: bool = False
-    # The history entry goes on the result (the persona a sheet's tile changed)
-    # rather than on the target.
-    logs_result: bool = False
+    # Where the history entry goes when not on the target: ``logs_on(target,
+    # result)`` (the persona whose setting a grid's "use this value" changed).
+    logs_on: Callable[[Any, Any], models.Model] | None = None
     # Where the person follows the result: the success message links there.
     result_url: Callable[[Any], str] | None = None
     result_link: str = ""
@@ -157,7 +156,7 @@ def perform(
 def _log(
     action: StaffAction, target: models.Model, result: Any, *, user: AbstractBaseUser
 ) -> None:
-    changed = result if action.logs_result else target
+    changed = target if action.logs_on is None else action.logs_on(target, result)
     LogEntry.objects.log_actions(
         user_id=user.pk,
         queryset=[changed],
@@ -183,13 +182,16 @@ def _generate(persona: Persona, given: ActionInput) -> Any:
     )
 
 
-def _strength_sweep(persona: Persona, given: ActionInput) -> Any:
+def _grid(persona: Persona, given: ActionInput) -> Any:
     data = given.data
-    return services.content_strength_sweep(
+    return services.content_grid(
         persona=persona,
         prompt=data["prompt"],
-        strengths=data["strengths"],
-        overrides=GenerationOverrides(seed=data.get("seed")),
+        negative_prompt=data.get("negative_prompt", ""),
+        axes=data["axes"],
+        overrides=GenerationOverrides.from_data(
+            {name: data.get(name) for name in ("method", "seed")}
+        ),
         user=given.user,
     )
 
@@ -254,15 +256,15 @@ def _rescore(content: Content, given: ActionInput) -> Content:
     return score_services.content_rescore(content=content)
 
 
-def _use_strength(content: Content, given: ActionInput) -> Persona:
-    strength = content.request.get("strength")
-    if strength is None:
+def _use_value(grid: Batch, given: ActionInput) -> Any:
+    try:
+        axis, value = (int(given.data.get(name, "")) for name in ("axis", "value"))
+    except (TypeError, ValueError):
         raise ValidationError(
-            "It ran without an img2img strength; choose an output of a strength sweep.",
-            code="no_strength",
-        )
-    return services.persona_save_strength(
-        persona=content.persona, strength=strength, user=given.user
+            "Choose a value of one of this grid's axes.", code="no_such_value"
+        ) from None
+    return services.persona_use_grid_value(
+        batch=grid, axis_index=axis, value_index=value, user=given.user
     )
 
 
@@ -281,16 +283,17 @@ GENERATE_ACTION = StaffAction(
     done_many="Queued generations for {count} persona(s); follow them under Contents.",
     history="queued {result}.",
 )
-STRENGTH_SWEEP = StaffAction(
-    name="strength_sweep",
+GRID_ACTION = StaffAction(
+    name="grid",
     model=Persona,
     permission=GENERATE,
-    description="Strength sweep…",
-    service=_strength_sweep,
-    form=SweepForm,
-    done="Queued {result}; compare its outputs on its contact sheet.",
-    done_many="Queued strength sweeps for {count} persona(s); compare them under "
-    "Batches.",
+    description="X/Y/Z grid…",
+    service=_grid,
+    form=GridForm,
+    done="Queued {result} ({result.tile_count} tiles).",
+    result_url=lambda grid: reverse("gallery:grid", args=[grid.pk]),
+    result_link="Compare them on its contact sheet.",
+    done_many="Queued grids for {count} persona(s); compare them under Batches.",
     history="queued {result}.",
 )
 REGENERATE_LATEST = StaffAction(
@@ -415,17 +418,17 @@ INPAINT = StaffAction(
     done_many="Queued {count} inpaint(s).",
     history="inpainted as content #{result.pk}.",
 )
-USE_STRENGTH = StaffAction(
-    name="use_strength",
-    model=Content,
+USE_VALUE = StaffAction(
+    name="use_value",
+    model=Batch,
     permission=CHANGE_PERSONA,
-    description="Use this strength",
-    service=_use_strength,
-    logs_result=True,
-    done="{result} now uses img2img strength {result.img2img_strength:g}.",
-    done_many="{count} personas changed their img2img strength.",
-    history="changed img2img strength to {result.img2img_strength:g} (the "
-    "strength of content #{target.pk}).",
+    description="Use this value",
+    service=_use_value,
+    logs_on=lambda grid, choice: choice.persona,
+    done="{result.persona} now uses {result.setting} {result.value}.",
+    done_many="{count} personas changed a setting.",
+    history="changed {result.setting} to {result.value} (a value of the "
+    "{result.axis} axis of grid #{target.pk}).",
 )
 
 # On a content: the content changelist's actions and the content page's buttons.
@@ -445,9 +448,9 @@ CONTENT_PAGE_ACTIONS = (INPAINT,)
 # On the queue page: its buttons (cancel is CANCEL above).
 QUEUE_ACTIONS = (MOVE_TO_FRONT, CANCEL)
 # On a persona: the persona changelist's actions.
-PERSONA_ACTIONS = (GENERATE_ACTION, STRENGTH_SWEEP, REGENERATE_LATEST)
-# On a tile of a contact sheet: its buttons.
-SHEET_ACTIONS = (USE_STRENGTH,)
+PERSONA_ACTIONS = (GENERATE_ACTION, GRID_ACTION, REGENERATE_LATEST)
+# On a grid's contact sheet: the buttons of its axis values.
+SHEET_ACTIONS = (USE_VALUE,)
 
 
 # --- LoRA training ------------------------------------------------------------------

@@ -428,13 +428,13 @@ class ContentAdmin(StaffActionsAdmin, admin.ModelAdmin):
         return render_to_string(self.detail_template, {"text": text})
 
 
-# --- Batches and sweeps --------------------------------------------------------------
+# --- Batches and grids ---------------------------------------------------------------
 
 
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
-    """Batches and strength sweeps; a sweep's page links to its contact sheet in
-    the gallery (``templates/admin/generation/batch/change_form.html``)."""
+    """Batches and grids; a grid's page links to its contact sheet in the
+    gallery (``templates/admin/generation/batch/change_form.html``)."""
 
     list_display = ("__str__", "kind", "persona", "prompt", "created_at")
     list_filter = ("kind", "persona")
@@ -444,7 +444,7 @@ class BatchAdmin(admin.ModelAdmin):
         "persona",
         "kind",
         "prompt",
-        "strengths",
+        "axes",
         "keep_best",
         "best_of_applied_at",
         "created_by",

@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from generation import services
+from generation import grids
 from generation.engine.plan import ALL_SCHEDULER_NAMES, scheduler_names
 from generation.engine.vocabulary import (
     DEFAULT_INPAINT_STRENGTH,
@@ -31,6 +31,7 @@ from generation.engine.vocabulary import (
     MIN_SIZE,
     MIN_STEPS,
     MIN_WEIGHT,
+    GridParameter,
     Method,
 )
 from generation.parameters import UnitOverride
@@ -131,28 +132,120 @@ class InpaintForm(forms.Form):
     )
 
 
-class SweepForm(forms.Form):
-    """What "Strength sweep…" asks for."""
+class GridForm(forms.Form):
+    """What "Grid…" asks for: a prompt, the grid's method and seed, and its X,
+    Y and Z axes (``cleaned_data["axes"]``: ``grids.GridAxis`` rows, checked
+    against the persona by the service). With a persona its own ControlNet
+    units are offered by type; without one (the admin, for several personas)
+    units are named by position."""
+
+    ADMIN_UNITS = 3
 
     prompt = _prompt_field(rows=3)
-    strengths = forms.CharField(
-        initial="0.3, 0.5, 0.7, 0.9",
-        help_text="img2img strengths, separated by commas.",
+    negative_prompt = _prompt_field(rows=2, required=False)
+    method = forms.ChoiceField(
+        required=False,
+        choices=[("", "The persona's method"), *ConsistencyMethod.choices],
+        help_text="For every tile, unless an axis varies it.",
     )
-    seed = _seed_field(help_text="One seed for the whole sweep; empty picks one.")
+    seed = _seed_field(
+        help_text="One seed for every tile (unless an axis varies it); empty "
+        "uses the persona's fixed seed, or picks one."
+    )
 
-    def clean_strengths(self) -> list[float]:
-        try:
-            strengths = [
-                float(part) for part in self.cleaned_data["strengths"].split(",")
+    def __init__(self, *args: Any, persona: Persona | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.persona = persona
+        choices = [
+            (parameter.value, parameter.label)
+            for parameter in GridParameter
+            if parameter not in grids.UNIT_PARAMETERS
+            and (
+                parameter != GridParameter.LORA_SCALE
+                or persona is None
+                or persona.lora_weights
+            )
+        ]
+        units = (
+            [
+                (position, f" ({unit.get_control_type_display()})")
+                for position, unit in enumerate(persona.control_units.all(), start=1)
             ]
-        except ValueError:
-            raise ValidationError(
-                "Write numbers between 0 and 1 separated by commas, e.g. 0.3, 0.5.",
-                code="bad_strengths",
-            ) from None
-        services.validate_sweep_strengths(strengths)
-        return strengths
+            if persona is not None
+            else [(position, "") for position in range(1, self.ADMIN_UNITS + 1)]
+        )
+        for position, named in units:
+            choices += [
+                (f"unit_scale:{position}", f"ControlNet unit {position}{named} scale"),
+                (
+                    f"unit_window:{position}",
+                    f"ControlNet unit {position}{named} window (start-end)",
+                ),
+            ]
+        for name, required in zip(grids.AXIS_NAMES, (True, False, False), strict=True):
+            key = name.lower()
+            self.fields[f"{key}_parameter"] = forms.ChoiceField(
+                label=f"{name} axis",
+                required=required,
+                choices=choices if required else [("", "None"), *choices],
+                initial=GridParameter.STRENGTH.value if required else "",
+            )
+            self.fields[f"{key}_values"] = forms.CharField(
+                label=f"{name} values",
+                required=False,
+                max_length=2000,
+                help_text="Separated by commas, e.g. 0.3, 0.5, 0.7 (a window: "
+                "0-0.5, 0.2-1).",
+            )
+
+    def prompt_fields(self) -> list[forms.BoundField]:
+        """The fields before the axes, for the template."""
+        return [self[name] for name in ("prompt", "negative_prompt", "method", "seed")]
+
+    def axis_fields(self) -> list[tuple[str, forms.BoundField, forms.BoundField]]:
+        """Each axis with its parameter and values fields, for the template."""
+        return [
+            (name, self[f"{name.lower()}_parameter"], self[f"{name.lower()}_values"])
+            for name in grids.AXIS_NAMES
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        axes = []
+        for name in grids.AXIS_NAMES:
+            key = name.lower()
+            chosen = data.get(f"{key}_parameter") or ""
+            text = data.get(f"{key}_values") or ""
+            if not chosen:
+                if text.strip():
+                    self.add_error(
+                        f"{key}_parameter",
+                        f"Choose what the {name} axis varies, or clear its values.",
+                    )
+                continue
+            if len(axes) < grids.AXIS_NAMES.index(name):
+                self.add_error(
+                    f"{key}_parameter",
+                    f"Fill the axes in order: the {name} axis needs the one before.",
+                )
+                continue
+            parameter, _, unit = chosen.partition(":")
+            try:
+                values = grids.axis_values(
+                    parameter, grids.split_values(text), name=name
+                )
+            except ValidationError as error:
+                self.add_error(f"{key}_values", error)
+                continue
+            axes.append(
+                grids.GridAxis(
+                    parameter=GridParameter(parameter),
+                    values=values,
+                    unit=int(unit) if unit else None,
+                )
+            )
+        data["axes"] = axes
+        return data
 
 
 class PersonaGenerateForm(forms.Form):
@@ -178,7 +271,7 @@ class PersonaGenerateForm(forms.Form):
     scheduler = forms.ChoiceField(
         required=False,
         choices=[
-            ("", "The model's own"),
+            ("", "The persona's (else the model's own)"),
             *((name, name) for name in ALL_SCHEDULER_NAMES),
         ],
     )
@@ -234,6 +327,7 @@ class PersonaGenerateForm(forms.Form):
             "height": persona.height,
             "steps": persona.steps,
             "guidance_scale": persona.guidance_scale,
+            "scheduler": persona.scheduler,
             "seed_policy": persona.seed_policy,
             "seed": persona.seed,
             "ip_adapter_scale": persona.ip_adapter_scale,

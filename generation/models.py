@@ -2,8 +2,8 @@
 
 The database is the source of truth (DESIGN.md decision 1): a ``Content`` row is
 created ``queued`` before anything is enqueued, and the RQ job only carries its
-id. ``Batch`` groups the rows of one "Generate..." with a count, or of one
-strength sweep, so that they can be compared side by side.
+id. ``Batch`` groups the rows of one "Generate..." with a count, or the tiles
+of one X/Y/Z grid, so that they can be compared side by side.
 """
 
 from __future__ import annotations
@@ -95,11 +95,14 @@ class IdentityStatus(models.TextChoices):
 
 class BatchKind(models.TextChoices):
     BATCH = "batch", "Batch"
-    SWEEP = "sweep", "Strength sweep"
+    # The strength sweeps of before became grids with one strength axis
+    # (migration ``batch_grid_axes``).
+    GRID = "grid", "Grid"
 
 
 class Batch(models.Model):
-    """Generations started together: a count of one prompt, or a strength sweep."""
+    """Generations started together: a count of one prompt, or the tiles of an
+    X/Y/Z grid (``generation.grids``)."""
 
     persona = models.ForeignKey(
         Persona, on_delete=models.CASCADE, related_name="batches"
@@ -108,8 +111,16 @@ class Batch(models.Model):
         max_length=8, choices=BatchKind.choices, default=BatchKind.BATCH
     )
     prompt = models.TextField()
-    strengths = models.JSONField(
-        default=list, blank=True, help_text="The img2img strengths of a sweep."
+    axes = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="A grid's axes: each a parameter and its values "
+        "(generation.grids.GridAxis).",
+    )
+    tiles = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="A grid's tiles: [content id, [x, y, z value indexes]] each.",
     )
     keep_best = models.PositiveSmallIntegerField(
         null=True,
@@ -133,6 +144,11 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} of {self.persona}"
+
+    @property
+    def tile_count(self) -> int:
+        """A grid's number of tiles (generations)."""
+        return len(self.tiles)
 
 
 class Content(QueuedRow):

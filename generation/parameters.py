@@ -308,7 +308,7 @@ def request_for_persona(
         }
         if persona.lora_weights
         else None,
-        "scheduler": overrides.scheduler,
+        "scheduler": overrides.scheduler or persona.scheduler or None,
         "edit_reference_indexes": None
         if overrides.edit_references is None
         else [positions[pk] for pk in overrides.edit_references if pk in positions]

@@ -15,7 +15,7 @@ import io
 import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.conf import settings
@@ -27,20 +27,16 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from generation import selectors
+from generation import grids, selectors
 from generation.cleanup import content_attempt_files, content_attempt_files_remove
 from generation.engine.errors import EngineError
 from generation.engine.plan import Problem, inpaint_problems, plan_problems
 from generation.engine.requests import GenerationResult, InpaintRequest, InpaintResult
 from generation.engine.vocabulary import (
     MAX_BATCH_COUNT,
-    MAX_FRACTION,
     MAX_SEED,
-    MAX_SWEEP_STRENGTHS,
     METHODS_NEEDING_REFERENCE,
     METHODS_WITH_CONTROL,
-    METHODS_WITH_STRENGTH,
-    MIN_FRACTION,
     Method,
     SeedPolicy,
 )
@@ -49,6 +45,7 @@ from generation.engine_settings import (
     engine_config,
     model_family,
 )
+from generation.grids import GridAxis
 from generation.models import (
     INPAINT_KIND,
     Batch,
@@ -80,7 +77,7 @@ from generation.queues import get_queue
 from generation.score_services import content_queue_scoring
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.models import Persona
-from personas.services import persona_update
+from personas.services import control_unit_save, persona_update
 from personas.uploads import PNG, encode_thumbnail, validate_image_upload
 from personas.validators import validate_prompt_text
 
@@ -173,76 +170,130 @@ def content_enqueue_batch(
     return batch
 
 
-def content_strength_sweep(
+@dataclass(frozen=True)
+class GridValueChoice:
+    """What "use this value" changed: the persona, and the change in words."""
+
+    persona: Persona
+    setting: str
+    value: str
+    axis: str
+
+    def __str__(self) -> str:
+        return f"{self.persona}: {self.setting} {self.value}"
+
+
+def content_grid(
     *,
     persona: Persona,
     prompt: str,
-    strengths: Sequence[float],
+    axes: Sequence[GridAxis],
     negative_prompt: str = "",
     overrides: GenerationOverrides | None = None,
     user: AbstractBaseUser | None = None,
 ) -> Batch:
-    """One generation per img2img strength, all with the same seed, grouped in a
-    sweep so that only the strength differs between them.
+    """An X/Y/Z grid: one generation per tile, each the grid's overrides with
+    its axis values, all with one seed unless an axis varies it, grouped in a
+    batch of kind grid.
 
-    The method is the overridden one or the persona's when it takes a strength
-    (img2img, hybrid), else img2img.
+    The axes are checked against the persona first (``grids.axes_resolve``),
+    then every tile's request by the plan check; when any tile is sure to
+    fail, nothing is queued and the refusal names the tile. The method is the
+    grid's (``overrides.method``) or the persona's, never replaced: a strength
+    axis on a hybrid persona runs hybrid, and the sheet says which method
+    each tile ran.
     """
-    strengths = list(strengths)
-    try:
-        validate_sweep_strengths(strengths)
-    except ValidationError as error:
-        raise ValidationError({"strengths": error}) from None
     overrides = overrides or GenerationOverrides()
-    method = next(
-        (
-            candidate
-            for candidate in (overrides.method, persona.method)
-            if candidate in METHODS_WITH_STRENGTH
-        ),
-        Method.IMG2IMG,
-    )
+    try:
+        axes = grids.axes_resolve(axes, persona=persona, overrides=overrides)
+    except ValidationError as error:
+        raise ValidationError({"axes": error.error_list}) from None
     (seed,) = _seeds(persona, overrides, count=1)
+    base = replace(overrides, seed=seed, seed_policy=SeedPolicy.FIXED)
+    units = {unit.pk: unit for unit in persona.control_units.all()}
     with transaction.atomic():
         batch = Batch.objects.create(
             persona=persona,
-            kind=BatchKind.SWEEP,
+            kind=BatchKind.GRID,
             prompt=prompt,
-            strengths=strengths,
+            axes=[axis.as_json() for axis in axes],
             created_by=user,
         )
-        for strength in strengths:
-            _create_contents(
-                persona=persona,
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                overrides=GenerationOverrides(
-                    **{
-                        **vars(overrides),
-                        "method": method,
-                        "strength": strength,
-                        "seed": seed,
-                    }
-                ),
-                seeds=[seed],
-                user=user,
-                batch=batch,
-            )
+        tiles = []
+        for cell in grids.grid_cells(axes):
+            tile = grids.tile_overrides(axes, cell, base=base, units=units)
+            try:
+                (content,) = _create_contents(
+                    persona=persona,
+                    prompt=prompt,
+                    negative_prompt=negative_prompt,
+                    overrides=tile,
+                    seeds=[tile.seed],
+                    user=user,
+                    batch=batch,
+                )
+            except ValidationError as error:
+                # The whole grid is refused (the transaction rolls back: no
+                # row stays, no job is enqueued), naming the tile.
+                raise ValidationError(
+                    "The tile %(tile)s is sure to fail, so nothing was queued: "
+                    "%(reason)s",
+                    code=_first_code(error) or "tile_sure_to_fail",
+                    params={
+                        "tile": grids.tile_label(axes, cell),
+                        "reason": " ".join(error.messages),
+                    },
+                ) from None
+            tiles.append([content.pk, list(cell)])
+        batch.tiles = tiles
+        batch.save(update_fields=["tiles"])
     return batch
 
 
-def validate_sweep_strengths(strengths: Sequence[float]) -> None:
-    """Refuse a sweep of no strengths, of more than ``MAX_SWEEP_STRENGTHS``, or
-    with one outside 0..1 (NaN and infinities included)."""
-    if not 1 <= len(strengths) <= MAX_SWEEP_STRENGTHS or not all(
-        MIN_FRACTION <= strength <= MAX_FRACTION for strength in strengths
+def _first_code(error: ValidationError) -> str | None:
+    return next((item.code for item in error.error_list if item.code), None)
+
+
+@transaction.atomic
+def persona_use_grid_value(
+    *,
+    batch: Batch,
+    axis_index: int,
+    value_index: int,
+    user: AbstractBaseUser | None = None,
+) -> GridValueChoice:
+    """Write one value of one axis of a grid on its persona ("use this
+    value"): a persona setting, or a setting of the ControlNet unit the axis
+    varies, through the personas services like every persona write."""
+    axes = [grids.GridAxis.from_json(data) for data in batch.axes]
+    if not 0 <= axis_index < len(axes) or not (
+        0 <= value_index < len(axes[axis_index].values)
     ):
         raise ValidationError(
-            "Give between 1 and %(max)s strengths, each between 0 and 1, "
-            "e.g. 0.3, 0.5, 0.7, 0.9.",
-            code="bad_strengths",
-            params={"max": MAX_SWEEP_STRENGTHS},
+            "Choose a value of one of this grid's axes.", code="no_such_value"
         )
+    axis = axes[axis_index]
+    value = axis.values[value_index]
+    persona = Persona.objects.select_for_update().get(pk=batch.persona_id)
+    if axis.parameter in grids.UNIT_PARAMETERS:
+        unit = persona.control_units.filter(pk=axis.unit_id).first()
+        if unit is None:
+            raise ValidationError(
+                "The ControlNet unit this axis varied is no longer on %(persona)s.",
+                code="unit_gone",
+                params={"persona": persona},
+            )
+        for name, unit_value in grids.unit_change(axis, value).items():
+            setattr(unit, name, unit_value)
+        control_unit_save(unit=unit)
+    else:
+        persona_update(persona=persona, data=grids.persona_change(axis, value))
+    return GridValueChoice(
+        persona=persona,
+        setting=axis.label,
+        value=axis.value_label(value_index),
+        axis=grids.AXIS_NAMES[axis_index],
+    )
 
 
 def content_regenerate(
@@ -531,15 +582,6 @@ def _ip_adapter_changes(
             return [f"the IP-Adapter cannot be found ({error})"]
         return _fingerprint_changes("the IP-Adapter", recorded["fingerprint"], now)
     return []
-
-
-def persona_save_strength(
-    *, persona: Persona, strength: float, user: AbstractBaseUser | None = None
-) -> Persona:
-    """Make ``strength`` the persona's img2img strength ("use this strength" on a
-    sweep's contact sheet), through the personas services like every persona
-    write."""
-    return persona_update(persona=persona, data={"img2img_strength": strength})
 
 
 # --- Acting on a row ------------------------------------------------------------

@@ -303,6 +303,7 @@ class PersonaAdmin(admin.ModelAdmin):
                     ("img2img_strength", "resize_mode"),
                     ("ip_adapter_scale", "ip_adapter_face_crop"),
                     ("guidance_scale", "steps"),
+                    "scheduler",
                     "negative_prompt",
                     ("width", "height"),
                     "base_model",

@@ -167,6 +167,7 @@ class PersonaForm(forms.ModelForm):
             "ip_adapter_face_crop",
             "guidance_scale",
             "steps",
+            "scheduler",
             "negative_prompt",
             "width",
             "height",

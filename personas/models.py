@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from generation.engine import vocabulary
 from generation.engine.config import ModelSpec, model_catalog
+from generation.engine.plan import SCHEDULER_NAMES
 from personas.validators import validate_height, validate_width
 
 
@@ -150,6 +151,13 @@ class Persona(models.Model):
             MinValueValidator(vocabulary.MIN_STEPS),
             MaxValueValidator(vocabulary.MAX_STEPS),
         ],
+    )
+    scheduler = models.CharField(
+        max_length=64,
+        blank=True,
+        choices=[(name, name) for name in SCHEDULER_NAMES],
+        help_text="The diffusers scheduler of every generation; empty: the "
+        "model's own.",
     )
     negative_prompt = models.TextField(blank=True)
     width = models.PositiveIntegerField(

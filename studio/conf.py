@@ -85,6 +85,8 @@ MAX_LORA_TENSORS: int = 20_000
 # (generation.engine.vocabulary), which is the default.
 MAX_WIDTH: int = 2048
 MAX_HEIGHT: int = 2048
+# Most tiles (generations) one X/Y/Z grid may queue: X values x Y values x Z.
+GRID_MAX_TILES: int = 36
 # Longest side of stored thumbnails.
 THUMBNAIL_SIZE: int = 256
 # zlib level of stored PNGs (outputs, control images), 0-9: 1 encodes several

@@ -42,6 +42,22 @@ class Method(_Vocabulary):
     REFERENCE_EDIT = "reference_edit", "Reference editing (instruction + references)"
 
 
+class GridParameter(_Vocabulary):
+    """What one axis of a grid varies (AUTOMATIC1111's X/Y/Z plot); the unit
+    parameters are of one ControlNet unit of the persona, named by position."""
+
+    SEED = "seed", "seed"
+    STRENGTH = "strength", "img2img strength"
+    GUIDANCE_SCALE = "guidance_scale", "guidance scale"
+    STEPS = "steps", "steps"
+    SCHEDULER = "scheduler", "scheduler"
+    METHOD = "method", "method"
+    UNIT_SCALE = "unit_scale", "ControlNet scale"
+    UNIT_WINDOW = "unit_window", "ControlNet window"
+    IP_ADAPTER_SCALE = "ip_adapter_scale", "IP-Adapter scale"
+    LORA_SCALE = "lora_scale", "LoRA scale"
+
+
 class ControlType(_Vocabulary):
     OPENPOSE = "openpose", "OpenPose"
     CANNY = "canny", "Canny edges"
@@ -222,8 +238,6 @@ MAX_PROMPT_LENGTH = 4000
 """Characters of any text typed for the studio (prompts, appearance, notes)."""
 MAX_BATCH_COUNT = 16
 """Generations one batch may queue."""
-MAX_SWEEP_STRENGTHS = 12
-"""Strengths one strength sweep may try."""
 MAX_EDIT_REFERENCES = 3
 """References one reference edit takes: the primary and up to two more
 (Qwen-Image-Edit-2509 was trained with one to three)."""
@@ -233,6 +247,9 @@ REFERENCE_EDIT_PROMPT = "{instruction}. Keep the same person: {appearance}."
 the persona's base appearance description: the instruction first (what to
 change), then the appearance (what to keep), as FLUX.1 Kontext's and
 Qwen-Image-Edit's prompting guides advise."""
+MAX_GRID_AXES = 3
+"""Axes one grid may have: X, Y and Z (its tiles are capped by the studio's
+``STUDIO_GRID_MAX_TILES``)."""
 
 DEFAULT_METHOD = Method.AUTO
 DEFAULT_STEPS = 30

@@ -1,5 +1,5 @@
 """Reads for the review gallery: persona overview, a persona's outputs page by
-page, a content's neighbours, a sweep's contact sheet and live progress.
+page, a content's neighbours, a grid's contact sheet and live progress.
 
 A persona can have tens of thousands of outputs, so its grid is paged by seek
 (keyset) pagination on the sort key and the id, never by ``OFFSET``: every page
@@ -37,6 +37,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 
 from generation.engine.vocabulary import METHODS_WITH_STRENGTH
+from generation.grids import GridAxis, persona_current, unused_axes
 from generation.models import (
     ACTIVE_STATUSES,
     Batch,
@@ -175,7 +176,7 @@ def _latest_contents(personas: list[Persona]) -> dict[int, list[Content]]:
 
 
 def persona_recent_batches(*, persona: Persona) -> list[Batch]:
-    """The persona's latest batches and sweeps, each with its number of outputs."""
+    """The persona's latest batches and grids, each with its number of outputs."""
     return list(
         Batch.objects.filter(persona=persona)
         .annotate(content_count=Count("contents"))
@@ -286,21 +287,125 @@ def content_card(*, content_id: int) -> Content:
     return _light(Content.objects.all()).get(pk=content_id)
 
 
-def sweep_get(*, batch_id: int) -> Batch:
-    """A strength sweep with its persona; raises ``Batch.DoesNotExist``."""
+def grid_get(*, batch_id: int) -> Batch:
+    """An X/Y/Z grid with its persona; raises ``Batch.DoesNotExist``."""
     return Batch.objects.select_related("persona").get(
-        pk=batch_id, kind=BatchKind.SWEEP
+        pk=batch_id, kind=BatchKind.GRID
     )
 
 
-def sweep_contents(*, batch: Batch) -> list[Content]:
-    """A sweep's outputs in the order of their strengths, each with
-    ``strength`` set from its request."""
-    contents = list(
-        _light(Content.objects.filter(batch=batch)).select_related("before_reference")
+@dataclass
+class GridTile:
+    """One tile of a contact sheet: its output (None when it is gone) and the
+    axes whose parameter its run did not use (what auto chose, say)."""
+
+    content: Content | None
+    unused: list[str]
+
+
+@dataclass
+class GridHeader:
+    """One value of one axis, as a sheet's heading shows it: its indexes (what
+    "use this value" posts), its label and whether the persona uses it now."""
+
+    axis: int
+    value: int
+    label: str
+    current: bool
+
+
+@dataclass
+class GridRow:
+    header: GridHeader | None
+    tiles: list[GridTile]
+
+
+@dataclass
+class GridTable:
+    """One table of a sheet: one per Z value (one in all without a Z axis)."""
+
+    header: GridHeader | None
+    rows: list[GridRow]
+
+
+@dataclass
+class GridSheet:
+    axes: list[GridAxis]
+    columns: list[GridHeader]
+    tables: list[GridTable]
+
+    @property
+    def x(self) -> GridAxis:
+        return self.axes[0]
+
+    @property
+    def y(self) -> GridAxis | None:
+        return self.axes[1] if len(self.axes) > 1 else None
+
+
+def grid_sheet(*, batch: Batch) -> GridSheet:
+    """A grid's contact sheet: its tiles laid out by their axis values, each
+    with its output as a card shows it and what its run did not use."""
+    axes = [GridAxis.from_json(data) for data in batch.axes]
+    rows = _light(Content.objects.filter(batch=batch)).select_related(
+        "before_reference"
     )
-    contents.sort(key=lambda content: (content.strength is None, content.strength))
-    return contents
+    contents = {content.pk: content for content in rows}
+    snapshots = dict(
+        Content.objects.filter(pk__in=contents).values_list("pk", "snapshot")
+    )
+    content_at = {tuple(cell): content_id for content_id, cell in batch.tiles}
+
+    def tile(indexes: tuple[int, ...]) -> GridTile:
+        content = contents.get(content_at.get(indexes, 0))
+        snapshot = snapshots.get(content.pk) if content is not None else None
+        return GridTile(content=content, unused=unused_axes(axes, snapshot))
+
+    persona = batch.persona
+    units = {unit.pk: unit for unit in persona.control_units.all()}
+    current = [persona_current(axis, persona, units) for axis in axes]
+
+    def headers(index: int) -> list[GridHeader | None]:
+        if index >= len(axes):
+            return [None]
+        axis = axes[index]
+        return [
+            GridHeader(
+                axis=index,
+                value=position,
+                label=f"{axis.label} {axis.value_label(position)}",
+                current=value == current[index],
+            )
+            for position, value in enumerate(axis.values)
+        ]
+
+    def cell(*parts: GridHeader | None) -> tuple[int, ...]:
+        return tuple(part.value for part in parts if part is not None)
+
+    columns = headers(0)
+    tables = [
+        GridTable(
+            header=z,
+            rows=[
+                GridRow(header=y, tiles=[tile(cell(x, y, z)) for x in columns])
+                for y in headers(1)
+            ],
+        )
+        for z in headers(2)
+    ]
+    return GridSheet(axes=axes, columns=columns, tables=tables)
+
+
+def grid_value_of(*, batch: Batch, content_id: int, parameter: str) -> tuple[int, int]:
+    """(axis index, value index) of ``parameter``'s axis at the tile of content
+    ``content_id`` (what the old "use this strength" posted); ``LookupError``
+    when the content is no tile of the grid or no axis varies ``parameter``."""
+    parameters = [data["parameter"] for data in batch.axes]
+    cells = [cell for pk, cell in batch.tiles if pk == content_id]
+    if parameter not in parameters or not cells:
+        raise LookupError(f"content #{content_id} has no {parameter} in this grid")
+    axis = parameters.index(parameter)
+    return axis, cells[0][axis]
 
 
 def content_next_pending(*, content: Content) -> Content | None:
@@ -420,7 +525,7 @@ def queue_overview() -> list[QueueView]:
 
 
 def batch_get(*, batch_id: int) -> Batch:
-    """A batch (or sweep) with its persona; raises ``Batch.DoesNotExist``."""
+    """A batch (or grid) with its persona; raises ``Batch.DoesNotExist``."""
     return Batch.objects.select_related("persona").get(pk=batch_id)
 
 

@@ -11,7 +11,12 @@ urlpatterns = [
     path("progress/", views.content_progress, name="progress"),
     path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
     path("personas/<slug:slug>/generate/", views.persona_generate, name="generate"),
+    path("personas/<slug:slug>/grid/", views.persona_grid, name="grid-new"),
     path("batches/<int:batch_id>/", views.batch_page, name="batch"),
+    path("grids/<int:batch_id>/", views.grid_sheet, name="grid"),
+    path(
+        "grids/<int:batch_id>/use-value/", views.grid_use_value, name="grid-use-value"
+    ),
     path("queue/", views.queue_page, name="queue"),
     path(
         "personas/<slug:slug>/identity/",
@@ -35,6 +40,7 @@ urlpatterns = [
         views.content_act,
         name="content-action",
     ),
+    # The strength sweeps' old addresses: their grids now.
     path("sweeps/<int:batch_id>/", views.sweep_sheet, name="sweep"),
     path(
         "sweeps/<int:batch_id>/use-strength/",

@@ -25,10 +25,12 @@ from django.core.exceptions import (
     PermissionDenied,
     ValidationError,
 )
+from django.forms import Form
 from django.http import (
     Http404,
     HttpRequest,
     HttpResponse,
+    HttpResponsePermanentRedirect,
     HttpResponseRedirect,
     JsonResponse,
 )
@@ -44,13 +46,15 @@ from generation.engine.vocabulary import (
     METHODS_WITH_CONTROL,
     METHODS_WITH_STRENGTH,
     TINY_MODEL_NOTICE,
+    GridParameter,
 )
 from generation.engine_settings import tiny_model_keys
-from generation.forms import InpaintForm, PersonaGenerateForm
+from generation.forms import GridForm, InpaintForm, PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.charts import MAX_POINTS, identity_chart_svg
 from generation.gallery.forms import GalleryFilterForm, content_ids
-from generation.models import Content
+from generation.grids import grid_examples
+from generation.models import Batch, Content
 
 VIEW = "generation.view_content"
 # The buttons of a content's page, by their name in the URL.
@@ -226,23 +230,51 @@ def content_card(request: HttpRequest, content_id: int) -> HttpResponse:
 
 @require_GET
 @gallery_view
-def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
-    """A strength sweep's contact sheet: the reference beside one output per
-    strength, to choose the strength that keeps the persona best."""
-    batch = _found(
-        lambda: gallery_selectors.sweep_get(batch_id=batch_id),
-        "No such strength sweep.",
-    )
-    contents = gallery_selectors.sweep_contents(batch=batch)
+def grid_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """An X/Y/Z grid's contact sheet: the reference, then the tiles laid out
+    by their axis values with their scores and the method each ran, and "Use
+    this value" on each axis value."""
+    batch = _get_grid(batch_id)
+    sheet = gallery_selectors.grid_sheet(batch=batch)
     return _render(
         request,
-        "gallery/sweep.html",
+        "gallery/grid.html",
         {
-            "title": f"Strength sweep #{batch.pk} of {batch.persona}",
+            "title": f"Grid #{batch.pk} of {batch.persona}",
             "batch": batch,
             "persona": batch.persona,
-            "contents": contents,
+            "sheet": sheet,
+            "can_grid": actions.GRID_ACTION.allows(request.user),
             "uses_tiny_model": batch.persona.base_model in tiny_model_keys(),
+        },
+    )
+
+
+@require_GET
+@gallery_view
+def sweep_sheet(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """A strength sweep's old address: sweeps are grids now (with one strength
+    axis), so it leads to the grid's sheet."""
+    batch = _get_grid(batch_id)
+    return HttpResponsePermanentRedirect(reverse("gallery:grid", args=[batch.pk]))
+
+
+@gallery_view
+def persona_grid(request: HttpRequest, slug: str) -> HttpResponse:
+    """A persona's grid page: the prompt, the grid's method and seed and its
+    X, Y and Z axes; a valid POST queues the grid through the action table's
+    "X/Y/Z grid…" (every tile checked first) and opens its sheet."""
+    return _persona_action_page(
+        request,
+        slug,
+        action=actions.GRID_ACTION,
+        form_class=GridForm,
+        template="gallery/grid_form.html",
+        opens="gallery:grid",
+        title="X/Y/Z grid",
+        context={
+            "examples": grid_examples(),
+            "max_tiles": settings.STUDIO_GRID_MAX_TILES,
         },
     )
 
@@ -252,26 +284,52 @@ def persona_generate(request: HttpRequest, slug: str) -> HttpResponse:
     """A persona's generate page: every per-run override, the persona's values
     as defaults; a valid POST queues a batch through the action table's
     "Generate…" and opens the batch's page, where its contents progress."""
-    action = actions.GENERATE_ACTION
+    return _persona_action_page(
+        request,
+        slug,
+        action=actions.GENERATE_ACTION,
+        form_class=PersonaGenerateForm,
+        template="gallery/generate.html",
+        opens="gallery:batch",
+        title="Generate",
+    )
+
+
+def _persona_action_page(
+    request: HttpRequest,
+    slug: str,
+    *,
+    action: actions.StaffAction,
+    form_class: type[Form],
+    template: str,
+    opens: str,
+    title: str,
+    context: dict[str, Any] | None = None,
+) -> HttpResponse:
+    """A persona's page for an action that asks first (its form with the
+    persona's values): a valid POST runs ``action`` through the action table
+    and opens the page ``opens`` of its result; a refusal shows the form again
+    with the service's message."""
     action.check_allowed(request.user)
     persona = _found(
         lambda: gallery_selectors.persona_for_generate(slug=slug), "No such persona."
     )
-    form = PersonaGenerateForm(request.POST or None, persona=persona)
+    form = form_class(request.POST or None, persona=persona)
     if request.method == "POST" and form.is_valid():
         results = actions.perform(
             action, [persona], request=request, data=form.cleaned_data
         )
         if results:
-            return HttpResponseRedirect(reverse("gallery:batch", args=[results[0].pk]))
+            return HttpResponseRedirect(reverse(opens, args=[results[0].pk]))
     return _render(
         request,
-        "gallery/generate.html",
+        template,
         {
-            "title": f"Generate – {persona}",
+            "title": f"{title} – {persona}",
             "persona": persona,
             "form": form,
             "uses_tiny_model": persona.base_model in tiny_model_keys(),
+            **(context or {}),
         },
     )
 
@@ -442,28 +500,38 @@ def content_inpaint(request: HttpRequest, content_id: int) -> HttpResponse:
     return HttpResponseRedirect(reverse("gallery:content", args=[target.pk]))
 
 
+def grid_use_value(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """Write one axis value of a grid (``axis``, ``value``: their indexes) on
+    its persona through the action table's "Use this value"."""
+    actions.USE_VALUE.check_allowed(request.user)
+    batch = _get_grid(batch_id)
+    actions.perform(actions.USE_VALUE, [batch], request=request, data=request.POST)
+    return HttpResponseRedirect(reverse("gallery:grid", args=[batch.pk]))
+
+
 @require_POST
 @gallery_view
 def sweep_use_strength(request: HttpRequest, batch_id: int) -> HttpResponse:
-    """Save the strength of one of the sweep's outputs (``content``) on the persona."""
-    actions.USE_STRENGTH.check_allowed(request.user)
-    batch = _found(
-        lambda: gallery_selectors.sweep_get(batch_id=batch_id),
-        "No such strength sweep.",
-    )
-    content = next(
-        (
-            row
-            for row in gallery_selectors.sweep_contents(batch=batch)
-            if str(row.pk) == request.POST.get("content")
-        ),
-        None,
-    )
-    if content is None or content.strength is None:
-        messages.error(request, "Choose one of this sweep's outputs.")
+    """The old "use this strength" (a tile's ``content``): the value of the
+    grid's strength axis at that tile, through "Use this value"."""
+    actions.USE_VALUE.check_allowed(request.user)
+    batch = _get_grid(batch_id)
+    try:
+        axis, value = gallery_selectors.grid_value_of(
+            batch=batch,
+            content_id=int(request.POST.get("content", "")),
+            parameter=GridParameter.STRENGTH,
+        )
+    except (LookupError, ValueError):
+        messages.error(request, "Choose one of this grid's outputs.")
     else:
-        actions.perform(actions.USE_STRENGTH, [content], request=request)
-    return HttpResponseRedirect(reverse("gallery:sweep", args=[batch.pk]))
+        actions.perform(
+            actions.USE_VALUE,
+            [batch],
+            request=request,
+            data={"axis": axis, "value": value},
+        )
+    return HttpResponseRedirect(reverse("gallery:grid", args=[batch.pk]))
 
 
 # --- Helpers ------------------------------------------------------------------------
@@ -476,6 +544,12 @@ def _found(read: Callable[[], Found], message: str) -> Found:
         return read()
     except ObjectDoesNotExist as missing:
         raise Http404(message) from missing
+
+
+def _get_grid(batch_id: int) -> Batch:
+    return _found(
+        lambda: gallery_selectors.grid_get(batch_id=batch_id), "No such grid."
+    )
 
 
 def _get_content(content_id: int) -> Content:

@@ -1,8 +1,9 @@
 """The whole review loop in a real browser, as staff do it: log in, create a
 persona with a reference in the admin, run "Generate…", watch the progress bar
 reach the end in the gallery without a reload, drag the compare slider, approve
-with the keyboard, run a strength sweep and pick a strength from its contact
-sheet (also reached from the admin), and back out of a bulk regenerate's
+with the keyboard, run a one-axis strength grid from the admin (what the
+strength sweep was) and pick a strength from its contact sheet (also reached
+from the admin), and back out of a bulk regenerate's
 confirmation. A real worker process runs the tiny model behind the live server."""
 
 from __future__ import annotations
@@ -151,36 +152,46 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
     assert content.review_state == ReviewState.APPROVED
     screenshot(page, "06-content-approved")
 
-    # A strength sweep from the admin, compared on its contact sheet.
+    # A strength grid from the admin, compared on its contact sheet.
     _run_persona_action(
         page,
         persona,
-        "strength_sweep",
-        {"prompt": "a portrait in the park", "strengths": "0.3, 0.6, 0.9"},
+        "grid",
+        {
+            "prompt": "a portrait in the park",
+            "x_values": "0.3, 0.6, 0.9",
+        },
     )
-    sweep = persona.batches.get(kind="sweep")
+    sweep = persona.batches.get(kind="grid")
     page.goto(f"/gallery/personas/{persona.slug}/")
-    page.click(f"a[href='/gallery/sweeps/{sweep.pk}/']")
-    page.wait_for_url(f"**/gallery/sweeps/{sweep.pk}/")
+    page.click(f"a[href='/gallery/grids/{sweep.pk}/']")
+    page.wait_for_url(f"**/gallery/grids/{sweep.pk}/")
+    # Until each tile shows its output (its scores may still be landing).
     page.wait_for_function(
-        "document.querySelectorAll('input[value=\"Use this strength\"]').length === 3",
+        "document.querySelectorAll('.gallery-grid-tile img').length === 3",
         timeout=GENERATION_TIMEOUT_MILLISECONDS,
     )
-    labels = page.locator(".gallery-sheet-item figcaption strong").all_inner_texts()
-    assert labels == ["Reference", "strength 0.30", "strength 0.60", "strength 0.90"]
-    screenshot(page, "07-sweep-contact-sheet")
-    page.locator(".gallery-sheet-item", has_text="strength 0.60").locator(
-        "input[value='Use this strength']"
+    labels = page.locator("thead .gallery-grid-value").all_text_contents()
+    assert labels == [
+        "img2img strength 0.3",
+        "img2img strength 0.6",
+        "img2img strength 0.9",
+    ]
+    assert "Reference" in page.locator(".gallery-grid-reference").inner_text()
+    screenshot(page, "07-grid-contact-sheet")
+    page.locator("thead th", has_text="img2img strength 0.6").locator(
+        "input[value='Use this value']"
     ).click()
     page.wait_for_selector(".messagelist .success")
     persona.refresh_from_db()
     assert persona.img2img_strength == 0.6
-    assert "current" in page.locator(
-        ".gallery-sheet-item", has_text="strength 0.60"
-    ).inner_text()
-    screenshot(page, "08-sweep-strength-chosen")
+    assert (
+        "current"
+        in page.locator("thead th", has_text="img2img strength 0.6").text_content()
+    )
+    screenshot(page, "08-grid-strength-chosen")
 
-    # Reject one sweep output with a note typed into the prompt; it moves on.
+    # Reject one grid output with a note typed into the prompt; it moves on.
     rejected = min(sweep.contents.all(), key=lambda row: row.pk)
     page.goto(f"/gallery/content/{rejected.pk}/")
     page.once("dialog", lambda dialog: dialog.accept("too far from the reference"))
@@ -197,7 +208,10 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
     # The admin's batch page links to the one contact sheet.
     page.goto(f"/admin/generation/batch/{sweep.pk}/change/")
     page.click("a:has-text('Contact sheet')")
-    page.wait_for_url(f"**/gallery/sweeps/{sweep.pk}/")
+    page.wait_for_url(f"**/gallery/grids/{sweep.pk}/")
+    # The strength sweeps' old address leads to the same sheet.
+    page.goto(f"/gallery/sweeps/{sweep.pk}/")
+    page.wait_for_url(f"**/gallery/grids/{sweep.pk}/")
 
     # The content's admin page, from templates; a bulk regenerate asks first,
     # and going back queues nothing.

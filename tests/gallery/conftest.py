@@ -14,6 +14,8 @@ from django.utils import timezone
 from PIL import Image
 
 from generation import services
+from generation.engine.vocabulary import GridParameter
+from generation.grids import GridAxis
 from generation.models import Batch, Content, ContentStatus
 from generation.parameters import GenerationOverrides
 from personas.models import Persona
@@ -76,10 +78,13 @@ def make_content(gallery_persona: Persona) -> Callable[..., Content]:
 
 
 @pytest.fixture
-def sweep(gallery_persona: Persona) -> Batch:
-    """A strength sweep whose outputs all succeeded."""
-    batch = services.content_strength_sweep(
-        persona=gallery_persona, prompt="a portrait", strengths=[0.9, 0.3, 0.5]
+def grid(gallery_persona: Persona) -> Batch:
+    """A grid with one strength axis (what a strength sweep was) whose outputs
+    all succeeded."""
+    batch = services.content_grid(
+        persona=gallery_persona,
+        prompt="a portrait",
+        axes=[GridAxis(parameter=GridParameter.STRENGTH, values=(0.9, 0.3, 0.5))],
     )
     for content in batch.contents.all():
         finish(content, score=1.0 - content.request["strength"])

@@ -9,6 +9,8 @@ from django.test import Client
 from django.urls import reverse
 
 from generation import services
+from generation.engine.vocabulary import GridParameter
+from generation.grids import GridAxis
 from generation.models import Content, ContentStatus, ReviewState
 
 VIEW = "generation.view_content"
@@ -23,13 +25,13 @@ def _client(user, **options) -> Client:
     return client
 
 
-def _pages(gallery_persona, content, sweep) -> list[str]:
+def _pages(gallery_persona, content, grid) -> list[str]:
     return [
         reverse("gallery:index"),
         reverse("gallery:persona", args=[gallery_persona.slug]),
         reverse("gallery:content", args=[content.pk]),
         reverse("gallery:content-card", args=[content.pk]),
-        reverse("gallery:sweep", args=[sweep.pk]),
+        reverse("gallery:grid", args=[grid.pk]),
         reverse("gallery:progress") + f"?ids={content.pk}",
     ]
 
@@ -38,9 +40,9 @@ def _pages(gallery_persona, content, sweep) -> list[str]:
 
 
 def test_anonymous_and_non_staff_go_to_the_admin_login(
-    client, gallery_persona, make_content, sweep, make_user
+    client, gallery_persona, make_content, grid, make_user
 ):
-    pages = _pages(gallery_persona, make_content(), sweep)
+    pages = _pages(gallery_persona, make_content(), grid)
     for viewer in (client, _client(make_user(VIEW, REVIEW, is_staff=False))):
         for page in pages:
             response = viewer.get(page)
@@ -49,18 +51,18 @@ def test_anonymous_and_non_staff_go_to_the_admin_login(
 
 
 def test_staff_without_the_view_permission_is_refused(
-    gallery_persona, make_content, sweep, make_user
+    gallery_persona, make_content, grid, make_user
 ):
     viewer = _client(make_user())
-    for page in _pages(gallery_persona, make_content(), sweep):
+    for page in _pages(gallery_persona, make_content(), grid):
         assert viewer.get(page).status_code == 403, page
 
 
 def test_staff_with_the_view_permission_sees_every_page(
-    gallery_persona, make_content, sweep, make_user
+    gallery_persona, make_content, grid, make_user
 ):
     viewer = _client(make_user(VIEW))
-    for page in _pages(gallery_persona, make_content(), sweep):
+    for page in _pages(gallery_persona, make_content(), grid):
         assert viewer.get(page).status_code == 200, page
 
 
@@ -232,15 +234,16 @@ def test_an_unknown_action_is_a_404_and_a_get_is_refused(make_content, make_user
     )
 
 
-def test_csrf_is_enforced_on_every_post(make_content, sweep, make_user):
+def test_csrf_is_enforced_on_every_post(make_content, grid, make_user):
     content = make_content()
     viewer = _client(make_user(VIEW, REVIEW, CHANGE_PERSONA), enforce_csrf_checks=True)
     posts = [
         (reverse("gallery:content-action", args=[content.pk, "approve"]), {}),
         (
-            reverse("gallery:sweep-use-strength", args=[sweep.pk]),
-            {"content": sweep.contents.first().pk},
+            reverse("gallery:sweep-use-strength", args=[grid.pk]),
+            {"content": grid.contents.first().pk},
         ),
+        (reverse("gallery:grid-use-value", args=[grid.pk]), {"axis": 0, "value": 0}),
     ]
     for url, data in posts:
         assert viewer.post(url, data).status_code == 403, url
@@ -326,25 +329,88 @@ def test_active_content_is_shown_with_a_progress_bar_and_its_card_url(
     assert f'id="content-{running.pk}"' in card.content.decode()
 
 
-# --- Sweeps ---------------------------------------------------------------------------
+# --- Grids --------------------------------------------------------------------------
 
 
-def test_sweep_sheet_shows_the_reference_and_outputs_in_strength_order(
-    sweep, make_user
+def test_the_grid_sheet_shows_the_reference_and_labelled_tiles_with_scores_and_method(
+    grid, make_user
 ):
+    Content.objects.filter(batch=grid).update(
+        method_requested="auto", method_used="img2img", identity_similarity=0.42
+    )
     page = _client(make_user(VIEW, CHANGE_PERSONA)).get(
-        reverse("gallery:sweep", args=[sweep.pk])
+        reverse("gallery:grid", args=[grid.pk])
     )
     html = page.content.decode()
-    labels = [html.index(f"strength {value}") for value in ("0.30", "0.50", "0.90")]
-    assert labels == sorted(labels)
+    labels = [
+        html.index(f"img2img strength {value}") for value in ("0.9", "0.3", "0.5")
+    ]
+    assert labels == sorted(labels)  # the X axis in the order it was given
     assert html.index("Reference") < labels[0]
-    assert html.count('value="Use this strength"') == 3
+    assert html.count('value="Use this value"') == 3
+    assert html.count("img2img from the reference (asked Automatic)") == 3
+    for content in grid.contents.all():
+        assert f'id="grid-tile-{content.pk}"' in html
+        assert f"{1.0 - content.request['strength']:.3f}" in html  # its score
 
 
-def test_use_this_strength_saves_it_on_the_persona(gallery_persona, sweep, make_user):
-    chosen = next(c for c in sweep.contents.all() if c.request["strength"] == 0.3)
-    url = reverse("gallery:sweep-use-strength", args=[sweep.pk])
+def test_a_sheet_marks_the_value_the_persona_uses_and_offers_no_button_for_it(
+    gallery_persona, grid, make_user
+):
+    gallery_persona.img2img_strength = 0.3
+    gallery_persona.save()
+    html = (
+        _client(make_user(VIEW, CHANGE_PERSONA))
+        .get(reverse("gallery:grid", args=[grid.pk]))
+        .content.decode()
+    )
+    assert html.count('value="Use this value"') == 2
+    assert "current</span>" in html
+
+
+def test_a_grid_with_a_z_axis_has_one_labelled_table_per_z_value(
+    gallery_persona, make_user
+):
+    grid = services.content_grid(
+        persona=gallery_persona,
+        prompt="a portrait",
+        axes=[
+            GridAxis(parameter=GridParameter.STRENGTH, values=(0.4, 0.8)),
+            GridAxis(parameter=GridParameter.STEPS, values=(4,)),
+            GridAxis(
+                parameter=GridParameter.SCHEDULER,
+                values=("DDIMScheduler", "PNDMScheduler"),
+            ),
+        ],
+    )
+    html = (
+        _client(make_user(VIEW, CHANGE_PERSONA))
+        .get(reverse("gallery:grid", args=[grid.pk]))
+        .content.decode()
+    )
+    assert html.count("data-grid-table") == 2
+    first, second = (html.index(f"scheduler {name}") for name in ("DDIM", "PNDM"))
+    assert first < second
+    tiles = [html.index(f'id="grid-tile-{pk}"') for pk, _ in grid.tiles]
+    assert tiles[1] < second < tiles[2]  # the second Z value's tiles follow it
+    # Each table repeats the strengths with their buttons; the steps value is
+    # the persona's own (current: no button); each scheduler has its button.
+    assert html.count('value="Use this value"') == 6
+    assert html.count("current</span>") == 2
+
+
+def test_the_old_sweep_address_leads_to_its_grid(grid, make_user):
+    viewer = _client(make_user(VIEW))
+    response = viewer.get(reverse("gallery:sweep", args=[grid.pk]))
+    assert response.status_code == 301
+    assert response["Location"] == reverse("gallery:grid", args=[grid.pk])
+
+
+def test_the_old_use_this_strength_saves_it_on_the_persona(
+    gallery_persona, grid, make_user
+):
+    chosen = next(c for c in grid.contents.all() if c.request["strength"] == 0.3)
+    url = reverse("gallery:sweep-use-strength", args=[grid.pk])
     viewer_without = _client(make_user(VIEW))
     assert viewer_without.post(url, {"content": chosen.pk}).status_code == 403
     gallery_persona.refresh_from_db()
@@ -357,30 +423,74 @@ def test_use_this_strength_saves_it_on_the_persona(gallery_persona, sweep, make_
     assert gallery_persona.img2img_strength == 0.3
     assert "now uses img2img strength 0.3" in response.content.decode()
     (entry,) = LogEntry.objects.filter(object_id=str(gallery_persona.pk))
+    assert entry.action_flag == CHANGE
     assert entry.get_edited_object() == gallery_persona
     assert entry.get_change_message() == (
-        f"Changed img2img strength to 0.3 (the strength of content #{chosen.pk})."
+        f"Changed img2img strength to 0.3 (a value of the X axis of grid #{grid.pk})."
     )
 
 
-def test_use_this_strength_refuses_a_content_of_another_batch(
-    gallery_persona, sweep, make_content, make_user
+def test_the_old_use_this_strength_refuses_a_content_of_another_batch(
+    gallery_persona, grid, make_content, make_user
 ):
     stranger = make_content(strength=0.25)
     response = _client(make_user(VIEW, CHANGE_PERSONA)).post(
-        reverse("gallery:sweep-use-strength", args=[sweep.pk]),
+        reverse("gallery:sweep-use-strength", args=[grid.pk]),
         {"content": stranger.pk},
         follow=True,
     )
-    assert "Choose one of this sweep" in response.content.decode()
+    assert "Choose one of this grid" in response.content.decode()
     gallery_persona.refresh_from_db()
     assert gallery_persona.img2img_strength == 0.7
 
 
-def test_a_batch_that_is_not_a_sweep_has_no_contact_sheet(gallery_persona, make_user):
+@pytest.mark.parametrize("name", ["grid", "sweep"])
+def test_a_batch_that_is_not_a_grid_has_no_contact_sheet(
+    gallery_persona, make_user, name
+):
     batch = services.content_enqueue_batch(persona=gallery_persona, prompt="x", count=2)
-    response = _client(make_user(VIEW)).get(reverse("gallery:sweep", args=[batch.pk]))
+    response = _client(make_user(VIEW)).get(reverse(f"gallery:{name}", args=[batch.pk]))
     assert response.status_code == 404
+
+
+def test_the_grid_page_queues_a_grid_and_opens_its_sheet(gallery_persona, make_user):
+    url = reverse("gallery:grid-new", args=[gallery_persona.slug])
+    assert _client(make_user(VIEW)).get(url).status_code == 403
+    maker = _client(make_user(VIEW, GENERATE))
+    form = maker.get(url).content.decode()
+    assert 'name="x_parameter"' in form and 'name="z_values"' in form
+    response = maker.post(
+        url,
+        {
+            "prompt": "a portrait",
+            "x_parameter": "strength",
+            "x_values": "0.4, 0.8",
+            "y_parameter": "guidance_scale",
+            "y_values": "4, 8",
+        },
+    )
+    grid = gallery_persona.batches.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("gallery:grid", args=[grid.pk])
+    assert grid.tile_count == 4
+
+
+def test_the_grid_page_shows_a_refusal_and_keeps_the_form(gallery_persona, make_user):
+    response = _client(make_user(VIEW, GENERATE)).post(
+        reverse("gallery:grid-new", args=[gallery_persona.slug]),
+        {
+            "prompt": "a portrait",
+            "x_parameter": "strength",
+            "x_values": "0.02",
+            "y_parameter": "steps",
+            "y_values": "12",
+        },
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "The tile img2img strength 0.02, steps 12 is sure to fail" in html
+    assert 'value="0.02"' in html
+    assert not Content.objects.exists()
 
 
 @pytest.mark.parametrize("missing", ["content", "content-card"])

@@ -16,6 +16,8 @@ from django.urls import reverse
 from rq.job import Job
 
 from generation import services
+from generation.engine.vocabulary import GridParameter
+from generation.grids import GridAxis
 from generation.models import Batch, BatchKind, Content, ContentStatus
 from personas.models import Persona
 
@@ -61,15 +63,13 @@ def _actions(client, url: str) -> set[str]:
 def test_generation_actions_are_hidden_without_the_permission(
     client, staff, persona_with_reference, studio_settings
 ):
-    assert {"generate", "strength_sweep", "regenerate_latest"}.isdisjoint(
+    assert {"generate", "grid", "regenerate_latest"}.isdisjoint(
         _actions(client, PERSONAS)
     )
     assert {"regenerate", "cancel", "approve"}.isdisjoint(_actions(client, CONTENTS))
 
     _grant(staff, "generate_content")
-    assert {"generate", "strength_sweep", "regenerate_latest"} <= _actions(
-        client, PERSONAS
-    )
+    assert {"generate", "grid", "regenerate_latest"} <= _actions(client, PERSONAS)
     content_actions = _actions(client, CONTENTS)
     assert {"regenerate", "regenerate_exactly", "cancel", "retry"} <= content_actions
     assert {"approve", "reject"}.isdisjoint(content_actions)
@@ -161,49 +161,78 @@ def test_a_refused_generation_shows_the_reason_where_staff_acted(
     assert not Content.objects.exists()
 
 
-def test_strength_sweep_queues_one_row_per_strength_and_its_contact_sheet(
-    admin_client, persona_with_reference, studio_settings
-):
-    response = admin_client.post(
+def _run_grid(client, persona, *, follow: bool = False, **fields: str):
+    """Post the admin's "X/Y/Z grid…" page, confirmed, for ``persona``."""
+    return client.post(
         PERSONAS,
         {
-            "action": "strength_sweep",
-            "_selected_action": [persona_with_reference.pk],
+            "action": "grid",
+            "_selected_action": [persona.pk],
             "post": "yes",
-            "prompt": "sweep",
-            "strengths": "0.3, 0.5, 0.7, 0.9",
-            "seed": "3",
+            "prompt": "grid",
+            "x_parameter": "strength",
+            **fields,
         },
+        follow=follow,
+    )
+
+
+def test_the_grid_action_queues_one_row_per_tile_and_its_contact_sheet(
+    admin_client, persona_with_reference, studio_settings
+):
+    response = _run_grid(
+        admin_client,
+        persona_with_reference,
+        x_values="0.3, 0.5",
+        y_parameter="steps",
+        y_values="4, 6",
+        seed="3",
     )
     assert response.status_code == 302
     batch = Batch.objects.get()
-    assert batch.kind == BatchKind.SWEEP
-    assert sorted(c.request["strength"] for c in batch.contents.all()) == [
-        0.3,
-        0.5,
-        0.7,
-        0.9,
-    ]
+    assert batch.kind == BatchKind.GRID
+    assert sorted(
+        (c.request["strength"], c.request["steps"]) for c in batch.contents.all()
+    ) == [(0.3, 4), (0.3, 6), (0.5, 4), (0.5, 6)]
+    assert {c.seed for c in batch.contents.all()} == {3}
     page = admin_client.get(f"/admin/generation/batch/{batch.pk}/change/")
     assert page.status_code == 200
-    sheet_url = reverse("gallery:sweep", args=[batch.pk])
+    sheet_url = reverse("gallery:grid", args=[batch.pk])
     assert f'href="{sheet_url}"' in page.content.decode()
     sheet = admin_client.get(sheet_url)
     assert sheet.status_code == 200
-    for strength in ("0.30", "0.50", "0.70", "0.90"):
-        assert f"strength {strength}" in sheet.content.decode()
+    for label in ("img2img strength 0.3", "img2img strength 0.5", "steps 4", "steps 6"):
+        assert label in sheet.content.decode()
 
 
-def test_use_this_strength_saves_it_on_the_persona_with_a_history_entry(
+def test_the_grid_action_refuses_a_tile_sure_to_fail_and_queues_nothing(
+    admin_client, persona_with_reference, studio_settings
+):
+    response = _run_grid(
+        admin_client,
+        persona_with_reference,
+        follow=True,
+        method="img2img",
+        x_values="0.02, 0.5",
+        y_parameter="steps",
+        y_values="12",
+    )
+    messages = [str(message) for message in response.context["messages"]]
+    assert any("img2img strength 0.02, steps 12 is sure to fail" in m for m in messages)
+    assert not Batch.objects.exists()
+    assert not Content.objects.exists()
+
+
+def test_use_this_value_saves_it_on_the_persona_with_a_history_entry(
     admin_client, admin_user, persona_with_reference, studio_settings
 ):
-    batch = services.content_strength_sweep(
-        persona=persona_with_reference, prompt="sweep", strengths=[0.3, 0.6]
+    batch = services.content_grid(
+        persona=persona_with_reference,
+        prompt="grid",
+        axes=[GridAxis(parameter=GridParameter.STRENGTH, values=(0.3, 0.6))],
     )
-    Content.objects.filter(batch=batch).update(status=ContentStatus.SUCCEEDED)
-    chosen = batch.contents.get(request__strength=0.6)
-    url = reverse("gallery:sweep-use-strength", args=[batch.pk])
-    response = admin_client.post(url, {"content": chosen.pk})
+    url = reverse("gallery:grid-use-value", args=[batch.pk])
+    response = admin_client.post(url, {"axis": 0, "value": 1})
     assert response.status_code == 302
     persona_with_reference.refresh_from_db()
     assert persona_with_reference.img2img_strength == 0.6
@@ -213,7 +242,7 @@ def test_use_this_strength_saves_it_on_the_persona_with_a_history_entry(
     assert entry.action_flag == CHANGE
     assert entry.get_edited_object() == persona_with_reference
     assert "img2img strength to 0.6" in entry.get_change_message()
-    assert f"content #{chosen.pk}" in entry.get_change_message()
+    assert f"grid #{batch.pk}" in entry.get_change_message()
     history = admin_client.get(
         reverse("admin:personas_persona_history", args=[persona_with_reference.pk])
     )
@@ -414,7 +443,7 @@ def test_the_generation_admin_adds_its_actions_without_importing_the_persona_adm
 
     persona_admin = admin.site.get_model_admin(Persona)
     names = {getattr(action, "__name__", action) for action in persona_admin.actions}
-    assert {"lock_appearance", "generate", "strength_sweep"} <= names
+    assert {"lock_appearance", "generate", "grid"} <= names
 
 
 def test_the_admin_and_the_gallery_offer_exactly_the_entries_of_the_action_table():

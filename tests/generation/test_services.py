@@ -146,26 +146,6 @@ def test_a_batch_count_is_bounded(persona_with_reference, connection):
     assert "count" in error.value.message_dict
 
 
-def test_a_strength_sweep_varies_only_the_strength(persona_with_reference, connection):
-    batch = services.content_strength_sweep(
-        persona=persona_with_reference, prompt="x", strengths=[0.3, 0.5, 0.7, 0.9]
-    )
-    contents = list(batch.contents.order_by("id"))
-    assert batch.kind == BatchKind.SWEEP
-    assert [content.request["strength"] for content in contents] == [0.3, 0.5, 0.7, 0.9]
-    assert len({content.seed for content in contents}) == 1
-    assert {content.request["method"] for content in contents} == {"img2img"}
-
-
-def test_a_sweep_refuses_strengths_outside_zero_to_one(
-    persona_with_reference, connection
-):
-    with pytest.raises(ValidationError):
-        services.content_strength_sweep(
-            persona=persona_with_reference, prompt="x", strengths=[1.2]
-        )
-
-
 def test_cancel_a_queued_row_cancels_it_and_its_job(
     persona_with_reference, connection, django_capture_on_commit_callbacks
 ):
@@ -242,9 +222,22 @@ def test_a_job_that_is_not_the_rows_current_one_cannot_claim_it(
     )
 
 
-def test_persona_save_strength_checks_the_range(persona_with_reference):
-    services.persona_save_strength(persona=persona_with_reference, strength=0.35)
+def test_use_this_value_checks_the_persona_as_every_persona_write_does(
+    persona_with_reference,
+):
+    """A grid's values were checked when it was queued; the persona's own
+    checks still apply when one is written (a fixed seed policy needs a seed)."""
+    from generation.engine.vocabulary import GridParameter
+    from generation.grids import GridAxis
+
+    grid = services.content_grid(
+        persona=persona_with_reference,
+        prompt="x",
+        axes=[GridAxis(parameter=GridParameter.STRENGTH, values=(0.35,))],
+    )
+    services.persona_use_grid_value(batch=grid, axis_index=0, value_index=0)
     persona_with_reference.refresh_from_db()
     assert persona_with_reference.img2img_strength == 0.35
+    grid.axes[0]["values"] = [1.4]  # as if edited behind the studio's back
     with pytest.raises(ValidationError):
-        services.persona_save_strength(persona=persona_with_reference, strength=1.4)
+        services.persona_use_grid_value(batch=grid, axis_index=0, value_index=0)

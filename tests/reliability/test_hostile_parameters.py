@@ -1,6 +1,6 @@
 """Hostile numbers and text through the admin forms and the command line.
 
-"Generate…" and "Strength sweep…" (the persona changelist's intermediate
+"Generate…" and "X/Y/Z grid…" (the persona changelist's intermediate
 pages), the persona form's consistency settings and ``studio_generate`` get
 out-of-range and non-finite numbers, huge prompts, NUL bytes and other control
 characters, and sizes or counts that would exhaust memory or time. Each must be
@@ -98,13 +98,17 @@ HOSTILE_GENERATE = [
     ("seed", "9" * 5000, "a 5000-digit seed"),
     ("method", "exec", "an unknown method"),
 ]
-HOSTILE_SWEEP = [
-    ("strengths", "nan, 0.5", "NaN among the strengths"),
-    ("strengths", "inf", "an infinite strength"),
-    ("strengths", "1e309", "a strength that overflows a double"),
-    ("strengths", "-0.5, 0.5", "a negative strength"),
-    ("strengths", ", ".join(["0.5"] * 10_000), "ten thousand strengths"),
-    ("strengths", "0.5;rm -rf /", "shell text among the strengths"),
+HOSTILE_GRID = [
+    ("x_values", "nan, 0.5", "NaN among the strengths"),
+    ("x_values", "inf", "an infinite strength"),
+    ("x_values", "1e309", "a strength that overflows a double"),
+    ("x_values", "-0.5, 0.5", "a negative strength"),
+    ("x_values", ", ".join(["0.5"] * 10_000), "ten thousand strengths"),
+    ("x_values", "0.5;rm -rf /", "shell text among the strengths"),
+    ("x_values", "0.5, 0.5", "a strength given twice"),
+    ("x_parameter", "__class__", "an unknown axis parameter"),
+    ("y_values", "4, 1000000000", "a billion steps on the Y axis"),
+    ("y_values", "7.5", "fractional steps on the Y axis"),
     ("prompt", HUGE_PROMPT, "a 1.1 MB prompt"),
     ("prompt", ESCAPES, "control characters in the prompt"),
     ("seed", str(2**64), "a seed past 64 bits"),
@@ -165,9 +169,9 @@ def test_generate_page_refuses_hostile_parameter(
 
 
 @pytest.mark.parametrize(
-    "field, value, description", HOSTILE_SWEEP, ids=[c[2] for c in HOSTILE_SWEEP]
+    "field, value, description", HOSTILE_GRID, ids=[c[2] for c in HOSTILE_GRID]
 )
-def test_sweep_page_refuses_hostile_parameter(
+def test_grid_page_refuses_hostile_parameter(
     staff_client, persona_on_own_queue, media_root, field, value, description, figures
 ):
     before = studio_state()
@@ -175,16 +179,22 @@ def test_sweep_page_refuses_hostile_parameter(
     response = action_page(
         staff_client,
         persona_on_own_queue,
-        "strength_sweep",
-        {"prompt": "a portrait", "strengths": "0.3, 0.7", "seed": "", field: value},
+        "grid",
+        {
+            "prompt": "a portrait",
+            "x_parameter": "strength",
+            "x_values": "0.3, 0.7",
+            "y_parameter": "steps",
+            "y_values": "4",
+            "seed": "",
+            field: value,
+        },
     )
 
     message = assert_form_refused(response, field)
     assert studio_state() == before
     assert queued_jobs() == 0
-    figures.record(
-        group="admin Strength sweep… page", item=description, outcome=message
-    )
+    figures.record(group="admin X/Y/Z grid… page", item=description, outcome=message)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,9 @@ from django.utils import timezone
 from rq.worker import SimpleWorker
 
 from generation import services
+from generation.engine.vocabulary import GridParameter
 from generation.gallery.views import CONTENT_ACTIONS
+from generation.grids import GridAxis
 from generation.models import (
     Content,
     ContentControlImage,
@@ -210,6 +212,10 @@ POLICY: dict[str, Rule] = {
     "gallery:content": staff_with("generation.view_content"),
     "gallery:content-card": staff_with("generation.view_content"),
     "gallery:sweep": staff_with("generation.view_content"),
+    "gallery:grid": staff_with("generation.view_content"),
+    "gallery:grid-new": staff_with(
+        "generation.view_content", "generation.generate_content"
+    ),
     "gallery:batch": staff_with("generation.view_content"),
     "gallery:queue": staff_with("generation.view_content"),
     "gallery:generate": staff_with(
@@ -220,6 +226,9 @@ POLICY: dict[str, Rule] = {
         "generation.view_content", "generation.generate_content"
     ),
     "gallery:sweep-use-strength": staff_with(
+        "generation.view_content", "personas.change_persona"
+    ),
+    "gallery:grid-use-value": staff_with(
         "generation.view_content", "personas.change_persona"
     ),
     "studio-media": studio_media,
@@ -276,7 +285,7 @@ ACTION_PERMISSIONS = {
     ("personas.persona", "lock_appearance"): "personas.lock_persona",
     ("personas.persona", "unlock_appearance"): "personas.lock_persona",
     ("personas.persona", "generate"): GENERATE,
-    ("personas.persona", "strength_sweep"): GENERATE,
+    ("personas.persona", "grid"): GENERATE,
     ("personas.persona", "regenerate_latest"): GENERATE,
     ("generation.content", "regenerate"): GENERATE,
     ("generation.content", "regenerate_exactly"): GENERATE,
@@ -469,8 +478,10 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
     failed = services.content_enqueue(persona=persona, prompt="a failure")
     services.content_fail(content=failed, code="test", message="Failed on purpose.")
     services.content_enqueue(persona=persona, prompt="waiting")
-    sweep = services.content_strength_sweep(
-        persona=persona, prompt="a sweep", strengths=[0.3, 0.7]
+    sweep = services.content_grid(
+        persona=persona,
+        prompt="a grid",
+        axes=[GridAxis(parameter=GridParameter.STRENGTH, values=(0.3, 0.7))],
     )
     Content.objects.filter(batch=sweep).update(status=ContentStatus.SUCCEEDED)
     sweep_content = sweep.contents.order_by("pk").first()
@@ -574,7 +585,10 @@ def test_role_reaches_exactly_what_the_policy_grants(
         if response.status_code == 405:
             endpoint.method = "post"
             before = studio_state()
-            response = client.post(endpoint.url, {"content": world.sweep_content.pk})
+            response = client.post(
+                endpoint.url,
+                {"content": world.sweep_content.pk, "axis": 0, "value": 0},
+            )
         if response.status_code == 500:
             problems.append(f"{endpoint}: HTTP 500")
             continue
