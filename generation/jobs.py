@@ -34,7 +34,6 @@ from django.db import OperationalError, close_old_connections
 from PIL import Image
 from rq import get_current_job
 from rq.job import Job
-from rq.timeouts import JobTimeoutException
 
 from generation import runtime, services
 from generation.engine.errors import EngineError, GenerationCancelled, InvalidRequest
@@ -47,7 +46,7 @@ from generation.parameters import (
     open_stored_image,
     request_from_row,
 )
-from generation.queued_rows import retry_delay_seconds
+from generation.queued_rows import ran_past_time_limit, retry_delay_seconds
 from generation.selectors import content_should_stop
 
 logger = logging.getLogger(__name__)
@@ -87,11 +86,22 @@ def content_generate(content_id: int) -> str:
         cancelled = services.content_mark_cancelled(content=content)
         return "cancelled" if cancelled else "superseded"
     except Exception as error:
-        if isinstance(error, TRANSIENT_ERRORS) or (
-            isinstance(error, EngineError) and not error.permanent
+        timed_out = ran_past_time_limit(error)
+        if not timed_out and (
+            isinstance(error, TRANSIENT_ERRORS)
+            or (isinstance(error, EngineError) and not error.permanent)
         ):
             return _retry_or_fail(content, error)
-        if isinstance(error, EngineError):
+        if timed_out:
+            services.content_fail(
+                content=content,
+                code="timeout",
+                message=f"The generation ran past its time limit ({job.timeout} s, "
+                "STUDIO_JOB_TIMEOUT); lower the steps or the size, or raise the "
+                "limit.",
+                detail=traceback.format_exc(),
+            )
+        elif isinstance(error, EngineError):
             services.content_fail(
                 content=content,
                 code=error.code,
@@ -105,15 +115,6 @@ def content_generate(content_id: int) -> str:
                 message="A file could not be read or written "
                 f"({error.strerror or error}): check the media storage (free "
                 "space, permissions, credentials), then retry.",
-                detail=traceback.format_exc(),
-            )
-        elif isinstance(error, JobTimeoutException):
-            services.content_fail(
-                content=content,
-                code="timeout",
-                message=f"The generation ran past its time limit ({job.timeout} s, "
-                "STUDIO_JOB_TIMEOUT); lower the steps or the size, or raise the "
-                "limit.",
                 detail=traceback.format_exc(),
             )
         else:

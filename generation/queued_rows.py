@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
+from rq.timeouts import JobTimeoutException
 
 from generation.queues import get_queue, queue_name_for_model
 
@@ -189,6 +190,24 @@ def row_finish_active(
             finished_at=timezone.now(),
         )
     )
+
+
+def ran_past_time_limit(error: BaseException) -> bool:
+    """Whether ``error`` is, or was raised while handling, rq's job timeout.
+
+    rq's timeout is an exception raised by a signal wherever the job happens to
+    be; a loader that wraps what it caught (``OSError("Unable to load
+    weights…")``, then the engine's ``ModelNotFound``) would otherwise report a
+    run that was only too slow as a missing model.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, JobTimeoutException):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def retry_delay_seconds(attempt: int) -> float:

@@ -27,7 +27,6 @@ from django.conf import settings
 from django.db import close_old_connections
 from rq import get_current_job
 from rq.job import Job
-from rq.timeouts import JobTimeoutException
 
 from generation import runtime
 from generation import training_services as services
@@ -41,7 +40,12 @@ from generation.engine.training import (
 )
 from generation.jobs import TRANSIENT_ERRORS
 from generation.parameters import open_stored_image
-from generation.queued_rows import RowRepairs, retry_delay_seconds, row_reconcile
+from generation.queued_rows import (
+    RowRepairs,
+    ran_past_time_limit,
+    retry_delay_seconds,
+    row_reconcile,
+)
 from generation.training_models import (
     TRAINING_ACTIVE_STATUSES,
     TrainingRun,
@@ -213,7 +217,11 @@ class _Reporter:
 
 
 def _fail(run: TrainingRun, job: Job, error: Exception) -> str:
-    if isinstance(error, TRANSIENT_ERRORS) or (
+    timed_out = ran_past_time_limit(error)
+    if timed_out:
+        code = "timeout"
+        message = f"The training ran past its time limit ({job.timeout} s)."
+    elif isinstance(error, TRANSIENT_ERRORS) or (
         isinstance(error, EngineError) and not error.permanent
     ):
         close_old_connections()
@@ -237,9 +245,6 @@ def _fail(run: TrainingRun, job: Job, error: Exception) -> str:
             f"A file could not be read or written ({error.strerror or error}): "
             "check the media storage, then start the run again."
         )
-    elif isinstance(error, JobTimeoutException):
-        code = "timeout"
-        message = f"The training ran past its time limit ({job.timeout} s)."
     else:
         logger.exception("Training #%s failed unexpectedly", run.pk)
         code = "unexpected"
