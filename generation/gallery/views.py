@@ -500,6 +500,8 @@ def content_inpaint(request: HttpRequest, content_id: int) -> HttpResponse:
     return HttpResponseRedirect(reverse("gallery:content", args=[target.pk]))
 
 
+@require_POST
+@gallery_view
 def grid_use_value(request: HttpRequest, batch_id: int) -> HttpResponse:
     """Write one axis value of a grid (``axis``, ``value``: their indexes) on
     its persona through the action table's "Use this value"."""

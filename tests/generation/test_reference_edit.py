@@ -156,6 +156,8 @@ def test_the_generate_form_puts_the_primary_first_and_caps_the_references(studio
         "guidance_scale": 3.5,
         "seed_policy": "random",
         "ip_adapter_scale": 0.6,
+        "detailer_strength": 0.4,
+        "detailer_padding": 32,
     }
     form = PersonaGenerateForm(
         {**data, "edit_references": [others[0].pk, primary.pk]}, persona=persona
