@@ -55,6 +55,7 @@ from generation.models import (
     Content,
     ContentControlImage,
     ContentStatus,
+    ProgressPhase,
     ReviewState,
 )
 from generation.parameters import (
@@ -628,13 +629,28 @@ def content_claim(*, content_id: int, job_id: str, worker_name: str) -> bool:
             started_at=timezone.now(),
             progress_step=0,
             progress_total=0,
+            progress_phase=ProgressPhase.PREPARING,
+            progress_eta_seconds=None,
         )
     )
 
 
-def content_report_progress(*, content: Content, step: int, total: int) -> None:
+def content_report_progress(
+    *, content: Content, step: int, total: int, eta_seconds: float | None = None
+) -> None:
+    """A running job's denoising step (and the time it expects to need)."""
     Content.objects.filter(pk=content.pk, rq_job_id=content.rq_job_id).update(
-        progress_step=step, progress_total=total
+        progress_step=step,
+        progress_total=total,
+        progress_phase=ProgressPhase.DENOISING,
+        progress_eta_seconds=eta_seconds,
+    )
+
+
+def content_report_phase(*, content: Content, phase: str) -> None:
+    """A running job's phase (``ProgressPhase``): loading, preparing, saving."""
+    Content.objects.filter(pk=content.pk, rq_job_id=content.rq_job_id).update(
+        progress_phase=phase, progress_eta_seconds=None
     )
 
 
@@ -997,6 +1013,8 @@ def _queue_row(content: Content, *, delay_seconds: float) -> None:
     content.queue_name = queue_name_for_model(content.request["model"])
     content.worker_name = ""
     content.progress_step = content.progress_total = 0
+    content.progress_phase = ""
+    content.progress_eta_seconds = None
     # When the job becomes due: "waiting in the queue" is counted from here.
     content.enqueued_at = timezone.now() + timedelta(seconds=delay_seconds)
     job_id, queue_name = content.rq_job_id, content.queue_name

@@ -22,6 +22,7 @@ from generation.engine.vocabulary import (
     TINY_SDXL_MODEL_LABEL,
     ControlType,
     Footprint,
+    PreviewMethod,
     SafetyPolicy,
 )
 
@@ -190,6 +191,35 @@ class IPAdapterSpec:
 
 
 @dataclass
+class PreviewConfig:
+    """How the engine makes a run's live previews (``preview.py``) when a caller
+    asks for them: ``method`` (``vocabulary.PreviewMethod``), a preview every
+    ``every_steps`` denoising steps and at most one per ``min_interval_seconds``;
+    ``tiny_autoencoders`` maps a family key to a local ``AutoencoderTiny``
+    folder (TAESD) for ``PreviewMethod.TINY_AUTOENCODER``."""
+
+    method: PreviewMethod = PreviewMethod.APPROX
+    every_steps: int = 2
+    min_interval_seconds: float = 0.5
+    tiny_autoencoders: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self.method = PreviewMethod(self.method)
+        except ValueError:
+            choices = ", ".join(method.value for method in PreviewMethod)
+            raise ValueError(
+                f"Unknown preview method {self.method!r}; choose one of: {choices}."
+            ) from None
+        if self.every_steps < 1:
+            raise ValueError(
+                f"Previews every {self.every_steps} steps: give 1 or more."
+            )
+        for key in self.tiny_autoencoders:
+            family(key)  # an unknown family key is refused at configuration
+
+
+@dataclass
 class EngineConfig(Footprint):
     """Everything the engine needs to know about its models and its device.
 
@@ -223,6 +253,7 @@ class EngineConfig(Footprint):
     offline: bool = True
     safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
     safety_checker: str | None = None
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
 
     def __post_init__(self) -> None:
         try:

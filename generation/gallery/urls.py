@@ -26,6 +26,11 @@ urlpatterns = [
     path("content/<int:content_id>/", views.content_detail, name="content"),
     path("content/<int:content_id>/card/", views.content_card, name="content-card"),
     path(
+        "content/<int:content_id>/preview.jpg",
+        views.content_preview,
+        name="content-preview",
+    ),
+    path(
         "content/<int:content_id>/<slug:action>/",
         views.content_act,
         name="content-action",

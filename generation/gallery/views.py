@@ -37,7 +37,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from generation import actions, selectors
+from generation import actions, previews, selectors
 from generation.engine.vocabulary import (
     METHODS_WITH_CONTROL,
     METHODS_WITH_STRENGTH,
@@ -388,6 +388,18 @@ def content_progress(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": " ".join(refused.messages)}, status=400)
     progress = gallery_selectors.content_progress(content_ids=ids)
     return JsonResponse({"contents": {str(pk): row for pk, row in progress.items()}})
+
+
+@require_GET
+@gallery_view
+def content_preview(request: HttpRequest, content_id: int) -> HttpResponse:
+    """A running content's live preview (a small JPEG), 404 when it has none."""
+    image = gallery_selectors.content_preview(content_id=content_id)
+    if image is None:
+        raise Http404("This content has no live preview now.")
+    response = HttpResponse(image, content_type=previews.PREVIEW_CONTENT_TYPE)
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 # --- Actions ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-// Review gallery: live progress bars, the before/after compare slider and the
-// keyboard shortcuts. Plain JavaScript, no dependency, nothing from the network.
+// Review gallery: live progress bars and previews, the before/after compare
+// slider and the keyboard shortcuts. Plain JavaScript, no dependency, nothing from the network.
 "use strict";
 
 (() => {
@@ -15,8 +15,13 @@
     bar.dataset.status = row.status;
     bar.querySelector(".gallery-progress-bar > span").style.width = `${percent}%`;
     bar.querySelector("[role=progressbar]").setAttribute("aria-valuenow", String(percent));
-    bar.querySelector(".gallery-progress-label").textContent =
-      row.total ? `${row.label} · step ${row.step} of ${row.total}` : row.label;
+    bar.querySelector(".gallery-progress-label").textContent = row.label;
+    // The worker's live preview: a new URL (its step) for each new image.
+    const preview = bar.querySelector("[data-preview]");
+    if (preview && row.preview && preview.getAttribute("src") !== row.preview) {
+      preview.src = row.preview;
+      preview.hidden = false;
+    }
   }
 
   // Swap in the finished card; true when there is no card to swap (reload).
