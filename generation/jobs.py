@@ -6,9 +6,9 @@ through the storage API), runs the process's warm engine (``generation.runtime``
 with its phase (preparing, loading, denoising, saving) and progress reported
 (throttled, to the row and to ``job.meta``; an ETA from the step rate), a live
 preview of the latents every few steps (``generation.previews``, removed when
-the job ends) and cancellation checked every step, then stores the output, thumbnails, control
-images, snapshot and timings through the services; the scores follow on the
-CPU queue (``generation.scoring_jobs``).
+the job ends) and cancellation checked every step, then stores the output,
+thumbnails, control images, snapshot and timings through the services; the
+scores follow on the CPU queue (``generation.scoring_jobs``).
 
 Failures: a transient one (out of memory, a lost Redis or database connection)
 queues the row again after ``STUDIO_RETRY_BACKOFF_SECONDS`` until

@@ -72,7 +72,9 @@ def preview_steps(*, job_ids: Iterable[str]) -> dict[str, int]:
     except redis.exceptions.RedisError:
         return {}
     return {
-        job_id: int(step) for job_id, step in zip(job_ids, steps) if step is not None
+        job_id: int(step)
+        for job_id, step in zip(job_ids, steps, strict=True)
+        if step is not None
     }
 
 
