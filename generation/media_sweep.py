@@ -24,9 +24,18 @@ from django.utils import timezone
 
 from personas.files import delete_quietly
 
-STUDIO_MEDIA_FOLDERS = ("references", "thumbnails", "control", "loras", "generated")
+STUDIO_MEDIA_FOLDERS = (
+    "references",
+    "thumbnails",
+    "control",
+    "loras",
+    "generated",
+    "staging",
+)
 """The top folders the studio's rows store files under (the ``upload_to`` of
-``personas.models`` and ``generation.models``); nothing outside them is swept."""
+``personas.models`` and ``generation.models``), and ``staging`` (uploads kept
+from a save that failed, ``personas.staging``, which no row points to: swept
+once past the grace period); nothing outside them is swept."""
 DEFAULT_GRACE = timedelta(hours=1)
 DEFAULT_LIMIT = 1000
 LOOKUP_BATCH = 500

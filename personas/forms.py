@@ -14,6 +14,7 @@ from django import forms
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db.models.fields.files import FieldFile
+from django.utils.html import format_html
 
 from personas.lora import (
     ValidatedLora,
@@ -37,6 +38,12 @@ from personas.services import (
     reference_image_add,
     reference_image_delete,
     reference_update,
+)
+from personas.staging import (
+    staged_discard_on_commit,
+    staged_original_name,
+    staged_upload,
+    upload_stage,
 )
 from personas.uploads import (
     ACCEPTED_CONTENT_TYPES,
@@ -174,12 +181,32 @@ class PersonaForm(forms.ModelForm):
         return cleaned_data
 
 
+class StagedUploadInput(forms.HiddenInput):
+    """The signed token of an upload kept from a failed save (``staging``), and
+    a line saying which file it is."""
+
+    def render(self, name: str, value: Any, attrs: Any = None, renderer: Any = None):
+        hidden = super().render(name, value, attrs, renderer)
+        original = staged_original_name(value) if value else None
+        if original is None:
+            return hidden
+        return format_html(
+            '{}<p class="help staged-upload">Kept from the last save: '
+            "<strong>{}</strong> (no need to pick it again)</p>",
+            hidden,
+            original,
+        )
+
+
 class ReferenceImageForm(forms.ModelForm):
     """One gallery image. The file is set once, on upload; primary is a choice
-    the service applies (marking one primary unmarks the previous one)."""
+    the service applies (marking one primary unmarks the previous one). A new
+    row may carry an upload kept from a save that failed (``staged``) instead
+    of a file."""
 
     image = ImageUploadField(label="image")
     primary = forms.BooleanField(label="primary", required=False)
+    staged = forms.CharField(required=False, widget=StagedUploadInput)
 
     class Meta:
         model = ReferenceImage
@@ -192,6 +219,36 @@ class ReferenceImageForm(forms.ModelForm):
         self.initial.setdefault("primary", self.instance.is_primary)
         if self.instance.pk:
             self.fields["image"].disabled = True
+        elif self.is_bound and self.data.get(self.add_prefix("staged")):
+            self.fields["image"].required = False
+
+    def clean(self) -> dict[str, Any]:
+        cleaned_data = super().clean()
+        token = cleaned_data.get("staged")
+        if self.instance.pk or not token:
+            return cleaned_data
+        if "image" in cleaned_data and cleaned_data["image"] is None:
+            image = staged_upload(token)
+            if image is None:
+                self.add_error(
+                    "image",
+                    ValidationError(
+                        "The file kept from the last save is gone (kept for a "
+                        "day at most): pick it again.",
+                        code="staged_gone",
+                    ),
+                )
+            else:
+                cleaned_data["image"] = image
+        return cleaned_data
+
+    @property
+    def accepted_upload(self) -> ValidatedImage | None:
+        """A new row's upload that passed the checks, if any (after cleaning)."""
+        if self.instance.pk or not hasattr(self, "cleaned_data"):
+            return None
+        image = self.cleaned_data.get("image")
+        return image if isinstance(image, ValidatedImage) else None
 
     def reference_data(self) -> dict[str, Any]:
         """What ``reference_update`` changes on an existing reference."""
@@ -330,8 +387,33 @@ class ReferenceImageFormSet(_ServiceSavedFormSet):
             except ValidationError as error:
                 form.add_error("image", error)
 
+    def stage_accepted_uploads(self) -> list[str]:
+        """After a save that failed: keep every new row's accepted upload
+        (``staging``) in its row, so that the page shows it kept and the next
+        save adds it; the names kept."""
+        data = self.data.copy()
+        kept = []
+        for form in self.forms:
+            image = form.accepted_upload
+            if image is None or self._should_delete_form(form):
+                continue
+            key = form.add_prefix("staged")
+            staged_before = form.cleaned_data.get("staged")
+            if not (staged_before and form.files.get(form.add_prefix("image")) is None):
+                data[key] = upload_stage(image=image)
+            kept.append(image.original_name)
+        for form in self.forms:
+            form.data = data
+        self.data = data
+        return kept
+
     def save_new(self, form: ReferenceImageForm, commit: bool = True) -> ReferenceImage:
         data = form.reference_data()
+        token = form.cleaned_data.get("staged")
+        if token:
+            # Whether this save used the kept file or a newly picked one, the
+            # kept one has served.
+            staged_discard_on_commit(token)
         return reference_image_add(
             persona=self.instance,
             file=form.cleaned_data["image"],

@@ -11,6 +11,9 @@ urlpatterns = [
     path("progress/", views.content_progress, name="progress"),
     path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
     path("personas/<slug:slug>/generate/", views.persona_generate, name="generate"),
+    path(
+        "personas/<slug:slug>/counts/", views.persona_counts, name="persona-counts"
+    ),
     path("batches/<int:batch_id>/", views.batch_page, name="batch"),
     path("queue/", views.queue_page, name="queue"),
     path(

@@ -75,21 +75,25 @@ def _render(
     request: HttpRequest, template: str, context: dict[str, Any]
 ) -> TemplateResponse:
     """A page in the admin's frame (header, sidebar, theme) with the user's rights."""
-    user = request.user
     return TemplateResponse(
         request,
         template,
         {
             **admin.site.each_context(request),
-            "allowed_actions": {
-                action.name: action
-                for action in (*actions.CONTENT_ACTIONS, *actions.SHEET_ACTIONS)
-                if action.allows(user)
-            },
+            "allowed_actions": _allowed_actions(request),
             "tiny_model_note": TINY_MODEL_NOTICE,
             **context,
         },
     )
+
+
+def _allowed_actions(request: HttpRequest) -> dict[str, actions.StaffAction]:
+    """The action table's entries the user may run, by name."""
+    return {
+        action.name: action
+        for action in (*actions.CONTENT_ACTIONS, *actions.SHEET_ACTIONS)
+        if action.allows(request.user)
+    }
 
 
 # --- Pages --------------------------------------------------------------------------
@@ -209,8 +213,22 @@ def content_card(request: HttpRequest, content_id: int) -> HttpResponse:
     return TemplateResponse(
         request,
         "gallery/_content_card.html",
-        {"content": content, "filter_query": _query(request, drop=("after", "before"))},
+        {
+            "content": content,
+            "filter_query": _query(request, drop=("after", "before")),
+            "allowed_actions": _allowed_actions(request),
+        },
     )
+
+
+@require_GET
+@gallery_view
+def persona_counts(request: HttpRequest, slug: str) -> HttpResponse:
+    """A persona's output counts, fetched again by a page when a card finishes."""
+    persona = _found(
+        lambda: gallery_selectors.persona_with_counts(slug=slug), "No such persona."
+    )
+    return TemplateResponse(request, "gallery/_counts.html", {"persona": persona})
 
 
 @require_GET
