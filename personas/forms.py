@@ -41,7 +41,6 @@ from personas.services import (
 )
 from personas.staging import (
     staged_discard_on_commit,
-    staged_original_name,
     staged_upload,
     upload_stage,
 )
@@ -53,6 +52,24 @@ from personas.uploads import (
 from personas.validators import validate_prompt_text
 
 
+class ImageFileInput(forms.ClearableFileInput):
+    """The image file input; under it, the upload kept from a save that failed
+    (``kept_name``, set by ``ReferenceImageFormSet.stage_accepted_uploads``)."""
+
+    kept_name: str | None = None
+
+    def render(self, name: str, value: Any, attrs: Any = None, renderer: Any = None):
+        rendered = super().render(name, value, attrs, renderer)
+        if not self.kept_name:
+            return rendered
+        return format_html(
+            '{}<p class="help staged-upload">Kept from the last save: '
+            "<strong>{}</strong> (no need to pick it again)</p>",
+            rendered,
+            self.kept_name,
+        )
+
+
 class ImageUploadField(forms.FileField):
     """A file field whose uploads go through ``validate_image_upload``.
 
@@ -60,7 +77,7 @@ class ImageUploadField(forms.FileField):
     field on an existing row) is returned as it is: it passed when uploaded.
     """
 
-    widget = forms.ClearableFileInput(attrs={"accept": ACCEPTED_CONTENT_TYPES})
+    widget = ImageFileInput(attrs={"accept": ACCEPTED_CONTENT_TYPES})
 
     def __init__(self, **kwargs: Any) -> None:
         # Emptiness is one of our checks, with a message that names the file.
@@ -181,23 +198,6 @@ class PersonaForm(forms.ModelForm):
         return cleaned_data
 
 
-class StagedUploadInput(forms.HiddenInput):
-    """The signed token of an upload kept from a failed save (``staging``), and
-    a line saying which file it is."""
-
-    def render(self, name: str, value: Any, attrs: Any = None, renderer: Any = None):
-        hidden = super().render(name, value, attrs, renderer)
-        original = staged_original_name(value) if value else None
-        if original is None:
-            return hidden
-        return format_html(
-            '{}<p class="help staged-upload">Kept from the last save: '
-            "<strong>{}</strong> (no need to pick it again)</p>",
-            hidden,
-            original,
-        )
-
-
 class ReferenceImageForm(forms.ModelForm):
     """One gallery image. The file is set once, on upload; primary is a choice
     the service applies (marking one primary unmarks the previous one). A new
@@ -206,7 +206,7 @@ class ReferenceImageForm(forms.ModelForm):
 
     image = ImageUploadField(label="image")
     primary = forms.BooleanField(label="primary", required=False)
-    staged = forms.CharField(required=False, widget=StagedUploadInput)
+    staged = forms.CharField(required=False, widget=forms.HiddenInput)
 
     class Meta:
         model = ReferenceImage
@@ -401,6 +401,7 @@ class ReferenceImageFormSet(_ServiceSavedFormSet):
             staged_before = form.cleaned_data.get("staged")
             if not (staged_before and form.files.get(form.add_prefix("image")) is None):
                 data[key] = upload_stage(image=image)
+            form.fields["image"].widget.kept_name = image.original_name
             kept.append(image.original_name)
         for form in self.forms:
             form.data = data

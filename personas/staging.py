@@ -41,12 +41,6 @@ def upload_stage(*, image: ValidatedImage) -> str:
     )
 
 
-def staged_original_name(token: str) -> str | None:
-    """The name the person gave the staged file, or None for a bad token."""
-    payload = _payload(token)
-    return None if payload is None else payload["original"]
-
-
 def staged_upload(token: str) -> ValidatedImage | None:
     """The staged upload a token names, checked again; None when the token is
     not ours, too old, or its file is gone or no longer passes."""

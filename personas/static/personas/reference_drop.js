@@ -11,12 +11,18 @@
     if (!addLink) {
       return 0;
     }
+    // A blank new row (the inline's extra one) is filled first.
+    const blankInput = () => [...group.querySelectorAll("tr.form-row:not(.has_original):not(.empty-form)")]
+      .map((row) => row.querySelector("input[type=file]"))
+      .find((input) => input && !input.files.length
+        && !input.closest("tr").querySelector(".staged-upload"));
     let added = 0;
     for (const file of files) {
-      addLink.click();
-      const rows = group.querySelectorAll("tr.form-row.dynamic-" + zone.dataset.prefix);
-      const row = rows[rows.length - 1];
-      const input = row && row.querySelector("input[type=file]");
+      let input = blankInput();
+      if (!input) {
+        addLink.click();
+        input = blankInput();
+      }
       if (!input) {
         break;
       }
