@@ -41,7 +41,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="only the per-preview cost at real latent sizes (no generation)",
+    )
     options = parser.parse_args()
+    if options.decode_only:
+        print("\n".join(per_preview_costs(threads=options.threads)))
+        return
 
     import torch
     from diffusers import AutoencoderTiny
@@ -149,6 +157,63 @@ def main() -> None:
             if name != "off"
         )
     )
+
+
+def per_preview_costs(*, threads: int, repeats: int = 30) -> list[str]:
+    """The cost of one preview (decode and JPEG encode) at the latent sizes of
+    real models, medians of ``repeats``: what a job pays per preview."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from benchmarks.stats import summary
+    from generation.engine.config import PreviewConfig
+    from generation.engine.families import SD15, SDXL
+    from generation.engine.preview import PreviewDecoder
+    from generation.engine.vocabulary import PreviewMethod
+
+    torch.set_num_threads(threads)
+    lines = [
+        f"- Date: {datetime.now(UTC).isoformat(timespec='seconds')}",
+        f"- Command: `python -m benchmarks.live_preview --decode-only "
+        f"--threads {threads}`",
+        f"- Machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} torch "
+        f"threads, cpu; load average {'/'.join(f'{v:.2f}' for v in os.getloadavg())}",
+        "",
+        "| family, output size | method | ms per preview (decode + JPEG) | spread |",
+        "| --- | --- | --- | --- |",
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(0)
+        AutoencoderTiny().save_pretrained(folder)  # TAESD's default sizes
+        decoders = {
+            "approx": PreviewDecoder(
+                PreviewConfig(), device=torch.device("cpu"), dtype=torch.float32
+            ),
+            "tiny autoencoder": PreviewDecoder(
+                PreviewConfig(
+                    method=PreviewMethod.TINY_AUTOENCODER,
+                    tiny_autoencoders={"sd15": folder, "sdxl": folder},
+                ),
+                device=torch.device("cpu"),
+                dtype=torch.float32,
+            ),
+        }
+        keep = _keeper([])
+        for family_row, side in ((SD15, 512), (SDXL, 1024)):
+            latents = torch.randn(1, 4, side // 8, side // 8)
+            for method, decoder in decoders.items():
+                seconds = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    keep(1, 2, decoder.decode(latents, family_row))
+                    seconds.append(time.perf_counter() - started)
+                stats = summary(seconds)
+                lines.append(
+                    f"| {family_row.label}, {side}x{side} | {method} | "
+                    f"{stats['median'] * 1000:.2f} | {stats['spread']:.0%} |"
+                )
+    return lines
 
 
 def _keeper(kept: list[bytes]):

@@ -204,13 +204,7 @@ class PreviewConfig:
     tiny_autoencoders: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        try:
-            self.method = PreviewMethod(self.method)
-        except ValueError:
-            choices = ", ".join(method.value for method in PreviewMethod)
-            raise ValueError(
-                f"Unknown preview method {self.method!r}; choose one of: {choices}."
-            ) from None
+        self.method = _member(PreviewMethod, self.method, "preview method")
         if self.every_steps < 1:
             raise ValueError(
                 f"Previews every {self.every_steps} steps: give 1 or more."
@@ -256,14 +250,9 @@ class EngineConfig(Footprint):
     preview: PreviewConfig = field(default_factory=PreviewConfig)
 
     def __post_init__(self) -> None:
-        try:
-            self.safety_policy = SafetyPolicy(self.safety_policy)
-        except ValueError:
-            choices = ", ".join(policy.value for policy in SafetyPolicy)
-            raise ValueError(
-                f"Unknown safety checker policy {self.safety_policy!r}; choose one "
-                f"of: {choices}."
-            ) from None
+        self.safety_policy = _member(
+            SafetyPolicy, self.safety_policy, "safety checker policy"
+        )
 
     def controlnets_for(self, model_key: str) -> dict[str, str]:
         """Control type -> ControlNet source for one model (its own, else the
@@ -279,6 +268,18 @@ class EngineConfig(Footprint):
         if spec is not None and spec.ip_adapter is not None:
             return spec.ip_adapter
         return self.ip_adapter
+
+
+def _member(terms: type[Any], value: Any, what: str) -> Any:
+    """``value`` as a member of the vocabulary enum ``terms``, or a ValueError
+    that names the choices."""
+    try:
+        return terms(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in terms)
+        raise ValueError(
+            f"Unknown {what} {value!r}; choose one of: {choices}."
+        ) from None
 
 
 def tiny_engine_config(root: Path) -> EngineConfig:
