@@ -18,13 +18,18 @@ setup: $(STAMP)
 run: setup
 	$(PY) manage.py studio_run
 
+# The suite runs in parallel test processes (pytest-xdist), one per core up to
+# TEST_PROCESSES; each has its own Redis, database, media and worker zygote.
+TEST_PROCESSES ?= 4
+XDIST := -n auto --maxprocesses $(TEST_PROCESSES) --dist worksteal
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 # Everything but the end-to-end, browser and reliability suites (they start
 # worker processes, Chromium, load): the inner loop while changing code.
 test-fast: setup
-	$(PY) -m pytest -m "not e2e and not browser and not reliability"
+	$(PY) -m pytest $(XDIST) -m "not e2e and not browser and not reliability"
 
 # The reliability suite alone, rewriting docs/reliability.md with its figures.
 reliability: setup

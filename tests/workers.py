@@ -37,6 +37,7 @@ from personas.models import Persona
 from personas.services import persona_create, reference_image_add
 from studio.redis_embedded import EmbeddedRedis
 from tests.images import encode, halves
+from tests.zygote import ForkedProcess, Zygote
 
 WORKER_START_TIMEOUT = 120
 JOB_TIMEOUT = 300
@@ -105,13 +106,32 @@ def database_url() -> str:
     return f"postgres://{credentials}@{host}:{port}/{db['NAME']}"
 
 
+_zygote: Zygote | None = None
+
+
+def worker_zygote() -> Zygote:
+    """This session's fork server for worker processes (started on first use):
+    a worker forked from it skips seconds of torch and diffusers imports."""
+    global _zygote
+    if _zygote is None:
+        _zygote = Zygote(Path(django_settings.BASE_DIR))
+    return _zygote
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_worker_zygote() -> Iterator[None]:
+    yield
+    if _zygote is not None:
+        _zygote.close()
+
+
 @dataclass
 class WorkerProcess:
     """A real ``manage.py studio_worker`` process and its log."""
 
     name: str
     queue: str
-    process: subprocess.Popen
+    process: ForkedProcess
     log_path: Path
     connection: redis.Redis
     stop_requested: bool = False
@@ -197,14 +217,12 @@ class WorkerFactory:
         ]
         if worker_class:
             command += ["--worker-class", worker_class]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=self.cwd or django_settings.BASE_DIR,
-                env={**self.base_env, "STUDIO_DEFAULT_QUEUE": queue, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        process = worker_zygote().spawn(
+            command,
+            env={**self.base_env, "STUDIO_DEFAULT_QUEUE": queue, **env},
+            cwd=self.cwd or Path(django_settings.BASE_DIR),
+            log_path=log_path,
+        )
         worker = WorkerProcess(name, queue, process, log_path, self.connection)
         self.started.append(worker)
         return worker.wait_ready()

@@ -8,6 +8,7 @@ confirmation. A real worker process runs the tiny model behind the live server."
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from django.contrib.auth.models import User
@@ -101,9 +102,14 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
     page.wait_for_selector(f"{card} [data-progress][data-status=queued]")
     page.evaluate("window.galleryNeverReloaded = true")
     start_worker(QUEUE)
+    start_worker.spawn(studio_settings.STUDIO_CPU_QUEUE)  # scores the output
     bar = page.locator(f"{card} [role=progressbar]")
+    thumbnail = page.locator(f"{card} .gallery-thumb img")
     seen: set[int] = set()
-    while page.locator(f"{card} [data-progress]").count():
+    deadline = time.monotonic() + GENERATION_TIMEOUT_MILLISECONDS / 1000
+    # Until the card shows the output (its scores may still be landing).
+    while not thumbnail.count():
+        assert time.monotonic() < deadline, f"the card never finished: {seen}"
         value = bar.get_attribute("aria-valuenow") if bar.count() else None
         if value is not None and 0 < int(value) < 100 and not seen - {0, 100}:
             screenshot(page, "03-gallery-running")

@@ -121,8 +121,9 @@ def wait_for_page(url: str, server: subprocess.Popen):
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            return urllib.request.urlopen(url, timeout=10)
-        except (urllib.error.URLError, ConnectionError):
+            return urllib.request.urlopen(url, timeout=30)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            # Not up yet, or a first request slow on a loaded machine: again.
             if server.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"gunicorn did not serve {url}") from None
             time.sleep(0.5)
