@@ -58,7 +58,8 @@ def test_a_running_card_shows_its_phase_and_a_live_preview_then_the_counts_follo
     start_worker(
         queue, STUDIO_PREVIEW_EVERY_STEPS="2", STUDIO_PREVIEW_MIN_INTERVAL_MS="100"
     )
-    preview = card.locator("img[data-preview]")
+    # The preview takes the place of the card's placeholder picture.
+    preview = card.locator(".gallery-thumb img[data-preview]")
     expect(preview).to_be_visible(timeout=GENERATION_TIMEOUT_MILLISECONDS)
     expect(preview).to_have_attribute("src", re.compile(r"/preview\.jpg\?step=\d+$"))
     page.wait_for_function(
@@ -81,9 +82,11 @@ def test_a_running_card_shows_its_phase_and_a_live_preview_then_the_counts_follo
         timeout=GENERATION_TIMEOUT_MILLISECONDS,
     )
 
-    expect(card.locator(".gallery-thumb img")).to_be_visible(
+    # The output's thumbnail replaces the preview in the card's picture.
+    expect(card.locator(".gallery-thumb img:not([data-preview])")).to_be_visible(
         timeout=GENERATION_TIMEOUT_MILLISECONDS
     )
+    expect(card.locator("img[data-preview]")).to_have_count(0)
     expect(counts).to_contain_text("1 pending review")
     expect(counts).not_to_contain_text("queued or running")
     assert page.evaluate("window.neverReloaded") is True
