@@ -68,8 +68,9 @@ def test_a_running_card_shows_its_phase_and_a_live_preview_then_the_counts_follo
     )
     # The approximate preview is the latents' size: 1/8 of the output's.
     assert preview.evaluate("(image) => image.naturalWidth") == 256 // 8
+    # From the second step report on, the step rate gives an ETA.
     expect(card.locator(".gallery-progress-label")).to_have_text(
-        re.compile(r"^Step \d+ of \d+")
+        re.compile(r"^Step \d+ of \d+ · about \d+ (s|min \d+ s) left$")
     )
     screenshot(page, "20-live-preview")
     first_preview = preview.get_attribute("src")
