@@ -18,6 +18,7 @@ from generation.engine.config import (
     EngineConfig,
     IPAdapterSpec,
     ModelSpec,
+    PreviewConfig,
     model_catalog,
     tiny_engine_config,
 )
@@ -114,6 +115,12 @@ def engine_config() -> EngineConfig:
     config.vae_tiling = settings.STUDIO_VAE_TILING
     config.channels_last = settings.STUDIO_CHANNELS_LAST
     config.compile = settings.STUDIO_TORCH_COMPILE
+    config.preview = PreviewConfig(
+        method=settings.STUDIO_PREVIEW_METHOD,
+        every_steps=settings.STUDIO_PREVIEW_EVERY_STEPS,
+        min_interval_seconds=settings.STUDIO_PREVIEW_MIN_INTERVAL_MS / 1000,
+        tiny_autoencoders=dict(settings.STUDIO_PREVIEW_TINY_AUTOENCODERS),
+    )
     return config
 
 

@@ -3,11 +3,13 @@
 It claims its row (a row that is not queued for this very job is left alone, so
 the job is idempotent), builds the engine request from the row (images read
 through the storage API), runs the process's warm engine (``generation.runtime``)
-with progress reported every step (throttled, to the row and to ``job.meta``) and
-cancellation checked every step, then, when the row's request has a face
-detailer pass, runs it over the output (``engine.detail``), and stores the
-output (and the one before the pass), thumbnails, control images, snapshot and
-timings through the services; the scores follow on the CPU queue
+with its phase (preparing, loading, denoising, saving) and progress reported
+(throttled, to the row and to ``job.meta``; an ETA from the step rate), a live
+preview of the latents every few steps (``generation.previews``, removed when
+the job ends) and cancellation checked every step, then, when the row's request
+has a face detailer pass, runs it over the output (``engine.detail``), and
+stores the output (and the one before the pass), thumbnails, control images,
+snapshot and timings through the services; the scores follow on the CPU queue
 (``generation.scoring_jobs``). An inpaint row (``Content.is_inpaint``) runs
 ``engine.inpaint`` on the output it names instead, and is stored the same way.
 
@@ -35,10 +37,10 @@ from PIL import Image
 from rq import get_current_job
 from rq.job import Job
 
-from generation import runtime, services
+from generation import previews, runtime, services
 from generation.engine.errors import EngineError, GenerationCancelled, InvalidRequest
 from generation.engine.requests import GenerationResult, InpaintRequest, InpaintResult
-from generation.models import Content
+from generation.models import Content, ProgressPhase
 from generation.parameters import (
     DETAILER_KEY,
     detailer_from_row,
@@ -70,6 +72,14 @@ def content_generate(content_id: int) -> str:
             "Content #%s is not queued for job %s: nothing to do", content_id, job.id
         )
         return "skipped"
+    try:
+        return _run_claimed(content_id, job)
+    finally:
+        # However the run ended, its live preview goes with it.
+        previews.preview_discard(connection=job.connection, job_id=job.id)
+
+
+def _run_claimed(content_id: int, job: Job) -> str:
     content = Content.objects.select_related("before_reference").get(pk=content_id)
     steps = _StepReporter(content, job)
     try:
@@ -160,7 +170,11 @@ def _generate(content: Content, steps: _StepReporter) -> str:
     )
     engine = runtime.engine()
     result = engine.generate(
-        request, on_step=steps.on_step, should_cancel=steps.should_cancel
+        request,
+        on_step=steps.on_step,
+        should_cancel=steps.should_cancel,
+        on_phase=steps.on_phase,
+        on_preview=steps.on_preview,
     )
     detailer_before = None
     detailer_seconds = None
@@ -169,6 +183,7 @@ def _generate(content: Content, steps: _StepReporter) -> str:
         detailer_before = result.images[0]
         result = _detailed(engine, content, request, result, steps)
         detailer_seconds = time.perf_counter() - detailer_started
+    steps.on_phase(ProgressPhase.SAVING)
     # Scores are measured by the CPU queue's scoring job once the output is
     # stored (generation.score_services): the GPU never waits for them.
     timings = _timings(content, result, engine, started)
@@ -321,7 +336,8 @@ def _retry_or_fail(content: Content, error: Exception) -> str:
 
 
 class _StepReporter:
-    """The engine's per-step callbacks: throttled progress, cancellation checks."""
+    """The engine's callbacks: phases, throttled progress with an ETA, live
+    previews, cancellation checks."""
 
     def __init__(self, content: Content, job: Job) -> None:
         self.content = content
@@ -329,13 +345,28 @@ class _StepReporter:
         self.interval = float(settings.STUDIO_PROGRESS_INTERVAL_SECONDS)
         self.last_report = float("-inf")
         self.handed_back = False
+        # The first step seen and when: the step rate is measured from there
+        # (the first step also pays for warm-up, so it is not counted).
+        self.rate_origin: tuple[int, float] | None = None
+
+    def on_phase(self, phase: str) -> None:
+        if phase == ProgressPhase.DENOISING:
+            return  # said by the first step's report, with its numbers
+        services.content_report_phase(content=self.content, phase=phase)
 
     def on_step(self, step: int, total: int) -> None:
         now = time.monotonic()
+        if self.rate_origin is None:
+            self.rate_origin = (step, now)
         if step < total and now - self.last_report < self.interval:
             return
         self.last_report = now
-        services.content_report_progress(content=self.content, step=step, total=total)
+        services.content_report_progress(
+            content=self.content,
+            step=step,
+            total=total,
+            eta_seconds=self._eta(step, total, now),
+        )
         self.job.meta["progress"] = {"step": step, "total": total}
         try:
             self.job.save_meta()
@@ -345,6 +376,18 @@ class _StepReporter:
             logger.warning(
                 "Content #%s: progress not mirrored to Redis", self.content.pk
             )
+
+    def _eta(self, step: int, total: int, now: float) -> float | None:
+        """Seconds of denoising left at the rate measured so far."""
+        first_step, first_time = self.rate_origin
+        if step <= first_step:
+            return None
+        return (now - first_time) / (step - first_step) * (total - step)
+
+    def on_preview(self, step: int, total: int, image: Image.Image) -> None:
+        previews.preview_publish(
+            connection=self.job.connection, job_id=self.job.id, step=step, image=image
+        )
 
     def should_cancel(self) -> bool:
         if runtime.handback_requested():

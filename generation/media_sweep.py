@@ -32,10 +32,13 @@ STUDIO_MEDIA_FOLDERS = (
     "loras",
     "generated",
     "training",
+    "staging",
 )
 """The top folders the studio's rows store files under (the ``upload_to`` of
 ``personas.models`` and ``generation.models``, and the training runs'
-checkpoints); nothing outside them is swept."""
+checkpoints), and ``staging`` (uploads kept from a save that failed,
+``personas.staging``, which no row points to: swept once past the grace
+period); nothing outside them is swept."""
 DEFAULT_GRACE = timedelta(hours=1)
 DEFAULT_LIMIT = 1000
 LOOKUP_BATCH = 500

@@ -13,13 +13,22 @@ from django.db import models
 from django.urls import reverse
 
 from generation.engine.identity import IdentityStatus as EngineIdentityStatus
+from generation.engine.vocabulary import ProgressPhase as EngineProgressPhase
 from generation.queued_rows import (
     RUN_ACTIVE_STATUSES,
     RUN_FINISHED_STATUSES,
     QueuedRow,
     RunStatus,
 )
-from personas.models import ConsistencyMethod, ControlType, Persona, ReferenceImage
+from personas.models import (
+    ConsistencyMethod,
+    ControlType,
+    Persona,
+    ReferenceImage,
+    text_choices,
+)
+
+ProgressPhase = text_choices("ProgressPhase", EngineProgressPhase)
 
 
 def content_file_stem(content: Content) -> str:
@@ -224,6 +233,18 @@ class Content(QueuedRow):
         "is shown beside and scored against.",
     )
     # How it ran (status, progress, job and error: ``QueuedRow``)
+    progress_phase = models.CharField(
+        max_length=16,
+        choices=ProgressPhase.choices,
+        blank=True,
+        help_text="What the worker is doing (blank: not started).",
+    )
+    progress_eta_seconds = models.FloatField(
+        "ETA (seconds)",
+        null=True,
+        blank=True,
+        help_text="The denoising time left, from the step rate so far.",
+    )
     method_used = models.CharField(
         max_length=16, choices=ConsistencyMethod.choices, blank=True
     )
@@ -375,6 +396,35 @@ class Content(QueuedRow):
         if not self.progress_total:
             return 0
         return min(100, round(100 * self.progress_step / self.progress_total))
+
+    @property
+    def progress_label(self) -> str:
+        """The phase in words for a card: "Waiting in the queue", "Loading the
+        model", "Step 4 of 20 · about 12 s left", "Saving", "Scoring…"."""
+        if self.scoring and self.is_finished:
+            return f"{ProgressPhase.SCORING.label}…"
+        if self.is_finished:
+            return self.get_status_display()
+        if self.status == ContentStatus.QUEUED:
+            return ProgressPhase.WAITING.label
+        if not self.progress_phase:
+            return self.get_status_display()
+        if self.progress_phase == ProgressPhase.DENOISING and self.progress_total:
+            label = f"Step {self.progress_step} of {self.progress_total}"
+            if self.progress_eta_seconds is not None and (
+                self.progress_step < self.progress_total
+            ):
+                label += f" · about {_duration(self.progress_eta_seconds)} left"
+            return label
+        return self.get_progress_phase_display()
+
+
+def _duration(seconds: float) -> str:
+    """A short human duration: "12 s", "3 min 5 s"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    return f"{seconds // 60} min {seconds % 60} s"
 
 
 class ContentControlImage(models.Model):

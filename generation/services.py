@@ -53,6 +53,7 @@ from generation.models import (
     Content,
     ContentControlImage,
     ContentStatus,
+    ProgressPhase,
     ReviewState,
 )
 from generation.parameters import (
@@ -764,12 +765,27 @@ def content_claim(*, content_id: int, job_id: str, worker_name: str) -> bool:
         worker_name=worker_name,
         progress_step=0,
         progress_total=0,
+        progress_phase=ProgressPhase.PREPARING,
+        progress_eta_seconds=None,
     )
 
 
-def content_report_progress(*, content: Content, step: int, total: int) -> None:
+def content_report_progress(
+    *, content: Content, step: int, total: int, eta_seconds: float | None = None
+) -> None:
+    """A running job's denoising step (and the time it expects to need)."""
     Content.objects.filter(pk=content.pk, rq_job_id=content.rq_job_id).update(
-        progress_step=step, progress_total=total
+        progress_step=step,
+        progress_total=total,
+        progress_phase=ProgressPhase.DENOISING,
+        progress_eta_seconds=eta_seconds,
+    )
+
+
+def content_report_phase(*, content: Content, phase: str) -> None:
+    """A running job's phase (``ProgressPhase``): loading, preparing, saving."""
+    Content.objects.filter(pk=content.pk, rq_job_id=content.rq_job_id).update(
+        progress_phase=phase, progress_eta_seconds=None
     )
 
 
@@ -1177,6 +1193,8 @@ def _queue_row(content: Content, *, delay_seconds: float) -> None:
     """Set ``content`` queued under a new job id, its progress reset, and enqueue
     that job on commit (the caller saves the row in the same transaction)."""
     content.progress_step = content.progress_total = 0
+    content.progress_phase = ""
+    content.progress_eta_seconds = None
     row_queue(
         content,
         RowJob(JOB_FUNCTION, settings.STUDIO_JOB_TIMEOUT, "generate content"),

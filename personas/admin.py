@@ -47,9 +47,11 @@ from personas.services import (
     reference_check_keeps_primary,
     reference_image_add,
     reference_image_delete,
+    reference_size_warning,
     reference_update,
     references_set_role,
 )
+from personas.uploads import ACCEPTED_CONTENT_TYPES
 
 LIST_THUMBNAIL_HEIGHT = 48
 INLINE_THUMBNAIL_HEIGHT = 96
@@ -86,6 +88,7 @@ class GalleryPageFormSet(ReferenceImageFormSet):
     """
 
     page_size = GALLERY_PAGE_SIZE
+    accepted_content_types = ACCEPTED_CONTENT_TYPES
 
     def get_queryset(self) -> QuerySet[ReferenceImage]:
         if not hasattr(self, "_page"):
@@ -130,6 +133,7 @@ class ReferenceImageInline(admin.TabularInline):
     fields = (
         "thumbnail_preview",
         "image",
+        "staged",
         "primary",
         "role",
         "caption",
@@ -394,6 +398,47 @@ class PersonaAdmin(admin.ModelAdmin):
         elif form.cleaned_data.get("lora_remove"):
             persona_set_lora(persona=persona, file=None)
         super().save_related(request, form, formsets, change)
+        for reference in getattr(gallery, "new_objects", []):
+            warning = reference_size_warning(
+                reference=reference, base_model=persona.base_model
+            )
+            if warning:
+                messages.warning(request, warning)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Persona | None = None,
+    ) -> TemplateResponse:
+        """A posted page shown again had something refused: the uploads of that
+        save that passed are kept (staged in their rows) and the page says so."""
+        if request.method == "POST":
+            for inline in context.get("inline_admin_formsets", []):
+                formset = inline.formset
+                if isinstance(formset, ReferenceImageFormSet) and formset.is_bound:
+                    kept = formset.stage_accepted_uploads()
+                    if kept:
+                        messages.info(
+                            request,
+                            ngettext(
+                                "Kept the accepted upload %(names)s: fix what "
+                                "is marked below and save; it is added then, "
+                                "with no need to pick it again.",
+                                "Kept the %(count)d accepted uploads "
+                                "(%(names)s): fix what is marked below and "
+                                "save; they are added then, with no need to "
+                                "pick them again.",
+                                len(kept),
+                            )
+                            % {"names": ", ".join(kept), "count": len(kept)},
+                        )
+        return super().render_change_form(
+            request, context, add=add, change=change, form_url=form_url, obj=obj
+        )
 
     def delete_model(self, request: HttpRequest, obj: Persona) -> None:
         persona_delete(persona=obj)

@@ -14,6 +14,7 @@ from django import forms
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db.models.fields.files import FieldFile
+from django.utils.html import format_html
 
 from personas.lora import (
     ValidatedLora,
@@ -41,12 +42,35 @@ from personas.services import (
     reference_image_delete,
     reference_update,
 )
+from personas.staging import (
+    staged_discard_on_commit,
+    staged_upload,
+    upload_stage,
+)
 from personas.uploads import (
     ACCEPTED_CONTENT_TYPES,
     ValidatedImage,
     validate_image_upload,
 )
 from personas.validators import validate_prompt_text
+
+
+class ImageFileInput(forms.ClearableFileInput):
+    """The image file input; under it, the upload kept from a save that failed
+    (``kept_name``, set by ``ReferenceImageFormSet.stage_accepted_uploads``)."""
+
+    kept_name: str | None = None
+
+    def render(self, name: str, value: Any, attrs: Any = None, renderer: Any = None):
+        rendered = super().render(name, value, attrs, renderer)
+        if not self.kept_name:
+            return rendered
+        return format_html(
+            '{}<p class="help staged-upload">Kept from the last save: '
+            "<strong>{}</strong> (no need to pick it again)</p>",
+            rendered,
+            self.kept_name,
+        )
 
 
 class ImageUploadField(forms.FileField):
@@ -56,7 +80,7 @@ class ImageUploadField(forms.FileField):
     field on an existing row) is returned as it is: it passed when uploaded.
     """
 
-    widget = forms.ClearableFileInput(attrs={"accept": ACCEPTED_CONTENT_TYPES})
+    widget = ImageFileInput(attrs={"accept": ACCEPTED_CONTENT_TYPES})
 
     def __init__(self, **kwargs: Any) -> None:
         # Emptiness is one of our checks, with a message that names the file.
@@ -231,10 +255,13 @@ class PersonaForm(forms.ModelForm):
 
 class ReferenceImageForm(forms.ModelForm):
     """One gallery image. The file is set once, on upload; primary is a choice
-    the service applies (marking one primary unmarks the previous one)."""
+    the service applies (marking one primary unmarks the previous one). A new
+    row may carry an upload kept from a save that failed (``staged``) instead
+    of a file."""
 
     image = ImageUploadField(label="image")
     primary = forms.BooleanField(label="primary", required=False)
+    staged = forms.CharField(required=False, widget=forms.HiddenInput)
 
     class Meta:
         model = ReferenceImage
@@ -247,6 +274,36 @@ class ReferenceImageForm(forms.ModelForm):
         self.initial.setdefault("primary", self.instance.is_primary)
         if self.instance.pk:
             self.fields["image"].disabled = True
+        elif self.is_bound and self.data.get(self.add_prefix("staged")):
+            self.fields["image"].required = False
+
+    def clean(self) -> dict[str, Any]:
+        cleaned_data = super().clean()
+        token = cleaned_data.get("staged")
+        if self.instance.pk or not token:
+            return cleaned_data
+        if "image" in cleaned_data and cleaned_data["image"] is None:
+            image = staged_upload(token)
+            if image is None:
+                self.add_error(
+                    "image",
+                    ValidationError(
+                        "The file kept from the last save is gone (kept for a "
+                        "day at most): pick it again.",
+                        code="staged_gone",
+                    ),
+                )
+            else:
+                cleaned_data["image"] = image
+        return cleaned_data
+
+    @property
+    def accepted_upload(self) -> ValidatedImage | None:
+        """A new row's upload that passed the checks, if any (after cleaning)."""
+        if self.instance.pk or not hasattr(self, "cleaned_data"):
+            return None
+        image = self.cleaned_data.get("image")
+        return image if isinstance(image, ValidatedImage) else None
 
     def reference_data(self) -> dict[str, Any]:
         """What ``reference_update`` changes on an existing reference."""
@@ -385,8 +442,34 @@ class ReferenceImageFormSet(_ServiceSavedFormSet):
             except ValidationError as error:
                 form.add_error("image", error)
 
+    def stage_accepted_uploads(self) -> list[str]:
+        """After a save that failed: keep every new row's accepted upload
+        (``staging``) in its row, so that the page shows it kept and the next
+        save adds it; the names kept."""
+        data = self.data.copy()
+        kept = []
+        for form in self.forms:
+            image = form.accepted_upload
+            if image is None or self._should_delete_form(form):
+                continue
+            key = form.add_prefix("staged")
+            staged_before = form.cleaned_data.get("staged")
+            if not (staged_before and form.files.get(form.add_prefix("image")) is None):
+                data[key] = upload_stage(image=image)
+            form.fields["image"].widget.kept_name = image.original_name
+            kept.append(image.original_name)
+        for form in self.forms:
+            form.data = data
+        self.data = data
+        return kept
+
     def save_new(self, form: ReferenceImageForm, commit: bool = True) -> ReferenceImage:
         data = form.reference_data()
+        token = form.cleaned_data.get("staged")
+        if token:
+            # Whether this save used the kept file or a newly picked one, the
+            # kept one has served.
+            staged_discard_on_commit(token)
         return reference_image_add(
             persona=self.instance,
             file=form.cleaned_data["image"],

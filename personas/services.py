@@ -22,7 +22,7 @@ from django.utils.text import slugify
 
 from personas.face_analysis import reference_queue_analysis
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
-from personas.lora import validate_lora_upload
+from personas.lora import base_model_traits, validate_lora_upload
 from personas.models import (
     ControlNetUnit,
     LoraSource,
@@ -452,3 +452,31 @@ def control_unit_save(*, unit: ControlNetUnit) -> ControlNetUnit:
 def control_unit_delete(*, unit: ControlNetUnit) -> None:
     """Delete a ControlNet unit, then its ready-made control image."""
     unit.delete()
+
+
+def reference_size_warning(*, reference: ReferenceImage, base_model: str) -> str | None:
+    """A warning (not a refusal) for a reference smaller than the base model's
+    family works at (its smallest native size): it is upscaled to the working
+    size, and comes out soft. None when it is large enough or the family is
+    not known here."""
+    from generation.engine.families import UnknownFamily
+
+    try:
+        traits = base_model_traits(base_model)
+    except UnknownFamily:
+        return None
+    if traits is None:
+        return None
+    family_row = traits.family
+    native_width, native_height = min(
+        family_row.native_sizes, key=lambda size: size[0] * size[1]
+    )
+    if reference.width * reference.height >= native_width * native_height:
+        return None
+    name = reference.original_filename or f"#{reference.pk}"
+    return (
+        f'"{name}" is {reference.width} × {reference.height}, smaller than '
+        f"{family_row.label}'s native {native_width} × {native_height}: it is "
+        "upscaled to the working size and may come out soft. It was added; a "
+        "larger image keeps more detail."
+    )

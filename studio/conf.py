@@ -109,6 +109,13 @@ JOB_TIMEOUT: int = 3600
 MAX_ATTEMPTS: int = 3
 RETRY_BACKOFF_SECONDS: list[int] = [5, 30, 120]
 PROGRESS_INTERVAL_SECONDS: float = 0.5
+# Live previews of running generations (generation.previews): how the worker
+# makes them (off, approx, tiny_autoencoder), how often, and how long Redis keeps one.
+PREVIEW_METHOD: str = "approx"
+PREVIEW_TINY_AUTOENCODERS: dict[str, str] = {}
+PREVIEW_EVERY_STEPS: int = 2
+PREVIEW_MIN_INTERVAL_MS: int = 500
+PREVIEW_TTL_SECONDS: int = 300
 RECONCILE_INTERVAL_SECONDS: int = 60
 # Models a worker loads at start (keys of MODELS); empty means none.
 PRELOAD_MODELS: list[str] = []

@@ -6,8 +6,9 @@ from functools import wraps
 from django.contrib import admin
 from django.contrib.auth.decorators import user_passes_test
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.template.response import TemplateResponse
+from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from django_rq import stats_views
@@ -66,6 +67,13 @@ def queue_statistics_json(request: HttpRequest, token: str | None = None):
     return stats_views.stats_json(request, token)
 
 
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on any page that names no icon (a JSON or
+    media URL opened in a tab, a third-party admin page): the studio's icon,
+    never a 404 in the log."""
+    return HttpResponsePermanentRedirect(static("gallery/favicon.svg"))
+
+
 rq_urls = [
     re_path(r"^stats.json/?$", queue_statistics_json, name="home_json"),
     re_path(
@@ -78,6 +86,7 @@ rq_urls = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("favicon.ico", favicon, name="favicon"),
     path("admin/rq/", include((rq_urls, "django_rq"))),
     path("admin/", admin.site.urls),
     path("gallery/", include("generation.gallery.urls")),

@@ -37,15 +37,13 @@ class OutOfMemoryWorker(StudioWorker):
         failing_attempts = int(os.environ[OUT_OF_MEMORY_ATTEMPTS_ENV])
 
         class OutOfMemoryEngine(Engine):
-            def generate(self, request, *, on_step=None, should_cancel=None):
+            def generate(self, request, *, on_step=None, **callbacks):
                 content_id = get_current_job().args[0]
                 attempt = Content.objects.values_list("attempts", flat=True).get(
                     pk=content_id
                 )
                 if attempt > failing_attempts:
-                    return super().generate(
-                        request, on_step=on_step, should_cancel=should_cancel
-                    )
+                    return super().generate(request, on_step=on_step, **callbacks)
 
                 def out_of_memory(step: int, total: int) -> None:
                     raise torch.OutOfMemoryError(
@@ -53,9 +51,7 @@ class OutOfMemoryWorker(StudioWorker):
                         f"{attempt}."
                     )
 
-                return super().generate(
-                    request, on_step=out_of_memory, should_cancel=should_cancel
-                )
+                return super().generate(request, on_step=out_of_memory, **callbacks)
 
         return OutOfMemoryEngine(config)
 
@@ -85,16 +81,14 @@ class BlockingStepWorker(StudioWorker):
         block_seconds = float(os.environ[BLOCK_SECONDS_ENV])
 
         class BlockingEngine(Engine):
-            def generate(self, request, *, on_step=None, should_cancel=None):
+            def generate(self, request, *, on_step=None, **callbacks):
                 def blocking_step(step: int, total: int) -> None:
                     if on_step is not None:
                         on_step(step, total)
                     if step == 1:
                         time.sleep(block_seconds)  # a blocking call, in C
 
-                return super().generate(
-                    request, on_step=blocking_step, should_cancel=should_cancel
-                )
+                return super().generate(request, on_step=blocking_step, **callbacks)
 
         return BlockingEngine(config)
 

@@ -28,6 +28,7 @@ from generation.engine.vocabulary import (
     TINY_SDXL_MODEL_LABEL,
     ControlType,
     Footprint,
+    PreviewMethod,
     Quantization,
     SafetyPolicy,
 )
@@ -297,6 +298,29 @@ class IPAdapterSpec:
 
 
 @dataclass
+class PreviewConfig:
+    """How the engine makes a run's live previews (``preview.py``) when a caller
+    asks for them: ``method`` (``vocabulary.PreviewMethod``), a preview every
+    ``every_steps`` denoising steps and at most one per ``min_interval_seconds``;
+    ``tiny_autoencoders`` maps a family key to a local ``AutoencoderTiny``
+    folder (TAESD) for ``PreviewMethod.TINY_AUTOENCODER``."""
+
+    method: PreviewMethod = PreviewMethod.APPROX
+    every_steps: int = 2
+    min_interval_seconds: float = 0.5
+    tiny_autoencoders: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.method = _member(PreviewMethod, self.method, "preview method")
+        if self.every_steps < 1:
+            raise ValueError(
+                f"Previews every {self.every_steps} steps: give 1 or more."
+            )
+        for key in self.tiny_autoencoders:
+            family(key)  # an unknown family key is refused at configuration
+
+
+@dataclass
 class EngineConfig(Footprint):
     """Everything the engine needs to know about its models and its device.
 
@@ -335,18 +359,14 @@ class EngineConfig(Footprint):
     offline: bool = True
     safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
     safety_checker: str | None = None
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
 
     def __post_init__(self) -> None:
         for entry in self.controlnets.values():
             ControlNetSpec.of(entry)
-        try:
-            self.safety_policy = SafetyPolicy(self.safety_policy)
-        except ValueError:
-            choices = ", ".join(policy.value for policy in SafetyPolicy)
-            raise ValueError(
-                f"Unknown safety checker policy {self.safety_policy!r}; choose one "
-                f"of: {choices}."
-            ) from None
+        self.safety_policy = _member(
+            SafetyPolicy, self.safety_policy, "safety checker policy"
+        )
 
     def controlnets_for(self, model_key: str | None) -> dict[str, Any]:
         """Control type -> ControlNet entry for one model (its own, else the
@@ -369,6 +389,18 @@ class EngineConfig(Footprint):
         if spec is not None and spec.ip_adapter is not None:
             return spec.ip_adapter
         return self.ip_adapter
+
+
+def _member(terms: type[Any], value: Any, what: str) -> Any:
+    """``value`` as a member of the vocabulary enum ``terms``, or a ValueError
+    that names the choices."""
+    try:
+        return terms(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in terms)
+        raise ValueError(
+            f"Unknown {what} {value!r}; choose one of: {choices}."
+        ) from None
 
 
 def tiny_engine_config(root: Path) -> EngineConfig:

@@ -99,6 +99,21 @@ class TextEncoding:
 
 
 @dataclass(frozen=True)
+class LatentRGB:
+    """A linear map from a family's latents to RGB, for cheap live previews.
+
+    ``factors`` has one (r, g, b) row per latent channel and ``bias`` is added
+    after; the result is in [-1, 1] (AUTOMATIC1111's "Approx cheap": the
+    factors below are its ``cheap_approximation`` coefficients). They apply to
+    the latents as the denoiser sees them (already times the VAE's scaling
+    factor), at 1/8 of the image's size.
+    """
+
+    factors: tuple[tuple[float, float, float], ...]
+    bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
 class Family:
     """One model architecture the studio serves (see the module docstring)."""
 
@@ -160,6 +175,8 @@ class Family:
     scheduler_names: tuple[str, ...] = ()
     """The schedulers a request may name; empty: Stable Diffusion's (diffusers'
     ``KarrasDiffusionSchedulers``, ``plan.SCHEDULER_NAMES``)."""
+    latent_rgb: LatentRGB | None = None
+    """The cheap latent-to-RGB preview map (None: no approximate preview)."""
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
     size_multiple: int = SIZE_MULTIPLE
@@ -235,6 +252,14 @@ SD15 = Family(
         image_encoder_folder="models/image_encoder",
     ),
     inpaint_pipeline_class="StableDiffusionInpaintPipeline",
+    latent_rgb=LatentRGB(
+        factors=(
+            (0.298, 0.207, 0.208),
+            (0.187, 0.286, 0.173),
+            (-0.158, 0.189, 0.264),
+            (-0.184, -0.271, -0.473),
+        )
+    ),
 )
 
 SDXL = Family(
@@ -288,6 +313,14 @@ SDXL = Family(
     ),
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
     refiner_pipeline_class="StableDiffusionXLImg2ImgPipeline",
+    latent_rgb=LatentRGB(
+        factors=(
+            (0.3448, 0.4168, 0.4395),
+            (-0.1953, -0.0290, 0.0250),
+            (0.1074, 0.0886, -0.0163),
+            (-0.3730, -0.2499, -0.2088),
+        )
+    ),
 )
 
 FLUX = Family(

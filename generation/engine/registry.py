@@ -31,6 +31,11 @@
   both can be overridden. Footprint switches (CPU offload on CUDA, attention
   slicing, VAE tiling, channels-last, ``torch.compile``) apply to every base;
   ``reduce_footprint`` turns the memory savers on after an out-of-memory error.
+- SDXL's VAE asks (``force_upcast``) to be cast to float32 around every img2img
+  encode. A registry in float32 turns the flag off at load (the cast would be
+  to the dtype the VAE has: same pixels), and diffusers' warning on such casts,
+  when it names no module to keep in float32, is dropped (``_quiet_casts``):
+  nothing in it is for a person to act on.
 
 A registry serves one job at a time: ``pipeline`` and ``job_state`` hold a
 re-entrant lock, since the shared UNet cannot carry two jobs' adapters at once.
@@ -43,6 +48,7 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -814,6 +820,9 @@ class PipelineRegistry:
         pipe = load_pipeline(
             source, base_cls, dtype, variant=spec.variant, **components
         )
+        vae = getattr(pipe, "vae", None)
+        if self._dtype == torch.float32 and getattr(vae.config, "force_upcast", False):
+            vae.register_to_config(force_upcast=False)
         self._apply_footprint(pipe)
         pipe.set_progress_bar_config(disable=True)
         self._counts["loads"] += 1
@@ -1135,6 +1144,24 @@ class PipelineRegistry:
         elif self._device.type == "mps":
             torch.mps.empty_cache()
 
+
+class _NamesNoFloat32Module(logging.Filter):
+    """Drops diffusers' "There are modules in X that should be kept in float32:
+    []" warning, which every ``ModelMixin.to(dtype)`` logs (the SDXL pipelines'
+    VAE upcast included) even when the list is empty; one that names a module
+    passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+def _quiet_casts() -> None:
+    modeling = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _NamesNoFloat32Module) for f in modeling.filters):
+        modeling.addFilter(_NamesNoFloat32Module())
+
+
+_quiet_casts()
 
 _UNCAST_CLASSES: dict[type, type] = {}
 

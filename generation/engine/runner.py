@@ -43,6 +43,7 @@ from .methods import (
     plan_method,
 )
 from .preprocessors import make_control_image
+from .preview import PreviewCallback, PreviewDecoder
 from .prompts import encode_long_prompt, needs_chunking_for, prompt_token_ids
 from .registry import PipelineRegistry
 from .requests import (
@@ -71,6 +72,7 @@ from .vocabulary import (
     Denoiser,
     Guidance,
     MultiReference,
+    ProgressPhase,
     ReferenceRole,
     SafetyPolicy,
 )
@@ -81,6 +83,7 @@ REFINER_NEGATIVE_AESTHETIC_SCORE = 2.5
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
+PhaseCallback = Callable[[ProgressPhase], None]
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Engine:
     ) -> None:
         self._config = config
         self._registry = registry if registry is not None else PipelineRegistry(config)
+        self._previews: PreviewDecoder | None = None
 
     @property
     def registry(self) -> PipelineRegistry:
@@ -148,18 +152,27 @@ class Engine:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        on_phase: PhaseCallback | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> GenerationResult:
         """Run ``request``. ``on_step(step, total)`` is called after every
         denoising step; ``should_cancel()`` is checked before the run and after
-        every step, and True ends the job with ``GenerationCancelled``. Running
-        out of device memory shrinks the registry's footprint and raises
+        every step, and True ends the job with ``GenerationCancelled``.
+        ``on_phase(phase)`` is told when preparing the inputs, loading the model
+        and denoising begin; ``on_preview(step, total, image)`` gets a live
+        preview of the latents every few steps (``PreviewConfig``). Running out
+        of device memory shrinks the registry's footprint and raises
         ``OutOfMemory`` (transient: a retry may fit)."""
         started = time.perf_counter()
         plan = self.plan(request)
         notes: list[str] = []
+        if on_phase is not None:
+            on_phase(ProgressPhase.PREPARING)
         inputs = self._prepare(request, plan, notes)
         preprocess = time.perf_counter() - started
 
+        if on_phase is not None:
+            on_phase(ProgressPhase.LOADING)
         loading = time.perf_counter()
         try:
             pipe, hit = self._registry.pipeline(
@@ -189,8 +202,11 @@ class Engine:
                     kwargs["output_type"] = "latent"
                     refiner_kwargs = _refiner_kwargs(request, kwargs, switch)
                 preprocess += time.perf_counter() - encoding
+                if on_phase is not None:
+                    on_phase(ProgressPhase.DENOISING)
                 inference_started = time.perf_counter()
-                images = self._run(pipe, kwargs, on_step, should_cancel)
+                preview = self._preview_hook(request.model, on_preview)
+                images = self._run(pipe, kwargs, on_step, should_cancel, preview)
                 if refiner is not None:
                     # The base's latents, denoised the rest of the way.
                     images = self._run(
@@ -198,6 +214,7 @@ class Engine:
                         {**refiner_kwargs, "image": images},
                         on_step,
                         should_cancel,
+                        preview,
                         step_offset=pipe.num_timesteps,
                     )
                 safety = check_outputs(
@@ -544,6 +561,7 @@ class Engine:
         kwargs: dict[str, Any],
         on_step: StepCallback | None,
         should_cancel: CancelCheck | None,
+        on_latents: Callable[[int, int, Any], None] | None = None,
         *,
         step_offset: int = 0,
     ) -> Any:
@@ -557,6 +575,12 @@ class Engine:
         ) -> dict[str, Any]:
             if on_step is not None:
                 on_step(step_offset + index + 1, step_offset + pipeline.num_timesteps)
+            if on_latents is not None:
+                on_latents(
+                    step_offset + index + 1,
+                    step_offset + pipeline.num_timesteps,
+                    tensors["latents"],
+                )
             if should_cancel is not None and should_cancel():
                 # Raising (rather than setting ``_interrupt``) skips the VAE
                 # decode of a result nobody wants; job_state still resets.
@@ -567,6 +591,33 @@ class Engine:
             return tensors
 
         return pipe(**kwargs, callback_on_step_end=step_end).images
+
+    def _preview_hook(
+        self, model_key: str, on_preview: PreviewCallback | None
+    ) -> Callable[[int, int, Any], None] | None:
+        """The per-step latents hook that makes throttled previews for
+        ``on_preview``; None when nobody asked or previews are off."""
+        if on_preview is None:
+            return None
+        if self._previews is None:
+            self._previews = PreviewDecoder(
+                self._config.preview,
+                device=self._registry.device,
+                dtype=self._registry.dtype,
+            )
+        decoder = self._previews
+        if not decoder.enabled:
+            return None
+        family_row = self._registry.family(model_key)
+        throttle = decoder.throttle()
+
+        def on_latents(step: int, total: int, latents: Any) -> None:
+            if throttle.due(step, total):
+                image = decoder.decode(latents, family_row)
+                if image is not None:
+                    on_preview(step, total, image)
+
+        return on_latents
 
     def _ip_adapter_weights(
         self, model_key: str, plan: MethodPlan

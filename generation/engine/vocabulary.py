@@ -174,6 +174,29 @@ class SeedPolicy(_Vocabulary):
     FIXED = "fixed", "Fixed seed"
 
 
+class ProgressPhase(_Vocabulary):
+    """Where a generation is, as the worker publishes it (the cards say so)."""
+
+    WAITING = "waiting", "Waiting in the queue"
+    LOADING = "loading", "Loading the model"
+    PREPARING = "preparing", "Preparing inputs"
+    DENOISING = "denoising", "Generating"
+    SAVING = "saving", "Saving"
+    SCORING = "scoring", "Scoring"
+
+
+class PreviewMethod(_Vocabulary):
+    """How the worker turns a run's latents into its live preview
+    (``STUDIO_PREVIEW_METHOD``)."""
+
+    OFF = "off", "Off: no live preview"
+    APPROX = "approx", "Approximate: a linear latent-to-RGB map (cheap)"
+    TINY_AUTOENCODER = (
+        "tiny_autoencoder",
+        "Tiny autoencoder (AutoencoderTiny, TAESD): sharper, costs a little more",
+    )
+
+
 # --- What each method needs and takes --------------------------------------------
 
 BASE_METHODS = frozenset(

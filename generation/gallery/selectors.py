@@ -35,7 +35,9 @@ from django.db.models import (
 )
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
+from django.urls import reverse
 
+from generation import previews
 from generation.engine.vocabulary import METHODS_WITH_STRENGTH
 from generation.grids import GridAxis, persona_current, unused_axes
 from generation.models import (
@@ -44,6 +46,7 @@ from generation.models import (
     BatchKind,
     Content,
     ContentStatus,
+    ProgressPhase,
     ReviewState,
 )
 from generation.selectors import content_identity_filter
@@ -546,24 +549,55 @@ def content_progress(*, content_ids: Iterable[int]) -> dict[int, dict[str, Any]]
     """Status and progress of up to ``MAX_PROGRESS_IDS`` outputs, by id; unknown
     ids are left out."""
     ids = list(dict.fromkeys(content_ids))[:MAX_PROGRESS_IDS]
-    rows = Content.objects.filter(pk__in=ids).only(
-        "status", "progress_step", "progress_total", "identity_status"
+    rows = list(
+        Content.objects.filter(pk__in=ids).only(
+            "status",
+            "progress_step",
+            "progress_total",
+            "progress_phase",
+            "progress_eta_seconds",
+            "identity_status",
+            "rq_job_id",
+        )
+    )
+    preview_steps = previews.preview_steps(
+        job_ids=[row.rq_job_id for row in rows if row.status == ContentStatus.RUNNING]
     )
     # A succeeded output is not finished until its scores land ("scoring…"),
     # so that its card is fetched again with them; "ended" says the run itself
     # is over, so that the card shows the output while the scores are pending.
+    # "preview" is the running content's live preview (its step in the query,
+    # so that the browser fetches each new one).
     return {
         row.pk: {
             "status": row.status,
+            "phase": row.progress_phase or ProgressPhase.WAITING.value,
             "step": row.progress_step,
             "total": row.progress_total,
             "percent": row.progress_percent,
-            "label": "Scoring…" if row.scoring else row.get_status_display(),
+            "eta_seconds": row.progress_eta_seconds,
+            "label": row.progress_label,
+            "preview": (
+                f"{reverse('gallery:content-preview', args=[row.pk])}"
+                f"?step={preview_steps[row.rq_job_id]}"
+            )
+            if row.rq_job_id in preview_steps
+            else None,
             "ended": row.is_finished,
             "finished": row.is_finished and not row.scoring,
         }
         for row in rows
     }
+
+
+def content_preview(*, content_id: int) -> bytes | None:
+    """A running content's live preview (JPEG bytes), or None."""
+    job_id = (
+        Content.objects.filter(pk=content_id, status=ContentStatus.RUNNING)
+        .values_list("rq_job_id", flat=True)
+        .first()
+    )
+    return previews.preview_image(job_id=job_id) if job_id else None
 
 
 # --- Internals ---------------------------------------------------------------------

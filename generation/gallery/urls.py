@@ -12,6 +12,9 @@ urlpatterns = [
     path("personas/<slug:slug>/", views.persona_gallery, name="persona"),
     path("personas/<slug:slug>/generate/", views.persona_generate, name="generate"),
     path("personas/<slug:slug>/grid/", views.persona_grid, name="grid-new"),
+    path(
+        "personas/<slug:slug>/counts/", views.persona_counts, name="persona-counts"
+    ),
     path("batches/<int:batch_id>/", views.batch_page, name="batch"),
     path("grids/<int:batch_id>/", views.grid_sheet, name="grid"),
     path(
@@ -34,6 +37,11 @@ urlpatterns = [
         "content/<int:content_id>/inpaint/",
         views.content_inpaint,
         name="content-inpaint",
+    ),
+    path(
+        "content/<int:content_id>/preview.jpg",
+        views.content_preview,
+        name="content-preview",
     ),
     path(
         "content/<int:content_id>/<slug:action>/",

@@ -41,7 +41,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import capfirst
 from django.views.decorators.http import require_GET, require_POST
 
-from generation import actions, selectors
+from generation import actions, previews, selectors
 from generation.engine.vocabulary import (
     METHODS_WITH_CONTROL,
     METHODS_WITH_STRENGTH,
@@ -81,25 +81,29 @@ def _render(
     request: HttpRequest, template: str, context: dict[str, Any]
 ) -> TemplateResponse:
     """A page in the admin's frame (header, sidebar, theme) with the user's rights."""
-    user = request.user
     return TemplateResponse(
         request,
         template,
         {
             **admin.site.each_context(request),
-            "allowed_actions": {
-                action.name: action
-                for action in (
-                    *actions.CONTENT_ACTIONS,
-                    *actions.CONTENT_PAGE_ACTIONS,
-                    *actions.SHEET_ACTIONS,
-                )
-                if action.allows(user)
-            },
+            "allowed_actions": _allowed_actions(request),
             "tiny_model_note": TINY_MODEL_NOTICE,
             **context,
         },
     )
+
+
+def _allowed_actions(request: HttpRequest) -> dict[str, actions.StaffAction]:
+    """The action table's entries the user may run, by name."""
+    return {
+        action.name: action
+        for action in (
+            *actions.CONTENT_ACTIONS,
+            *actions.CONTENT_PAGE_ACTIONS,
+            *actions.SHEET_ACTIONS,
+        )
+        if action.allows(request.user)
+    }
 
 
 # --- Pages --------------------------------------------------------------------------
@@ -224,8 +228,22 @@ def content_card(request: HttpRequest, content_id: int) -> HttpResponse:
     return TemplateResponse(
         request,
         "gallery/_content_card.html",
-        {"content": content, "filter_query": _query(request, drop=("after", "before"))},
+        {
+            "content": content,
+            "filter_query": _query(request, drop=("after", "before")),
+            "allowed_actions": _allowed_actions(request),
+        },
     )
+
+
+@require_GET
+@gallery_view
+def persona_counts(request: HttpRequest, slug: str) -> HttpResponse:
+    """A persona's output counts, fetched again by a page when a card finishes."""
+    persona = _found(
+        lambda: gallery_selectors.persona_with_counts(slug=slug), "No such persona."
+    )
+    return TemplateResponse(request, "gallery/_counts.html", {"persona": persona})
 
 
 @require_GET
@@ -457,6 +475,18 @@ def content_progress(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": " ".join(refused.messages)}, status=400)
     progress = gallery_selectors.content_progress(content_ids=ids)
     return JsonResponse({"contents": {str(pk): row for pk, row in progress.items()}})
+
+
+@require_GET
+@gallery_view
+def content_preview(request: HttpRequest, content_id: int) -> HttpResponse:
+    """A running content's live preview (a small JPEG), 404 when it has none."""
+    image = gallery_selectors.content_preview(content_id=content_id)
+    if image is None:
+        raise Http404("This content has no live preview now.")
+    response = HttpResponse(image, content_type=previews.PREVIEW_CONTENT_TYPE)
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 # --- Actions ------------------------------------------------------------------------

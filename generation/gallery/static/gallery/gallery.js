@@ -1,5 +1,6 @@
-// Review gallery: live progress bars, the before/after compare slider, the
-// inpainting mask brush and the keyboard shortcuts. Plain JavaScript, no dependency, nothing from the network.
+// Review gallery: live progress bars, previews and counts, the before/after
+// compare slider, the inpainting mask brush, the keyboard shortcuts and keyboard
+// review on a grid. Plain JavaScript, no dependency, nothing from the network.
 "use strict";
 
 (() => {
@@ -15,8 +16,45 @@
     bar.dataset.status = row.status;
     bar.querySelector(".gallery-progress-bar > span").style.width = `${percent}%`;
     bar.querySelector("[role=progressbar]").setAttribute("aria-valuenow", String(percent));
-    bar.querySelector(".gallery-progress-label").textContent =
-      row.total ? `${row.label} · step ${row.step} of ${row.total}` : row.label;
+    bar.querySelector(".gallery-progress-label").textContent = row.label;
+    // The worker's live preview: a new URL (its step) for each new image.
+    // On a card it takes the thumbnail's place.
+    const preview = bar.querySelector("[data-preview]")
+      || bar.closest("[data-card]")?.querySelector(".gallery-thumb [data-preview]");
+    if (preview && row.preview && preview.getAttribute("src") !== row.preview) {
+      const placeholder = bar.closest("[data-card]")?.querySelector(".gallery-placeholder");
+      if (placeholder) {
+        placeholder.replaceWith(preview);
+      }
+      preview.src = row.preview;
+      preview.hidden = false;
+    }
+  }
+
+  // Fetch one card again and swap it in; the new card element, or null.
+  async function refreshCard(card) {
+    const response = await fetch(card.dataset.cardUrl + window.location.search, {
+      credentials: "same-origin",
+    });
+    if (!response.ok) {
+      return null;
+    }
+    const template = document.createElement("template");
+    template.innerHTML = (await response.text()).trim();
+    const fresh = template.content.firstElementChild;
+    card.replaceWith(fresh);
+    return fresh;
+  }
+
+  // A persona's counts ("1 queued or running", "2 pending review") follow
+  // its cards: fetched again whenever a card changes.
+  async function refreshCounts() {
+    for (const counts of document.querySelectorAll("[data-counts-url]")) {
+      const response = await fetch(counts.dataset.countsUrl, { credentials: "same-origin" });
+      if (response.ok) {
+        counts.outerHTML = await response.text();
+      }
+    }
   }
 
   // Swap in the finished card; true when there is no card to swap (reload).
@@ -26,12 +64,8 @@
     if (!card || !card.dataset.cardUrl) {
       return true;
     }
-    const response = await fetch(card.dataset.cardUrl + window.location.search, {
-      credentials: "same-origin",
-    });
-    if (response.ok) {
-      card.outerHTML = await response.text();
-    }
+    await refreshCard(card);
+    await refreshCounts();
     return false;
   }
 
@@ -283,6 +317,61 @@
     });
   }
 
+  // --- Keyboard review on a grid ----------------------------------------------
+  // j or an arrow moves the focus from card to card; a approves and r rejects
+  // the card in focus (the same action URLs as the content page's buttons),
+  // then the card is fetched again and the focus moves on to the next.
+
+  function startGridReview(grid) {
+    const token = document.querySelector("#grid-review [name=csrfmiddlewaretoken]");
+    const cards = () => [...grid.querySelectorAll("[data-card]")];
+    const focusCard = (card) => card && card.querySelector(".gallery-thumb").focus();
+    const current = () => document.activeElement && document.activeElement.closest("[data-card]");
+    let busy = false;
+
+    const review = async (card, url) => {
+      if (!url || !token || busy) {
+        return;
+      }
+      busy = true;
+      try {
+        const body = new FormData();
+        body.append("csrfmiddlewaretoken", token.value);
+        body.append("next", window.location.pathname + window.location.search);
+        const response = await fetch(url, { method: "POST", body, credentials: "same-origin" });
+        if (response.ok) {
+          const index = cards().indexOf(card);
+          await refreshCard(card);
+          await refreshCounts();
+          focusCard(cards()[Math.min(index + 1, cards().length - 1)]);
+        }
+      } finally {
+        busy = false;
+      }
+    };
+
+    document.addEventListener("keydown", (event) => {
+      if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) {
+        return;
+      }
+      if (event.target.closest("input, textarea, select, [contenteditable]")) {
+        return;
+      }
+      const all = cards();
+      const card = current();
+      const index = card ? all.indexOf(card) : -1;
+      const moves = { j: 1, ArrowRight: 1, ArrowDown: 1, k: -1, ArrowLeft: -1, ArrowUp: -1 };
+      if (event.key in moves) {
+        const next = index < 0 ? 0 : Math.max(0, Math.min(all.length - 1, index + moves[event.key]));
+        focusCard(all[next]);
+        event.preventDefault();
+      } else if (card && (event.key === "a" || event.key === "r")) {
+        event.preventDefault();
+        review(card, event.key === "a" ? card.dataset.approveUrl : card.dataset.rejectUrl);
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     const root = document.getElementById("gallery");
     if (!root) {
@@ -291,6 +380,7 @@
     startProgress(root);
     document.querySelectorAll("[data-compare]").forEach(startCompare);
     document.querySelectorAll("[data-inpaint]").forEach(startInpaint);
+    document.querySelectorAll("[data-grid-review]").forEach(startGridReview);
     startShortcuts();
   });
 })();
