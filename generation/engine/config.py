@@ -27,6 +27,7 @@ from generation.engine.vocabulary import (
     TINY_SDXL_MODEL_KEY,
     TINY_SDXL_MODEL_LABEL,
     ControlType,
+    Denoiser,
     Footprint,
     PreviewMethod,
     Quantization,
@@ -317,7 +318,13 @@ class PreviewConfig:
                 f"Previews every {self.every_steps} steps: give 1 or more."
             )
         for key in self.tiny_autoencoders:
-            family(key)  # an unknown family key is refused at configuration
+            row = family(key)  # an unknown family key is refused at configuration
+            if row.denoiser is Denoiser.TRANSFORMER:
+                raise ValueError(
+                    f"No live preview is made for {row.label} models (their "
+                    "latents are packed for the transformer): remove "
+                    f"{key!r} from the tiny autoencoders."
+                )
 
 
 @dataclass

@@ -609,6 +609,8 @@ class Engine:
         if not decoder.enabled:
             return None
         family_row = self._registry.family(model_key)
+        if family_row.denoiser is Denoiser.TRANSFORMER:
+            return None  # packed latents: no cheap preview of them (yet)
         throttle = decoder.throttle()
 
         def on_latents(step: int, total: int, latents: Any) -> None:
