@@ -23,8 +23,10 @@ run: setup
 TEST_PROCESSES ?= 4
 XDIST := -n auto --maxprocesses $(TEST_PROCESSES) --dist worksteal
 
+# A test that restarts a shared service (PostgreSQL) runs alone afterwards.
 test: setup
-	$(PY) -m pytest $(XDIST)
+	$(PY) -m pytest $(XDIST) -m "not exclusive"
+	$(PY) -m pytest -m exclusive
 
 # Everything but the end-to-end, browser and reliability suites (they start
 # worker processes, Chromium, load): the inner loop while changing code.

@@ -7,8 +7,11 @@ is used by ``make run`` and by the tests. The binary is the system's
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,10 @@ def redis_server_binary() -> str:
     )
 
 
+# sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
+MAX_SOCKET_PATH_BYTES = 100
+
+
 @dataclass
 class EmbeddedRedis:
     """A redis-server process on a Unix socket in ``directory``."""
@@ -46,7 +53,15 @@ class EmbeddedRedis:
 
     @property
     def socket_path(self) -> Path:
-        return self.directory / "redis.sock"
+        """``directory/redis.sock``, or, where that path is longer than a Unix
+        socket's address may be (108 bytes on Linux, 104 on macOS), a short name
+        in the temporary folder derived from ``directory`` (so every process of
+        the studio finds the same one)."""
+        path = self.directory / "redis.sock"
+        if len(os.fsencode(path)) < MAX_SOCKET_PATH_BYTES:
+            return path
+        digest = hashlib.sha256(os.fsencode(self.directory.resolve())).hexdigest()
+        return Path(tempfile.gettempdir()) / f"studio-redis-{digest[:16]}.sock"
 
     @property
     def url(self) -> str:

@@ -61,7 +61,8 @@ def test_the_generate_page_with_overrides_in_the_browser(
     page.evaluate("window.neverReloaded = true")
     start_worker(QUEUE)
     page.wait_for_selector(
-        f"{card} .gallery-thumb img", timeout=GENERATION_TIMEOUT_MILLISECONDS
+        f"{card} .gallery-thumb img:not([data-preview])",
+        timeout=GENERATION_TIMEOUT_MILLISECONDS,
     )
     assert page.evaluate("window.neverReloaded") is True
     content.refresh_from_db()

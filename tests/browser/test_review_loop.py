@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from generation.models import Content, ContentStatus, ReviewState
 from personas.models import Persona
 from tests.images import encode, halves
-from tests.workers import use_queue
+from tests.workers import use_queue, wait_finished, wait_scored
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -43,9 +43,9 @@ def _create_persona_in_the_admin(page, screenshot) -> Persona:
     page.fill("#id_appearance", "a red and blue test card")
     page.select_option("#id_method", "img2img")
     # Small images on the tiny model, with enough steps to watch them run.
-    page.fill("#id_width", "64")
-    page.fill("#id_height", "64")
-    page.fill("#id_steps", "100")
+    page.fill("#id_width", "128")
+    page.fill("#id_height", "128")
+    page.fill("#id_steps", "150")
     page.set_input_files(
         "#id_references-0-image",
         files=[
@@ -105,7 +105,9 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
     start_worker(QUEUE)
     start_worker.spawn(studio_settings.STUDIO_CPU_QUEUE)  # scores the output
     bar = page.locator(f"{card} [role=progressbar]")
-    thumbnail = page.locator(f"{card} .gallery-thumb img")
+    # The output's thumbnail (a live preview may stand in its place meanwhile).
+    output = f"{card} .gallery-thumb img[alt='Output of content #{content.pk}']"
+    thumbnail = page.locator(output)
     seen: set[int] = set()
     deadline = time.monotonic() + GENERATION_TIMEOUT_MILLISECONDS / 1000
     # Until the card shows the output (its scores may still be landing).
@@ -123,7 +125,7 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
             ContentStatus.SUCCEEDED,
         ), content.error_detail
         page.wait_for_timeout(100)
-    page.wait_for_selector(f"{card} .gallery-thumb img")
+    page.wait_for_selector(output)
     assert page.evaluate("window.galleryNeverReloaded") is True
     assert any(0 < value < 100 for value in seen), f"no progress seen: {seen}"
     content.refresh_from_db()
@@ -168,7 +170,8 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
     page.wait_for_url(f"**/gallery/grids/{sweep.pk}/")
     # Until each tile shows its output (its scores may still be landing).
     page.wait_for_function(
-        "document.querySelectorAll('.gallery-grid-tile img').length === 3",
+        "document.querySelectorAll("
+        "'.gallery-grid-tile img:not([data-preview])').length === 3",
         timeout=GENERATION_TIMEOUT_MILLISECONDS,
     )
     labels = page.locator("thead .gallery-grid-value").all_text_contents()
@@ -192,6 +195,9 @@ def test_review_loop_in_the_browser(page, screenshot, start_worker, studio_setti
     screenshot(page, "08-grid-strength-chosen")
 
     # Reject one grid output with a note typed into the prompt; it moves on.
+    # (Once scored: a page whose scores land meanwhile reloads itself.)
+    for tile in sweep.contents.all():
+        wait_scored(wait_finished(tile))
     rejected = min(sweep.contents.all(), key=lambda row: row.pk)
     page.goto(f"/gallery/content/{rejected.pk}/")
     page.once("dialog", lambda dialog: dialog.accept("too far from the reference"))

@@ -318,6 +318,7 @@ def test_redis_restarted_and_flushed_with_jobs_queued_and_running(
 # --- PostgreSQL -----------------------------------------------------------------
 
 
+@pytest.mark.exclusive
 def test_postgresql_restarted_while_a_job_runs(
     studio_settings, start_worker, slow_persona, figures
 ):

@@ -24,9 +24,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
+from PIL import Image
 from rq.worker import SimpleWorker
 
-from generation import services
+from generation import previews, services
 from generation.engine.vocabulary import GridParameter
 from generation.gallery.views import CONTENT_ACTIONS
 from generation.grids import GridAxis
@@ -211,6 +212,9 @@ POLICY: dict[str, Rule] = {
     "gallery:persona-identity-csv": staff_with("generation.view_content"),
     "gallery:content": staff_with("generation.view_content"),
     "gallery:content-card": staff_with("generation.view_content"),
+    "gallery:content-preview": staff_with("generation.view_content"),
+    "gallery:persona-counts": staff_with("generation.view_content"),
+    "favicon": public,
     "gallery:sweep": staff_with("generation.view_content"),
     "gallery:grid": staff_with("generation.view_content"),
     "gallery:grid-new": staff_with(
@@ -408,6 +412,8 @@ def _fill_key(parameter: str, name: str) -> str:
         return f"object_id:{found[0]._meta.label_lower}"
     if name == "admin:auth_user_password_change":
         return "object_id:auth.user"
+    if name == "gallery:content-preview":
+        return "content_id:running"  # only a running content has a preview
     return parameter
 
 
@@ -478,6 +484,14 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
     failed = services.content_enqueue(persona=persona, prompt="a failure")
     services.content_fail(content=failed, code="test", message="Failed on purpose.")
     services.content_enqueue(persona=persona, prompt="waiting")
+    running = services.content_enqueue(persona=persona, prompt="running")
+    Content.objects.filter(pk=running.pk).update(status=ContentStatus.RUNNING)
+    previews.preview_publish(
+        connection=get_queue(settings.STUDIO_DEFAULT_QUEUE).connection,
+        job_id=running.rq_job_id,
+        step=1,
+        image=Image.new("RGB", (8, 8)),
+    )
     sweep = services.content_grid(
         persona=persona,
         prompt="a grid",
@@ -520,6 +534,7 @@ def world(studio_settings, db, media_root) -> Iterator[World]:
         "run_id": [str(run.pk)],
         "slug": [persona.slug],
         "content_id": [str(content.pk)],
+        "content_id:running": [str(running.pk)],
         "batch_id": [str(sweep.pk)],
         "action": sorted(CONTENT_ACTIONS),
         "path": stored_names() + MEDIA_FOLDERS,

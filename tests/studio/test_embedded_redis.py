@@ -23,3 +23,16 @@ def test_starting_twice_reuses_the_running_server(tmp_path):
         assert second.is_up()
     finally:
         first.stop()
+
+
+def test_a_folder_too_deep_for_a_unix_socket_still_gets_a_server(tmp_path):
+    deep = tmp_path / ("a-long-folder-name-" * 6) / "var" / "redis"
+    assert len(str(deep / "redis.sock")) > 108  # past Linux's sun_path
+    server = EmbeddedRedis(deep).start()
+    try:
+        assert len(str(server.socket_path)) < 100
+        assert EmbeddedRedis(deep).socket_path == server.socket_path
+        assert EmbeddedRedis(deep).is_up()
+    finally:
+        server.stop()
+    assert not server.socket_path.exists()
