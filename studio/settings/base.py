@@ -139,7 +139,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 REDIS_URL = env("REDIS_URL", default="")
 STUDIO_EMBEDDED_REDIS = not REDIS_URL
 if not REDIS_URL:
-    REDIS_URL = f"unix://{VAR_DIR / 'redis' / 'redis.sock'}?db=0"
+    from studio.redis_embedded import EmbeddedRedis
+
+    # Its socket under var/ (a short one in the temporary folder when that
+    # path is too long for a Unix socket).
+    REDIS_URL = EmbeddedRedis(VAR_DIR / "redis").url
 
 # --- The studio's own settings (defaults documented in studio/conf.py) -------
 # One explicit, typed line per setting; code reads them as settings.STUDIO_X.
