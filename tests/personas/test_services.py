@@ -161,10 +161,13 @@ def test_lora_weights_are_stored_replaced_and_removed(
 ):
     first = images.safetensors_lora(rank=4)
     with django_capture_on_commit_callbacks(execute=True):
-        persona_set_lora(persona=bare_persona, file=upload("ada.safetensors", first))
+        persona_set_lora(
+            persona=bare_persona, file=upload("my-portrait.safetensors", first)
+        )
     first_name = bare_persona.lora_weights.name
     assert stored_files(media_root) == {first_name}
-    assert first_name.startswith("loras/") and "ada" not in first_name
+    # The stored name is the studio's own (hex), never the uploader's.
+    assert first_name.startswith("loras/") and "portrait" not in first_name
 
     with django_capture_on_commit_callbacks(execute=True):
         persona_set_lora(
