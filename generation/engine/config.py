@@ -55,6 +55,8 @@ TINY_SDXL_REFINER_DIR = "sdxl-refiner"
 DEFAULT_REFINER_SWITCH = 0.8
 TINY_FLUX_PIPELINE_DIR = "flux"
 TINY_FLUX_LORA_FILE = "lora/persona-flux.safetensors"
+TINY_FLUX_KOHYA_LORA_FILE = "lora/persona-flux-kohya.safetensors"
+TINY_FLUX_CONTROLNET_DIR = "controlnet-flux"
 # The tiny Qwen-Image model (``tiny_qwen.write_tiny_qwen_image``): one folder in
 # the layout of Qwen/Qwen-Image-Edit-2509, and a Qwen-Image LoRA.
 TINY_QWEN_PIPELINE_DIR = "qwen-image"
@@ -199,14 +201,22 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                 ),
             )
         )
-    # The transformer families' tiny models: no ControlNets, no IP-Adapter.
-    for folder, key, label, family_key in (
-        (TINY_FLUX_PIPELINE_DIR, TINY_FLUX_MODEL_KEY, TINY_FLUX_MODEL_LABEL, "flux"),
+    # The transformer families' tiny models: FLUX.1's ControlNets (Qwen-Image
+    # has none here), no IP-Adapter.
+    for folder, key, label, family_key, controlnets in (
+        (
+            TINY_FLUX_PIPELINE_DIR,
+            TINY_FLUX_MODEL_KEY,
+            TINY_FLUX_MODEL_LABEL,
+            "flux",
+            _tiny_controlnets(root / TINY_FLUX_CONTROLNET_DIR),
+        ),
         (
             TINY_QWEN_PIPELINE_DIR,
             TINY_QWEN_IMAGE_MODEL_KEY,
             TINY_QWEN_IMAGE_MODEL_LABEL,
             "qwen-image",
+            {},
         ),
     ):
         if (root / folder).is_dir():
@@ -217,7 +227,7 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                     label=label,
                     tiny=True,
                     family=family_key,
-                    controlnets={},
+                    controlnets=controlnets,
                 )
             )
     return {spec.key: spec for spec in specs}

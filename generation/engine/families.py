@@ -177,6 +177,11 @@ class Family:
     ``KarrasDiffusionSchedulers``, ``plan.SCHEDULER_NAMES``)."""
     latent_rgb: LatentRGB | None = None
     """The cheap latent-to-RGB preview map (None: no approximate preview)."""
+    controlnet_class: str = "ControlNetModel"
+    """The diffusers class of the family's ControlNets (its ``config.json``
+    ``_class_name``: a transformer family's ControlNet is told by it)."""
+    multi_controlnet_class: str = "MultiControlNetModel"
+    """The wrapper that runs several of them in one call."""
     min_size: int = MIN_SIZE
     max_size: int = MAX_SIZE
     size_multiple: int = SIZE_MULTIPLE
@@ -329,6 +334,8 @@ FLUX = Family(
     pipeline_classes={
         Method.TEXT: "FluxPipeline",
         Method.IMG2IMG: "FluxImg2ImgPipeline",
+        Method.CONTROLNET: "FluxControlNetPipeline",
+        Method.HYBRID: "FluxControlNetImg2ImgPipeline",
         Method.REFERENCE_EDIT: "FluxKontextPipeline",
     },
     # FLUX.1 [dev], [schnell] and Kontext [dev] folders (the same components).
@@ -378,6 +385,8 @@ FLUX = Family(
     ),
     scheduler_names=("FlowMatchEulerDiscreteScheduler",),
     size_multiple=16,
+    controlnet_class="FluxControlNetModel",
+    multi_controlnet_class="FluxMultiControlNetModel",
 )
 
 QWEN_IMAGE = Family(
@@ -615,12 +624,22 @@ def traits_of_folder(folder: Path, where: str | None = None) -> ModelTraits:
 
 
 def controlnet_traits(config: Mapping[str, Any], where: str) -> ModelTraits:
-    """The family of a ControlNet from its ``config.json``."""
+    """The family of a ControlNet from its ``config.json``: a transformer
+    family's by its ``_class_name`` (``FluxControlNetModel``), a UNet family's
+    by the UNet fields."""
     found = _describe_denoiser(config)
-    row = unet_family(config)
-    if row is None:
+    class_name = config.get("_class_name")
+    by_class = [
+        row
+        for row in FAMILIES.values()
+        if row.denoiser is Denoiser.TRANSFORMER
+        and Method.CONTROLNET in row.pipeline_classes
+        and row.controlnet_class == class_name
+    ]
+    row = by_class[0] if by_class else unet_family(config)
+    if row is None or not isinstance(config.get(row.width_key), int):
         raise UnknownFamily(f"The ControlNet {where} fits no served family ({found}).")
-    return ModelTraits(row, int(config["cross_attention_dim"]), found)
+    return ModelTraits(row, int(config[row.width_key]), found)
 
 
 def single_file_family(path: Path) -> Family:

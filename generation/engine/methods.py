@@ -333,9 +333,15 @@ def _check_explicit(method: Method, request: GenerationRequest) -> None:
             f"Method {method.value} needs at least one ControlNet unit."
         )
     if method not in METHODS_WITH_CONTROL and request.control_units:
+        why = (
+            " (diffusers has no reference-editing pipeline with a ControlNet: "
+            "FluxKontextPipeline and QwenImageEditPlusPipeline take none)"
+            if method is Method.REFERENCE_EDIT
+            else ""
+        )
         raise InvalidRequest(
-            f"Method {method.value} takes no ControlNet units; use controlnet, or "
-            "hybrid to keep the reference's composition too."
+            f"Method {method.value} takes no ControlNet units{why}; use "
+            "controlnet, or hybrid to keep the reference's composition too."
         )
     needs_reference = method in METHODS_NEEDING_REFERENCE
     if needs_reference and not request.references:

@@ -14,10 +14,12 @@
 - Every derived pipeline gets a fresh scheduler built from the base's config (or a
   compatible scheduler class asked for by name), so no scheduler state survives
   a job.
-- ControlNets are cached by source; several control types become one
-  ``MultiControlNetModel``. A model's ControlNets and IP-Adapter are its own
-  (``ModelSpec.controlnets``, ``ip_adapter``) or the engine-wide ones; one made
-  for another family or width is refused before loading (``check_fits``).
+- ControlNets are cached by source, loaded as the family's ControlNet class
+  (``FluxControlNetModel`` for FLUX.1); several control types become one
+  ``MultiControlNetModel`` (``FluxMultiControlNetModel``). A model's
+  ControlNets and IP-Adapter are its own (``ModelSpec.controlnets``,
+  ``ip_adapter``) or the engine-wide ones; one made for another family or
+  width is refused before loading (``check_fits``).
 - IP-Adapter and LoRA change the shared UNet (attention processors, adapter
   layers). ``job_state`` sets them for one job and undoes them afterwards, even
   when the job fails, so that no job changes another's output.
@@ -58,11 +60,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import diffusers
 import safetensors.torch
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
-from diffusers.models.controlnets import MultiControlNetModel
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from generation.engine.config import (
@@ -438,10 +440,11 @@ class PipelineRegistry:
                 controlnets = [
                     self._controlnet(t, pinned, model_key) for t in control_types
                 ]
+                multi = getattr(
+                    diffusers, self.family(model_key).multi_controlnet_class
+                )
                 components["controlnet"] = (
-                    controlnets[0]
-                    if len(controlnets) == 1
-                    else MultiControlNetModel(controlnets)
+                    controlnets[0] if len(controlnets) == 1 else multi(controlnets)
                 )
             pipe = self._derive(
                 pipeline_cls, base, components, self.model_dtype(model_key)
@@ -868,7 +871,14 @@ class PipelineRegistry:
             source = self.controlnet_source(control_type, model_key)
             variant = self._controlnet_spec(control_type, model_key).variant
             started = time.perf_counter()
-            model = load_controlnet(source, self._dtype, variant=variant)
+            model = load_controlnet(
+                source,
+                self._dtype,
+                variant=variant,
+                class_name=self.family(model_key).controlnet_class
+                if model_key is not None
+                else "ControlNetModel",
+            )
             if not self._offloading:
                 model.to(self._device)
             self._counts["controlnet_loads"] += 1

@@ -24,6 +24,7 @@ from plain ControlNet's); the seed seeds a CPU
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -539,7 +540,10 @@ class Engine:
         if plan.base in METHODS_WITH_CONTROL:
             units = request.control_units
             several = len(units) > 1
-            control_key = "control_image" if plan.base is Method.HYBRID else "image"
+            # SD's text ControlNet pipeline takes the map as ``image``; its hybrid
+            # and every FLUX.1 ControlNet pipeline as ``control_image``.
+            takes = inspect.signature(pipe.__call__).parameters
+            control_key = "control_image" if "control_image" in takes else "image"
             kwargs[control_key] = (
                 inputs.control_images if several else inputs.control_images[0]
             )

@@ -301,26 +301,32 @@ def controlnet_traits_of(source: ResolvedSource, name: str) -> ModelTraits | Non
 
 
 def load_controlnet(
-    source: ResolvedSource, dtype: torch.dtype, *, variant: str | None = None
+    source: ResolvedSource,
+    dtype: torch.dtype,
+    *,
+    variant: str | None = None,
+    class_name: str = "ControlNetModel",
 ) -> ControlNetModel:
-    """Load a ControlNet from a resolved folder, Hub id or single file.
+    """Load a ControlNet from a resolved folder, Hub id or single file, as
+    the family's ControlNet class (``Family.controlnet_class``).
 
     A single file is converted from the original layout by diffusers'
     ``from_single_file`` with the config of its ``config`` source.
     """
-    from diffusers import ControlNetModel
+    import diffusers
 
+    controlnet_cls = getattr(diffusers, class_name)
     with model_loading(source.location):
         if source.kind is SourceKind.SINGLE_FILE:
             assert source.config is not None
-            return ControlNetModel.from_single_file(
+            return controlnet_cls.from_single_file(
                 source.location,
                 config=source.config.location,
                 config_revision=source.config.revision,
                 dtype=dtype,
                 local_files_only=source.offline,
             )
-        return ControlNetModel.from_pretrained(
+        return controlnet_cls.from_pretrained(
             source.location,
             revision=source.revision,
             dtype=dtype,

@@ -21,7 +21,13 @@ Written under the tiny model's root (``write_tiny_flux(root)``):
   (as ``black-forest-labs/FLUX.1-Kontext-dev`` is); the studio loads it as
   ``FluxPipeline`` and derives img2img and Kontext with ``from_pipe``;
 - ``lora/persona-flux.safetensors``: a LoRA for the transformer in diffusers'
-  Flux layout (``transformer.<module>.lora_A/lora_B.weight``).
+  Flux layout (``transformer.<module>.lora_A/lora_B.weight``), and
+  ``lora/persona-flux-kohya.safetensors`` one in kohya-ss's layout
+  (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``...);
+- ``controlnet-flux/<control type>/``: one ``FluxControlNetModel`` per control
+  type, in the shapes of diffusers' tiny Flux ControlNet
+  (``tests/pipelines/controlnet_flux``: one double- and one single-stream
+  block), with the transformer's ``guidance_embeds``.
 
 ``FLUX_KONTEXT_DEV`` holds the released model's configurations, for the
 benchmark's ``flux`` preset (random bf16 weights on a GPU).
@@ -29,6 +35,7 @@ benchmark's ``flux`` preset (random bf16 weights on a GPU).
 
 from __future__ import annotations
 
+import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +45,11 @@ import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    FluxControlNetModel,
     FluxKontextPipeline,
     FluxTransformer2DModel,
 )
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     CLIPTextConfig,
@@ -50,12 +59,19 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from generation.engine.config import TINY_FLUX_LORA_FILE, TINY_FLUX_PIPELINE_DIR
+from generation.engine.config import (
+    TINY_FLUX_CONTROLNET_DIR,
+    TINY_FLUX_KOHYA_LORA_FILE,
+    TINY_FLUX_LORA_FILE,
+    TINY_FLUX_PIPELINE_DIR,
+)
 from generation.engine.tiny_model import (
     _seed_for,
     byte_level_tokenizer,
+    randomise_zero_parameters,
     write_pipeline_with_lora,
 )
+from generation.engine.vocabulary import ControlType
 
 LORA_RANK = 4
 
@@ -175,14 +191,51 @@ def write_tiny_flux(root: Path) -> dict[str, str]:
     The caller (``tiny_model.write_tiny_model``) owns the folder and its marker;
     returns what was written, for the marker.
     """
+    root = Path(root)
     pipe = random_flux_pipeline(TINY_FLUX)
-    return write_pipeline_with_lora(
-        Path(root),
+    written = write_pipeline_with_lora(
+        root,
         pipe,
         TINY_FLUX_PIPELINE_DIR,
         flux_lora(pipe.transformer, seed=_seed_for("flux-lora")),
         TINY_FLUX_LORA_FILE,
     )
+    shutil.rmtree(root / TINY_FLUX_CONTROLNET_DIR, ignore_errors=True)
+    for control_type in ControlType:
+        controlnet = random_flux_controlnet(
+            pipe.transformer, seed=_seed_for(f"flux-controlnet-{control_type.value}")
+        )
+        controlnet.save_pretrained(root / TINY_FLUX_CONTROLNET_DIR / control_type.value)
+    kohya_path = root / TINY_FLUX_KOHYA_LORA_FILE
+    save_file(
+        kohya_flux_lora(pipe.transformer, seed=_seed_for("flux-kohya-lora")),
+        kohya_path,
+        metadata={"ss_network_module": "networks.lora_flux"},
+    )
+    return {
+        **written,
+        "kohya_lora": TINY_FLUX_KOHYA_LORA_FILE,
+        "controlnets": TINY_FLUX_CONTROLNET_DIR,
+    }
+
+
+def random_flux_controlnet(
+    transformer: FluxTransformer2DModel, *, seed: int
+) -> FluxControlNetModel:
+    """A FLUX.1 ControlNet (XLabs/InstantX layout without an input hint block:
+    the control image is VAE-encoded) of the transformer's sizes, started from
+    its weights as in training, its zero-initialised output layers made random
+    (``randomise_zero_parameters``)."""
+    config = transformer.config
+    torch.manual_seed(seed)
+    controlnet = FluxControlNetModel.from_transformer(
+        transformer,
+        num_layers=config.num_layers,
+        num_single_layers=config.num_single_layers,
+        attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads,
+    )
+    return randomise_zero_parameters(controlnet, seed=seed)
 
 
 def random_flux_pipeline(
@@ -285,4 +338,52 @@ def flux_lora(
         up = torch.randn(module.out_features, LORA_RANK, generator=generator)
         weights[f"{prefix}.lora_A.weight"] = down * 0.1
         weights[f"{prefix}.lora_B.weight"] = up * 0.1
+    return weights
+
+
+# kohya-ss (sd-scripts ``networks/lora_flux.py``) module names in BFL's
+# original layout -> the diffusers module whose shape each has (a fused qkv
+# projection is three of them). ``single_blocks_N_linear1`` is left out:
+# diffusers splits it at the released model's widths (3 x 3072 + 12288), which
+# a tiny model does not have.
+_KOHYA_FLUX_MODULES = {
+    "double_blocks_{i}_img_attn_qkv": ("transformer_blocks.{i}.attn.to_q", 3),
+    "double_blocks_{i}_img_attn_proj": ("transformer_blocks.{i}.attn.to_out.0", 1),
+    "double_blocks_{i}_img_mlp_0": ("transformer_blocks.{i}.ff.net.0.proj", 1),
+    "double_blocks_{i}_img_mod_lin": ("transformer_blocks.{i}.norm1.linear", 1),
+    "double_blocks_{i}_txt_attn_qkv": ("transformer_blocks.{i}.attn.add_q_proj", 3),
+    "double_blocks_{i}_txt_mlp_2": ("transformer_blocks.{i}.ff_context.net.2", 1),
+    "single_blocks_{i}_linear2": ("single_transformer_blocks.{i}.proj_out", 1),
+    "single_blocks_{i}_modulation_lin": (
+        "single_transformer_blocks.{i}.norm.linear",
+        1,
+    ),
+}
+
+
+def kohya_flux_lora(
+    transformer: FluxTransformer2DModel, *, seed: int
+) -> dict[str, torch.Tensor]:
+    """A LoRA in kohya-ss's FLUX.1 format (``lora_unet_double_blocks_...``,
+    ``lora_unet_single_blocks_...`` with ``lora_down``/``lora_up``/``alpha``),
+    as sd-scripts saves one and ComfyUI loads it, over the transformer's
+    attention, MLP and modulation layers (``_KOHYA_FLUX_MODULES``)."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(transformer.named_modules())
+    weights: dict[str, torch.Tensor] = {}
+    for kohya_name, (module_name, fused) in _KOHYA_FLUX_MODULES.items():
+        blocks = (
+            transformer.config.num_layers
+            if kohya_name.startswith("double")
+            else transformer.config.num_single_layers
+        )
+        for index in range(blocks):
+            module = modules[module_name.format(i=index)]
+            key = f"lora_unet_{kohya_name.format(i=index)}"
+            down = torch.randn(LORA_RANK, module.in_features, generator=generator)
+            out_features = module.out_features * fused
+            up = torch.randn(out_features, LORA_RANK, generator=generator)
+            weights[f"{key}.lora_down.weight"] = down * 0.1
+            weights[f"{key}.lora_up.weight"] = up * 0.1
+            weights[f"{key}.alpha"] = torch.tensor(float(LORA_RANK) / 2)
     return weights

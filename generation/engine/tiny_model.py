@@ -299,12 +299,18 @@ def random_controlnet(
             architecture.controlnet_conditioning_channels
         ),
     )
+    return randomise_zero_parameters(controlnet, seed=seed)
+
+
+def randomise_zero_parameters(model: torch.nn.Module, *, seed: int) -> Any:
+    """``model`` with every all-zero parameter (a ControlNet's zero-initialised
+    output layers) drawn at random, so that it changes the output."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for parameter in controlnet.parameters():
+        for parameter in model.parameters():
             if not parameter.any():
                 parameter.normal_(0.0, 0.05, generator=generator)
-    return controlnet
+    return model
 
 
 def _write_ip_adapter(models_dir: Path, unet: UNet2DConditionModel) -> None:

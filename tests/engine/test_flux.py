@@ -11,13 +11,22 @@ the registry's sharing and options.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import safetensors.torch
 import torch
-from diffusers import FluxImg2ImgPipeline, FluxKontextPipeline, FluxPipeline
+from diffusers import (
+    FluxControlNetImg2ImgPipeline,
+    FluxControlNetModel,
+    FluxControlNetPipeline,
+    FluxImg2ImgPipeline,
+    FluxKontextPipeline,
+    FluxPipeline,
+)
+from diffusers.models.controlnets import FluxMultiControlNetModel
 from PIL import Image
 
 from generation.engine.config import tiny_engine_config
@@ -103,9 +112,21 @@ def make_request(**overrides: Any) -> GenerationRequest:
     return GenerationRequest(**{**values, **overrides})
 
 
-def raw_pipeline(root: Path, pipeline_cls: type):
-    """The Flux pipeline a person would build with diffusers alone."""
-    pipe = pipeline_cls.from_pretrained(root / "flux", dtype=torch.float32)
+def raw_pipeline(root: Path, pipeline_cls: type, controlnets: tuple[str, ...] = ()):
+    """The Flux pipeline a person would build with diffusers alone (with the
+    tiny FLUX.1 ControlNets of ``controlnets``)."""
+    components: dict[str, Any] = {}
+    if controlnets:
+        models = [
+            FluxControlNetModel.from_pretrained(root / "controlnet-flux" / name)
+            for name in controlnets
+        ]
+        components["controlnet"] = (
+            models[0] if len(models) == 1 else FluxMultiControlNetModel(models)
+        )
+    pipe = pipeline_cls.from_pretrained(
+        root / "flux", dtype=torch.float32, **components
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -213,6 +234,121 @@ def test_kontext_with_three_references_stitches_them_as_documented(
     assert result.snapshot["request"]["edit_reference_indexes"] == [1, 2, 0]
 
 
+def test_controlnet_equals_raw_diffusers(engine, tiny_model_root):
+    pose = noise_image(7, SIZE, SIZE)
+    raw = raw_call(
+        raw_pipeline(tiny_model_root, FluxControlNetPipeline, ("openpose",)),
+        control_image=pose,
+        controlnet_conditioning_scale=0.7,
+        control_guidance_start=0.2,
+        control_guidance_end=0.9,
+    )
+    unit = ControlUnitInput(
+        ControlType.OPENPOSE,
+        conditioning_scale=0.7,
+        guidance_start=0.2,
+        guidance_end=0.9,
+        control_image=pose,
+    )
+    result = check(
+        engine, make_request(method=Method.CONTROLNET, control_units=[unit]), raw
+    )
+    assert result.snapshot["pipeline_class"] == "FluxControlNetPipeline"
+    controlnet = result.snapshot["control_units"][0]["controlnet"]
+    assert controlnet["source"].endswith("controlnet-flux/openpose")
+    plain = engine.generate(make_request(method=Method.TEXT))
+    assert plain.snapshot["outputs"] != result.snapshot["outputs"]
+
+
+def test_two_controlnets_at_once_equal_raw_flux_multicontrolnet(
+    engine, tiny_model_root
+):
+    pose, edges = noise_image(8, SIZE, SIZE), noise_image(9, SIZE, SIZE)
+    raw = raw_call(
+        raw_pipeline(
+            tiny_model_root, FluxControlNetPipeline, ("openpose", "canny")
+        ),
+        control_image=[pose, edges],
+        controlnet_conditioning_scale=[1.0, 0.4],
+        control_guidance_start=[0.0, 0.3],
+        control_guidance_end=[1.0, 0.7],
+    )
+    units = [
+        ControlUnitInput(ControlType.OPENPOSE, control_image=pose),
+        ControlUnitInput(
+            ControlType.CANNY,
+            conditioning_scale=0.4,
+            guidance_start=0.3,
+            guidance_end=0.7,
+            control_image=edges,
+        ),
+    ]
+    check(engine, make_request(method=Method.CONTROLNET, control_units=units), raw)
+    pipe, _ = engine.registry.pipeline(
+        TINY_FLUX_MODEL_KEY,
+        Method.CONTROLNET,
+        [ControlType.OPENPOSE, ControlType.CANNY],
+    )
+    assert type(pipe.controlnet) is FluxMultiControlNetModel
+
+
+def test_hybrid_equals_raw_diffusers(engine, tiny_model_root):
+    gallery = references()
+    edges = noise_image(10, SIZE, SIZE)
+    raw = raw_call(
+        raw_pipeline(tiny_model_root, FluxControlNetImg2ImgPipeline, ("canny",)),
+        image=fit_to_size(gallery[1].image, SIZE, SIZE, ResizeMode.CROP_AND_RESIZE),
+        control_image=edges,
+        strength=STRENGTH,
+        controlnet_conditioning_scale=0.8,
+    )
+    request = make_request(
+        method=Method.HYBRID,
+        references=gallery,
+        control_units=[
+            ControlUnitInput(
+                ControlType.CANNY, conditioning_scale=0.8, control_image=edges
+            )
+        ],
+    )
+    result = check(engine, request, raw)
+    assert result.snapshot["pipeline_class"] == "FluxControlNetImg2ImgPipeline"
+    assert result.snapshot["init_reference"] == 1
+
+
+def test_auto_with_control_units_on_flux_runs_a_controlnet_pipeline(engine):
+    units = [ControlUnitInput(ControlType.CANNY)]
+    locked = engine.plan(
+        make_request(
+            references=references(), control_units=units, appearance_locked=True
+        )
+    )
+    assert locked.base is Method.HYBRID
+    assert locked.pipeline_class_name == "FluxControlNetImg2ImgPipeline"
+    free = engine.plan(make_request(references=references(), control_units=units))
+    assert free.pipeline_class_name == "FluxControlNetPipeline"
+
+
+def test_an_sd_controlnet_on_flux_is_refused_with_the_reason(tiny_model_root):
+    config = tiny_engine_config(tiny_model_root)
+    spec = config.models[TINY_FLUX_MODEL_KEY]
+    sd_canny = str(tiny_model_root / "controlnet" / "canny")
+    config.models[TINY_FLUX_MODEL_KEY] = replace(
+        spec, controlnets={**spec.controlnets, "canny": sd_canny}
+    )
+    request = make_request(
+        method=Method.CONTROLNET,
+        control_units=[
+            ControlUnitInput(ControlType.CANNY, control_image=noise_image(11))
+        ],
+    )
+    with pytest.raises(FamilyMismatch) as error:
+        Engine(config).plan(request)
+    message = str(error.value)
+    assert "is a Stable Diffusion 1.5 ControlNet" in message
+    assert "model 'tiny-flux' is FLUX.1" in message
+
+
 def test_true_cfg_uses_the_negative_prompt_as_raw_diffusers_does(
     engine, tiny_model_root
 ):
@@ -252,6 +388,27 @@ def test_a_flux_lora_equals_raw_diffusers_and_is_reset_after_the_job(
     assert with_lora.snapshot["outputs"] != without.snapshot["outputs"]
     assert_same_pixels(
         without.images, raw_call(raw_pipeline(tiny_model_root, FluxPipeline))
+    )
+
+
+def test_a_kohya_flux_lora_equals_raw_diffusers_with_the_same_file(
+    engine, tiny_model_root
+):
+    kohya = (tiny_model_root / "lora" / "persona-flux-kohya.safetensors").read_bytes()
+    assert any(
+        key.startswith("lora_unet_single_blocks_0_")
+        for key in safetensors.torch.load(kohya)
+    )
+    pipe = raw_pipeline(tiny_model_root, FluxPipeline)
+    pipe.load_lora_weights(safetensors.torch.load(kohya), adapter_name="kohya")
+    pipe.set_adapters(["kohya"], adapter_weights=[0.9])
+    raw = raw_call(pipe)
+    lora = LoraInput(weights=kohya, scale=0.9, name="kohya")
+    result = check(engine, make_request(method=Method.TEXT, lora=lora), raw, kohya)
+    plain = engine.generate(make_request(method=Method.TEXT))
+    assert result.snapshot["outputs"] != plain.snapshot["outputs"]
+    assert_same_pixels(
+        plain.images, raw_call(raw_pipeline(tiny_model_root, FluxPipeline))
     )
 
 
@@ -356,16 +513,17 @@ def test_the_plan_check_refuses_reference_edit_on_sd15_before_any_load(
     )
 
 
-def test_controlnet_on_flux_is_refused_with_the_familys_methods(engine):
+def test_reference_edit_with_control_units_is_refused_with_the_reason(engine):
     request = make_request(
-        method=Method.CONTROLNET,
+        method=Method.REFERENCE_EDIT,
         references=references(),
         control_units=[ControlUnitInput(ControlType.CANNY)],
     )
-    with pytest.raises(
-        InvalidRequest, match="their pipelines run text, img2img, reference_edit"
-    ):
+    with pytest.raises(InvalidRequest) as error:
         engine.plan(request)
+    message = str(error.value)
+    assert "diffusers has no reference-editing pipeline with a ControlNet" in message
+    assert "use controlnet, or hybrid" in message
 
 
 def test_an_ip_adapter_on_flux_is_refused_and_auto_adds_none(engine, tiny_model_root):

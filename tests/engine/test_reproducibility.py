@@ -31,6 +31,7 @@ from skimage import data
 from generation.engine.config import tiny_engine_config
 from generation.engine.errors import GenerationCancelled, InvalidRequest
 from generation.engine.face import crop_face
+from generation.engine.families import family
 from generation.engine.requests import (
     ControlType,
     ControlUnitInput,
@@ -150,13 +151,14 @@ def replay_snapshot(result: GenerationResult, lora: bytes | None) -> list[Image.
     snapshot = result.snapshot
     components: dict[str, Any] = {}
     if snapshot["control_units"]:
+        row = family(snapshot["family"])
+        controlnet_cls = getattr(diffusers, row.controlnet_class)
         models = [
-            ControlNetModel.from_pretrained(unit["controlnet"]["source"])
+            controlnet_cls.from_pretrained(unit["controlnet"]["source"])
             for unit in snapshot["control_units"]
         ]
-        components["controlnet"] = (
-            models[0] if len(models) == 1 else MultiControlNetModel(models)
-        )
+        multi = getattr(diffusers, row.multi_controlnet_class)
+        components["controlnet"] = models[0] if len(models) == 1 else multi(models)
     pipe = getattr(diffusers, snapshot["pipeline_class"]).from_pretrained(
         snapshot["model"]["source"],
         dtype=getattr(torch, snapshot["dtype"]),
