@@ -57,6 +57,8 @@ TINY_FLUX_PIPELINE_DIR = "flux"
 TINY_FLUX_LORA_FILE = "lora/persona-flux.safetensors"
 TINY_FLUX_KOHYA_LORA_FILE = "lora/persona-flux-kohya.safetensors"
 TINY_FLUX_CONTROLNET_DIR = "controlnet-flux"
+TINY_FLUX_SINGLE_FILE = "flux-transformer.safetensors"
+TINY_FLUX_BFL_SINGLE_FILE = "flux1-tiny-bfl.safetensors"
 # The tiny Qwen-Image model (``tiny_qwen.write_tiny_qwen_image``): one folder in
 # the layout of Qwen/Qwen-Image-Edit-2509, and a Qwen-Image LoRA.
 TINY_QWEN_PIPELINE_DIR = "qwen-image"

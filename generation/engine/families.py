@@ -365,7 +365,15 @@ FLUX = Family(
         (752, 1392),
     ),
     cross_attention_dim=4096,
-    single_file_keys=(),
+    # A transformer alone, as BFL and ComfyUI publish flux1-kontext-dev.
+    # safetensors (BFL's names, bare or under ComfyUI's model.diffusion_model.),
+    # or saved from diffusers as one file; the other components come from the
+    # model's config folder.
+    single_file_keys=(
+        "double_blocks.",
+        "model.diffusion_model.double_blocks.",
+        "single_transformer_blocks.",
+    ),
     default_single_file_config="black-forest-labs/FLUX.1-Kontext-dev",
     default_controlnet_config=None,
     lora_text_encoder_prefixes=(),

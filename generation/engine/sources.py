@@ -16,8 +16,11 @@ are read:
 
 Single-file checkpoints carry weights but no component configs: those come from
 ``ModelSpec.config`` (a local diffusers folder or a Hub id), by default the
-configs of the checkpoint's family (SD 1.5's or SDXL's base model, recognised
-by the checkpoint's key names), resolved by the same rules.
+configs of the checkpoint's family (SD 1.5's or SDXL's base model, FLUX.1
+Kontext [dev], recognised by the checkpoint's key names), resolved by the same
+rules. A transformer family's single file is the transformer alone (as
+``flux1-kontext-dev.safetensors`` is): the other components are the config
+folder's own.
 
 ``model_traits`` tells a resolved model's family from its small files
 (``families``); ``read_config`` and ``read_safetensors_header`` read a
@@ -56,6 +59,7 @@ from generation.engine.families import (
     single_file_family,
     traits_from_configs,
 )
+from generation.engine.vocabulary import Denoiser
 
 if TYPE_CHECKING:
     import torch
@@ -257,6 +261,11 @@ def load_pipeline(
     with model_loading(source.location):
         if source.kind is SourceKind.SINGLE_FILE:
             assert source.config is not None
+            row = single_file_family(Path(source.location))
+            if row.denoiser is Denoiser.TRANSFORMER:
+                return _pipeline_around_denoiser_file(
+                    source, row.denoiser, pipeline_class, dtype, **components
+                )
             return pipeline_class.from_single_file(
                 source.location,
                 config=source.config.location,
@@ -272,6 +281,43 @@ def load_pipeline(
             variant=variant,
             **components,
         )
+
+
+def _pipeline_around_denoiser_file(
+    source: ResolvedSource,
+    denoiser: Denoiser,
+    pipeline_class: type[DiffusionPipeline],
+    dtype: torch.dtype,
+    **components: Any,
+) -> DiffusionPipeline:
+    """A transformer family's single file holds the transformer alone: it is
+    loaded by its class's ``from_single_file`` (which converts BFL's layout)
+    with the config folder's ``transformer/config.json``, and the pipeline's
+    other components come from that folder (diffusers' way for FLUX.1)."""
+    import diffusers
+
+    assert source.config is not None
+    folder = source.config
+    config = read_config(folder, f"{denoiser.value}/{MODEL_CONFIG_FILE}")
+    if config is None:
+        raise ModelNotFound(
+            f"The config source {folder.location} of {source.location} holds no "
+            f"{denoiser.value}/{MODEL_CONFIG_FILE}."
+        )
+    model = getattr(diffusers, config["_class_name"]).from_single_file(
+        source.location,
+        config=folder.location,
+        subfolder=denoiser.value,
+        dtype=dtype,
+        local_files_only=source.offline,
+    )
+    return pipeline_class.from_pretrained(
+        folder.location,
+        revision=folder.revision,
+        dtype=dtype,
+        local_files_only=folder.offline,
+        **{denoiser.value: model, **components},
+    )
 
 
 def resolve_controlnet(spec: ControlNetSpec, config: EngineConfig) -> ResolvedSource:

@@ -24,6 +24,10 @@ Written under the tiny model's root (``write_tiny_flux(root)``):
   Flux layout (``transformer.<module>.lora_A/lora_B.weight``), and
   ``lora/persona-flux-kohya.safetensors`` one in kohya-ss's layout
   (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``...);
+- ``flux-transformer.safetensors``: its transformer as one file in diffusers'
+  names, and ``flux1-tiny-bfl.safetensors`` the same weights in BFL's original
+  layout (``double_blocks.0.img_attn.qkv.weight``...), as
+  ``flux1-kontext-dev.safetensors`` is published (``bfl_flux_checkpoint``);
 - ``controlnet-flux/<control type>/``: one ``FluxControlNetModel`` per control
   type, in the shapes of diffusers' tiny Flux ControlNet
   (``tests/pipelines/controlnet_flux``: one double- and one single-stream
@@ -60,10 +64,12 @@ from transformers import (
 )
 
 from generation.engine.config import (
+    TINY_FLUX_BFL_SINGLE_FILE,
     TINY_FLUX_CONTROLNET_DIR,
     TINY_FLUX_KOHYA_LORA_FILE,
     TINY_FLUX_LORA_FILE,
     TINY_FLUX_PIPELINE_DIR,
+    TINY_FLUX_SINGLE_FILE,
 )
 from generation.engine.tiny_model import (
     _seed_for,
@@ -206,6 +212,10 @@ def write_tiny_flux(root: Path) -> dict[str, str]:
             pipe.transformer, seed=_seed_for(f"flux-controlnet-{control_type.value}")
         )
         controlnet.save_pretrained(root / TINY_FLUX_CONTROLNET_DIR / control_type.value)
+    weights = pipe.transformer.state_dict()
+    transformer = {name: tensor.contiguous() for name, tensor in weights.items()}
+    save_file(bfl_flux_checkpoint(transformer), root / TINY_FLUX_BFL_SINGLE_FILE)
+    save_file(transformer, root / TINY_FLUX_SINGLE_FILE)
     kohya_path = root / TINY_FLUX_KOHYA_LORA_FILE
     save_file(
         kohya_flux_lora(pipe.transformer, seed=_seed_for("flux-kohya-lora")),
@@ -214,6 +224,8 @@ def write_tiny_flux(root: Path) -> dict[str, str]:
     )
     return {
         **written,
+        "single_file": TINY_FLUX_SINGLE_FILE,
+        "bfl_single_file": TINY_FLUX_BFL_SINGLE_FILE,
         "kohya_lora": TINY_FLUX_KOHYA_LORA_FILE,
         "controlnets": TINY_FLUX_CONTROLNET_DIR,
     }
@@ -387,3 +399,70 @@ def kohya_flux_lora(
             weights[f"{key}.lora_up.weight"] = up * 0.1
             weights[f"{key}.alpha"] = torch.tensor(float(LORA_RANK) / 2)
     return weights
+
+
+def bfl_flux_checkpoint(
+    transformer: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """A diffusers ``FluxTransformer2DModel`` state dict in BFL's original
+    layout: the inverse of diffusers' ``convert_flux_transformer_checkpoint_
+    to_diffusers`` (fused qkv and linear1, the final modulation's shift and
+    scale halves in BFL's order)."""
+    state = dict(transformer)
+    bfl: dict[str, torch.Tensor] = {}
+
+    def move(target: str, source: str) -> None:
+        for kind in ("weight", "bias"):
+            if f"{source}.{kind}" in state:
+                bfl[f"{target}.{kind}"] = state.pop(f"{source}.{kind}")
+
+    def fuse(target: str, sources: list[str]) -> None:
+        for kind in ("weight", "bias"):
+            bfl[f"{target}.{kind}"] = torch.cat(
+                [state.pop(f"{source}.{kind}") for source in sources]
+            )
+
+    for bfl_name, name in (
+        ("time_in", "time_text_embed.timestep_embedder"),
+        ("vector_in", "time_text_embed.text_embedder"),
+        ("guidance_in", "time_text_embed.guidance_embedder"),
+    ):
+        move(f"{bfl_name}.in_layer", f"{name}.linear_1")
+        move(f"{bfl_name}.out_layer", f"{name}.linear_2")
+    move("txt_in", "context_embedder")
+    move("img_in", "x_embedder")
+    blocks = {int(key.split(".")[1]) for key in state if key.startswith("transformer_")}
+    for i in sorted(blocks):
+        old, new = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        move(f"{new}.img_mod.lin", f"{old}.norm1.linear")
+        move(f"{new}.txt_mod.lin", f"{old}.norm1_context.linear")
+        fuse(f"{new}.img_attn.qkv", [f"{old}.attn.to_{x}" for x in "qkv"])
+        fuse(f"{new}.txt_attn.qkv", [f"{old}.attn.add_{x}_proj" for x in "qkv"])
+        for stream, added in (("img", ""), ("txt", "added_")):
+            for norm, letter in (("query_norm", "q"), ("key_norm", "k")):
+                bfl[f"{new}.{stream}_attn.norm.{norm}.scale"] = state.pop(
+                    f"{old}.attn.norm_{added}{letter}.weight"
+                )
+        move(f"{new}.img_mlp.0", f"{old}.ff.net.0.proj")
+        move(f"{new}.img_mlp.2", f"{old}.ff.net.2")
+        move(f"{new}.txt_mlp.0", f"{old}.ff_context.net.0.proj")
+        move(f"{new}.txt_mlp.2", f"{old}.ff_context.net.2")
+        move(f"{new}.img_attn.proj", f"{old}.attn.to_out.0")
+        move(f"{new}.txt_attn.proj", f"{old}.attn.to_add_out")
+    singles = {int(key.split(".")[1]) for key in state if key.startswith("single_")}
+    for i in sorted(singles):
+        old, new = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        move(f"{new}.modulation.lin", f"{old}.norm.linear")
+        fuse(
+            f"{new}.linear1",
+            [f"{old}.attn.to_{x}" for x in "qkv"] + [f"{old}.proj_mlp"],
+        )
+        bfl[f"{new}.norm.query_norm.scale"] = state.pop(f"{old}.attn.norm_q.weight")
+        bfl[f"{new}.norm.key_norm.scale"] = state.pop(f"{old}.attn.norm_k.weight")
+        move(f"{new}.linear2", f"{old}.proj_out")
+    move("final_layer.linear", "proj_out")
+    for kind in ("weight", "bias"):
+        scale, shift = state.pop(f"norm_out.linear.{kind}").chunk(2, dim=0)
+        bfl[f"final_layer.adaLN_modulation.1.{kind}"] = torch.cat([shift, scale])
+    assert not state, f"unmapped transformer weights: {sorted(state)}"
+    return bfl

@@ -25,13 +25,19 @@ from diffusers import (
     FluxImg2ImgPipeline,
     FluxKontextPipeline,
     FluxPipeline,
+    FluxTransformer2DModel,
 )
 from diffusers.models.controlnets import FluxMultiControlNetModel
 from PIL import Image
 
-from generation.engine.config import tiny_engine_config
+from generation.engine.config import ModelSpec, tiny_engine_config
 from generation.engine.errors import InvalidRequest, ModelNotFound
-from generation.engine.families import FLUX, SD15, FamilyMismatch
+from generation.engine.families import (
+    FLUX,
+    SD15,
+    FamilyMismatch,
+    single_file_family,
+)
 from generation.engine.plan import plan_check, plan_problems
 from generation.engine.registry import (
     PipelineRegistry,
@@ -428,6 +434,64 @@ def test_a_snapshot_replays_to_the_same_pixels_in_a_new_engine(engine, tiny_mode
     second = Engine(tiny_engine_config(tiny_model_root)).generate(again)
     assert_same_pixels(second.images, first.images)
     assert second.snapshot["outputs"] == first.snapshot["outputs"]
+
+
+# --- Single-file checkpoints ---------------------------------------------------------
+
+
+def single_file_config(root: Path, filename: str):
+    """The tiny engine config with a model whose transformer is one file and
+    whose other components come from the tiny FLUX.1 folder."""
+    config = tiny_engine_config(root)
+    config.models["flux-file"] = ModelSpec(
+        key="flux-file", source=str(root / filename), config=str(root / "flux")
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    "filename", ["flux1-tiny-bfl.safetensors", "flux-transformer.safetensors"]
+)
+def test_a_single_file_flux_transformer_is_told_by_its_keys(tiny_model_root, filename):
+    assert single_file_family(tiny_model_root / filename) is FLUX
+    registry = PipelineRegistry(single_file_config(tiny_model_root, filename))
+    traits = registry.traits("flux-file")
+    assert traits.family is FLUX
+    assert traits.cross_attention_dim == 32  # the config folder's transformer
+
+
+def test_the_tiny_bfl_checkpoint_is_in_the_released_key_layout(tiny_model_root):
+    keys = set(
+        safetensors.torch.load_file(tiny_model_root / "flux1-tiny-bfl.safetensors")
+    )
+    for key in (
+        "double_blocks.0.img_attn.qkv.weight",
+        "double_blocks.0.txt_attn.norm.key_norm.scale",
+        "single_blocks.0.linear1.weight",
+        "guidance_in.in_layer.weight",
+        "final_layer.adaLN_modulation.1.weight",
+    ):
+        assert key in keys
+    assert not any(key.startswith("transformer_blocks.") for key in keys)
+
+
+def test_a_single_file_flux_transformer_gives_the_folders_pixels(tiny_model_root):
+    config = single_file_config(tiny_model_root, "flux-transformer.safetensors")
+    transformer = FluxTransformer2DModel.from_single_file(
+        str(tiny_model_root / "flux-transformer.safetensors"),
+        config=str(tiny_model_root / "flux"),
+        subfolder="transformer",
+    )
+    pipe = FluxPipeline.from_pretrained(
+        tiny_model_root / "flux", transformer=transformer, dtype=torch.float32
+    )
+    pipe.set_progress_bar_config(disable=True)
+    raw = raw_call(pipe)
+    assert_same_pixels(raw, raw_call(raw_pipeline(tiny_model_root, FluxPipeline)))
+    result = Engine(config).generate(make_request(model="flux-file"))
+    assert_same_pixels(result.images, raw)
+    assert result.snapshot["model"]["kind"] == "single_file"
+    assert result.snapshot["pipeline_class"] == "FluxPipeline"
 
 
 # --- The method's references and auto -----------------------------------------------
