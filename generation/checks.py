@@ -204,6 +204,7 @@ def _configured_sources(
     config: EngineConfig,
 ) -> Iterator[tuple[str, Callable[[], Any]]]:
     """(what, resolve) for each model the configuration names, resolved lazily."""
+    from generation.engine.config import in_folder
     from generation.engine.sources import MODEL_CONFIG_FILE
 
     for key, spec in config.models.items():
@@ -231,14 +232,18 @@ def _configured_sources(
         if adapter is not None
     }
     for adapter in sorted(adapters.values(), key=lambda adapter: adapter.source):
-        for required_file in (
-            f"{adapter.subfolder}/{adapter.weight_name}",
-            f"{adapter.subfolder}/{adapter.face_weight_name}",
-            f"{adapter.image_encoder_folder}/{MODEL_CONFIG_FILE}",
+        encoder_source = adapter.image_encoder_source or adapter.source
+        for source, required_file in (
+            (adapter.source, adapter.weight_file()),
+            (adapter.source, adapter.weight_file(adapter.face_weight_name)),
+            (
+                encoder_source,
+                in_folder(adapter.image_encoder_folder, MODEL_CONFIG_FILE),
+            ),
         ):
             yield (
-                f"IP-Adapter {required_file} ({adapter.source})",
-                partial(_nothing_missing, adapter, config, required_file),
+                f"IP-Adapter {required_file} ({source})",
+                partial(_nothing_missing, adapter, config, required_file, source),
             )
 
 
@@ -312,12 +317,12 @@ def _check_controlnet(config: EngineConfig, controlnet: Any) -> list[str]:
 
 
 def _nothing_missing(
-    adapter: Any, config: EngineConfig, required_file: str
+    adapter: Any, config: EngineConfig, required_file: str, source: str
 ) -> list[str]:
     from generation.engine.sources import resolve_source
 
     resolve_source(
-        adapter.source,
+        source,
         config,
         required_file=required_file,
         revision=adapter.revision,

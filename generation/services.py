@@ -573,7 +573,7 @@ def _ip_adapter_changes(
                     resolve_source(
                         spec.source,
                         config,
-                        required_file=f"{spec.subfolder}/{recorded['weight_name']}",
+                        required_file=spec.weight_file(recorded["weight_name"]),
                         revision=spec.revision,
                     )
                 ),

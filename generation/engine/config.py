@@ -57,6 +57,9 @@ TINY_FLUX_PIPELINE_DIR = "flux"
 TINY_FLUX_LORA_FILE = "lora/persona-flux.safetensors"
 TINY_FLUX_KOHYA_LORA_FILE = "lora/persona-flux-kohya.safetensors"
 TINY_FLUX_CONTROLNET_DIR = "controlnet-flux"
+# Its XLabs-layout IP-Adapter; the image encoder is the tiny SD model's
+# (TINY_IP_ADAPTER_DIR/models/image_encoder), as XLabs' is another repo's.
+TINY_FLUX_IP_ADAPTER_DIR = "ip-adapter-flux"
 TINY_FLUX_SINGLE_FILE = "flux-transformer.safetensors"
 TINY_FLUX_BFL_SINGLE_FILE = "flux1-tiny-bfl.safetensors"
 # The tiny Qwen-Image model (``tiny_qwen.write_tiny_qwen_image``): one folder in
@@ -203,15 +206,22 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                 ),
             )
         )
-    # The transformer families' tiny models: FLUX.1's ControlNets (Qwen-Image
-    # has none here), no IP-Adapter.
-    for folder, key, label, family_key, controlnets in (
+    # The transformer families' tiny models: FLUX.1's ControlNets and
+    # IP-Adapter (Qwen-Image has neither here).
+    flux_ip_adapter = IPAdapterSpec.for_family(
+        "flux",
+        source=str(root / TINY_FLUX_IP_ADAPTER_DIR),
+        image_encoder_source=str(root / TINY_IP_ADAPTER_DIR),
+        image_encoder_folder="models/image_encoder",
+    )
+    for folder, key, label, family_key, controlnets, ip_adapter in (
         (
             TINY_FLUX_PIPELINE_DIR,
             TINY_FLUX_MODEL_KEY,
             TINY_FLUX_MODEL_LABEL,
             "flux",
             _tiny_controlnets(root / TINY_FLUX_CONTROLNET_DIR),
+            flux_ip_adapter,
         ),
         (
             TINY_QWEN_PIPELINE_DIR,
@@ -219,6 +229,7 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
             TINY_QWEN_IMAGE_MODEL_LABEL,
             "qwen-image",
             {},
+            None,
         ),
     ):
         if (root / folder).is_dir():
@@ -230,6 +241,7 @@ def tiny_model_specs(root: Path) -> dict[str, ModelSpec]:
                     tiny=True,
                     family=family_key,
                     controlnets=controlnets,
+                    ip_adapter=ip_adapter,
                 )
             )
     return {spec.key: spec for spec in specs}
@@ -283,6 +295,10 @@ class IPAdapterSpec:
 
     ``revision`` pins a Hub commit of ``source``; ``variant`` loads the image
     encoder's variant files (``model.fp16.safetensors``).
+    ``image_encoder_source`` is where the image encoder lies when it is not in
+    ``source`` (FLUX.1's XLabs IP-Adapter uses ``openai/clip-vit-large-
+    patch14``); ``image_encoder_folder`` is its folder there ("" for a repo's
+    root, as ``subfolder`` may be).
     """
 
     source: str
@@ -292,6 +308,11 @@ class IPAdapterSpec:
     image_encoder_folder: str = "models/image_encoder"
     revision: str | None = None
     variant: str | None = None
+    image_encoder_source: str | None = None
+
+    def weight_file(self, weight_name: str | None = None) -> str:
+        """The path of a weights file (the plain one by default) in ``source``."""
+        return in_folder(self.subfolder, weight_name or self.weight_name)
 
     @classmethod
     def for_family(
@@ -308,6 +329,11 @@ class IPAdapterSpec:
                 "on this family)."
             )
         return cls(**{**vars(row.ip_adapter), **values})
+
+
+def in_folder(folder: str, name: str) -> str:
+    """``folder/name`` of a repo, or ``name`` where the folder is its root."""
+    return f"{folder}/{name}" if folder else name
 
 
 @dataclass

@@ -67,12 +67,16 @@ class FamilyMismatch(InvalidRequest):
 
 @dataclass(frozen=True)
 class IPAdapterLayout:
-    """Where a family's IP-Adapter files lie in the ``h94/IP-Adapter`` layout."""
+    """Where a family's IP-Adapter files lie: the ``h94/IP-Adapter`` layout
+    (SD 1.5, SDXL), or XLabs' ``XLabs-AI/flux-ip-adapter`` (FLUX.1: the
+    weights at the repo's root, the image encoder in another repo,
+    ``image_encoder_source``)."""
 
     subfolder: str
     weight_name: str
     face_weight_name: str
     image_encoder_folder: str
+    image_encoder_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,8 @@ class Family:
     ``KarrasDiffusionSchedulers``, ``plan.SCHEDULER_NAMES``)."""
     latent_rgb: LatentRGB | None = None
     """The cheap latent-to-RGB preview map (None: no approximate preview)."""
+    ip_adapter_methods: frozenset[Method] | None = None
+    """The base methods whose pipeline takes an IP-Adapter (None: all)."""
     controlnet_class: str = "ControlNetModel"
     """The diffusers class of the family's ControlNets (its ``config.json``
     ``_class_name``: a transformer family's ControlNet is told by it)."""
@@ -377,7 +383,20 @@ FLUX = Family(
     default_single_file_config="black-forest-labs/FLUX.1-Kontext-dev",
     default_controlnet_config=None,
     lora_text_encoder_prefixes=(),
-    ip_adapter=None,
+    # XLabs' IP-Adapter (diffusers' FluxIPAdapterMixin): one weights file (no
+    # plus-face edition: a face crop goes through the same one) and CLIP
+    # ViT-L/14 as its image encoder.
+    ip_adapter=IPAdapterLayout(
+        subfolder="",
+        weight_name="ip_adapter.safetensors",
+        face_weight_name="ip_adapter.safetensors",
+        image_encoder_folder="",
+        image_encoder_source="openai/clip-vit-large-patch14",
+    ),
+    # FluxControlNetImg2ImgPipeline has no FluxIPAdapterMixin.
+    ip_adapter_methods=frozenset(
+        {Method.TEXT, Method.IMG2IMG, Method.CONTROLNET, Method.REFERENCE_EDIT}
+    ),
     inpaint_pipeline_class=None,
     denoiser=Denoiser.TRANSFORMER,
     denoiser_classes=frozenset({"FluxTransformer2DModel"}),
@@ -730,17 +749,21 @@ def check_controlnet_fits(
 def ip_adapter_traits(header: Mapping[str, Any], name: str) -> tuple[int, int]:
     """(cross-attention width, cross-attention layers) of an IP-Adapter file.
 
-    Read from the ``ip_adapter.<n>.to_k_ip.weight`` shapes ([hidden, width]).
+    Read from the ``ip_adapter.<n>.to_k_ip.weight`` shapes ([hidden, width]),
+    or XLabs' FLUX.1 ``double_blocks.<n>.processor.ip_adapter_double_stream_
+    k_proj.weight`` ([hidden, text width]).
     """
     shapes = [
         info["shape"]
         for key, info in header.items()
-        if key.startswith("ip_adapter.") and key.endswith("to_k_ip.weight")
+        if (key.startswith("ip_adapter.") and key.endswith("to_k_ip.weight"))
+        or key.endswith("ip_adapter_double_stream_k_proj.weight")
     ]
     if not shapes:
         raise FamilyMismatch(
-            f"The IP-Adapter {name} holds no ip_adapter.*.to_k_ip weights: it is "
-            "not an IP-Adapter in the h94/IP-Adapter layout."
+            f"The IP-Adapter {name} holds no ip_adapter.*.to_k_ip (nor XLabs "
+            "ip_adapter_double_stream_k_proj) weights: it is not an IP-Adapter "
+            "in the h94/IP-Adapter or XLabs layout."
         )
     return int(shapes[0][1]), len(shapes)
 
@@ -762,8 +785,12 @@ def check_ip_adapter_fits(
     if width == model.cross_attention_dim:
         return
     advice = (
-        f"Configure its {model.family.label} IP-Adapter "
-        f"({layout.subfolder}/{layout.weight_name} in h94/IP-Adapter)."
+        f"Configure its {model.family.label} IP-Adapter ("
+        + (
+            f"{layout.subfolder}/{layout.weight_name} in h94/IP-Adapter)."
+            if layout.subfolder
+            else f"{layout.weight_name}, docs/models.md)."
+        )
     )
     raise FamilyMismatch(
         f"The IP-Adapter {name} does not fit model {model_name!r} "

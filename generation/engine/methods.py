@@ -204,6 +204,14 @@ def plan_method(
                 "the IP-Adapter settings, or use reference_edit, which takes the "
                 "identity from the references themselves."
             )
+        if not takes_ip_adapter(row, base):
+            raise InvalidRequest(
+                f"{row.pipeline_class_name(base)} ({base.value} on {row.label}) "
+                "takes no IP-Adapter in diffusers (it has no load_ip_adapter): "
+                "remove the IP-Adapter settings, or choose "
+                + ", ".join(sorted(m.value for m in row.ip_adapter_methods or ()))
+                + "."
+            )
         if not ip_adapter_installed:
             raise InvalidRequest(
                 "IP-Adapter settings were given but no IP-Adapter is installed: "
@@ -230,6 +238,13 @@ ROLE_ORDER_FOR_EDITING = (
 )
 """Which references a reference edit takes after the primary one: those that
 show the person best first (a pose reference shows a pose, not the person)."""
+
+
+def takes_ip_adapter(row: Family, base: Method) -> bool:
+    """Whether the family's pipeline for a base method takes an IP-Adapter."""
+    return row.ip_adapter is not None and (
+        row.ip_adapter_methods is None or base in row.ip_adapter_methods
+    )
 
 
 def auto_edits_references(
@@ -307,7 +322,11 @@ def _choose(
     if method is Method.AUTO:
         return _choose_auto(request, ip_adapter_installed, row)
     _check_explicit(method, request)
-    if method is Method.REFERENCE_EDIT and request.ip_adapter is not None:
+    if (
+        method is Method.REFERENCE_EDIT
+        and request.ip_adapter is not None
+        and not takes_ip_adapter(row, method)
+    ):
         raise InvalidRequest(
             "Method reference_edit takes no IP-Adapter settings: the references "
             "themselves carry the identity. Remove the IP-Adapter settings."
@@ -392,7 +411,7 @@ def _choose_auto(
         request.ip_adapter is not None
         and request.ip_adapter.reference_indexes is not None
     )
-    if not (has_face or names_references) or row.ip_adapter is None:
+    if not (has_face or names_references) or not takes_ip_adapter(row, base):
         return base, base, reason, False
     if not ip_adapter_installed:
         return base, base, reason + "; no IP-Adapter installed for identity", False

@@ -277,7 +277,7 @@ def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> 
         resolve_source(
             spec.source,
             config,
-            required_file=f"{spec.subfolder}/{spec.weight_name}",
+            required_file=spec.weight_file(),
             revision=spec.revision,
         )
     except EngineError:
@@ -389,13 +389,11 @@ def ip_adapter_problem(
         source = resolve_source(
             spec.source,
             config,
-            required_file=f"{spec.subfolder}/{spec.weight_name}",
+            required_file=spec.weight_file(),
             revision=spec.revision,
         )
         for weight in (spec.weight_name, spec.face_weight_name):
-            check_ip_adapter_file(
-                source, f"{spec.subfolder}/{weight}", model, model_key
-            )
+            check_ip_adapter_file(source, spec.weight_file(weight), model, model_key)
     except FamilyMismatch as error:
         return str(error)
     except EngineError:

@@ -72,6 +72,7 @@ from generation.engine.config import (
     EngineConfig,
     IPAdapterSpec,
     ModelSpec,
+    in_folder,
 )
 from generation.engine.errors import (
     EngineError,
@@ -600,9 +601,9 @@ class PipelineRegistry:
         """
         if not self.ip_adapter_installed_for(model_key):
             return None
-        source = self._ip_adapter_source(model_key)
         spec = self._ip_adapter_spec(model_key)
-        assert source is not None and spec is not None
+        assert spec is not None
+        source = self._image_encoder_source(spec, model_key)
         with self._lock:
             key = (
                 "image_encoder",
@@ -977,7 +978,7 @@ class PipelineRegistry:
         source = self._ip_adapter_source(model_key)
         if spec is None or source is None:
             return
-        weight = f"{spec.subfolder}/{_ip_weight_name(spec, settings)}"
+        weight = spec.weight_file(_ip_weight_name(spec, settings))
         check_ip_adapter_file(source, weight, model, model_key)
 
     def _ip_adapter_spec(self, model_key: str | None) -> IPAdapterSpec | None:
@@ -992,8 +993,23 @@ class PipelineRegistry:
         return resolve_source(
             spec.source,
             self._config,
-            required_file=f"{spec.subfolder}/{spec.weight_name}",
+            required_file=spec.weight_file(),
             revision=spec.revision,
+        )
+
+    def _image_encoder_source(
+        self, spec: IPAdapterSpec, model_key: str | None
+    ) -> ResolvedSource:
+        """Where the IP-Adapter's image encoder lies: its own source when the
+        spec names one, else the IP-Adapter's."""
+        if spec.image_encoder_source is None:
+            source = self._ip_adapter_source(model_key)
+            assert source is not None
+            return source
+        return resolve_source(
+            spec.image_encoder_source,
+            self._config,
+            required_file=in_folder(spec.image_encoder_folder, MODEL_CONFIG_FILE),
         )
 
     def _set_ip_adapter(
@@ -1011,17 +1027,23 @@ class PipelineRegistry:
         # The shared encoder, loaded once: load_ip_adapter only loads one when the
         # pipeline has none.
         pipe.register_modules(image_encoder=image_encoder[0])
-        # load_ip_adapter rebuilds each processor with its class's defaults, which
-        # a sliced processor does not have.
-        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        if self.family(model_key).denoiser is Denoiser.UNET:
+            # load_ip_adapter rebuilds each processor with its class's defaults,
+            # which a sliced processor does not have.
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+            # (FLUX.1's loader, FluxIPAdapterMixin, names the encoder's folder
+            # otherwise; the encoder is already there.)
+            encoder = {"image_encoder_folder": spec.image_encoder_folder}
+        else:
+            encoder = {}
         with model_loading(source.location):
             pipe.load_ip_adapter(
                 source.location,
                 subfolder=spec.subfolder,
                 weight_name=_ip_weight_name(spec, settings),
-                image_encoder_folder=spec.image_encoder_folder,
                 revision=source.revision,
                 local_files_only=source.offline,
+                **encoder,
             )
         pipe.set_ip_adapter_scale(settings.scale)
 

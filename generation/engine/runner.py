@@ -639,6 +639,11 @@ class Engine:
             if plan.ip_adapter.face_crop
             else spec.weight_name,
             "image_encoder_folder": spec.image_encoder_folder,
+            **(
+                {"image_encoder_source": spec.image_encoder_source}
+                if spec.image_encoder_source
+                else {}
+            ),
             # Verified by "regenerate exactly" (generation.services).
             "fingerprint": self._registry.ip_adapter_fingerprint(model_key),
         }

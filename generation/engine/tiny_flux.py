@@ -28,6 +28,9 @@ Written under the tiny model's root (``write_tiny_flux(root)``):
   names, and ``flux1-tiny-bfl.safetensors`` the same weights in BFL's original
   layout (``double_blocks.0.img_attn.qkv.weight``...), as
   ``flux1-kontext-dev.safetensors`` is published (``bfl_flux_checkpoint``);
+- ``ip-adapter-flux/ip_adapter.safetensors``: an IP-Adapter in XLabs' layout
+  (``XLabs-AI/flux-ip-adapter``) for the tiny SD model's image encoder
+  (``ip-adapter/models/image_encoder``), as XLabs' is CLIP ViT-L/14's;
 - ``controlnet-flux/<control type>/``: one ``FluxControlNetModel`` per control
   type, in the shapes of diffusers' tiny Flux ControlNet
   (``tests/pipelines/controlnet_flux``: one double- and one single-stream
@@ -66,12 +69,15 @@ from transformers import (
 from generation.engine.config import (
     TINY_FLUX_BFL_SINGLE_FILE,
     TINY_FLUX_CONTROLNET_DIR,
+    TINY_FLUX_IP_ADAPTER_DIR,
     TINY_FLUX_KOHYA_LORA_FILE,
     TINY_FLUX_LORA_FILE,
     TINY_FLUX_PIPELINE_DIR,
     TINY_FLUX_SINGLE_FILE,
 )
+from generation.engine.families import FLUX
 from generation.engine.tiny_model import (
+    IMAGE_ENCODER_HIDDEN,
     _seed_for,
     byte_level_tokenizer,
     randomise_zero_parameters,
@@ -216,6 +222,9 @@ def write_tiny_flux(root: Path) -> dict[str, str]:
     transformer = {name: tensor.contiguous() for name, tensor in weights.items()}
     save_file(bfl_flux_checkpoint(transformer), root / TINY_FLUX_BFL_SINGLE_FILE)
     save_file(transformer, root / TINY_FLUX_SINGLE_FILE)
+    adapter = root / TINY_FLUX_IP_ADAPTER_DIR / FLUX.ip_adapter.weight_name
+    adapter.parent.mkdir(parents=True, exist_ok=True)
+    save_file(xlabs_ip_adapter(pipe.transformer, seed=_seed_for("flux-ip")), adapter)
     kohya_path = root / TINY_FLUX_KOHYA_LORA_FILE
     save_file(
         kohya_flux_lora(pipe.transformer, seed=_seed_for("flux-kohya-lora")),
@@ -227,6 +236,7 @@ def write_tiny_flux(root: Path) -> dict[str, str]:
         "single_file": TINY_FLUX_SINGLE_FILE,
         "bfl_single_file": TINY_FLUX_BFL_SINGLE_FILE,
         "kohya_lora": TINY_FLUX_KOHYA_LORA_FILE,
+        "ip_adapter": TINY_FLUX_IP_ADAPTER_DIR,
         "controlnets": TINY_FLUX_CONTROLNET_DIR,
     }
 
@@ -466,3 +476,31 @@ def bfl_flux_checkpoint(
         bfl[f"final_layer.adaLN_modulation.1.{kind}"] = torch.cat([shift, scale])
     assert not state, f"unmapped transformer weights: {sorted(state)}"
     return bfl
+
+
+def xlabs_ip_adapter(
+    transformer: FluxTransformer2DModel, *, seed: int
+) -> dict[str, torch.Tensor]:
+    """An IP-Adapter in XLabs' FLUX.1 layout: the image projection
+    (``ip_adapter_proj_model``: 4 tokens of the text width from the image
+    encoder's embedding, then a layer norm) and, per double-stream block, the
+    key and value projections of the image tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    width = transformer.config.joint_attention_dim
+    inner = transformer.inner_dim
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.1
+
+    weights = {
+        "ip_adapter_proj_model.proj.weight": rand(4 * width, IMAGE_ENCODER_HIDDEN),
+        "ip_adapter_proj_model.proj.bias": rand(4 * width),
+        "ip_adapter_proj_model.norm.weight": torch.ones(width),
+        "ip_adapter_proj_model.norm.bias": torch.zeros(width),
+    }
+    for index in range(transformer.config.num_layers):
+        prefix = f"double_blocks.{index}.processor.ip_adapter_double_stream"
+        for projection in ("k_proj", "v_proj"):
+            weights[f"{prefix}_{projection}.weight"] = rand(inner, width)
+            weights[f"{prefix}_{projection}.bias"] = rand(inner)
+    return weights

@@ -56,7 +56,7 @@ from generation.engine.requests import (
     ReferenceRole,
     ResizeMode,
 )
-from generation.engine.resize import fit_to_size
+from generation.engine.resize import fit_for_image_encoder, fit_to_size
 from generation.engine.runner import Engine
 from generation.engine.snapshot import request_from_snapshot
 from generation.engine.vocabulary import (
@@ -436,6 +436,68 @@ def test_a_snapshot_replays_to_the_same_pixels_in_a_new_engine(engine, tiny_mode
     assert second.snapshot["outputs"] == first.snapshot["outputs"]
 
 
+# --- IP-Adapter (XLabs' layout) ------------------------------------------------------
+
+
+def load_xlabs_ip_adapter(pipe, root: Path, scale: float) -> None:
+    """What a person does with diffusers for XLabs-AI/flux-ip-adapter."""
+    pipe.load_ip_adapter(
+        str(root / "ip-adapter-flux"),
+        weight_name="ip_adapter.safetensors",
+        image_encoder_pretrained_model_name_or_path=str(root / "ip-adapter"),
+        image_encoder_subfolder="models/image_encoder",
+        image_encoder_dtype=torch.float32,
+    )
+    pipe.set_ip_adapter_scale(scale)
+
+
+def test_an_ip_adapter_with_several_references_equals_raw_diffusers_and_is_reset(
+    engine, tiny_model_root
+):
+    gallery = references()
+    pipe = raw_pipeline(tiny_model_root, FluxPipeline)
+    load_xlabs_ip_adapter(pipe, tiny_model_root, 0.7)
+    images = [fit_for_image_encoder(gallery[index].image) for index in (2, 0)]
+    raw = raw_call(pipe, ip_adapter_image=[images])
+    request = make_request(
+        method=Method.IP_ADAPTER,
+        references=gallery,
+        ip_adapter=IPAdapterInput(scale=0.7, face_crop=False, reference_indexes=[2, 0]),
+    )
+    result = check(engine, request, raw)
+    adapter = result.snapshot["ip_adapter"]
+    assert adapter["weight_name"] == "ip_adapter.safetensors"
+    assert adapter["image_encoder_source"].endswith("ip-adapter")
+    assert result.snapshot["pipeline_class"] == "FluxPipeline"
+    plain = engine.generate(make_request(method=Method.TEXT))
+    assert plain.snapshot["outputs"] != result.snapshot["outputs"]
+    assert_same_pixels(
+        plain.images, raw_call(raw_pipeline(tiny_model_root, FluxPipeline))
+    )
+    text, _ = engine.registry.pipeline(TINY_FLUX_MODEL_KEY, Method.TEXT)
+    assert text.transformer.encoder_hid_proj is None
+
+
+def test_an_ip_adapter_on_kontext_equals_raw_diffusers(engine, tiny_model_root):
+    reference = noise_image(12, 64, 64)
+    pipe = raw_pipeline(tiny_model_root, FluxKontextPipeline)
+    load_xlabs_ip_adapter(pipe, tiny_model_root, 0.5)
+    raw = raw_call(
+        pipe,
+        image=reference,
+        max_area=SIZE * SIZE,
+        _auto_resize=False,
+        ip_adapter_image=[[fit_for_image_encoder(reference)]],
+    )
+    request = make_request(
+        method=Method.REFERENCE_EDIT,
+        references=[ReferenceInput(reference)],
+        ip_adapter=IPAdapterInput(scale=0.5, face_crop=False),
+    )
+    result = check(engine, request, raw)
+    assert result.snapshot["pipeline_class"] == "FluxKontextPipeline"
+
+
 # --- Single-file checkpoints ---------------------------------------------------------
 
 
@@ -590,24 +652,45 @@ def test_reference_edit_with_control_units_is_refused_with_the_reason(engine):
     assert "use controlnet, or hybrid" in message
 
 
-def test_an_ip_adapter_on_flux_is_refused_and_auto_adds_none(engine, tiny_model_root):
-    with pytest.raises(InvalidRequest, match="no IP-Adapter settings"):
+def test_an_ip_adapter_on_the_flux_hybrid_pipeline_is_refused_with_the_reason(
+    engine, tiny_model_root
+):
+    request = make_request(
+        method=Method.HYBRID,
+        references=references(),
+        control_units=[ControlUnitInput(ControlType.CANNY)],
+        ip_adapter=IPAdapterInput(),
+    )
+    for plan in (engine.plan, lambda r: plan_check(r, engine.registry.config)):
+        with pytest.raises(InvalidRequest) as error:
+            plan(request)
+        message = str(error.value)
+        assert "FluxControlNetImg2ImgPipeline (hybrid on FLUX.1) takes no " in message
+        assert "controlnet, img2img, reference_edit, text" in message
+    # auto leaves it out on hybrid, and adds it where the pipeline takes one
+    units = [ControlUnitInput(ControlType.CANNY)]
+    hybrid = engine.plan(
+        make_request(
+            references=references(), control_units=units, appearance_locked=True
+        )
+    )
+    assert (hybrid.base, hybrid.ip_adapter) == (Method.HYBRID, None)
+    text = engine.plan(make_request(references=references()))
+    assert text.method is Method.IP_ADAPTER
+    assert text.ip_adapter is not None
+
+
+def test_an_ip_adapter_on_qwen_image_is_still_refused(engine):
+    from generation.engine.vocabulary import TINY_QWEN_IMAGE_MODEL_KEY
+
+    with pytest.raises(InvalidRequest, match="serves no IP-Adapter for Qwen-Image"):
         engine.plan(
             make_request(
-                method=Method.REFERENCE_EDIT,
+                model=TINY_QWEN_IMAGE_MODEL_KEY,
+                method=Method.IP_ADAPTER,
                 references=references(),
-                ip_adapter=IPAdapterInput(),
             )
         )
-    with pytest.raises(InvalidRequest, match="serves no IP-Adapter for FLUX.1"):
-        engine.plan(make_request(method=Method.IP_ADAPTER, references=references()))
-    with pytest.raises(InvalidRequest, match="serves no IP-Adapter for FLUX.1"):
-        plan_check(
-            make_request(method=Method.IP_ADAPTER, references=references()),
-            tiny_engine_config(tiny_model_root),
-        )
-    plan = engine.plan(make_request(references=references()))
-    assert plan.ip_adapter is None
 
 
 def test_an_sd_lora_on_flux_is_refused_with_the_reason(engine, tiny_model_root):

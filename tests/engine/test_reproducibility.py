@@ -47,6 +47,7 @@ from generation.engine.requests import (
 from generation.engine.resize import fit_to_size
 from generation.engine.runner import Engine
 from generation.engine.snapshot import image_sha256, request_from_snapshot
+from generation.engine.vocabulary import Denoiser
 
 SEED = 1234
 STEPS = 3
@@ -171,11 +172,22 @@ def replay_snapshot(result: GenerationResult, lora: bytes | None) -> list[Image.
     )
     if snapshot["ip_adapter"] is not None:
         ip_adapter = snapshot["ip_adapter"]
+        if family(snapshot["family"]).denoiser is Denoiser.TRANSFORMER:
+            # FLUX.1's loader (FluxIPAdapterMixin) takes the encoder's source.
+            encoder = {
+                "image_encoder_pretrained_model_name_or_path": ip_adapter.get(
+                    "image_encoder_source", ip_adapter["source"]
+                ),
+                "image_encoder_subfolder": ip_adapter["image_encoder_folder"],
+                "image_encoder_dtype": getattr(torch, snapshot["dtype"]),
+            }
+        else:
+            encoder = {"image_encoder_folder": ip_adapter["image_encoder_folder"]}
         pipe.load_ip_adapter(
             ip_adapter["source"],
             subfolder=ip_adapter["subfolder"],
             weight_name=ip_adapter["weight_name"],
-            image_encoder_folder=ip_adapter["image_encoder_folder"],
+            **encoder,
         )
         pipe.set_ip_adapter_scale(ip_adapter["scale"])
     if snapshot["lora"] is not None:
