@@ -76,8 +76,11 @@ def test_the_generate_page_offers_reference_edit_only_on_a_flux_persona(studio):
     flux = PersonaGenerateForm(persona=persona_on(TINY_FLUX_MODEL_KEY))
     sd15 = PersonaGenerateForm(persona=persona_on("tiny-sd15"))
     assert "reference_edit" in offered(flux.fields["method"])
-    assert "controlnet" not in offered(flux.fields["method"])
-    assert "ip_adapter" not in offered(flux.fields["method"])
+    # FLUX.1 has ControlNet and IP-Adapter pipelines; Qwen-Image has neither.
+    assert {"controlnet", "hybrid", "ip_adapter"} <= set(offered(flux.fields["method"]))
+    qwen = PersonaGenerateForm(persona=persona_on("tiny-qwen-image"))
+    assert "controlnet" not in offered(qwen.fields["method"])
+    assert "ip_adapter" not in offered(qwen.fields["method"])
     assert "edit_references" in flux.fields
     assert "reference_edit" not in offered(sd15.fields["method"])
     assert "controlnet" in offered(sd15.fields["method"])
