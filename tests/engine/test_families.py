@@ -196,13 +196,14 @@ def test_a_single_file_whose_config_is_of_another_family_is_refused(
 
 
 def test_a_single_file_of_no_served_family_is_refused_with_its_keys(tmp_path: Path):
-    path = tmp_path / "flux1-dev.safetensors"
-    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)}, path)
+    path = tmp_path / "sd3_medium.safetensors"
+    save_file({"joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(1)}, path)
     with pytest.raises(UnknownFamily) as error:
         single_file_family(path)
     message = str(error.value)
-    assert "double_blocks" in message
+    assert "joint_blocks" in message
     assert "'conditioner.embedders.1.' (sdxl)" in message
+    assert "'double_blocks.' (flux)" in message
 
 
 def test_a_folder_of_no_served_family_is_refused_with_what_was_found(

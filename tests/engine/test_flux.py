@@ -595,7 +595,7 @@ def test_auto_edits_references_for_a_locked_persona_on_flux(engine):
     assert "reference-editing model (FLUX.1)" in plan.reason
     assert "3 reference(s)" in plan.reason
     unlocked = engine.plan(make_request(references=references()))
-    assert unlocked.method is Method.TEXT
+    assert unlocked.base is Method.TEXT  # with the IP-Adapter for the face
 
 
 def test_auto_keeps_img2img_for_a_locked_persona_on_sd15(engine):
