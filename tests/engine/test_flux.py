@@ -478,6 +478,47 @@ def test_an_ip_adapter_with_several_references_equals_raw_diffusers_and_is_reset
     assert text.transformer.encoder_hid_proj is None
 
 
+def test_an_ip_adapter_on_img2img_and_on_controlnet_equals_raw_diffusers(
+    engine, tiny_model_root
+):
+    gallery = references()
+    face = fit_for_image_encoder(gallery[2].image)  # the face reference
+    pipe = raw_pipeline(tiny_model_root, FluxImg2ImgPipeline)
+    load_xlabs_ip_adapter(pipe, tiny_model_root, 0.6)
+    raw = raw_call(
+        pipe,
+        image=fit_to_size(gallery[1].image, SIZE, SIZE, ResizeMode.CROP_AND_RESIZE),
+        strength=STRENGTH,
+        ip_adapter_image=[[face]],
+    )
+    locked = make_request(
+        method=Method.IP_ADAPTER,
+        references=gallery,
+        appearance_locked=True,
+        ip_adapter=IPAdapterInput(scale=0.6, face_crop=False),
+    )
+    result = check(engine, locked, raw)
+    assert result.snapshot["pipeline_class"] == "FluxImg2ImgPipeline"
+
+    pose = noise_image(13, SIZE, SIZE)
+    pipe = raw_pipeline(tiny_model_root, FluxControlNetPipeline, ("openpose",))
+    load_xlabs_ip_adapter(pipe, tiny_model_root, 0.6)
+    raw = raw_call(
+        pipe,
+        control_image=pose,
+        controlnet_conditioning_scale=1.0,
+        ip_adapter_image=[[face]],
+    )
+    request = make_request(
+        method=Method.CONTROLNET,
+        references=gallery,
+        control_units=[ControlUnitInput(ControlType.OPENPOSE, control_image=pose)],
+        ip_adapter=IPAdapterInput(scale=0.6, face_crop=False),
+    )
+    result = check(engine, request, raw)
+    assert result.snapshot["pipeline_class"] == "FluxControlNetPipeline"
+
+
 def test_an_ip_adapter_on_kontext_equals_raw_diffusers(engine, tiny_model_root):
     reference = noise_image(12, 64, 64)
     pipe = raw_pipeline(tiny_model_root, FluxKontextPipeline)
