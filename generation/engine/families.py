@@ -157,6 +157,10 @@ class Family:
     expert denoisers" (diffusers' SDXL guide): the base denoises the first
     part of the schedule (``denoising_end``), the refiner the rest from the
     base's latents (``denoising_start``). None: the family has no refiner."""
+    refiner_text_encoding: TextEncoding | None = None
+    """How the refiner encodes a prompt (SDXL's: the second encoder alone,
+    OpenCLIP ViT-bigG, penultimate layer, its pooled projection), so that a
+    prompt longer than the window is chunked for it as for the base."""
     denoiser: Denoiser = Denoiser.UNET
     """The denoising network, also the pipeline attribute and folder holding it."""
     denoiser_classes: frozenset[str] = frozenset()
@@ -313,6 +317,12 @@ SDXL = Family(
     ),
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
     refiner_pipeline_class="StableDiffusionXLImg2ImgPipeline",
+    # stable-diffusion-xl-refiner-1.0 has no text_encoder: only the second one.
+    refiner_text_encoding=TextEncoding(
+        encoders=(("tokenizer_2", "text_encoder_2"),),
+        hidden_layer="penultimate",
+        pooled_from="text_encoder_2",
+    ),
     latent_rgb=LatentRGB(
         factors=(
             (0.3448, 0.4168, 0.4395),

@@ -203,7 +203,12 @@ def plan_problems(
                 spec.key,
             )
         )
-    if spec.refiner is not None and plan.base in REFINED_METHODS and not model_problems:
+    if (
+        spec.refiner is not None
+        and request.use_refiner
+        and plan.base in REFINED_METHODS
+        and not model_problems
+    ):
         problems += _guarded(lambda: _check_refiner(spec, config))
     problems += _unit_weight_problems(units, config, request.model)
     if not model_problems:

@@ -544,10 +544,13 @@ class PipelineRegistry:
 
     def preload(self, model_keys: Sequence[str]) -> None:
         """Load base models ahead of the first job (the worker does this at start),
-        and hash their weights now rather than in the first job's snapshot."""
+        each with its refiner when it has one, and hash their weights now rather
+        than in the first job's snapshot."""
         for model_key in model_keys:
             with self._lock:
                 self._base(model_key, {self._base_key(model_key)})
+                if self._spec(model_key).refiner is not None:
+                    self.refiner(model_key)
             self.fingerprint(model_key)
 
     def warmup(self, model_key: str) -> None:
