@@ -378,3 +378,88 @@ def test_a_single_file_controlnet_needs_its_config(settings, model_root):
     messages = checks.check_models_available()
     assert ids(messages) == ["studio.E020"]
     assert "no-such-config" in messages[0].msg
+
+
+@pytest.fixture
+def sdxl_with_refiner(settings, tiny_model_dir, tmp_path):
+    """The tiny SDXL model with a copy of its refiner as the model's refiner."""
+    import shutil
+
+    from generation.engine.config import TINY_SDXL_REFINER_DIR
+
+    refiner = tmp_path / "refiner"
+    shutil.copytree(tiny_model_dir / TINY_SDXL_REFINER_DIR, refiner)
+    settings.STUDIO_MODEL_ROOTS = [str(tiny_model_dir), str(tmp_path)]
+    settings.STUDIO_MODELS = {
+        "xl": {"source": str(tiny_model_dir / "sdxl"), "refiner": str(refiner)}
+    }
+    settings.STUDIO_CONTROLNETS = {}
+    settings.STUDIO_IP_ADAPTER = {}
+    settings.STUDIO_ANNOTATORS_DIR = ""
+    return refiner
+
+
+def test_a_refiner_with_its_weights_passes_the_model_check(sdxl_with_refiner):
+    assert checks.check_models_available() == []
+
+
+def test_a_refiner_without_its_weights_fails_the_model_check_naming_them(
+    sdxl_with_refiner,
+):
+    (sdxl_with_refiner / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (sdxl_with_refiner / "text_encoder_2" / "model.safetensors").unlink()
+    with pytest.raises(SystemCheckError) as raised:
+        call_command(
+            "check",
+            deploy=True,
+            tags=[checks.MODELS_TAG],
+            stdout=StringIO(),
+            stderr=StringIO(),
+        )
+    text = str(raised.value)
+    assert f"The refiner of model 'xl' ({sdxl_with_refiner})" in text
+    assert "not its weights" in text
+    assert "unet/diffusion_pytorch_model.safetensors" in text
+    assert "text_encoder_2/model.safetensors" in text
+
+
+def test_a_refiner_needs_its_variant_files(settings, sdxl_with_refiner):
+    """It is loaded with the model's variant, so the check asks for those."""
+    settings.STUDIO_MODELS["xl"]["variant"] = "fp16"
+    messages = [
+        message
+        for message in checks.check_models_available()
+        if "refiner" in message.msg
+    ]
+    assert ids(messages) == ["studio.E020"]
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in messages[0].msg
+
+
+def test_a_missing_or_misplaced_refiner_is_an_error_with_the_reason(
+    settings, sdxl_with_refiner, tiny_model_dir
+):
+    settings.STUDIO_MODELS["xl"]["refiner"] = str(sdxl_with_refiner / "gone")
+    (message,) = checks.check_models_available()
+    assert message.id == "studio.E020"
+    assert "The refiner of model 'xl'" in message.msg
+    assert "does not exist" in message.msg
+    # A refiner on an SD 1.5 model: its family has none.
+    settings.STUDIO_MODELS = {
+        "sd": {
+            "source": str(tiny_model_dir / "sd15"),
+            "refiner": str(sdxl_with_refiner),
+        }
+    }
+    (message,) = checks.check_models_available()
+    assert "has no refiner" in message.msg
+    # An SD 1.5 pipeline as an SDXL model's refiner: another family.
+    settings.STUDIO_MODELS = {
+        "xl": {
+            "source": str(tiny_model_dir / "sdxl"),
+            "refiner": str(tiny_model_dir / "sd15"),
+        }
+    }
+    (message,) = checks.check_models_available()
+    assert "The refiner of model 'xl'" in message.msg
+    assert "it is a Stable Diffusion 1.5 model" in message.msg
+    assert "the model is Stable Diffusion XL" in message.msg
