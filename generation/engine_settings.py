@@ -77,6 +77,12 @@ def model_family(key: str) -> str:
     return model_traits(source, declared=spec.family, where=where).family.key
 
 
+def model_has_refiner(key: str) -> bool:
+    """Whether a configured model has a refiner (``"refiner"`` in its entry)."""
+    spec = configured_models().get(key)
+    return spec is not None and spec.refiner is not None
+
+
 def tiny_model_dir() -> Path:
     return Path(settings.STUDIO_TINY_MODEL_DIR)
 
