@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files import File
@@ -20,6 +21,7 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils.text import slugify
 
+from generation.engine.config import engine_config_from_settings
 from personas.face_analysis import reference_queue_analysis
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.lora import base_model_traits, validate_lora_upload
@@ -78,9 +80,8 @@ def persona_check_method(*, base_model: str, method: str) -> None:
     with the engine's reason."""
     from generation.engine.errors import EngineError
     from generation.engine.plan import method_problem
-    from personas.lora import base_model_traits, engine_config_from_settings
 
-    config = engine_config_from_settings()
+    config = engine_config_from_settings(settings)
     if base_model not in config.models:
         return  # the base-model field says so
     try:
@@ -401,7 +402,6 @@ def control_unit_check(*, unit: ControlNetUnit, base_model: str) -> None:
     from generation.engine.plan import control_type_problem
     from generation.engine.preprocessors import validate_control_unit
     from generation.engine.requests import ControlType, ControlUnitInput
-    from personas.lora import base_model_traits, engine_config_from_settings
 
     errors = {}
     if isinstance(unit.preprocessor_options, dict) and unit.control_type:
@@ -416,7 +416,7 @@ def control_unit_check(*, unit: ControlNetUnit, base_model: str) -> None:
             errors["preprocessor_options"] = ValidationError(
                 str(error), code="preprocessor_options"
             )
-    config = engine_config_from_settings()
+    config = engine_config_from_settings(settings)
     if unit.enabled and unit.control_type and base_model in config.models:
         try:
             model = base_model_traits(base_model)
