@@ -42,7 +42,12 @@ from generation.engine.runner import Engine
 from generation.engine.snapshot import request_from_snapshot
 from generation.engine.vocabulary import TINY_MODEL_KEY, TINY_SDXL_MODEL_KEY
 from tests.engine.test_reproducibility import assert_same_pixels, noise_image
-from tests.engine.test_sdxl import words_of
+from tests.engine.test_sdxl import (
+    assert_encodes_as_diffusers,
+    load_ip_adapter,
+    raw_pipeline,
+    words_of,
+)
 
 SEED = 77
 STEPS = 5
@@ -262,13 +267,9 @@ def test_the_plan_check_refuses_a_refiner_before_anything_is_queued(
 def test_a_run_can_switch_the_refiner_off_and_its_replay_keeps_it_off(
     engine, tiny_model_root
 ):
-    base = StableDiffusionXLPipeline.from_pretrained(
-        tiny_model_root / "sdxl", dtype=torch.float32
-    )
-    base.set_progress_bar_config(disable=True)
+    base = raw_pipeline(tiny_model_root, StableDiffusionXLPipeline)
     raw = base(
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
+        **{"prompt": PROMPT, "negative_prompt": NEGATIVE},
         num_inference_steps=STEPS,
         guidance_scale=GUIDANCE,
         width=SIZE,
@@ -323,22 +324,9 @@ def raw_refiner(tiny_model_root: Path):
 
 
 def test_a_fitting_prompt_encodes_on_the_refiner_exactly_as_diffusers(raw_refiner):
+    """(The test's prompt and negative prompt are test_sdxl's, which fit.)"""
     assert raw_refiner.text_encoder is None  # the second encoder alone
-    embeds, info = encode_long_prompt(
-        raw_refiner, SDXL.refiner_text_encoding, PROMPT, NEGATIVE, "cpu", True
-    )
-    expected = raw_refiner.encode_prompt(
-        PROMPT, device="cpu", do_classifier_free_guidance=True, negative_prompt=NEGATIVE
-    )
-    names = (
-        "prompt_embeds",
-        "negative_prompt_embeds",
-        "pooled_prompt_embeds",
-        "negative_pooled_prompt_embeds",
-    )
-    assert info["chunks"] == 1
-    for name, tensor in zip(names, expected, strict=True):
-        assert torch.equal(embeds[name], tensor), name
+    assert_encodes_as_diffusers(raw_refiner, SDXL.refiner_text_encoding)
 
 
 def test_a_long_prompt_is_chunked_on_the_refiner_as_on_the_base(
@@ -400,19 +388,12 @@ def test_ip_adapter_with_the_refiner_equals_the_raw_ensemble_and_says_so(
 ):
     references = [noise_image(7)]
 
-    def with_ip_adapter(pipe: Any) -> None:
-        pipe.load_ip_adapter(
-            tiny_model_root / "ip-adapter",
-            subfolder="sdxl_models",
-            weight_name="ip-adapter_sdxl_vit-h.safetensors",
-            image_encoder_folder="models/image_encoder",
-        )
-        pipe.set_ip_adapter_scale(0.7)
-
     raw = raw_ensemble(
         tiny_model_root,
         StableDiffusionXLPipeline,
-        prepare_base=with_ip_adapter,
+        prepare_base=lambda pipe: load_ip_adapter(
+            pipe, tiny_model_root, "ip-adapter_sdxl_vit-h.safetensors", 0.7
+        ),
         width=SIZE,
         height=SIZE,
         ip_adapter_image=[references],
