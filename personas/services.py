@@ -48,7 +48,9 @@ REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
 # - an image is in a gallery once (``duplicate``); one image is primary at most
 #   (marking one primary unmarks the previous one);
 # - the method is one the base model's family and configuration can run
-#   (``family_method``), and an enabled ControlNet unit's type has a ControlNet
+#   (``family_method``; checked by every save that sets the method or the base
+#   model: the admin, ``persona_create``/``persona_update`` and so the gallery's
+#   "use this value"), and an enabled ControlNet unit's type has a ControlNet
 #   of the model's family (``no_controlnet``); a unit's preprocessor options are
 #   ones its preprocessor takes (``preprocessor_options``): the engine's plan
 #   check, which reads configs and headers only.
@@ -127,8 +129,28 @@ def persona_save(
         except ValidationError as error:
             raise ValidationError({"appearance_locked": error}) from None
     persona.full_clean()
+    if _method_or_model_changed(persona):
+        try:
+            persona_check_method(base_model=persona.base_model, method=persona.method)
+        except ValidationError as error:
+            raise ValidationError({"method": error}) from None
     persona.save()
     return persona
+
+
+def _method_or_model_changed(persona: Persona) -> bool:
+    """Whether a save sets the method or the base model (a new persona sets
+    both): only then is the method checked against the model, so that a
+    persona whose model lost an adapter since can still be saved otherwise
+    (its runs are refused at generate, with the reason)."""
+    if persona.pk is None:
+        return True
+    stored = (
+        Persona.objects.filter(pk=persona.pk)
+        .values_list("method", "base_model")
+        .first()
+    )
+    return stored != (persona.method, persona.base_model)
 
 
 @transaction.atomic
