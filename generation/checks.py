@@ -341,6 +341,7 @@ def _nothing_missing(
         config,
         required_file=required_file,
         revision=adapter.revision,
+        download=adapter.files(),
     )
     return []
 

@@ -545,7 +545,7 @@ def _ip_adapter_changes(
     """The IP-Adapter's source and files, and its fingerprint where the
     snapshot recorded one."""
     from generation.engine.errors import EngineError
-    from generation.engine.sources import fingerprint, resolve_source, with_variant
+    from generation.engine.sources import fingerprint, resolve_ip_adapter, with_variant
 
     spec = config.ip_adapter_for(model_key)
     if spec is None:
@@ -570,12 +570,7 @@ def _ip_adapter_changes(
         try:
             now = with_variant(
                 fingerprint(
-                    resolve_source(
-                        spec.source,
-                        config,
-                        required_file=f"{spec.subfolder}/{recorded['weight_name']}",
-                        revision=spec.revision,
-                    )
+                    resolve_ip_adapter(spec, config, recorded["weight_name"])
                 ),
                 spec.variant,
             )

@@ -297,6 +297,19 @@ class IPAdapterSpec:
             )
         return cls(**{**vars(row.ip_adapter), **values})
 
+    def files(self) -> list[str]:
+        """The repository's files a job can load: both adapters and the image
+        encoder (of its variant), as ``hf download`` names them."""
+        weights = f"model.{self.variant}.safetensors" if self.variant else (
+            "model.safetensors"
+        )
+        return [
+            f"{self.subfolder}/{self.weight_name}",
+            f"{self.subfolder}/{self.face_weight_name}",
+            f"{self.image_encoder_folder}/config.json",
+            f"{self.image_encoder_folder}/{weights}",
+        ]
+
 
 @dataclass
 class PreviewConfig:

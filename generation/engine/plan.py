@@ -64,7 +64,7 @@ from .families import (
 )
 from .families import check_lora_fits as check_family_fits
 from .inpaint import check_inpaint_request
-from .methods import MethodPlan, plan_method
+from .methods import MethodPlan, asks_for_ip_adapter, plan_method
 from .preprocessors import (
     PREPROCESSORS,
     SEG_PREPROCESSOR,
@@ -81,6 +81,7 @@ from .sources import (
     is_offline,
     model_traits,
     resolve_controlnet,
+    resolve_ip_adapter,
     resolve_model,
     resolve_source,
 )
@@ -172,6 +173,13 @@ def plan_problems(
                 )
             )
         )
+    adapter = config.ip_adapter_for(request.model) if spec is not None else None
+    if weights_here and adapter is not None and asks_for_ip_adapter(request):
+        # Why a configured adapter is not here (its repository, revision and
+        # missing file), not only that none is installed.
+        missing = _guarded(lambda: resolve_ip_adapter(adapter, config))
+        if missing:
+            return [*problems, *missing]
     try:
         # The scheduler is checked above: plan_method's own check imports
         # diffusers, which the web process does not need.
@@ -279,12 +287,7 @@ def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> 
     if spec is None:
         return False
     try:
-        resolve_source(
-            spec.source,
-            config,
-            required_file=f"{spec.subfolder}/{spec.weight_name}",
-            revision=spec.revision,
-        )
+        resolve_ip_adapter(spec, config)
     except EngineError:
         return False
     return True
@@ -391,12 +394,7 @@ def ip_adapter_problem(
     if model is None:
         return None
     try:
-        source = resolve_source(
-            spec.source,
-            config,
-            required_file=f"{spec.subfolder}/{spec.weight_name}",
-            revision=spec.revision,
-        )
+        source = resolve_ip_adapter(spec, config)
         for weight in (spec.weight_name, spec.face_weight_name):
             check_ip_adapter_file(
                 source, f"{spec.subfolder}/{weight}", model, model_key

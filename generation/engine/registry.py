@@ -111,6 +111,7 @@ from generation.engine.sources import (
     model_traits,
     read_config,
     resolve_controlnet,
+    resolve_ip_adapter,
     resolve_model,
     resolve_source,
     with_variant,
@@ -582,6 +583,12 @@ class PipelineRegistry:
         """Whether the engine-wide IP-Adapter weights can be found."""
         return self.ip_adapter_installed_for(None)
 
+    def check_ip_adapter_installed(self, model_key: str) -> None:
+        """Raise why the model's configured IP-Adapter cannot be found here
+        (``ModelNotFound`` naming the repository, revision and missing file);
+        nothing when it is found or none is configured."""
+        self._ip_adapter_source(model_key)
+
     def ip_adapter_installed_for(self, model_key: str | None) -> bool:
         """Whether the IP-Adapter weights of a model (None: the engine-wide
         IP-Adapter) can be found."""
@@ -982,12 +989,7 @@ class PipelineRegistry:
         spec = self._ip_adapter_spec(model_key)
         if spec is None:
             return None
-        return resolve_source(
-            spec.source,
-            self._config,
-            required_file=f"{spec.subfolder}/{spec.weight_name}",
-            revision=spec.revision,
-        )
+        return resolve_ip_adapter(spec, self._config)
 
     def _set_ip_adapter(
         self,

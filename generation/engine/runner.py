@@ -40,6 +40,7 @@ from .families import Family, family
 from .inpaint import check_inpaint_request, inpaint_region, paste_back
 from .methods import (
     MethodPlan,
+    asks_for_ip_adapter,
     plan_method,
 )
 from .preprocessors import make_control_image
@@ -122,6 +123,10 @@ class Engine:
                 controlnets=self._config.controlnets,
                 ip_adapter_installed=self._registry.ip_adapter_installed,
             )
+        if asks_for_ip_adapter(request):
+            # Asked for: why a configured one is not here (its repository,
+            # revision and missing file), not only that it is not installed.
+            self._registry.check_ip_adapter_installed(request.model)
         plan = plan_method(
             request,
             models=self._config.models,

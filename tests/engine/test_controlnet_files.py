@@ -23,7 +23,7 @@ from generation.engine.config import (
     ModelSpec,
     model_catalog,
 )
-from generation.engine.errors import InvalidRequest, ModelNotFound
+from generation.engine.errors import ModelNotFound
 from generation.engine.families import FamilyMismatch, UnknownFamily
 from generation.engine.requests import (
     ControlType,
@@ -327,9 +327,33 @@ def test_an_ip_adapter_is_pinned_to_its_hub_revision(
         engine_config,
         ip_adapter=IPAdapterSpec(source="h94/IP-Adapter", revision="e" * 40),
     )
-    # Another commit is not in the cache: the adapter is not installed.
-    with pytest.raises(InvalidRequest, match="no IP-Adapter is installed"):
+    # Another commit is not in the cache: the refusal names the repository,
+    # the revision, the missing file and the command that fetches them all.
+    other = "e" * 40
+    expected = (
+        f"'h94/IP-Adapter' at revision {other} is not in the Hugging Face cache "
+        f"({hub_cache}): its file models/ip-adapter_sd15.safetensors is missing "
+        "there, and the engine is offline, so nothing is downloaded. Where there "
+        "is network, run `hf download h94/IP-Adapter "
+        "models/ip-adapter_sd15.safetensors "
+        "models/ip-adapter-plus-face_sd15.safetensors "
+        "models/image_encoder/config.json models/image_encoder/model.safetensors "
+        f"--revision {other}` with HF_HOME set to the cache you then copy to this "
+        'host\'s HF_HOME (docs/models.md, "Fully offline")'
+    )
+    with pytest.raises(ModelNotFound) as raised:
         Engine(elsewhere).generate(ip_adapter_request())
+    assert expected in str(raised.value)
+    # The plan check that runs before anything is queued says the same.
+    from generation.engine.plan import plan_problems
+
+    (problem,) = plan_problems(ip_adapter_request(), elsewhere)
+    assert problem.code == "model_not_found" and expected in problem.message
+    # auto, which adds the adapter only where it is installed, runs without it.
+    auto = Engine(elsewhere).generate(
+        replace(ip_adapter_request(), method=Method.AUTO, ip_adapter=None)
+    )
+    assert auto.snapshot["ip_adapter"] is None
 
 
 def test_the_catalog_and_the_config_read_controlnet_entries():

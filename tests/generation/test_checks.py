@@ -439,3 +439,37 @@ def test_a_missing_or_misplaced_refiner_is_an_error_with_the_reason(
     assert "The refiner of model 'xl'" in message.msg
     assert "it is a Stable Diffusion 1.5 model" in message.msg
     assert "the model is Stable Diffusion XL" in message.msg
+
+
+def test_an_uncached_ip_adapter_revision_says_what_is_missing_and_how_to_fetch_it(
+    settings, model_root, tmp_path, monkeypatch
+):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    pin = "e" * 40
+    settings.STUDIO_IP_ADAPTER = {"source": "h94/IP-Adapter", "revision": pin}
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E020"] * 3
+    first = messages[0].msg
+    assert f"'h94/IP-Adapter' at revision {pin} is not in the Hugging Face" in first
+    assert "its file models/ip-adapter_sd15.safetensors is missing there" in first
+    assert (
+        "`hf download h94/IP-Adapter models/ip-adapter_sd15.safetensors "
+        "models/ip-adapter-plus-face_sd15.safetensors "
+        "models/image_encoder/config.json models/image_encoder/model.safetensors "
+        f"--revision {pin}`" in first
+    )
+    assert "models/image_encoder/config.json is missing" in messages[2].msg
+    # Downloaded at that revision (as the command does), the check passes.
+    repo = cache / "models--h94--IP-Adapter"
+    write_files(
+        repo / "snapshots" / pin,
+        {
+            "models/ip-adapter_sd15.safetensors": "",
+            "models/ip-adapter-plus-face_sd15.safetensors": "",
+            "models/image_encoder/config.json": "{}",
+        },
+    )
+    assert checks.check_models_available() == []
