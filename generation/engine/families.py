@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineError, InvalidRequest
+from .errors import EngineError, InvalidRequest, SourceRefused
 from .vocabulary import (
     MAX_SIZE,
     MIN_SIZE,
@@ -681,12 +681,29 @@ def controlnet_file_traits(header: Mapping[str, Any], where: str) -> ModelTraits
         for key in keys
         if key.endswith("attn2.to_k.weight")
     ]
+    if conditioning == "label_emb.":
+        raise SourceRefused(SDXL_ORIGINAL_CONTROLNET_REFUSAL.format(where=where))
     row = SDXL if conditioning else SD15
     width = widths[0] if widths else row.cross_attention_dim
     found = (
         f"size conditioning {conditioning}*" if conditioning else "no size conditioning"
     ) + f", cross-attention width {width if widths else 'unknown'}"
     return ModelTraits(row, width, found)
+
+
+SDXL_ORIGINAL_CONTROLNET_REFUSAL = (
+    "{where} is an SDXL ControlNet in the original (SGM) key layout "
+    "(control_model.*, its size conditioning under label_emb.*), which "
+    "diffusers' single-file loader does not convert: its size conditioning "
+    "would stay unloaded. Use the ControlNet's diffusers files (a folder or Hub "
+    "id with config.json) or a single file in diffusers' key names "
+    "(controlnet_cond_embedding.*, add_embedding.*), as SDXL ControlNets are "
+    "mostly published (docs/models.md)."
+)
+"""Why an original-layout SDXL ControlNet file is refused before it loads:
+diffusers' ``convert_controlnet_checkpoint`` maps no ``label_emb`` key, so
+``from_single_file`` leaves ``add_embedding`` on the meta device and fails
+(tests/engine/test_controlnet_files.py shows it)."""
 
 
 def check_refiner_fits(row: Family, model_key: str) -> str:

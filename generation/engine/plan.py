@@ -423,11 +423,15 @@ def control_type_problem(
         return None
     try:
         source = resolve_controlnet(spec, config)
-        name = f"{control_type!r} ({source.location})"
+    except EngineError:
+        return None  # not here: the weights check says why
+    name = f"{control_type!r} ({source.location})"
+    try:
         traits = controlnet_traits_of(source, name)
         if traits is not None:
             check_controlnet_fits(model, traits, model_key, name)
-    except FamilyMismatch as error:
+    except (FamilyMismatch, SourceRefused) as error:
+        # Another family, or a file layout that cannot be loaded.
         return str(error)
     except EngineError:
         return None
