@@ -460,6 +460,14 @@ def test_the_single_file_checkpoint_gives_the_folders_pixels(engine, tiny_model_
     assert single.snapshot["model"]["kind"] == "single_file"
     assert single.snapshot["family"] == "sdxl"
     assert_same_pixels(single.images, folder.images)
+    # And what diffusers' own single-file loader gives with that config.
+    raw = StableDiffusionXLPipeline.from_single_file(
+        tiny_model_root / "sdxl.safetensors",
+        config=str(tiny_model_root / "sdxl"),
+        dtype=torch.float32,
+    )
+    raw.set_progress_bar_config(disable=True)
+    assert_same_pixels(single.images, raw_call(raw, width=SIZE, height=SIZE))
 
 
 # --- Long prompts on both text encoders ------------------------------------------
