@@ -1,8 +1,10 @@
 """The engine's configuration and model catalog, built from the ``STUDIO_*`` settings.
 
-This is the one place where Django settings become the framework-free
-``EngineConfig`` and its catalog of ``ModelSpec`` (DESIGN.md decision 2): a thin
-adapter over ``generation.engine.config``. With ``STUDIO_MODELS`` empty the studio
+This is where Django settings become the framework-free ``EngineConfig`` and
+its catalog of ``ModelSpec`` (DESIGN.md decision 2): a thin adapter that hands
+Django's settings to ``generation.engine.config.engine_config_from_settings``,
+the one reading of the ``STUDIO_*`` settings (personas, which may import only
+the engine of ``generation``, calls it too). With ``STUDIO_MODELS`` empty the studio
 serves the built-in tiny model from ``STUDIO_TINY_MODEL_DIR`` (its images are
 noise); ``studio_tiny_model`` writes it there.
 """
