@@ -466,6 +466,10 @@ def snapshot_changes(
         except EngineError as error:
             changes.append(f"the model {key!r} cannot be found ({error})")
         else:
+            if not snapshot.get("refiner"):
+                # A run without the refiner (none then, or switched off) does
+                # not depend on it.
+                current.pop("refiner", None)
             changes += _fingerprint_changes(
                 f"the model {key!r}", recorded_model, current
             )

@@ -86,3 +86,22 @@ def test_the_admins_generate_action_can_switch_the_refiner_off(refiner_studio):
         assert form.is_valid(), form.errors
         overrides = GenerationOverrides.from_data(form.cleaned_data)
         assert overrides.use_refiner is expected
+
+
+def test_the_command_line_can_switch_the_refiner_off(refiner_studio, media_root):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from generation.models import Content
+
+    persona = persona_create(name="Ada", base_model="xl", method="text")
+    for flags, expected in (({"no_refiner": True}, False), ({}, True)):
+        call_command(
+            "studio_generate",
+            persona=persona.slug,
+            prompt="a portrait",
+            stdout=StringIO(),
+            **flags,
+        )
+        assert Content.objects.latest("pk").request["use_refiner"] is expected
