@@ -296,9 +296,9 @@ def _edit_references(request: GenerationRequest) -> tuple[int, ...]:
 def asks_for_ip_adapter(request: GenerationRequest) -> bool:
     """Whether a request asks for the IP-Adapter itself (its method, or its
     settings with an explicit method), rather than leaving it to ``auto``."""
-    return request.method != Method.AUTO and (
-        request.method == Method.IP_ADAPTER or request.ip_adapter is not None
-    )
+    if request.method in (Method.AUTO, Method.REFERENCE_EDIT):
+        return False  # auto's choice; reference_edit refuses the settings
+    return request.method == Method.IP_ADAPTER or request.ip_adapter is not None
 
 
 def _choose(

@@ -174,7 +174,12 @@ def plan_problems(
             )
         )
     adapter = config.ip_adapter_for(request.model) if spec is not None else None
-    if weights_here and adapter is not None and asks_for_ip_adapter(request):
+    if (
+        weights_here
+        and adapter is not None
+        and row.ip_adapter is not None
+        and asks_for_ip_adapter(request)
+    ):
         # Why a configured adapter is not here (its repository, revision and
         # missing file), not only that none is installed.
         missing = _guarded(lambda: resolve_ip_adapter(adapter, config))

@@ -123,7 +123,10 @@ class Engine:
                 controlnets=self._config.controlnets,
                 ip_adapter_installed=self._registry.ip_adapter_installed,
             )
-        if asks_for_ip_adapter(request):
+        if (
+            asks_for_ip_adapter(request)
+            and self._registry.plan_family(request.model).ip_adapter is not None
+        ):
             # Asked for: why a configured one is not here (its repository,
             # revision and missing file), not only that it is not installed.
             self._registry.check_ip_adapter_installed(request.model)
