@@ -210,6 +210,9 @@ def _configured_sources(
     for key, spec in config.models.items():
         where = f"Model {key!r} ({spec.source})"
         yield where, partial(_check_model, config, spec, where)
+        if spec.refiner is not None:
+            where = f"The refiner of model {key!r} ({spec.refiner})"
+            yield where, partial(_check_refiner, config, spec, where)
     # The engine-wide ControlNets and each model's own, each entry once.
     controlnets = {}
     for model_key in (None, *config.models):
@@ -262,24 +265,41 @@ _WEIGHT_SUFFIXES = (
 def _check_model(config: EngineConfig, spec: Any, where: str) -> list[str]:
     """Resolve a model, detect its family (``UnknownFamily`` with what was
     found), and list its weight files that are missing."""
-    from generation.engine.sources import (
-        PIPELINE_CONFIG_FILE,
-        SourceKind,
-        model_traits,
-        read_config,
-        resolve_source,
-    )
+    from generation.engine.plan import model_source
+    from generation.engine.sources import SourceKind, model_traits
 
-    source = resolve_source(
-        spec.source,
-        config,
-        revision=spec.revision,
-        single_file=True,
-        single_file_config=spec.config,
-    )
+    source = model_source(spec, config)
     model_traits(source, declared=spec.family, where=where)
     if source.kind is SourceKind.SINGLE_FILE:
         return []
+    return _missing_pipeline_weights(source, spec.variant)
+
+
+def _check_refiner(config: EngineConfig, spec: Any, where: str) -> list[str]:
+    """Resolve a model's refiner (a folder or Hub id of a pipeline), check that
+    its family has one and that it is of the model's family, and list its
+    weight files (of the model's variant, which it is loaded with) that are
+    missing."""
+    from generation.engine.families import FamilyMismatch, check_refiner_fits
+    from generation.engine.plan import model_source
+    from generation.engine.sources import model_traits, resolve_source
+
+    model = model_traits(model_source(spec, config), declared=spec.family).family
+    check_refiner_fits(model, spec.key)
+    source = resolve_source(spec.refiner, config)
+    found = model_traits(source, where=where).family
+    if found is not model:
+        raise FamilyMismatch(
+            f"it is a {found.label} model; the model is {model.label}."
+        )
+    return _missing_pipeline_weights(source, spec.variant)
+
+
+def _missing_pipeline_weights(source: Any, variant: str | None) -> list[str]:
+    """The weight files a pipeline's folder (or Hub snapshot) lacks, one per
+    weighted component of its ``model_index.json``."""
+    from generation.engine.sources import PIPELINE_CONFIG_FILE, read_config
+
     folder = _source_folder(source, PIPELINE_CONFIG_FILE)
     index = read_config(source, PIPELINE_CONFIG_FILE) or {}
     components = sorted(
@@ -294,7 +314,7 @@ def _check_model(config: EngineConfig, spec: Any, where: str) -> list[str]:
     return [
         missing
         for name in components
-        for missing in _missing_weights(folder / name, spec.variant, name)
+        for missing in _missing_weights(folder / name, variant, name)
     ]
 
 
@@ -326,6 +346,7 @@ def _nothing_missing(
         config,
         required_file=required_file,
         revision=adapter.revision,
+        download=adapter.files(),
     )
     return []
 

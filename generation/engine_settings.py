@@ -1,8 +1,10 @@
 """The engine's configuration and model catalog, built from the ``STUDIO_*`` settings.
 
-This is the one place where Django settings become the framework-free
-``EngineConfig`` and its catalog of ``ModelSpec`` (DESIGN.md decision 2): a thin
-adapter over ``generation.engine.config``. With ``STUDIO_MODELS`` empty the studio
+This is where Django settings become the framework-free ``EngineConfig`` and
+its catalog of ``ModelSpec`` (DESIGN.md decision 2): a thin adapter that hands
+Django's settings to ``generation.engine.config.engine_config_from_settings``,
+the one reading of the ``STUDIO_*`` settings (personas, which may import only
+the engine of ``generation``, calls it too). With ``STUDIO_MODELS`` empty the studio
 serves the built-in tiny model from ``STUDIO_TINY_MODEL_DIR`` (its images are
 noise); ``studio_tiny_model`` writes it there.
 """
@@ -16,13 +18,10 @@ from django.conf import settings
 from generation.engine.config import (
     TINY_MARKER_FILE,
     EngineConfig,
-    IPAdapterSpec,
     ModelSpec,
-    PreviewConfig,
+    engine_config_from_settings,
     model_catalog,
-    tiny_engine_config,
 )
-from generation.engine.vocabulary import Quantization, SafetyPolicy
 
 
 def configured_models() -> dict[str, ModelSpec]:
@@ -77,6 +76,12 @@ def model_family(key: str) -> str:
     return model_traits(source, declared=spec.family, where=where).family.key
 
 
+def model_has_refiner(key: str) -> bool:
+    """Whether a configured model has a refiner (``"refiner"`` in its entry)."""
+    spec = configured_models().get(key)
+    return spec is not None and spec.refiner is not None
+
+
 def tiny_model_dir() -> Path:
     return Path(settings.STUDIO_TINY_MODEL_DIR)
 
@@ -87,42 +92,7 @@ def tiny_model_written() -> bool:
 
 
 def engine_config() -> EngineConfig:
-    """An ``EngineConfig`` from the settings, read now (settings are lazy)."""
-    if uses_tiny_model():
-        config = tiny_engine_config(tiny_model_dir())
-    else:
-        config = EngineConfig(
-            models=configured_models(),
-            model_roots=[Path(root) for root in settings.STUDIO_MODEL_ROOTS],
-        )
-    if settings.STUDIO_CONTROLNETS:
-        config.controlnets = dict(settings.STUDIO_CONTROLNETS)
-    if settings.STUDIO_IP_ADAPTER:
-        config.ip_adapter = IPAdapterSpec(**settings.STUDIO_IP_ADAPTER)
-    config.annotators_dir = _optional_path(settings.STUDIO_ANNOTATORS_DIR)
-    config.seg_model = settings.STUDIO_SEG_MODEL or None
-    config.device = settings.STUDIO_DEVICE or None
-    config.dtype = settings.STUDIO_DTYPE or None
-    config.quantization = Quantization(settings.STUDIO_QUANTIZATION)
-    config.memory_budget_mb = settings.STUDIO_MEMORY_BUDGET_MB or None
-    config.safety_policy = SafetyPolicy(settings.STUDIO_SAFETY_CHECKER)
-    config.safety_checker = settings.STUDIO_SAFETY_CHECKER_MODEL or None
-    # The fields of ``vocabulary.Footprint``, each from the setting it names
-    # (tests/engine/test_vocabulary.py keeps the two lists equal).
-    config.cpu_offload = settings.STUDIO_CPU_OFFLOAD
-    config.sequential_cpu_offload = settings.STUDIO_SEQUENTIAL_CPU_OFFLOAD
-    config.attention_slicing = settings.STUDIO_ATTENTION_SLICING
-    config.vae_tiling = settings.STUDIO_VAE_TILING
-    config.channels_last = settings.STUDIO_CHANNELS_LAST
-    config.compile = settings.STUDIO_TORCH_COMPILE
-    config.preview = PreviewConfig(
-        method=settings.STUDIO_PREVIEW_METHOD,
-        every_steps=settings.STUDIO_PREVIEW_EVERY_STEPS,
-        min_interval_seconds=settings.STUDIO_PREVIEW_MIN_INTERVAL_MS / 1000,
-        tiny_autoencoders=dict(settings.STUDIO_PREVIEW_TINY_AUTOENCODERS),
-    )
-    return config
-
-
-def _optional_path(value: str) -> Path | None:
-    return Path(value) if value else None
+    """An ``EngineConfig`` from the settings, read now (settings are lazy), by
+    the engine's one reading of them (``config.engine_config_from_settings``,
+    which personas calls too)."""
+    return engine_config_from_settings(settings)

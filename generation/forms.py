@@ -34,6 +34,7 @@ from generation.engine.vocabulary import (
     GridParameter,
     Method,
 )
+from generation.engine_settings import model_has_refiner
 from generation.parameters import UnitOverride
 from personas.forms import base_model_family, offer_methods
 from personas.models import ConsistencyMethod, Persona, SeedPolicy
@@ -88,6 +89,12 @@ class GenerateForm(forms.Form):
         help_text="Redraw the faces of each output after the generation.",
     )
     detailer_strength = _detailer_strength_field(required=False)
+    use_refiner = forms.ChoiceField(
+        label="refiner",
+        required=False,
+        choices=[("", "On where the model has one"), ("off", "Off")],
+        help_text="SDXL models with a refiner: off runs the base alone.",
+    )
     keep_best = forms.IntegerField(
         label="keep the best",
         required=False,
@@ -99,6 +106,9 @@ class GenerateForm(forms.Form):
 
     def clean_detailer(self) -> bool | None:
         return {"on": True, "off": False}.get(self.cleaned_data["detailer"])
+
+    def clean_use_refiner(self) -> bool | None:
+        return False if self.cleaned_data["use_refiner"] == "off" else None
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -275,6 +285,13 @@ class PersonaGenerateForm(forms.Form):
             *((name, name) for name in ALL_SCHEDULER_NAMES),
         ],
     )
+    use_refiner = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="refiner",
+        help_text="The model's refiner finishes text and img2img runs; off: the "
+        "base alone (its IP-Adapter and LoRA then shape every step).",
+    )
     seed_policy = forms.ChoiceField(choices=SeedPolicy.choices)
     seed = _seed_field(
         help_text="With a fixed seed: the first image's (the next ones count up); "
@@ -365,6 +382,8 @@ class PersonaGenerateForm(forms.Form):
             del self.fields["edit_references"]
         if not persona.lora_weights:
             del self.fields["lora_scale"]
+        if not model_has_refiner(persona.base_model):
+            del self.fields["use_refiner"]
         self.units = list(persona.control_units.all())
         for unit in self.units:
             prefix = f"unit_{unit.pk}"
@@ -403,6 +422,7 @@ class PersonaGenerateForm(forms.Form):
                 "steps",
                 "guidance_scale",
                 "scheduler",
+                "use_refiner",
                 "seed_policy",
                 "seed",
             ),

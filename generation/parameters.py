@@ -103,6 +103,9 @@ class GenerationOverrides:
     detailer_strength: float | None = None
     detailer_prompt: str | None = None
     detailer_padding: int | None = None
+    use_refiner: bool | None = None
+    """False runs an SDXL model with a refiner without it (the base alone);
+    None or True: the refiner finishes text and img2img runs."""
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> GenerationOverrides:
@@ -309,6 +312,7 @@ def request_for_persona(
         if persona.lora_weights
         else None,
         "scheduler": overrides.scheduler or persona.scheduler or None,
+        "use_refiner": _override(overrides.use_refiner, True),
         "edit_reference_indexes": None
         if overrides.edit_references is None
         else [positions[pk] for pk in overrides.edit_references if pk in positions]

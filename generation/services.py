@@ -466,6 +466,10 @@ def snapshot_changes(
         except EngineError as error:
             changes.append(f"the model {key!r} cannot be found ({error})")
         else:
+            if not snapshot.get("refiner"):
+                # A run without the refiner (none then, or switched off) does
+                # not depend on it.
+                current.pop("refiner", None)
             changes += _fingerprint_changes(
                 f"the model {key!r}", recorded_model, current
             )
@@ -545,7 +549,7 @@ def _ip_adapter_changes(
     """The IP-Adapter's source and files, and its fingerprint where the
     snapshot recorded one."""
     from generation.engine.errors import EngineError
-    from generation.engine.sources import fingerprint, resolve_source, with_variant
+    from generation.engine.sources import fingerprint, resolve_ip_adapter, with_variant
 
     spec = config.ip_adapter_for(model_key)
     if spec is None:
@@ -570,12 +574,7 @@ def _ip_adapter_changes(
         try:
             now = with_variant(
                 fingerprint(
-                    resolve_source(
-                        spec.source,
-                        config,
-                        required_file=spec.weight_file(recorded["weight_name"]),
-                        revision=spec.revision,
-                    )
+                    resolve_ip_adapter(spec, config, recorded["weight_name"])
                 ),
                 spec.variant,
             )

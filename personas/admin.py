@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.actions import delete_selected
@@ -26,6 +27,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
+from generation.engine.config import engine_config_from_settings
 from personas.forms import (
     ControlNetUnitForm,
     ControlNetUnitFormSet,
@@ -179,9 +181,9 @@ def _controlnet_state(control_type: str, base_model: str) -> str:
     from generation.engine.errors import EngineError
     from generation.engine.plan import control_type_problem
     from generation.engine.sources import resolve_controlnet
-    from personas.lora import base_model_traits, engine_config_from_settings
+    from personas.lora import base_model_traits
 
-    config = engine_config_from_settings()
+    config = engine_config_from_settings(settings)
     spec = config.controlnet_spec(control_type, base_model)
     if spec is None:
         controlnets = config.controlnets_for(base_model)
@@ -207,7 +209,6 @@ def _annotator_state(unit: ControlNetUnit) -> str:
     from generation.engine.plan import annotator_problem
     from generation.engine.preprocessors import PREPROCESSORS, preprocessor_name
     from generation.engine.requests import ControlType, ControlUnitInput
-    from personas.lora import engine_config_from_settings
 
     if unit.control_image:
         return "annotator: none runs (a ready-made control image)"
@@ -218,7 +219,7 @@ def _annotator_state(unit: ControlNetUnit) -> str:
         ControlType(unit.control_type), preprocessor_options=options
     )
     name = preprocessor_name(unit_input)
-    config = engine_config_from_settings()
+    config = engine_config_from_settings(settings)
     try:
         problem = annotator_problem(unit_input, config)
     except EngineError as error:

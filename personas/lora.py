@@ -28,7 +28,7 @@ import json
 import math
 import re
 import struct
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from django.conf import settings
@@ -210,11 +210,12 @@ def base_model_traits(key: str) -> Any:
     (as ``generation.engine_settings.model_family`` reads them) or, without
     them, from the family its entry declares; None when neither tells.
     ``UnknownFamily`` for files of no served family."""
+    from generation.engine.config import engine_config_from_settings
     from generation.engine.errors import ModelNotFound, SourceRefused
     from generation.engine.families import ModelTraits, family
     from generation.engine.sources import model_traits, resolve_source
 
-    config = engine_config_from_settings()
+    config = engine_config_from_settings(settings)
     spec = config.models.get(key)
     if spec is None:
         return None
@@ -233,37 +234,6 @@ def base_model_traits(key: str) -> Any:
         return ModelTraits(declared, declared.cross_attention_dim, DECLARED)
     where = f"Model {key!r} ({spec.source})"
     return model_traits(source, declared=spec.family, where=where)
-
-
-def engine_config_from_settings() -> Any:
-    """The engine's view of the configured models and ControlNets, read from
-    the settings as ``generation.engine_settings.engine_config`` reads them
-    (personas imports nothing of generation but the framework-free engine)."""
-    from generation.engine.config import (
-        EngineConfig,
-        IPAdapterSpec,
-        model_catalog,
-        tiny_engine_config,
-    )
-
-    if not settings.STUDIO_MODELS:
-        config = tiny_engine_config(Path(settings.STUDIO_TINY_MODEL_DIR))
-    else:
-        config = EngineConfig(
-            models=model_catalog(
-                settings.STUDIO_MODELS, tiny_model_dir=settings.STUDIO_TINY_MODEL_DIR
-            ),
-            model_roots=[Path(root) for root in settings.STUDIO_MODEL_ROOTS],
-        )
-    if settings.STUDIO_CONTROLNETS:
-        config.controlnets = dict(settings.STUDIO_CONTROLNETS)
-    if settings.STUDIO_IP_ADAPTER:
-        config.ip_adapter = IPAdapterSpec(**settings.STUDIO_IP_ADAPTER)
-    config.annotators_dir = (
-        Path(settings.STUDIO_ANNOTATORS_DIR) if settings.STUDIO_ANNOTATORS_DIR else None
-    )
-    config.seg_model = settings.STUDIO_SEG_MODEL or None
-    return config
 
 
 def _refuse_pickles(head: bytes, extension: str, name: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files import File
@@ -20,6 +21,7 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils.text import slugify
 
+from generation.engine.config import engine_config_from_settings
 from personas.face_analysis import reference_queue_analysis
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
 from personas.lora import base_model_traits, validate_lora_upload
@@ -46,7 +48,9 @@ REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
 # - an image is in a gallery once (``duplicate``); one image is primary at most
 #   (marking one primary unmarks the previous one);
 # - the method is one the base model's family and configuration can run
-#   (``family_method``), and an enabled ControlNet unit's type has a ControlNet
+#   (``family_method``; checked by every save that sets the method or the base
+#   model: the admin, ``persona_create``/``persona_update`` and so the gallery's
+#   "use this value"), and an enabled ControlNet unit's type has a ControlNet
 #   of the model's family (``no_controlnet``); a unit's preprocessor options are
 #   ones its preprocessor takes (``preprocessor_options``): the engine's plan
 #   check, which reads configs and headers only.
@@ -78,9 +82,8 @@ def persona_check_method(*, base_model: str, method: str) -> None:
     with the engine's reason."""
     from generation.engine.errors import EngineError
     from generation.engine.plan import method_problem
-    from personas.lora import base_model_traits, engine_config_from_settings
 
-    config = engine_config_from_settings()
+    config = engine_config_from_settings(settings)
     if base_model not in config.models:
         return  # the base-model field says so
     try:
@@ -126,8 +129,28 @@ def persona_save(
         except ValidationError as error:
             raise ValidationError({"appearance_locked": error}) from None
     persona.full_clean()
+    if _method_or_model_changed(persona):
+        try:
+            persona_check_method(base_model=persona.base_model, method=persona.method)
+        except ValidationError as error:
+            raise ValidationError({"method": error}) from None
     persona.save()
     return persona
+
+
+def _method_or_model_changed(persona: Persona) -> bool:
+    """Whether a save sets the method or the base model (a new persona sets
+    both): only then is the method checked against the model, so that a
+    persona whose model lost an adapter since can still be saved otherwise
+    (its runs are refused at generate, with the reason)."""
+    if persona.pk is None:
+        return True
+    stored = (
+        Persona.objects.filter(pk=persona.pk)
+        .values_list("method", "base_model")
+        .first()
+    )
+    return stored != (persona.method, persona.base_model)
 
 
 @transaction.atomic
@@ -401,7 +424,6 @@ def control_unit_check(*, unit: ControlNetUnit, base_model: str) -> None:
     from generation.engine.plan import control_type_problem
     from generation.engine.preprocessors import validate_control_unit
     from generation.engine.requests import ControlType, ControlUnitInput
-    from personas.lora import base_model_traits, engine_config_from_settings
 
     errors = {}
     if isinstance(unit.preprocessor_options, dict) and unit.control_type:
@@ -416,7 +438,7 @@ def control_unit_check(*, unit: ControlNetUnit, base_model: str) -> None:
             errors["preprocessor_options"] = ValidationError(
                 str(error), code="preprocessor_options"
             )
-    config = engine_config_from_settings()
+    config = engine_config_from_settings(settings)
     if unit.enabled and unit.control_type and base_model in config.models:
         try:
             model = base_model_traits(base_model)

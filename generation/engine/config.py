@@ -330,6 +330,20 @@ class IPAdapterSpec:
             )
         return cls(**{**vars(row.ip_adapter), **values})
 
+    def files(self) -> list[str]:
+        """The repository's files a job can load: both adapters and the image
+        encoder (of its variant), as ``hf download`` names them."""
+        weights = f"model.{self.variant}.safetensors" if self.variant else (
+            "model.safetensors"
+        )
+        files = [self.weight_file(), self.weight_file(self.face_weight_name)]
+        if self.image_encoder_source is None:  # the encoder lies in this repo
+            files += [
+                in_folder(self.image_encoder_folder, "config.json"),
+                in_folder(self.image_encoder_folder, weights),
+            ]
+        return files
+
 
 def in_folder(folder: str, name: str) -> str:
     """``folder/name`` of a repo, or ``name`` where the folder is its root."""
@@ -459,3 +473,50 @@ def tiny_engine_config(root: Path) -> EngineConfig:
         controlnets=_tiny_controlnets(root / TINY_CONTROLNET_DIR),
         ip_adapter=IPAdapterSpec(source=str(root / TINY_IP_ADAPTER_DIR)),
     )
+
+
+def engine_config_from_settings(settings: Any) -> EngineConfig:
+    """An ``EngineConfig`` from an object holding the studio's ``STUDIO_*``
+    settings as attributes (Django's ``settings``; the engine imports no
+    Django, so the caller passes it in). The one reading of those settings:
+    ``generation.engine_settings`` and ``personas`` (which may import nothing
+    of ``generation`` but the engine) both call it.
+
+    With ``STUDIO_MODELS`` empty it serves the tiny model of
+    ``STUDIO_TINY_MODEL_DIR``."""
+    tiny_model_dir = settings.STUDIO_TINY_MODEL_DIR
+    if not settings.STUDIO_MODELS:
+        config = tiny_engine_config(Path(tiny_model_dir))
+    else:
+        config = EngineConfig(
+            models=model_catalog(settings.STUDIO_MODELS, tiny_model_dir=tiny_model_dir),
+            model_roots=[Path(root) for root in settings.STUDIO_MODEL_ROOTS],
+        )
+    if settings.STUDIO_CONTROLNETS:
+        config.controlnets = dict(settings.STUDIO_CONTROLNETS)
+    if settings.STUDIO_IP_ADAPTER:
+        config.ip_adapter = IPAdapterSpec(**settings.STUDIO_IP_ADAPTER)
+    annotators_dir = settings.STUDIO_ANNOTATORS_DIR
+    config.annotators_dir = Path(annotators_dir) if annotators_dir else None
+    config.seg_model = settings.STUDIO_SEG_MODEL or None
+    config.device = settings.STUDIO_DEVICE or None
+    config.dtype = settings.STUDIO_DTYPE or None
+    config.quantization = Quantization(settings.STUDIO_QUANTIZATION)
+    config.memory_budget_mb = settings.STUDIO_MEMORY_BUDGET_MB or None
+    config.safety_policy = SafetyPolicy(settings.STUDIO_SAFETY_CHECKER)
+    config.safety_checker = settings.STUDIO_SAFETY_CHECKER_MODEL or None
+    # The fields of ``vocabulary.Footprint``, each from the setting it names
+    # (tests/engine/test_vocabulary.py keeps the two lists equal).
+    config.cpu_offload = settings.STUDIO_CPU_OFFLOAD
+    config.sequential_cpu_offload = settings.STUDIO_SEQUENTIAL_CPU_OFFLOAD
+    config.attention_slicing = settings.STUDIO_ATTENTION_SLICING
+    config.vae_tiling = settings.STUDIO_VAE_TILING
+    config.channels_last = settings.STUDIO_CHANNELS_LAST
+    config.compile = settings.STUDIO_TORCH_COMPILE
+    config.preview = PreviewConfig(
+        method=settings.STUDIO_PREVIEW_METHOD,
+        every_steps=settings.STUDIO_PREVIEW_EVERY_STEPS,
+        min_interval_seconds=settings.STUDIO_PREVIEW_MIN_INTERVAL_MS / 1000,
+        tiny_autoencoders=dict(settings.STUDIO_PREVIEW_TINY_AUTOENCODERS),
+    )
+    return config

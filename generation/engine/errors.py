@@ -30,7 +30,9 @@ class MissingWeights(EngineError):
 
 
 class SourceRefused(EngineError):
-    """A local model path outside the configured model roots."""
+    """A source the studio will not load: a local model path outside the
+    configured model roots, a pickled checkpoint, a file layout its loader
+    cannot convert."""
 
     code = "source_refused"
 

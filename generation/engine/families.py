@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineError, InvalidRequest
+from .errors import EngineError, InvalidRequest, SourceRefused
 from .vocabulary import (
     MAX_SIZE,
     MIN_SIZE,
@@ -161,6 +161,10 @@ class Family:
     expert denoisers" (diffusers' SDXL guide): the base denoises the first
     part of the schedule (``denoising_end``), the refiner the rest from the
     base's latents (``denoising_start``). None: the family has no refiner."""
+    refiner_text_encoding: TextEncoding | None = None
+    """How the refiner encodes a prompt (SDXL's: the second encoder alone,
+    OpenCLIP ViT-bigG, penultimate layer, its pooled projection), so that a
+    prompt longer than the window is chunked for it as for the base."""
     denoiser: Denoiser = Denoiser.UNET
     """The denoising network, also the pipeline attribute and folder holding it."""
     denoiser_classes: frozenset[str] = frozenset()
@@ -324,6 +328,12 @@ SDXL = Family(
     ),
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
     refiner_pipeline_class="StableDiffusionXLImg2ImgPipeline",
+    # stable-diffusion-xl-refiner-1.0 has no text_encoder: only the second one.
+    refiner_text_encoding=TextEncoding(
+        encoders=(("tokenizer_2", "text_encoder_2"),),
+        hidden_layer="penultimate",
+        pooled_from="text_encoder_2",
+    ),
     latent_rgb=LatentRGB(
         factors=(
             (0.3448, 0.4168, 0.4395),
@@ -717,12 +727,29 @@ def controlnet_file_traits(header: Mapping[str, Any], where: str) -> ModelTraits
         for key in keys
         if key.endswith("attn2.to_k.weight")
     ]
+    if conditioning == "label_emb.":
+        raise SourceRefused(SDXL_ORIGINAL_CONTROLNET_REFUSAL.format(where=where))
     row = SDXL if conditioning else SD15
     width = widths[0] if widths else row.cross_attention_dim
     found = (
         f"size conditioning {conditioning}*" if conditioning else "no size conditioning"
     ) + f", cross-attention width {width if widths else 'unknown'}"
     return ModelTraits(row, width, found)
+
+
+SDXL_ORIGINAL_CONTROLNET_REFUSAL = (
+    "{where} is an SDXL ControlNet in the original (SGM) key layout "
+    "(control_model.*, its size conditioning under label_emb.*), which "
+    "diffusers' single-file loader does not convert: its size conditioning "
+    "would stay unloaded. Use the ControlNet's diffusers files (a folder or Hub "
+    "id with config.json) or a single file in diffusers' key names "
+    "(controlnet_cond_embedding.*, add_embedding.*), as SDXL ControlNets are "
+    "mostly published (docs/models.md)."
+)
+"""Why an original-layout SDXL ControlNet file is refused before it loads:
+diffusers' ``convert_controlnet_checkpoint`` maps no ``label_emb`` key, so
+``from_single_file`` leaves ``add_embedding`` on the meta device and fails
+(tests/engine/test_controlnet_files.py shows it)."""
 
 
 def check_refiner_fits(row: Family, model_key: str) -> str:

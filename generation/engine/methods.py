@@ -308,6 +308,14 @@ def _edit_references(request: GenerationRequest) -> tuple[int, ...]:
     return (primary, *others[: MAX_EDIT_REFERENCES - 1])
 
 
+def asks_for_ip_adapter(request: GenerationRequest) -> bool:
+    """Whether a request asks for the IP-Adapter itself (its method, or its
+    settings with an explicit method), rather than leaving it to ``auto``."""
+    if request.method in (Method.AUTO, Method.REFERENCE_EDIT):
+        return False  # auto's choice; reference_edit refuses the settings
+    return request.method == Method.IP_ADAPTER or request.ip_adapter is not None
+
+
 def _choose(
     request: GenerationRequest, ip_adapter_installed: bool, row: Family
 ) -> tuple[Method, Method, str, bool]:

@@ -64,7 +64,7 @@ from .families import (
 )
 from .families import check_lora_fits as check_family_fits
 from .inpaint import check_inpaint_request
-from .methods import MethodPlan, plan_method
+from .methods import MethodPlan, asks_for_ip_adapter, plan_method
 from .preprocessors import (
     PREPROCESSORS,
     SEG_PREPROCESSOR,
@@ -81,6 +81,7 @@ from .sources import (
     is_offline,
     model_traits,
     resolve_controlnet,
+    resolve_ip_adapter,
     resolve_model,
     resolve_source,
 )
@@ -172,6 +173,18 @@ def plan_problems(
                 )
             )
         )
+    adapter = config.ip_adapter_for(request.model) if spec is not None else None
+    if (
+        weights_here
+        and adapter is not None
+        and row.ip_adapter is not None
+        and asks_for_ip_adapter(request)
+    ):
+        # Why a configured adapter is not here (its repository, revision and
+        # missing file), not only that none is installed.
+        missing = _guarded(lambda: resolve_ip_adapter(adapter, config))
+        if missing:
+            return [*problems, *missing]
     try:
         # The scheduler is checked above: plan_method's own check imports
         # diffusers, which the web process does not need.
@@ -203,7 +216,12 @@ def plan_problems(
                 spec.key,
             )
         )
-    if spec.refiner is not None and plan.base in REFINED_METHODS and not model_problems:
+    if (
+        spec.refiner is not None
+        and request.use_refiner
+        and plan.base in REFINED_METHODS
+        and not model_problems
+    ):
         problems += _guarded(lambda: _check_refiner(spec, config))
     problems += _unit_weight_problems(units, config, request.model)
     if not model_problems:
@@ -274,12 +292,7 @@ def ip_adapter_installed(config: EngineConfig, model_key: str | None = None) -> 
     if spec is None:
         return False
     try:
-        resolve_source(
-            spec.source,
-            config,
-            required_file=spec.weight_file(),
-            revision=spec.revision,
-        )
+        resolve_ip_adapter(spec, config)
     except EngineError:
         return False
     return True
@@ -386,12 +399,7 @@ def ip_adapter_problem(
     if model is None:
         return None
     try:
-        source = resolve_source(
-            spec.source,
-            config,
-            required_file=spec.weight_file(),
-            revision=spec.revision,
-        )
+        source = resolve_ip_adapter(spec, config)
         for weight in (spec.weight_name, spec.face_weight_name):
             check_ip_adapter_file(source, spec.weight_file(weight), model, model_key)
     except FamilyMismatch as error:
@@ -418,11 +426,15 @@ def control_type_problem(
         return None
     try:
         source = resolve_controlnet(spec, config)
-        name = f"{control_type!r} ({source.location})"
+    except EngineError:
+        return None  # not here: the weights check says why
+    name = f"{control_type!r} ({source.location})"
+    try:
         traits = controlnet_traits_of(source, name)
         if traits is not None:
             check_controlnet_fits(model, traits, model_key, name)
-    except FamilyMismatch as error:
+    except (FamilyMismatch, SourceRefused) as error:
+        # Another family, or a file layout that cannot be loaded.
         return str(error)
     except EngineError:
         return None

@@ -114,6 +114,7 @@ from generation.engine.sources import (
     model_traits,
     read_config,
     resolve_controlnet,
+    resolve_ip_adapter,
     resolve_model,
     resolve_source,
     with_variant,
@@ -548,10 +549,13 @@ class PipelineRegistry:
 
     def preload(self, model_keys: Sequence[str]) -> None:
         """Load base models ahead of the first job (the worker does this at start),
-        and hash their weights now rather than in the first job's snapshot."""
+        each with its refiner when it has one, and hash their weights now rather
+        than in the first job's snapshot."""
         for model_key in model_keys:
             with self._lock:
                 self._base(model_key, {self._base_key(model_key)})
+                if self._spec(model_key).refiner is not None:
+                    self.refiner(model_key)
             self.fingerprint(model_key)
 
     def warmup(self, model_key: str) -> None:
@@ -582,6 +586,12 @@ class PipelineRegistry:
     def ip_adapter_installed(self) -> bool:
         """Whether the engine-wide IP-Adapter weights can be found."""
         return self.ip_adapter_installed_for(None)
+
+    def check_ip_adapter_installed(self, model_key: str) -> None:
+        """Raise why the model's configured IP-Adapter cannot be found here
+        (``ModelNotFound`` naming the repository, revision and missing file);
+        nothing when it is found or none is configured."""
+        self._ip_adapter_source(model_key)
 
     def ip_adapter_installed_for(self, model_key: str | None) -> bool:
         """Whether the IP-Adapter weights of a model (None: the engine-wide
@@ -990,12 +1000,7 @@ class PipelineRegistry:
         spec = self._ip_adapter_spec(model_key)
         if spec is None:
             return None
-        return resolve_source(
-            spec.source,
-            self._config,
-            required_file=spec.weight_file(),
-            revision=spec.revision,
-        )
+        return resolve_ip_adapter(spec, self._config)
 
     def _image_encoder_source(
         self, spec: IPAdapterSpec, model_key: str | None

@@ -131,6 +131,10 @@ class GenerationRequest:
     edit_reference_indexes: list[int] | None = None
     """The references a reference edit is given, in order (None: the primary,
     then the others by role; ``methods``)."""
+    use_refiner: bool = True
+    """Whether the model's refiner (``ModelSpec.refiner``, SDXL) finishes a
+    text or img2img run; False runs the base alone for the whole schedule.
+    Without a configured refiner it changes nothing."""
 
 
 @dataclass

@@ -41,6 +41,7 @@ from .families import Family, family
 from .inpaint import check_inpaint_request, inpaint_region, paste_back
 from .methods import (
     MethodPlan,
+    asks_for_ip_adapter,
     plan_method,
 )
 from .preprocessors import make_control_image
@@ -123,6 +124,13 @@ class Engine:
                 controlnets=self._config.controlnets,
                 ip_adapter_installed=self._registry.ip_adapter_installed,
             )
+        if (
+            asks_for_ip_adapter(request)
+            and self._registry.plan_family(request.model).ip_adapter is not None
+        ):
+            # Asked for: why a configured one is not here (its repository,
+            # revision and missing file), not only that it is not installed.
+            self._registry.check_ip_adapter_installed(request.model)
         plan = plan_method(
             request,
             models=self._config.models,
@@ -184,7 +192,7 @@ class Engine:
             )
             refiner = (
                 self._registry.refiner(request.model, scheduler=request.scheduler)
-                if plan.base in REFINED_METHODS
+                if plan.base in REFINED_METHODS and request.use_refiner
                 else None
             )
             with self._registry.job_state(
@@ -196,12 +204,14 @@ class Engine:
                 load = time.perf_counter() - loading
                 encoding = time.perf_counter()
                 kwargs, prompt_encoding = self._call_kwargs(request, plan, inputs, pipe)
-                refiner_kwargs = None
+                refiner_kwargs = refiner_encoding = None
                 if refiner is not None:
                     switch = self._config.models[request.model].refiner_switch
                     kwargs["denoising_end"] = switch
                     kwargs["output_type"] = "latent"
-                    refiner_kwargs = _refiner_kwargs(request, kwargs, switch)
+                    refiner_kwargs, refiner_encoding = _refiner_kwargs(
+                        request, kwargs, switch, refiner, family(plan.family)
+                    )
                 preprocess += time.perf_counter() - encoding
                 if on_phase is not None:
                     on_phase(ProgressPhase.DENOISING)
@@ -251,6 +261,28 @@ class Engine:
                 f"The prompt was longer than the text encoder's window: it was "
                 f"encoded in {prompt_encoding['chunks']} chunks, not truncated."
             )
+        refiner_record = None
+        if refiner is not None:
+            refiner_record = {
+                "pipe": refiner,
+                "call_kwargs": refiner_kwargs,
+                "prompt_encoding": refiner_encoding,
+                "without": _refiner_skips(plan, request),
+            }
+            if refiner_record["without"]:
+                refiner_record["without_reason"] = REFINER_SKIP_REASON
+                notes.append(refiner_skip_note(refiner_record["without"]))
+        elif (
+            plan.base in REFINED_METHODS
+            and self._config.models[request.model].refiner is not None
+        ):
+            notes.append(
+                "The refiner was switched off for this run: the base ran alone."
+            )
+        model_fingerprint = dict(self._registry.fingerprint(request.model))
+        if refiner is None:
+            # What did not run is not recorded (nor verified by a replay).
+            model_fingerprint.pop("refiner", None)
         tiny = self._config.models[request.model].is_tiny
         if not (tiny and safety.flagged is None):
             # (The tiny model's notice already says its images mean nothing.)
@@ -262,7 +294,7 @@ class Engine:
             plan,
             pipe=pipe,
             call_kwargs=kwargs,
-            model_fingerprint=self._registry.fingerprint(request.model),
+            model_fingerprint=model_fingerprint,
             controlnet_fingerprints=[
                 self._registry.controlnet_fingerprint(control_type, request.model)
                 for control_type in plan.control_types
@@ -276,9 +308,7 @@ class Engine:
                 "torch."
             ),
             safety=safety.record,
-            refiner=None
-            if refiner is None
-            else {"pipe": refiner, "call_kwargs": refiner_kwargs},
+            refiner=refiner_record,
             reference_edit=None if inputs.edit is None else inputs.edit.record,
         )
         return GenerationResult(
@@ -649,21 +679,83 @@ class Engine:
         }
 
 
+REFINER_SKIPS = {
+    "ip_adapter": "the IP-Adapter",
+    "lora": "the LoRA",
+}
+REFINER_SKIP_REASON = (
+    "their weights are made for the base's UNet (its 2048-wide cross-attention "
+    "and block layout), and diffusers refuses them on the refiner's (1280-wide, "
+    "other blocks) for their shapes"
+)
+"""Why a refiner runs without the job's IP-Adapter and LoRA (docs/models.md):
+diffusers' refiner pipeline has the loaders, but h94's SDXL adapters and SDXL
+LoRAs target the base's UNet, and loading them on the refiner fails on the
+shapes (tests/engine/test_sdxl_refiner.py shows it). They act on the base's
+part of the schedule only."""
+
+
+def _refiner_skips(plan: MethodPlan, request: GenerationRequest) -> list[str]:
+    """What of the job the refiner runs without (``REFINER_SKIPS`` keys)."""
+    return [
+        name
+        for name, used in (
+            ("ip_adapter", plan.ip_adapter is not None),
+            ("lora", request.lora is not None),
+        )
+        if used
+    ]
+
+
+def refiner_skip_note(skipped: list[str]) -> str:
+    """The content's note for a refiner that ran without ``skipped``."""
+    names = " and ".join(REFINER_SKIPS[name] for name in skipped)
+    return (
+        f"The refiner ran without {names}: {REFINER_SKIP_REASON}. They shaped the "
+        "base's part of the schedule only; switch the refiner off for this run "
+        "to keep them for every step."
+    )
+
+
 def _refiner_kwargs(
-    request: GenerationRequest, base_kwargs: dict[str, Any], switch: float
-) -> dict[str, Any]:
-    """The refiner's keyword arguments (its ``image`` is the base's latents):
-    the prompts as text (the refiner encodes them with its one encoder), the
-    same steps, guidance, seed and size conditioning, the schedule from
-    ``switch`` on, and the aesthetic scores the refiner's UNet is conditioned
-    on (the pipeline's defaults, made explicit)."""
+    request: GenerationRequest,
+    base_kwargs: dict[str, Any],
+    switch: float,
+    refiner: Any,
+    row: Family,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The refiner's keyword arguments (its ``image`` is the base's latents)
+    and how its prompt was encoded: the prompts as text (the refiner encodes
+    them with its one encoder), or, when one does not fit its window, their
+    chunked embeddings (``prompts.encode_long_prompt`` with the family's
+    ``refiner_text_encoding``), as for the base; the same steps, guidance,
+    seed and size conditioning, the schedule from ``switch`` on, and the
+    aesthetic scores the refiner's UNet is conditioned on (the pipeline's
+    defaults, made explicit)."""
     size_conditioning = {
         name: base_kwargs[name]
         for name in ("original_size", "target_size", "crops_coords_top_left")
     }
-    return {
+    encoding = row.refiner_text_encoding
+    prompts: dict[str, Any] = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
+    }
+    prompt_encoding: dict[str, Any] = {"chunks": 1, "truncated": False}
+    if encoding is not None and (
+        needs_chunking_for(refiner, encoding, request.prompt)
+        or needs_chunking_for(refiner, encoding, request.negative_prompt)
+    ):
+        prompts, prompt_encoding = encode_long_prompt(
+            refiner,
+            encoding,
+            request.prompt,
+            request.negative_prompt,
+            refiner._execution_device,
+            _uses_classifier_free_guidance(refiner, request.guidance_scale),
+        )
+    kwargs = {
+        **prompts,
         "num_inference_steps": request.steps,
         "guidance_scale": request.guidance_scale,
         "num_images_per_prompt": request.num_images,
@@ -674,6 +766,7 @@ def _refiner_kwargs(
         "aesthetic_score": REFINER_AESTHETIC_SCORE,
         "negative_aesthetic_score": REFINER_NEGATIVE_AESTHETIC_SCORE,
     }
+    return kwargs, prompt_encoding
 
 
 def _inpaint_ip_references(request: InpaintRequest) -> tuple[int, ...]:

@@ -302,6 +302,10 @@ def _refiner_record(refiner: Mapping[str, Any]) -> dict[str, Any]:
         "call": _json_value(
             {k: v for k, v in refiner["call_kwargs"].items() if k != "image"}
         ),
+        "prompt_encoding": _json_value(dict(refiner.get("prompt_encoding") or {})),
+        # The job's adapters it ran without (runner.REFINER_SKIPS), and why.
+        "without": list(refiner.get("without") or []),
+        "without_reason": refiner.get("without_reason"),
     }
 
 

@@ -41,13 +41,13 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from generation.engine.config import EngineConfig
+from generation.engine.config import EngineConfig, IPAdapterSpec
 from generation.engine.errors import ModelNotFound, SourceRefused
 from generation.engine.families import (
     DEFAULT_FAMILY,
@@ -113,6 +113,7 @@ def resolve_source(
     revision: str | None = None,
     single_file: bool = False,
     single_file_config: str | None = None,
+    download: Sequence[str] | None = None,
 ) -> ResolvedSource:
     """Check ``source`` and say how to load it; raise before reading any weights.
 
@@ -121,11 +122,13 @@ def resolve_source(
     weights file for an IP-Adapter). ``single_file`` allows a single-file
     checkpoint, whose component configs come from ``single_file_config``
     (a source holding ``required_file``; None: the family's, by its keys).
+    ``download`` lists the files of a Hub repository that the ``hf download``
+    command of an offline miss names (None: the whole repository).
     """
     offline = is_offline(config)
     path = _local_path(source, config)
     if path is None:
-        return _resolve_hub(source, revision, offline, required_file)
+        return _resolve_hub(source, revision, offline, required_file, download)
     # The name as given, symlinks kept: a Hub-cache snapshot file is a link to a
     # blob named by its hash, without the suffix that says how to read it.
     named = Path(os.path.abspath(path))
@@ -518,8 +521,27 @@ def _inside_roots(path: Path, config: EngineConfig, source: str) -> Path:
     return resolved
 
 
+def resolve_ip_adapter(
+    spec: IPAdapterSpec, config: EngineConfig, weight_name: str | None = None
+) -> ResolvedSource:
+    """An IP-Adapter's checked source, holding ``weight_name`` (default: the
+    plain adapter); an offline miss names the repository, its revision, the
+    missing file and the command that downloads every file the adapter needs."""
+    return resolve_source(
+        spec.source,
+        config,
+        required_file=spec.weight_file(weight_name),
+        revision=spec.revision,
+        download=spec.files(),
+    )
+
+
 def _resolve_hub(
-    repo_id: str, revision: str | None, offline: bool, required_file: str
+    repo_id: str,
+    revision: str | None,
+    offline: bool,
+    required_file: str,
+    download: Sequence[str] | None = None,
 ) -> ResolvedSource:
     if not _HUB_ID.match(repo_id):
         raise ModelNotFound(
@@ -530,11 +552,16 @@ def _resolve_hub(
     if offline and _cached_file(source, required_file) is None:
         from huggingface_hub import constants
 
+        pinned = f" --revision {revision}" if revision else ""
+        files = "".join(f" {name}" for name in download or ())
         raise ModelNotFound(
-            f"{repo_id!r} (revision {revision or 'main'}) is not in the Hugging Face "
-            f"cache ({constants.HF_HUB_CACHE}) and the engine is offline, so nothing "
-            f"is downloaded. Run `hf download {repo_id}` where there is network, or "
-            "put a diffusers copy under a model root and use its path."
+            f"{repo_id!r} at revision {revision or 'main'} is not in the Hugging "
+            f"Face cache ({constants.HF_HUB_CACHE}): its file {required_file} is "
+            "missing there, and the engine is offline, so nothing is downloaded. "
+            f"Where there is network, run `hf download {repo_id}{files}{pinned}` "
+            "with HF_HOME set to the cache you then copy to this host's HF_HOME "
+            '(docs/models.md, "Fully offline"), or put a copy under a model root '
+            "and use its path."
         )
     return source
 

@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from diffusers import (
+    ControlNetModel,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionXLControlNetPipeline,
+)
 from safetensors.torch import save_file
 from transformers import CLIPVisionModelWithProjection
 
@@ -23,7 +27,7 @@ from generation.engine.config import (
     ModelSpec,
     model_catalog,
 )
-from generation.engine.errors import InvalidRequest, ModelNotFound
+from generation.engine.errors import ModelNotFound
 from generation.engine.families import FamilyMismatch, UnknownFamily
 from generation.engine.requests import (
     ControlType,
@@ -67,13 +71,23 @@ def controlnet_request(model: str = TINY_MODEL_KEY, **overrides) -> GenerationRe
     return GenerationRequest(**{**values, **overrides})
 
 
-def raw_controlnet_images(root: Path, controlnet: ControlNetModel) -> list[np.ndarray]:
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        root / "sd15", controlnet=controlnet, dtype=torch.float32
+def raw_controlnet_images(
+    root: Path,
+    controlnet: ControlNetModel,
+    pipeline_cls: type = StableDiffusionControlNetPipeline,
+    model_folder: str = "sd15",
+) -> list[np.ndarray]:
+    """The engine's ControlNet call by hand, with diffusers alone (the
+    request's defaults passed where a pipeline's own differ: SDXL's guidance
+    scale, and its empty negative prompt, which is not zeroed)."""
+    pipe = pipeline_cls.from_pretrained(
+        root / model_folder, controlnet=controlnet, dtype=torch.float32
     )
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         "a portrait",
+        negative_prompt="",
+        guidance_scale=GenerationRequest.guidance_scale,
         image=noise_image(5, SIZE, SIZE),
         num_inference_steps=2,
         width=SIZE,
@@ -186,6 +200,91 @@ def test_a_single_file_controlnet_loads_through_the_configuration(
     assert unit["config"]["source"] == str(
         (tiny_model_root / "controlnet" / "openpose").resolve()
     )
+
+
+SDXL_OPENPOSE_FILE = "OpenPoseXL2.safetensors"
+
+
+def sdxl_openpose_file(root: Path, folder: Path, *, original: bool) -> Path:
+    """The tiny SDXL openpose ControlNet as one fp16 file: in diffusers' key
+    names (controlnet_cond_embedding.*, add_embedding.*), as
+    thibaud/controlnet-openpose-sdxl-1.0's OpenPoseXL2.safetensors and the
+    diffusers_xl_* files of lllyasviel/sd_control_collection are; or, with
+    ``original``, in the original (SGM) layout (control_model.*, label_emb.*)."""
+    controlnet = ControlNetModel.from_pretrained(folder)
+    weights = (
+        ldm_controlnet_checkpoint(controlnet)
+        if original
+        else {key: value.contiguous() for key, value in controlnet.state_dict().items()}
+    )
+    path = root / "controlnet" / SDXL_OPENPOSE_FILE
+    path.parent.mkdir(exist_ok=True)
+    save_file({key: value.to(torch.float16) for key, value in weights.items()}, path)
+    return path
+
+
+def test_a_single_file_sdxl_controlnet_loads_through_the_configuration(
+    engine_config: EngineConfig, tiny_model_root: Path, tmp_path: Path
+):
+    folder = tiny_model_root / "controlnet-sdxl" / "openpose"
+    path = sdxl_openpose_file(tmp_path, folder, original=False)
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as stream:
+        keys = set(stream.keys())
+    assert {
+        "add_embedding.linear_1.weight",
+        "controlnet_cond_embedding.conv_in.weight",
+    } <= keys
+
+    # As docs/models.md configures it: the file, and the ControlNet's config.
+    entry = {"source": str(path), "config": str(folder)}
+    config = with_openpose(engine_config, tmp_path, entry, TINY_SDXL_MODEL_KEY)
+    source = resolve_controlnet(ControlNetSpec.of(entry), config)
+    assert source.kind is SourceKind.SINGLE_FILE
+    traits = controlnet_traits_of(source, "openpose")
+    assert (traits.family.key, traits.cross_attention_dim) == ("sdxl", 80)
+
+    result = Engine(config).generate(controlnet_request(TINY_SDXL_MODEL_KEY))
+    raw = ControlNetModel.from_single_file(
+        path, config=str(folder), dtype=torch.float32
+    )
+    assert_equal_images(
+        result,
+        raw_controlnet_images(
+            tiny_model_root, raw, StableDiffusionXLControlNetPipeline, "sdxl"
+        ),
+    )
+    unit = result.snapshot["control_units"][0]["controlnet"]
+    assert (unit["kind"], unit["source"]) == ("single_file", str(path))
+    # The SDXL file on the SD 1.5 model is refused, with the reason.
+    wrong = with_openpose(engine_config, tmp_path, entry)
+    with pytest.raises(FamilyMismatch, match="Stable Diffusion XL"):
+        Engine(wrong).generate(controlnet_request())
+
+
+def test_an_original_layout_sdxl_controlnet_file_is_refused_with_the_reason(
+    engine_config: EngineConfig, tiny_model_root: Path, tmp_path: Path
+):
+    """diffusers cannot convert its size conditioning (label_emb): refused
+    before anything loads, by the engine and the plan check, not a meta-tensor
+    crash in the worker."""
+    from generation.engine.errors import SourceRefused
+    from generation.engine.plan import plan_problems
+
+    folder = tiny_model_root / "controlnet-sdxl" / "openpose"
+    path = sdxl_openpose_file(tmp_path, folder, original=True)
+    with pytest.raises(NotImplementedError, match="meta tensor"):
+        ControlNetModel.from_single_file(path, config=str(folder)).to("cpu")
+    entry = {"source": str(path), "config": str(folder)}
+    config = with_openpose(engine_config, tmp_path, entry, TINY_SDXL_MODEL_KEY)
+    with pytest.raises(SourceRefused) as raised:
+        Engine(config).generate(controlnet_request(TINY_SDXL_MODEL_KEY))
+    message = str(raised.value)
+    assert "an SDXL ControlNet in the original (SGM) key layout" in message
+    assert "label_emb.*" in message and "add_embedding.*" in message
+    (problem,) = plan_problems(controlnet_request(TINY_SDXL_MODEL_KEY), config)
+    assert "original (SGM) key layout" in problem.message
 
 
 def test_a_single_file_controlnet_without_a_cached_config_is_not_found_offline(
@@ -327,9 +426,33 @@ def test_an_ip_adapter_is_pinned_to_its_hub_revision(
         engine_config,
         ip_adapter=IPAdapterSpec(source="h94/IP-Adapter", revision="e" * 40),
     )
-    # Another commit is not in the cache: the adapter is not installed.
-    with pytest.raises(InvalidRequest, match="no IP-Adapter is installed"):
+    # Another commit is not in the cache: the refusal names the repository,
+    # the revision, the missing file and the command that fetches them all.
+    other = "e" * 40
+    expected = (
+        f"'h94/IP-Adapter' at revision {other} is not in the Hugging Face cache "
+        f"({hub_cache}): its file models/ip-adapter_sd15.safetensors is missing "
+        "there, and the engine is offline, so nothing is downloaded. Where there "
+        "is network, run `hf download h94/IP-Adapter "
+        "models/ip-adapter_sd15.safetensors "
+        "models/ip-adapter-plus-face_sd15.safetensors "
+        "models/image_encoder/config.json models/image_encoder/model.safetensors "
+        f"--revision {other}` with HF_HOME set to the cache you then copy to this "
+        'host\'s HF_HOME (docs/models.md, "Fully offline")'
+    )
+    with pytest.raises(ModelNotFound) as raised:
         Engine(elsewhere).generate(ip_adapter_request())
+    assert expected in str(raised.value)
+    # The plan check that runs before anything is queued says the same.
+    from generation.engine.plan import plan_problems
+
+    (problem,) = plan_problems(ip_adapter_request(), elsewhere)
+    assert problem.code == "model_not_found" and expected in problem.message
+    # auto, which adds the adapter only where it is installed, runs without it.
+    auto = Engine(elsewhere).generate(
+        replace(ip_adapter_request(), method=Method.AUTO, ip_adapter=None)
+    )
+    assert auto.snapshot["ip_adapter"] is None
 
 
 def test_the_catalog_and_the_config_read_controlnet_entries():

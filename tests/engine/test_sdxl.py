@@ -460,6 +460,14 @@ def test_the_single_file_checkpoint_gives_the_folders_pixels(engine, tiny_model_
     assert single.snapshot["model"]["kind"] == "single_file"
     assert single.snapshot["family"] == "sdxl"
     assert_same_pixels(single.images, folder.images)
+    # And what diffusers' own single-file loader gives with that config.
+    raw = StableDiffusionXLPipeline.from_single_file(
+        tiny_model_root / "sdxl.safetensors",
+        config=str(tiny_model_root / "sdxl"),
+        dtype=torch.float32,
+    )
+    raw.set_progress_bar_config(disable=True)
+    assert_same_pixels(single.images, raw_call(raw, width=SIZE, height=SIZE))
 
 
 # --- Long prompts on both text encoders ------------------------------------------
@@ -479,11 +487,10 @@ def words_of(tokenizer, tokens: int) -> str:
     return text
 
 
-def test_a_fitting_prompt_encodes_exactly_as_diffusers_sdxl(sdxl_pipe):
-    embeds, info = encode_long_prompt(
-        sdxl_pipe, SDXL.text_encoding, PROMPT, NEGATIVE, "cpu", True
-    )
-    expected = sdxl_pipe.encode_prompt(
+def assert_encodes_as_diffusers(pipe, encoding) -> None:
+    """A fitting prompt encodes to exactly the pipeline's own ``encode_prompt``."""
+    embeds, info = encode_long_prompt(pipe, encoding, PROMPT, NEGATIVE, "cpu", True)
+    expected = pipe.encode_prompt(
         PROMPT, device="cpu", do_classifier_free_guidance=True, negative_prompt=NEGATIVE
     )
     names = (
@@ -495,6 +502,10 @@ def test_a_fitting_prompt_encodes_exactly_as_diffusers_sdxl(sdxl_pipe):
     assert info["chunks"] == 1
     for name, tensor in zip(names, expected, strict=True):
         assert torch.equal(embeds[name], tensor), name
+
+
+def test_a_fitting_prompt_encodes_exactly_as_diffusers_sdxl(sdxl_pipe):
+    assert_encodes_as_diffusers(sdxl_pipe, SDXL.text_encoding)
 
 
 def test_a_long_prompt_is_chunked_on_both_encoders_with_the_first_pooled(sdxl_pipe):

@@ -17,6 +17,18 @@ from django.test import override_settings
 from generation import checks
 
 
+def deploy_check(tag: str) -> None:
+    """``manage.py check --deploy --tag TAG``."""
+    call_command("check", deploy=True, tags=[tag], stdout=StringIO(), stderr=StringIO())
+
+
+def failed_check(tag: str) -> str:
+    """What ``manage.py check --deploy --tag TAG`` fails with."""
+    with pytest.raises(SystemCheckError) as raised:
+        deploy_check(tag)
+    return str(raised.value)
+
+
 def ids(messages) -> list[str]:
     return [message.id for message in messages]
 
@@ -100,14 +112,7 @@ def test_redis_is_only_checked_with_deploy_or_its_tag():
         RQ={"WORKER_CLASS": "rq.worker.SimpleWorker"},
     ):
         call_command("check", stdout=StringIO(), stderr=StringIO())
-        with pytest.raises(SystemCheckError, match="studio.E010"):
-            call_command(
-                "check",
-                deploy=True,
-                tags=[checks.RUNTIME_TAG],
-                stdout=StringIO(),
-                stderr=StringIO(),
-            )
+        assert "studio.E010" in failed_check(checks.RUNTIME_TAG)
 
 
 # --- models ---------------------------------------------------------------------
@@ -249,22 +254,9 @@ def test_the_tiny_model_not_written_yet_is_a_warning_saying_how_to_write_it(
 
 def test_a_web_host_without_weights_silences_the_model_check(settings, model_root):
     settings.STUDIO_MODELS = {"sd15": str(model_root / "sd15-missing")}
-    with pytest.raises(SystemCheckError, match="studio.E020"):
-        call_command(
-            "check",
-            deploy=True,
-            tags=[checks.MODELS_TAG],
-            stdout=StringIO(),
-            stderr=StringIO(),
-        )
+    assert "studio.E020" in failed_check(checks.MODELS_TAG)
     settings.SILENCED_SYSTEM_CHECKS = ["studio.E020"]
-    call_command(
-        "check",
-        deploy=True,
-        tags=[checks.MODELS_TAG],
-        stdout=StringIO(),
-        stderr=StringIO(),
-    )
+    deploy_check(checks.MODELS_TAG)
 
 
 def test_a_model_of_no_served_family_is_an_error_saying_what_was_found(
@@ -302,15 +294,7 @@ def test_configs_without_weights_fail_the_model_check_naming_the_files(
     hub_cache_with(cache, "stable-diffusion-v1-5/stable-diffusion-v1-5", configs_only)
     settings.STUDIO_MODELS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
     (model_root / "controlnet-canny/diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(SystemCheckError) as raised:
-        call_command(
-            "check",
-            deploy=True,
-            tags=[checks.MODELS_TAG],
-            stdout=StringIO(),
-            stderr=StringIO(),
-        )
-    text = str(raised.value)
+    text = failed_check(checks.MODELS_TAG)
     assert "ControlNet 'canny'" in text
     assert "controlnet-canny/diffusion_pytorch_model.safetensors" in text
     assert "Model 'sd15'" in text and "not its weights" in text
@@ -378,3 +362,114 @@ def test_a_single_file_controlnet_needs_its_config(settings, model_root):
     messages = checks.check_models_available()
     assert ids(messages) == ["studio.E020"]
     assert "no-such-config" in messages[0].msg
+
+
+@pytest.fixture
+def sdxl_with_refiner(settings, tiny_model_dir, tmp_path):
+    """The tiny SDXL model with a copy of its refiner as the model's refiner."""
+    import shutil
+
+    from generation.engine.config import TINY_SDXL_REFINER_DIR
+
+    refiner = tmp_path / "refiner"
+    shutil.copytree(tiny_model_dir / TINY_SDXL_REFINER_DIR, refiner)
+    settings.STUDIO_MODEL_ROOTS = [str(tiny_model_dir), str(tmp_path)]
+    settings.STUDIO_MODELS = {
+        "xl": {"source": str(tiny_model_dir / "sdxl"), "refiner": str(refiner)}
+    }
+    settings.STUDIO_CONTROLNETS = {}
+    settings.STUDIO_IP_ADAPTER = {}
+    settings.STUDIO_ANNOTATORS_DIR = ""
+    return refiner
+
+
+def test_a_refiner_with_its_weights_passes_the_model_check(sdxl_with_refiner):
+    assert checks.check_models_available() == []
+
+
+def test_a_refiner_without_its_weights_fails_the_model_check_naming_them(
+    sdxl_with_refiner,
+):
+    (sdxl_with_refiner / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (sdxl_with_refiner / "text_encoder_2" / "model.safetensors").unlink()
+    text = failed_check(checks.MODELS_TAG)
+    assert f"The refiner of model 'xl' ({sdxl_with_refiner})" in text
+    assert "not its weights" in text
+    assert "unet/diffusion_pytorch_model.safetensors" in text
+    assert "text_encoder_2/model.safetensors" in text
+
+
+def test_a_refiner_needs_its_variant_files(settings, sdxl_with_refiner):
+    """It is loaded with the model's variant, so the check asks for those."""
+    settings.STUDIO_MODELS["xl"]["variant"] = "fp16"
+    messages = [
+        message
+        for message in checks.check_models_available()
+        if "refiner" in message.msg
+    ]
+    assert ids(messages) == ["studio.E020"]
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in messages[0].msg
+
+
+def test_a_missing_or_misplaced_refiner_is_an_error_with_the_reason(
+    settings, sdxl_with_refiner, tiny_model_dir
+):
+    settings.STUDIO_MODELS["xl"]["refiner"] = str(sdxl_with_refiner / "gone")
+    (message,) = checks.check_models_available()
+    assert message.id == "studio.E020"
+    assert "The refiner of model 'xl'" in message.msg
+    assert "does not exist" in message.msg
+    # A refiner on an SD 1.5 model: its family has none.
+    settings.STUDIO_MODELS = {
+        "sd": {
+            "source": str(tiny_model_dir / "sd15"),
+            "refiner": str(sdxl_with_refiner),
+        }
+    }
+    (message,) = checks.check_models_available()
+    assert "has no refiner" in message.msg
+    # An SD 1.5 pipeline as an SDXL model's refiner: another family.
+    settings.STUDIO_MODELS = {
+        "xl": {
+            "source": str(tiny_model_dir / "sdxl"),
+            "refiner": str(tiny_model_dir / "sd15"),
+        }
+    }
+    (message,) = checks.check_models_available()
+    assert "The refiner of model 'xl'" in message.msg
+    assert "it is a Stable Diffusion 1.5 model" in message.msg
+    assert "the model is Stable Diffusion XL" in message.msg
+
+
+def test_an_uncached_ip_adapter_revision_says_what_is_missing_and_how_to_fetch_it(
+    settings, model_root, tmp_path, monkeypatch
+):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    pin = "e" * 40
+    settings.STUDIO_IP_ADAPTER = {"source": "h94/IP-Adapter", "revision": pin}
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E020"] * 3
+    first = messages[0].msg
+    assert f"'h94/IP-Adapter' at revision {pin} is not in the Hugging Face" in first
+    assert "its file models/ip-adapter_sd15.safetensors is missing there" in first
+    assert (
+        "`hf download h94/IP-Adapter models/ip-adapter_sd15.safetensors "
+        "models/ip-adapter-plus-face_sd15.safetensors "
+        "models/image_encoder/config.json models/image_encoder/model.safetensors "
+        f"--revision {pin}`" in first
+    )
+    assert "models/image_encoder/config.json is missing" in messages[2].msg
+    # Downloaded at that revision (as the command does), the check passes.
+    repo = cache / "models--h94--IP-Adapter"
+    write_files(
+        repo / "snapshots" / pin,
+        {
+            "models/ip-adapter_sd15.safetensors": "",
+            "models/ip-adapter-plus-face_sd15.safetensors": "",
+            "models/image_encoder/config.json": "{}",
+        },
+    )
+    assert checks.check_models_available() == []

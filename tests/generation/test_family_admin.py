@@ -270,3 +270,91 @@ def test_each_unit_says_whether_its_annotator_weights_are_present(
     assert "annotator openpose: not ready:" in page
     assert "body_pose_model.pth" in page
     assert "annotator softedge_pidinet: ready (table5_pidinet.pth present)" in page
+
+
+# --- The method check at every entry point --------------------------------------------
+
+SD15_IP_ADAPTER_REFUSAL = "does not fit model 'tiny-sd15' (Stable Diffusion 1.5)"
+
+
+def method_refusal(error: pytest.ExceptionInfo) -> str:
+    """The message a refused save gives on its ``method`` field."""
+    (message,) = error.value.message_dict["method"]
+    return message
+
+
+def test_the_services_refuse_a_method_the_models_family_cannot_use(
+    tiny_studio, settings
+):
+    """The same message as the admin's, from ``persona_create`` and
+    ``persona_update`` (the import of a persona by code, the gallery)."""
+    from django.core.exceptions import ValidationError
+
+    from personas.services import persona_update
+
+    sdxl_ip_adapter_for_everyone(settings, tiny_studio)
+    with pytest.raises(ValidationError) as error:
+        persona_create(name="Ada", base_model="tiny-sd15", method="ip_adapter")
+    assert SD15_IP_ADAPTER_REFUSAL in method_refusal(error)
+    assert not Persona.objects.exists()
+
+    persona = persona_create(name="Ada", base_model="tiny-sd15", method="text")
+    with pytest.raises(ValidationError) as error:
+        persona_update(persona=persona, data={"method": "ip_adapter"})
+    assert SD15_IP_ADAPTER_REFUSAL in method_refusal(error)
+    # A change of model is checked too: the SDXL persona cannot move to SD 1.5.
+    sdxl = persona_create(name="Bea", base_model="tiny-sdxl", method="ip_adapter")
+    with pytest.raises(ValidationError) as error:
+        persona_update(persona=sdxl, data={"base_model": "tiny-sd15"})
+    assert SD15_IP_ADAPTER_REFUSAL in method_refusal(error)
+    persona.refresh_from_db()
+    sdxl.refresh_from_db()
+    assert (persona.method, sdxl.base_model) == ("text", "tiny-sdxl")
+
+
+def test_a_save_that_leaves_method_and_model_alone_is_not_refused(
+    tiny_studio, settings
+):
+    """A persona whose model lost its fitting IP-Adapter since keeps its other
+    edits (its runs are refused at generate, with the reason)."""
+    from personas.services import persona_update
+
+    persona = persona_create(name="Ada", base_model="tiny-sd15", method="ip_adapter")
+    sdxl_ip_adapter_for_everyone(settings, tiny_studio)
+    persona_update(persona=persona, data={"steps": 12})
+    persona.refresh_from_db()
+    assert persona.steps == 12
+
+
+def test_use_this_value_refuses_a_method_the_model_cannot_use_any_more(
+    tiny_studio, settings, media_root
+):
+    """The gallery's "use this value" writes through ``persona_update``: the
+    same message, and the persona is left as it was."""
+    from django.core.exceptions import ValidationError
+
+    from generation import services
+    from generation.engine.vocabulary import GridParameter
+    from generation.grids import GridAxis
+    from personas.services import reference_image_add
+    from tests.images import encode, halves
+
+    persona = persona_create(
+        name="Ada", base_model="tiny-sd15", method="text", width=64, height=64
+    )
+    reference_image_add(
+        persona=persona, file=upload("face.png", encode(halves(), "PNG")), role="face"
+    )
+    grid = services.content_grid(
+        persona=persona,
+        prompt="x",
+        axes=[
+            GridAxis(parameter=GridParameter.METHOD, values=("text", "ip_adapter"))
+        ],
+    )
+    sdxl_ip_adapter_for_everyone(settings, tiny_studio)
+    with pytest.raises(ValidationError) as error:
+        services.persona_use_grid_value(batch=grid, axis_index=0, value_index=1)
+    assert SD15_IP_ADAPTER_REFUSAL in method_refusal(error)
+    persona.refresh_from_db()
+    assert persona.method == "text"

@@ -186,3 +186,34 @@ def test_a_changed_refiner_is_refused_naming_it(
     message = refusal(content)
     assert "the model 'xl''s refiner changed (sha256" in message
     assert "the model 'xl' changed" not in message
+
+
+def test_a_run_without_the_refiner_does_not_depend_on_it(
+    tiny_copy, studio_settings, django_capture_on_commit_callbacks
+):
+    """Switched off for the run: no refiner in its snapshot, so a changed
+    refiner does not stop "regenerate exactly", which replays it off."""
+    studio_settings.STUDIO_MODELS = {
+        "xl": {
+            "source": str(tiny_copy / "sdxl"),
+            "refiner": str(tiny_copy / TINY_SDXL_REFINER_DIR),
+            "tiny": True,
+        }
+    }
+    studio_settings.STUDIO_MODEL_ROOTS = [str(tiny_copy)]
+    runtime.start()
+    content = generate(
+        make_persona(base_model="xl"),
+        django_capture_on_commit_callbacks,
+        method="text",
+        use_refiner=False,
+    )
+    assert content.snapshot["refiner"] is None
+    assert "refiner" not in content.snapshot["model"]
+    (unet,) = (tiny_copy / TINY_SDXL_REFINER_DIR / "unet").glob("*.safetensors")
+    change_a_byte(unet)
+    assert services.snapshot_changes(content.snapshot, inputs=content.inputs) == []
+    replayed, _ = request_from_row(
+        content.request, replay_snapshot=content.snapshot, inputs=content.inputs
+    )
+    assert replayed.use_refiner is False

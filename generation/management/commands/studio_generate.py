@@ -29,6 +29,11 @@ class Command(BaseCommand):
         parser.add_argument("--strength", type=float, help="img2img strength, 0..1")
         parser.add_argument("--seed", type=int)
         parser.add_argument("--count", type=int, default=1)
+        parser.add_argument(
+            "--no-refiner",
+            action="store_true",
+            help="Run an SDXL model with a refiner without it (the base alone).",
+        )
         parser.add_argument("--wait", action="store_true")
         parser.add_argument(
             "--timeout",
@@ -48,6 +53,7 @@ class Command(BaseCommand):
             method=options["method"],
             strength=options["strength"],
             seed=options["seed"],
+            use_refiner=False if options["no_refiner"] else None,
         )
         request = {
             "persona": persona,
