@@ -58,7 +58,7 @@ _HOST_SETTINGS = (
 # Contents of each persona but the main one; the main one has the rest.
 CONTENTS_PER_OTHER_PERSONA = 40
 START_TIMEOUT_SECONDS = 60
-REQUEST_TIMEOUT_SECONDS = 30
+REQUEST_TIMEOUT_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -467,6 +467,12 @@ def measure_page(
 # --- The run and its report -----------------------------------------------------
 
 
+def _cpu_model() -> str:
+    from benchmarks.report import _cpu_model as cpu_model
+
+    return cpu_model()
+
+
 def run(options: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="pages-bench-", dir=options.workdir))
     try:
@@ -528,7 +534,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 if name not in ("json", "workdir") and value is not None
             ),
             "machine": {
-                "cpu": platform.processor() or platform.machine(),
+                "cpu": _cpu_model(),
                 "cores": os.cpu_count(),
                 "python": platform.python_version(),
                 "load_average_at_start": [round(load, 2) for load in load_at_start],

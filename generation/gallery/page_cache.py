@@ -121,18 +121,13 @@ def gallery_changed() -> None:
     """Retire every kept page (a new random version)."""
     from redis.exceptions import RedisError
 
-    global _warned
     try:
         _redis().set(VERSION_KEY, secrets.token_hex(8))
     except RedisError:
-        # Kept pages then live at most STUDIO_GALLERY_PAGE_CACHE_SECONDS.
-        # Said once per process: a command run without Redis writes a lot.
-        log = logger.debug if _warned else logger.warning
-        _warned = True
-        log("Could not mark the gallery changed: Redis cannot be reached.")
-
-
-_warned = False
+        # Nothing is kept while Redis is down (gallery_version says so, once a
+        # page is asked for); a host cut off from a Redis others still reach
+        # leaves kept pages for at most STUDIO_GALLERY_PAGE_CACHE_SECONDS.
+        logger.debug("Could not mark the gallery changed: Redis cannot be reached.")
 
 
 def _watch_writes(
