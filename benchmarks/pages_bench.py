@@ -55,7 +55,7 @@ _HOST_SETTINGS = (
     "STUDIO_VAR_DIR",
     "DJANGO_SETTINGS_MODULE",
 )
-# Contents of each persona but the main one; the main one has the rest.
+# Contents of each persona but the measured one (at most), which has the rest.
 CONTENTS_PER_OTHER_PERSONA = 40
 START_TIMEOUT_SECONDS = 60
 REQUEST_TIMEOUT_SECONDS = 300
@@ -158,7 +158,9 @@ def seed(*, contents: int, personas: int) -> dict[str, Any]:
     from personas.models import Persona, ReferenceImage
 
     rng = random.Random(17)
-    main_count = max(1, contents - CONTENTS_PER_OTHER_PERSONA * (personas - 1))
+    # The measured persona keeps at least half of the rows.
+    per_other = min(CONTENTS_PER_OTHER_PERSONA, contents // (2 * personas))
+    main_count = contents - per_other * (personas - 1)
     people = []
     for index in range(personas):
         person = Persona.objects.create(
@@ -194,7 +196,7 @@ def seed(*, contents: int, personas: int) -> dict[str, Any]:
     ]
     methods = ["text", "img2img", "controlnet", "both", "ip_adapter"]
     owners = [main] * main_count + [
-        person for person in people[1:] for _ in range(CONTENTS_PER_OTHER_PERSONA)
+        person for person in people[1:] for _ in range(per_other)
     ]
     rows = []
     for index, person in enumerate(owners[:contents]):
@@ -245,11 +247,10 @@ def seed(*, contents: int, personas: int) -> dict[str, Any]:
         content.created_at = start + timedelta(minutes=minute)
     Content.objects.bulk_update(created, ["created_at"], batch_size=500)
 
-    shown = (
-        Content.objects.filter(persona=main, status=ContentStatus.SUCCEEDED)
-        .order_by("-pk")[len(rows) // 4 :]
-        .first()
-    )
+    # A succeeded output of the measured persona, well down its grid.
+    succeeded = Content.objects.filter(persona=main, status=ContentStatus.SUCCEEDED)
+    depth = min(len(rows) // 4, succeeded.count() - 1)
+    shown = succeeded.order_by("-pk")[depth:].first()
     for regeneration in Content.objects.filter(
         persona=main, status=ContentStatus.SUCCEEDED, pk__lt=shown.pk
     ).order_by("-pk")[:2]:
