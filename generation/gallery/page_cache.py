@@ -1,10 +1,10 @@
 """Rendered gallery pages, kept while nothing they show has changed.
 
-The gallery index, a persona's grid and a content's page cost tens of
-milliseconds to render with thousands of outputs (mostly their templates);
-the same page for the same person is asked for again and again while nothing
-changes. ``cached_page`` keeps a page's HTML in Django's cache (``default``)
-under a key made of:
+The gallery index, a persona's grid and a content's page cost tens to
+hundreds of milliseconds to render with thousands of outputs (mostly their
+templates); the same page for the same person is asked for again and again
+while nothing changes. ``cached_page`` keeps a page's HTML in Django's cache
+(``default``) under a key made of:
 
 - the **gallery's version**: a random token in the studio's Redis, replaced
   whenever a row that these pages show is written (below), so that a change
@@ -22,7 +22,7 @@ when Redis cannot be reached (then every page is rendered, as without the
 cache); only a plain 200 that sets no cookie is kept.
 
 **What changes the version.** Every ``INSERT``, ``UPDATE`` or ``DELETE`` that
-Django sends on the tables in ``WATCHED_MODELS``, through the database
+Django sends on the tables of ``watched_tables()``, through the database
 instrumentation hook (``connection.execute_wrappers``, installed on every new
 connection by ``install``): saves, ``QuerySet.update()``, bulk writes,
 cascades and raw SQL through Django's connection alike. The token is replaced
