@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -474,9 +475,17 @@ def _cpu_model() -> str:
     return cpu_model()
 
 
+def _stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=30)
+
+
 def run(options: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="pages-bench-", dir=options.workdir))
-    try:
+    """Make, serve and load the throwaway studio; whatever happens, its
+    gunicorn and Redis are stopped and its folder removed."""
+    with ExitStack() as cleanup:
+        root = Path(tempfile.mkdtemp(prefix="pages-bench-", dir=options.workdir))
+        cleanup.callback(shutil.rmtree, root, ignore_errors=True)
         environment = studio_environment(root)
         if options.page_cache_seconds is not None:
             environment["STUDIO_GALLERY_PAGE_CACHE_SECONDS"] = str(
@@ -494,6 +503,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
 
         # The pages' cache keeps its version in the studio's Redis.
         redis_server = EmbeddedRedis(root / "var" / "redis").start()
+        cleanup.callback(redis_server.stop)
         django.setup()
         call_command("migrate", verbosity=0)
         started = time.perf_counter()
@@ -505,27 +515,23 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         server = start_gunicorn(
             environment, port=port, workers=options.workers, log=root / "gunicorn.log"
         )
-        try:
-            results = []
-            for target in targets:
-                queries, size = page_queries(target, seeded["cookie"])
-                results.append(
-                    measure_page(
-                        server,
-                        port,
-                        target,
-                        seeded["cookie"],
-                        clients=options.clients,
-                        requests=options.requests,
-                        warmup=options.warmup,
-                        queries=queries,
-                        size=size,
-                    ).summary()
-                )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            redis_server.stop()
+        cleanup.callback(_stop, server)
+        results = []
+        for target in targets:
+            queries, size = page_queries(target, seeded["cookie"])
+            results.append(
+                measure_page(
+                    server,
+                    port,
+                    target,
+                    seeded["cookie"],
+                    clients=options.clients,
+                    requests=options.requests,
+                    warmup=options.warmup,
+                    queries=queries,
+                    size=size,
+                ).summary()
+            )
         return {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": "python -m benchmarks.pages_bench "
@@ -550,8 +556,6 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             "seed_seconds": round(seed_seconds, 1),
             "pages": results,
         }
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -611,6 +615,10 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     if options.personas < 1 or options.contents < options.personas:
         parser.error("--contents must be at least --personas, and both above 0")
+    if min(options.clients, options.requests, options.workers) < 1 or (
+        options.warmup < 0
+    ):
+        parser.error("--clients, --requests and --workers take 1 or more")
     report = run(options)
     if options.json:
         options.json.write_text(json.dumps(report, indent=2) + "\n")
