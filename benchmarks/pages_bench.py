@@ -618,7 +618,9 @@ def main(argv: list[str] | None = None) -> None:
     if min(options.clients, options.requests, options.workers) < 1 or (
         options.warmup < 0
     ):
-        parser.error("--clients, --requests and --workers take 1 or more")
+        parser.error(
+            "--clients, --requests and --workers take 1 or more, --warmup 0 or more"
+        )
     report = run(options)
     if options.json:
         options.json.write_text(json.dumps(report, indent=2) + "\n")
