@@ -365,6 +365,12 @@ class Content(QueuedRow):
             models.Index(
                 fields=["persona", "-created_at"], name="content_persona_created"
             ),
+            # Covers the gallery's per-persona counts by status and review
+            # state (an index-only scan instead of one row read per output).
+            models.Index(
+                fields=["persona", "status", "review_state"],
+                name="content_persona_counts",
+            ),
             models.Index(fields=["status"], name="content_status"),
             models.Index(fields=["review_state"], name="content_review_state"),
             models.Index(fields=["consistency_score"], name="content_score"),

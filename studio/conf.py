@@ -87,6 +87,9 @@ MAX_WIDTH: int = 2048
 MAX_HEIGHT: int = 2048
 # Most tiles (generations) one X/Y/Z grid may queue: X values x Y values x Z.
 GRID_MAX_TILES: int = 36
+# How long the gallery keeps a rendered page at most (0: off); a change to what
+# it shows retires it at once (generation/gallery/page_cache.py).
+GALLERY_PAGE_CACHE_SECONDS: int = 600
 # Longest side of stored thumbnails.
 THUMBNAIL_SIZE: int = 256
 # zlib level of stored PNGs (outputs, control images), 0-9: 1 encodes several

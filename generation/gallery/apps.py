@@ -8,3 +8,14 @@ class GalleryConfig(AppConfig):
     name = "generation.gallery"
     label = "gallery"
     verbose_name = "Review gallery"
+
+    def ready(self) -> None:
+        """Watch every database connection's writes for the page cache."""
+        from django.db import connections
+        from django.db.backends.signals import connection_created
+
+        from generation.gallery import page_cache
+
+        connection_created.connect(page_cache.install)
+        for connection in connections.all(initialized_only=True):
+            page_cache.install(sender=None, connection=connection)

@@ -56,6 +56,7 @@ GALLERY_PAGE_SIZE = 48
 LATEST_PER_PERSONA = 6
 PERSONAS_PER_PAGE = 24
 RECENT_BATCHES = 10
+LINEAGE_SHOWN = 50
 MAX_PROGRESS_IDS = 200
 
 # Columns a grid card never reads: deferring them keeps each row small.
@@ -275,14 +276,31 @@ def content_neighbours(
 # --- Other pages -----------------------------------------------------------------
 
 
-def content_regenerations(*, content: Content) -> list[Content]:
+@dataclass(frozen=True)
+class Lineage:
+    """The first ``LINEAGE_SHOWN`` outputs of a lineage list, and whether
+    there are more (a content regenerated a thousand times lists no thousand)."""
+
+    rows: list[Content]
+    more: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+
+def _lineage(contents: QuerySet[Content]) -> Lineage:
+    rows = list(_light(contents).order_by("created_at", "id")[: LINEAGE_SHOWN + 1])
+    return Lineage(rows=rows[:LINEAGE_SHOWN], more=len(rows) > LINEAGE_SHOWN)
+
+
+def content_regenerations(*, content: Content) -> Lineage:
     """The outputs that regenerate ``content``, oldest first (its lineage below)."""
-    return list(_light(content.regenerations.all()).order_by("created_at", "id"))
+    return _lineage(content.regenerations.all())
 
 
-def content_inpaintings(*, content: Content) -> list[Content]:
+def content_inpaintings(*, content: Content) -> Lineage:
     """The inpaints of ``content``'s output, oldest first (its lineage below)."""
-    return list(_light(content.inpaintings.all()).order_by("created_at", "id"))
+    return _lineage(content.inpaintings.all())
 
 
 def content_card(*, content_id: int) -> Content:
@@ -431,7 +449,9 @@ def content_compare_sources(*, content: Content, extra: str = "") -> list[Conten
     each a succeeded output."""
     ids = {
         content.regenerated_from_id,
-        *content.regenerations.values_list("pk", flat=True),
+        *content.regenerations.order_by("created_at", "id").values_list(
+            "pk", flat=True
+        )[:LINEAGE_SHOWN],
     }
     if extra.isdigit():
         ids.add(int(extra))

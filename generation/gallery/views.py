@@ -53,6 +53,7 @@ from generation.forms import GridForm, InpaintForm, PersonaGenerateForm
 from generation.gallery import selectors as gallery_selectors
 from generation.gallery.charts import MAX_POINTS, identity_chart_svg
 from generation.gallery.forms import GalleryFilterForm, content_ids
+from generation.gallery.page_cache import cached_page
 from generation.grids import grid_examples
 from generation.models import Batch, Content
 
@@ -111,6 +112,7 @@ def _allowed_actions(request: HttpRequest) -> dict[str, actions.StaffAction]:
 
 @require_GET
 @gallery_view
+@cached_page
 def gallery_index(request: HttpRequest) -> HttpResponse:
     """Every persona with its primary reference, review counts and latest outputs."""
     page = gallery_selectors.persona_overview(page_number=request.GET.get("page", 1))
@@ -130,6 +132,7 @@ def gallery_index(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @gallery_view
+@cached_page
 def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
     """A persona's outputs: filters, sort and seek pagination."""
     persona = _found(
@@ -167,6 +170,7 @@ def persona_gallery(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_GET
 @gallery_view
+@cached_page
 def content_detail(request: HttpRequest, content_id: int) -> HttpResponse:
     """One output beside its reference, with its parameters, lineage and review."""
     content = _get_content(content_id)
