@@ -499,7 +499,14 @@ def snapshot_changes(
     return changes
 
 
-_FINGERPRINT_FIELDS = ("source", "revision", "variant", "commit", "sha256")
+_FINGERPRINT_FIELDS = (
+    "source",
+    "revision",
+    "variant",
+    "commit",
+    "sha256",
+    "quantization",
+)
 
 
 def _fingerprint_changes(
