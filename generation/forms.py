@@ -12,6 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from generation import grids
+from generation.engine.families import true_cfg_problem
 from generation.engine.plan import ALL_SCHEDULER_NAMES, scheduler_names
 from generation.engine.vocabulary import (
     DEFAULT_INPAINT_STRENGTH,
@@ -278,6 +279,15 @@ class PersonaGenerateForm(forms.Form):
     guidance_scale = forms.FloatField(
         min_value=MIN_GUIDANCE_SCALE, max_value=MAX_GUIDANCE_SCALE
     )
+    true_cfg_scale = forms.FloatField(
+        required=False,
+        min_value=MIN_GUIDANCE_SCALE,
+        max_value=MAX_GUIDANCE_SCALE,
+        label="true CFG scale",
+        help_text="FLUX.1 and Qwen-Image: true classifier-free guidance against "
+        "the negative prompt (two passes per step); empty: the persona's, else "
+        "the pipeline's default.",
+    )
     scheduler = forms.ChoiceField(
         required=False,
         choices=[
@@ -344,6 +354,7 @@ class PersonaGenerateForm(forms.Form):
             "height": persona.height,
             "steps": persona.steps,
             "guidance_scale": persona.guidance_scale,
+            "true_cfg_scale": persona.true_cfg_scale,
             "scheduler": persona.scheduler,
             "seed_policy": persona.seed_policy,
             "seed": persona.seed,
@@ -359,6 +370,9 @@ class PersonaGenerateForm(forms.Form):
         self.persona = persona
         offer_methods(self.fields["method"], persona.base_model)
         family = base_model_family(persona.base_model)
+        if family is not None and true_cfg_problem(family) is not None:
+            # Stable Diffusion has no true CFG: the field is not offered.
+            del self.fields["true_cfg_scale"]
         if family is not None:
             self.fields["scheduler"].choices = [
                 ("", "The model's own"),
@@ -421,6 +435,7 @@ class PersonaGenerateForm(forms.Form):
                 "height",
                 "steps",
                 "guidance_scale",
+                "true_cfg_scale",
                 "scheduler",
                 "use_refiner",
                 "seed_policy",

@@ -89,6 +89,7 @@ class GenerationOverrides:
     strength: float | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    true_cfg_scale: float | None = None
     width: int | None = None
     height: int | None = None
     seed: int | None = None
@@ -143,6 +144,7 @@ class GenerationOverrides:
             ("strength", MIN_FRACTION, MAX_FRACTION),
             ("steps", MIN_STEPS, MAX_STEPS),
             ("guidance_scale", MIN_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE),
+            ("true_cfg_scale", MIN_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE),
             ("seed", MIN_SEED, MAX_SEED),
             ("ip_adapter_scale", MIN_WEIGHT, MAX_WEIGHT),
             ("lora_scale", MIN_WEIGHT, MAX_WEIGHT),
@@ -277,6 +279,7 @@ def request_for_persona(
         "seed": seed,
         "steps": _override(overrides.steps, persona.steps),
         "guidance_scale": _override(overrides.guidance_scale, persona.guidance_scale),
+        "true_cfg_scale": _override(overrides.true_cfg_scale, persona.true_cfg_scale),
         "width": _override(overrides.width, persona.width),
         "height": _override(overrides.height, persona.height),
         "num_images": 1,

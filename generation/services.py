@@ -503,7 +503,14 @@ def snapshot_changes(
     return changes
 
 
-_FINGERPRINT_FIELDS = ("source", "revision", "variant", "commit", "sha256")
+_FINGERPRINT_FIELDS = (
+    "source",
+    "revision",
+    "variant",
+    "commit",
+    "sha256",
+    "quantization",
+)
 
 
 def _fingerprint_changes(
@@ -1115,12 +1122,19 @@ def _auto_by_identity(
     """Auto that learns: with enough scored outputs per method, the method whose
     outputs kept ``persona``'s identity best (``identity.choose_method_by_identity``)
     replaces ``auto`` in the request; otherwise the engine's rules choose. The
-    reason says which, with the numbers, either way."""
+    reason says which, with the numbers, either way. Only the methods the
+    persona's base model runs compete (``families.methods_offered``: on FLUX.1
+    text, img2img and reference_edit; outputs made with ip_adapter on an earlier
+    Stable Diffusion base do not count)."""
     from generation.engine.identity import choose_method_by_identity
 
-    choice = choose_method_by_identity(
-        selectors.persona_identity_by_method(persona=persona)
-    )
+    record = selectors.persona_identity_by_method(persona=persona)
+    offered = _methods_offered(persona.base_model)
+    if offered is not None:
+        record = {
+            method: values for method, values in record.items() if method in offered
+        }
+    choice = choose_method_by_identity(record)
     if choice.method is None:
         return overrides, choice.reason
     chosen = replace(overrides, method=choice.method)
@@ -1135,6 +1149,22 @@ def _auto_by_identity(
             f"({' '.join(error.messages)})"
         )
     return chosen, f"auto by identity: {choice.reason}"
+
+
+def _methods_offered(base_model: str) -> set[str] | None:
+    """The methods a base model's family runs, or None when its family cannot
+    be told here."""
+    from generation.engine.errors import EngineError
+    from generation.engine.families import methods_offered
+    from personas.lora import base_model_traits
+
+    try:
+        traits = base_model_traits(base_model)
+    except EngineError:
+        return None
+    if traits is None:
+        return None
+    return {method.value for method in methods_offered(traits.family)}
 
 
 def _validate_prompts(*, prompt: str, negative_prompt: str) -> None:

@@ -308,6 +308,7 @@ class PersonaAdmin(admin.ModelAdmin):
                     ("img2img_strength", "resize_mode"),
                     ("ip_adapter_scale", "ip_adapter_face_crop"),
                     ("guidance_scale", "steps"),
+                    "true_cfg_scale",
                     "scheduler",
                     "negative_prompt",
                     ("width", "height"),

@@ -36,6 +36,7 @@ from personas.services import (
     control_unit_save,
     persona_check_lockable,
     persona_check_method,
+    persona_check_true_cfg,
     reference_check_not_duplicate,
     reference_check_update,
     reference_image_add,
@@ -190,6 +191,7 @@ class PersonaForm(forms.ModelForm):
             "ip_adapter_scale",
             "ip_adapter_face_crop",
             "guidance_scale",
+            "true_cfg_scale",
             "steps",
             "scheduler",
             "negative_prompt",
@@ -237,6 +239,14 @@ class PersonaForm(forms.ModelForm):
                 persona_check_method(base_model=base_model, method=method)
             except ValidationError as error:
                 self.add_error("method", error)
+        if base_model and cleaned_data.get("true_cfg_scale") is not None:
+            try:
+                persona_check_true_cfg(
+                    base_model=base_model,
+                    true_cfg_scale=cleaned_data["true_cfg_scale"],
+                )
+            except ValidationError as error:
+                self.add_error("true_cfg_scale", error)
         if cleaned_data.get("lora_upload") and cleaned_data.get("lora_remove"):
             self.add_error(
                 "lora_remove",

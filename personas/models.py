@@ -145,6 +145,20 @@ class Persona(models.Model):
             MaxValueValidator(vocabulary.MAX_GUIDANCE_SCALE),
         ],
     )
+    true_cfg_scale = models.FloatField(
+        "true CFG scale",
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(vocabulary.MIN_GUIDANCE_SCALE),
+            MaxValueValidator(vocabulary.MAX_GUIDANCE_SCALE),
+        ],
+        help_text="FLUX.1 and Qwen-Image only: true classifier-free guidance "
+        "against the negative prompt, two passes per step (Qwen-Image's default "
+        "4.0; 1 turns it off; FLUX.1 uses it above 1, its guidance scale being "
+        "the distilled guidance). Empty: the pipeline's default. Stable "
+        "Diffusion guides with the guidance scale instead.",
+    )
     steps = models.PositiveSmallIntegerField(
         default=vocabulary.DEFAULT_STEPS,
         validators=[

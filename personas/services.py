@@ -53,7 +53,9 @@ REFERENCE_FIELDS = frozenset({"role", "caption", "order", "is_primary"})
 #   "use this value"), and an enabled ControlNet unit's type has a ControlNet
 #   of the model's family (``no_controlnet``); a unit's preprocessor options are
 #   ones its preprocessor takes (``preprocessor_options``): the engine's plan
-#   check, which reads configs and headers only.
+#   check, which reads configs and headers only;
+# - a true CFG scale only where the base model's family has true CFG (FLUX.1,
+#   Qwen-Image; ``family_true_cfg``).
 
 
 def persona_check_lockable(
@@ -95,6 +97,26 @@ def persona_check_method(*, base_model: str, method: str) -> None:
         raise ValidationError(problem, code="family_method")
 
 
+def persona_check_true_cfg(*, base_model: str, true_cfg_scale: float | None) -> None:
+    """Refuse a true CFG scale for a base model whose family has no true CFG
+    (Stable Diffusion guides with ``guidance_scale``), with the engine's reason
+    (``families.true_cfg_problem``). Not judged when the family cannot be told
+    here."""
+    from generation.engine.errors import EngineError
+    from generation.engine.families import true_cfg_problem
+    from personas.lora import base_model_traits
+
+    if true_cfg_scale is None:
+        return
+    try:
+        model = base_model_traits(base_model)
+    except EngineError:
+        return  # files of no served family: the system check says so
+    problem = None if model is None else true_cfg_problem(model.family)
+    if problem is not None:
+        raise ValidationError(problem, code="family_true_cfg")
+
+
 @transaction.atomic
 def persona_create(*, name: str, slug: str = "", **fields: Any) -> Persona:
     """Create a persona; ``fields`` are any other Persona fields."""
@@ -128,6 +150,12 @@ def persona_save(
             persona_check_lockable(persona=persona, has_primary=gallery_has_primary)
         except ValidationError as error:
             raise ValidationError({"appearance_locked": error}) from None
+    try:
+        persona_check_true_cfg(
+            base_model=persona.base_model, true_cfg_scale=persona.true_cfg_scale
+        )
+    except ValidationError as error:
+        raise ValidationError({"true_cfg_scale": error}) from None
     persona.full_clean()
     if _method_or_model_changed(persona):
         try:

@@ -34,6 +34,7 @@ Framework free and cheap to import: no torch, no diffusers.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,6 +119,30 @@ class LatentRGB:
 
 
 @dataclass(frozen=True)
+class BlockLayout:
+    """A diffusion transformer's ``transformer_blocks``: how many, and the width
+    of their attention (``num_attention_heads * attention_head_dim``).
+
+    A LoRA on the attention alone (``to_q``, ``to_k``, ``to_v``, ``to_out``) has
+    the same key names on FLUX.1 and Qwen-Image; its block indexes and
+    projection shapes tell which it fits."""
+
+    blocks: int
+    width: int
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> BlockLayout | None:
+        """The layout a transformer's ``config.json`` describes (None: not one)."""
+        try:
+            width = int(config["num_attention_heads"]) * int(
+                config["attention_head_dim"]
+            )
+            return cls(int(config["num_layers"]), width)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class Family:
     """One model architecture the studio serves (see the module docstring)."""
 
@@ -177,6 +202,8 @@ class Family:
     lora_key_markers: tuple[str, ...] = ()
     """Substrings of LoRA tensor names that only this family's denoiser has
     (in diffusers', kohya's or the original layout)."""
+    block_layout: BlockLayout | None = None
+    """The released transformer's blocks (None: a UNet family)."""
     quantized_components: tuple[str, ...] = ("transformer", "text_encoder_2")
     """A transformer family's big modules, which ``STUDIO_QUANTIZATION``
     quantizes (FLUX.1's transformer and T5-XXL)."""
@@ -420,6 +447,8 @@ FLUX = Family(
         "double_blocks",
         "single_blocks",
     ),
+    # FLUX.1's 19 double-stream blocks (its 38 single ones have their own name).
+    block_layout=BlockLayout(blocks=19, width=3072),
     scheduler_names=("FlowMatchEulerDiscreteScheduler",),
     size_multiple=16,
     controlnet_class="FluxControlNetModel",
@@ -484,6 +513,7 @@ QWEN_IMAGE = Family(
         "img_mod_1",
         "txt_mod_1",
     ),
+    block_layout=BlockLayout(blocks=60, width=3072),
     # The 20 B transformer and Qwen2.5-VL-7B (its text_encoder).
     quantized_components=("transformer", "text_encoder"),
     # Its pipelines pass flow-matching sigmas (and a resolution shift, mu).
@@ -532,6 +562,9 @@ class ModelTraits:
     """The pipeline class its ``model_index.json`` names (None: a single file or
     a folder without one): which of the family's pipelines its weights were
     made for (``check_model_runs``)."""
+    block_layout: BlockLayout | None = None
+    """A transformer model's own blocks, from its config (None: a UNet, or not
+    known: the family's released layout stands in)."""
 
 
 def traits_from_configs(
@@ -577,6 +610,9 @@ def traits_from_configs(
         int(denoiser_config[by_denoiser.width_key]),
         description,
         class_name,
+        BlockLayout.of(denoiser_config)
+        if by_denoiser.denoiser is Denoiser.TRANSFORMER
+        else None,
     )
 
 
@@ -638,6 +674,18 @@ def methods_offered(row: Family) -> tuple[Method, ...]:
         if method is Method.AUTO
         or method in row.pipeline_classes
         or (method is Method.IP_ADAPTER and row.ip_adapter is not None)
+    )
+
+
+def true_cfg_problem(row: Family) -> str | None:
+    """Why ``true_cfg_scale`` means nothing on a family's models, or None where
+    it is taken (FLUX.1, Qwen-Image): Stable Diffusion guides with
+    ``guidance_scale`` against the negative prompt instead."""
+    if row.guidance is not Guidance.CFG:
+        return None
+    return (
+        f"true_cfg_scale is for FLUX.1 and Qwen-Image models; {row.label} uses "
+        "guidance_scale with the negative prompt. Remove it."
     )
 
 
@@ -877,7 +925,10 @@ def lora_traits(header: Mapping[str, Any]) -> tuple[Family | None, int | None, s
         best = max(counts.values(), default=0)
         winners = [name for name, count in counts.items() if count == best]
         by_marker = FAMILIES[winners[0]] if best and len(winners) == 1 else None
-        return by_marker, None, kind_found
+        blocks, width = lora_block_layout(header)
+        if by_marker is None:
+            by_marker = _family_by_layout(blocks, width)
+        return by_marker, None, kind_found + _layout_found(blocks, width)
     by_style, style = None, ""
     unet_rows = [row for row in FAMILIES.values() if row.denoiser is Denoiser.UNET]
     for row in unet_rows:
@@ -929,12 +980,98 @@ def check_lora_fits(
     if (by_style is None or by_style is own) and (
         width is None or width == model.cross_attention_dim
     ):
+        if kind is Denoiser.TRANSFORMER:
+            _check_lora_layout(model, header, model_name, name, found)
         return
     made_for = by_style.label if by_style is not None else _family_of_width(width)
     raise FamilyMismatch(
         f"The LoRA {name!r} is for {made_for} ({found}); model {model_name!r} is "
         f"{own.label} ({own.width_name} {model.cross_attention_dim}). Use a "
         f"LoRA trained for {own.label}."
+    )
+
+
+_BLOCK_KEY = re.compile(r"(single_)?transformer_blocks[._](\d+)[._]")
+_ATTENTION_DOWN_KEY = re.compile(
+    r"[._]attn[._]to_[qkv][._]lora(?:_A|_down|\.down)\.weight$"
+)
+
+
+def lora_block_layout(header: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(how many ``transformer_blocks`` a transformer LoRA's keys reach, the
+    input width of its attention ``to_q``/``to_k``/``to_v`` down projections),
+    in diffusers', ComfyUI's and kohya's key styles; None where its keys say
+    nothing. FLUX.1's ``single_transformer_blocks`` are not counted."""
+    blocks = width = None
+    for key, info in header.items():
+        found = _BLOCK_KEY.search(key)
+        if key == "__metadata__" or found is None or found[1]:
+            continue
+        blocks = max(blocks or 0, int(found[2]) + 1)
+        if width is None and _ATTENTION_DOWN_KEY.search(key):
+            width = int(info["shape"][-1])
+    return blocks, width
+
+
+def _layout_fits(layout: BlockLayout, blocks: int | None, width: int | None) -> bool:
+    return (blocks is None or blocks <= layout.blocks) and (
+        width is None or width == layout.width
+    )
+
+
+def _family_by_layout(blocks: int | None, width: int | None) -> Family | None:
+    """The one transformer family whose released blocks alone hold a LoRA's
+    (a LoRA reaching block 19 or further is not FLUX.1's); None if not one."""
+    if blocks is None and width is None:
+        return None
+    fitting = [
+        row
+        for row in FAMILIES.values()
+        if row.block_layout is not None
+        and _layout_fits(row.block_layout, blocks, width)
+    ]
+    return fitting[0] if len(fitting) == 1 else None
+
+
+def _layout_found(blocks: int | None, width: int | None) -> str:
+    parts = [f"transformer_blocks 0-{blocks - 1}"] if blocks else []
+    if width is not None:
+        parts.append(f"attention width {width}")
+    return f"; {', '.join(parts)}" if parts else ""
+
+
+def _check_lora_layout(
+    model: ModelTraits,
+    header: Mapping[str, Any],
+    model_name: str,
+    name: str,
+    found: str,
+) -> None:
+    """Refuse a transformer LoRA whose blocks or attention shapes are not the
+    model's own (its config's, else its family's released ones): an
+    attention-only LoRA of another family has the same key names."""
+    layout = model.block_layout or model.family.block_layout
+    blocks, width = lora_block_layout(header)
+    if layout is None or _layout_fits(layout, blocks, width):
+        return
+    own = model.family
+    others = [
+        row
+        for row in FAMILIES.values()
+        if row is not own
+        and row.block_layout is not None
+        and _layout_fits(row.block_layout, blocks, width)
+    ]
+    made_for = (
+        " or ".join(row.label for row in others)
+        if others
+        else "a transformer of another size"
+    )
+    raise FamilyMismatch(
+        f"The LoRA {name!r} is for {made_for} ({found}); model {model_name!r} is "
+        f"{own.label} with {layout.blocks} transformer_blocks of attention width "
+        f"{layout.width}, which its layers do not fit. Use a LoRA trained for "
+        f"{own.label}."
     )
 
 

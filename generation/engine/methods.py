@@ -75,7 +75,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from .errors import InvalidRequest, ModelNotFound
-from .families import DEFAULT_FAMILY, Family, families_with, family
+from .families import (
+    DEFAULT_FAMILY,
+    Family,
+    families_with,
+    family,
+    true_cfg_problem,
+)
 from .requests import GenerationRequest, IPAdapterInput
 from .vocabulary import (
     MAX_EDIT_REFERENCES,
@@ -94,7 +100,6 @@ from .vocabulary import (
     MIN_STEPS,
     MIN_WEIGHT,
     ControlType,
-    Denoiser,
     Method,
     ReferenceRole,
 )
@@ -461,11 +466,9 @@ def _check_numbers(request: GenerationRequest, row: Family) -> None:
     ):
         raise InvalidRequest("The prompt and negative prompt must be text.")
     if request.true_cfg_scale is not None:
-        if row.denoiser is not Denoiser.TRANSFORMER:
-            raise InvalidRequest(
-                f"true_cfg_scale is for FLUX.1 and Qwen-Image models; {row.label} "
-                "uses guidance_scale with the negative prompt. Remove it."
-            )
+        problem = true_cfg_problem(row)
+        if problem is not None:
+            raise InvalidRequest(problem)
         _check_range(
             "true_cfg_scale",
             request.true_cfg_scale,

@@ -174,6 +174,19 @@ def choose_dtype(
     return torch.float16
 
 
+def _torchao_int8(component: str) -> Any:
+    """torchao's int8 weight-only config for one module: diffusers' class for
+    the denoiser, transformers' for a text encoder. Both take a torchao config
+    object (not a name such as "int8wo"), and their signatures differ, so that
+    ``PipelineQuantizationConfig`` refuses one backend name for both."""
+    import diffusers
+    import transformers
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    library = transformers if component.startswith("text_encoder") else diffusers
+    return library.TorchAoConfig(Int8WeightOnlyConfig())
+
+
 def denoiser_of(pipe: DiffusionPipeline) -> torch.nn.Module:
     """The pipeline's UNet or diffusion transformer."""
     unet = getattr(pipe, "unet", None)
@@ -198,6 +211,10 @@ def quantization_config(
         )
     from diffusers.quantizers import PipelineQuantizationConfig
 
+    if quantization is Quantization.TORCHAO_INT8:
+        return PipelineQuantizationConfig(
+            quant_mapping={name: _torchao_int8(name) for name in components}
+        )
     backend, kwargs = {
         Quantization.BNB_8BIT: ("bitsandbytes_8bit", {"load_in_8bit": True}),
         Quantization.BNB_4BIT: (
@@ -208,7 +225,6 @@ def quantization_config(
                 "bnb_4bit_compute_dtype": torch.bfloat16,
             },
         ),
-        Quantization.TORCHAO_INT8: ("torchao", {"quant_type": "int8wo"}),
     }[quantization]
     return PipelineQuantizationConfig(
         quant_backend=backend,
@@ -232,6 +248,12 @@ class _Entry:
 
 class PipelineRegistry:
     """Loads, shares, derives and evicts pipelines for one device (see module doc)."""
+
+    OFFLOAD_DEVICE_TYPES: frozenset[str] = frozenset({"cuda"})
+    """The device types CPU offload applies to: it trades speed for memory
+    between a GPU and the CPU; where the device is the CPU or shares its memory
+    (mps) it would only cost time. (A test class adds the CPU, where diffusers'
+    offload hooks run as they would on a GPU.)"""
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
@@ -671,9 +693,8 @@ class PipelineRegistry:
                     self._set_ip_adapter(
                         pipe, ip_adapter, model_key or self._model_key_of(pipe)
                     )
-                    # The image encoder came after the offload hooks were set:
-                    # hook every module again, the encoder included.
-                    self._offload(pipe)
+                    # The image encoder came after the offload hooks were set.
+                    self._offload_added(pipe)
                 if lora is not None:
                     self._set_lora(pipe, lora)
                 yield pipe
@@ -699,7 +720,9 @@ class PipelineRegistry:
         with self._lock:
             self._footprint.attention_slicing = True
             self._footprint.vae_tiling = True
-            self._footprint.cpu_offload |= self._device.type == "cuda"
+            self._footprint.cpu_offload |= (
+                self._device.type in self.OFFLOAD_DEVICE_TYPES
+            )
             for entry in self._entries.values():
                 if entry.kind == "base":
                     self._apply_footprint(entry.model)
@@ -738,11 +761,9 @@ class PipelineRegistry:
 
     @property
     def _offloading(self) -> bool:
-        # Offloading trades speed for memory between a GPU and the CPU; where the
-        # device is the CPU or shares its memory (mps) it only costs time.
         footprint = self._footprint
         offload = footprint.cpu_offload or footprint.sequential_cpu_offload
-        return offload and self._device.type == "cuda"
+        return offload and self._device.type in self.OFFLOAD_DEVICE_TYPES
 
     def _offload(self, pipe: DiffusionPipeline) -> None:
         """Hook a pipeline's modules for CPU offload, when it is on: layer by
@@ -753,6 +774,25 @@ class PipelineRegistry:
             pipe.enable_sequential_cpu_offload(device=self._device)
         else:
             pipe.enable_model_cpu_offload(device=self._device)
+
+    def _offload_added(self, pipe: DiffusionPipeline) -> None:
+        """Hook for offload the modules a job added to an offloaded pipeline (the
+        IP-Adapter's image encoder). Model offload hooks every module again, in
+        its order; sequential offload cannot be set twice (the weights of the
+        modules it hooked are on the meta device, kept by their hooks), so only
+        the modules without a hook get one."""
+        if not self._offloading:
+            return
+        if not self._footprint.sequential_cpu_offload:
+            self._offload(pipe)
+            return
+        from accelerate import cpu_offload
+
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module) and not hasattr(module, "_hf_hook"):
+                cpu_offload(
+                    module, self._device, offload_buffers=len(module._parameters) > 0
+                )
 
     def _spec(self, model_key: str) -> ModelSpec:
         try:

@@ -59,7 +59,7 @@ from generation.engine.families import (
     single_file_family,
     traits_from_configs,
 )
-from generation.engine.vocabulary import Denoiser
+from generation.engine.vocabulary import Denoiser, Quantization
 
 if TYPE_CHECKING:
     import torch
@@ -425,10 +425,19 @@ def model_fingerprint(
     fingerprint_of: Callable[[ResolvedSource], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What identifies a base model's weights: its own ``fingerprint`` with its
-    variant, and those of its external VAE and its refiner when it has them.
+    variant, and those of its external VAE and its refiner when it has them,
+    and the quantization its weights are loaded with (a transformer family's,
+    when ``config.quantization`` is on: other weights, other pixels).
     ``fingerprint_of`` may be a cached ``fingerprint`` (the registry's)."""
     fingerprint_of = fingerprint_of or fingerprint
-    result = with_variant(fingerprint_of(resolve_model(spec, config)), spec.variant)
+    source = resolve_model(spec, config)
+    result = with_variant(fingerprint_of(source), spec.variant)
+    quantization = Quantization(config.quantization)
+    if quantization is not Quantization.NONE and (
+        model_traits(source, declared=spec.family).family.denoiser
+        is Denoiser.TRANSFORMER
+    ):
+        result["quantization"] = quantization.value
     if spec.vae is not None:
         result["vae"] = fingerprint_of(
             resolve_source(spec.vae, config, required_file=MODEL_CONFIG_FILE)

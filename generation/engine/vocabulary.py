@@ -323,12 +323,12 @@ class Footprint:
     cpu_offload: bool = _switch(
         "STUDIO_CPU_OFFLOAD",
         "keep model parts in CPU memory and move each to the GPU only while it "
-        "runs (small GPUs; slower)",
+        "runs (small GPUs; slower; CUDA only)",
     )
     sequential_cpu_offload: bool = _switch(
         "STUDIO_SEQUENTIAL_CPU_OFFLOAD",
         "move each layer to the GPU only while it runs (the least GPU memory, "
-        "much slower; for a big model on a small GPU)",
+        "much slower; for a big model on a small GPU; CUDA only)",
     )
     attention_slicing: bool = _switch(
         "STUDIO_ATTENTION_SLICING",

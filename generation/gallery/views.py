@@ -657,6 +657,8 @@ def _parameters(content: Content) -> list[tuple[str, Any]]:
     ip_adapter = snapshot.get("ip_adapter") if used else request.get("ip_adapter")
     if ip_adapter:
         rows.append(("IP-Adapter scale" + asked, ip_adapter.get("scale")))
+    if request.get("true_cfg_scale") is not None:
+        rows.append(("True CFG scale" + asked, request["true_cfg_scale"]))
     lora = snapshot.get("lora") if used else request.get("lora")
     if lora:
         rows.append(("LoRA scale" + asked, lora.get("scale")))

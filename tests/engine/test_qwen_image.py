@@ -25,13 +25,18 @@ import pytest
 import torch
 from diffusers import QwenImageEditPlusPipeline, QwenImagePipeline
 from PIL import Image
+from safetensors.torch import load_file
 
 from generation.engine.config import ModelSpec, tiny_engine_config
 from generation.engine.errors import InvalidRequest
 from generation.engine.families import (
     QWEN_IMAGE,
     FamilyMismatch,
+    ModelTraits,
     UnknownFamily,
+    check_lora_fits,
+    lora_traits,
+    traits_from_configs,
     traits_of_folder,
 )
 from generation.engine.plan import plan_check, plan_problems
@@ -45,11 +50,15 @@ from generation.engine.requests import (
     ReferenceRole,
 )
 from generation.engine.runner import Engine
+from generation.engine.tiny_flux import FLUX_KONTEXT_DEV
+from generation.engine.tiny_qwen import QWEN_IMAGE as RELEASED_QWEN
 from generation.engine.tiny_qwen import SPECIAL_TOKENS
 from generation.engine.vocabulary import (
+    TINY_FLUX_MODEL_KEY,
     TINY_MODEL_KEY,
     TINY_QWEN_IMAGE_MODEL_KEY,
 )
+from tests.engine.qwen_loras import tiny_transformer, transformer_lora, write_lora
 from tests.engine.test_reproducibility import (
     assert_same_pixels,
     noise_image,
@@ -251,28 +260,71 @@ def test_true_cfg_is_on_by_default_with_an_empty_negative_prompt(
     assert without[0].tobytes() != raw[0].tobytes()
 
 
-def test_a_qwen_lora_equals_raw_diffusers_and_is_reset_after_the_job(
-    engine: Engine, text_pipe: QwenImagePipeline, tiny_model_root: Path
-):
-    weights = (tiny_model_root / "lora" / "persona-qwen-image.safetensors").read_bytes()
-    plain = engine.generate(make_request(method=Method.TEXT)).images
-    text_pipe.load_lora_weights(
-        tiny_model_root / "lora" / "persona-qwen-image.safetensors",
-        adapter_name="persona",
+@pytest.fixture(scope="module")
+def qwen_lora_files(
+    tiny_model_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The tiny Qwen-Image LoRA as shipped (kohya), and LoRAs in diffusers' and
+    ComfyUI's key styles on the same transformer."""
+    folder = tmp_path_factory.mktemp("qwen-loras")
+    transformer = tiny_transformer(tiny_model_root, "qwen-image")
+    files = {"kohya": tiny_model_root / "lora" / "persona-qwen-image.safetensors"}
+    for style in ("diffusers", "comfyui"):
+        files[style] = write_lora(
+            transformer_lora(transformer, style), folder / f"{style}.safetensors"
+        )
+    files["attention-only"] = write_lora(
+        transformer_lora(transformer, "diffusers", attention_only=True),
+        folder / "attention.safetensors",
     )
+    return files
+
+
+@pytest.mark.parametrize("style", ["kohya", "diffusers", "comfyui", "attention-only"])
+def test_a_qwen_lora_equals_raw_diffusers_and_is_reset_after_the_job(
+    engine: Engine,
+    text_pipe: QwenImagePipeline,
+    qwen_lora_files: dict[str, Path],
+    style: str,
+):
+    path = qwen_lora_files[style]
+    plain = engine.generate(make_request(method=Method.TEXT)).images
+    text_pipe.load_lora_weights(path, adapter_name="persona")
     text_pipe.set_adapters(["persona"], adapter_weights=[0.8])
     try:
         raw = raw_call(text_pipe)
     finally:
         text_pipe.unload_lora_weights()
     with_lora = engine.generate(
-        make_request(method=Method.TEXT, lora=LoraInput(weights=weights, scale=0.8))
+        make_request(
+            method=Method.TEXT,
+            lora=LoraInput(weights=path.read_bytes(), scale=0.8, name=style),
+        )
     )
     assert_same_pixels(with_lora.images, raw)
     assert with_lora.snapshot["lora"]["scale"] == 0.8
     # The LoRA changed the picture, and the next job is as if it never ran.
     assert raw[0].tobytes() != plain[0].tobytes()
     assert_same_pixels(engine.generate(make_request(method=Method.TEXT)).images, plain)
+
+
+def test_comfyuis_alpha_scales_the_lora(
+    engine: Engine, qwen_lora_files: dict[str, Path], tmp_path: Path
+):
+    """ComfyUI's ``alpha`` is honoured: the same weights without it (scale 1
+    instead of alpha / rank) give other pixels."""
+    weights = load_file(qwen_lora_files["comfyui"])
+    without_alpha = {k: v for k, v in weights.items() if not k.endswith(".alpha")}
+    images = [
+        engine.generate(
+            make_request(method=Method.TEXT, lora=LoraInput(weights=data))
+        ).images[0]
+        for data in (
+            qwen_lora_files["comfyui"].read_bytes(),
+            write_lora(without_alpha, tmp_path / "no-alpha.safetensors").read_bytes(),
+        )
+    ]
+    assert images[0].tobytes() != images[1].tobytes()
 
 
 def test_text_and_edit_share_one_base_transformer(engine: Engine):
@@ -311,6 +363,84 @@ def test_a_qwen_lora_on_stable_diffusion_is_refused(
     )
     with pytest.raises(FamilyMismatch, match="Qwen-Image"):
         engine.plan(request)
+
+
+def test_an_attention_only_qwen_lora_on_flux_is_refused_by_its_shapes(
+    engine: Engine, qwen_lora_files: dict[str, Path]
+):
+    """Its keys (``transformer_blocks.N.attn.to_q``...) are FLUX.1's too: the
+    blocks it reaches and its projections' width tell it apart."""
+    weights = qwen_lora_files["attention-only"].read_bytes()
+    request = make_request(
+        model=TINY_FLUX_MODEL_KEY,
+        true_cfg_scale=None,
+        lora=LoraInput(weights=weights, name="attention"),
+    )
+    with pytest.raises(FamilyMismatch) as refused:
+        engine.plan(request)
+    message = str(refused.value)
+    assert "transformer_blocks 0-1, attention width 48" in message
+    assert "model 'tiny-flux' is FLUX.1 with 1 transformer_blocks of attention " in (
+        message
+    )
+    assert "Use a LoRA trained for FLUX.1." in message
+    # On its own model the same file is accepted.
+    engine.plan(make_request(lora=LoraInput(weights=weights)))
+
+
+def test_an_attention_only_flux_lora_on_qwen_image_is_refused(
+    engine: Engine, tiny_model_root: Path, tmp_path: Path
+):
+    flux_attention = transformer_lora(
+        tiny_transformer(tiny_model_root, "flux"), "diffusers", attention_only=True
+    )
+    weights = write_lora(flux_attention, tmp_path / "flux.safetensors").read_bytes()
+    with pytest.raises(FamilyMismatch) as refused:
+        engine.plan(make_request(lora=LoraInput(weights=weights, name="flux")))
+    message = str(refused.value)
+    assert "attention width 32" in message
+    assert "Qwen-Image with 2 transformer_blocks of attention width 48" in message
+
+
+def _header(keys: dict[str, list[int]]) -> dict[str, Any]:
+    return {
+        key: {"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]}
+        for key, shape in keys.items()
+    }
+
+
+def _released(architecture: Any, pipeline: str, transformer: str) -> ModelTraits:
+    config = {"_class_name": transformer, **architecture.transformer}
+    return traits_from_configs({"_class_name": pipeline}, config, "released")
+
+
+@pytest.mark.parametrize("prefix", ["transformer.", "diffusion_model.", "lora_unet_"])
+def test_a_released_size_attention_lora_past_fluxs_19_blocks_is_qwen_image(
+    prefix: str,
+):
+    """At the released sizes both attentions are 3072 wide: a LoRA reaching
+    block 19 or further (Qwen-Image has 60, FLUX.1 19 double blocks) is
+    Qwen-Image's, in each key style."""
+    separator = "_" if prefix == "lora_unet_" else "."
+    keys = {}
+    for block in range(60):
+        stem = separator.join(["transformer_blocks", str(block), "attn", "to_q"])
+        keys[f"{prefix}{stem}.lora_down.weight"] = [16, 3072]
+        keys[f"{prefix}{stem}.lora_up.weight"] = [3072, 16]
+    header = _header(keys)
+    assert lora_traits(header)[0] is QWEN_IMAGE
+    qwen = _released(
+        RELEASED_QWEN, "QwenImageEditPlusPipeline", "QwenImageTransformer2DModel"
+    )
+    check_lora_fits(qwen, header, "qwen-image-edit", "lora")
+    flux = _released(FLUX_KONTEXT_DEV, "FluxKontextPipeline", "FluxTransformer2DModel")
+    with pytest.raises(FamilyMismatch) as refused:
+        check_lora_fits(flux, header, "kontext", "qwen")
+    assert str(refused.value).startswith(
+        "The LoRA 'qwen' is for Qwen-Image (Diffusion transformer keys "
+        "(transformer_blocks); transformer_blocks 0-59, attention width 3072); "
+        "model 'kontext' is FLUX.1"
+    )
 
 
 def test_reference_edit_on_stable_diffusion_is_refused_naming_the_families(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from generation.engine.vocabulary import TINY_MODEL_KEY
+import pytest
+
+from generation.engine.vocabulary import (
+    TINY_MODEL_KEY,
+    TINY_QWEN_IMAGE_MODEL_KEY,
+    Method,
+)
 from generation.engine_settings import engine_config, uses_tiny_model
 from generation.queues import all_queue_names, queue_name_for_model
 
@@ -50,3 +56,28 @@ def test_queues_are_routed_by_model(settings):
     assert queue_name_for_model("sdxl") == "gpu-large"
     assert queue_name_for_model("sd15") == "gpu"
     assert all_queue_names() == ["gpu", "gpu-large"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "hook"),
+    [
+        ("STUDIO_CPU_OFFLOAD", "CpuOffload"),
+        ("STUDIO_SEQUENTIAL_CPU_OFFLOAD", "AlignDevicesHook"),
+    ],
+)
+def test_the_offload_settings_reach_every_module_of_the_pipeline(
+    settings, tiny_model_dir: Path, setting: str, hook: str
+):
+    """The setting, through ``engine_config``, hooks each module of a job's
+    pipeline (a registry that offloads on this CPU: ``tests/engine/test_offload``)."""
+    from tests.engine.test_offload import CpuOffloadingRegistry, hooked
+
+    settings.STUDIO_MODELS = {}
+    settings.STUDIO_TINY_MODEL_DIR = str(tiny_model_dir)
+    setattr(settings, setting, True)
+    pipe, _ = CpuOffloadingRegistry(engine_config()).pipeline(
+        TINY_QWEN_IMAGE_MODEL_KEY, Method.REFERENCE_EDIT
+    )
+    found = hooked(pipe)
+    assert set(found) == {"text_encoder", "transformer", "vae"}, found
+    assert {kind.__name__ for kind in found.values()} == {hook}

@@ -19,9 +19,14 @@ from generation.engine.config import (
     TINY_LORA_FILE,
     TINY_SDXL_LORA_FILE,
 )
+from generation.engine.vocabulary import (
+    TINY_FLUX_MODEL_KEY,
+    TINY_QWEN_IMAGE_MODEL_KEY,
+)
 from personas.forms import PersonaForm
 from personas.models import ControlNetUnit, Persona
 from personas.services import control_unit_save, persona_create
+from tests.engine.qwen_loras import tiny_transformer, transformer_lora, write_lora
 from tests.personas.conftest import upload
 from tests.personas.test_admin import (
     ADD,
@@ -92,6 +97,51 @@ def test_a_lora_of_the_models_family_is_accepted(tiny_studio, admin_client, medi
     )
     assert response.status_code == 302, errors_in(response)
     assert Persona.objects.get().lora_weights
+
+
+@pytest.mark.parametrize("style", ["diffusers", "comfyui", "attention-only"])
+def test_qwen_image_loras_of_each_style_are_accepted_for_a_qwen_image_persona(
+    tiny_studio, admin_client, media_root, tmp_path, style
+):
+    weights = qwen_lora_bytes(tiny_studio, tmp_path, style)
+    response = admin_client.post(
+        ADD,
+        persona_data(
+            base_model=TINY_QWEN_IMAGE_MODEL_KEY,
+            lora_upload=upload(f"{style}.safetensors", weights),
+        ),
+    )
+    assert response.status_code == 302, errors_in(response)
+    assert Persona.objects.get().lora_weights
+
+
+def test_an_attention_only_qwen_lora_is_refused_for_a_flux_persona(
+    tiny_studio, admin_client, media_root, tmp_path
+):
+    weights = qwen_lora_bytes(tiny_studio, tmp_path, "attention-only")
+    response = admin_client.post(
+        ADD,
+        persona_data(
+            base_model=TINY_FLUX_MODEL_KEY,
+            lora_upload=upload("attention.safetensors", weights),
+        ),
+    )
+    assert response.status_code == 200
+    errors = errors_in(response)
+    assert "transformer_blocks 0-1, attention width 48" in errors, errors
+    assert "model 'tiny-flux' is FLUX.1 with 1 transformer_blocks" in errors
+    assert not Persona.objects.exists()
+
+
+def qwen_lora_bytes(root: Path, folder: Path, style: str) -> bytes:
+    transformer = tiny_transformer(root, "qwen-image")
+    attention_only = style == "attention-only"
+    weights = transformer_lora(
+        transformer,
+        "diffusers" if attention_only else style,
+        attention_only=attention_only,
+    )
+    return write_lora(weights, folder / "lora.safetensors").read_bytes()
 
 
 def test_each_controlnet_unit_says_whether_its_controlnet_is_configured(

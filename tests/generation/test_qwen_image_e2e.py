@@ -3,8 +3,9 @@
 A persona on the tiny Qwen-Image-Edit model, with its primary reference and a
 face reference, queued through the services; a real ``studio_worker`` on a real
 Redis runs the job with QwenImageEditPlusPipeline; the output is stored, its
-snapshot names both references in order, and it is reviewable like every other
-output. Then "regenerate exactly" gives the very same pixels.
+snapshot names both references in order and the persona's true CFG scale, and
+it is reviewable like every other output. Then "regenerate exactly" gives the
+very same pixels.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def test_a_reference_edit_on_qwen_image_runs_on_the_worker_and_replays(
         base_model="tiny-qwen-image",
         method="reference_edit",
         steps=2,
+        true_cfg_scale=2.5,
     )
     reference_image_add(
         persona=persona,
@@ -63,9 +65,11 @@ def test_a_reference_edit_on_qwen_image_runs_on_the_worker_and_replays(
     # The primary reference first, then the face one, handed over natively.
     assert snapshot["reference_edit"]["references"] == [0, 1]
     assert snapshot["reference_edit"]["multi_reference"] == "native"
-    # True CFG at the pipeline's default scale, with the (empty) negative prompt.
+    # True CFG at the persona's scale, with the (empty) negative prompt; the
+    # replay below runs from the snapshot, so it takes the same scale.
     assert snapshot["call"]["negative_prompt"] == ""
-    assert "true_cfg_scale" not in snapshot["call"]
+    assert snapshot["call"]["true_cfg_scale"] == 2.5
+    assert snapshot["request"]["true_cfg_scale"] == 2.5
     with default_storage.open(content.output_image.name, "rb") as file:
         assert Image.open(file).size == (64, 64)
 
