@@ -263,7 +263,7 @@ def _base_model_source(key: str, config: Any = None) -> Any:
     ``SourceRefused`` when it cannot be used here; None when it is not
     configured, or, without ``config`` given, for either of those)."""
     from generation.engine.errors import ModelNotFound, SourceRefused
-    from generation.engine.sources import resolve_source
+    from generation.engine.sources import resolve_model
 
     given = config is not None
     config = config or engine_config_from_settings()
@@ -271,13 +271,7 @@ def _base_model_source(key: str, config: Any = None) -> Any:
     if spec is None:
         return None
     try:
-        return resolve_source(
-            spec.source,
-            config,
-            revision=spec.revision,
-            single_file=True,
-            single_file_config=spec.config,
-        )
+        return resolve_model(spec, config)
     except (ModelNotFound, SourceRefused):
         if given:
             raise
