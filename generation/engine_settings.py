@@ -56,18 +56,12 @@ def model_family(key: str) -> str:
     neither the files nor a declared family tell.
     """
     from generation.engine.errors import ModelNotFound, SourceRefused
-    from generation.engine.sources import model_traits, resolve_source
+    from generation.engine.sources import model_traits, resolve_model
 
     spec = configured_models()[key]
     config = engine_config()
     try:
-        source = resolve_source(
-            spec.source,
-            config,
-            revision=spec.revision,
-            single_file=True,
-            single_file_config=spec.config,
-        )
+        source = resolve_model(spec, config)
     except (ModelNotFound, SourceRefused):
         if spec.family is None:
             raise

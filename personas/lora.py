@@ -203,6 +203,35 @@ def check_lora_fits_base_model(lora: ValidatedLora, base_model: str) -> None:
         raise UploadRejected(
             "%(reason)s", code="wrong_family", params={"reason": str(error)}
         ) from None
+    check_lora_layers(lora, base_model)
+
+
+def check_lora_layers(lora: ValidatedLora, base_model: str) -> None:
+    """Refuse (``unknown_layer``, ``bad_shape``) a LoRA with a key that names
+    no layer of the base model or a factor whose shape does not fit its layer
+    (``generation.engine.lora_layers``, from the model's weight headers). A
+    model whose files are not on this host, or a single-file checkpoint, has no
+    table here: its keys were checked by block name only."""
+    from generation.engine.lora_layers import layer_table, lora_layer_problem
+    from generation.engine.sources import model_folder
+
+    source = _base_model_source(base_model)
+    folder = None if source is None else model_folder(source)
+    table = None if folder is None else layer_table(folder)
+    if table is None:
+        return
+    mismatch = lora_layer_problem(lora.header, table)
+    if mismatch is not None:
+        raise UploadRejected(
+            '"%(name)s" does not fit model %(model)s: %(problem)s. Upload a LoRA '
+            "trained for this base model.",
+            code=mismatch.code,
+            params={
+                "name": lora.name,
+                "model": repr(base_model),
+                "problem": mismatch.reason,
+            },
+        )
 
 
 def base_model_traits(key: str) -> Any:
@@ -213,20 +242,14 @@ def base_model_traits(key: str) -> Any:
     from generation.engine.config import engine_config_from_settings
     from generation.engine.errors import ModelNotFound, SourceRefused
     from generation.engine.families import ModelTraits, family
-    from generation.engine.sources import model_traits, resolve_source
+    from generation.engine.sources import model_traits
 
     config = engine_config_from_settings(settings)
     spec = config.models.get(key)
     if spec is None:
         return None
     try:
-        source = resolve_source(
-            spec.source,
-            config,
-            revision=spec.revision,
-            single_file=True,
-            single_file_config=spec.config,
-        )
+        source = _base_model_source(key, config)
     except (ModelNotFound, SourceRefused):
         if spec.family is None:
             return None
@@ -234,6 +257,27 @@ def base_model_traits(key: str) -> Any:
         return ModelTraits(declared, declared.cross_attention_dim, DECLARED)
     where = f"Model {key!r} ({spec.source})"
     return model_traits(source, declared=spec.family, where=where)
+
+
+def _base_model_source(key: str, config: Any = None) -> Any:
+    """The resolved source of a configured base model (``ModelNotFound`` or
+    ``SourceRefused`` when it cannot be used here; None when it is not
+    configured, or, without ``config`` given, for either of those)."""
+    from generation.engine.config import engine_config_from_settings
+    from generation.engine.errors import ModelNotFound, SourceRefused
+    from generation.engine.sources import resolve_model
+
+    given = config is not None
+    config = config or engine_config_from_settings(settings)
+    spec = config.models.get(key)
+    if spec is None:
+        return None
+    try:
+        return resolve_model(spec, config)
+    except (ModelNotFound, SourceRefused):
+        if given:
+            raise
+        return None
 
 
 def _refuse_pickles(head: bytes, extension: str, name: str) -> None:

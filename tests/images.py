@@ -361,13 +361,14 @@ def awkward_images() -> list[SampleFile]:
 
 
 def safetensors_lora(rank: int = 4) -> bytes:
-    """A small, valid LoRA state dict in the diffusers/PEFT naming."""
+    """A small, valid LoRA state dict in the diffusers/PEFT naming, for a
+    layer of the tiny SD 1.5 model (64 features in and out)."""
     rng = np.random.default_rng(0)
-    prefix = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    prefix = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     return safetensors_save(
         {
-            f"{prefix}.lora_A.weight": rng.standard_normal((rank, 32), np.float32),
-            f"{prefix}.lora_B.weight": np.zeros((32, rank), np.float16),
+            f"{prefix}.lora_A.weight": rng.standard_normal((rank, 64), np.float32),
+            f"{prefix}.lora_B.weight": np.zeros((64, rank), np.float16),
         },
         metadata={"format": "pt"},
     )

@@ -3,7 +3,8 @@
 A family's ``multi_reference`` says how several references reach its pipeline:
 
 - ``native`` (Qwen-Image-Edit-Plus): a list of the references, each as it is
-  (the pipeline sizes them itself);
+  (the pipeline sizes them itself) unless it is larger than the pipeline's
+  working area (``NATIVE_MAX_AREA``), when it is scaled down to it first;
 - ``stitch`` (FLUX.1 Kontext, which takes one image): the references side by
   side on one canvas, in the plan's order (primary first, on the left), all
   scaled to one height, each as wide as its share of their joint aspect ratio;
@@ -31,6 +32,12 @@ from PIL import Image
 from .families import Family
 from .vocabulary import MultiReference
 
+# What Qwen-Image-Edit-Plus encodes each reference at (its VAE_IMAGE_SIZE, about
+# a megapixel; it sizes each one itself, from the image it is given): a larger
+# reference is brought to it before the call, so that what reaches the
+# pipeline never exceeds its working size, whatever the upload's shape.
+NATIVE_MAX_AREA = 1024 * 1024
+
 
 @dataclass
 class EditInputs:
@@ -55,11 +62,27 @@ def edit_inputs(
         "multi_reference": mode.value,
     }
     if mode is MultiReference.NATIVE:
-        return EditInputs(images=chosen, record=record)
+        fitted = [within_area(image, NATIVE_MAX_AREA) for image in chosen]
+        if any(
+            image.size != original.size
+            for image, original in zip(fitted, chosen, strict=True)
+        ):
+            record["fitted"] = [list(image.size) for image in fitted]
+        return EditInputs(images=fitted, record=record)
     canvas, boxes = stitch(chosen, width * height, row.size_multiple)
     record["canvas"] = [canvas.width, canvas.height]
     record["boxes"] = [list(box) for box in boxes]
     return EditInputs(images=[canvas], record=record)
+
+
+def within_area(image: Image.Image, area: int) -> Image.Image:
+    """``image`` itself when it has at most ``area`` pixels, else a copy of its
+    aspect ratio with about ``area`` pixels (DESIGN.md decision 14)."""
+    if image.width * image.height <= area:
+        return image
+    scale = math.sqrt(area / (image.width * image.height))
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def stitch(

@@ -229,6 +229,18 @@ def read_safetensors_header(
     return None if path is None else file_safetensors_header(Path(path))
 
 
+def model_folder(source: ResolvedSource) -> Path | None:
+    """The folder of a diffusers model on this host: the folder itself, or the
+    cached Hub snapshot (never downloaded); None for a single file or a model
+    not in the cache."""
+    if source.kind is SourceKind.FOLDER:
+        return Path(source.location)
+    if source.kind is SourceKind.HUB:
+        cached = _cached_file(source, PIPELINE_CONFIG_FILE)
+        return None if cached is None else Path(cached).parent
+    return None
+
+
 def _local_or_cached_file(source: ResolvedSource, filename: str) -> str | None:
     if source.kind is SourceKind.FOLDER:
         path = Path(source.location) / filename

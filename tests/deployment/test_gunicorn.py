@@ -18,6 +18,8 @@ import pytest
 from studio.conf import BASE_DIR
 from tests.deployment.conftest import free_port
 
+pytestmark = pytest.mark.finding
+
 DEPLOYMENT_DOC = BASE_DIR / "docs" / "deployment.md"
 START_TIMEOUT = 90
 

@@ -23,6 +23,7 @@ from generation.engine.preprocessors import (
 )
 from generation.engine.requests import ControlType, ControlUnitInput, ResizeMode
 from generation.engine.resize import fit_to_size
+from tests.annotators import save_pidinet, save_tiny_segmenter
 
 ADE_PALETTE_HEAD = [(120, 120, 120), (180, 120, 120), (6, 230, 230)]
 
@@ -59,15 +60,6 @@ def _hub_snapshot(cache: Path) -> Path:
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
     return snapshot
-
-
-def _save_pidinet(path: Path, seed: int = 0) -> None:
-    """A randomly initialised PiDiNet in the checkpoint layout of
-    lllyasviel/Annotators' table5_pidinet.pth."""
-    torch.manual_seed(seed)
-    network = _controlnet_aux_module("pidi.model").pidinet()
-    state = {f"module.{key}": value for key, value in network.state_dict().items()}
-    torch.save({"state_dict": state}, path)
 
 
 # Weight-free detectors --------------------------------------------------------
@@ -189,7 +181,7 @@ def test_only_the_absent_file_is_named(tmp_path):
 
 
 def test_annotator_weights_load_from_the_annotators_folder(tmp_path):
-    _save_pidinet(tmp_path / "table5_pidinet.pth")
+    save_pidinet(tmp_path / "table5_pidinet.pth")
     unit = ControlUnitInput(
         ControlType.SOFTEDGE, preprocessor_options={"preprocessor": "softedge_pidinet"}
     )
@@ -202,7 +194,7 @@ def test_annotator_weights_load_from_the_annotators_folder(tmp_path):
 
 
 def test_annotator_weights_load_from_the_hugging_face_cache(empty_hub_cache):
-    _save_pidinet(_hub_snapshot(empty_hub_cache) / "table5_pidinet.pth", seed=1)
+    save_pidinet(_hub_snapshot(empty_hub_cache) / "table5_pidinet.pth", seed=1)
     unit = ControlUnitInput(
         ControlType.SCRIBBLE, preprocessor_options={"preprocessor": "scribble_pidinet"}
     )
@@ -262,31 +254,7 @@ def test_seg_with_a_ready_made_map_keeps_its_label_colours():
 
 
 def test_seg_runs_a_transformers_segmenter_and_paints_the_ade_palette(tmp_path):
-    from transformers import (
-        SegformerConfig,
-        SegformerForSemanticSegmentation,
-        SegformerImageProcessor,
-    )
-
-    torch.manual_seed(0)
-    model = SegformerForSemanticSegmentation(
-        SegformerConfig(
-            num_encoder_blocks=2,
-            depths=[1, 1],
-            sr_ratios=[2, 1],
-            hidden_sizes=[8, 16],
-            patch_sizes=[7, 3],
-            strides=[4, 2],
-            num_attention_heads=[1, 1],
-            mlp_ratios=[2, 2],
-            decoder_hidden_size=16,
-            num_labels=3,
-        )
-    )
-    model.save_pretrained(tmp_path / "segmenter")
-    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(
-        tmp_path / "segmenter"
-    )
+    save_tiny_segmenter(tmp_path / "segmenter")
     control = _make(
         ControlUnitInput(ControlType.SEG),
         _square(),
@@ -370,7 +338,7 @@ def test_annotators_run_on_the_engines_device(tmp_path, tiny_model_root):
     from generation.engine.requests import GenerationRequest, Method, ReferenceInput
     from generation.engine.runner import Engine
 
-    _save_pidinet(tmp_path / "table5_pidinet.pth", seed=3)
+    save_pidinet(tmp_path / "table5_pidinet.pth", seed=3)
     unit = ControlUnitInput(
         ControlType.SOFTEDGE, preprocessor_options={"preprocessor": "softedge_pidinet"}
     )

@@ -307,6 +307,7 @@ def test_progress_endpoint_refuses_ids_that_are_not_numbers(make_user):
     assert "content ids" in response.json()["error"]
 
 
+@pytest.mark.finding
 @pytest.mark.parametrize(
     "ids", ["99999999999999999999999", "0", "-3", "1,9223372036854775808"]
 )

@@ -45,7 +45,7 @@ from tests.generation.faulty_storages import FAILING_FOLDER_ENV, KILL_FOLDER_ENV
 from tests.reliability.orphans import orphaned_files, stored_files
 from tests.workers import use_queue, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.finding, pytest.mark.django_db(transaction=True)]
 
 QUEUE = "cleanup"
 

@@ -22,7 +22,11 @@ from generation.reconcile import reconcile
 from tests.faulty_workers import BLOCK_SECONDS_ENV, SHORT_HEARTBEAT_TTL_ENV
 from tests.workers import wait_finished, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.finding,
+    pytest.mark.django_db(transaction=True),
+]
 
 HEARTBEAT_TTL = 3
 BLOCK_SECONDS = 4 * HEARTBEAT_TTL

@@ -3,7 +3,10 @@
     .venv/bin/python -m tests.reliability.report [--output PATH] [PYTEST ARGS...]
 
 One command reproduces the document: it runs ``pytest -m reliability`` on
-tests/reliability (and the large-gallery tests of tests/personas) with
+tests/reliability (and the tests of the other findings, which live beside
+their apps: the large gallery, file cleanup, the heartbeat, the RQ dashboard,
+ids out of range, the production server; marked ``large_gallery`` or
+``finding``) with
 ``STUDIO_RELIABILITY_FIGURES`` pointing at a fresh JSON-lines file (see
 ``figures.py``), reads the figures and the JUnit results back, and writes, for
 each test, what was tried (its module's and its own description), how much (the
@@ -44,11 +47,34 @@ SECTIONS = {
     "permissions": "Permissions",
     "load": "Load",
     "large_gallery": "Large galleries",
+    "bounded_model_inputs": "Bounded model inputs",
+    "lora_layers": "LoRA keys and shapes against the base model's layers",
+    "cleanup": "No orphans: deletes, failed stores, retried attempts, the sweep",
+    "heartbeat": "A running job is never re-run by its own worker",
+    "rq_dashboard": "The RQ dashboard: who sees it, and Redis down",
+    "views": "Bad requests: ids out of range",
+    "gunicorn": "Production fails fast; the documented server serves",
 }
-MODULES = {"large_gallery": "tests.personas.test_large_gallery"}
-"""Sections whose tests live outside tests/reliability (their module)."""
-SUITE_PATHS = ["tests/reliability", "tests/personas/test_large_gallery.py"]
-SUITE_MARKERS = "reliability or large_gallery"
+MODULES = {
+    "large_gallery": "tests.personas.test_large_gallery",
+    "cleanup": "tests.generation.test_cleanup",
+    "heartbeat": "tests.generation.test_heartbeat",
+    "rq_dashboard": "tests.studio.test_rq_dashboard",
+    "views": "tests.gallery.test_views",
+    "gunicorn": "tests.deployment.test_gunicorn",
+}
+"""Sections whose tests live beside their app, outside tests/reliability (their
+module); the tests of a finding there carry the ``finding`` marker."""
+SUITE_PATHS = [
+    "tests/reliability",
+    "tests/personas/test_large_gallery.py",
+    "tests/generation/test_cleanup.py",
+    "tests/generation/test_heartbeat.py",
+    "tests/studio/test_rq_dashboard.py",
+    "tests/gallery/test_views.py",
+    "tests/deployment/test_gunicorn.py",
+]
+SUITE_MARKERS = "reliability or large_gallery or finding"
 
 
 @dataclass(frozen=True)
@@ -432,6 +458,25 @@ def large_gallery_section(records: list[dict]) -> list[str]:
     )
 
 
+def records_section(records: list[dict]) -> list[str]:
+    """The records of a section as one table: what was tried, what happened,
+    and the numbers."""
+    if not records:
+        return []
+    return table(
+        ["what", "item", "outcome", "numbers"],
+        (
+            (
+                record["group"],
+                record["item"],
+                record["outcome"],
+                ", ".join(f"{key} {value}" for key, value in record["numbers"].items()),
+            )
+            for record in records
+        ),
+    )
+
+
 RENDERERS = {
     "hostile_uploads": uploads_section,
     "hostile_parameters": parameters_section,
@@ -439,6 +484,13 @@ RENDERERS = {
     "permissions": permissions_section,
     "load": load_section,
     "large_gallery": large_gallery_section,
+    "bounded_model_inputs": records_section,
+    "lora_layers": records_section,
+    "cleanup": records_section,
+    "heartbeat": records_section,
+    "rq_dashboard": records_section,
+    "views": records_section,
+    "gunicorn": records_section,
 }
 
 

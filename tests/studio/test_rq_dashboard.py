@@ -9,6 +9,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+pytestmark = pytest.mark.finding
+
 
 def client_for(*, superuser: bool) -> Client:
     model = get_user_model()
