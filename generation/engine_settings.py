@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from generation.engine.config import (
     TINY_MARKER_FILE,
@@ -115,6 +116,10 @@ def engine_config() -> EngineConfig:
     config.vae_tiling = settings.STUDIO_VAE_TILING
     config.channels_last = settings.STUDIO_CHANNELS_LAST
     config.compile = settings.STUDIO_TORCH_COMPILE
+    config.compile_sizes = compile_sizes(settings.STUDIO_COMPILE_SIZES)
+    config.compile_lora_rank = settings.STUDIO_COMPILE_LORA_RANK
+    config.compile_backend = settings.STUDIO_COMPILE_BACKEND
+    config.compile_ip_adapter = settings.STUDIO_COMPILE_IP_ADAPTER
     config.preview = PreviewConfig(
         method=settings.STUDIO_PREVIEW_METHOD,
         every_steps=settings.STUDIO_PREVIEW_EVERY_STEPS,
@@ -122,6 +127,21 @@ def engine_config() -> EngineConfig:
         tiny_autoencoders=dict(settings.STUDIO_PREVIEW_TINY_AUTOENCODERS),
     )
     return config
+
+
+def compile_sizes(values: str) -> tuple[tuple[int, int], ...]:
+    """``STUDIO_COMPILE_SIZES`` ("512x512,512x768") as (width, height) pairs;
+    refuses, naming it, an entry that is not WIDTHxHEIGHT in positive pixels."""
+    sizes = []
+    for value in filter(None, (part.strip() for part in values.split(","))):
+        width, _, height = value.strip().lower().partition("x")
+        if not (width.isdigit() and height.isdigit() and int(width) and int(height)):
+            raise ImproperlyConfigured(
+                f"STUDIO_COMPILE_SIZES: {value!r} is not WIDTHxHEIGHT "
+                "(512x512, say)."
+            )
+        sizes.append((int(width), int(height)))
+    return tuple(sizes)
 
 
 def _optional_path(value: str) -> Path | None:

@@ -351,6 +351,14 @@ class EngineConfig(Footprint):
     ``stable-diffusion-v1-5/stable-diffusion-v1-5`` or a folder); None: the
     model's own, where its folder or Hub repo has one. So every model, however
     installed and of whatever family, can be checked by one checker.
+
+    With ``compile`` on, ``compile_sizes`` lists the (width, height) the UNet is
+    compiled for at a worker's start (empty: each model's native size; another
+    size compiles once on first use), ``compile_lora_rank`` is the highest LoRA
+    rank swapped in without recompiling, ``compile_backend`` is
+    ``torch.compile``'s backend, and ``compile_ip_adapter`` says whether the
+    warm-up compiles the IP-Adapter's graphs too (``registry.py``, "Compiled
+    UNets").
     """
 
     models: dict[str, ModelSpec]
@@ -367,6 +375,10 @@ class EngineConfig(Footprint):
     safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
     safety_checker: str | None = None
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    compile_sizes: tuple[tuple[int, int], ...] = ()
+    compile_lora_rank: int = 64
+    compile_backend: str = "inductor"
+    compile_ip_adapter: bool = True
 
     def __post_init__(self) -> None:
         for entry in self.controlnets.values():
