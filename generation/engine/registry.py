@@ -620,6 +620,12 @@ class PipelineRegistry:
         loaded and run once as well.
         """
         pipe, _ = self.pipeline(model_key, Method.TEXT)
+        # A blank LoRA takes a job's LoRA path (conversion, hotswap, the text
+        # encoders' adapter) once; elsewhere the warm-up runs with no LoRA.
+        lora = None
+        if _hotswaps(denoiser_of(pipe)):
+            weights = safetensors.torch.save(_blank_lora(pipe, 1, text_encoders=True))
+            lora = LoraInput(weights=weights, name="warm-up")
         states: list[IPAdapterInput | None] = [None]
         if (
             self._footprint.compile
@@ -628,7 +634,9 @@ class PipelineRegistry:
         ):
             states += [IPAdapterInput(), IPAdapterInput(face_crop=True)]
         for ip_adapter in states:
-            with self.job_state(pipe, ip_adapter=ip_adapter, model_key=model_key):
+            with self.job_state(
+                pipe, ip_adapter=ip_adapter, lora=lora, model_key=model_key
+            ):
                 for width, height in self.warmup_sizes(model_key):
                     extra = {}
                     if ip_adapter is not None:
@@ -1376,21 +1384,42 @@ def _prepare_unet_for_hotswap(pipe: DiffusionPipeline, rank: int) -> None:
     if "encoder_hid_proj" not in unet._modules:
         unet.register_module("encoder_hid_proj", unet.__dict__.pop("encoder_hid_proj"))
     pipe.enable_lora_hotswap(target_rank=rank)
-    blank = {}
-    for name, module in unet.named_modules():
-        if not isinstance(module, Attention):
+    pipe.load_lora_weights(
+        _blank_lora(pipe, rank, text_encoders=False), adapter_name=LORA_ADAPTER_NAME
+    )
+
+
+def _blank_lora(
+    pipe: DiffusionPipeline, rank: int, *, text_encoders: bool
+) -> dict[str, torch.Tensor]:
+    """A LoRA of zeros (it adds exactly nothing) on the UNet's attention
+    projections and, with ``text_encoders``, on the text encoders' too, in
+    diffusers' (PEFT) naming."""
+    targets = [
+        (f"unet.{name}.{projection}", module.get_submodule(projection))
+        for name, module in pipe.unet.named_modules()
+        if isinstance(module, Attention)
+        for projection in ATTENTION_PROJECTIONS
+    ]
+    for component in LORA_TEXT_ENCODERS if text_encoders else ():
+        text_encoder = getattr(pipe, component, None)
+        if text_encoder is None:
             continue
-        for projection in ATTENTION_PROJECTIONS:
-            linear = module.get_submodule(projection)
-            options = {"dtype": linear.weight.dtype, "device": linear.weight.device}
-            prefix = f"unet.{name}.{projection}"
-            blank[f"{prefix}.lora_A.weight"] = torch.zeros(
-                rank, linear.in_features, **options
-            )
-            blank[f"{prefix}.lora_B.weight"] = torch.zeros(
-                linear.out_features, rank, **options
-            )
-    pipe.load_lora_weights(blank, adapter_name=LORA_ADAPTER_NAME)
+        targets += [
+            (f"{component}.{name}", module)
+            for name, module in text_encoder.named_modules()
+            if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj"))
+        ]
+    blank = {}
+    for prefix, linear in targets:
+        options = {"dtype": linear.weight.dtype, "device": linear.weight.device}
+        blank[f"{prefix}.lora_A.weight"] = torch.zeros(
+            rank, linear.in_features, **options
+        )
+        blank[f"{prefix}.lora_B.weight"] = torch.zeros(
+            linear.out_features, rank, **options
+        )
+    return blank
 
 
 def _blank_swapped_lora(pipe: DiffusionPipeline) -> None:
