@@ -1179,7 +1179,14 @@ class PipelineRegistry:
                 hotswap=True,
             )
         except (ValueError, KeyError, RuntimeError) as error:
-            _blank_swapped_lora(pipe)
+            if LORA_ADAPTER_NAME in getattr(pipe.unet, "peft_config", {}):
+                _blank_swapped_lora(pipe)
+            else:
+                # diffusers deletes the adapter when a hotswap fails: put the
+                # blank one back, so that the compiled graph finds it again.
+                _prepare_unet_for_hotswap(
+                    pipe, self._config.compile_lora_rank, check_compiled="ignore"
+                )
             reason = str(error).strip().splitlines()[0]
             raise InvalidRequest(
                 f"The LoRA {lora.name!r} cannot be swapped into the compiled UNet "
@@ -1373,9 +1380,12 @@ def _hotswaps(denoiser: torch.nn.Module) -> bool:
     )
 
 
-def _prepare_unet_for_hotswap(pipe: DiffusionPipeline, rank: int) -> None:
+def _prepare_unet_for_hotswap(
+    pipe: DiffusionPipeline, rank: int, check_compiled: str = "error"
+) -> None:
     """Give an uncompiled UNet its blank LoRA, ready for hotswaps of up to
-    ``rank``, and its IP-Adapter projection slot."""
+    ``rank``, and its IP-Adapter projection slot (``check_compiled``
+    "ignore": give a compiled one its blank LoRA back)."""
     unet = pipe.unet
     # A UNet keeps ``encoder_hid_proj`` as a plain attribute until an IP-Adapter
     # is loaded and unloaded, after which it is a module slot holding None; the
@@ -1383,7 +1393,7 @@ def _prepare_unet_for_hotswap(pipe: DiffusionPipeline, rank: int) -> None:
     # first IP-Adapter job), so it is a module slot from the start.
     if "encoder_hid_proj" not in unet._modules:
         unet.register_module("encoder_hid_proj", unet.__dict__.pop("encoder_hid_proj"))
-    pipe.enable_lora_hotswap(target_rank=rank)
+    pipe.enable_lora_hotswap(target_rank=rank, check_compiled=check_compiled)
     pipe.load_lora_weights(
         _blank_lora(pipe, rank, text_encoders=False), adapter_name=LORA_ADAPTER_NAME
     )

@@ -139,6 +139,26 @@ def test_a_size_not_declared_compiles_once_in_its_first_job(warm_engine):
     assert compiled_graphs() == graphs
 
 
+def test_a_lora_on_other_layers_is_refused_and_the_next_jobs_compile_nothing(
+    warm_engine, loras
+):
+    feed_forward = {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2"
+        ".lora_down.weight": torch.ones(4, 256),
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2"
+        ".lora_up.weight": torch.ones(64, 4),
+    }
+    lora = LoraInput(weights=safetensors.torch.save(feed_forward), name="ff")
+    plain = pixels(warm_engine, request())
+    with pytest.raises(InvalidRequest, match="cannot be swapped into the compiled"):
+        warm_engine.generate(request(lora=lora))
+    graphs = compiled_graphs()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert np.array_equal(pixels(warm_engine, request()), plain)
+        pixels(warm_engine, request(lora=loras[0]))
+    assert compiled_graphs() == graphs
+
+
 def test_a_lora_above_the_compiled_rank_is_refused_before_loading(warm_engine):
     high_rank = {
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
