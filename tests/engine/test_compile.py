@@ -139,19 +139,26 @@ def test_a_size_not_declared_compiles_once_in_its_first_job(warm_engine):
     assert compiled_graphs() == graphs
 
 
+def one_layer_lora(layer: str, rank: int, width: tuple[int, int]) -> LoraInput:
+    """A kohya-named LoRA of ones on one UNet layer (dots as underscores)."""
+    name = "lora_unet_" + layer.replace(".", "_")
+    weights = {
+        f"{name}.lora_down.weight": torch.ones(rank, width[0]),
+        f"{name}.lora_up.weight": torch.ones(width[1], rank),
+    }
+    return LoraInput(weights=safetensors.torch.save(weights), name=layer)
+
+
+BLOCK = "down_blocks.1.attentions.0.transformer_blocks.0"
+
+
 def test_a_lora_on_other_layers_is_refused_and_the_next_jobs_compile_nothing(
     warm_engine, loras
 ):
-    feed_forward = {
-        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2"
-        ".lora_down.weight": torch.ones(4, 256),
-        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2"
-        ".lora_up.weight": torch.ones(64, 4),
-    }
-    lora = LoraInput(weights=safetensors.torch.save(feed_forward), name="ff")
+    feed_forward = one_layer_lora(f"{BLOCK}.ff.net.2", 4, (256, 64))
     plain = pixels(warm_engine, request())
     with pytest.raises(InvalidRequest, match="cannot be swapped into the compiled"):
-        warm_engine.generate(request(lora=lora))
+        warm_engine.generate(request(lora=feed_forward))
     graphs = compiled_graphs()
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert np.array_equal(pixels(warm_engine, request()), plain)
@@ -159,13 +166,7 @@ def test_a_lora_on_other_layers_is_refused_and_the_next_jobs_compile_nothing(
     assert compiled_graphs() == graphs
 
 
-def test_a_lora_above_the_compiled_rank_is_refused_before_loading(warm_engine):
-    high_rank = {
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-        ".lora_down.weight": torch.zeros(16, 32),
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-        ".lora_up.weight": torch.zeros(32, 16),
-    }
-    lora = LoraInput(weights=safetensors.torch.save(high_rank), name="wide")
+def test_a_lora_above_the_compiled_rank_is_refused_by_the_plan(warm_engine):
+    wide = one_layer_lora(f"{BLOCK}.attn1.to_q", 16, (64, 64))
     with pytest.raises(InvalidRequest, match="rank 16.*up to 8"):
-        warm_engine.generate(request(lora=lora))
+        warm_engine.plan(request(lora=wide))
