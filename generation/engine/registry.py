@@ -51,8 +51,9 @@ Compiled UNets (``compile`` on; DESIGN.md decision 3 keeps a worker warm):
   swapped into it in place (``hotswap=True``), its scale folded into its up
   weights (a changed scale would be a changed constant, so a recompile), and
   zeroed again afterwards; its text-encoder part (not compiled) is loaded
-  beside and deleted. A LoRA of higher rank, or on other layers than attention
-  projections, is refused with the reason. The blank adapter costs its
+  beside and deleted. A LoRA of higher rank is refused by the plan; one on
+  other layers than attention projections (or with per-layer alphas) when it
+  runs, the blank adapter put back. The blank adapter costs its
   matrix products in every job (a few percent of a step at rank 64);
   ``compile_lora_rank`` 0 leaves it out, and every LoRA job then recompiles.
 - IP-Adapter: the processors' scale stays 1.0 (each scale would be a graph) and
@@ -615,9 +616,8 @@ class PipelineRegistry:
         ``compile`` on for compilation (module doc, "Compiled UNets"): each of
         ``compile_sizes`` (else the model's native size), without and (where the
         model's IP-Adapter fits, unless ``compile_ip_adapter`` is off) with the
-        IP-Adapter, plain and plus-face. A
-        worker does it at start rather than in a job. The safety checker is
-        loaded and run once as well.
+        IP-Adapter, plain and plus-face. A worker does it at start rather than
+        in a job. The safety checker is loaded and run once as well.
         """
         pipe, _ = self.pipeline(model_key, Method.TEXT)
         # A blank LoRA takes a job's LoRA path (conversion, hotswap, the text
