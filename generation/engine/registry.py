@@ -107,6 +107,7 @@ from generation.engine.errors import (
     ModelNotFound,
     SourceRefused,
 )
+from generation.engine.face import crop_face
 from generation.engine.families import (
     Family,
     FamilyMismatch,
@@ -125,6 +126,7 @@ from generation.engine.requests import (
     LoraInput,
     Method,
 )
+from generation.engine.resize import fit_for_image_encoder
 from generation.engine.safety import (
     FEATURE_EXTRACTOR_FOLDER,
     SAFETY_CHECKER_FOLDER,
@@ -632,7 +634,7 @@ class PipelineRegistry:
             and self._config.compile_ip_adapter
             and self.ip_adapter_fits(model_key)
         ):
-            states += [IPAdapterInput(), IPAdapterInput(face_crop=True)]
+            states += [IPAdapterInput(face_crop=False), IPAdapterInput()]
         for ip_adapter in states:
             with self.job_state(
                 pipe, ip_adapter=ip_adapter, lora=lora, model_key=model_key
@@ -640,8 +642,15 @@ class PipelineRegistry:
                 for width, height in self.warmup_sizes(model_key):
                     extra = {}
                     if ip_adapter is not None:
+                        # As the runner prepares it: the face crop's first call
+                        # loads dlib's models (a second), the fit's first call
+                        # imports torchvision's transforms.
                         reference = Image.new("RGB", (width, height), "grey")
-                        extra["ip_adapter_image"] = [[reference]]
+                        if ip_adapter.face_crop:
+                            reference, _ = crop_face(reference)
+                        extra["ip_adapter_image"] = [
+                            [fit_for_image_encoder(reference)]
+                        ]
                     image = pipe(
                         "warm-up",
                         num_inference_steps=1,
