@@ -11,6 +11,7 @@ alike). Without CUDA the section is skipped and says so.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,24 @@ def measure_gpu(
     workdir: Path,
     runs: int,
     together: bool = True,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Raw and studio it/s for every speed option, or why it was skipped
-    (``together``: as ``overhead.measure_paths`` takes it)."""
-    if not str(config.device).startswith("cuda"):
+    (``together``: as ``overhead.measure_paths`` takes it).
+
+    ``dry_run`` runs every path and option on whatever device this is, once,
+    with ``torch.compile``'s eager backend (Dynamo's tracing, no code
+    generation): it checks that the script runs, before a GPU is lent; its
+    figures say nothing about a GPU.
+    """
+    if not dry_run and not str(config.device).startswith("cuda"):
         return {"skipped": f"no CUDA device (the device is {config.device})"}
+    speeds = SPEED_OPTIONS
+    if dry_run:
+        speeds = tuple(replace(s, compile_backend="eager") for s in speeds)
+        runs = 1
     rows = []
-    for speed in SPEED_OPTIONS:
+    for speed in speeds:
         overhead = measure_paths(
             config,
             workload,
@@ -61,4 +73,9 @@ def measure_gpu(
                 "same_image": overhead["same_image"],
             }
         )
-    return {"device": config.device, "dtype": config.dtype, "rows": rows}
+    return {
+        "device": config.device,
+        "dtype": config.dtype,
+        "dry_run": dry_run,
+        "rows": rows,
+    }

@@ -225,6 +225,7 @@ def _start_raw(
                 "warmup_runs": warmup,
                 "channels_last": speed.channels_last,
                 "compile": speed.compile,
+                "compile_backend": speed.compile_backend,
             }
         )
     )
@@ -247,7 +248,10 @@ class _EngineRunner:
         warmup: int,
     ) -> None:
         config = replace(
-            config, channels_last=speed.channels_last, compile=speed.compile
+            config,
+            channels_last=speed.channels_last,
+            compile=speed.compile,
+            compile_backend=speed.compile_backend,
         )
         self.engine = Engine(config)
         (model_key,) = config.models

@@ -14,7 +14,8 @@ studio produced the very same image. It speaks ``line_process``'s protocol (the
 
 SPEC keys: pipeline, pipeline_class (a diffusers class name; default
 StableDiffusionPipeline), device, dtype, prompt, negative_prompt, seed, steps,
-guidance_scale, width, height, warmup_runs, channels_last, compile.
+guidance_scale, width, height, warmup_runs, channels_last, compile,
+compile_backend.
 """
 
 import hashlib
@@ -47,7 +48,8 @@ def main(spec_path: str) -> None:
     if spec["channels_last"] and unet is not None:
         unet.to(memory_format=torch.channels_last)
     if spec["compile"]:
-        denoiser.compile()
+        # As the studio compiles (registry.py): one graph per size.
+        denoiser.compile(dynamic=False, backend=spec["compile_backend"])
     pipe.set_progress_bar_config(disable=True)
     load_seconds = time.perf_counter() - started
 

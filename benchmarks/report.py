@@ -254,8 +254,10 @@ def _queue(section: dict[str, Any]) -> list[str]:
 def _gpu(section: dict[str, Any]) -> list[str]:
     if "skipped" in section:
         return [f"**GPU**: not measured: {section['skipped']}."]
+    dry = ", a dry run: checks the script, measures no GPU"
+    dry = dry if section.get("dry_run") else ""
     return [
-        f"**GPU** ({section['device']}, {section['dtype']})",
+        f"**GPU** ({section['device']}, {section['dtype']}){dry}",
         "",
         *_table(
             ["options", "raw it/s", "studio it/s", "studio / raw", "same image"],

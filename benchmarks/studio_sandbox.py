@@ -82,6 +82,10 @@ class StudioSandbox:
                 "STUDIO_DTYPE": self.dtype,
                 "STUDIO_CHANNELS_LAST": str(speed.channels_last).lower(),
                 "STUDIO_TORCH_COMPILE": str(speed.compile).lower(),
+                "STUDIO_COMPILE_BACKEND": speed.compile_backend,
+                # The workload is a text job: its worker compiles no IP-Adapter
+                # graph at start (two more compiles, minutes on a GPU).
+                "STUDIO_COMPILE_IP_ADAPTER": "false",
             }
         )
         return env

@@ -47,6 +47,7 @@ class BenchOptions:
     runs: int | None = None
     queue_jobs: int | None = None
     device: str | None = None
+    gpu_dry_run: bool = False
 
 
 def run_bench(
@@ -127,6 +128,7 @@ def run_bench(
             workdir=raw_workdir,
             runs=runs,
             together=preset.paths_together,
+            dry_run=options.gpu_dry_run,
         )
     report["targets"] = evaluate_targets(report)
     # Other work on the machine skews timings: say how busy it was at the end too.

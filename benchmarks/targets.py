@@ -72,7 +72,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 STRENGTH_PROPORTIONALITY,
             )
     gpu = report.get("gpu")
-    if gpu and gpu.get("rows"):
+    if gpu and gpu.get("rows") and not gpu.get("dry_run"):
         check(
             "GPU: studio / raw diffusers (vanilla)",
             gpu["rows"][0]["studio_ratio"],

@@ -56,6 +56,7 @@ class SpeedOptions:
 
     channels_last: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
 
     @property
     def label(self) -> str:
@@ -67,6 +68,8 @@ class SpeedOptions:
             )
             if on
         ]
+        if self.compile and self.compile_backend != "inductor":
+            names[-1] += f" ({self.compile_backend} backend)"
         return "SDPA + " + " + ".join(names) if names else "SDPA (vanilla)"
 
 

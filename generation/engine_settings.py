@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from generation.engine.config import (
     TINY_MARKER_FILE,
@@ -22,6 +23,7 @@ from generation.engine.config import (
     engine_config_from_settings,
     model_catalog,
 )
+from generation.engine.errors import InvalidConfiguration
 
 
 def configured_models() -> dict[str, ModelSpec]:
@@ -88,5 +90,9 @@ def tiny_model_written() -> bool:
 def engine_config() -> EngineConfig:
     """An ``EngineConfig`` from the settings, read now (settings are lazy), by
     the engine's one reading of them (``config.engine_config_from_settings``,
-    which personas calls too)."""
-    return engine_config_from_settings(settings)
+    which personas calls too); a setting the engine cannot read is an
+    ``ImproperlyConfigured`` naming it."""
+    try:
+        return engine_config_from_settings(settings)
+    except InvalidConfiguration as error:
+        raise ImproperlyConfigured(str(error)) from error

@@ -7,7 +7,9 @@ decision 3). ``StudioWorker`` builds on RQ's ``SimpleWorker`` instead:
 - jobs run in the worker's own process, one at a time, on one engine whose
   pipeline registry stays warm across jobs (``generation.runtime`` holds it, on
   the device given to this worker);
-- the models to serve are preloaded before the first job;
+- the models to serve are preloaded before the first job, and warmed up
+  (``PipelineRegistry.warmup``: compiled for the configured sizes with
+  ``STUDIO_TORCH_COMPILE``) where that pays;
 - a background thread keeps the started job's heartbeat alive during long jobs
   (``SimpleWorker`` alone would give each job one long TTL), runs RQ's scheduler
   for delayed retries without forking, and reconciles rows with Redis every
@@ -96,7 +98,17 @@ class StudioWorker(SimpleWorker):
         runtime.start(device=self.device, factory=self.make_engine)
         if self.preload_models:
             self.log.info("Preloading models: %s", ", ".join(self.preload_models))
-            runtime.engine().registry.preload(self.preload_models)
+            registry = runtime.engine().registry
+            registry.preload(self.preload_models)
+            if registry.warmup_pays:
+                started = time.perf_counter()
+                for model_key in self.preload_models:
+                    registry.warmup(model_key)
+                self.log.info(
+                    "Warmed up %s in %.1f s",
+                    ", ".join(self.preload_models),
+                    time.perf_counter() - started,
+                )
         self.log.info("Reconciling at start: %s", reconcile())
         close_old_connections()
         self._background.start()

@@ -66,6 +66,14 @@ ATTENTION_SLICING: bool = False
 VAE_TILING: bool = False
 CHANNELS_LAST: bool = False
 TORCH_COMPILE: bool = False
+# With TORCH_COMPILE: the sizes ("WIDTHxHEIGHT", comma-separated) a worker
+# compiles for at start (empty: each model's native size), the highest LoRA
+# rank swapped in without recompiling, torch.compile's backend, and whether the
+# IP-Adapter's graphs (plain and plus-face) are compiled at start too.
+COMPILE_SIZES: str = ""
+COMPILE_LORA_RANK: int = 64
+COMPILE_BACKEND: str = "inductor"
+COMPILE_IP_ADAPTER: bool = True
 # Upload limits (decision 7).
 MAX_UPLOAD_BYTES: int = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS: int = 40_000_000

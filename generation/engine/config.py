@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generation.engine.errors import InvalidRequest
+from generation.engine.errors import InvalidConfiguration, InvalidRequest
 from generation.engine.families import Family, family
 from generation.engine.vocabulary import (
     DEFAULT_QUANTIZATION,
@@ -403,6 +403,14 @@ class EngineConfig(Footprint):
     ``stable-diffusion-v1-5/stable-diffusion-v1-5`` or a folder); None: the
     model's own, where its folder or Hub repo has one. So every model, however
     installed and of whatever family, can be checked by one checker.
+
+    With ``compile`` on, ``compile_sizes`` lists the (width, height) the UNet is
+    compiled for at a worker's start (empty: each model's native size; another
+    size compiles once on first use), ``compile_lora_rank`` is the highest LoRA
+    rank swapped in without recompiling, ``compile_backend`` is
+    ``torch.compile``'s backend, and ``compile_ip_adapter`` says whether the
+    warm-up compiles the IP-Adapter's graphs too (``registry.py``, "Compiled
+    UNets").
     """
 
     models: dict[str, ModelSpec]
@@ -419,6 +427,10 @@ class EngineConfig(Footprint):
     safety_policy: SafetyPolicy = DEFAULT_SAFETY_POLICY
     safety_checker: str | None = None
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    compile_sizes: tuple[tuple[int, int], ...] = ()
+    compile_lora_rank: int = 64
+    compile_backend: str = "inductor"
+    compile_ip_adapter: bool = True
 
     def __post_init__(self) -> None:
         for entry in self.controlnets.values():
@@ -513,6 +525,10 @@ def engine_config_from_settings(settings: Any) -> EngineConfig:
     config.vae_tiling = settings.STUDIO_VAE_TILING
     config.channels_last = settings.STUDIO_CHANNELS_LAST
     config.compile = settings.STUDIO_TORCH_COMPILE
+    config.compile_sizes = compile_sizes(settings.STUDIO_COMPILE_SIZES)
+    config.compile_lora_rank = settings.STUDIO_COMPILE_LORA_RANK
+    config.compile_backend = settings.STUDIO_COMPILE_BACKEND
+    config.compile_ip_adapter = settings.STUDIO_COMPILE_IP_ADAPTER
     config.preview = PreviewConfig(
         method=settings.STUDIO_PREVIEW_METHOD,
         every_steps=settings.STUDIO_PREVIEW_EVERY_STEPS,
@@ -520,3 +536,17 @@ def engine_config_from_settings(settings: Any) -> EngineConfig:
         tiny_autoencoders=dict(settings.STUDIO_PREVIEW_TINY_AUTOENCODERS),
     )
     return config
+
+
+def compile_sizes(values: str) -> tuple[tuple[int, int], ...]:
+    """``STUDIO_COMPILE_SIZES`` ("512x512,512x768") as (width, height) pairs;
+    refuses, naming it, an entry that is not WIDTHxHEIGHT in positive pixels."""
+    sizes = []
+    for value in filter(None, (part.strip() for part in values.split(","))):
+        width, _, height = value.lower().partition("x")
+        if not (width.isdigit() and height.isdigit() and int(width) and int(height)):
+            raise InvalidConfiguration(
+                f"STUDIO_COMPILE_SIZES: {value!r} is not WIDTHxHEIGHT (512x512, say)."
+            )
+        sizes.append((int(width), int(height)))
+    return tuple(sizes)

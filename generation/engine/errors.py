@@ -18,6 +18,12 @@ class InvalidRequest(EngineError):
     code = "invalid_request"
 
 
+class InvalidConfiguration(EngineError):
+    """A setting the engine cannot read; the message names it."""
+
+    code = "invalid_configuration"
+
+
 class ModelNotFound(EngineError):
     code = "model_not_found"
 

@@ -39,6 +39,34 @@
   when it names no module to keep in float32, is dropped (``_quiet_casts``):
   nothing in it is for a person to act on.
 
+Compiled UNets (``compile`` on; DESIGN.md decision 3 keeps a worker warm):
+
+- A UNet is compiled once, when its base loads, with ``dynamic=False``: one graph
+  per size, not a symbolic one; ``warmup`` compiles each of
+  ``EngineConfig.compile_sizes`` (else the native size) at a worker's start, with
+  and without the IP-Adapter (plain and plus-face), so the first job finds them.
+  Every pipeline class derived from the base shares the compiled UNet; text and
+  img2img call it the same way.
+- LoRA: before compiling, ``enable_lora_hotswap(target_rank=compile_lora_rank)``
+  and a blank adapter (zeros on every attention projection, so it adds exactly
+  nothing) make the LoRA layers part of the compiled graph. A job's LoRA is
+  swapped into it in place (``hotswap=True``), its scale folded into its up
+  weights (a changed scale would be a changed constant, so a recompile), and
+  zeroed again afterwards; its text-encoder part (not compiled) is loaded
+  beside and deleted. A LoRA of higher rank is refused by the plan; one on
+  other layers than attention projections (or with per-layer alphas) when it
+  runs, the blank adapter put back. The blank adapter costs its
+  matrix products in every job (a few percent of a step at rank 64);
+  ``compile_lora_rank`` 0 leaves it out, and every LoRA job then recompiles.
+- IP-Adapter: the processors' scale stays 1.0 (each scale would be a graph) and
+  the job's scale is folded into the IP value projections (attention is linear
+  in its values). Graph guards check the processors' type, not identity, so
+  loading the adapter again per job finds the graph compiled at warm-up.
+- Still compiled on first use (each once, then cached): a size not in
+  ``compile_sizes``, another batch size (images per prompt, guidance on or off),
+  another number of IP-Adapter reference images, ControlNet residuals, and a
+  transformer family's LoRAs (no blank adapter there).
+
 A registry serves one job at a time: ``pipeline`` and ``job_state`` hold a
 re-entrant lock, since the shared UNet cannot carry two jobs' adapters at once.
 """
@@ -64,7 +92,9 @@ import diffusers
 import safetensors.torch
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from peft.tuners.lora import LoraLayer
+from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from generation.engine.config import (
@@ -80,6 +110,7 @@ from generation.engine.errors import (
     ModelNotFound,
     SourceRefused,
 )
+from generation.engine.face import crop_face
 from generation.engine.families import (
     Family,
     FamilyMismatch,
@@ -98,7 +129,12 @@ from generation.engine.requests import (
     LoraInput,
     Method,
 )
-from generation.engine.safety import FEATURE_EXTRACTOR_FOLDER, SAFETY_CHECKER_FOLDER
+from generation.engine.resize import fit_for_image_encoder
+from generation.engine.safety import (
+    FEATURE_EXTRACTOR_FOLDER,
+    SAFETY_CHECKER_FOLDER,
+    flagged_images,
+)
 from generation.engine.sources import (
     MODEL_CONFIG_FILE,
     ResolvedSource,
@@ -125,10 +161,23 @@ from generation.engine.vocabulary import (
     Denoiser,
     Footprint,
     Quantization,
+    SafetyPolicy,
     footprint_of,
 )
 
 LORA_ADAPTER_NAME = "studio_lora"
+LORA_TEXT_ADAPTER_NAME = "studio_lora_text"
+"""A job's text-encoder LoRA where the UNet's is hotswapped (compiled UNets)."""
+LORA_TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+LORA_UP_SUFFIXES = ("lora_up.weight", "lora.up.weight", "lora_B.weight")
+LORA_DOWN_SUFFIXES = ("lora_down.weight", "lora.down.weight", "lora_A.weight")
+"""LoRA weight names in kohya, old diffusers and PEFT naming."""
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+"""The layers of a compiled UNet's blank LoRA: those every studio-trained and
+most published Stable Diffusion LoRAs change."""
+COMPILED_GRAPHS_PER_SIZE = 8
+"""Graphs torch may keep per compiled function and declared size (adapter
+states, batch sizes, ControlNet residuals) before it stops compiling."""
 QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")
 """A transformer model's big modules, which ``STUDIO_QUANTIZATION`` quantizes,
 where the family names none (``Family.quantized_components``: FLUX.1's
@@ -396,6 +445,12 @@ class PipelineRegistry:
                     f"{error}"
                 ) from error
             check_lora_fits(model, header, model_key, lora.name)
+            if (
+                self._footprint.compile
+                and self._config.compile_lora_rank > 0
+                and model.family.denoiser is Denoiser.UNET
+            ):
+                check_compiled_lora_rank(header, self._config.compile_lora_rank, lora)
 
     def fingerprint(self, model_key: str) -> dict[str, Any]:
         """Source, revision and commit or content hash of a model (with its
@@ -580,27 +635,81 @@ class PipelineRegistry:
                     self.refiner(model_key)
             self.fingerprint(model_key)
 
-    def warmup(self, model_key: str) -> None:
-        """Run one denoising step at the model's native size.
+    @property
+    def warmup_pays(self) -> bool:
+        """Whether ``warmup`` saves the first job time: with ``compile`` on, or
+        on a GPU (kernel loading and selection); not on a CPU without it."""
+        return self._footprint.compile or self._device.type != "cpu"
 
-        The first run on a device pays for kernel selection (and compilation when
-        ``compile`` is on); a worker does it at start rather than in a job.
+    def warmup(self, model_key: str) -> None:
+        """Run one denoising step per size and adapter state a job may need.
+
+        The first run on a device pays for kernel selection, and with
+        ``compile`` on for compilation (module doc, "Compiled UNets"): each of
+        ``compile_sizes`` (else the model's native size), without and (where the
+        model's IP-Adapter fits, unless ``compile_ip_adapter`` is off) with the
+        IP-Adapter, plain and plus-face. A worker does it at start rather than
+        in a job. The safety checker is loaded and run once as well.
         """
         pipe, _ = self.pipeline(model_key, Method.TEXT)
+        # A blank LoRA takes a job's LoRA path (conversion, hotswap, the text
+        # encoders' adapter) once; elsewhere the warm-up runs with no LoRA.
+        lora = None
+        if _hotswaps(denoiser_of(pipe)):
+            weights = safetensors.torch.save(_blank_lora(pipe, 1, text_encoders=True))
+            lora = LoraInput(weights=weights, name="warm-up")
+        states: list[IPAdapterInput | None] = [None]
+        if (
+            self._footprint.compile
+            and self._config.compile_ip_adapter
+            and self.ip_adapter_fits(model_key)
+        ):
+            states += [IPAdapterInput(face_crop=False), IPAdapterInput()]
+        for ip_adapter in states:
+            with self.job_state(
+                pipe, ip_adapter=ip_adapter, lora=lora, model_key=model_key
+            ):
+                for width, height in self.warmup_sizes(model_key):
+                    extra = {}
+                    if ip_adapter is not None:
+                        # As the runner prepares it: the face crop's first call
+                        # loads dlib's models (a second), the fit's first call
+                        # imports torchvision's transforms.
+                        reference = Image.new("RGB", (width, height), "grey")
+                        if ip_adapter.face_crop:
+                            reference, _ = crop_face(reference)
+                        extra["ip_adapter_image"] = [
+                            [fit_for_image_encoder(reference)]
+                        ]
+                    image = pipe(
+                        "warm-up",
+                        num_inference_steps=1,
+                        width=width,
+                        height=height,
+                        generator=torch.Generator("cpu").manual_seed(0),
+                        output_type="pil",
+                        **extra,
+                    ).images[0]
+        # The engine checks every output: load the checker and run it once too.
+        checker = None
+        if self._config.safety_policy is not SafetyPolicy.OFF:
+            checker = self.safety_checker(model_key)
+        if checker is not None:
+            flagged_images(checker[0], checker[1], [image])
+
+    def warmup_sizes(self, model_key: str) -> list[tuple[int, int]]:
+        """The (width, height) ``warmup`` runs: ``compile_sizes`` with
+        ``compile`` on, where given, else the model's native size."""
+        if self._footprint.compile and self._config.compile_sizes:
+            return list(self._config.compile_sizes)
+        pipe, _ = self._base(model_key, {self._base_key(model_key)})
         unet = getattr(pipe, "unet", None)
         # A UNet knows its native latent size; a Flux pipeline has its default.
         samples = (
             unet.config.sample_size if unet is not None else pipe.default_sample_size
         )
         size = samples * pipe.vae_scale_factor
-        pipe(
-            "warm-up",
-            num_inference_steps=1,
-            width=size,
-            height=size,
-            generator=torch.Generator("cpu").manual_seed(0),
-            output_type="pil",
-        )
+        return [(size, size)]
 
     # Per-job state ---------------------------------------------------------------
 
@@ -688,6 +797,7 @@ class PipelineRegistry:
         with self._lock:
             unet = denoiser_of(pipe)
             processors = unet.attn_processors if ip_adapter is not None else None
+            swapped = lora is not None and _hotswaps(unet)
             try:
                 if ip_adapter is not None:
                     self._set_ip_adapter(
@@ -699,7 +809,9 @@ class PipelineRegistry:
                     self._set_lora(pipe, lora)
                 yield pipe
             finally:
-                if lora is not None:
+                if swapped:
+                    _blank_swapped_lora(pipe)
+                elif lora is not None:
                     pipe.unload_lora_weights()
                 if ip_adapter is not None:
                     pipe.unload_ip_adapter()
@@ -1090,7 +1202,10 @@ class PipelineRegistry:
                 local_files_only=source.offline,
                 **encoder,
             )
-        pipe.set_ip_adapter_scale(settings.scale)
+        if _compiled(pipe.unet):
+            _fold_ip_adapter_scale(pipe.unet, settings.scale)
+        else:
+            pipe.set_ip_adapter_scale(settings.scale)
 
     def _set_lora(self, pipe: DiffusionPipeline, lora: LoraInput) -> None:
         try:
@@ -1099,6 +1214,9 @@ class PipelineRegistry:
             raise InvalidRequest(
                 f"The LoRA {lora.name!r} is not a readable .safetensors file: {error}"
             ) from error
+        if _hotswaps(denoiser_of(pipe)):
+            self._swap_lora(pipe, state_dict, lora)
+            return
         try:
             pipe.load_lora_weights(state_dict, adapter_name=LORA_ADAPTER_NAME)
         except (ValueError, KeyError, RuntimeError) as error:
@@ -1114,6 +1232,81 @@ class PipelineRegistry:
                 "text encoder."
             )
         pipe.set_adapters([LORA_ADAPTER_NAME], adapter_weights=[lora.scale])
+
+    def _swap_lora(
+        self, pipe: DiffusionPipeline, state_dict: dict[str, Any], lora: LoraInput
+    ) -> None:
+        """Swap a job's LoRA into a compiled UNet's blank adapter (module doc,
+        "Compiled UNets"); its text-encoder part is loaded as its own adapter."""
+        weighted = {
+            key: value * lora.scale if key.endswith(LORA_UP_SUFFIXES) else value
+            for key, value in state_dict.items()
+        }
+        try:
+            converted, alphas = pipe.lora_state_dict(weighted)
+        except (ValueError, KeyError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise InvalidRequest(
+                f"The LoRA {lora.name!r} does not fit this model: {reason}"
+            ) from error
+        if not any(key.startswith(("unet.", "text_encoder")) for key in converted):
+            raise InvalidRequest(
+                f"The LoRA {lora.name!r} has no weights for this model's UNet or "
+                "text encoder."
+            )
+        check_compiled_lora_rank(converted, self._config.compile_lora_rank, lora)
+        try:
+            pipe.load_lora_into_unet(
+                converted,
+                network_alphas=alphas,
+                unet=pipe.unet,
+                adapter_name=LORA_ADAPTER_NAME,
+                _pipeline=pipe,
+                hotswap=True,
+            )
+        except (ValueError, KeyError, RuntimeError) as error:
+            if LORA_ADAPTER_NAME in getattr(pipe.unet, "peft_config", {}):
+                _blank_swapped_lora(pipe)
+            else:
+                # diffusers deletes the adapter when a hotswap fails: put the
+                # blank one back, so that the compiled graph finds it again.
+                _prepare_unet_for_hotswap(
+                    pipe, self._config.compile_lora_rank, check_compiled="ignore"
+                )
+            reason = str(error).strip().splitlines()[0]
+            raise InvalidRequest(
+                f"The LoRA {lora.name!r} cannot be swapped into the compiled UNet "
+                f"(STUDIO_TORCH_COMPILE swaps LoRAs on attention projections only, "
+                f"of one alpha): {reason[:300]}"
+            ) from error
+        for name in LORA_TEXT_ENCODERS:
+            text_encoder = getattr(pipe, name, None)
+            if text_encoder is None or not any(
+                key.startswith(f"{name}.") for key in converted
+            ):
+                continue
+            pipe.load_lora_into_text_encoder(
+                converted,
+                network_alphas=alphas,
+                text_encoder=text_encoder,
+                prefix=name,
+                adapter_name=LORA_TEXT_ADAPTER_NAME,
+                _pipeline=pipe,
+            )
+
+    def _compile(self, pipe: DiffusionPipeline) -> None:
+        """Compile a base's denoiser once, a UNet with its blank LoRA first
+        (module doc, "Compiled UNets")."""
+        denoiser = denoiser_of(pipe)
+        if _compiled(denoiser):
+            return
+        rank = self._config.compile_lora_rank
+        if denoiser is getattr(pipe, "unet", None) and rank > 0:
+            _prepare_unet_for_hotswap(pipe, rank)
+        limit = COMPILED_GRAPHS_PER_SIZE * max(1, len(self._config.compile_sizes))
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, limit)
+        denoiser.compile(dynamic=False, backend=self._config.compile_backend)
 
     def _derive(
         self,
@@ -1178,11 +1371,8 @@ class PipelineRegistry:
             pipe.vae.enable_tiling()
         if footprint.channels_last and denoiser is getattr(pipe, "unet", None):
             denoiser.to(memory_format=torch.channels_last)
-        if (
-            footprint.compile
-            and getattr(denoiser, "_compiled_call_impl", None) is None
-        ):
-            denoiser.compile()
+        if footprint.compile:
+            self._compile(pipe)
 
     def _fingerprint_of(self, source: ResolvedSource) -> dict[str, Any]:
         cache_key = f"{source.kind.value}:{source.location}@{source.revision}"
@@ -1262,6 +1452,116 @@ def _uncast_class(pipeline_cls: type[DiffusionPipeline]) -> type[DiffusionPipeli
         )
         _UNCAST_CLASSES[pipeline_cls] = uncast
     return uncast
+
+
+def _compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def _hotswaps(denoiser: torch.nn.Module) -> bool:
+    """Whether a job's LoRA is swapped into ``denoiser``'s blank adapter: a
+    compiled UNet prepared by ``_prepare_unet_for_hotswap``."""
+    return _compiled(denoiser) and LORA_ADAPTER_NAME in getattr(
+        denoiser, "peft_config", {}
+    )
+
+
+def _prepare_unet_for_hotswap(
+    pipe: DiffusionPipeline, rank: int, check_compiled: str = "error"
+) -> None:
+    """Give an uncompiled UNet its blank LoRA, ready for hotswaps of up to
+    ``rank``, and its IP-Adapter projection slot (``check_compiled``
+    "ignore": give a compiled one its blank LoRA back)."""
+    unet = pipe.unet
+    # A UNet keeps ``encoder_hid_proj`` as a plain attribute until an IP-Adapter
+    # is loaded and unloaded, after which it is a module slot holding None; the
+    # compiled graph's guards tell the two apart (one more compile after the
+    # first IP-Adapter job), so it is a module slot from the start.
+    if "encoder_hid_proj" not in unet._modules:
+        unet.register_module("encoder_hid_proj", unet.__dict__.pop("encoder_hid_proj"))
+    pipe.enable_lora_hotswap(target_rank=rank, check_compiled=check_compiled)
+    pipe.load_lora_weights(
+        _blank_lora(pipe, rank, text_encoders=False), adapter_name=LORA_ADAPTER_NAME
+    )
+
+
+def _blank_lora(
+    pipe: DiffusionPipeline, rank: int, *, text_encoders: bool
+) -> dict[str, torch.Tensor]:
+    """A LoRA of zeros (it adds exactly nothing) on the UNet's attention
+    projections and, with ``text_encoders``, on the text encoders' too, in
+    diffusers' (PEFT) naming."""
+    targets = [
+        (f"unet.{name}.{projection}", module.get_submodule(projection))
+        for name, module in pipe.unet.named_modules()
+        if isinstance(module, Attention)
+        for projection in ATTENTION_PROJECTIONS
+    ]
+    for component in LORA_TEXT_ENCODERS if text_encoders else ():
+        text_encoder = getattr(pipe, component, None)
+        if text_encoder is None:
+            continue
+        targets += [
+            (f"{component}.{name}", module)
+            for name, module in text_encoder.named_modules()
+            if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj"))
+        ]
+    blank = {}
+    for prefix, linear in targets:
+        options = {"dtype": linear.weight.dtype, "device": linear.weight.device}
+        blank[f"{prefix}.lora_A.weight"] = torch.zeros(
+            rank, linear.in_features, **options
+        )
+        blank[f"{prefix}.lora_B.weight"] = torch.zeros(
+            linear.out_features, rank, **options
+        )
+    return blank
+
+
+def _blank_swapped_lora(pipe: DiffusionPipeline) -> None:
+    """Zero the swapped-in LoRA of a compiled UNet (in place: no recompile) and
+    delete its text-encoder part."""
+    with torch.no_grad():
+        for module in pipe.unet.modules():
+            if isinstance(module, LoraLayer) and LORA_ADAPTER_NAME in module.lora_A:
+                module.lora_A[LORA_ADAPTER_NAME].weight.zero_()
+                module.lora_B[LORA_ADAPTER_NAME].weight.zero_()
+    for name in LORA_TEXT_ENCODERS:
+        text_encoder = getattr(pipe, name, None)
+        if LORA_TEXT_ADAPTER_NAME in getattr(text_encoder, "peft_config", {}):
+            pipe.delete_adapters(LORA_TEXT_ADAPTER_NAME)
+            break
+
+
+def _fold_ip_adapter_scale(unet: torch.nn.Module, scale: float) -> None:
+    """Weight a just-loaded IP-Adapter by ``scale`` through its value
+    projections, its processors' own scale left at 1.0 (module doc)."""
+    with torch.no_grad():
+        for processor in unet.attn_processors.values():
+            for projection in getattr(processor, "to_v_ip", ()):
+                projection.weight.mul_(scale)
+            if hasattr(processor, "to_v_ip"):
+                processor.scale = [1.0] * len(processor.scale)
+
+
+def check_compiled_lora_rank(
+    weights: Any, rank: int, lora: LoraInput | None = None
+) -> None:
+    """Refuse a LoRA whose rank exceeds a compiled UNet's ``rank``.
+
+    ``weights`` maps names to tensors or to ``safetensors`` header entries.
+    """
+    ranks = [
+        value["shape"][0] if isinstance(value, dict) else value.shape[0]
+        for key, value in weights.items()
+        if key.endswith(LORA_DOWN_SUFFIXES)
+    ]
+    if ranks and max(ranks) > rank:
+        name = f" {lora.name!r}" if lora is not None else ""
+        raise InvalidRequest(
+            f"The LoRA{name} has rank {max(ranks)}; compiled workers swap in LoRAs "
+            f"of rank up to {rank} (STUDIO_COMPILE_LORA_RANK)."
+        )
 
 
 def _ip_weight_name(spec: IPAdapterSpec, settings: IPAdapterInput) -> str:

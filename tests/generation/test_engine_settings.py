@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
+from generation.engine.config import compile_sizes
+from generation.engine.errors import InvalidConfiguration
 from generation.engine.vocabulary import (
     TINY_MODEL_KEY,
     TINY_QWEN_IMAGE_MODEL_KEY,
@@ -48,6 +51,34 @@ def test_configured_models_and_options_are_passed_on(settings, tmp_path: Path):
     assert config.device == "cpu"
     assert config.memory_budget_mb is None
     assert config.attention_slicing is True
+
+
+def test_compile_settings_reach_the_engine(settings, tmp_path: Path):
+    settings.STUDIO_MODELS = {}
+    settings.STUDIO_TINY_MODEL_DIR = str(tmp_path)
+    settings.STUDIO_TORCH_COMPILE = True
+    settings.STUDIO_COMPILE_SIZES = "512x512, 512X768"
+    settings.STUDIO_COMPILE_LORA_RANK = 32
+    settings.STUDIO_COMPILE_BACKEND = "eager"
+    settings.STUDIO_COMPILE_IP_ADAPTER = False
+    config = engine_config()
+    assert config.compile
+    assert config.compile_sizes == ((512, 512), (512, 768))
+    assert (config.compile_lora_rank, config.compile_backend) == (32, "eager")
+    assert not config.compile_ip_adapter
+    assert compile_sizes("") == ()
+
+
+@pytest.mark.parametrize("value", ["512", "512x", "0x512", "big x 512", "-8x8"])
+def test_a_compile_size_that_is_not_width_x_height_is_refused(value):
+    with pytest.raises(InvalidConfiguration, match="STUDIO_COMPILE_SIZES"):
+        compile_sizes(value)
+
+
+def test_a_bad_compile_size_setting_is_a_configuration_error(settings):
+    settings.STUDIO_COMPILE_SIZES = "512"
+    with pytest.raises(ImproperlyConfigured, match="STUDIO_COMPILE_SIZES: '512'"):
+        engine_config()
 
 
 def test_queues_are_routed_by_model(settings):

@@ -109,3 +109,34 @@ def test_a_stop_while_busy_asks_the_running_job_to_hand_back(studio_settings):
     worker.handle_warm_shutdown_request()
     assert runtime.handback_requested()
     runtime.start()
+
+
+@pytest.mark.compile
+@pytest.mark.django_db
+def test_a_compiling_worker_compiles_its_preloaded_model_before_any_job(
+    studio_settings, tiny_model_dir
+):
+    """With STUDIO_TORCH_COMPILE the worker's start compiles the preloaded
+    model (Dynamo's eager backend, no IP-Adapter graphs: one compile)."""
+    from torch._dynamo.utils import counters
+
+    studio_settings.STUDIO_TORCH_COMPILE = True
+    studio_settings.STUDIO_COMPILE_BACKEND = "eager"
+    studio_settings.STUDIO_COMPILE_IP_ADAPTER = False
+    use_queue(studio_settings, "warmup")
+    queue = get_queue("warmup")
+    graphs = counters["stats"]["unique_graphs"]
+    worker = StudioWorker(
+        [queue], connection=queue.connection, preload_models=["tiny-sd15"]
+    )
+    try:
+        worker.work(burst=True)
+        pipe, hit = runtime.engine().registry.pipeline("tiny-sd15", "text")
+        assert hit
+        assert pipe.unet._compiled_call_impl is not None
+        assert counters["stats"]["unique_graphs"] > graphs
+    finally:
+        runtime.start()
+        import torch
+
+        torch._dynamo.reset()

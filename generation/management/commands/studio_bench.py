@@ -61,6 +61,13 @@ class Command(BaseCommand):
             help="cuda, cuda:1, mps or cpu (default: chosen as the engine does).",
         )
         parser.add_argument(
+            "--gpu-dry-run",
+            action="store_true",
+            help="Run the gpu section on this device (the CPU, say), once per "
+            "path and speed option, with torch.compile's eager backend: checks "
+            "the GPU script runs; measures no GPU.",
+        )
+        parser.add_argument(
             "--workdir",
             type=Path,
             help="Where the models and the sandboxed studio go (default: "
@@ -90,6 +97,7 @@ class Command(BaseCommand):
                     runs=options["runs"],
                     queue_jobs=options["queue_jobs"],
                     device=options["device"],
+                    gpu_dry_run=options["gpu_dry_run"],
                 ),
                 log=self._log,
             )
@@ -118,4 +126,6 @@ def _command_arguments(options: dict[str, Any]) -> list[str]:
             name == "only" and options[name] == ",".join(SECTIONS)
         ):
             arguments.append(f"--{name.replace('_', '-')} {options[name]}")
+    if options.get("gpu_dry_run"):
+        arguments.append("--gpu-dry-run")
     return arguments
