@@ -15,6 +15,7 @@ import concurrent.futures
 import io
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -819,7 +820,9 @@ def content_store_result(
     gets every file or none.
     """
     generated = isinstance(result, GenerationResult)
+    encoding = time.perf_counter()
     files = _encoded_files(content, result, detailer_before)
+    timings = {**timings, "encode": time.perf_counter() - encoding}
     with written_files_removed_on_failure() as written, transaction.atomic():
         row = (
             Content.objects.select_for_update()
