@@ -90,6 +90,11 @@ logger = logging.getLogger(__name__)
 ENCODER_THREADS = 4
 """Threads that encode a finished job's files at the same time (output PNG,
 thumbnails, control images): see ``_encoded_files``."""
+PARALLEL_ENCODE_PIXELS = 512 * 512
+"""Outputs of more pixels than this are encoded on the encoder threads; smaller
+ones in the job's own thread, where handing them over costs more than it saves
+(BENCHMARKS.md, issue 17: 64x64 outputs took longer on threads on a loaded
+machine)."""
 
 JOB_FUNCTION = "generation.jobs.content_generate"
 
@@ -1306,24 +1311,26 @@ def _encoded_files(
     result: GenerationResult | InpaintResult,
     detailer_before: Image.Image | None,
 ) -> _EncodedFiles:
-    """Every file of a finished job, encoded at the same time on the encoder
-    threads (Pillow's PNG and WebP encoders release the GIL): the output's PNG
-    and thumbnail, the image before the detailer, the before thumbnail and the
-    control images. Waits for all of them; the first error is raised."""
+    """Every file of a finished job: the output's PNG and thumbnail, the image
+    before the detailer, the before thumbnail and the control images; for an
+    output of more than ``PARALLEL_ENCODE_PIXELS``, encoded at the same time on
+    the encoder threads (Pillow's PNG and WebP encoders release the GIL), else
+    one after another in this thread. Waits for all of them; the first error
+    is raised."""
     generated = isinstance(result, GenerationResult)
     output = result.images[0] if generated else result.image
     controls = [control.image for control in result.control_images] if generated else []
     level = _png_level()
-    png = _ENCODERS.submit(_png, output, level)
-    thumbnail = _ENCODERS.submit(encode_thumbnail, output)
+    parallel = output.width * output.height > PARALLEL_ENCODE_PIXELS
+    submit = _ENCODERS.submit if parallel else _done_here
+    png = submit(_png, output, level)
+    thumbnail = submit(encode_thumbnail, output)
     before_detailer = (
-        None
-        if detailer_before is None
-        else _ENCODERS.submit(_png, detailer_before, level)
+        None if detailer_before is None else submit(_png, detailer_before, level)
     )
     # The reference row is read here: the encoder threads use no database.
-    before = _ENCODERS.submit(_before_thumbnail, content.before_reference)
-    control_pngs = [_ENCODERS.submit(_png, image, level) for image in controls]
+    before = submit(_before_thumbnail, content.before_reference)
+    control_pngs = [submit(_png, image, level) for image in controls]
     futures = [png, thumbnail, before_detailer, before, *control_pngs]
     concurrent.futures.wait([future for future in futures if future is not None])
 
@@ -1338,6 +1345,16 @@ def _encoded_files(
         before_thumbnail=file(before),
         controls=[file(future) for future in control_pngs],
     )
+
+
+def _done_here(function: Any, *args: Any) -> concurrent.futures.Future:
+    """``function(*args)`` run in this thread, as a finished future."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as error:
+        future.set_exception(error)
+    return future
 
 
 _ENCODERS = concurrent.futures.ThreadPoolExecutor(

@@ -76,11 +76,16 @@ def test_the_before_thumbnail_is_a_copy_of_the_references_own(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("threads", [True, False], ids=["threads", "in-job"])
 def test_an_encoding_that_fails_stores_no_file(
     cleanup_settings,  # noqa: F811
     media_root,
     monkeypatch,
+    threads,
 ):
+    # The tiny outputs are small: encoded in the job's thread unless told.
+    if threads:
+        monkeypatch.setattr(services, "PARALLEL_ENCODE_PIXELS", 0)
     persona = small_persona()
     before = stored_files(media_root)
     calls = itertools.count()  # next() is atomic: the encoder threads share it
@@ -109,7 +114,9 @@ def test_an_encoding_that_fails_stores_no_file(
 def test_every_file_is_stored_and_the_before_is_made_afresh_without_its_thumbnail(
     cleanup_settings,  # noqa: F811
     media_root,
+    monkeypatch,
 ):
+    monkeypatch.setattr(services, "PARALLEL_ENCODE_PIXELS", 0)  # on the threads
     persona = small_persona()
     reference = persona.references.get()
     reference.thumbnail.storage.delete(reference.thumbnail.name)
