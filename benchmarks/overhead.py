@@ -155,6 +155,12 @@ def studio_summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
             "store_and_row_update": median(
                 job["in_worker"] - job["job"] for job in jobs
             ),
+            # Parts of the above, each paired per job (the medians of parts
+            # need not add up to the median of the whole).
+            "enqueue": median(job.get("enqueue", 0.0) for job in jobs),
+            "hand_over": median(job.get("hand_over", 0.0) for job in jobs),
+            "after_finish": median(job.get("after_finish", 0.0) for job in jobs),
+            "encode": median(job.get("encode", 0.0) for job in jobs),
         },
         "registry_hits": sum(job["registry_hit"] for job in jobs),
         "pixels_sha256": jobs[0]["pixels_sha256"],

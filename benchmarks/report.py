@@ -149,7 +149,14 @@ def _overhead(section: dict[str, Any]) -> list[str]:
         f"the rest of the job "
         f"{_ms(breakdown['job_before_and_after_engine'] - breakdown['score'])}, "
         f"storing output and thumbnails and updating the row "
-        f"{_ms(breakdown['store_and_row_update'])}).",
+        f"{_ms(breakdown['store_and_row_update'])}, of which encoding every file "
+        f"{_ms(breakdown.get('encode', 0.0))}). Parts of enqueue to pick-up: "
+        f"the service call (row committed, job pushed) "
+        f"{_ms(breakdown.get('enqueue', 0.0))}, the pushed job to the row claimed "
+        f"(Redis waking the worker's blocking pop, RQ's preparation, the claim) "
+        f"{_ms(breakdown.get('hand_over', 0.0))}, the row finished to the result "
+        f"read back (commit, RQ's end of job, the result stream) "
+        f"{_ms(breakdown.get('after_finish', 0.0))}.",
     ]
 
 

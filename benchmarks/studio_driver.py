@@ -175,12 +175,26 @@ def _wait(content: Any) -> None:
 
 
 def _timed_job(persona: Any, workload: dict[str, Any]) -> dict[str, Any]:
+    started_at = time.time()
     started = time.perf_counter()
     content = _enqueue(persona, workload)
+    enqueued = time.perf_counter() - started
     _wait(content)
     wall = time.perf_counter() - started
     content.refresh_from_db()
-    return {"wall": wall, **_record(content)}
+    record = _record(content)
+    return {
+        "wall": wall,
+        **record,
+        # The service call: the row created and committed, the job pushed.
+        "enqueue": enqueued,
+        # From the pushed job to the row claimed: Redis waking the worker's
+        # blocking pop, RQ's preparation, the claim (wall clocks of one machine).
+        "hand_over": record["started_at"] - (started_at + enqueued),
+        # From the row's finished_at to the result read here: the commit, RQ's
+        # bookkeeping of the job's end, the result stream read back.
+        "after_finish": started_at + wall - record["finished_at"],
+    }
 
 
 def _record(content: Any) -> dict[str, Any]:
@@ -208,6 +222,8 @@ def _record(content: Any) -> dict[str, Any]:
         # Scoring left the GPU job for the CPU queue: it adds nothing here.
         "score": timings.get("score", 0.0),
         "job": timings["job_total"],
+        # Encoding every file of the job (output PNG, thumbnails, controls).
+        "encode": timings.get("encode", 0.0),
         "registry_hit": timings["registry_hit"],
         "started_at": content.started_at.timestamp(),
         "finished_at": content.finished_at.timestamp(),

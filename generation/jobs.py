@@ -45,7 +45,6 @@ from generation.parameters import (
     DETAILER_KEY,
     detailer_from_row,
     inpaint_from_row,
-    open_stored_image,
     request_from_row,
 )
 from generation.queued_rows import ran_past_time_limit, retry_delay_seconds
@@ -192,7 +191,6 @@ def _generate(content: Content, steps: _StepReporter) -> str:
     stored = services.content_store_result(
         content=content,
         result=result,
-        before_image=_before_image(content),
         inputs=inputs,
         timings=timings,
         detailer_before=detailer_before,
@@ -253,7 +251,6 @@ def _inpaint(content: Content, steps: _StepReporter) -> str:
     stored = services.content_store_result(
         content=content,
         result=result,
-        before_image=_before_image(content),
         inputs=dict(content.inputs),
         timings=_timings(content, result, engine, started),
     )
@@ -296,18 +293,6 @@ def _timings(
         # Round-tripped so that whatever the registry reports fits a JSONField.
         "registry": json.loads(json.dumps(engine.registry.stats(), default=str)),
     }
-
-
-def _before_image(content: Content) -> Image.Image | None:
-    """The reference the output is shown beside, if any left."""
-    reference = content.before_reference
-    if reference is None:
-        return None
-    try:
-        return open_stored_image(reference.image.name)
-    except EngineError:
-        logger.warning("Content #%s: its before reference is gone", content.pk)
-        return None
 
 
 def _retry_or_fail(content: Content, error: Exception) -> str:

@@ -11,9 +11,11 @@ are conditional on that id, so a stale or duplicate job is a no-op.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -63,6 +65,7 @@ from generation.parameters import (
     detailer_outline,
     inpaint_outline,
     is_inpaint_request,
+    open_stored_image,
     read_stored_bytes,
     request_for_persona,
     request_outline,
@@ -77,12 +80,21 @@ from generation.queued_rows import (
 from generation.queues import get_queue
 from generation.score_services import content_queue_scoring
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
-from personas.models import Persona
+from personas.models import Persona, ReferenceImage
 from personas.services import control_unit_save, persona_update
 from personas.uploads import PNG, encode_thumbnail, validate_image_upload
 from personas.validators import validate_prompt_text
 
 logger = logging.getLogger(__name__)
+
+ENCODER_THREADS = 4
+"""Threads that encode a finished job's files at the same time (output PNG,
+thumbnails, control images): see ``_encoded_files``."""
+PARALLEL_ENCODE_PIXELS = 512 * 512
+"""Outputs of more pixels than this are encoded on the encoder threads; smaller
+ones in the job's own thread, where handing them over costs more than it saves
+(BENCHMARKS.md, issue 17: 64x64 outputs took longer on threads on a loaded
+machine)."""
 
 JOB_FUNCTION = "generation.jobs.content_generate"
 
@@ -799,7 +811,6 @@ def content_store_result(
     *,
     content: Content,
     result: GenerationResult | InpaintResult,
-    before_image: Image.Image | None,
     inputs: dict[str, str],
     timings: dict[str, Any],
     detailer_before: Image.Image | None = None,
@@ -808,12 +819,21 @@ def content_store_result(
     API and mark it succeeded, its scoring queued on the CPU queue once this
     commits; False (nothing stored) when the row no longer belongs to this job.
     ``detailer_before`` is the output before the face detailer's pass, kept
-    beside it.
+    beside it; the "before" thumbnail is the row's before reference's own
+    (``_before_thumbnail``).
 
-    Whatever an earlier attempt left under the row's names (a worker killed
-    while storing) is removed first; a write or a commit that fails removes
-    what this one wrote, zero-byte files of a full disk included.
+    Every file is encoded first, all at once on the encoder threads
+    (``_encoded_files``), outside the transaction: an encoding that fails has
+    written nothing. Then, in one transaction, whatever an earlier attempt left
+    under the row's names (a worker killed while storing) is removed, the bytes
+    are written and the row updated; a write or a commit that fails removes
+    what this one wrote, zero-byte files of a full disk included. So the row
+    gets every file or none.
     """
+    generated = isinstance(result, GenerationResult)
+    encoding = time.perf_counter()
+    files = _encoded_files(content, result, detailer_before)
+    timings = {**timings, "encode": time.perf_counter() - encoding}
     with written_files_removed_on_failure() as written, transaction.atomic():
         row = (
             Content.objects.select_for_update()
@@ -825,29 +845,21 @@ def content_store_result(
         if row is None:
             return False
         content_attempt_files_remove(row)
-        generated = isinstance(result, GenerationResult)
-        output = result.images[0] if generated else result.image
-        written.save(row.output_image, "output.png", ContentFile(_png(output)))
-        written.save(row.output_thumbnail, "thumb.webp", _thumbnail(output))
-        if detailer_before is not None:
+        written.save(row.output_image, "output.png", files.output)
+        written.save(row.output_thumbnail, "thumb.webp", files.output_thumbnail)
+        if files.detailer_before is not None:
             written.save(
-                row.detailer_before_image,
-                "before-detailer.png",
-                ContentFile(_png(detailer_before)),
+                row.detailer_before_image, "before-detailer.png", files.detailer_before
             )
-        if before_image is not None:
-            written.save(
-                row.before_thumbnail,
-                "before.webp",
-                _before_thumbnail(content, before_image),
-            )
-        for order, control in enumerate(result.control_images if generated else ()):
+        if files.before_thumbnail is not None:
+            written.save(row.before_thumbnail, "before.webp", files.before_thumbnail)
+        for order, (control, png) in enumerate(
+            zip(result.control_images if generated else (), files.controls, strict=True)
+        ):
             control_row = ContentControlImage(
                 content=row, control_type=control.control_type.value, order=order
             )
-            written.save(
-                control_row.image, "control.png", ContentFile(_png(control.image))
-            )
+            written.save(control_row.image, "control.png", png)
             control_row.save()
         row.status = ContentStatus.SUCCEEDED
         # An inpaint runs no consistency method: it redraws a region.
@@ -1270,33 +1282,110 @@ def _finish_active(
     return finished
 
 
-def _png(image: Image.Image) -> bytes:
-    """PNG bytes at ``STUDIO_PNG_COMPRESS_LEVEL`` (0-9; docs/settings.md)."""
+def _png_level() -> int:
+    """``STUDIO_PNG_COMPRESS_LEVEL`` (0-9; docs/settings.md), checked."""
     level = settings.STUDIO_PNG_COMPRESS_LEVEL
     if not 0 <= level <= 9:
         raise ImproperlyConfigured(
             f"STUDIO_PNG_COMPRESS_LEVEL is {level}; set it to a zlib level from 0 "
             "(no compression) to 9 (smallest, slowest)."
         )
+    return level
+
+
+def _png(image: Image.Image, level: int | None = None) -> bytes:
+    """PNG bytes at ``level`` (default ``STUDIO_PNG_COMPRESS_LEVEL``)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=level)
+    image.save(
+        buffer, format="PNG", compress_level=_png_level() if level is None else level
+    )
     return buffer.getvalue()
 
 
-def _before_thumbnail(content: Content, before_image: Image.Image) -> ContentFile:
+def _before_thumbnail(reference: ReferenceImage | None) -> bytes | None:
     """The before reference's own stored thumbnail, copied through the storage
-    API (the same encoder and size made it); encoded afresh only when the
-    reference has none left."""
-    reference = content.before_reference
-    name = reference.thumbnail.name if reference is not None else ""
+    API (the same encoder and size made it), so the reference is not even
+    decoded; encoded afresh only when the reference has no thumbnail left, and
+    None when the reference (or its image) is gone. (Storage only: it runs on
+    an encoder thread, which must not touch the database.)"""
+    if reference is None:
+        return None
+    name = reference.thumbnail.name
     if name:
         try:
             with default_storage.open(name, "rb") as file:
-                return ContentFile(file.read())
+                return file.read()
         except FileNotFoundError:
-            logger.warning("Content #%s: its reference's thumbnail is gone", content.pk)
-    return _thumbnail(before_image)
+            logger.warning("Reference #%s: its thumbnail is gone", reference.pk)
+    try:
+        return encode_thumbnail(open_stored_image(reference.image.name))
+    except EngineError:
+        logger.warning("Reference #%s: its image is gone", reference.pk)
+        return None
 
 
-def _thumbnail(image: Image.Image) -> ContentFile:
-    return ContentFile(encode_thumbnail(image))
+@dataclass(frozen=True)
+class _EncodedFiles:
+    """A finished job's files, encoded, ready to be written."""
+
+    output: ContentFile
+    output_thumbnail: ContentFile
+    detailer_before: ContentFile | None
+    before_thumbnail: ContentFile | None
+    controls: list[ContentFile]
+
+
+def _encoded_files(
+    content: Content,
+    result: GenerationResult | InpaintResult,
+    detailer_before: Image.Image | None,
+) -> _EncodedFiles:
+    """Every file of a finished job: the output's PNG and thumbnail, the image
+    before the detailer, the before thumbnail and the control images; for an
+    output of more than ``PARALLEL_ENCODE_PIXELS``, encoded at the same time on
+    the encoder threads (Pillow's PNG and WebP encoders release the GIL), else
+    one after another in this thread. Waits for all of them; the first error
+    is raised."""
+    generated = isinstance(result, GenerationResult)
+    output = result.images[0] if generated else result.image
+    controls = [control.image for control in result.control_images] if generated else []
+    level = _png_level()
+    parallel = output.width * output.height > PARALLEL_ENCODE_PIXELS
+    submit = _ENCODERS.submit if parallel else _done_here
+    png = submit(_png, output, level)
+    thumbnail = submit(encode_thumbnail, output)
+    before_detailer = (
+        None if detailer_before is None else submit(_png, detailer_before, level)
+    )
+    # The reference row is read here: the encoder threads use no database.
+    before = submit(_before_thumbnail, content.before_reference)
+    control_pngs = [submit(_png, image, level) for image in controls]
+    futures = [png, thumbnail, before_detailer, before, *control_pngs]
+    concurrent.futures.wait([future for future in futures if future is not None])
+
+    def file(future: concurrent.futures.Future | None) -> ContentFile | None:
+        data = None if future is None else future.result()
+        return None if data is None else ContentFile(data)
+
+    return _EncodedFiles(
+        output=file(png),
+        output_thumbnail=file(thumbnail),
+        detailer_before=file(before_detailer),
+        before_thumbnail=file(before),
+        controls=[file(future) for future in control_pngs],
+    )
+
+
+def _done_here(function: Any, *args: Any) -> concurrent.futures.Future:
+    """``function(*args)`` run in this thread, as a finished future."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as error:
+        future.set_exception(error)
+    return future
+
+
+_ENCODERS = concurrent.futures.ThreadPoolExecutor(
+    max_workers=ENCODER_THREADS, thread_name_prefix="studio-encode"
+)

@@ -35,6 +35,7 @@ from PIL import Image
 
 from .config import EngineConfig
 from .editing import EditInputs, edit_inputs
+from .embeddings import EmbeddingCache
 from .errors import GenerationCancelled, InvalidRequest, ModelNotFound, OutOfMemory
 from .face import crop_face
 from .families import Family, family
@@ -64,6 +65,7 @@ from .snapshot import (
     GENERATOR_DEVICE,
     build_inpaint_snapshot,
     build_snapshot,
+    image_sha256,
     images_by_hash,
 )
 from .vocabulary import (
@@ -624,7 +626,9 @@ class Engine:
                 )
             return tensors
 
-        return pipe(**kwargs, callback_on_step_end=step_end).images
+        return pipe(
+            **_with_ip_adapter_embeds(pipe, kwargs), callback_on_step_end=step_end
+        ).images
 
     def _preview_hook(
         self, model_key: str, on_preview: PreviewCallback | None
@@ -842,6 +846,45 @@ def _long_context_prompt(
         "window": window,
         "truncated": window is not None and tokens + 1 > window,
     }
+
+
+IP_ADAPTER_EMBEDDINGS = EmbeddingCache()
+"""The IP-Adapter's image embeddings of references in this process, by the
+hashes of the pixels the encoder sees (``embeddings``)."""
+
+
+def _with_ip_adapter_embeds(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``ip_adapter_image`` replaced by the embeddings the
+    pipeline would make of it (its own ``prepare_ip_adapter_image_embeds``, for
+    one image per prompt), from ``IP_ADAPTER_EMBEDDINGS`` when the same images
+    were encoded before: the same tensors, so the same pixels, without running
+    the image encoder again. The pipeline repeats them per image as it does its
+    own. Other calls go through as they are."""
+    images = kwargs.get("ip_adapter_image")
+    encoder = getattr(pipe, "image_encoder", None)
+    if images is None or encoder is None or "guidance_scale" not in kwargs:
+        return kwargs
+    guided = _uses_classifier_free_guidance(pipe, kwargs["guidance_scale"])
+    key = (
+        "ip_adapter",
+        guided,
+        tuple(
+            type(layer).__name__
+            for layer in pipe.unet.encoder_hid_proj.image_projection_layers
+        ),
+        # The processor that turns the images into the encoder's input.
+        pipe.feature_extractor.to_json_string(),
+        tuple(tuple(image_sha256(image) for image in group) for group in images),
+    )
+    embeds = IP_ADAPTER_EMBEDDINGS.get(
+        encoder,
+        key,
+        lambda: pipe.prepare_ip_adapter_image_embeds(
+            images, None, pipe._execution_device, 1, guided
+        ),
+    )
+    called = {name: kwargs[name] for name in kwargs if name != "ip_adapter_image"}
+    return {**called, "ip_adapter_image_embeds": embeds}
 
 
 def _uses_classifier_free_guidance(pipe: Any, guidance_scale: float) -> bool:

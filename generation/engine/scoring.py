@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from generation.engine.embeddings import EmbeddingCache
 from generation.engine.requests import ResizeMode
 from generation.engine.resize import (
     fit_for_image_encoder,
     fit_to_size,
     image_encoder_side,
 )
+from generation.engine.snapshot import image_sha256
 
 CLIP_WEIGHT = 0.75
 SSIM_SIDE = 256
@@ -65,25 +67,53 @@ def consistency_score(
     }
 
 
+REFERENCE_EMBEDDINGS = EmbeddingCache()
+"""The references' CLIP embeddings in this process, by the hash of the pixels
+the encoder sees: a persona's before reference is encoded once, not per score."""
+
+
 def clip_cosine(
     reference: Image.Image,
     output: Image.Image,
     image_encoder: Any,
     image_processor: Any,
+    *,
+    cache: EmbeddingCache | None = REFERENCE_EMBEDDINGS,
 ) -> float:
-    """Cosine similarity (-1..1) of the two images' CLIP image embeddings."""
+    """Cosine similarity (-1..1) of the two images' CLIP image embeddings; the
+    reference's is taken from ``cache`` when it holds the same pixels (None:
+    encoded every time). Each image is encoded alone, so a cached embedding is
+    the very tensor an uncached call computes."""
     side = image_encoder_side(image_processor)
-    pixels = image_processor(
-        images=[fit_for_image_encoder(image, side) for image in (reference, output)],
-        return_tensors="pt",
-    ).pixel_values
+    fitted = fit_for_image_encoder(reference, side)
+
+    def embed(image: Image.Image) -> torch.Tensor:
+        return _clip_embedding(image, image_encoder, image_processor)
+
+    if cache is None:
+        reference_embeds = embed(fitted)
+    else:
+        reference_embeds = cache.get(
+            image_encoder, ("clip", image_sha256(fitted)), lambda: embed(fitted)
+        )
+    output_embeds = embed(fit_for_image_encoder(output, side))
+    cosine = torch.nn.functional.cosine_similarity(
+        reference_embeds, output_embeds, dim=0
+    )
+    return float(cosine.clamp(-1.0, 1.0))
+
+
+def _clip_embedding(
+    image: Image.Image, image_encoder: Any, image_processor: Any
+) -> torch.Tensor:
+    """The float32 CLIP image embedding of one encoder-sized image."""
+    pixels = image_processor(images=[image], return_tensors="pt").pixel_values
     parameter = next(image_encoder.parameters())
     with torch.no_grad():
         embeds = image_encoder(
             pixel_values=pixels.to(device=parameter.device, dtype=parameter.dtype)
         ).image_embeds.float()
-    cosine = torch.nn.functional.cosine_similarity(embeds[0], embeds[1], dim=0)
-    return float(cosine.clamp(-1.0, 1.0))
+    return embeds[0]
 
 
 def structural_similarity(reference: Image.Image, output: Image.Image) -> float:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from generation.engine.scoring import consistency_score
+from generation.engine.embeddings import EmbeddingCache
+from generation.engine.scoring import clip_cosine, consistency_score
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,56 @@ def test_images_of_different_sizes_and_modes_are_compared(astronaut, encoder):
     noise = consistency_score(astronaut, _noise((64, 64), 2), **encoder)
     assert 0.0 <= noise["score"] < result["score"] <= 1.0
     assert result["ssim"] > noise["ssim"]
+
+
+def _counting_forwards(image_encoder) -> tuple[list[int], object]:
+    """The batch size of every forward pass of the real encoder, from now on."""
+    calls: list[int] = []
+    handle = image_encoder.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append(
+            kwargs["pixel_values"].shape[0]
+        ),
+        with_kwargs=True,
+    )
+    return calls, handle
+
+
+def test_the_references_embedding_is_reused_and_changes_with_its_pixels(
+    astronaut, encoder
+):
+    cache = EmbeddingCache()
+    calls, handle = _counting_forwards(encoder["image_encoder"])
+    output = _noise((128, 128), 4)
+    try:
+        first = clip_cosine(astronaut, output, **encoder, cache=cache)
+        assert len(calls) == 2  # the reference, then the output
+        again = clip_cosine(
+            astronaut.copy(), _noise((128, 128), 5), **encoder, cache=cache
+        )
+        assert len(calls) == 3  # the output only: the reference came from the cache
+        assert cache.stats() == {"hits": 1, "misses": 1, "entries": 1}
+        # The reference changed: other pixels, another key, encoded afresh.
+        changed = _with_noise(astronaut, 0.2)
+        clip_cosine(changed, output, **encoder, cache=cache)
+        assert len(calls) == 5
+        assert cache.stats() == {"hits": 1, "misses": 2, "entries": 2}
+    finally:
+        handle.remove()
+    # A cached embedding gives what encoding it afresh gives, to the bit.
+    assert first == clip_cosine(astronaut, output, **encoder, cache=None)
+    assert again == clip_cosine(astronaut, _noise((128, 128), 5), **encoder, cache=None)
+
+
+def test_a_cache_keeps_its_entries_per_encoder_and_within_its_capacity(encoder):
+    cache = EmbeddingCache(capacity=2)
+    made: list[str] = []
+
+    def compute(key: str):
+        return lambda: made.append(key) or key
+
+    for key in ("a", "b", "a", "c", "b"):
+        cache.get(encoder["image_encoder"], key, compute(key))
+    # "b" was the least recently used when "c" came in, so it was made again.
+    assert made == ["a", "b", "c", "b"]
+    other = torch.nn.Linear(1, 1)
+    assert cache.get(other, "a", compute("a-other")) == "a-other"

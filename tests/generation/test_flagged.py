@@ -75,7 +75,7 @@ def generate(persona, django_capture_on_commit_callbacks) -> Content:
     )
     result = runtime.engine().generate(request)
     assert services.content_store_result(
-        content=content, result=result, before_image=None, inputs=inputs, timings={}
+        content=content, result=result, inputs=inputs, timings={}
     )
     content.refresh_from_db()
     return content

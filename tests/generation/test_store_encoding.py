@@ -1,8 +1,10 @@
-"""How a finished job's files are encoded: the PNG level, the reused thumbnail."""
+"""How a finished job's files are encoded: the PNG level, the reused thumbnail,
+every file or none."""
 
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -10,12 +12,16 @@ from django.core.exceptions import ImproperlyConfigured
 from PIL import Image
 
 from generation import services
+from generation.engine.snapshot import image_sha256
 from generation.models import ContentStatus
+from personas.uploads import encode_thumbnail
 from tests.generation.test_cleanup import (  # noqa: F401 - fixtures
     cleanup_settings,
     generate,
+    run_jobs,
     small_persona,
 )
+from tests.reliability.orphans import orphaned_files, stored_files
 
 
 def noisy_image() -> Image.Image:
@@ -67,3 +73,85 @@ def test_the_before_thumbnail_is_a_copy_of_the_references_own(
         stored = output.read()
     # Stored at the configured level: re-encoding the pixels gives the same bytes.
     assert services._png(Image.open(io.BytesIO(stored))) == stored
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("threads", [True, False], ids=["threads", "in-job"])
+def test_an_encoding_that_fails_stores_no_file(
+    cleanup_settings,  # noqa: F811
+    media_root,
+    monkeypatch,
+    threads,
+):
+    # The tiny outputs are small: encoded in the job's thread unless told.
+    if threads:
+        monkeypatch.setattr(services, "PARALLEL_ENCODE_PIXELS", 0)
+    persona = small_persona()
+    before = stored_files(media_root)
+    calls = itertools.count()  # next() is atomic: the encoder threads share it
+    real_png = services._png
+
+    def png_then_fail(image, level=None):
+        # Of the two PNGs (the output, the control image), encoded at the same
+        # time as the thumbnails, the first encodes and the second fails.
+        if next(calls) == 1:
+            raise OSError("encoder error -2 when writing image file")
+        return real_png(image, level)
+
+    monkeypatch.setattr(services, "_png", png_then_fail)
+
+    (content,) = generate(persona, count=1)
+
+    assert content.status == ContentStatus.FAILED
+    assert content.error_code == "storage_failed"
+    assert not content.output_image and not content.output_thumbnail
+    assert not content.before_thumbnail and not content.control_images.exists()
+    assert stored_files(media_root) == before
+    assert orphaned_files() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_file_is_stored_and_the_before_is_made_afresh_without_its_thumbnail(
+    cleanup_settings,  # noqa: F811
+    media_root,
+    monkeypatch,
+):
+    monkeypatch.setattr(services, "PARALLEL_ENCODE_PIXELS", 0)  # on the threads
+    persona = small_persona()
+    reference = persona.references.get()
+    reference.thumbnail.storage.delete(reference.thumbnail.name)
+
+    (content,) = generate(persona, count=1)
+
+    assert content.status == ContentStatus.SUCCEEDED, content.error_detail
+    with reference.image.open("rb") as file:
+        expected = encode_thumbnail(Image.open(io.BytesIO(file.read())).convert("RGB"))
+    with content.before_thumbnail.open("rb") as file:
+        assert file.read() == expected
+    with content.output_image.open("rb") as file:
+        output = Image.open(io.BytesIO(file.read())).convert("RGB")
+    assert content.snapshot["outputs"] == [image_sha256(output)]
+    with content.output_thumbnail.open("rb") as file:
+        assert file.read() == encode_thumbnail(output)
+    (control,) = content.control_images.all()
+    with control.image.open("rb") as file:
+        assert Image.open(io.BytesIO(file.read())).size == (64, 64)
+    assert orphaned_files() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_before_reference_whose_files_are_gone_leaves_the_before_empty(
+    cleanup_settings,  # noqa: F811
+):
+    persona = small_persona(method="text")
+    reference = persona.references.get()
+    storage = reference.image.storage
+    storage.delete(reference.thumbnail.name)
+
+    content = services.content_enqueue(persona=persona, prompt="a portrait")
+    storage.delete(reference.image.name)
+    run_jobs()
+    content.refresh_from_db()
+
+    assert content.status == ContentStatus.SUCCEEDED, content.error_detail
+    assert content.output_image and not content.before_thumbnail
