@@ -24,7 +24,12 @@ from django.utils.text import slugify
 from generation.engine.config import engine_config_from_settings
 from personas.face_analysis import reference_queue_analysis
 from personas.files import files_delete_on_commit, written_files_removed_on_failure
-from personas.lora import base_model_traits, validate_lora_upload
+from personas.lora import (
+    ValidatedLora,
+    base_model_traits,
+    check_lora_fits_base_model,
+    validate_lora_upload,
+)
 from personas.models import (
     ControlNetUnit,
     LoraSource,
@@ -197,14 +202,15 @@ def persona_unlock_appearance(*, persona: Persona) -> Persona:
 
 
 def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
-    """Store new LoRA weights (validated) for a persona, or remove them (None):
-    the weights its generations use.
+    """Store new LoRA weights (validated: the upload checks and the fit to the
+    persona's base model) for a persona, or remove them (None): the weights its
+    generations use.
 
     The replaced file is deleted once the change commits. Removing them leaves
     no LoRA version active. A staff upload goes through :func:`lora_version_add`,
     which keeps the file as a version too.
     """
-    lora = None if file is None else validate_lora_upload(file)
+    lora = None if file is None else _lora_for(persona, file)
     with written_files_removed_on_failure() as written, transaction.atomic():
         files_delete_on_commit([persona.lora_weights])
         if lora is None:
@@ -218,6 +224,17 @@ def persona_set_lora(*, persona: Persona, file: File | None) -> Persona:
     return persona
 
 
+def _lora_for(persona: Persona, file: File) -> ValidatedLora:
+    """``file`` through the upload checks and, for the persona's base model,
+    the family and layer checks (``personas.lora``): every way a LoRA reaches a
+    persona (the admin, a training run, a script) refuses what would first
+    fail at generation, with the same message."""
+    lora = validate_lora_upload(file)
+    if persona.base_model:
+        check_lora_fits_base_model(lora, persona.base_model)
+    return lora
+
+
 # --- LoRA versions ----------------------------------------------------------------
 
 
@@ -229,10 +246,11 @@ def lora_version_add(
     label: str = "",
     user: AbstractBaseUser | None = None,
 ) -> PersonaLoraVersion:
-    """Keep a LoRA file (validated: the upload checks) as the persona's next
+    """Keep a LoRA file (validated: the upload checks and the fit to the
+    persona's base model) as the persona's next
     version, uploaded or trained, and make it the active one. Earlier versions
     are kept."""
-    lora = validate_lora_upload(file)
+    lora = _lora_for(persona, file)
     with written_files_removed_on_failure() as written, transaction.atomic():
         _lock_persona_row(persona.pk)
         last = persona.lora_versions.aggregate(Max("number"))["number__max"]

@@ -389,3 +389,37 @@ def test_a_qwen_lora_past_the_models_blocks_is_refused_naming_the_blocks(
     message = refused.messages[0]
     assert "transformer_blocks 0-9" in message
     assert "2 transformer_blocks" in message and "do not fit" in message
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("through", ["persona_set_lora", "lora_version_add"])
+def test_the_services_refuse_a_lora_that_does_not_fit_and_store_nothing(
+    tiny_models, media_root, through
+):
+    # Scripts and training runs reach a persona's LoRA through the services,
+    # not the admin form: the same layer check refuses there, before a write.
+    from personas import services
+    from personas.models import Persona
+
+    persona = Persona.objects.create(
+        name="Lo", slug="lo", base_model=TINY_MODEL_KEY
+    )
+    bad = pair("lora_unet_down_blocks_0_no_such_layer", (RANK, 64), (64, RANK))
+    with pytest.raises(UploadRejected) as refused:
+        getattr(services, through)(
+            persona=persona, file=ContentFile(save(bad), name="bad.safetensors")
+        )
+
+    assert refused.value.code == "unknown_layer"
+    assert "lora_unet_down_blocks_0_no_such_layer" in refused.value.messages[0]
+    persona.refresh_from_db()
+    assert (persona.lora_weights.name, persona.lora_versions.count()) == ("", 0)
+    assert not [path for path in media_root.rglob("*") if path.is_file()]
+
+    # The model's own tiny LoRA is accepted through the same door.
+    good = (tiny_models / "lora" / "persona.safetensors").read_bytes()
+    getattr(services, through)(
+        persona=persona, file=ContentFile(good, name="good.safetensors")
+    )
+    persona.refresh_from_db()
+    assert persona.lora_weights.name
