@@ -1202,8 +1202,9 @@ class PipelineRegistry:
                 local_files_only=source.offline,
                 **encoder,
             )
-        if _compiled(pipe.unet):
-            _fold_ip_adapter_scale(pipe.unet, settings.scale)
+        unet = getattr(pipe, "unet", None)  # FLUX.1 has a transformer instead
+        if unet is not None and _compiled(unet):
+            _fold_ip_adapter_scale(unet, settings.scale)
         else:
             pipe.set_ip_adapter_scale(settings.scale)
 

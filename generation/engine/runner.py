@@ -859,10 +859,16 @@ def _with_ip_adapter_embeds(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]
     one image per prompt), from ``IP_ADAPTER_EMBEDDINGS`` when the same images
     were encoded before: the same tensors, so the same pixels, without running
     the image encoder again. The pipeline repeats them per image as it does its
-    own. Other calls go through as they are."""
+    own. Other calls go through as they are, FLUX.1's too (its pipelines
+    prepare the embeddings another way, with a negative image for true CFG)."""
     images = kwargs.get("ip_adapter_image")
     encoder = getattr(pipe, "image_encoder", None)
-    if images is None or encoder is None or "guidance_scale" not in kwargs:
+    if (
+        images is None
+        or encoder is None
+        or "guidance_scale" not in kwargs
+        or getattr(pipe, "unet", None) is None
+    ):
         return kwargs
     guided = _uses_classifier_free_guidance(pipe, kwargs["guidance_scale"])
     key = (
