@@ -110,3 +110,34 @@ def test_an_out_of_range_or_misplaced_run_override_is_refused_before_queueing(st
             overrides=GenerationOverrides(true_cfg_scale=2.0),
         )
     assert not sd.contents.exists()
+
+
+def test_the_command_line_takes_true_cfg_and_guidance_and_refuses_them_on_sd(studio):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    from generation.models import Content
+
+    qwen = persona_on(TINY_QWEN_IMAGE_MODEL_KEY)
+    call_command(
+        "studio_generate",
+        persona=qwen.slug,
+        prompt="a portrait",
+        true_cfg_scale=3.0,
+        guidance_scale=1.5,
+        stdout=StringIO(),
+    )
+    request = Content.objects.latest("pk").request
+    assert (request["true_cfg_scale"], request["guidance_scale"]) == (3.0, 1.5)
+
+    sd = persona_create(name="Sd", base_model=TINY_MODEL_KEY)
+    with pytest.raises(CommandError, match="true_cfg_scale is for FLUX.1"):
+        call_command(
+            "studio_generate",
+            persona=sd.slug,
+            prompt="a portrait",
+            true_cfg_scale=2.0,
+            stdout=StringIO(),
+        )
+    assert not sd.contents.exists()

@@ -28,6 +28,16 @@ class Command(BaseCommand):
         parser.add_argument("--method", choices=ConsistencyMethod.values)
         parser.add_argument("--strength", type=float, help="img2img strength, 0..1")
         parser.add_argument("--seed", type=int)
+        parser.add_argument(
+            "--guidance-scale",
+            type=float,
+            help="Classifier-free guidance (FLUX.1: its distilled guidance).",
+        )
+        parser.add_argument(
+            "--true-cfg-scale",
+            type=float,
+            help="True CFG with the negative prompt (FLUX.1 and Qwen-Image only).",
+        )
         parser.add_argument("--count", type=int, default=1)
         parser.add_argument(
             "--no-refiner",
@@ -53,6 +63,8 @@ class Command(BaseCommand):
             method=options["method"],
             strength=options["strength"],
             seed=options["seed"],
+            guidance_scale=options["guidance_scale"],
+            true_cfg_scale=options["true_cfg_scale"],
             use_refiner=False if options["no_refiner"] else None,
         )
         request = {
