@@ -30,7 +30,7 @@ from generation.engine.requests import (
     ReferenceInput,
 )
 from generation.engine.tiny_model import CROSS_ATTENTION_DIM
-from generation.engine.vocabulary import ControlType, Method
+from generation.engine.vocabulary import TINY_SDXL_MODEL_KEY, ControlType, Method
 from generation.models import Content
 from generation.parameters import GenerationOverrides
 from personas.models import ControlNetUnit, Persona
@@ -38,6 +38,7 @@ from personas.services import (
     control_unit_save,
     persona_create,
     persona_set_lora,
+    persona_update,
     reference_image_add,
 )
 from tests.images import encode, halves
@@ -54,10 +55,12 @@ def lora_file(width: int, *, transformer: bool = False) -> bytes:
             f"{key}.lora_B.weight": np.zeros((width, 4), np.float32),
         }
     else:
-        key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+        # A layer of the tiny SD 1.5 UNet (64 features out), so that the
+        # upload's layer check takes the file where its width fits.
+        key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
         tensors = {
             f"{key}.lora_down.weight": np.zeros((4, width), np.float32),
-            f"{key}.lora_up.weight": np.zeros((32, 4), np.float32),
+            f"{key}.lora_up.weight": np.zeros((64, 4), np.float32),
         }
     return save_safetensors(tensors)
 
@@ -283,10 +286,15 @@ def test_a_type_without_a_controlnet_is_refused_before_queueing(ada, studio):
 
 
 def test_a_lora_of_another_family_is_refused_before_queueing(ada):
+    # Uploaded for its SD 1.5 base (the upload checks that it fits), then the
+    # persona moved to SDXL: the LoRA is refused before a job is queued.
     persona_set_lora(
-        persona=ada, file=SimpleUploadedFile("sdxl.safetensors", lora_file(2048))
+        persona=ada, file=SimpleUploadedFile("sd15.safetensors", lora_file(32))
     )
-    assert "is for Stable Diffusion XL" in refused(ada, method="text")
+    persona_update(persona=ada, data={"base_model": TINY_SDXL_MODEL_KEY})
+    message = refused(ada, method="text")
+    assert "is for a model of cross-attention width 32" in message
+    assert "Use a LoRA trained for Stable Diffusion XL" in message
 
 
 def test_a_retry_with_a_request_sure_to_fail_is_refused(ada):
