@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from studio.checks import NETWORK_TIMEOUT_SECONDS, RUNTIME_TAG, error_reason
@@ -153,6 +154,14 @@ def check_models_available(**kwargs: Any) -> list[checks.CheckMessage]:
         ]
     try:
         config = engine_config()
+    except ImproperlyConfigured as error:  # a setting the engine names
+        return [
+            checks.Error(
+                str(error),
+                hint="docs/settings.md gives each setting's form.",
+                id="studio.E022",
+            )
+        ]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         return [
             checks.Error(

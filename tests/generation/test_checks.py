@@ -242,6 +242,15 @@ def test_malformed_model_settings_are_an_error(settings, model_root):
     assert ids(messages) == ["studio.E022"]
 
 
+def test_a_compile_size_the_engine_cannot_read_is_an_error_naming_it(
+    settings, model_root
+):
+    settings.STUDIO_COMPILE_SIZES = "512"
+    messages = checks.check_models_available()
+    assert ids(messages) == ["studio.E022"]
+    assert "STUDIO_COMPILE_SIZES: '512' is not WIDTHxHEIGHT" in messages[0].msg
+
+
 def test_the_tiny_model_not_written_yet_is_a_warning_saying_how_to_write_it(
     settings, tmp_path
 ):
